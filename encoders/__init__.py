@@ -1,0 +1,26 @@
+"""airtrace's encoders: audio windows in, L2-normalised fingerprint embeddings out.
+
+This package knows audio and models and nothing of streams; `monitor` uses it through these names.
+"""
+
+from encoders.audio import AudioError, decode_chunks, load_audio
+from encoders.augment import Chain, Distortion, Sources, parse_chain, random_chain, resample, synthesize_speech
+from encoders.model import DEFAULT_ENCODER, Encoder, EncoderConfig, EncoderError, load_encoder
+
+__all__ = [
+    "AudioError",
+    "Chain",
+    "DEFAULT_ENCODER",
+    "Distortion",
+    "Encoder",
+    "EncoderConfig",
+    "EncoderError",
+    "Sources",
+    "decode_chunks",
+    "load_audio",
+    "load_encoder",
+    "parse_chain",
+    "random_chain",
+    "resample",
+    "synthesize_speech",
+]

@@ -1,0 +1,51 @@
+"""Decode any audio FFmpeg reads into mono float32 at a chosen sample rate, with PyAV."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+
+class AudioError(ValueError):
+    """Audio that cannot be opened or decoded; the message names the source and a fix."""
+
+
+def decode_chunks(
+    source: str | Path | BinaryIO,
+    sample_rate: int,
+    options: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
+
+    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts.
+    """
+    try:
+        container = av.open(str(source) if isinstance(source, Path) else source, options=options or {}, timeout=timeout)
+    except (av.FFmpegError, OSError) as exc:
+        raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().reshape(-1)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1)
+        except av.FFmpegError as exc:
+            raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
+
+
+def load_audio(source: str | Path | BinaryIO, sample_rate: int) -> np.ndarray:
+    """Decode a whole file to one mono float32 array at `sample_rate`."""
+    chunks = list(decode_chunks(source, sample_rate))
+    if not chunks:
+        raise AudioError(f"{source} decoded to no samples; it is empty or not audio")
+    return np.concatenate(chunks).astype(np.float32, copy=False)

@@ -1,0 +1,29 @@
+"""Backbones map a batch of waveforms (B, samples) to features (B, F); the registry builds them by name."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+# name -> (module, class); imported on demand so `compact` never pays for transformers.
+BACKBONES: dict[str, tuple[str, str]] = {
+    "compact": ("encoders.backbones.compact", "CompactBackbone"),
+    "nafp": ("encoders.backbones.nafp", "NafpBackbone"),
+    "mert": ("encoders.backbones.mert", "MertBackbone"),
+    "muq": ("encoders.backbones.muq", "MuqBackbone"),
+}
+
+
+def backbone_class(name: str) -> Any:
+    """The backbone class registered under `name`; an unknown name is an error listing the known ones."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    module, cls = BACKBONES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_backbone(name: str, args: dict[str, Any]) -> nn.Module:
+    """Build a backbone's architecture from its JSON-able args (weights come separately)."""
+    return backbone_class(name)(**args)

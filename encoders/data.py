@@ -1,0 +1,162 @@
+"""Training data: tracks decoded into memory, and a pool of distorted chunks that training pairs are cut from.
+
+Distorting audio costs far more than a training step, so each distorted chunk serves many pairs: the
+pool holds whole chunks and every batch cuts windows from them at random offsets. Every chunk is a pure
+function of (seed, the step that last refreshed it, its slot), so a resumed run rebuilds the very pool
+an uninterrupted run would hold.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encoders.audio import AudioError, load_audio
+from encoders.augment import Chain, Sources, random_chain, synthesize_speech
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif"}
+
+SPEECH_LINES = (
+    "Good morning, you are listening to the breakfast show, and here is the next one for you.",
+    "That was a classic. Coming up after the news, the weather and the traffic.",
+    "Call us now on the studio line, the lines are open until nine.",
+    "Win tickets to the concert this weekend, just text the word music to our number.",
+    "It is twenty five past seven, and the roads into town are still very busy this morning.",
+    "Stay with us, more music is on the way right after this short break.",
+)
+VOICES = ("en", "en-us", "en-gb-x-rp", "de", "fr", "es")
+
+
+def list_audio(path: str | Path) -> list[Path]:
+    """Audio files under a folder, or the tracks a manifest.csv (with a `path` column) lists."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "path" not in rows[0]:
+            raise ValueError(f"{path} has no `path` column; a manifest lists track_id,path[,...] per line")
+        return [path.parent / row["path"] for row in rows]
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    raise FileNotFoundError(f"{path} is neither an audio folder, an audio file nor a manifest.csv")
+
+
+def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> list[np.ndarray]:
+    """Decode tracks to float16 (half the memory); a file that fails is logged and skipped."""
+    tracks = []
+    for path in tqdm(paths, desc="decoding", unit="track"):
+        try:
+            audio = load_audio(path, sample_rate)
+        except AudioError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if len(audio) >= min_seconds * sample_rate:
+            tracks.append(audio.astype(np.float16))
+    if not tracks:
+        raise ValueError(f"none of the {len(paths)} files gave {min_seconds} s of audio to train on")
+    return tracks
+
+
+def speech_clips(sample_rate: int) -> tuple[np.ndarray, ...]:
+    """Voice-over material from espeak-ng in several voices; none if espeak-ng is not installed."""
+    try:
+        return tuple(synthesize_speech(line, sample_rate, voice) for line in SPEECH_LINES for voice in VOICES)
+    except AudioError as exc:
+        log.warning("training without voice-over: %s", exc)
+        return ()
+
+
+@dataclass
+class PoolChunk:
+    clean: np.ndarray
+    distorted: np.ndarray
+    rate: float
+    chain: Chain
+
+
+class PairPool:
+    """Pairs of (clean window, the same moment after a random distortion chain)."""
+
+    def __init__(
+        self,
+        tracks: list[np.ndarray],
+        sample_rate: int,
+        window: int,
+        size: int,
+        chunk_seconds: float,
+        max_shift: float,
+        seed: int,
+        speech: tuple[np.ndarray, ...] = (),
+    ):
+        self.tracks, self.sample_rate, self.window = tracks, sample_rate, window
+        self.chunk = int(chunk_seconds * sample_rate)
+        self.max_shift = int(max_shift * sample_rate)
+        self.seed, self.speech = seed, speech
+        self.slots: list[PoolChunk | None] = [None] * size
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
+
+    def _make_chunk(self, version: int, slot: int) -> PoolChunk:
+        rng = self._rng(version + 1, slot)
+        track = self.tracks[rng.integers(len(self.tracks))]
+        length = min(self.chunk, len(track))
+        start = rng.integers(0, len(track) - length + 1)
+        clean = track[start : start + length].astype(np.float32)
+        backgrounds = (self.tracks[rng.integers(len(self.tracks))][:length].astype(np.float32),)
+        sources = Sources(speech=self.speech, backgrounds=backgrounds)
+        chain = random_chain(rng, sources)
+        return PoolChunk(clean, chain.apply(clean, self.sample_rate, rng, sources), chain.rate, chain)
+
+    def fill(self, step: int, refresh_per_step: int) -> None:
+        """Bring every slot to the content it holds at `step` (slots are refreshed round robin)."""
+        size = len(self.slots)
+        for slot in tqdm(range(size), desc="distorting pool", unit="chunk", leave=False):
+            self.slots[slot] = self._make_chunk(self._last_refresh(slot, step, refresh_per_step), slot)
+
+    def _last_refresh(self, slot: int, step: int, per_step: int) -> int:
+        """The last step before `step` that refreshed `slot` (-1 for the initial fill)."""
+        size = len(self.slots)
+        for t in range(step - 1, max(-1, step - 1 - size // max(per_step, 1) - 1), -1):
+            first = (t * per_step) % size
+            if (slot - first) % size < per_step:
+                return t
+        return -1
+
+    def refresh(self, step: int, count: int) -> None:
+        size = len(self.slots)
+        for i in range(count):
+            slot = (step * count + i) % size
+            self.slots[slot] = self._make_chunk(step, slot)
+
+    def batch(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`size` pairs, each from a random chunk at a random offset, the positive shifted by up to max_shift."""
+        rng = self._rng(1_000_003, step)
+        anchors = np.empty((size, self.window), np.float32)
+        positives = np.empty((size, self.window), np.float32)
+        for i in range(size):
+            chunk = self.slots[rng.integers(len(self.slots))]
+            assert chunk is not None
+            anchors[i], positives[i] = self._pair(chunk, rng)
+        return torch.from_numpy(anchors), torch.from_numpy(positives)
+
+    def _pair(self, chunk: PoolChunk, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        w = self.window
+        start = int(rng.integers(0, max(1, len(chunk.clean) - w)))
+        centre = (start + w / 2) / chunk.rate + rng.integers(-self.max_shift, self.max_shift + 1)
+        pos_start = int(np.clip(centre - w / 2, 0, max(0, len(chunk.distorted) - w)))
+        return _exact(chunk.clean[start : start + w], w), _exact(chunk.distorted[pos_start : pos_start + w], w)
+
+
+def _exact(audio: np.ndarray, length: int) -> np.ndarray:
+    return audio if len(audio) == length else np.pad(audio, (0, length - len(audio)))

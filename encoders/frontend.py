@@ -1,0 +1,39 @@
+"""Log-mel front end in plain torch (torchaudio does not import beside this torch build)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
+    """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1), each normalised to unit area."""
+
+    def hz_to_mel(hz: float | torch.Tensor) -> float | torch.Tensor:
+        return 2595.0 * (torch.log10(1.0 + hz / 700.0) if torch.is_tensor(hz) else math.log10(1.0 + hz / 700.0))
+
+    mel_points = torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
+    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
+    bins = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]
+    rising = (bins - lower) / (centre - lower)
+    falling = (upper - bins) / (upper - centre)
+    filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return filters / filters.sum(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+class LogMel(nn.Module):
+    """Waveform (B, samples) -> log-mel (B, n_mels, frames)."""
+
+    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int, fmin: float, fmax: float):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
+        power = spec.real.square() + spec.imag.square()
+        return torch.log(torch.matmul(self.filters, power) + 1e-6)

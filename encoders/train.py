@@ -1,0 +1,166 @@
+"""Contrastive training: NT-Xent over in-batch negatives on (clean window, distorted window) pairs.
+
+Checkpoints are self-describing ({state, optimizer, step, config, version}), written to a temporary
+file and renamed, so a killed run resumes from its last checkpoint and never from half a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from encoders.backbones import backbone_class
+from encoders.data import PairPool, list_audio, load_tracks, speech_clips
+from encoders.model import Encoder, EncoderConfig
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; written beside the exported encoder so anyone can retrain it."""
+
+    data: str
+    backbone: str = "compact"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # local directory of pretrained MERT/MuQ weights
+    frozen: bool = False
+    dim: int = 128
+    head: str = "mlp"
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    temperature: float = 0.05
+    seed: int = 0
+    pool_chunks: int = 2048
+    chunk_seconds: float = 8.0
+    refresh_per_step: int = 8
+    max_shift_seconds: float = 0.2
+    voice_over: bool = True
+    checkpoint_every: int = 50
+    threads: int = 0  # 0: torch's default
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read YAML or JSON; an unknown field is an error that names it and lists the known ones."""
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of field: value")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}")
+        if "data" not in raw:
+            raise ValueError(f"{path}: `data` is required (an audio folder or a manifest.csv)")
+        return cls(**raw)
+
+
+def nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each embedding must pick its partner out of the other 2N-2 in the batch."""
+    z = torch.cat([anchors, positives])
+    n = len(anchors)
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def build_encoder(cfg: TrainConfig) -> Encoder:
+    """A fresh encoder for `cfg`: random weights, or a pretrained foundation model from `cfg.weights`."""
+    cls = backbone_class(cfg.backbone)
+    if cfg.weights:
+        backbone = cls.from_pretrained(cfg.weights, **cfg.backbone_args)
+        args = backbone.config_args()
+    else:
+        backbone, args = None, cfg.backbone_args
+    config = EncoderConfig.for_backbone(cfg.backbone, dim=cfg.dim, head=cfg.head, frozen=cfg.frozen, backbone_args=args)
+    return Encoder(config, backbone)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
+
+
+def save_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "config": dataclasses.asdict(cfg),
+            "encoder_config": encoder.config.to_json(),
+            "state": encoder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights and optimizer; returns the step to continue from."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')!r} is not {CHECKPOINT_VERSION}; start a new run directory")
+    encoder.load_state_dict(ckpt["state"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return int(ckpt["step"])
+
+
+def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
+    """Train (resuming from run_dir/checkpoint.pt if present) and export run_dir/encoder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    checkpoint = run_dir / "checkpoint.pt"
+    start = load_checkpoint(checkpoint, encoder, optimizer) if checkpoint.exists() else 0
+    if start:
+        log.info("resuming %s at step %d", run_dir, start)
+
+    sr = encoder.sample_rate
+    tracks = load_tracks(list_audio(cfg.data), sr, min_seconds=2 * encoder.config.window_seconds)
+    speech = speech_clips(sr) if cfg.voice_over else ()
+    pool = PairPool(tracks, sr, encoder.window_samples, cfg.pool_chunks, cfg.chunk_seconds, cfg.max_shift_seconds, cfg.seed, speech)
+    pool.fill(start, cfg.refresh_per_step)
+
+    encoder.train()
+    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="training", unit="step")
+    for step in progress:
+        anchors, positives = pool.batch(step, cfg.batch_size)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = nt_xent(encoder(anchors), encoder(positives), cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        pool.refresh(step, cfg.refresh_per_step)
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(checkpoint, encoder, optimizer, step + 1, cfg)
+            with (run_dir / "loss.tsv").open("a") as f:
+                f.write(f"{step + 1}\t{loss.item():.4f}\t{time.time():.0f}\n")
+
+    return encoder.eval().save(run_dir / "encoder", extra={"training": dataclasses.asdict(cfg)})

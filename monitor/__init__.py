@@ -1,0 +1,1 @@
+"""airtrace's monitor: streams, catalogs, matching, play events, Kafka, Redis and metrics."""
