@@ -25,8 +25,13 @@ def decode_chunks(
     Streams are read chunk by chunk, so this serves both whole files and endless broadcasts.
     """
     try:
-        container = av.open(str(source) if isinstance(source, Path) else source, options=options or {}, timeout=timeout)
-    except (av.FFmpegError, OSError) as exc:
+        container = av.open(
+            str(source) if isinstance(source, Path) else source,
+            options=options or {},
+            timeout=timeout,
+            metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
+        )
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
     with container:
         if not container.streams.audio:
