@@ -1,0 +1,91 @@
+"""Named distortions: each changes the audio as its name says and keeps the time mapping true."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from encoders import Sources, parse_chain, random_chain, synthesize_speech
+from encoders.augment import DISTORTIONS, UNITS
+
+SR = 8000
+STRENGTHS = {
+    "tempo": 1.1, "pitch": 1, "speed": 0.95, "mp3": 64, "aac": 48, "opus": 24, "highpass": 500, "lowpass": 2000,
+    "eq": 6, "echo": 100, "reverb": 0.6, "noise": 5, "speech": 5, "babble": 5, "gain": -6, "compress": 4, "clip": 0.5,
+}
+
+
+def tone(freq: float, seconds: float = 4.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def dominant_hz(audio: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.argmax(spectrum) * SR / len(audio))
+
+
+@pytest.fixture(scope="module")
+def sources() -> Sources:
+    return Sources(speech=(synthesize_speech("the traffic news, after this", SR),), backgrounds=(tone(300),))
+
+
+def test_every_distortion_has_a_strength_and_a_unit() -> None:
+    assert set(STRENGTHS) == set(DISTORTIONS) == set(UNITS)
+
+
+@pytest.mark.parametrize("name", sorted(STRENGTHS))
+def test_distortion_keeps_length_unless_it_changes_tempo(name: str, sources: Sources) -> None:
+    chain = parse_chain(f"{name}:{STRENGTHS[name]}")
+    audio = tone(440)
+    out = chain.apply(audio, SR, np.random.default_rng(0), sources)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert abs(len(out) - len(audio) / chain.rate) < 0.01 * len(audio)
+    if name not in ("gain", "clip"):
+        assert not np.allclose(out[: len(audio)], audio[: len(out)], atol=1e-3)
+
+
+def test_speed_moves_pitch_and_tempo_together() -> None:
+    out = parse_chain("speed:1.1").apply(tone(440), SR, np.random.default_rng(0))
+    assert dominant_hz(out) == pytest.approx(484, abs=4)
+    assert len(out) == pytest.approx(len(tone(440)) / 1.1, rel=0.01)
+
+
+def test_pitch_moves_pitch_but_keeps_tempo() -> None:
+    out = parse_chain("pitch:2").apply(tone(440), SR, np.random.default_rng(0))
+    assert dominant_hz(out) == pytest.approx(440 * 2 ** (2 / 12), abs=6)
+    assert len(out) == pytest.approx(len(tone(440)), rel=0.01)
+
+
+def test_tempo_keeps_pitch() -> None:
+    out = parse_chain("tempo:1.2").apply(tone(440), SR, np.random.default_rng(0))
+    assert dominant_hz(out) == pytest.approx(440, abs=4)
+
+
+def test_noise_lands_at_the_requested_snr() -> None:
+    clean = tone(440)
+    noisy = parse_chain("noise:5").apply(clean, SR, np.random.default_rng(0))
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean((noisy - clean) ** 2))
+    assert snr == pytest.approx(5, abs=0.1)
+
+
+def test_chain_rate_multiplies() -> None:
+    assert parse_chain("tempo:1.1+speed:0.9+noise:10").rate == pytest.approx(0.99)
+    assert str(parse_chain("clean")) == "clean"
+
+
+@pytest.mark.parametrize("bad", ["tempo", "tempo:fast", "wobble:3"])
+def test_bad_chain_says_how_to_write_one(bad: str) -> None:
+    with pytest.raises(ValueError, match="bad distortion"):
+        parse_chain(bad)
+
+
+def test_speech_needs_recordings() -> None:
+    with pytest.raises(ValueError, match="speech"):
+        parse_chain("speech:5").apply(tone(440), SR, np.random.default_rng(0))
+
+
+def test_random_chains_are_seeded(sources: Sources) -> None:
+    first = [str(random_chain(np.random.default_rng(s), sources)) for s in range(20)]
+    again = [str(random_chain(np.random.default_rng(s), sources)) for s in range(20)]
+    assert first == again and len(set(first)) > 10

@@ -1,0 +1,112 @@
+"""Encoders: front end, embedding contract, saving and loading, and the errors users meet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoders import AudioError, Encoder, EncoderConfig, EncoderError, load_audio, load_encoder
+from encoders.frontend import mel_filterbank
+
+DEMO = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def encoder() -> Encoder:
+    torch.manual_seed(0)
+    return Encoder(EncoderConfig.for_backbone("compact", backbone_args={"channels": [8, 16]})).eval()
+
+
+def test_mel_filters_cover_the_band_and_have_unit_area() -> None:
+    filters = mel_filterbank(8000, 512, 64, 300.0, 4000.0)
+    assert filters.shape == (64, 257)
+    assert torch.allclose(filters.sum(dim=1), torch.ones(64), atol=1e-5)
+    hz = torch.linspace(0, 4000, 257)
+    assert hz[filters.sum(dim=0) > 0].min() >= 300 - 16
+
+
+def test_embeddings_are_unit_length_float32(encoder: Encoder) -> None:
+    windows = np.random.default_rng(0).standard_normal((5, encoder.window_samples)).astype(np.float32)
+    out = encoder.embed(windows)
+    assert out.shape == (5, encoder.dim) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_gain_does_not_move_the_embedding(encoder: Encoder) -> None:
+    window = load_audio(DEMO / "area1-game.opus", encoder.sample_rate)[: encoder.window_samples]
+    loud, quiet = encoder.embed(window), encoder.embed(window * 0.1)
+    assert float((loud @ quiet.T).item()) > 0.99
+
+
+def test_wrong_window_length_names_the_expected_size(encoder: Encoder) -> None:
+    with pytest.raises(EncoderError, match="8000 samples"):
+        encoder.embed(np.zeros((2, 4000), np.float32))
+
+
+def test_save_and_load_give_identical_embeddings(encoder: Encoder, tmp_path: Path) -> None:
+    windows = np.random.default_rng(1).standard_normal((3, encoder.window_samples)).astype(np.float32)
+    encoder.save(tmp_path / "enc")
+    loaded = load_encoder(tmp_path / "enc")
+    np.testing.assert_array_equal(encoder.embed(windows), loaded.embed(windows))
+    assert loaded.fingerprint() == encoder.fingerprint()
+    encoder.save(tmp_path / "enc")  # overwriting an encoder directory replaces it whole
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_missing_encoder_directory_lists_shipped_names(tmp_path: Path) -> None:
+    with pytest.raises(EncoderError, match="no encoder directory"):
+        load_encoder(tmp_path / "absent")
+
+
+def test_corrupt_weights_are_reported(encoder: Encoder, tmp_path: Path) -> None:
+    encoder.save(tmp_path / "enc")
+    (tmp_path / "enc" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(EncoderError, match="corrupt"):
+        load_encoder(tmp_path / "enc")
+
+
+def test_config_that_does_not_match_the_weights_is_reported(encoder: Encoder, tmp_path: Path) -> None:
+    encoder.save(tmp_path / "enc")
+    config_file = tmp_path / "enc" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["backbone_args"]["channels"] = [8, 32]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(EncoderError, match="does not match"):
+        load_encoder(tmp_path / "enc")
+
+
+def test_unknown_config_field_is_named(encoder: Encoder, tmp_path: Path) -> None:
+    encoder.save(tmp_path / "enc")
+    config_file = tmp_path / "enc" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "sampel_rate": 8000}))
+    with pytest.raises(EncoderError, match="sampel_rate"):
+        load_encoder(tmp_path / "enc")
+
+
+def test_unknown_backbone_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="compact"):
+        EncoderConfig.for_backbone("resnet")
+
+
+def test_undecodable_audio_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.mp3"
+    bogus.write_text("this is not audio")
+    with pytest.raises(AudioError, match="notes.mp3"):
+        load_audio(bogus, 8000)
+    with pytest.raises(AudioError, match="cannot open"):
+        load_audio(tmp_path / "missing.wav", 8000)
+
+
+def test_nafp_baseline_builds_and_embeds() -> None:
+    nafp = Encoder(EncoderConfig.for_backbone("nafp", head="split", backbone_args={"width": 8, "hidden": 128})).eval()
+    out = nafp.embed(np.zeros((2, nafp.window_samples), np.float32) + 0.01)
+    assert out.shape == (2, 128)

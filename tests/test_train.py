@@ -1,0 +1,62 @@
+"""Training: the loss, determinism, and resuming a killed run to the very same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from encoders import load_encoder
+from encoders.train import TrainConfig, nt_xent, train
+from monitor.cli import main
+
+DEMO = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+TINY = dict(
+    data=str(DEMO), backbone_args={"channels": [8, 16]}, dim=16, batch_size=8, pool_chunks=6, chunk_seconds=3.0,
+    refresh_per_step=2, warmup_steps=1, checkpoint_every=2, voice_over=False, threads=1,
+)
+
+
+def test_nt_xent_rewards_matching_pairs() -> None:
+    z = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    assert nt_xent(z, z, 0.1) < nt_xent(z, other, 0.1)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "encoder" / "model.safetensors"))
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
+    straight = train(TrainConfig(steps=4, **TINY), tmp_path / "straight")
+    train(TrainConfig(steps=2, **TINY), tmp_path / "resumed")
+    train(TrainConfig(steps=4, **TINY), tmp_path / "resumed")
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    encoder = load_encoder(straight)
+    assert encoder.dim == 16
+
+
+def test_training_moves_the_weights(tmp_path: Path) -> None:
+    train(TrainConfig(steps=1, **TINY), tmp_path / "one")
+    train(TrainConfig(steps=3, **TINY), tmp_path / "three")
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_config_typo_is_named_by_the_cli(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": str(DEMO), "stpes": 10}))
+    result = CliRunner().invoke(main, ["train", str(config), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "stpes" in result.output
+
+
+def test_missing_data_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        train(TrainConfig(steps=1, **{**TINY, "data": str(tmp_path / "nowhere")}), tmp_path / "run")
