@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up airtrace on a fresh Debian/Ubuntu machine: the Debian packages it runs beside, then a
+# virtual environment in .venv with the project and its test tools. Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PACKAGES=(ffmpeg espeak-ng redis-server icecast2 prometheus)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3.11 -m venv .venv
+# torch first and pinned: anything looser lets the resolver fetch a multi-GB CUDA build.
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[test]'
+echo "airtrace is installed in .venv: run .venv/bin/airtrace --help"
