@@ -1,0 +1,146 @@
+"""The wire format of windows and hits on Kafka: compact, versioned and size-checked; a bad message is a dead letter.
+
+A window is binary: a fixed little-endian header, the stream id, then the samples as int16 (default)
+or float16, 16 KB for one second at 8 kHz. Hits are compact JSON, small and readable with any Kafka tool.
+Decoding never trusts the bytes: any message that is too big, of another version, cut short, or not for
+this encoder raises `BadMessage` with a `reason`, which names the dead-letter counter's label.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from enum import Enum
+
+import numpy as np
+
+from monitor.records import AudioWindow, Neighbour, WindowHits
+
+WIRE_VERSION = 1
+# Kafka's default broker limit (message.max.bytes) is about 1 MB; a window is far below it.
+MAX_MESSAGE_BYTES = 1_000_000
+# A dead letter keeps this much of the original message: enough to inspect, never too big to publish.
+DEAD_LETTER_KEEP_BYTES = 64 * 1024
+MAX_STREAM_ID_BYTES = 255
+
+WINDOW_MAGIC = b"ATW"
+# magic, version, flags, seq, offset (s), air_time (UTC epoch s), sample_rate (Hz), stream id length (bytes)
+WINDOW_HEADER = struct.Struct("<3sBBqddIB")
+FLAG_AFTER_GAP = 1
+FLAG_FLOAT16 = 2
+INT16_SCALE = 32767.0
+
+
+class SampleFormat(str, Enum):
+    """How window samples travel: int16 (96 dB of range for audio in [-1, 1]) or float16."""
+
+    INT16 = "int16"
+    FLOAT16 = "float16"
+
+
+class Reason(str, Enum):
+    """Why a message went to the dead-letter topic (the `reason` label of airtrace_dead_letters_total)."""
+
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed"
+    VERSION = "unsupported_version"
+    MISMATCH = "encoder_mismatch"
+
+
+class BadMessage(ValueError):
+    """A message that cannot be used; `reason` says which kind of fault it is."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _check_size(data: bytes) -> None:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise BadMessage(Reason.OVERSIZED, f"message of {len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+
+
+def encode_window(window: AudioWindow, sample_rate: int, sample_format: SampleFormat = SampleFormat.INT16) -> bytes:
+    """One window as bytes; raises ValueError for a stream id or window that cannot travel."""
+    stream_id = window.stream_id.encode()
+    if not 0 < len(stream_id) <= MAX_STREAM_ID_BYTES:
+        raise ValueError(f"stream id {window.stream_id!r} must be 1 to {MAX_STREAM_ID_BYTES} bytes of UTF-8")
+    samples = np.asarray(window.samples, dtype=np.float32)
+    if sample_format is SampleFormat.INT16:
+        payload = np.round(np.clip(samples, -1.0, 1.0) * INT16_SCALE).astype("<i2").tobytes()
+        flags = 0
+    else:
+        payload = samples.astype("<f2").tobytes()
+        flags = FLAG_FLOAT16
+    flags |= FLAG_AFTER_GAP if window.after_gap else 0
+    header = WINDOW_HEADER.pack(WINDOW_MAGIC, WIRE_VERSION, flags, window.seq, window.offset, window.air_time, sample_rate, len(stream_id))
+    data = header + stream_id + payload
+    _check_size(data)
+    return data
+
+
+def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWindow:
+    """Bytes from `encode_window` -> AudioWindow with float32 samples, checked against the worker's encoder."""
+    _check_size(data)
+    if len(data) < WINDOW_HEADER.size or data[:3] != WINDOW_MAGIC:
+        raise BadMessage(Reason.MALFORMED, "not an airtrace window (bad magic or shorter than its header)")
+    _, version, flags, seq, offset, air_time, rate, id_length = WINDOW_HEADER.unpack_from(data)
+    if version != WIRE_VERSION:
+        raise BadMessage(Reason.VERSION, f"window wire version {version}; this worker reads version {WIRE_VERSION}")
+    id_end = WINDOW_HEADER.size + id_length
+    payload = memoryview(data)[id_end:]
+    if id_length == 0 or len(payload) != 2 * window_samples:
+        raise BadMessage(Reason.MALFORMED, f"window holds {len(payload)} sample bytes, expected {2 * window_samples}")
+    if rate != sample_rate:
+        raise BadMessage(Reason.MISMATCH, f"window at {rate} Hz, the encoder needs {sample_rate} Hz; ingest with the same encoder")
+    try:
+        stream_id = bytes(data[WINDOW_HEADER.size : id_end]).decode()
+    except UnicodeDecodeError as exc:
+        raise BadMessage(Reason.MALFORMED, f"stream id is not UTF-8: {exc}") from None
+    if flags & FLAG_FLOAT16:
+        samples = np.frombuffer(payload, dtype="<f2").astype(np.float32)
+    else:
+        samples = np.frombuffer(payload, dtype="<i2").astype(np.float32) / INT16_SCALE
+    if not np.isfinite(samples).all():
+        raise BadMessage(Reason.MALFORMED, "window samples hold NaN or infinity")
+    return AudioWindow(stream_id, seq, offset, air_time, samples, after_gap=bool(flags & FLAG_AFTER_GAP))
+
+
+def encode_hits(hits: WindowHits) -> bytes:
+    """One window's neighbours as compact JSON."""
+    record = {
+        "v": WIRE_VERSION,
+        "stream": hits.stream_id,
+        "seq": hits.seq,
+        "offset": hits.offset,
+        "air_time": hits.air_time,
+        "gap": hits.after_gap,
+        "n": [[n.track_id, round(n.ref_time, 4), round(n.similarity, 5)] for n in hits.neighbours],
+    }
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def decode_hits(data: bytes) -> WindowHits:
+    """Bytes from `encode_hits` -> WindowHits."""
+    _check_size(data)
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage(Reason.MALFORMED, f"hits are not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise BadMessage(Reason.MALFORMED, "hits must be a JSON object")
+    if record.get("v") != WIRE_VERSION:
+        raise BadMessage(Reason.VERSION, f"hits wire version {record.get('v')!r}; this worker reads version {WIRE_VERSION}")
+    try:
+        neighbours = tuple(Neighbour(str(track), float(ref_time), float(similarity)) for track, ref_time, similarity in record["n"])
+        return WindowHits(
+            str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadMessage(Reason.MALFORMED, f"hits record lacks or garbles a field: {exc!r}") from None
+
+
+def dead_letter_headers(reason: Reason, error: str, topic: str, partition: int, offset: int, size: int) -> list[tuple[str, bytes]]:
+    """Kafka headers that say where a dead letter came from and why it was set aside."""
+    fields = {"reason": reason.value, "error": error, "topic": topic, "partition": partition, "offset": offset, "size": size}
+    return [(name, str(value).encode()) for name, value in fields.items()]

@@ -1,0 +1,97 @@
+"""The Kafka wire format: windows and hits survive the round trip; every kind of bad message is named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from monitor.kafka_records import (
+    MAX_MESSAGE_BYTES,
+    WINDOW_HEADER,
+    BadMessage,
+    Reason,
+    SampleFormat,
+    decode_hits,
+    decode_window,
+    encode_hits,
+    encode_window,
+)
+from monitor.records import AudioWindow, Neighbour, WindowHits
+
+RATE, SAMPLES = 8000, 8000
+
+
+def window(seq: int = 7, after_gap: bool = False, stream_id: str = "radio-ü") -> AudioWindow:
+    samples = np.random.default_rng(seq).uniform(-1, 1, SAMPLES).astype(np.float32)
+    return AudioWindow(stream_id, seq, seq * 0.5, 1_790_000_000.25 + seq, samples, after_gap)
+
+
+@pytest.mark.parametrize(("fmt", "tolerance"), [(SampleFormat.INT16, 1 / 32767), (SampleFormat.FLOAT16, 1e-3)])
+@pytest.mark.parametrize("after_gap", [False, True])
+def test_window_round_trip(fmt: SampleFormat, tolerance: float, after_gap: bool) -> None:
+    sent = window(after_gap=after_gap)
+    data = encode_window(sent, RATE, fmt)
+    assert len(data) == WINDOW_HEADER.size + len(sent.stream_id.encode()) + 2 * SAMPLES
+    got = decode_window(data, RATE, SAMPLES)
+    assert (got.stream_id, got.seq, got.offset, got.air_time, got.after_gap) == (sent.stream_id, sent.seq, sent.offset, sent.air_time, after_gap)
+    assert got.samples.dtype == np.float32
+    np.testing.assert_allclose(got.samples, sent.samples, atol=tolerance)
+
+
+def test_int16_clips_out_of_range_samples() -> None:
+    loud = AudioWindow("s", 0, 0.0, 0.0, np.full(SAMPLES, 3.0, dtype=np.float32))
+    assert decode_window(encode_window(loud, RATE), RATE, SAMPLES).samples.max() == pytest.approx(1.0)
+
+
+def expect(reason: Reason, data: bytes, samples: int = SAMPLES) -> str:
+    with pytest.raises(BadMessage) as caught:
+        decode_window(data, RATE, samples)
+    assert caught.value.reason is reason
+    return str(caught.value)
+
+
+def test_bad_windows_are_named() -> None:
+    good = encode_window(window(), RATE)
+    expect(Reason.MALFORMED, b"")
+    expect(Reason.MALFORMED, b"not a window at all, just some text that is long enough")
+    expect(Reason.MALFORMED, good[:-1])
+    expect(Reason.MALFORMED, good + b"\0\0")
+    expect(Reason.VERSION, good[:3] + bytes([99]) + good[4:])
+    assert "16000 Hz" in expect(Reason.MISMATCH, encode_window(window(), 16000))
+    assert str(MAX_MESSAGE_BYTES) in expect(Reason.OVERSIZED, good + bytes(MAX_MESSAGE_BYTES))
+    nan = AudioWindow("s", 0, 0.0, 0.0, np.full(SAMPLES, np.nan, dtype=np.float32))
+    expect(Reason.MALFORMED, encode_window(nan, RATE, SampleFormat.FLOAT16))
+
+
+def test_unsendable_windows_are_refused_at_the_source() -> None:
+    with pytest.raises(ValueError, match="stream id"):
+        encode_window(window(stream_id="x" * 300), RATE)
+    huge = AudioWindow("s", 0, 0.0, 0.0, np.zeros(MAX_MESSAGE_BYTES, dtype=np.float32))
+    with pytest.raises(BadMessage, match="exceeds"):
+        encode_window(huge, RATE)
+
+
+def test_hits_round_trip() -> None:
+    sent = WindowHits("radio", 12, 6.0, 1_790_000_006.0, (Neighbour("t1", 31.5, 0.91234), Neighbour("t2", 2.0, 0.5)), after_gap=True)
+    assert decode_hits(encode_hits(sent)) == sent
+    empty = WindowHits("radio", 13, 6.5, 1_790_000_006.5, ())
+    assert decode_hits(encode_hits(empty)) == empty
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xfe", Reason.MALFORMED),
+        (b"[1, 2]", Reason.MALFORMED),
+        (json.dumps({"v": 2}).encode(), Reason.VERSION),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": "x", "offset": 0, "air_time": 0, "gap": False, "n": []}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [["t", 1]]}).encode(), Reason.MALFORMED),
+    ],
+)
+def test_bad_hits_are_named(data: bytes, reason: Reason) -> None:
+    with pytest.raises(BadMessage) as caught:
+        decode_hits(data)
+    assert caught.value.reason is reason
