@@ -1,0 +1,180 @@
+"""Per-stream play state that outlives a process: in memory for embedded mode, in Redis for a fleet of workers.
+
+The play state machine keeps all it knows of a stream in one JSON string. A store holds that string per
+stream id and remembers which play events were already published, so that a replay after a crash or a
+rebalance republishes none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Redis keys, all under one prefix per deployment (give deployments that share a Redis their own prefix):
+#   {prefix}state:{stream_id}    string  the stream's play state (JSON); never expires: a stream resumes after any pause
+#   {prefix}emitted:{event_key}  string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS
+DEFAULT_PREFIX = "airtrace:"
+STATE_KEY = "{prefix}state:{stream_id}"
+EMITTED_KEY = "{prefix}emitted:{event_key}"
+# Longer than Kafka's default retention (7 days), the furthest back a replay can reach.
+EMITTED_TTL_SECONDS = 8 * 24 * 3600
+# Waits between attempts while Redis is unreachable: doubling from the first to the cap, with jitter.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_CAP_SECONDS = 5.0
+
+
+class StateStore(Protocol):
+    """Where the play state machine's per-stream state and the published event keys live."""
+
+    def load(self, stream_ids: Iterable[str]) -> dict[str, str]:
+        """The saved state of each stream; streams never saved are absent."""
+
+    def save(self, states: Mapping[str, str]) -> None:
+        """Replace the saved state of these streams."""
+
+    def published(self, event_keys: Iterable[str]) -> set[str]:
+        """Those of `event_keys` already marked published."""
+
+    def mark_published(self, event_keys: Iterable[str]) -> None:
+        """Remember that these events are on the plays topic."""
+
+
+class MemoryStateStore:
+    """A StateStore in this process's memory, for embedded mode and tests; it ends with the process."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, str] = {}
+        self._published: set[str] = set()
+
+    def load(self, stream_ids: Iterable[str]) -> dict[str, str]:
+        return {s: self._states[s] for s in stream_ids if s in self._states}
+
+    def save(self, states: Mapping[str, str]) -> None:
+        self._states.update(states)
+
+    def published(self, event_keys: Iterable[str]) -> set[str]:
+        return set(event_keys) & self._published
+
+    def mark_published(self, event_keys: Iterable[str]) -> None:
+        self._published.update(event_keys)
+
+
+@dataclass(frozen=True, repr=False)
+class RedisSettings:
+    """How to reach Redis: a redis:// or rediss:// (TLS) URL, AUTH credentials, TLS files and the key prefix."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None
+    password: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    prefix: str = DEFAULT_PREFIX
+
+    def __repr__(self) -> str:
+        return f"RedisSettings(url={self.redacted_url()!r}, username={self.username!r}, tls_ca_file={self.tls_ca_file!r}, prefix={self.prefix!r})"
+
+    def redacted_url(self) -> str:
+        """The URL without any password in it, for logs and messages."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def client(self) -> redis.Redis:
+        """A client (it connects on first use); bad settings raise ValueError naming the fix."""
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(f"Redis URL {self.redacted_url()!r} must start with redis:// or rediss:// (TLS)")
+        tls = {"ssl_ca_certs": self.tls_ca_file, "ssl_certfile": self.tls_cert_file, "ssl_keyfile": self.tls_key_file}
+        tls = {name: value for name, value in tls.items() if value}
+        if tls and scheme != "rediss":
+            raise ValueError("Redis TLS files were given but the URL starts with redis://; use rediss:// to connect with TLS")
+        credentials = {name: value for name, value in (("username", self.username), ("password", self.password)) if value}
+        # Retries live in RedisStateStore, which waits out an outage with backoff; the client tries once.
+        return redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), decode_responses=True, **credentials, **tls)
+
+
+class RedisStateStore:
+    """A StateStore in Redis, shared by all workers; waits out a Redis outage (backoff, forever) rather than lose a play."""
+
+    def __init__(self, settings: RedisSettings, sleep: Callable[[float], None] = time.sleep):
+        self.settings = settings
+        self._client = settings.client()
+        self._sleep = sleep
+
+    def _state_key(self, stream_id: str) -> str:
+        return STATE_KEY.format(prefix=self.settings.prefix, stream_id=stream_id)
+
+    def _emitted_key(self, event_key: str) -> str:
+        return EMITTED_KEY.format(prefix=self.settings.prefix, event_key=event_key)
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Run `call`, retrying with backoff while Redis is unreachable; wrong credentials fail at once."""
+        wait, failures = RETRY_FIRST_SECONDS, 0
+        while True:
+            try:
+                result = call()
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("Redis at %s unreachable to %s (%s); retry %d in %.1f s", self.settings.redacted_url(), what, exc, failures, wait)
+                self._sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(2 * wait, RETRY_CAP_SECONDS)
+                continue
+            if failures:
+                log.info("Redis at %s reachable again after %d failed attempts", self.settings.redacted_url(), failures)
+            return result
+
+    def ping(self) -> None:
+        """Fail fast (no retries) when Redis cannot be reached or refuses the credentials."""
+        self._client.ping()
+
+    def load(self, stream_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(stream_ids)
+        if not ids:
+            return {}
+        values = self._retrying("load play state", lambda: self._client.mget([self._state_key(s) for s in ids]))
+        return {s: v for s, v in zip(ids, values) if v is not None}
+
+    def save(self, states: Mapping[str, str]) -> None:
+        if states:
+            self._retrying("save play state", lambda: self._client.mset({self._state_key(s): v for s, v in states.items()}))
+
+    def published(self, event_keys: Iterable[str]) -> set[str]:
+        keys = list(event_keys)
+        if not keys:
+            return set()
+        values = self._retrying("check published events", lambda: self._client.mget([self._emitted_key(k) for k in keys]))
+        return {k for k, v in zip(keys, values) if v is not None}
+
+    def mark_published(self, event_keys: Iterable[str]) -> None:
+        keys = list(event_keys)
+        if not keys:
+            return
+
+        def mark() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(self._emitted_key(key), "1", ex=EMITTED_TTL_SECONDS)
+            pipe.execute()
+
+        self._retrying("mark events published", mark)
+
+    def close(self) -> None:
+        self._client.close()

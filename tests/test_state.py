@@ -1,0 +1,87 @@
+"""State stores: one contract for memory and Redis; Redis keeps state across restarts and outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+import servers
+from monitor.state import MemoryStateStore, RedisSettings, RedisStateStore, StateStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    if request.param == "memory":
+        return MemoryStateStore()
+    server = request.getfixturevalue("redis_server")
+    return RedisStateStore(RedisSettings(f"redis://127.0.0.1:{server.port}/0"))
+
+
+def test_state_round_trip(store: StateStore) -> None:
+    assert store.load(["a", "b"]) == {}
+    state = '{"open": {"track_id": "t1", "a": 1.05, "b": -3.25}, "seq": 41, "note": "ü"}'
+    store.save({"a": state, "b": "{}"})
+    store.save({"b": '{"seq": 2}'})
+    assert store.load(["a", "b", "c"]) == {"a": state, "b": '{"seq": 2}'}
+    assert store.load([]) == {}
+
+
+def test_published_events_are_remembered(store: StateStore) -> None:
+    assert store.published(["e1", "e2"]) == set()
+    store.mark_published(["e1"])
+    store.mark_published([])
+    assert store.published(["e1", "e2"]) == {"e1"}
+
+
+def test_prefixes_keep_deployments_apart(redis_server: servers.ServerProcess) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    blue, green = RedisStateStore(RedisSettings(url, prefix="blue:")), RedisStateStore(RedisSettings(url, prefix="green:"))
+    blue.save({"s": "1"})
+    blue.mark_published(["e"])
+    assert green.load(["s"]) == {} and green.published(["e"]) == set()
+    keys = redis.Redis(port=redis_server.port, decode_responses=True).keys("*")
+    assert sorted(keys) == ["blue:emitted:e", "blue:state:s"]
+
+
+def test_state_survives_a_redis_restart_and_waits_out_the_outage(redis_server: servers.ServerProcess) -> None:
+    store = RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0"))
+    store.save({"s": "before"})
+    redis_server.stop()
+    saved = threading.Event()
+
+    def save_during_outage() -> None:
+        store.save({"t": "during"})
+        saved.set()
+
+    thread = threading.Thread(target=save_during_outage)
+    thread.start()
+    time.sleep(1.0)
+    assert not saved.is_set(), "a save while Redis is down must wait, not fail or vanish"
+    redis_server.start()
+    thread.join(15)
+    assert saved.is_set()
+    assert store.load(["s", "t"]) == {"s": "before", "t": "during"}
+
+
+def test_auth_and_bad_settings_fail_clearly(tmp_path) -> None:
+    server = servers.redis_server(tmp_path, password="s3cret")
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        RedisStateStore(RedisSettings(url, password="s3cret")).ping()
+        with pytest.raises(redis.AuthenticationError):
+            RedisStateStore(RedisSettings(url, password="wrong")).load(["s"])
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="rediss://"):
+        RedisSettings("redis://h:1/0", tls_ca_file="ca.pem").client()
+    with pytest.raises(ValueError, match="must start with"):
+        RedisSettings("http://h:1").client()
+
+
+def test_secrets_never_print() -> None:
+    settings = RedisSettings("redis://user:hunter2@cache.example:6380/1", password="hunter2")
+    assert "hunter2" not in repr(settings)
+    assert settings.redacted_url() == "redis://user:***@cache.example:6380/1"
