@@ -1,0 +1,159 @@
+"""Ingest against real inputs: a live HTTP audio stream that drops and stalls, an unreachable URL, files."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from prometheus_client import CollectorRegistry
+
+from monitor import metrics as metrics_module
+from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource, load_sources, read_windows, sources_from_urls, start_readers
+from monitor.windows import WindowGrid
+
+MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
+FAST_RETRY = IngestOptions(open_timeout=2.0, read_timeout=1.0, backoff_initial=0.1, backoff_max=0.5)
+
+
+@pytest.fixture(scope="module")
+def mp3(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, float]:
+    from live_audio import encode_mp3
+
+    path = encode_mp3(MUSIC / "area1-game.opus", tmp_path_factory.mktemp("live") / "area1.mp3")
+    return path.read_bytes(), 50.0
+
+
+@pytest.fixture()
+def server(mp3: tuple[bytes, float]):
+    from live_audio import LiveAudioServer
+
+    with LiveAudioServer(*mp3, speed=2.0) as live:
+        yield live
+
+
+@pytest.fixture()
+def registry_metrics() -> tuple[CollectorRegistry, metrics_module.Metrics]:
+    registry = CollectorRegistry()
+    return registry, metrics_module.create(registry)
+
+
+def take(windows, count: int, seconds: float) -> list:
+    """The first `count` windows, or fewer if `seconds` pass first."""
+    out, deadline = [], time.monotonic() + seconds
+    for window in windows:
+        out.append(window)
+        if len(out) >= count or time.monotonic() > deadline:
+            break
+    return out
+
+
+def assert_ordered(windows: list) -> None:
+    assert [w.seq for w in windows] == list(range(len(windows)))
+    offsets = np.array([w.offset for w in windows])
+    assert np.all(np.diff(offsets) > 0)
+
+
+def test_config_file_reads_streams_and_names_a_typo(tmp_path: Path) -> None:
+    good = tmp_path / "streams.yaml"
+    good.write_text("- {id: one, url: 'http://radio/one', name: One, metadata: {country: FR}}\n- {id: two, url: b.mp3}\n")
+    sources = load_sources(good)
+    assert sources[0] == StreamSource("one", "http://radio/one", "One", {"country": "FR"})
+    assert sources[1].id == "two" and not sources[1].metadata
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("- {id: one, ulr: 'http://radio/one'}\n")
+    with pytest.raises(ConfigError, match=r"stream #1: unknown field 'ulr'"):
+        load_sources(typo)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("- {id: one, url: a}\n- {id: one, url: b}\n")
+    with pytest.raises(ConfigError, match="'one' appears twice"):
+        load_sources(twice)
+
+
+def test_urls_get_unique_ids() -> None:
+    ids = [s.id for s in sources_from_urls(["a/x.mp3", "b/x.mp3", "http://host:8000/live"])]
+    assert ids == ["x", "x-2", "live"]
+
+
+def test_live_stream_drop_reconnects_and_marks_the_gap(server, registry_metrics) -> None:
+    registry, metrics = registry_metrics
+    source = StreamSource("radio", server.url(drop=2.0))
+    windows = take(read_windows(source, GRID, FAST_RETRY, metrics), count=16, seconds=20)
+    assert len(windows) == 16
+    assert_ordered(windows)
+    gaps = [i for i, w in enumerate(windows) if w.after_gap]
+    assert len(gaps) == 1 and gaps[0] >= 2
+    before, after = windows[gaps[0] - 1], windows[gaps[0]]
+    assert after.offset - before.offset > GRID.hop_seconds  # the lost air time shows in the offsets
+    assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "radio"}) == 1
+    assert registry.get_sample_value("airtrace_windows_ingested_total", {"stream": "radio"}) == 16
+    assert server.connections["/live.mp3"] == 2
+    assert all(w.air_time > time.time() - 60 for w in windows)
+
+
+def test_stalled_stream_times_out_and_reconnects(server, registry_metrics) -> None:
+    registry, metrics = registry_metrics
+    source = StreamSource("stalls", server.url("stall.mp3", stall=1.5))
+    windows = take(read_windows(source, GRID, FAST_RETRY, metrics), count=8, seconds=20)
+    assert len(windows) == 8
+    assert_ordered(windows)
+    assert sum(w.after_gap for w in windows) == 1
+    assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "stalls"}) == 1
+
+
+def test_unreachable_url_is_retried_without_holding_up_other_streams(server, registry_metrics) -> None:
+    registry, metrics = registry_metrics
+    sources = [StreamSource("dead", "http://127.0.0.1:9/nothing.mp3"), StreamSource("alive", server.url())]
+    received: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    threads = start_readers(sources, GRID, received.put, FAST_RETRY, metrics, stop)
+    alive = []
+    deadline = time.monotonic() + 15
+    while len(alive) < 6 and time.monotonic() < deadline:
+        item = received.get(timeout=5)
+        assert not isinstance(item, StreamEnded), "no stream may end while retrying"
+        assert item.stream_id == "alive"
+        alive.append(item)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert len(alive) == 6
+    assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "dead"}) >= 2
+    assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "dead"}) >= 1
+    assert registry.get_sample_value("airtrace_stream_up", {"stream": "dead"}) == 0
+
+
+def test_file_is_read_once_and_dead_air_is_counted(tmp_path: Path, registry_metrics) -> None:
+    registry, metrics = registry_metrics
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([rng.normal(0, 0.1, 24000), np.zeros(8 * 8000), rng.normal(0, 0.1, 24000)])
+    path = tmp_path / "dead-air.wav"
+    soundfile.write(path, audio.astype(np.float32), 8000)
+    windows = list(read_windows(StreamSource("file", str(path)), GRID, IngestOptions(dead_air_seconds=5.0), metrics))
+    assert len(windows) == GRID.count(len(audio))
+    assert_ordered(windows)
+    assert not any(w.after_gap for w in windows)
+    silent_windows = 8 * 2 - 1  # whole windows inside the 8 s of silence
+    assert registry.get_sample_value("airtrace_silence_seconds_total", {"stream": "file"}) == silent_windows * 0.5
+
+
+def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
+    registry, metrics = registry_metrics
+    assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []
+    assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "gone"}) == 1
+
+
+def test_realtime_paces_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "three.wav"
+    soundfile.write(path, np.random.default_rng(1).normal(0, 0.1, 3 * 8000).astype(np.float32), 8000)
+    begun = time.monotonic()
+    windows = list(read_windows(StreamSource("paced", str(path)), GRID, IngestOptions(realtime=True)))
+    assert len(windows) == 5
+    assert time.monotonic() - begun >= 2.5
+    assert windows[-1].air_time - windows[0].air_time == pytest.approx(2.0, abs=0.05)
