@@ -1,0 +1,94 @@
+"""Play events: the product's output, one `started` and one `ended` event per play, as versioned JSON.
+
+The JSON layout is documented by monitor/schemas/play_event.v1.json. Ids are deterministic: a play's id
+is a UUID5 of (stream id, track id, the seq of the play's first window), and an event's id is a UUID5 of
+(play id, state), so reprocessing the same windows (a replay, a restarted or rebalanced worker) yields
+the very same ids and consumers drop the duplicate instead of counting a second play.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / f"play_event.v{SCHEMA_VERSION}.json"
+ID_NAMESPACE = uuid.UUID("5d9e1c43-5b8e-4f0a-9a55-2f6a8e0c7b31")  # fixed forever: ids must never change
+
+State = Literal["started", "ended"]
+
+
+def play_id(stream_id: str, track_id: str, start_seq: int) -> str:
+    """The id shared by a play's started and ended events."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{stream_id}\x1f{track_id}\x1f{start_seq}"))
+
+
+def iso_utc(epoch: float) -> str:
+    """UTC ISO 8601 with milliseconds and a Z: 2026-11-24T23:31:03.250Z."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def from_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class PlayEvent:
+    """One state change of one play. Times in seconds; `started_at`/`ended_at` are UTC epoch seconds here
+    and ISO 8601 strings in JSON. A started event has no end yet (`ended_at`, `stream_end`, `ref_end`,
+    `duration` are None)."""
+
+    play_id: str
+    state: State
+    stream_id: str
+    track_id: str
+    started_at: float
+    stream_start: float  # stream offset where the play starts
+    ref_start: float  # position in the track that plays at stream_start
+    speed: float  # content speed against the reference (1.05: 5 % fast)
+    score: float
+    confidence: float
+    decided_offset: float  # stream offset when this event was decided; minus stream_start: detection delay
+    ended_at: float | None = None
+    stream_end: float | None = None
+    ref_end: float | None = None
+    track: dict[str, Any] = field(default_factory=dict)  # the catalog's metadata for the track
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(uuid.UUID(self.play_id), self.state))
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.stream_end is None else self.stream_end - self.stream_start
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = iso_utc(self.started_at)
+        data["ended_at"] = None if self.ended_at is None else iso_utc(self.ended_at)
+        return {"schema_version": SCHEMA_VERSION, "event_id": self.event_id, **data, "duration": self.duration}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PlayEvent":
+        """Read an event back; raises ValueError for a schema version this code does not know."""
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"play event schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        data = {k: v for k, v in data.items() if k not in ("schema_version", "event_id", "duration")}
+        data["started_at"] = from_iso(data["started_at"])
+        data["ended_at"] = None if data["ended_at"] is None else from_iso(data["ended_at"])
+        return cls(**data)
+
+    def to_line(self) -> str:
+        """One JSON line, as written to an events file or a Kafka topic."""
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the current version, for validating events in tests and consumers."""
+    return json.loads(SCHEMA_PATH.read_text())
