@@ -1,0 +1,74 @@
+"""Metrics: the agreed names, served over HTTP, and play events reflected in them."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.events import PlayEvent, play_id
+from monitor.metrics import create, observe_play_events, serve
+
+NAMES = {
+    "airtrace_windows_ingested", "airtrace_stream_up", "airtrace_stream_reconnects", "airtrace_decode_errors",
+    "airtrace_silence_seconds", "airtrace_embedding_batch_size", "airtrace_embedding_seconds", "airtrace_search_seconds",
+    "airtrace_consumer_lag_messages", "airtrace_hits", "airtrace_plays_started", "airtrace_plays_ended", "airtrace_track_plays",
+    "airtrace_now_playing", "airtrace_last_play_timestamp_seconds", "airtrace_detection_latency_seconds", "airtrace_dead_letters",
+    "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes",
+}
+
+
+def scrape(port: int) -> tuple[set[str], dict[str, dict[tuple, float]]]:
+    """Family names, and sample name -> {sorted label items: value}, from the text served on `port`."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    families, values = set(), {}
+    for family in text_string_to_metric_families(body):
+        families.add(family.name)
+        for sample in family.samples:
+            values.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return families, values
+
+
+def play(state: str, started_at: float = 1000.0) -> PlayEvent:
+    end = {"ended_at": started_at + 60, "stream_end": 70.0, "ref_end": 60.0} if state == "ended" else {}
+    return PlayEvent(play_id("radio", "t1", 20), state, "radio", "t1", started_at, 10.0, 0.0, 1.0, 5.0, 0.9, 13.0, **end)
+
+
+def test_metrics_are_served_over_http_with_the_agreed_names() -> None:
+    registry = CollectorRegistry()
+    metrics = create(registry)
+    metrics.windows_ingested.labels("radio").inc(3)
+    metrics.embedding_batch_size.observe(64)
+    metrics.consumer_lag.labels("windows").set(7)
+    metrics.dead_letters.labels("malformed").inc()
+    metrics.catalog_tracks.set(5)
+    server, thread = serve(0, registry=registry)
+    try:
+        families, values = scrape(server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert NAMES <= families
+    assert values["airtrace_windows_ingested_total"][(("stream", "radio"),)] == 3
+    assert values["airtrace_embedding_batch_size_bucket"][(("le", "64.0"),)] == 1
+    assert values["airtrace_consumer_lag_messages"][(("topic", "windows"),)] == 7
+    assert values["airtrace_catalog_tracks"][()] == 5
+    assert any(name.startswith("process_cpu_seconds") for name in values)
+
+
+def test_play_events_drive_counters_now_playing_and_latency() -> None:
+    registry = CollectorRegistry()
+    metrics = create(registry)
+    observe_play_events(metrics, [play("started")], now=1004.5)
+    get = registry.get_sample_value
+    assert get("airtrace_now_playing", {"stream": "radio", "track_id": "t1"}) == 1
+    assert get("airtrace_plays_started_total", {"stream": "radio"}) == 1
+    assert get("airtrace_track_plays_total", {"stream": "radio", "track_id": "t1"}) == 1
+    assert get("airtrace_detection_latency_seconds_sum") == 4.5  # wall clock beat the stream-time delay (3 s)
+    observe_play_events(metrics, [play("ended")], now=1070.0)
+    assert get("airtrace_now_playing", {"stream": "radio", "track_id": "t1"}) is None  # removed, not zero
+    assert get("airtrace_plays_ended_total", {"stream": "radio"}) == 1
+    assert get("airtrace_last_play_timestamp_seconds", {"stream": "radio"}) == 1070.0
+    observe_play_events(metrics, [play("started", started_at=5000.0)], now=1000.0)  # a file read faster than real time
+    assert get("airtrace_detection_latency_seconds_sum") == 4.5 + 3.0
