@@ -3,6 +3,7 @@ trained frozen and fine-tuned through `airtrace train`'s code, exported and relo
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from encoders.backbones.muq import MelSTFT, muq_class, torchaudio_mel_filters
 from encoders.train import TrainConfig, build_encoder, nt_xent, train
 
 SR = 24000
+CONFIGS = Path(__file__).parent.parent / "encoders" / "configs"
 
 # MERT-v1's config.json as the Hub ships it (model_type mert_model, remote-code pointers, MERT-only
 # options at their MERT-v1 values), shrunk to two layers of width 32 with MERT's 320-sample frame hop.
@@ -190,7 +192,7 @@ def test_saved_encoder_reloads_to_identical_embeddings(backbone, weights, tmp_pa
 
 @pytest.mark.parametrize("backbone", ["mert", "muq"])
 def test_missing_weights_directory_says_how_to_fetch(backbone, tmp_path):
-    with pytest.raises(EncoderError, match="no pretrained weights directory.*huggingface-cli download"):
+    with pytest.raises(EncoderError, match="no pretrained weights directory.*hf download"):
         build_encoder(TrainConfig(data="unused", backbone=backbone, weights=str(tmp_path / "nowhere")))
     with pytest.raises(EncoderError, match="set `weights:`"):
         build_encoder(TrainConfig(data="unused", backbone=backbone))
@@ -253,3 +255,11 @@ def test_muq_mel_front_end_matches_torchaudio():
     frame = db[0, :, 50]
     assert int(frame.argmax()) == 38
     np.testing.assert_allclose(frame[[38, 0, 100]], [46.996758, -62.909882, -49.608162], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["mert", "muq"])
+def test_example_configs_train_from_the_directory_the_fetch_hint_names(name):
+    cfg = TrainConfig.from_file(CONFIGS / f"{name}.yaml")
+    assert (cfg.backbone, cfg.frozen, cfg.backbone_args) == (name, False, {"layer": "weighted"})
+    assert f"--local-dir {cfg.weights}`" in importlib.import_module(f"encoders.backbones.{name}").FETCH
+    assert f"--local-dir {cfg.weights}\n" in (CONFIGS / f"{name}.yaml").read_text()

@@ -17,7 +17,7 @@ from encoders.backbones.pretrained import PretrainedBackbone, load_pretrained, r
 from encoders.model import EncoderError
 
 SAMPLE_RATE = 24000
-FETCH = "fetch MERT first, e.g. `huggingface-cli download m-a-p/MERT-v1-95M --local-dir models/MERT-v1-95M`"
+FETCH = "fetch MERT first, e.g. `hf download m-a-p/MERT-v1-95M --local-dir pretrained/MERT-v1-95M`"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUBERT_FIELDS = tuple(HubertConfig.__annotations__)
 # Training-time randomness off: layerdrop would skip layers (and their hidden states) at random, and the

@@ -28,7 +28,7 @@ from encoders.backbones.pretrained import PretrainedBackbone, load_pretrained, r
 from encoders.model import EncoderError
 
 SAMPLE_RATE = 24000
-FETCH = "fetch MuQ first, e.g. `huggingface-cli download OpenMuQ/MuQ-large-msd-iter --local-dir models/MuQ-large-msd-iter`"
+FETCH = "fetch MuQ first, e.g. `hf download OpenMuQ/MuQ-large-msd-iter --local-dir pretrained/MuQ-large-msd-iter`"
 INSTALL = "install it with `pip install --no-deps muq einops easydict` (its declared dependencies would pull another torch)"
 
 
