@@ -1,6 +1,6 @@
 """MERT-v1 (Li et al. 2023, 95M or 330M) on transformers' own HubertModel: no remote code, no download.
 
-MERT's custom model code is HuBERT plus options that MERT-v1 leaves off (a CQT front end, DeepNorm,
+MERT's custom model code is HuBERT plus options that MERT-v1 leaves off (a CQT front end, DeepNorm with
 relaxed attention); with those checked off, its config.json maps onto HubertConfig field for field and its
 weights load into HubertModel as they are.
 """
@@ -29,10 +29,9 @@ def hubert_config(config: dict[str, Any]) -> HubertConfig:
     """A MERT-v1 (or plain HuBERT) config.json as a HubertConfig; MERT options HubertModel lacks are refused."""
     if config.get("feature_extractor_cqt", False):
         raise EncoderError("this MERT config uses the CQT front end (feature_extractor_cqt); only MERT-v1 checkpoints, which do not, load into HubertModel")
+    # MERT's code applies attention_relax only inside its DeepNorm encoder, so deepnorm off means plain HuBERT.
     if config.get("deepnorm", False):
-        raise EncoderError("this MERT config uses DeepNorm residuals (deepnorm); only MERT-v1 checkpoints, which do not, load into HubertModel")
-    if config.get("attention_relax", -1.0) > 0:
-        raise EncoderError("this MERT config uses relaxed attention (attention_relax > 0); only MERT-v1 checkpoints, which do not, load into HubertModel")
+        raise EncoderError("this MERT config uses DeepNorm residuals and relaxed attention (deepnorm); only MERT-v1 checkpoints, which do not, load into HubertModel")
     rate = config.get("sample_rate", SAMPLE_RATE)
     if rate != SAMPLE_RATE:
         raise EncoderError(f"this MERT config expects {rate} Hz audio; airtrace runs MERT-v1 at {SAMPLE_RATE} Hz (MERT-v0 used 16 kHz)")
