@@ -1,0 +1,720 @@
+"""The reference catalog: tracks cut into windows, embedded, and indexed for nearest-neighbour search.
+
+A catalog is one directory:
+
+    catalog.json   format version, encoder (where to load it + weights fingerprint), hop, index, generation
+    gen-000007/    the current generation: index.faiss, tracks.sqlite, null.npz
+    shards/        immutable float16 embeddings with their window ids, to rebuild or retrain the index
+    catalog.lock   held by the one writer at a time
+
+Every write builds a complete new generation directory and then replaces catalog.json, the one commit
+point: a crash at any moment leaves the previous generation whole, and readers see one or the other.
+Running readers call `reload_if_changed`, which costs one stat() when nothing changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
+from monitor.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
+from monitor.records import Neighbour
+from monitor.windows import WindowGrid
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "catalog.json"
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"}
+SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
+COMMIT_WINDOWS = 200_000  # a long `add` commits a generation about every 500 tracks
+EMBED_CHUNK = 1024  # windows cut and embedded at a time, so a long file never sits in memory as windows
+NULL_CLIP_SECONDS = 30.0
+NULL_CLIPS = 64  # reversed excerpts kept, a uniform sample over all tracks ever added
+SPEECH_NULL = (
+    "Good evening and welcome back. Here are the headlines at the top of the hour.",
+    "The council met today to discuss the new budget for schools and roads in the region.",
+    "Tomorrow will be cloudy in the north with some rain, and sunny spells in the south.",
+)
+
+
+class CatalogError(Exception):
+    """A catalog that cannot be opened, written or searched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    track_id: str
+    seconds: float
+    windows: int  # indexed windows (silent ones are not indexed)
+    content_hash: str
+    metadata: dict[str, str]
+
+
+@dataclass
+class AddReport:
+    added: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, track_id already holding that audio)
+
+    def summary(self) -> str:
+        return f"added {len(self.added)}, skipped {len(self.skipped)}, duplicates {len(self.duplicates)}"
+
+
+class _Source(NamedTuple):
+    track_id: str
+    path: Path
+    metadata: dict[str, str]
+
+
+def content_hash(audio: np.ndarray) -> str:
+    """Hash of the decoded samples (16-bit), so a copy or a lossless re-wrap of a file is caught too."""
+    pcm = np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32767), -32768, 32767).astype("<i2")
+    return hashlib.sha256(pcm.tobytes()).hexdigest()[:32]
+
+
+def audible(windows: np.ndarray) -> np.ndarray:
+    """Which windows are louder than SILENCE_RMS; silence matches every silent stretch of every track."""
+    windows = np.asarray(windows, dtype=np.float32)
+    return np.sqrt(np.mean(np.square(windows), axis=1)) >= SILENCE_RMS
+
+
+class Catalog:
+    """Reference tracks, their window embeddings in a FAISS index, and everything needed to trust a match."""
+
+    def __init__(self, directory: Path, encoder: Encoder, config: dict[str, Any]):
+        """Use Catalog.create or Catalog.open."""
+        self.directory = directory
+        self.encoder = encoder
+        self.grid = WindowGrid.for_encoder(encoder, config["hop_seconds"])
+        self._config = config
+        self._lock_file: Any = None
+        self._load()
+
+    # ---- creating and opening -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str | Path, encoder: Encoder, hop_seconds: float = 0.5, index_factory: str | None = None,
+               encoder_source: str | None = None) -> "Catalog":
+        """A new empty catalog. `encoder_source` is how to load the encoder again (a shipped name or a
+        directory); without it a copy of the encoder is saved inside the catalog. `index_factory`
+        None lets the catalog choose by size (exact search, then IVF as it grows)."""
+        directory = Path(directory)
+        if (directory / CONFIG_FILE).exists():
+            raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
+        if not 0 < hop_seconds <= encoder.config.window_seconds:
+            raise CatalogError(f"hop {hop_seconds} s must be positive and at most the window ({encoder.config.window_seconds} s)")
+        factory = index_factory or auto_factory(0)
+        try:
+            index = VectorIndex.empty(factory, encoder.dim)
+        except VectorIndexError as exc:
+            raise CatalogError(str(exc)) from exc
+        directory.mkdir(parents=True, exist_ok=True)
+        if encoder_source is None:
+            encoder.save(directory / "encoder")
+            encoder_source = "encoder"
+        elif Path(encoder_source).is_dir():
+            encoder_source = str(Path(encoder_source).resolve())
+        config = {
+            "format_version": FORMAT_VERSION,
+            "encoder": {"source": encoder_source, "fingerprint": encoder.fingerprint(), "backbone": encoder.config.backbone,
+                        "sample_rate": encoder.sample_rate, "window_seconds": encoder.config.window_seconds, "dim": encoder.dim},
+            "hop_seconds": float(hop_seconds),
+            "index": {"requested": index_factory or "auto", "factory": factory, "search_params": index.search_params},
+            "generation": -1,
+        }
+        grid = WindowGrid.for_encoder(encoder, hop_seconds)
+        null = _NullClips.fixed(encoder, grid)
+        with _writer_lock(directory):
+            _write_generation(directory, config, 0, index, {}, [], null)
+        return cls(directory, encoder, _read_config(directory))
+
+    @classmethod
+    def open(cls, directory: str | Path, encoder: Encoder | None = None) -> "Catalog":
+        """Open a catalog; without `encoder`, load the one it records. A different encoder is an error."""
+        directory = Path(directory)
+        config = _read_config(directory)
+        recorded = config["encoder"]
+        if encoder is None:
+            source = recorded["source"]
+            inside = directory / source
+            try:
+                encoder = load_encoder(inside if inside.is_dir() else source)
+            except EncoderError as exc:
+                raise CatalogError(f"cannot load the encoder {source!r} that built {directory}: {exc}") from exc
+        found = encoder.fingerprint()
+        if found != recorded["fingerprint"]:
+            raise CatalogError(
+                f"{directory} was built by encoder {recorded['source']!r} (weights {recorded['fingerprint']}), but the given "
+                f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
+            )
+        return cls(directory, encoder, config)
+
+    @classmethod
+    def open_or_create(cls, directory: str | Path, encoder_source: str | None = None, hop_seconds: float | None = None,
+                       index_factory: str | None = None) -> "Catalog":
+        """What `catalog add` needs: the catalog at `directory`, or a new one with the named encoder
+        (a shipped name or a directory; default the shipped default). Settings given for an existing
+        catalog must match it."""
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).exists():
+            source = encoder_source or DEFAULT_ENCODER
+            try:
+                encoder = load_encoder(source)
+            except EncoderError as exc:
+                raise CatalogError(str(exc)) from exc
+            return cls.create(directory, encoder, 0.5 if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
+        try:
+            catalog = cls.open(directory, load_encoder(encoder_source) if encoder_source else None)
+        except EncoderError as exc:
+            raise CatalogError(str(exc)) from exc
+        if hop_seconds is not None and abs(hop_seconds - catalog._config["hop_seconds"]) > 1e-9:
+            raise CatalogError(f"{directory} indexes at a hop of {catalog._config['hop_seconds']} s, not {hop_seconds} s; leave out --hop or use another catalog")
+        requested = catalog._config["index"]["requested"]
+        if index_factory is not None and index_factory != requested:
+            raise CatalogError(f"{directory} uses index {requested!r}, not {index_factory!r}; leave out the option or use another catalog")
+        return catalog
+
+    def _load(self) -> None:
+        """Read the generation catalog.json points at; retried once if a writer replaced it meanwhile."""
+        for attempt in (1, 2):
+            config = _read_config(self.directory)
+            try:
+                self._load_generation(config)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise CatalogError(f"{self.directory}: generation {config['generation']} is missing; the catalog is damaged") from None
+
+    def _load_generation(self, config: dict[str, Any]) -> None:
+        if config["encoder"]["fingerprint"] != self._config["encoder"]["fingerprint"]:
+            raise CatalogError(f"{self.directory} was rebuilt with another encoder; open it again")
+        gen_dir = _gen_dir(self.directory, config["generation"])
+        if not gen_dir.is_dir():
+            raise FileNotFoundError(gen_dir)
+        index_cfg = config["index"]
+        try:
+            index = VectorIndex.load(gen_dir / "index.faiss", index_cfg["factory"], index_cfg["search_params"])
+        except VectorIndexError as exc:
+            raise CatalogError(f"{exc}: the index is corrupt; restore the catalog from a backup or rebuild it with `airtrace catalog add`") from exc
+        tracks, ords, shards = _read_tracks(gen_dir / "tracks.sqlite")
+        expected = sum(t.windows for t in tracks.values())
+        if index.ntotal != expected:
+            raise CatalogError(f"{gen_dir}: the index holds {index.ntotal} windows but the tracks {expected}; the catalog is corrupt, rebuild it")
+        self._config, self._index, self._tracks, self._ords, self._shards = config, index, tracks, ords, shards
+        self._null = _NullClips.load(gen_dir / "null.npz")
+        self._names = np.empty(max(ords.values(), default=-1) + 1, dtype=object)
+        for track_id, track_ord in ords.items():
+            self._names[track_ord] = track_id
+        self._signature = _config_signature(self.directory)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_windows = 0
+        self._rebuild = False
+        self._dirty = False
+
+    def reload_if_changed(self) -> bool:
+        """Pick up a generation another process committed; one stat() when nothing changed."""
+        if _config_signature(self.directory) == self._signature:
+            return False
+        if _read_config(self.directory)["generation"] == self._config["generation"]:
+            self._signature = _config_signature(self.directory)
+            return False
+        self._load()
+        return True
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return int(self._config["generation"])
+
+    def tracks(self) -> list[TrackInfo]:
+        return sorted(self._tracks.values(), key=lambda t: t.track_id)
+
+    def track(self, track_id: str) -> TrackInfo:
+        try:
+            return self._tracks[track_id]
+        except KeyError:
+            raise CatalogError(f"no track {track_id!r} in {self.directory}; `airtrace catalog list` shows the tracks") from None
+
+    def stats(self) -> dict[str, Any]:
+        gen_dir = _gen_dir(self.directory, self.generation)
+        shard_bytes = sum(p.stat().st_size for p in (self.directory / "shards").glob("*.npz"))
+        return {
+            "directory": str(self.directory),
+            "tracks": len(self._tracks),
+            "windows": self._index.ntotal,
+            "seconds": round(sum(t.seconds for t in self._tracks.values()), 3),
+            "generation": self.generation,
+            "encoder": self._config["encoder"]["source"],
+            "encoder_fingerprint": self._config["encoder"]["fingerprint"],
+            "window_seconds": self.grid.window_seconds,
+            "hop_seconds": self.grid.hop_seconds,
+            "dim": self.encoder.dim,
+            "index_factory": self._index.factory,
+            "search_params": self._index.search_params,
+            "index_bytes": (gen_dir / "index.faiss").stat().st_size,
+            "shard_bytes": shard_bytes,
+        }
+
+    def search(self, embeddings: np.ndarray, k: int = 10) -> list[tuple[Neighbour, ...]]:
+        """The k nearest reference windows of each query embedding, best first."""
+        if not self._tracks:
+            raise CatalogError(f"{self.directory} is empty; add tracks with `airtrace catalog add --catalog {self.directory} PATH...`")
+        queries = np.asarray(embeddings, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.encoder.dim:
+            raise CatalogError(f"queries must be (n, {self.encoder.dim}) embeddings of this catalog's encoder, got shape {queries.shape}")
+        sims, ids = self._index.search(queries, k)
+        ords, windows = split_ids(ids)
+        times = self.grid.start(windows).tolist()
+        names = self._names
+        return [
+            tuple(Neighbour(names[o], t, s) for o, t, s in zip(row_ords, row_times, row_sims) if o >= 0)
+            for row_ords, row_times, row_sims in zip(ords.tolist(), times, sims.tolist())
+        ]
+
+    def null_queries(self) -> list[np.ndarray]:
+        """Embeddings of audio certainly not in the catalog (reversed excerpts of its tracks, noise, speech),
+        each a run of consecutive windows on the catalog grid: the matcher calibrates its confidence on them."""
+        return self._null.clips()
+
+    def generation_dir(self) -> Path:
+        """Where this generation's files lie; derived data (the matcher's calibration) may be cached here."""
+        return _gen_dir(self.directory, self.generation)
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one commit. On an error nothing of the group since its last commit is kept."""
+        if self._lock_file is not None:  # nested: the outer transaction commits
+            yield
+            return
+        with _writer_lock(self.directory) as lock:
+            self._lock_file = lock
+            try:
+                self.reload_if_changed()
+                yield
+                self._commit()
+            except BaseException:
+                self._load()
+                raise
+            finally:
+                self._lock_file = None
+
+    def add(self, sources: Sequence[str | Path], progress: bool = True) -> AddReport:
+        """Add audio files, folders (searched recursively) and manifest.csv files (track_id, path, metadata...).
+
+        A file that cannot be read, or whose track id is taken, is reported in `skipped`; audio already in
+        the catalog under another id is reported in `duplicates`. Commits about every COMMIT_WINDOWS windows.
+        """
+        report = AddReport()
+        items = [item for source in sources for item in _expand(Path(source), report)]
+        seen_ids: set[str] = set()
+        with self.transaction():
+            for item in tqdm(items, desc="indexing", unit="file", disable=not progress):
+                self._add_file(item, report, seen_ids)
+                if self._pending_windows >= COMMIT_WINDOWS:
+                    self._commit()
+        return report
+
+    def _add_file(self, item: _Source, report: AddReport, seen_ids: set[str]) -> None:
+        if item.track_id in self._tracks or item.track_id in seen_ids:
+            report.skipped.append((str(item.path), f"track id {item.track_id!r} is already in the catalog; remove it first or give another id"))
+            return
+        try:
+            audio = load_audio(item.path, self.encoder.sample_rate)
+        except AudioError as exc:
+            report.skipped.append((str(item.path), str(exc)))
+            return
+        try:
+            self.add_audio(item.track_id, audio, item.metadata)
+        except _Duplicate as dup:
+            report.duplicates.append((str(item.path), dup.track_id))
+            return
+        except CatalogError as exc:
+            report.skipped.append((str(item.path), str(exc)))
+            return
+        seen_ids.add(item.track_id)
+        report.added.append(item.track_id)
+
+    def add_audio(self, track_id: str, audio: np.ndarray, metadata: dict | None = None) -> None:
+        """Add one track from samples at encoder.sample_rate (committed now, or with the open transaction)."""
+        if not track_id:
+            raise CatalogError("a track id must not be empty")
+        with self.transaction():
+            if track_id in self._tracks:
+                raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
+            audio = np.asarray(audio, dtype=np.float32)
+            digest = content_hash(audio)
+            for other in self._tracks.values():
+                if other.content_hash == digest:
+                    raise _Duplicate(other.track_id)
+            vectors, numbers = self._embed(audio)
+            if not len(vectors):
+                raise CatalogError(f"track {track_id!r} has no audible window of {self.grid.window_seconds} s; it is too short or silent")
+            track_ord = self._next_ord()
+            try:
+                ids = window_ids(track_ord, numbers)
+            except VectorIndexError as exc:
+                raise CatalogError(f"track {track_id!r}: {exc}") from exc
+            self._pending.append((vectors.astype(np.float16), ids))
+            self._pending_windows += len(ids)
+            meta = {str(k): str(v) for k, v in (metadata or {}).items() if v is not None and str(v) != ""}
+            self._tracks[track_id] = TrackInfo(track_id, len(audio) / self.encoder.sample_rate, len(ids), digest, meta)
+            self._ords[track_id] = track_ord
+            self._null.offer(audio, self.encoder.sample_rate, digest, self._embed)
+            self._dirty = True
+
+    def remove(self, track_id: str) -> None:
+        """Remove a track (committed now, or with the open transaction)."""
+        with self.transaction():
+            self.track(track_id)
+            track_ord = self._ords.pop(track_id)
+            del self._tracks[track_id]
+            self._pending = [(v[split_ids(i)[0] != track_ord], i[split_ids(i)[0] != track_ord]) for v, i in self._pending]
+            if not self._index.remove_track(track_ord):
+                self._rebuild = True
+            self._dirty = True
+
+    def _next_ord(self) -> int:
+        """Ordinals are never reused, so a removed track's rows left in shards can never come back."""
+        track_ord = self._config.get("next_ord", 0)
+        self._config["next_ord"] = track_ord + 1
+        return track_ord
+
+    def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the audible windows of `audio` on the catalog grid, and their window numbers."""
+        grid = self.grid
+        windows = grid.cut(np.ascontiguousarray(audio, dtype=np.float32))
+        vectors, numbers = [], []
+        for begin in range(0, len(windows), EMBED_CHUNK):
+            chunk = windows[begin : begin + EMBED_CHUNK]
+            keep = np.flatnonzero(audible(chunk))
+            if len(keep):
+                vectors.append(self.encoder.embed(chunk[keep]))
+                numbers.append(keep + begin)
+        if not vectors:
+            return np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(vectors), np.concatenate(numbers)
+
+    def _commit(self) -> None:
+        """Write staged changes as the next generation (shard, index, tracks, null clips), then switch to it."""
+        if not self._dirty:
+            return
+        generation = self.generation + 1
+        if self._pending:
+            vectors = np.concatenate([v for v, _ in self._pending])
+            ids = np.concatenate([i for _, i in self._pending])
+            if len(ids):
+                self._shards.append(_write_shard(self.directory, generation, vectors, ids))
+        total = sum(t.windows for t in self._tracks.values())
+        index_cfg = self._config["index"]
+        factory = index_cfg["factory"] if index_cfg["requested"] != "auto" else auto_factory(total)
+        try:
+            if factory != self._index.factory or self._rebuild or not self._index.faiss.is_trained:
+                self._index = self._rebuilt(factory)
+            else:
+                for vectors, ids in self._pending:
+                    self._index.add(vectors, ids)
+        except VectorIndexError as exc:
+            raise CatalogError(str(exc)) from exc
+        config = {**self._config, "index": {**index_cfg, "factory": factory, "search_params": self._index.search_params}}
+        _write_generation(self.directory, config, generation, self._index, self._tracks_with_ords(), self._shards, self._null)
+        self._load()
+
+    def _rebuilt(self, factory: str) -> VectorIndex:
+        log.info("building a %s index over %d tracks", factory, len(self._tracks))
+        live = np.fromiter(self._ords.values(), dtype=np.int64)
+        search_params = None if factory != self._index.factory else self._index.search_params
+
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for name in self._shards:
+                vectors, ids = _read_shard(self.directory, name)
+                keep = np.isin(split_ids(ids)[0], live)
+                yield vectors[keep], ids[keep]
+
+        if not len(live):
+            return VectorIndex.empty(factory, self.encoder.dim, search_params)
+        return VectorIndex.build(factory, self.encoder.dim, chunks, search_params)
+
+    def _tracks_with_ords(self) -> dict[int, TrackInfo]:
+        return {self._ords[t]: info for t, info in self._tracks.items()}
+
+
+class _Duplicate(CatalogError):
+    """The audio is already in the catalog as `track_id`."""
+
+    def __init__(self, track_id: str):
+        super().__init__(f"the same audio is already in the catalog as {track_id!r}")
+        self.track_id = track_id
+
+
+# ---- null clips -------------------------------------------------------------------------------
+
+
+class _NullClips:
+    """Embedded audio that is certainly not in the catalog: fixed noise and speech, plus time-reversed
+    excerpts of a uniform sample (reservoir) of the tracks ever added."""
+
+    def __init__(self, fixed: list[np.ndarray], reversed_: list[np.ndarray], offered: int):
+        self.fixed, self.reversed, self.offered = fixed, reversed_, offered
+
+    @classmethod
+    def fixed(cls, encoder: Encoder, grid: WindowGrid) -> "_NullClips":
+        rng = np.random.default_rng(0)
+        n = int(NULL_CLIP_SECONDS * encoder.sample_rate)
+        clips = [_coloured_noise(n, exponent, rng) * 0.1 for exponent in (0.0, 1.0, 2.0)]
+        try:
+            speech = np.concatenate([synthesize_speech(line, encoder.sample_rate, voice) for line in SPEECH_NULL for voice in ("en", "de")])
+            clips.append(speech[:n])
+        except AudioError as exc:
+            log.warning("no speech among the null clips: %s", exc)
+        embedded = []
+        for clip in clips:
+            windows = grid.cut(clip.astype(np.float32))
+            windows = windows[audible(windows)]
+            if len(windows):
+                embedded.append(encoder.embed(windows).astype(np.float16))
+        return cls(embedded, [], 0)
+
+    def offer(self, audio: np.ndarray, sample_rate: int, digest: str, embed: Any) -> None:
+        """Reservoir sampling: track n replaces a kept excerpt with probability NULL_CLIPS / n."""
+        self.offered += 1
+        slot = len(self.reversed)
+        if slot >= NULL_CLIPS:
+            slot = int(np.random.default_rng(int(digest[:12], 16)).integers(self.offered))
+            if slot >= NULL_CLIPS:
+                return
+        excerpt = _middle(audio, int(NULL_CLIP_SECONDS * sample_rate))[::-1].copy()
+        vectors, _ = embed(excerpt)
+        if not len(vectors):
+            return
+        vectors = vectors.astype(np.float16)
+        if slot == len(self.reversed):
+            self.reversed.append(vectors)
+        else:
+            self.reversed[slot] = vectors
+
+    def clips(self) -> list[np.ndarray]:
+        return [c.astype(np.float32) for c in self.fixed + self.reversed]
+
+    def save(self, path: Path) -> None:
+        clips = self.fixed + self.reversed
+        np.savez(
+            path,
+            vectors=np.concatenate(clips) if clips else np.zeros((0, 0), np.float16),
+            lengths=np.array([len(c) for c in clips], np.int64),
+            fixed=np.int64(len(self.fixed)),
+            offered=np.int64(self.offered),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "_NullClips":
+        try:
+            with np.load(path) as data:
+                clips = np.split(data["vectors"], np.cumsum(data["lengths"])[:-1]) if len(data["lengths"]) else []
+                fixed = int(data["fixed"])
+                return cls(clips[:fixed], clips[fixed:], int(data["offered"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
+
+
+def _middle(audio: np.ndarray, length: int) -> np.ndarray:
+    start = max(0, (len(audio) - length) // 2)
+    return audio[start : start + length]
+
+
+def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise with power ~ 1/f**exponent (white, pink, brown), unit RMS."""
+    spectrum = np.fft.rfft(rng.standard_normal(n)) / np.maximum(np.arange(n // 2 + 1), 1) ** (exponent / 2)
+    noise = np.fft.irfft(spectrum, n)
+    return (noise / np.sqrt(np.mean(noise**2))).astype(np.float32)
+
+
+# ---- files on disk ------------------------------------------------------------------------------
+
+
+def _gen_dir(directory: Path, generation: int) -> Path:
+    return directory / f"gen-{generation:06d}"
+
+
+def _config_signature(directory: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(directory / CONFIG_FILE)
+    except FileNotFoundError:
+        raise CatalogError(f"{directory}/{CONFIG_FILE} has gone; the catalog was deleted") from None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CatalogError(f"no catalog at {directory} ({CONFIG_FILE} missing); create one with `airtrace catalog add --catalog {directory} PATH...`")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path} is not valid JSON ({exc}); the catalog is corrupt") from exc
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version != FORMAT_VERSION:
+        raise CatalogError(f"{path}: catalog format {version!r} is not {FORMAT_VERSION}, which this airtrace reads; rebuild the catalog or use a matching airtrace")
+    return config
+
+
+@contextmanager
+def _writer_lock(directory: Path) -> Iterator[Any]:
+    with open(directory / "catalog.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_shard(directory: Path, generation: int, vectors: np.ndarray, ids: np.ndarray) -> str:
+    shards = directory / "shards"
+    shards.mkdir(exist_ok=True)
+    name = f"{generation:06d}-{os.urandom(4).hex()}.npz"
+    tmp = shards / f".{name}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, vectors=vectors.astype(np.float16), ids=ids.astype(np.int64))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, shards / name)
+    return name
+
+
+def _read_shard(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    path = directory / "shards" / name
+    try:
+        with np.load(path) as data:
+            return data["vectors"].astype(np.float32), data["ids"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CatalogError(f"shard {path} cannot be read ({exc}); the catalog cannot be rebuilt without it") from exc
+
+
+def _write_tracks(path: Path, tracks: dict[int, TrackInfo], shards: list[str]) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE tracks (ord INTEGER PRIMARY KEY, track_id TEXT UNIQUE NOT NULL, seconds REAL NOT NULL,"
+            " windows INTEGER NOT NULL, content_hash TEXT NOT NULL, metadata TEXT NOT NULL);"
+            "CREATE TABLE shards (name TEXT PRIMARY KEY);"
+        )
+        db.executemany(
+            "INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?)",
+            [(o, t.track_id, t.seconds, t.windows, t.content_hash, json.dumps(t.metadata)) for o, t in tracks.items()],
+        )
+        db.executemany("INSERT INTO shards VALUES (?)", [(s,) for s in shards])
+    db.close()
+
+
+def _read_tracks(path: Path) -> tuple[dict[str, TrackInfo], dict[str, int], list[str]]:
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT ord, track_id, seconds, windows, content_hash, metadata FROM tracks").fetchall()
+            shards = [name for (name,) in db.execute("SELECT name FROM shards ORDER BY name")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
+    tracks = {tid: TrackInfo(tid, seconds, windows, digest, json.loads(meta)) for _, tid, seconds, windows, digest, meta in rows}
+    return tracks, {tid: o for o, tid, *_ in rows}, shards
+
+
+def _write_generation(directory: Path, config: dict[str, Any], generation: int, index: VectorIndex,
+                      tracks: dict[int, TrackInfo], shards: list[str], null: _NullClips) -> None:
+    """Write gen-NNNNNN completely, then point catalog.json at it (the commit), then drop stale files."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".gen-{generation:06d}-", dir=directory))
+    index.save(tmp / "index.faiss")
+    _write_tracks(tmp / "tracks.sqlite", tracks, shards)
+    null.save(tmp / "null.npz")
+    for path in tmp.iterdir():
+        _fsync(path)
+    target = _gen_dir(directory, generation)
+    if target.exists():  # left by a crash after the rename but before the commit: never current
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    config_tmp = directory / f".{CONFIG_FILE}.tmp"
+    config_tmp.write_text(json.dumps({**config, "generation": generation}, indent=2))
+    _fsync(config_tmp)
+    os.replace(config_tmp, directory / CONFIG_FILE)
+    _fsync(directory)
+    _remove_stale(directory, generation, set(shards))
+
+
+def _remove_stale(directory: Path, current: int, shards: set[str]) -> None:
+    """Keep the current and the previous generation (a reader may still be loading it); drop the rest."""
+    keep = {_gen_dir(directory, current).name, _gen_dir(directory, current - 1).name}
+    for path in directory.glob("*gen-*"):
+        if path.is_dir() and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in (directory / "shards").glob("*"):
+        if path.name not in shards:
+            path.unlink(missing_ok=True)
+
+
+def _expand(source: Path, report: AddReport) -> list[_Source]:
+    """The tracks a path names: a file, the audio files under a folder, or the rows of a manifest.csv."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            report.skipped.append((str(source), f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder"))
+        return [_Source(p.relative_to(source).with_suffix("").as_posix(), p, {}) for p in files]
+    if source.suffix.lower() == ".csv" and source.is_file():
+        return _manifest(source, report)
+    if source.is_file():
+        return [_Source(source.stem, source, {})]
+    report.skipped.append((str(source), "no such file or folder"))
+    return []
+
+
+def _manifest(path: Path, report: AddReport) -> list[_Source]:
+    """Rows of track_id, path (relative to the manifest) and any metadata columns (title, artist, isrc, ...)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        report.skipped.append((str(path), f"cannot read the manifest: {exc}"))
+        return []
+    if not rows or "path" not in rows[0]:
+        report.skipped.append((str(path), "a manifest needs a header with a `path` column (and track_id, title, artist, ...)"))
+        return []
+    items = []
+    for line, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            report.skipped.append((f"{path}:{line}", "empty path"))
+            continue
+        audio = path.parent / row["path"]
+        track_id = row.get("track_id") or Path(row["path"]).with_suffix("").as_posix()
+        metadata = {k: v for k, v in row.items() if k not in ("track_id", "path") and k and v}
+        items.append(_Source(track_id, audio, metadata))
+    return items
