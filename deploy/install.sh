@@ -20,4 +20,6 @@ fi
 # torch first and pinned: anything looser lets the resolver fetch a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e '.[test]'
+# MuQ's declared dependencies would pull another torch; its model module needs only these.
+.venv/bin/pip install -q --no-deps muq==0.1.0 easydict==1.14 einops==0.8.2
 echo "airtrace is installed in .venv: run .venv/bin/airtrace --help"

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
-    """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1), each normalised to unit area."""
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, unit_area: bool = True
+) -> torch.Tensor:
+    """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1).
+
+    Unit area keeps band energies comparable across band widths; `unit_area=False` gives triangles of
+    peak height one, torchaudio's default, which pretrained models such as MuQ were trained on.
+    """
 
     def hz_to_mel(hz: float | torch.Tensor) -> float | torch.Tensor:
         return 2595.0 * (torch.log10(1.0 + hz / 700.0) if torch.is_tensor(hz) else math.log10(1.0 + hz / 700.0))
@@ -21,7 +27,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     rising = (bins - lower) / (centre - lower)
     falling = (upper - bins) / (upper - centre)
     filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    return filters / filters.sum(dim=1, keepdim=True).clamp(min=1e-8)
+    return filters / filters.sum(dim=1, keepdim=True).clamp(min=1e-8) if unit_area else filters
 
 
 class LogMel(nn.Module):

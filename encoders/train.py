@@ -52,6 +52,7 @@ class TrainConfig:
     voice_over: bool = True
     checkpoint_every: int = 50
     threads: int = 0  # 0: torch's default
+    device: str = "cpu"  # "cuda" to train foundation models on a GPU
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -117,7 +118,7 @@ def save_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimiz
 
 def load_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer) -> int:
     """Restore weights and optimizer; returns the step to continue from."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location=next(encoder.parameters()).device, weights_only=False)
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')!r} is not {CHECKPOINT_VERSION}; start a new run directory")
     encoder.load_state_dict(ckpt["state"])
@@ -132,7 +133,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg)
+    encoder = build_encoder(cfg).to(cfg.device)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     checkpoint = run_dir / "checkpoint.pt"
@@ -152,7 +153,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
         anchors, positives = pool.batch(step, cfg.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = nt_xent(encoder(anchors), encoder(positives), cfg.temperature)
+        loss = nt_xent(encoder(anchors.to(cfg.device)), encoder(positives.to(cfg.device)), cfg.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -163,4 +164,4 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
             with (run_dir / "loss.tsv").open("a") as f:
                 f.write(f"{step + 1}\t{loss.item():.4f}\t{time.time():.0f}\n")
 
-    return encoder.eval().save(run_dir / "encoder", extra={"training": dataclasses.asdict(cfg)})
+    return encoder.cpu().eval().save(run_dir / "encoder", extra={"training": dataclasses.asdict(cfg)})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import math
 import random
 import sys
 import types
@@ -25,25 +24,12 @@ import torch
 from torch import nn
 
 from encoders.backbones.pretrained import PretrainedBackbone, load_pretrained, read_config, read_weights
+from encoders.frontend import mel_filterbank
 from encoders.model import EncoderError
 
 SAMPLE_RATE = 24000
 FETCH = "fetch MuQ first, e.g. `hf download OpenMuQ/MuQ-large-msd-iter --local-dir pretrained/MuQ-large-msd-iter`"
 INSTALL = "install it with `pip install --no-deps muq einops easydict` (its declared dependencies would pull another torch)"
-
-
-def torchaudio_mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    """torchaudio's default mel filters (HTK scale, 0 Hz to Nyquist, triangles of peak height, no area
-    normalisation), (n_freqs, n_mels); MuQ's weights were trained on exactly these."""
-    nyquist = sample_rate // 2
-    mel_points = torch.linspace(0.0, 2595.0 * math.log10(1.0 + nyquist / 700.0), n_mels + 2)
-    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
-    bins = torch.linspace(0, nyquist, n_fft // 2 + 1)
-    slopes = hz_points[None, :] - bins[:, None]
-    widths = hz_points[1:] - hz_points[:-1]
-    rising = -slopes[:, :-2] / widths[:-1]
-    falling = slopes[:, 2:] / widths[1:]
-    return torch.clamp(torch.minimum(rising, falling), min=0.0)
 
 
 class MelSTFT:
@@ -53,7 +39,7 @@ class MelSTFT:
     def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = 2048, hop_length: int = 240, n_mels: int = 128, is_db: bool = False):
         self.n_fft, self.hop_length, self.is_db = n_fft, hop_length, is_db
         self.window = torch.hann_window(n_fft)
-        self.filters = torchaudio_mel_filters(sample_rate, n_fft, n_mels)
+        self.filters = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate // 2, unit_area=False).T
 
     def __call__(self, waveform: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(waveform, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect", return_complex=True)

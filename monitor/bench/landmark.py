@@ -8,7 +8,6 @@ It lives inside the benchmark only; airtrace itself identifies music with neural
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -179,8 +178,3 @@ class LandmarkIndex:
                                          int(pooled[i]), float(pooled[i]) / len(q_hash)))
         return matches
 
-
-def params_key(params: LandmarkParams, references: list[tuple[str, str]]) -> str:
-    """A cache key for an index of these (track_id, file signature) references under these parameters."""
-    digest = hashlib.sha256(json.dumps([asdict(params), references]).encode())
-    return digest.hexdigest()[:16]
