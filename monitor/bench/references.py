@@ -1,0 +1,108 @@
+"""The benchmark's reference set: tracks queried, tracks only in the catalog, and tracks held out of it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif"}
+
+
+class BenchError(ValueError):
+    """Benchmark input that cannot be used; the message says what to give instead."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    track_id: str
+    path: Path
+    seconds: float
+
+    def signature(self) -> tuple[str, str, int]:
+        """What a cached catalog of this track depends on: its id, file and size."""
+        return self.track_id, str(self.path.resolve()), self.path.stat().st_size
+
+
+def _probe_seconds(path: Path) -> float:
+    try:
+        with av.open(str(path), metadata_errors="replace") as container:
+            return (container.duration or 0) / av.time_base
+    except (av.FFmpegError, OSError) as exc:
+        raise BenchError(f"cannot read {path}: {exc}; fix or remove the file") from exc
+
+
+def read_references(source: str | Path, limit: int | None = None) -> list[Reference]:
+    """Tracks of a manifest.csv (track_id,path[,seconds], paths relative to it) or of a folder of audio files."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".csv":
+        with source.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"track_id", "path"} <= set(rows[0]):
+            raise BenchError(f"{source} lacks a track_id or path column; a manifest lists track_id,path[,seconds] per line")
+        found = [
+            Reference(row["track_id"], source.parent / row["path"],
+                      float(row["seconds"]) if row.get("seconds") else _probe_seconds(source.parent / row["path"]))
+            for row in rows[:limit]
+        ]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)[:limit]
+        found = [Reference(str(p.relative_to(source).with_suffix("")), p, _probe_seconds(p)) for p in files]
+    else:
+        raise BenchError(f"{source} not found: give a manifest.csv (track_id,path[,seconds]) or a folder of audio files")
+    if not found:
+        raise BenchError(f"{source} lists no audio tracks; give a manifest or folder with at least one")
+    missing = [r.path for r in found if not r.path.is_file()]
+    if missing:
+        raise BenchError(f"{len(missing)} file(s) of {source} are missing, e.g. {missing[0]}; fetch the corpus or fix the manifest")
+    return found
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """`queried` tracks are in the catalog and queried; `distractors` only fill the catalog;
+    `holdout` tracks are kept out of the catalog as non-catalog music for the false-match rate."""
+
+    queried: tuple[Reference, ...]
+    distractors: tuple[Reference, ...]
+    holdout: tuple[Reference, ...]
+
+    @property
+    def catalog(self) -> tuple[Reference, ...]:
+        return self.queried + self.distractors
+
+    def describe(self) -> dict[str, str]:
+        """The reference set in words, for the settings printed above every table."""
+        hours = sum(r.seconds for r in self.catalog) / 3600
+        return {
+            "reference set": f"{len(self.catalog)} catalog tracks ({hours:.1f} h): {len(self.queried)} queried + "
+                             f"{len(self.distractors)} distractors; {len(self.holdout)} held out of the catalog",
+        }
+
+
+def _holdout_order(reference: Reference) -> str:
+    """A stable, seed-independent shuffle, so the held-out tracks (and the cached catalog) never change."""
+    return hashlib.sha256(reference.track_id.encode()).hexdigest()
+
+
+def reference_set(reference: list[str], distractors: list[str], holdout: int, limit: int | None = None) -> ReferenceSet:
+    """Read the sets; `holdout` tracks of `reference` leave the catalog. Errors name the missing piece."""
+    if not reference:
+        raise BenchError("no --reference given: name a manifest.csv or folder of tracks to query")
+    queried = [r for source in reference for r in read_references(source, limit)]
+    if holdout >= len(queried):
+        raise BenchError(f"--holdout {holdout} leaves none of the {len(queried)} reference tracks to query; hold out fewer")
+    held = set(sorted(queried, key=_holdout_order)[:holdout])
+    extra = [r for source in distractors for r in read_references(source, limit)]
+    ids = [r.track_id for r in queried + extra]
+    if len(set(ids)) != len(ids):
+        duplicate = next(t for t in ids if ids.count(t) > 1)
+        raise BenchError(f"track_id {duplicate!r} appears twice across the reference sets; give each set once")
+    return ReferenceSet(
+        queried=tuple(r for r in queried if r not in held),
+        distractors=tuple(extra),
+        holdout=tuple(r for r in queried if r in held),
+    )
