@@ -1,0 +1,166 @@
+"""Speed on one CPU core: indexing references, embedding windows, searching catalogs of 10 k to 40 M windows.
+
+A 40 M-window catalog (100,000 tracks) is too big to build on a small machine, so its IVF index is
+measured at 1 M windows with lists of the size it would have at 40 M (the vectors scanned per search
+are then the same), and the only part that grows, the coarse search over all list centroids, is timed
+at its 40 M size and added. Memory is bytes per vector (codes and ids, measured) times 40 M plus the
+centroids.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from encoders import load_audio, load_encoder
+from monitor.bench.landmark import LandmarkIndex, LandmarkParams
+from monitor.bench.references import BenchError, Reference
+from monitor.bench.report import Table, verdict
+from monitor.index import auto_factory, measure_index
+
+TARGET_INDEX_RATE = 200.0  # seconds of audio indexed per second, one core
+TARGET_WINDOWS = 400.0  # windows embedded per second, one core
+SCALE_WINDOWS = 40_000_000  # 100,000 tracks
+MEASURED_WINDOWS = 1_000_000
+
+
+def single_core() -> None:
+    """Pin torch and FAISS to one thread: every figure here is per core."""
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+
+
+def encoder_rate(encoder_name: str, windows: int = 2048) -> dict[str, Any]:
+    """Windows embedded per second on random audio (the cost does not depend on the content)."""
+    encoder = load_encoder(encoder_name)
+    audio = np.random.default_rng(0).standard_normal((windows, encoder.window_samples)).astype(np.float32) * 0.1
+    encoder.embed(audio[:256])  # warm-up
+    started = time.perf_counter()
+    encoder.embed(audio)
+    seconds = time.perf_counter() - started
+    return {"encoder": encoder_name, "windows": windows, "windows_per_second": windows / seconds,
+            "streams_per_core": windows / seconds * encoder.config.hop_seconds}
+
+
+def _index_audio(references: Sequence[Reference], seconds: float) -> list[Reference]:
+    picked, total = [], 0.0
+    for ref in references:
+        if total >= seconds:
+            break
+        picked.append(ref)
+        total += ref.seconds
+    return picked
+
+
+def indexing_rate(encoder_name: str, references: Sequence[Reference], seconds: float, hop_seconds: float) -> dict[str, Any]:
+    """Audio seconds per wall second through `catalog add` (decode, embed, index, commit) into a fresh catalog."""
+    from monitor.catalog import Catalog
+
+    picked = _index_audio(references, seconds)
+    encoder = load_encoder(encoder_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = Catalog.create(Path(tmp) / "catalog", encoder, hop_seconds=hop_seconds, encoder_source=encoder_name)
+        started = time.perf_counter()
+        report = catalog.add([r.path for r in picked], progress=False)
+        wall = time.perf_counter() - started
+        audio = catalog.stats()["seconds"]
+    if not report.added:
+        raise BenchError(f"none of the {len(picked)} files could be indexed: {report.skipped[:1]}")
+    return {"engine": encoder_name, "tracks": len(report.added), "audio_seconds": audio, "wall_seconds": wall,
+            "audio_seconds_per_second": audio / wall}
+
+
+def landmark_rate(references: Sequence[Reference], seconds: float) -> dict[str, Any]:
+    """The same for the landmark baseline: decode and hash."""
+    picked = _index_audio(references, seconds)
+    params = LandmarkParams()
+    started = time.perf_counter()
+    decoded = [(r.track_id, load_audio(r.path, params.sample_rate)) for r in picked]
+    LandmarkIndex.build(decoded, params)
+    wall = time.perf_counter() - started
+    audio = sum(len(a) for _, a in decoded) / params.sample_rate
+    return {"engine": "landmark", "tracks": len(picked), "audio_seconds": audio, "wall_seconds": wall,
+            "audio_seconds_per_second": audio / wall}
+
+
+def _coarse_seconds(nlist: int, dim: int, queries: int = 1000) -> float:
+    """Time per query of the coarse step: inner products with every list centroid."""
+    rng = np.random.default_rng(1)
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(rng.standard_normal((nlist, dim)).astype(np.float32))
+    q = rng.standard_normal((queries, dim)).astype(np.float32)
+    flat.search(q[:100], 32)
+    started = time.perf_counter()
+    for i in range(0, queries, 100):
+        flat.search(q[i : i + 100], 32)
+    return (time.perf_counter() - started) / queries
+
+
+def _nlist(factory: str) -> int:
+    return int(factory.split(",")[0].removeprefix("IVF"))
+
+
+def extrapolate(dim: int, queries: int) -> list[dict[str, Any]]:
+    """IVF indexes for SCALE_WINDOWS (the catalog's choice, and IVF-PQ), measured at MEASURED_WINDOWS."""
+    target_factory = auto_factory(SCALE_WINDOWS)
+    target_nlist = _nlist(target_factory)
+    small_nlist = 2 ** round(np.log2(MEASURED_WINDOWS * target_nlist / SCALE_WINDOWS))  # same list size as at 40 M
+    codes = target_factory.split(",", 1)[1]
+    extrapolated = []
+    for code in dict.fromkeys([codes, "PQ32"]):  # the catalog's choice, then IVF-PQ (32-byte codes)
+        small = measure_index(MEASURED_WINDOWS, dim, f"IVF{small_nlist},{code}", queries=queries)
+        per_query = 1 / small["searches_per_second"] - _coarse_seconds(small_nlist, dim) + _coarse_seconds(target_nlist, dim)
+        extrapolated.append({
+            "factory": f"IVF{target_nlist},{code}", "search_params": small["search_params"],
+            "measured_as": f"IVF{small_nlist},{code} at {MEASURED_WINDOWS:,} windows",
+            "bytes_per_vector": small["bytes_per_vector"],
+            "memory_gb": (small["bytes_per_vector"] * SCALE_WINDOWS + target_nlist * dim * 4) / 1e9,
+            "searches_per_second": 1 / per_query,
+            "recall_at_1_measured": small["recall_at_1"],
+        })
+    return extrapolated
+
+
+def run(encoders: Sequence[str], references: Sequence[Reference], index_seconds: float, hop_seconds: float,
+        sizes: Sequence[int], queries: int, landmark: bool, scale_up: bool) -> tuple[list[Table], dict[str, Any]]:
+    single_core()
+    embed = [encoder_rate(e) for e in encoders]
+    index = [indexing_rate(e, references, index_seconds, hop_seconds) for e in encoders]
+    if landmark:
+        index.append(landmark_rate(references, index_seconds))
+    dim = load_encoder(encoders[0]).dim if encoders else 128
+    measured = [measure_index(n, dim, auto_factory(n), queries=queries) for n in sizes]
+    extrapolated = extrapolate(dim, queries) if scale_up else []
+
+    t_index = Table("Reference indexing on one core (catalog add: decode, embed, index, commit)",
+                    ["engine", "tracks", "audio s", "wall s", "audio s per s", f"target >= {TARGET_INDEX_RATE:g}"],
+                    settings={"catalog hop": f"{hop_seconds} s", "threads": "torch 1, FAISS 1"})
+    for r in index:
+        t_index.add(r["engine"], r["tracks"], round(r["audio_seconds"]), round(r["wall_seconds"], 1),
+                    round(r["audio_seconds_per_second"]), verdict(r["audio_seconds_per_second"], TARGET_INDEX_RATE, digits=0)
+                    if r["engine"] != "landmark" else "-")
+    t_embed = Table("Encoder throughput on one core", ["encoder", "windows/s", f"target >= {TARGET_WINDOWS:g}",
+                                                       "streams per core at its hop"], settings={"batch": 256})
+    for r in embed:
+        t_embed.add(r["encoder"], round(r["windows_per_second"]), verdict(r["windows_per_second"], TARGET_WINDOWS, digits=0),
+                    round(r["streams_per_core"]))
+    t_search = Table("Search on one core (synthetic clustered vectors, batches of 100 queries, k=10)",
+                     ["catalog windows", "index", "bytes/vector", "searches/s", "recall@1 vs exact"],
+                     settings={"dim": dim, "queries": queries})
+    for r in measured:
+        t_search.add(f"{r['vectors']:,}", f"{r['factory']} {r['search_params']}".strip(), round(r["bytes_per_vector"], 1),
+                     round(r["searches_per_second"]), round(r["recall_at_1"], 3))
+    for r in extrapolated:
+        t_search.add(f"{SCALE_WINDOWS:,} (extrapolated)", f"{r['factory']} {r['search_params']}".strip(),
+                     round(r["bytes_per_vector"], 1), round(r["searches_per_second"]), round(r["recall_at_1_measured"], 3))
+    if extrapolated:
+        t_search.settings["40 M windows"] = "; ".join(
+            f"{r['factory']}: {r['memory_gb']:.1f} GB, measured as {r['measured_as']}" for r in extrapolated)
+    return [t_index, t_embed, t_search], {"embedding": embed, "indexing": index, "search": measured, "extrapolated": extrapolated}
