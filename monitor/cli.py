@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -29,6 +31,100 @@ def train(config: str, run_dir: str, data: str | None, steps: int | None) -> Non
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"encoder written to {run_training(cfg, run_dir)}")
+
+
+# ---- airtrace bench: scripts that measure, not tests ----------------------------------------------
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: track-level and segment-level accuracy against baselines, and speed. Prints tables; --out writes JSON."""
+
+
+def _bench_errors(run: Callable[[], None]) -> None:
+    """Bad benchmark input ends in one clear message, never a traceback."""
+    from encoders import AudioError, EncoderError
+    from monitor.bench.references import BenchError
+    from monitor.catalog import CatalogError
+
+    try:
+        run()
+    except (BenchError, EncoderError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (AudioError, CatalogError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _bench_inputs(command: Callable[..., None]) -> Callable[..., None]:
+    """The reference set, engines and cache that `bench tracks` and `bench segments` share."""
+    options = [
+        click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of tracks to query (in the catalog); repeatable."),
+        click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable."),
+        click.option("--encoder", "encoders", multiple=True, default=["compact"], show_default=True, help="Encoder name or directory; repeatable."),
+        click.option("--landmark/--no-landmark", default=True, show_default=True, help="Also run the landmark (peak-pair) baseline."),
+        click.option("--holdout", default=8, show_default=True, help="Reference tracks kept out of the catalog as non-catalog music."),
+        click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs)."),
+        click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where built catalogs are kept [~/.cache/airtrace/bench]."),
+        click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@bench.command("tracks")
+@_bench_inputs
+@click.option("--queries", default=24, show_default=True, help="Queries per distortion row (each at every length).")
+@click.option("--negatives", default=60, show_default=True, help="Non-catalog queries per kind (held-out music, speech, noise).")
+@click.option("--lengths", default="1,3,5,10", show_default=True, help="Query lengths in seconds, comma-separated.")
+@click.option("--row", "rows", multiple=True, help="Distortion rows to run (e.g. tempo:1.1 or speed:1.03+aac:48); default all.")
+def bench_tracks(reference, distractors, encoders, landmark, holdout, limit, hop, seed, cache_dir, out, queries, negatives, lengths, rows) -> None:
+    """Top-1 accuracy per distortion and query length, and false matches on non-catalog audio."""
+    from monitor.bench.commands import default_cache_dir, run_tracks
+    from monitor.bench.queries import TRACK_ROWS
+
+    try:
+        parsed = [float(x) for x in lengths.split(",")]
+    except ValueError:
+        raise click.UsageError(f"--lengths {lengths!r}: give seconds separated by commas, e.g. 1,3,5,10") from None
+    _bench_errors(lambda: run_tracks(reference, distractors, encoders, landmark, queries, negatives, parsed, rows or TRACK_ROWS,
+                                     holdout, limit, hop, seed, cache_dir or default_cache_dir(), out))
+
+
+@bench.command("segments")
+@_bench_inputs
+@click.option("--preset", "presets", multiple=True, type=click.Choice(["easy", "medium", "hard"]), help="Difficulty; repeatable [all three].")
+@click.option("--queries", default=30, show_default=True, help="Montage query files per preset.")
+@click.option("--query-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the MP3 queries and annotations.csv go [under the cache dir].")
+def bench_segments(reference, distractors, encoders, landmark, holdout, limit, hop, seed, cache_dir, out, presets, queries, query_dir) -> None:
+    """Pex-style montages: precision, recall, F1, Pex F and start/end errors per difficulty."""
+    from monitor.bench.commands import default_cache_dir, run_segments
+
+    _bench_errors(lambda: run_segments(reference, distractors, encoders, landmark, presets or ("easy", "medium", "hard"), queries,
+                                       holdout, limit, hop, seed, cache_dir or default_cache_dir(), query_dir, out))
+
+
+@bench.command("speed")
+@click.option("--encoder", "encoders", multiple=True, default=["compact"], show_default=True, help="Encoder name or directory; repeatable.")
+@click.option("--reference", multiple=True, help="Manifest.csv or folder whose audio is indexed [the demo music].")
+@click.option("--index-seconds", default=600.0, show_default=True, help="Seconds of reference audio to index.")
+@click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds.")
+@click.option("--sizes", default="10000,1000000", show_default=True, help="Catalog sizes (windows) to search, comma-separated.")
+@click.option("--queries", default=1000, show_default=True, help="Searches timed per index.")
+@click.option("--landmark/--no-landmark", default=True, show_default=True, help="Also time the landmark baseline's indexing.")
+@click.option("--extrapolate/--no-extrapolate", "scale_up", default=True, show_default=True, help="Also size IVF indexes for 40 M windows (builds 1 M-vector indexes, minutes).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_speed(encoders, reference, index_seconds, hop, sizes, queries, landmark, scale_up, out) -> None:
+    """Indexing and embedding speed on one core; search speed and memory up to 40 M windows."""
+    from monitor.bench.commands import run_speed
+
+    try:
+        parsed = [int(x) for x in sizes.split(",")]
+    except ValueError:
+        raise click.UsageError(f"--sizes {sizes!r}: give window counts separated by commas, e.g. 10000,1000000") from None
+    _bench_errors(lambda: run_speed(encoders, reference, index_seconds, hop, parsed, queries, landmark, scale_up, out))
 
 
 if TYPE_CHECKING:

@@ -1,0 +1,122 @@
+"""The benchmark on the shipped demo music: the landmark baseline, Pex-style scoring and montages, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from catalog_fixtures import MUSIC, encoder_dir  # noqa: F401  (encoder_dir is a fixture)
+from encoders import load_audio, parse_chain
+from monitor.bench.landmark import LandmarkIndex, LandmarkParams
+from monitor.bench.references import read_references
+from monitor.bench.segments import PRESETS, Chunk, generate, score_pair, summarise
+from monitor.cli import main
+from monitor.matcher import Match
+
+RATE = LandmarkParams().sample_rate
+
+
+@pytest.fixture(scope="module")
+def landmark_index() -> LandmarkIndex:
+    return LandmarkIndex.build((p.stem, load_audio(p, RATE)) for p in sorted(MUSIC.glob("*.opus")))
+
+
+def test_landmarks_find_a_noisy_excerpt_and_where_it_starts(landmark_index: LandmarkIndex) -> None:
+    audio = load_audio(MUSIC / "over-theme.opus", RATE)
+    excerpt = parse_chain("noise:10").apply(audio[20 * RATE : 25 * RATE], RATE, np.random.default_rng(0))
+    best = landmark_index.identify(excerpt)[0]
+    assert best.track_id == "over-theme"
+    assert abs(best.ref_start - best.query_start - 20.0) < 0.05
+
+
+def test_landmarks_match_nothing_in_noise(landmark_index: LandmarkIndex) -> None:
+    noise = np.random.default_rng(1).standard_normal(10 * RATE).astype(np.float32) * 0.1
+    assert landmark_index.identify(noise) == []
+
+
+def _chunk(ref: tuple[float, float], query: tuple[float, float], rate: float = 1.0) -> Chunk:
+    return Chunk("q", "R1", True, ref[0], ref[1], query[0], query[1], rate, "clean", None, "end")
+
+
+def _match(ref: tuple[float, float], query: tuple[float, float], track: str = "R1") -> Match:
+    return Match(track, query[0], query[1], ref[0], ref[1], 1.0, 1.0, 1.0)
+
+
+def test_pair_score_follows_pex_example_1() -> None:
+    """Pex's README: annotation ref 15-40 / query 20-45, match ref 30-45 / query 33-51 -> TP 10, FN 15, FP 6."""
+    score = score_pair([_chunk((15, 40), (20, 45))], [_match((30, 45), (33, 51))])
+    assert (score.tp, score.fn, score.fp) == (10, 15, 6)
+
+
+def test_a_match_in_the_wrong_place_of_the_right_track_is_all_false() -> None:
+    score = score_pair([_chunk((15, 40), (20, 45))], [_match((100, 125), (20, 45))])
+    assert (score.tp, score.fp, score.fn) == (0, 25, 25)
+
+
+def test_reference_seconds_count_at_the_chunk_rate() -> None:
+    """A chunk sped up 1.25x covers 25 s of reference in 20 s of query: a perfect match has no excess."""
+    score = score_pair([_chunk((0, 25), (0, 20), rate=1.25)], [_match((0, 25), (0, 20))])
+    assert score.tp == pytest.approx(20) and score.fp == pytest.approx(0) and score.fn == pytest.approx(0)
+
+
+def test_summary_counts_other_tracks_as_false_positives() -> None:
+    chunks = {"q": [_chunk((0, 10), (0, 10))]}
+    perfect = summarise(chunks, {"q": [_match((0, 10), (0, 10))]})
+    assert (perfect.precision, perfect.recall, perfect.median_start_error) == (1.0, 1.0, 0.0)
+    wrong = summarise(chunks, {"q": [_match((0, 10), (0, 10)), _match((0, 10), (0, 10), track="R2")]})
+    assert wrong.precision == 0.5 and wrong.recall == 1.0 and wrong.pex_f < wrong.f1
+
+
+def test_montages_hold_annotated_chunks_and_decode_to_their_length(tmp_path: Path) -> None:
+    tracks = read_references(MUSIC)
+    made = generate(tmp_path, tracks, {t.track_id for t in tracks[:4]}, PRESETS["medium"], queries=2, seed=3)
+    for path, chunks in made:
+        assert len(chunks) >= 3 and len({c.track_id for c in chunks}) == len(chunks)
+        assert all(4.5 <= c.ref_end - c.ref_begin <= 30.5 for c in chunks)
+        assert all(abs((c.query_end - c.query_begin) * c.rate - (c.ref_end - c.ref_begin)) < 0.1 for c in chunks)
+        decoded = len(load_audio(path, 8000)) / 8000
+        assert abs(decoded - chunks[-1].query_end) < 0.2  # MP3 adds at most a frame of padding
+    with (tmp_path / "annotations.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == sum(len(c) for _, c in made)
+
+
+def test_same_seed_same_montage(tmp_path: Path) -> None:
+    tracks = read_references(MUSIC)
+    first = generate(tmp_path / "a", tracks, set(), PRESETS["hard"], queries=1, seed=5)
+    again = generate(tmp_path / "b", tracks, set(), PRESETS["hard"], queries=1, seed=5)
+    assert first[0][1] == again[0][1]
+
+
+def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder_dir: Path) -> None:  # noqa: F811
+    common = ["--reference", str(MUSIC), "--encoder", str(encoder_dir), "--holdout", "1", "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "tracks.json"
+    result = CliRunner().invoke(main, ["bench", "tracks", *common, "--queries", "2", "--row", "clean", "--row", "tempo:1.1",
+                                       "--lengths", "3,10", "--negatives", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tables = {t["title"]: t for t in json.loads(out.read_text())["tables"]}
+    accuracy = tables["Track-level top-1 accuracy (%) by distortion and query length"]
+    assert [row[0] for row in accuracy["rows"]][:2] == ["clean", "tempo:1.1"]
+    landmark_clean_10s = accuracy["rows"][0][accuracy["columns"].index("landmark 10s")]
+    assert landmark_clean_10s == "100.0"
+    assert "False matches on non-catalog audio (% of queries with any match)" in tables
+
+    out = tmp_path / "segments.json"
+    result = CliRunner().invoke(main, ["bench", "segments", *common, "--preset", "easy", "--queries", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summaries = json.loads(out.read_text())["summaries"]
+    assert {s["engine"] for s in summaries} == {encoder_dir.name, "landmark"}
+    assert "built: from cache" in result.output  # the catalogs of the first run were reused
+
+
+def test_bench_names_a_missing_or_empty_reference_set(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "tracks", "--reference", str(tmp_path / "nope.csv"), "--no-landmark"])
+    assert result.exit_code == 2 and "not found" in result.output
+    empty = tmp_path / "manifest.csv"
+    empty.write_text("track_id,path,seconds\n")
+    result = CliRunner().invoke(main, ["bench", "segments", "--reference", str(empty)])
+    assert result.exit_code == 2 and "lists no audio tracks" in result.output
