@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from catalog_fixtures import MUSIC, encoder_dir  # noqa: F401  (encoder_dir is a fixture)
 from encoders import load_audio, parse_chain
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
-from monitor.bench.references import read_references
+from monitor.bench.references import read_references, reference_set
 from monitor.bench.segments import PRESETS, Chunk, generate, score_pair, summarise
 from monitor.cli import main
 from monitor.matcher import Match
@@ -111,6 +111,16 @@ def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder
     summaries = json.loads(out.read_text())["summaries"]
     assert {s["engine"] for s in summaries} == {encoder_dir.name, "landmark"}
     assert "built: from cache" in result.output  # the catalogs of the first run were reused
+
+
+def test_repeated_track_ids_keep_the_first_and_holdouts_leave_the_catalog(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"{p.stem},{p},50" for p in sorted(MUSIC.glob("*.opus"))]
+    manifest.write_text("track_id,path,seconds\n" + "\n".join(rows + [rows[0].replace(",50", ",99")]) + "\n")
+    refs = reference_set([str(manifest)], [str(MUSIC)], holdout=2)
+    assert len(refs.queried) == 4 and len(refs.holdout) == 2 and refs.distractors == ()  # the folder repeats every id
+    assert all(r.seconds == 50 for r in refs.queried + refs.holdout)
+    assert not {r.track_id for r in refs.holdout} & {r.track_id for r in refs.catalog}
 
 
 def test_bench_names_a_missing_or_empty_reference_set(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ covers L * r seconds of its reference, so excerpts are cut long enough for the l
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import numpy as np
 
 from encoders import AudioError, Sources, load_audio, parse_chain, synthesize_speech
 from monitor.bench.references import BenchError, Reference
+
+log = logging.getLogger(__name__)
 
 DECODE_RATE = 22050
 QUERY_LENGTHS = (1.0, 3.0, 5.0, 10.0)
@@ -78,7 +81,8 @@ def needed_seconds(row: str, lengths: Sequence[float]) -> float:
 
 def plan(references: Sequence[Reference], rows: Sequence[str], per_row: int, lengths: Sequence[float],
          seed: int) -> list[tuple[int, int, Reference, float]]:
-    """(row index, query index, track, start) for every query; each row draws its own tracks and starts."""
+    """(row index, query index, track, where in the track's spare length it starts, 0..1) for every query;
+    each row draws its own tracks and starts."""
     planned = []
     for r, row in enumerate(rows):
         need = needed_seconds(row, lengths)
@@ -87,8 +91,7 @@ def plan(references: Sequence[Reference], rows: Sequence[str], per_row: int, len
             raise BenchError(f"no reference track lasts the {need:.0f} s a {row} query needs; give longer tracks")
         rng = np.random.default_rng([seed, r])
         for i in range(per_row):
-            ref = usable[rng.integers(len(usable))]
-            planned.append((r, i, ref, float(rng.uniform(0, ref.seconds - need))))
+            planned.append((r, i, usable[rng.integers(len(usable))], float(rng.random())))
     return planned
 
 
@@ -96,18 +99,20 @@ def catalog_queries(references: Sequence[Reference], rows: Sequence[str], per_ro
                     lengths: Sequence[float], seed: int) -> Iterator[Query]:
     """Distorted excerpts, decoding each track once; yields in track order."""
     by_track: dict[Reference, list[tuple[int, int, float]]] = defaultdict(list)
-    for r, i, ref, start in plan(references, rows, per_row, lengths, seed):
-        by_track[ref].append((r, i, start))
+    for r, i, ref, where in plan(references, rows, per_row, lengths, seed):
+        by_track[ref].append((r, i, where))
     sources = Sources(speech=speech_clips()) if any("speech" in row for row in rows) else Sources()
     for ref, wanted in by_track.items():
         audio = load_audio(ref.path, DECODE_RATE)
-        for r, i, start in wanted:
-            row = rows[r]
-            first = int(start * DECODE_RATE)
-            excerpt = audio[first : first + int(needed_seconds(row, lengths) * DECODE_RATE)]
+        for r, i, where in wanted:
+            row, need = rows[r], int(needed_seconds(rows[r], lengths) * DECODE_RATE)
+            if len(audio) < need:  # the manifest said longer: skip rather than query with a short clip
+                log.warning("skipping a %s query of %s: it decodes to %.1f s", row, ref.track_id, len(audio) / DECODE_RATE)
+                continue
+            first = int(where * (len(audio) - need))
             chain = parse_chain(row)
-            distorted = chain.apply(excerpt, DECODE_RATE, np.random.default_rng([seed, r, i, 1]), sources)
-            yield Query("catalog", row, ref.track_id, start, chain.rate, distorted)
+            distorted = chain.apply(audio[first : first + need], DECODE_RATE, np.random.default_rng([seed, r, i, 1]), sources)
+            yield Query("catalog", row, ref.track_id, first / DECODE_RATE, chain.rate, distorted)
 
 
 def noncatalog_queries(holdout: Sequence[Reference], per_kind: int, lengths: Sequence[float], seed: int) -> Iterator[Query]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif"}
+from monitor.catalog import AUDIO_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 
 class BenchError(ValueError):
@@ -50,7 +53,7 @@ def read_references(source: str | Path, limit: int | None = None) -> list[Refere
         ]
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)[:limit]
-        found = [Reference(str(p.relative_to(source).with_suffix("")), p, _probe_seconds(p)) for p in files]
+        found = [Reference(p.relative_to(source).with_suffix("").as_posix(), p, _probe_seconds(p)) for p in files]  # ids as the catalog names them
     else:
         raise BenchError(f"{source} not found: give a manifest.csv (track_id,path[,seconds]) or a folder of audio files")
     if not found:
@@ -83,6 +86,17 @@ class ReferenceSet:
         }
 
 
+def _unique(references: list[Reference], taken: set[str]) -> list[Reference]:
+    """The first reference of each track id; a repeated id (a manifest listing one file twice) is dropped with a warning."""
+    kept, dropped = [], []
+    for ref in references:
+        (dropped if ref.track_id in taken else kept).append(ref)
+        taken.add(ref.track_id)
+    if dropped:
+        log.warning("%d repeated track id(s) dropped, the first kept: %s", len(dropped), ", ".join(sorted({r.track_id for r in dropped})))
+    return kept
+
+
 def _holdout_order(reference: Reference) -> str:
     """A stable, seed-independent shuffle, so the held-out tracks (and the cached catalog) never change."""
     return hashlib.sha256(reference.track_id.encode()).hexdigest()
@@ -92,15 +106,11 @@ def reference_set(reference: list[str], distractors: list[str], holdout: int, li
     """Read the sets; `holdout` tracks of `reference` leave the catalog. Errors name the missing piece."""
     if not reference:
         raise BenchError("no --reference given: name a manifest.csv or folder of tracks to query")
-    queried = [r for source in reference for r in read_references(source, limit)]
+    queried = _unique([r for source in reference for r in read_references(source, limit)], set())
     if holdout >= len(queried):
         raise BenchError(f"--holdout {holdout} leaves none of the {len(queried)} reference tracks to query; hold out fewer")
     held = set(sorted(queried, key=_holdout_order)[:holdout])
-    extra = [r for source in distractors for r in read_references(source, limit)]
-    ids = [r.track_id for r in queried + extra]
-    if len(set(ids)) != len(ids):
-        duplicate = next(t for t in ids if ids.count(t) > 1)
-        raise BenchError(f"track_id {duplicate!r} appears twice across the reference sets; give each set once")
+    extra = _unique([r for source in distractors for r in read_references(source, limit)], {r.track_id for r in queried})
     return ReferenceSet(
         queried=tuple(r for r in queried if r not in held),
         distractors=tuple(extra),

@@ -115,11 +115,12 @@ def make_query(query_id: str, tracks: Sequence[Reference], catalog_ids: set[str]
     picked = rng.sample(list(tracks), count)
     pieces, specs = [], []
     for ref in picked:
-        begin, duration = _chunk_span(rng, ref.seconds)
+        track = load_audio(ref.path, DECODE_RATE)
+        begin, duration = _chunk_span(rng, len(track) / DECODE_RATE)
         chain = parse_chain(_modification(rng, preset))
         snr = float(rng.choice(preset.snrs)) if rng.random() < 0.5 else None
         first = int(begin * DECODE_RATE)
-        audio = _level(load_audio(ref.path, DECODE_RATE)[first : first + int(duration * DECODE_RATE)])
+        audio = _level(track[first : first + int(duration * DECODE_RATE)])
         np_rng = np.random.default_rng(rng.getrandbits(63))
         audio = chain.apply(audio, DECODE_RATE, np_rng)
         if snr is not None:
