@@ -1,0 +1,177 @@
+"""The catalog on the demo music: adding, duplicates, atomic writes, bad catalogs, removal, reloads, indexes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, built_catalog, catalog_copy, encoder_dir, music, random_encoder  # noqa: F401
+from encoders import load_encoder
+from monitor import catalog as catalog_module
+from monitor.catalog import Catalog, CatalogError
+from monitor.index import VectorIndex, auto_factory, measure_index, split_ids, window_ids
+
+
+def exact_windows(catalog: Catalog, name: str, start: float, seconds: float) -> np.ndarray:
+    """Embeddings of an excerpt cut on the catalog's grid: each equals a reference window's exactly."""
+    sr = catalog.encoder.sample_rate
+    return catalog.encoder.embed(catalog.grid.cut(music(name)[int(start * sr) : int((start + seconds) * sr)]).copy())
+
+
+def test_a_folder_is_added_with_bad_files_reported_and_every_window_found(tmp_path: Path, encoder_dir: Path) -> None:
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for name in CATALOG_TRACKS[:2]:
+        shutil.copy(MUSIC / f"{name}.opus", folder / f"{name}.opus")
+    (folder / "broken.mp3").write_bytes(b"not audio at all")
+    (folder / "notes.txt").write_text("ignored: not an audio suffix")
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    report = catalog.add([folder, tmp_path / "missing.wav"], progress=False)
+    assert report.added == list(CATALOG_TRACKS[:2])
+    assert sorted(Path(p).name for p, _ in report.skipped) == ["broken.mp3", "missing.wav"]
+    assert catalog.stats()["tracks"] == 2 and catalog.stats()["windows"] == sum(t.windows for t in catalog.tracks())
+
+    neighbours = catalog.search(exact_windows(catalog, CATALOG_TRACKS[1], 20.0, 3.0), k=3)
+    assert [(n[0].track_id, n[0].ref_time) for n in neighbours] == [(CATALOG_TRACKS[1], 20.0 + 0.5 * i) for i in range(5)]
+    assert all(n[0].similarity == pytest.approx(1.0, abs=1e-4) for n in neighbours)
+
+
+def test_a_manifest_brings_ids_and_metadata(tmp_path: Path, encoder_dir: Path) -> None:
+    shutil.copy(MUSIC / "over-theme.opus", tmp_path / "a.opus")
+    (tmp_path / "manifest.csv").write_text("track_id,path,title,artist,isrc\nthe-theme,a.opus,Over Theme,TecnoballZ,\n,gone.opus,x,y,z\n")
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    report = catalog.add([tmp_path / "manifest.csv"], progress=False)
+    assert report.added == ["the-theme"] and len(report.skipped) == 1
+    info = Catalog.open(tmp_path / "catalog").track("the-theme")
+    assert info.metadata == {"title": "Over Theme", "artist": "TecnoballZ"}
+    assert info.seconds == pytest.approx(50.0, abs=0.1)
+
+
+def test_the_same_audio_under_another_name_is_a_duplicate(catalog_copy: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "renamed.opus"
+    shutil.copy(MUSIC / f"{CATALOG_TRACKS[0]}.opus", copy)
+    catalog = Catalog.open(catalog_copy)
+    report = catalog.add([copy, MUSIC / f"{CATALOG_TRACKS[1]}.opus"], progress=False)
+    assert report.duplicates == [(str(copy), CATALOG_TRACKS[0])]
+    assert report.added == [] and "already in the catalog" in report.skipped[0][1]
+    assert catalog.generation == Catalog.open(catalog_copy).generation
+
+
+def test_a_crash_while_embedding_leaves_the_previous_catalog(catalog_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = Catalog.open(catalog_copy)
+    before = (catalog.generation, catalog.tracks())
+    monkeypatch.setattr(catalog.encoder, "embed", _raise)
+    with pytest.raises(KeyboardInterrupt):
+        catalog.add([MUSIC / "area3-game.opus"], progress=False)
+    assert (catalog.generation, catalog.tracks()) == before  # the failed transaction was rolled back in memory too
+    again = Catalog.open(catalog_copy)
+    assert (again.generation, again.tracks()) == before
+
+
+def test_a_crash_while_committing_leaves_the_previous_catalog(catalog_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = Catalog.open(catalog_copy)
+    before = (catalog.generation, catalog.tracks(), catalog.stats()["windows"])
+    monkeypatch.setattr(catalog_module, "_write_tracks", _raise)
+    with pytest.raises(KeyboardInterrupt):
+        catalog.add([MUSIC / "area3-game.opus"], progress=False)
+    assert list(catalog_copy.glob(".gen-*")) and len(list((catalog_copy / "shards").iterdir())) == 2  # debris of the crash
+    again = Catalog.open(catalog_copy)
+    assert (again.generation, again.tracks(), again.stats()["windows"]) == before
+    monkeypatch.undo()
+    assert again.add([MUSIC / "area3-game.opus"], progress=False).added == ["area3-game"]
+    assert not list(catalog_copy.glob(".gen-*")) and len(list((catalog_copy / "shards").iterdir())) == 2  # debris swept
+
+
+def _raise(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt  # what a user's Ctrl-C does mid-write
+
+
+def test_another_encoder_cannot_open_the_catalog(built_catalog: Path) -> None:
+    with pytest.raises(CatalogError, match="built by encoder .* open it with the encoder that built it"):
+        Catalog.open(built_catalog, random_encoder(seed=1))
+
+
+def test_a_corrupt_index_is_reported(catalog_copy: Path) -> None:
+    index = Catalog.open(catalog_copy).generation_dir() / "index.faiss"
+    index.write_bytes(index.read_bytes()[:100])
+    with pytest.raises(CatalogError, match="index is corrupt"):
+        Catalog.open(catalog_copy)
+
+
+def test_an_unknown_format_version_is_refused(catalog_copy: Path) -> None:
+    config = json.loads((catalog_copy / "catalog.json").read_text())
+    (catalog_copy / "catalog.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(CatalogError, match="catalog format 99"):
+        Catalog.open(catalog_copy)
+
+
+def test_a_missing_catalog_and_an_empty_catalog_are_reported(tmp_path: Path, encoder_dir: Path) -> None:
+    with pytest.raises(CatalogError, match="no catalog at"):
+        Catalog.open(tmp_path / "nowhere")
+    catalog = Catalog.create(tmp_path / "empty", load_encoder(encoder_dir))
+    with pytest.raises(CatalogError, match="is empty"):
+        catalog.search(np.zeros((1, catalog.encoder.dim), np.float32))
+    with pytest.raises(CatalogError, match="already holds a catalog"):
+        Catalog.create(tmp_path / "empty", catalog.encoder)
+
+
+def test_a_removed_track_is_gone_for_readers_that_reload(catalog_copy: Path) -> None:
+    writer, reader = Catalog.open(catalog_copy), Catalog.open(catalog_copy)
+    assert reader.reload_if_changed() is False
+    gone = CATALOG_TRACKS[0]
+    writer.remove(gone)
+    with pytest.raises(CatalogError, match="no track"):
+        writer.remove(gone)
+    assert reader.reload_if_changed() is True and reader.reload_if_changed() is False
+    assert [t.track_id for t in reader.tracks()] == list(CATALOG_TRACKS[1:])
+    hits = reader.search(exact_windows(reader, gone, 10.0, 5.0), k=10)
+    assert all(n.track_id != gone for row in hits for n in row)
+    assert reader.stats()["windows"] == sum(t.windows for t in reader.tracks())
+
+
+def test_an_ivf_pq_refine_index_is_trained_and_rebuilt_on_removal(tmp_path: Path, encoder_dir: Path) -> None:
+    """Refine indexes cannot remove in place; the catalog rebuilds them from its shards."""
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir), index_factory="IVF8,PQ16x4,Refine(Flat)")
+    catalog.add([MUSIC / f"{name}.opus" for name in CATALOG_TRACKS], progress=False)
+    catalog.remove(CATALOG_TRACKS[2])
+    again = Catalog.open(tmp_path / "catalog")
+    assert again.stats()["index_factory"] == "IVF8,PQ16x4,Refine(Flat)"
+    hits = again.search(exact_windows(again, CATALOG_TRACKS[1], 30.0, 2.0), k=5)
+    assert [row[0].track_id for row in hits] == [CATALOG_TRACKS[1]] * 3
+    assert again.stats()["windows"] == sum(t.windows for t in again.tracks())
+
+
+def test_a_factory_that_needs_more_training_data_is_a_clear_error(tmp_path: Path, encoder_dir: Path) -> None:
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir), index_factory="IVF4096,SQ8")
+    with pytest.raises(CatalogError, match="needs at least 4096 vectors"):
+        catalog.add_audio("one", music("area1-game"))
+    assert Catalog.open(tmp_path / "catalog").tracks() == []
+    with pytest.raises(CatalogError, match="bad index factory"):
+        Catalog.create(tmp_path / "other", catalog.encoder, index_factory="Nonsense42")
+
+
+def test_silence_is_never_indexed(tmp_path: Path, encoder_dir: Path) -> None:
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    audio = np.concatenate([np.zeros(5 * 8000, np.float32), music("area1-game")[: 10 * 8000]])
+    catalog.add_audio("late-start", audio, {"title": "Late"})
+    assert catalog.track("late-start").windows == catalog.grid.count(len(audio)) - 9  # windows inside the 5 s of silence
+    with pytest.raises(CatalogError, match="no audible window"):
+        catalog.add_audio("silent", np.zeros(8000 * 3, np.float32))
+
+
+def test_window_ids_round_trip_and_the_index_grows_from_exact_to_ivf() -> None:
+    ords, windows = split_ids(window_ids(123_456, np.array([0, 7, (1 << 20) - 1])))
+    assert ords.tolist() == [123_456] * 3 and windows.tolist() == [0, 7, (1 << 20) - 1]
+    assert auto_factory(10_000) == "Flat"
+    assert auto_factory(1_000_000) == "IVF4096,SQ8" and auto_factory(40_000_000) == "IVF32768,SQ8"
+    assert isinstance(VectorIndex.empty("Flat", 8), VectorIndex)
+
+
+def test_measure_index_reports_memory_speed_and_recall() -> None:
+    result = measure_index(20_000, dim=32, factory="IVF32,SQ8", queries=200)
+    assert 32 <= result["bytes_per_vector"] < 48  # 32 code bytes + an 8-byte id
+    assert result["recall_at_1"] > 0.8 and result["searches_per_second"] > 100

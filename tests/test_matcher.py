@@ -1,0 +1,151 @@
+"""The matcher on synthetic hits, where the truth is exact: speeds, outliers, two songs, loops, chance."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from monitor.matcher import NULL_DURATIONS, SPEED_RANGE, TOLERANCE, Calibration, Match, align, match_hits
+from monitor.records import Neighbour, WindowHits
+
+HOP, WINDOW, REF_HOP, K = 0.5, 1.0, 0.5, 10
+DISTRACTORS = [f"other-{i}" for i in range(40)]
+
+
+@dataclass(frozen=True)
+class Play:
+    """`track` plays from query time `start` to `end`, from `ref_start` in the track, at `speed`."""
+
+    track: str
+    start: float
+    end: float
+    ref_start: float
+    speed: float = 1.0
+    similarity: float = 0.8
+
+
+def query(seconds: float, plays: list[Play], seed: int = 0, misses: float = 0.0, loop: Play | None = None) -> list[WindowHits]:
+    """Each window finds the reference window nearest its centre's true position (snapped to the reference
+    hop) among chance neighbours; a fraction `misses` of windows find only chance; `loop` adds a second
+    alignment of a track, as a passage that repeats in it."""
+    rng = np.random.default_rng(seed)
+    hits = []
+    for seq in range(int((seconds - WINDOW) / HOP) + 1):
+        t = seq * HOP
+        neighbours = [Neighbour(str(rng.choice(DISTRACTORS)), float(rng.integers(0, 600)) * REF_HOP, float(rng.uniform(0.3, 0.6)))
+                      for _ in range(K)]
+        for play in plays + ([loop] if loop else []):
+            centre = t + WINDOW / 2
+            if play.start <= centre < play.end and rng.random() >= misses:
+                ref_centre = play.ref_start + play.speed * (centre - play.start)
+                ref = round((ref_centre - WINDOW / 2) / REF_HOP) * REF_HOP
+                neighbours.append(Neighbour(play.track, ref, play.similarity + float(rng.uniform(-0.05, 0.05))))
+        neighbours.sort(key=lambda n: -n.similarity)
+        hits.append(WindowHits("test", seq, t, t, tuple(neighbours[:K])))
+    return hits
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Calibration:
+    """Null scores of chance-only queries, as `null_calibration` measures them on a catalog."""
+    scores = []
+    for d, duration in enumerate(NULL_DURATIONS):
+        samples = []
+        for seed in range(40):
+            lines = align(query(duration, [], seed=1000 * d + seed), WINDOW, SPEED_RANGE, TOLERANCE)
+            samples.append(lines[0].score if lines else 0.0)
+        scores.append(np.sort(samples))
+    return Calibration(K, SPEED_RANGE, TOLERANCE, NULL_DURATIONS, tuple(scores))
+
+
+def only(matches: list[Match]) -> Match:
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+@pytest.mark.parametrize("seconds", [10.0, 30.0])
+@pytest.mark.parametrize("speed", [0.8, 0.9, 1.0, 1.1, 1.25])
+def test_a_sped_up_or_slowed_play_is_found_with_its_speed_and_offsets(speed: float, seconds: float, calibration: Calibration) -> None:
+    hits = query(seconds, [Play("song", 0.0, seconds, 42.0, speed)], misses=0.3)
+    match = only(match_hits(hits, WINDOW, calibration=calibration))
+    assert match.track_id == "song"
+    assert match.speed == pytest.approx(speed, abs=0.6 / seconds)  # references snap to a 0.5 s hop
+    assert match.query_start <= 1.0 and match.query_end >= seconds - 1.0
+    assert match.ref_start == pytest.approx(42.0 + speed * match.query_start, abs=0.5)
+    assert match.ref_end == pytest.approx(42.0 + speed * match.query_end, abs=0.5)
+    assert match.confidence > 0.99
+
+
+def test_the_end_of_one_song_and_the_start_of_the_next_are_two_matches(calibration: Calibration) -> None:
+    hits = query(20.0, [Play("first", 0.0, 8.0, 170.0), Play("second", 8.0, 20.0, 0.0, 1.05)])
+    first, second = sorted(match_hits(hits, WINDOW, calibration=calibration), key=lambda m: m.query_start)
+    assert (first.track_id, second.track_id) == ("first", "second")
+    assert first.query_end == pytest.approx(8.0, abs=1.0)
+    assert second.query_start == pytest.approx(8.0, abs=1.0)
+    assert second.ref_start == pytest.approx(0.0, abs=0.5)
+    assert second.speed == pytest.approx(1.05, abs=0.02)
+
+
+def test_a_repeated_passage_does_not_pull_the_match_off_the_played_alignment(calibration: Calibration) -> None:
+    played = Play("looped", 0.0, 12.0, 30.0)
+    repeat = Play("looped", 0.0, 12.0, 62.0, similarity=0.78)  # the same bars again 32 s later
+    hits = query(12.0, [played], loop=repeat, seed=3)
+    match = only(match_hits(hits, WINDOW, calibration=calibration))
+    assert match.ref_start == pytest.approx(30.0 + match.query_start, abs=0.5)
+
+
+def test_the_loop_with_more_support_wins_even_when_it_comes_second(calibration: Calibration) -> None:
+    truth = Play("looped", 0.0, 12.0, 90.0)
+    partial = Play("looped", 0.0, 12.0, 10.0, similarity=0.9)
+    hits = query(12.0, [truth], loop=partial, seed=5)
+    thinned = [h if h.seq % 3 == 0 else WindowHits(h.stream_id, h.seq, h.offset, h.air_time,
+               tuple(n for n in h.neighbours if not (n.track_id == "looped" and n.ref_time < 40))) for h in hits]
+    match = only(match_hits(thinned, WINDOW, calibration=calibration))
+    assert match.ref_start == pytest.approx(90.0 + match.query_start, abs=0.5)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 10.0, 30.0])
+def test_chance_hits_give_no_match(seconds: float, calibration: Calibration) -> None:
+    false = sum(bool(match_hits(query(seconds, [], seed=500 + s), WINDOW, calibration=calibration)) for s in range(30))
+    assert false <= 1
+
+
+def test_a_short_query_matches_when_it_stands_out(calibration: Calibration) -> None:
+    match = only(match_hits(query(3.0, [Play("song", 0.0, 3.0, 20.0, similarity=0.95)]), WINDOW, calibration=calibration))
+    assert match.speed == 1.0  # too short to tell speeds apart: the vote's tie goes to 1
+    assert match.ref_start == pytest.approx(20.0, abs=0.5)
+
+
+def test_no_hits_no_matches(calibration: Calibration) -> None:
+    assert match_hits([], WINDOW, calibration=calibration) == []
+    empty = [WindowHits("test", i, i * HOP, i * HOP, ()) for i in range(5)]
+    assert match_hits(empty, WINDOW, calibration=calibration) == []
+
+
+def test_confidence_falls_with_false_match_rate_and_is_stable_across_json(calibration: Calibration) -> None:
+    scores = np.linspace(0, 10, 50)
+    rates = [calibration.false_match_rate(s, 10.0) for s in scores]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert rates[0] == 1.0 and rates[-1] < 1e-3
+    again = Calibration.from_json(calibration.to_json())
+    assert again.confidence(3.0, 7.0) == pytest.approx(calibration.confidence(3.0, 7.0), rel=1e-4)
+
+
+def test_match_json_has_the_stable_fields() -> None:
+    match = Match("t", 0.0, 10.0, 5.0, 15.5, 1.0, 9.123456, 0.99999)
+    assert list(match.to_json()) == ["track_id", "query_start", "query_end", "ref_start", "ref_end", "speed", "score", "confidence"]
+
+
+def test_matching_a_stream_history_is_fast(calibration: Calibration) -> None:
+    hits = query(15.5, [Play("song", 0.0, 15.5, 80.0, 1.07)], misses=0.2)
+    assert len(hits) == 30 and all(len(h.neighbours) == K for h in hits)
+    match_hits(hits, WINDOW, calibration=calibration)
+    runs = []
+    for _ in range(20):
+        started = time.perf_counter()
+        match_hits(hits, WINDOW, calibration=calibration)
+        runs.append(time.perf_counter() - started)
+    assert min(runs) < 0.005  # the best run: what the code costs when the scheduler lets it run
