@@ -1,0 +1,195 @@
+"""The play-event state machine on synthetic hits: a scripted broadcast, so the truth is exact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+from monitor.events import PlayEvent, schema
+from monitor.matcher import NULL_DURATIONS, SPEED_RANGE, TOLERANCE, Calibration, align
+from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
+from monitor.records import Neighbour, WindowHits
+
+HOP, WINDOW, REF_HOP = 0.5, 1.0, 0.5
+CATALOG = [f"track-{i}" for i in range(20)]
+
+
+@dataclass(frozen=True)
+class Info:
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+TRACKS = {t: Info(180.0, {"title": t.upper()}) for t in CATALOG}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`track` plays on the stream from `start` to `end` (seconds), from `ref_start` in it, at `speed`."""
+
+    track: str
+    start: float
+    end: float
+    ref_start: float = 0.0
+    speed: float = 1.0
+
+
+def broadcast(seconds: float, segments: list[Segment], seed: int = 0, dropouts: tuple[tuple[float, float], ...] = (),
+              gaps: tuple[tuple[float, float], ...] = (), stream: str = "radio") -> list[WindowHits]:
+    """Hits a good encoder and catalog would give: the playing track's reference window (when at least half
+    of the query window holds it) among chance neighbours; none of the track during `dropouts`; no windows
+    at all during `gaps` (the stream was lost from a to b), and the one after each marked after_gap."""
+    rng = np.random.default_rng(seed)
+    hits = []
+    for seq in range(int((seconds - WINDOW) / HOP) + 1):
+        t = seq * HOP
+        if any(a <= t < b for a, b in gaps):
+            continue
+        neighbours = [Neighbour(str(rng.choice(CATALOG)), float(rng.integers(0, 360)) * REF_HOP, float(rng.uniform(0.2, 0.5)))
+                      for _ in range(8)]
+        for s in segments:
+            inside = min(t + WINDOW, s.end) - max(t, s.start)
+            dropped = any(a <= t < b for a, b in dropouts)
+            if inside >= WINDOW / 2 and not dropped:
+                ref = s.ref_start + s.speed * (t - s.start)
+                neighbours.insert(0, Neighbour(s.track, round(ref / REF_HOP) * REF_HOP, float(rng.uniform(0.75, 0.95))))
+        neighbours.sort(key=lambda n: -n.similarity)
+        hits.append(WindowHits(stream, seq, t, 1_800_000_000.0 + t, tuple(neighbours[:8]), after_gap=any(t == b for _, b in gaps)))
+    return hits
+
+
+def chance_calibration() -> Calibration:
+    """The matcher's null, measured as `calibrate` does, on hits that hold chance neighbours only."""
+    hits = broadcast(600, [], seed=99)
+    durations, scores = [], []
+    for duration in NULL_DURATIONS:
+        size = int((duration - WINDOW) / HOP) + 1
+        lines = [align(hits[b : b + size], WINDOW, SPEED_RANGE, TOLERANCE) for b in range(0, len(hits) - size, 7)]
+        durations.append(duration)
+        scores.append(np.sort([found[0].score if found else 0.0 for found in lines]))
+    return Calibration(8, SPEED_RANGE, TOLERANCE, tuple(durations), tuple(scores))
+
+
+CATALOG_INFO = CatalogInfo(chance_calibration(), TRACKS.get)
+
+
+def run(hits: list[WindowHits], tracker: PlayTracker | None = None, state: StreamState | None = None) -> tuple[StreamState, list[PlayEvent]]:
+    tracker = tracker or PlayTracker(PlayConfig.for_grid(WINDOW, HOP))
+    state = state or StreamState(hits[0].stream_id)
+    events: list[PlayEvent] = []
+    for h in hits:
+        state, new = tracker.update(state, h, CATALOG_INFO)
+        events += new
+    state, new = tracker.close(state, CATALOG_INFO)
+    return state, events + new
+
+
+def plays(events: list[PlayEvent]) -> list[PlayEvent]:
+    return [e for e in events if e.state == "ended"]
+
+
+def test_a_play_opens_soon_and_its_boundaries_snap_to_the_track() -> None:
+    _, events = run(broadcast(90, [Segment("track-3", 10.0, 70.0, speed=1.0)]))
+    assert [e.state for e in events] == ["started", "ended"]
+    started, ended = events
+    assert started.track_id == ended.track_id == "track-3" and started.play_id == ended.play_id
+    assert started.decided_offset - 10.0 <= 4.0  # dashboards hear of it within a few seconds
+    assert ended.stream_start == pytest.approx(10.0, abs=0.3)
+    assert ended.stream_end == pytest.approx(70.0, abs=0.6)
+    assert ended.speed == pytest.approx(1.0, abs=0.01)
+    assert ended.track == {"title": "TRACK-3"}
+    assert ended.started_at == pytest.approx(1_800_000_000.0 + ended.stream_start)
+
+
+@pytest.mark.parametrize("speed", [0.95, 1.0, 1.06])
+def test_a_play_cut_in_mid_track_is_bounded_from_the_alignment(speed: float) -> None:
+    _, events = run(broadcast(80, [Segment("track-7", 12.3, 61.8, ref_start=40.0, speed=speed)], seed=2))
+    (ended,) = plays(events)
+    assert ended.stream_start == pytest.approx(12.3, abs=0.5)
+    assert ended.stream_end == pytest.approx(61.8, abs=0.5)
+    assert ended.speed == pytest.approx(speed, abs=0.01)
+    assert ended.ref_start == pytest.approx(40.0, abs=0.6)
+    assert ended.ref_end == pytest.approx(40.0 + speed * (61.8 - 12.3), abs=0.6)
+
+
+def test_a_dropout_within_the_tolerance_keeps_one_play() -> None:
+    _, events = run(broadcast(80, [Segment("track-1", 5.0, 70.0)], dropouts=((30.0, 36.0),)))
+    assert len(plays(events)) == 1
+
+
+def test_a_long_dropout_ends_the_play() -> None:
+    _, events = run(broadcast(90, [Segment("track-1", 5.0, 80.0)], dropouts=((30.0, 45.0),)))
+    first, second = plays(events)
+    assert first.stream_end == pytest.approx(30.0, abs=1.0)
+    assert second.stream_start == pytest.approx(45.0, abs=1.0)
+    assert first.play_id != second.play_id
+
+
+def test_another_track_takes_over() -> None:
+    _, events = run(broadcast(100, [Segment("track-1", 5.0, 45.0, ref_start=20), Segment("track-2", 45.0, 90.0, ref_start=30)]))
+    assert [(e.state, e.track_id) for e in events] == [
+        ("started", "track-1"), ("ended", "track-1"), ("started", "track-2"), ("ended", "track-2")]
+    first, second = plays(events)
+    assert first.stream_end == pytest.approx(45.0, abs=0.5)
+    assert second.stream_start == pytest.approx(45.0, abs=0.5)
+    assert events[2].decided_offset - 45.0 <= 5.0
+
+
+def test_a_gap_closes_the_play() -> None:
+    _, events = run(broadcast(90, [Segment("track-4", 0.0, 90.0, ref_start=10)], gaps=((35.0, 40.0),)))
+    first, second = plays(events)
+    assert first.stream_end <= 35.5  # the end of the last window before the gap
+    assert second.stream_start >= 40.0
+
+
+def test_chance_neighbours_make_no_play() -> None:
+    _, events = run(broadcast(120, [], seed=5))
+    assert events == []
+
+
+def test_ids_are_deterministic_and_replays_change_nothing() -> None:
+    hits = broadcast(60, [Segment("track-9", 3.0, 50.0)], seed=3)
+    _, once = run(hits)
+    _, again = run(hits)
+    assert [e.event_id for e in once] == [e.event_id for e in again]
+    assert len({e.event_id for e in once}) == len(once) == 2
+    tracker = PlayTracker(PlayConfig.for_grid(WINDOW, HOP))
+    state, events = StreamState("radio"), []
+    for h in hits[:40] + hits[30:]:  # a worker restarted and replays ten windows it had already seen
+        state, new = tracker.update(state, h, CATALOG_INFO)
+        events += new
+    events += tracker.close(state, CATALOG_INFO)[1]
+    assert events == once
+
+
+def test_state_round_trips_through_json_mid_play() -> None:
+    hits = broadcast(80, [Segment("track-5", 4.0, 60.0, ref_start=7, speed=1.04)], seed=4)
+    _, whole = run(hits)
+    tracker = PlayTracker(PlayConfig.for_grid(WINDOW, HOP))
+    state, events = StreamState("radio"), []
+    for i, h in enumerate(hits):
+        if i % 17 == 0:
+            text = state.to_json()
+            state = StreamState.from_json(text)
+            assert state.to_json() == text
+        state, new = tracker.update(state, h, CATALOG_INFO)
+        events += new
+        if i == 60:
+            assert state.play is not None  # the round trip happened mid-play
+    events += tracker.close(state, CATALOG_INFO)[1]
+    assert events == whole
+
+
+def test_events_follow_the_published_schema() -> None:
+    _, events = run(broadcast(60, [Segment("track-2", 5.0, 50.0)]))
+    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
+    for event in events:
+        validator.validate(event.to_json())
+        assert PlayEvent.from_json(event.to_json()) == event
+    broken = {**events[0].to_json(), "stream_end": 12.0}  # a started event has no end yet
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(broken)
