@@ -85,7 +85,7 @@ class _Source(NamedTuple):
 
 def content_hash(audio: np.ndarray) -> str:
     """Hash of the decoded samples (16-bit), so a copy or a lossless re-wrap of a file is caught too."""
-    pcm = np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32767), -32768, 32767).astype("<i2")
+    pcm = np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2")
     return hashlib.sha256(pcm.tobytes()).hexdigest()[:32]
 
 
@@ -137,12 +137,12 @@ class Catalog:
                         "sample_rate": encoder.sample_rate, "window_seconds": encoder.config.window_seconds, "dim": encoder.dim},
             "hop_seconds": float(hop_seconds),
             "index": {"requested": index_factory or "auto", "factory": factory, "search_params": index.search_params},
-            "generation": -1,
+            "generation": 0,
         }
         grid = WindowGrid.for_encoder(encoder, hop_seconds)
         null = _NullClips.fixed(encoder, grid)
         with _writer_lock(directory):
-            _write_generation(directory, config, 0, index, {}, [], null)
+            _write_generation(directory, config, index, {}, [], null)
         return cls(directory, encoder, _read_config(directory))
 
     @classmethod
@@ -217,8 +217,13 @@ class Catalog:
         expected = sum(t.windows for t in tracks.values())
         if index.ntotal != expected:
             raise CatalogError(f"{gen_dir}: the index holds {index.ntotal} windows but the tracks {expected}; the catalog is corrupt, rebuild it")
-        self._config, self._index, self._tracks, self._ords, self._shards = config, index, tracks, ords, shards
-        self._null = _NullClips.load(gen_dir / "null.npz")
+        self._install(config, index, tracks, ords, shards, _NullClips.load(gen_dir / "null.npz"))
+
+    def _install(self, config: dict[str, Any], index: VectorIndex, tracks: dict[str, TrackInfo], ords: dict[str, int],
+                 shards: list[str], null: "_NullClips") -> None:
+        """Make a committed generation the one this object serves, with nothing staged."""
+        self._config, self._index, self._tracks, self._ords, self._shards, self._null = config, index, tracks, ords, shards, null
+        self._hashes = {t.content_hash: t.track_id for t in tracks.values()}
         self._names = np.empty(max(ords.values(), default=-1) + 1, dtype=object)
         for track_id, track_ord in ords.items():
             self._names[track_ord] = track_id
@@ -315,7 +320,8 @@ class Catalog:
                 yield
                 self._commit()
             except BaseException:
-                self._load()
+                if self._dirty:  # drop what was staged; nothing staged, nothing to reload
+                    self._load()
                 raise
             finally:
                 self._lock_file = None
@@ -365,9 +371,8 @@ class Catalog:
                 raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
             audio = np.asarray(audio, dtype=np.float32)
             digest = content_hash(audio)
-            for other in self._tracks.values():
-                if other.content_hash == digest:
-                    raise _Duplicate(other.track_id)
+            if digest in self._hashes:
+                raise _Duplicate(self._hashes[digest])
             vectors, numbers = self._embed(audio)
             if not len(vectors):
                 raise CatalogError(f"track {track_id!r} has no audible window of {self.grid.window_seconds} s; it is too short or silent")
@@ -380,6 +385,7 @@ class Catalog:
             self._pending_windows += len(ids)
             meta = {str(k): str(v) for k, v in (metadata or {}).items() if v is not None and str(v) != ""}
             self._tracks[track_id] = TrackInfo(track_id, len(audio) / self.encoder.sample_rate, len(ids), digest, meta)
+            self._hashes[digest] = track_id
             self._ords[track_id] = track_ord
             self._null.offer(audio, self.encoder.sample_rate, digest, self._embed)
             self._dirty = True
@@ -389,8 +395,9 @@ class Catalog:
         with self.transaction():
             self.track(track_id)
             track_ord = self._ords.pop(track_id)
-            del self._tracks[track_id]
-            self._pending = [(v[split_ids(i)[0] != track_ord], i[split_ids(i)[0] != track_ord]) for v, i in self._pending]
+            del self._hashes[self._tracks.pop(track_id).content_hash]
+            kept = [split_ids(ids)[0] != track_ord for _, ids in self._pending]
+            self._pending = [(vectors[k], ids[k]) for (vectors, ids), k in zip(self._pending, kept)]
             if not self._index.remove_track(track_ord):
                 self._rebuild = True
             self._dirty = True
@@ -437,9 +444,10 @@ class Catalog:
                     self._index.add(vectors, ids)
         except VectorIndexError as exc:
             raise CatalogError(str(exc)) from exc
-        config = {**self._config, "index": {**index_cfg, "factory": factory, "search_params": self._index.search_params}}
-        _write_generation(self.directory, config, generation, self._index, self._tracks_with_ords(), self._shards, self._null)
-        self._load()
+        config = {**self._config, "generation": generation,
+                  "index": {**index_cfg, "factory": factory, "search_params": self._index.search_params}}
+        _write_generation(self.directory, config, self._index, self._tracks_with_ords(), self._shards, self._null)
+        self._install(config, self._index, self._tracks, self._ords, self._shards, self._null)
 
     def _rebuilt(self, factory: str) -> VectorIndex:
         log.info("building a %s index over %d tracks", factory, len(self._tracks))
@@ -650,9 +658,10 @@ def _read_tracks(path: Path) -> tuple[dict[str, TrackInfo], dict[str, int], list
     return tracks, {tid: o for o, tid, *_ in rows}, shards
 
 
-def _write_generation(directory: Path, config: dict[str, Any], generation: int, index: VectorIndex,
-                      tracks: dict[int, TrackInfo], shards: list[str], null: _NullClips) -> None:
+def _write_generation(directory: Path, config: dict[str, Any], index: VectorIndex, tracks: dict[int, TrackInfo],
+                      shards: list[str], null: _NullClips) -> None:
     """Write gen-NNNNNN completely, then point catalog.json at it (the commit), then drop stale files."""
+    generation = config["generation"]
     tmp = Path(tempfile.mkdtemp(prefix=f".gen-{generation:06d}-", dir=directory))
     index.save(tmp / "index.faiss")
     _write_tracks(tmp / "tracks.sqlite", tracks, shards)
@@ -664,7 +673,7 @@ def _write_generation(directory: Path, config: dict[str, Any], generation: int, 
         shutil.rmtree(target)
     os.replace(tmp, target)
     config_tmp = directory / f".{CONFIG_FILE}.tmp"
-    config_tmp.write_text(json.dumps({**config, "generation": generation}, indent=2))
+    config_tmp.write_text(json.dumps(config, indent=2))
     _fsync(config_tmp)
     os.replace(config_tmp, directory / CONFIG_FILE)
     _fsync(directory)
