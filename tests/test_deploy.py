@@ -1,0 +1,638 @@
+"""deploy/: the production stack, checked as far as a machine without a container engine allows.
+
+Static checks parse every file of deploy/ and hold it to the contracts it shares with the code: metric
+names (monitor/metrics.py), CLI options and their environment variables (monitor/cli.py), the Grafana
+data source uid, the compose service names Prometheus discovers. promtool checks both Prometheus configs
+and the rules and runs the rules' unit tests.
+
+The live check runs Debian's `prometheus` on a loopback port, scraping a real `airtrace monitor`
+(embedded mode) that listens to a live HTTP stream of a catalog track, and evaluates every query of
+every dashboard panel and every rule through Prometheus' HTTP API. A query that errors fails the test,
+and so does one that returns no series, unless it reads a series of ABSENT_ON_A_CLEAN_EMBEDDED_RUN (which
+says why); of the dashboards, only the fleet's Consumer lag panel may be empty there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+import servers
+from monitor import metrics as metrics_module
+
+ROOT = Path(__file__).parents[1]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+GRAFANA_DIR = DEPLOY / "grafana"
+DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+RULE_FILE = PROMETHEUS_DIR / "alerts.yml"
+DATASOURCE_UID = "airtrace-prometheus"
+GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}
+
+# Series that are rightly absent from one embedded `airtrace monitor` on a clean stream, with the reason.
+# A query may come back empty only if it reads one of them.
+ABSENT_ON_A_CLEAN_EMBEDDED_RUN = {
+    "airtrace_consumer_lag_messages": "only workers consume Kafka; embedded mode has no consumer lag",
+    "airtrace:consumer_lag_messages:sum": "recorded from airtrace_consumer_lag_messages",
+    "airtrace_dead_letters_total": "a reason's counter is born with its first dead letter; embedded mode reads no Kafka messages",
+    "airtrace_silence_seconds_total": "a stream's counter is born with its first dead air; the streamed track has none",
+}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def dashboards() -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in DASHBOARD_FILES}
+
+
+def all_panels(dashboard: dict) -> Iterator[dict]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row holds its panels
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    dashboard: str
+    panel: str
+    ref_id: str
+    expr: str
+    instant: bool
+
+    def __str__(self) -> str:
+        return f"{self.dashboard} / {self.panel} / {self.ref_id}: {self.expr}"
+
+
+def panel_queries() -> list[PanelQuery]:
+    return [
+        PanelQuery(name, panel["title"], target["refId"], target["expr"], bool(target.get("instant")) and not target.get("range"))
+        for name, dashboard in dashboards().items()
+        for panel in all_panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    """Grafana's template variables ($name and ${name}) replaced by values; an unknown one is an error."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in variables:
+            raise KeyError(f"unknown template variable ${name} in {expr}")
+        return variables[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def series_names(expr: str) -> set[str]:
+    """Metric and recording-rule names an expression reads (airtrace's, process_* and up)."""
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    return set(re.findall(r"\b(?:airtrace[_:][a-z_:]+|process_[a-z_]+|up)\b(?=\s*[{\[)\s]|$)", without_strings))
+
+
+def exported_series() -> set[str]:
+    """Every series name monitor/metrics.py exports, with the suffixes of counters and histograms."""
+    registry = CollectorRegistry()
+    metrics_module.create(registry)
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"), "gauge": ("",)}
+    names = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return names | {"up"}
+
+
+def rules() -> list[dict]:
+    return [rule for group in load_yaml(RULE_FILE)["groups"] for rule in group["rules"]]
+
+
+# ----------------------------------------------------------------------------- dashboards and rules
+
+
+def test_dashboards_are_complete_grafana_models() -> None:
+    boards = dashboards()
+    assert set(boards) == {"fleet", "stream", "catalog"}
+    assert len({board["uid"] for board in boards.values()}) == len(boards)
+    for name, board in boards.items():
+        assert board["title"] and board["schemaVersion"] >= 36 and board["panels"], name
+        ids = [panel["id"] for panel in all_panels(board)]
+        assert len(ids) == len(set(ids)), f"{name}: panel ids repeat"
+        for panel in all_panels(board):
+            grid = panel["gridPos"]
+            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{name} / {panel['title']} is wider than the grid"
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"]["uid"] == DATASOURCE_UID, f"{name} / {panel['title']}"
+            assert panel["targets"], f"{name} / {panel['title']} has no query"
+            refs = [target["refId"] for target in panel["targets"]]
+            assert len(refs) == len(set(refs)), f"{name} / {panel['title']}: refIds repeat"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == DATASOURCE_UID and target["expr"].strip()
+
+
+def test_dashboards_show_what_the_issue_asks_for() -> None:
+    titles = {name: {panel["title"]: panel for panel in all_panels(board)} for name, board in dashboards().items()}
+    for title in ("Streams up", "Streams down", "Reconnects", "Consumer lag", "Detection latency", "Windows per second", "Worker CPU"):
+        assert title in titles["fleet"], title
+    stream = titles["stream"]
+    assert stream["Now playing"]["type"] == "stat"
+    assert stream["Plays in the last 24 h"]["type"] == "table"
+    assert stream["Plays timeline"]["type"] == "state-timeline"
+    assert "airtrace_now_playing" in stream["Plays timeline"]["targets"][0]["expr"]
+    assert {"Silence", "Outages"} <= set(stream)
+    for title in ("Tracks", "Reference windows", "Index memory", "Search latency per batch"):
+        assert title in titles["catalog"], title
+    (variable,) = dashboards()["stream"]["templating"]["list"]
+    assert variable["name"] == "stream" and variable["query"]["query"] == "label_values(airtrace_stream_up, stream)"
+
+
+def test_every_query_uses_known_variables_and_exported_metrics() -> None:
+    known = exported_series() | {rule["record"] for rule in rules() if "record" in rule}
+    variables = {name: "1m" for name in GRAFANA_BUILTINS} | {"stream": "radio1"}
+    expressions = [(str(query), query.expr) for query in panel_queries()] + [(rule.get("alert") or rule["record"], rule["expr"]) for rule in rules()]
+    for where, expr in expressions:
+        substitute(expr, variables)
+        unknown = series_names(expr) - known
+        assert not unknown, f"{where} reads {unknown}, which monitor/metrics.py does not export"
+
+
+def test_grafana_provisioning_points_at_the_dashboards() -> None:
+    (datasource,) = load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml")["datasources"]
+    assert datasource["uid"] == DATASOURCE_UID and datasource["type"] == "prometheus"
+    (provider,) = load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "airtrace.yaml")["providers"]
+    assert provider["type"] == "file"
+    grafana = load_yaml(DEPLOY / "compose.yaml")["services"]["grafana"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in grafana["volumes"]}
+    assert mounts[provider["options"]["path"]] == "./grafana/dashboards"
+
+
+def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian package prometheus; deploy/install.sh installs it)")
+    result = subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-k8s.yml"])
+def test_promtool_checks_the_prometheus_configs(config: str) -> None:
+    assert "SUCCESS" in promtool("check", "config", config).stdout
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    assert "SUCCESS" in promtool("check", "rules", RULE_FILE.name).stdout
+    assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml").stdout
+    tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS_DIR / "alerts_test.yml").read_text()))
+    assert tested == {rule["alert"] for rule in rules() if "alert" in rule}, "every alert needs a unit test"
+
+
+# ----------------------------------------------------------------------------- compose, image, secrets
+
+AIRTRACE_SERVICES = ("ingest", "worker", "catalog")
+METRICS_SERVICES = ("ingest", "worker")
+
+
+def compose() -> dict:
+    return load_yaml(DEPLOY / "compose.yaml")
+
+
+def cli_envvars() -> dict[str, set[str]]:
+    """For each `airtrace` command (`catalog add` as "catalog add"), the environment variables it reads."""
+    import click
+
+    from monitor.cli import main
+
+    found: dict[str, set[str]] = {}
+
+    def walk(command: click.Command, path: tuple[str, ...], inherited: set[str]) -> None:
+        names = set(inherited)
+        for param in command.params:
+            envvar = getattr(param, "envvar", None)
+            names.update([envvar] if isinstance(envvar, str) else envvar or [])
+        found[" ".join(path)] = names
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, (*path, name), names)
+
+    walk(main, (), set())
+    return found
+
+
+def airtrace_command(args: list[str]) -> str:
+    """The CLI command a container runs: its leading words that name a (sub)command."""
+    commands = cli_envvars()
+    words: list[str] = []
+    for arg in args:
+        if " ".join([*words, arg]) not in commands:
+            break
+        words.append(arg)
+    assert words, f"{args} starts with no airtrace command"
+    return " ".join(words)
+
+
+def check_envvars(command_args: list[str], env: dict[str, Any], where: str) -> None:
+    """Every AIRTRACE_* variable given to a command must be one that command reads."""
+    command = airtrace_command(command_args)
+    unknown = {name for name in env if name.startswith("AIRTRACE_")} - cli_envvars()[command]
+    assert not unknown, f"{where}: `airtrace {command}` reads no {sorted(unknown)} (see `airtrace {command} --help`)"
+
+
+def test_compose_runs_the_stack_the_issue_asks_for() -> None:
+    from monitor.broker import Topics
+
+    services = compose()["services"]
+    assert not any("zookeeper" in str(service.get("image", "")) for service in services.values())
+    kafka = services["kafka"]["environment"]
+    assert services["kafka"]["image"].startswith("apache/kafka:") and "controller" in kafka["KAFKA_PROCESS_ROLES"]
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "SASL" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    init = services["kafka-init"]
+    topics = Topics()
+    assert init["environment"]["TOPICS"].split() == [topics.windows, topics.hits, topics.plays, topics.dead_letters]
+    assert init["restart"] == "no"
+    assert "appendonly yes" in (DEPLOY / "redis" / "redis.conf").read_text()
+    assert services["worker"]["deploy"]["replicas"] == 2
+    for name in ("ingest", "worker"):
+        assert services[name]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in AIRTRACE_SERVICES:
+        service = services[name]
+        assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        args = service.get("entrypoint", [])[1:] + service["command"]
+        check_envvars(args, service.get("environment", {}), f"compose service {name}")
+    for name in METRICS_SERVICES:
+        assert services[name]["environment"]["AIRTRACE_METRICS_HOST"] == "0.0.0.0"  # inside the container only
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
+    prometheus = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (job,) = [job for job in prometheus["scrape_configs"] if job["job_name"] == "airtrace"]
+    assert sorted(job["dns_sd_configs"][0]["names"]) == sorted(METRICS_SERVICES)
+    assert job["dns_sd_configs"][0]["port"] == int(services["worker"]["environment"]["AIRTRACE_METRICS_PORT"])
+
+
+def test_secrets_come_from_the_env_file_and_never_from_git() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    variables = set(re.findall(r"\$\{(\w+)", text))
+    example = dict(line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines() if line and not line.startswith("#"))
+    assert variables <= set(example) | {"AIRTRACE_TAG"}, f"undocumented in .env.example: {variables - set(example)}"
+    for name, value in example.items():
+        if "PASSWORD" in name:
+            assert value.startswith("REPLACE"), f"{name} in .env.example looks like a real secret"
+            assert re.search(rf"\$\{{{name}:\?", text), f"compose must refuse to start without {name}"
+    assert ".env" in (DEPLOY / ".gitignore").read_text().split()
+    assert not re.search(r"(?i)password[\"']?\s*[:=]\s*[\"']?(?!\$|REPLACE)\w{6,}", text), "a literal password in compose.yaml"
+
+
+def compose_client() -> list[str]:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.skip("no Docker Compose client (neither `docker compose` nor Debian's docker-compose) to parse compose.yaml")
+
+
+def test_docker_compose_parses_the_file_and_requires_the_secrets(tmp_path: Path) -> None:
+    client = compose_client()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("KAFKA_", "REDIS_", "GRAFANA_"))}
+    base = [*client, "-f", str(DEPLOY / "compose.yaml"), "--env-file"]
+    parsed = subprocess.run([*base, str(DEPLOY / ".env.example"), "config"], capture_output=True, text=True, env=environment, timeout=60)
+    assert parsed.returncode == 0, parsed.stderr
+    resolved = yaml.safe_load(parsed.stdout)["services"]
+    assert resolved["worker"]["environment"]["AIRTRACE_REDIS_PASSWORD"].startswith("REPLACE")  # interpolated from the env file
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    refused = subprocess.run([*base, str(empty), "config"], capture_output=True, text=True, env=environment, timeout=60)
+    assert refused.returncode != 0 and "PASSWORD" in refused.stderr, refused.stderr
+
+
+def test_dockerfile_is_multi_stage_cpu_only_and_non_root() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    instructions = [line.split(None, 1) for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+    stages = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert len(stages) >= 2 and stages[-1].split()[-1] == "runtime"
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text
+    (user,) = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    assert any(keyword == "HEALTHCHECK" and "/metrics" in rest for keyword, rest in instructions)
+    assert ["ENTRYPOINT", '["airtrace"]'] in instructions
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*") + 1 :][:4] == ["!pyproject.toml", "!README.md", "!encoders/", "!monitor/"]
+
+
+def test_redis_conf_runs_on_debian_redis_with_auth_and_the_append_only_file(tmp_path: Path) -> None:
+    import redis
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (deploy/install.sh installs it)")
+    password = "test-only-password"
+    auth = tmp_path / "auth.conf"
+    auth.write_text(f'requirepass "{password}"\n')
+    port = servers.free_port()
+    conf = (DEPLOY / "redis" / "redis.conf").read_text()
+    assert "dir /data" in conf and "include /tmp/redis-auth.conf" in conf and "bind 0.0.0.0" in conf
+    conf = conf.replace("dir /data", f"dir {tmp_path}").replace("/tmp/redis-auth.conf", str(auth)).replace("bind 0.0.0.0", f"bind {servers.HOST}\nport {port}")
+    (tmp_path / "redis.conf").write_text(conf)
+    server = servers.ServerProcess(["redis-server", str(tmp_path / "redis.conf")], port, tmp_path / "redis.log").start()
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        client = redis.Redis(port=port, password=password)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+K8S = DEPLOY / "k8s"
+
+
+def kustomization(path: Path = K8S) -> dict:
+    return load_yaml(path / "kustomization.yaml")
+
+
+def raw_k8s_objects(path: Path = K8S) -> list[dict]:
+    return [doc for name in kustomization(path)["resources"] for doc in yaml.safe_load_all((path / name).read_text()) if doc]
+
+
+def workloads(objects: list[dict]) -> dict[str, dict]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] in ("Deployment", "StatefulSet", "Job")}
+
+
+def containers(workload: dict) -> list[dict]:
+    return workload["spec"]["template"]["spec"]["containers"]
+
+
+def secret_keys() -> set[str]:
+    secret = load_yaml(K8S / "secret.example.yaml")
+    assert secret["metadata"]["name"] == "airtrace-secrets"
+    assert all("REPLACE" in value for value in secret["stringData"].values())
+    return set(secret["stringData"])
+
+
+def test_k8s_workloads_are_probed_bounded_and_unprivileged() -> None:
+    every = raw_k8s_objects(K8S) + raw_k8s_objects(K8S / "infra") + list(yaml.safe_load_all((K8S / "catalog-job.yaml").read_text()))
+    assert len(workloads(every)) == 6
+    for name, workload in workloads(every).items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in containers(workload):
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+            if workload["kind"] != "Job":
+                assert "readinessProbe" in container and "livenessProbe" in container, name
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == "airtrace-secrets" and ref["key"] in secret_keys(), f"{name}: {ref}"
+
+
+def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
+    from monitor.ingest import load_sources
+
+    objects = workloads(raw_k8s_objects())
+    assert objects["airtrace-worker"]["kind"] == "Deployment"
+    ingest = objects["airtrace-ingest"]
+    assert ingest["kind"] == "StatefulSet"
+    shards = {f"shard-{i}.yaml" for i in range(ingest["spec"]["replicas"])}
+    (streams,) = [gen for gen in kustomization()["configMapGenerator"] if gen["name"] == "airtrace-streams"]
+    assert {Path(file).name for file in streams["files"]} == shards, "one streams file per ingest pod"
+    ids = [source.id for file in streams["files"] for source in load_sources(K8S / file)]
+    assert len(ids) == len(set(ids)), "a stream is in two shards"
+    (container,) = containers(ingest)
+    env = {item["name"]: item for item in container["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert env["AIRTRACE_STREAMS"]["value"] == "/etc/airtrace/streams/shard-$(POD_INDEX).yaml"
+    assert list(env).index("POD_INDEX") < list(env).index("AIRTRACE_STREAMS"), "$(POD_INDEX) expands only if defined before"
+    config = dict(line.split("=", 1) for line in (K8S / "airtrace.env").read_text().splitlines() if line and not line.startswith("#"))
+    for name in ("airtrace-ingest", "airtrace-worker"):
+        (container,) = containers(objects[name])
+        check_envvars(container["args"], config | {env["name"]: env for env in container["env"]}, f"k8s {name}")
+    dns = load_yaml(PROMETHEUS_DIR / "prometheus-k8s.yml")["scrape_configs"][0]["dns_sd_configs"][0]["names"]
+    services = {obj["metadata"]["name"] for obj in raw_k8s_objects() if obj["kind"] == "Service" and obj["spec"].get("clusterIP") == "None"}
+    assert {name.split(".")[0] for name in dns} == services == {"airtrace-ingest", "airtrace-worker"}
+
+
+def test_k8s_catalog_job_writes_the_catalog_the_workers_read() -> None:
+    (job,) = yaml.safe_load_all((K8S / "catalog-job.yaml").read_text())
+    (container,) = containers(job)
+    assert airtrace_command(container["args"]) == "catalog add"
+    path = container["args"][container["args"].index("--catalog") + 1]
+    worker = workloads(raw_k8s_objects())["airtrace-worker"]
+    (worker_container,) = containers(worker)
+    assert {env["name"]: env.get("value") for env in worker_container["env"]}["AIRTRACE_CATALOG"] == path
+    claims = {volume["name"]: volume.get("persistentVolumeClaim", {}).get("claimName") for pod in (job, worker) for volume in pod["spec"]["template"]["spec"]["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    assert claims[mounts[path]] == "airtrace-catalog"
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (PyPI) checks objects against the API schemas")
+    kubernetes_validate.validate(job, "1.32.0", strict=True)
+
+
+@pytest.mark.parametrize("path", [K8S, K8S / "infra"], ids=["airtrace", "infra"])
+def test_k8s_kustomize_renders_objects_that_match_the_kubernetes_schemas(path: Path) -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (for its built-in kustomize) is not installed")
+    rendered = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    assert all(obj["metadata"].get("namespace") == "airtrace" for obj in objects if obj["kind"] != "Namespace")
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (PyPI) checks objects against the API schemas")
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.32.0", strict=True)
+
+
+# ----------------------------------------------------------------------------- live: Prometheus against airtrace
+
+PROMETHEUS_INTERVAL = "1s"
+
+
+class Prometheus:
+    """Debian's prometheus on a free loopback port, with deploy/'s compose config pointed at one target."""
+
+    def __init__(self, workdir: Path, target: str, role: str):
+        self.port = servers.free_port()
+        config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+        config["global"].update(scrape_interval=PROMETHEUS_INTERVAL, evaluation_interval=PROMETHEUS_INTERVAL)
+        config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
+        (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "airtrace"]
+        del job["dns_sd_configs"], job["relabel_configs"]  # compose's DNS discovery; the label it sets is given here
+        job["static_configs"] = [{"targets": [target], "labels": {"role": role}}]
+        config["scrape_configs"] = [job]
+        config_file = workdir / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        args = [
+            shutil.which("prometheus") or "prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address={servers.HOST}:{self.port}", "--log.level=warn",
+        ]
+        self.server = servers.ServerProcess(args, self.port, workdir / "prometheus.log")
+
+    def start(self) -> None:
+        self.server.start()
+        deadline = time.monotonic() + 30
+        while True:  # the port opens before the storage is ready; until then the API answers 503
+            try:
+                urllib.request.urlopen(f"http://{servers.HOST}:{self.port}/-/ready", timeout=2).close()
+                return
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"http://{servers.HOST}:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:  # a bad query: Prometheus answers 400 with the error as JSON
+            return json.load(exc)
+
+    def query(self, expr: str) -> list[dict]:
+        answer = self.api("query", query=expr)
+        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+        return answer["data"]["result"]
+
+    def query_range(self, expr: str, seconds: float) -> list[dict]:
+        end = time.time()
+        answer = self.api("query_range", query=expr, start=str(end - seconds), end=str(end), step="1")
+        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+        return answer["data"]["result"]
+
+    def wait_for(self, expr: str, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if result := self.query(expr):
+                return result
+            time.sleep(0.5)
+        raise TimeoutError(f"{expr} returned nothing for {timeout} s")
+
+
+@dataclass
+class Live:
+    prometheus: Prometheus
+    stream: str
+    track: str
+    catalog_tracks: int
+
+
+def evaluate(prometheus: Prometheus, query: PanelQuery, variables: dict[str, str]) -> list[dict]:
+    expr = substitute(query.expr, variables)
+    return prometheus.query(expr) if query.instant else prometheus.query_range(expr, 60)
+
+
+def expected_empty(expr: str) -> str | None:
+    """Why an expression may rightly return nothing on one embedded monitor (None: it must return data)."""
+    reasons = [ABSENT_ON_A_CLEAN_EMBEDDED_RUN[name] for name in series_names(expr) if name in ABSENT_ON_A_CLEAN_EMBEDDED_RUN]
+    return "; ".join(reasons) or None
+
+
+def test_dashboards_show_the_play_that_is_on_air(live: Live) -> None:
+    """First of the live tests: the play must still be on air (the stream lasts 50 s)."""
+    queries = {(query.dashboard, query.panel): query for query in panel_queries()}
+    variables = {"__rate_interval": "15s", "__interval": PROMETHEUS_INTERVAL, "__range": "5m", "stream": live.stream}
+
+    def instant(dashboard: str, panel: str) -> list[dict]:
+        return live.prometheus.query(substitute(queries[dashboard, panel].expr, variables))
+
+    assert [row["metric"]["track_id"] for row in instant("stream", "Now playing")] == [live.track]
+    plays = {row["metric"]["track_id"]: float(row["value"][1]) for row in instant("stream", "Plays in the last 24 h")}
+    assert plays == {live.track: 1.0}, "a play's first count must show although increase() cannot see a counter's birth"
+    assert float(instant("fleet", "Plays detected (1 h)")[0]["value"][1]) == 1
+    assert float(instant("fleet", "Streams up")[0]["value"][1]) == 1
+    assert float(instant("fleet", "Streams down")[0]["value"][1]) == 0
+    assert float(instant("catalog", "Tracks")[0]["value"][1]) == live.catalog_tracks
+
+
+def test_every_dashboard_query_returns_data_from_a_running_airtrace(live: Live) -> None:
+    variables = {"__rate_interval": "15s", "__interval": PROMETHEUS_INTERVAL, "__range": "5m", "stream": live.stream}
+    failures, empty = [], []
+    for query in panel_queries():
+        try:
+            result = evaluate(live.prometheus, query, variables)
+        except AssertionError as exc:
+            failures.append(f"{query}\n    error: {exc}")
+            continue
+        if not result:
+            (empty if expected_empty(query.expr) else failures).append(str(query))
+    assert not failures, "queries that failed or returned nothing:\n" + "\n".join(failures)
+    assert len(empty) == 1 and "Consumer lag" in empty[0], empty
+
+
+def test_every_rule_evaluates_on_a_running_airtrace(live: Live) -> None:
+    groups = live.prometheus.api("rules")["data"]["groups"]
+    evaluated = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(evaluated) == {rule.get("alert") or rule["record"] for rule in rules()}
+    for name, rule in evaluated.items():
+        assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
+    for rule in rules():
+        live.prometheus.query(rule["expr"])  # asserts success
+        for series in series_names(rule["expr"]):
+            if series not in ABSENT_ON_A_CLEAN_EMBEDDED_RUN:
+                assert live.prometheus.query(series), f"{rule.get('alert') or rule['record']} reads {series}, which the running airtrace does not export"
+    firing = [alert["labels"]["alertname"] for alert in live.prometheus.api("alerts")["data"]["alerts"]]
+    assert not firing, f"alerts on a healthy stream: {firing}"
+
+
+STREAMED_TRACK = "area1-game"
+CATALOG_TRACKS = (STREAMED_TRACK, "over-theme")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A real `airtrace monitor` on a live HTTP stream of a catalog track, scraped by Debian's prometheus."""
+    from catalog_fixtures import MUSIC, random_encoder
+
+    from encoders import load_encoder
+    from monitor.catalog import Catalog
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (deploy/install.sh installs Debian's)")
+    work = tmp_path_factory.mktemp("deploy-live")
+    encoder_dir = random_encoder().save(work / "encoder")
+    catalog = Catalog.create(work / "catalog", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
+    catalog.add([MUSIC / f"{name}.opus" for name in CATALOG_TRACKS], progress=False)
+    stream = servers.LiveAudioServer(MUSIC / f"{STREAMED_TRACK}.opus").start()
+    port = servers.free_port()
+    airtrace = shutil.which("airtrace", path=str(Path(sys.executable).parent)) or "airtrace"
+    args = [airtrace, "monitor", "--catalog", str(work / "catalog"), "--metrics-port", str(port), stream.url]
+    environment = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(work / "airtrace.log", "wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    prometheus = Prometheus(work, f"{servers.HOST}:{port}", "monitor")
+    try:
+        try:
+            servers.wait_for_port(port, process, timeout=120)
+            prometheus.start()
+            prometheus.wait_for("airtrace_now_playing", 60)
+            prometheus.wait_for("count_over_time(airtrace_now_playing[1m]) >= 3", 30)  # enough samples of the play for increase()
+        except (TimeoutError, RuntimeError) as exc:
+            pytest.fail(f"{exc}\nairtrace monitor's log ends:\n{(work / 'airtrace.log').read_text()[-3000:]}")
+        yield Live(prometheus, Path(urllib.parse.urlparse(stream.url).path).stem, STREAMED_TRACK, len(CATALOG_TRACKS))
+    finally:
+        prometheus.server.stop()
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stream.stop()
