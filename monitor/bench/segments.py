@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from encoders import load_audio, parse_chain
 from monitor.bench.queries import DECODE_RATE
-from monitor.bench.engines import Engine
+from monitor.bench.engines import Engine, warm_up
 from monitor.bench.references import BenchError, Reference, ReferenceSet
 from monitor.bench.report import Table, verdict
 from monitor.matcher import Match
@@ -315,6 +315,8 @@ def run(refs: ReferenceSet, engines: Sequence[Engine], presets: Sequence[str], q
         "median start err s", "median end err s", "x real time"])
     extra: dict[str, Any] = {"summaries": []}
     verdicts = {}
+    for engine in engines:
+        warm_up(engine)
     for name in presets:
         made = generate(query_dir / name, tracks, catalog_ids, PRESETS[name], queries, seed)
         annotations = {chunks[0].query_id: chunks for _, chunks in made}
