@@ -311,10 +311,10 @@ class PlayTracker:
             tried = len(recent)
             matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration,
                                  min_confidence=self.config.min_confidence)
-            for track in dict.fromkeys(m.track_id for m in matches):
-                run = self._best_run(history, track, catalog)
-                if run is not None:
-                    return run
+            for match in matches:
+                run = self._best_run(history, match.track_id, catalog)
+                if run is not None:  # the confidence is the one that found the track
+                    return replace(run, line=replace(run.line, confidence=match.confidence))
         return None
 
     def _best_run(self, history: Sequence[WindowHits], track: str, catalog: CatalogInfo) -> Run | None:
@@ -367,7 +367,8 @@ class PlayTracker:
         return run
 
     def _walk(self, history: Sequence[WindowHits], line: Line) -> Run | None:
-        """Walk back from the newest supporting window while supports are at most one window apart."""
+        """Walk back from the newest supporting window while supports are at most one window apart; a lone
+        support at the far end (chance, in a small catalog) does not move the start back."""
         supports: list[tuple[WindowHits, float, float]] = []
         for h in reversed(history):
             if supports and supports[-1][0].seq - h.seq > 2:
@@ -375,6 +376,8 @@ class PlayTracker:
             support = self._support(h, line)
             if support is not None:
                 supports.append((h, *support))
+        while len(supports) > 1 and supports[-2][0].seq - supports[-1][0].seq > 1:
+            supports.pop()
         if not supports:
             return None
         supports.reverse()
@@ -431,7 +434,7 @@ class PlayTracker:
         start, snapped = (play.stream_start, play.start_snapped) if truncated else self._start(state, run, catalog)
         last = run.supports[-1][0]
         return replace(
-            play, line=run.line, stream_start=start, start_snapped=snapped, last_support_seq=last.seq, last_support_offset=last.offset,
+            play, line=replace(run.line, confidence=play.line.confidence), stream_start=start, start_snapped=snapped, last_support_seq=last.seq, last_support_offset=last.offset,
             fit=_fit([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
 

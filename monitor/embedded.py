@@ -1,0 +1,165 @@
+"""Embedded mode: ingest, embedding, search and the play state machine in one process, no Kafka, no Redis.
+
+Each stream is read in its own thread (monitor.ingest) into one queue; the main loop takes windows of
+all streams in batches (up to `batch_size`, waiting at most `max_wait` for a batch to fill), embeds and
+searches them together (monitor.pipeline), and runs each stream's PlayTracker on its hits in seq order.
+Play events go to a callback (the CLI prints them) and, as JSON lines, to an events file. The catalog is
+checked for changes every `reload_seconds`, so tracks added while it runs are found without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from monitor.catalog import Catalog
+from monitor.events import PlayEvent
+from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
+from monitor.metrics import Metrics, observe_play_events
+from monitor.pipeline import hits_for
+from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
+from monitor.records import AudioWindow
+from monitor.windows import WindowGrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    batch_size: int = 128  # windows per embedding batch, across streams
+    max_wait: float = 0.25  # seconds a batch may wait to fill
+    queue_windows: int = 4096  # ingest threads block when this many windows wait (files read ahead no further)
+    reload_seconds: float = 10.0
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
+
+
+class EmbeddedMonitor:
+    """Runs until every stream has ended (files) or `stop` is set (live streams run forever)."""
+
+    def __init__(self, catalog: Catalog, sources: Sequence[StreamSource], options: MonitorOptions = MonitorOptions(),
+                 metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
+                 events_file: str | Path | None = None):
+        self.catalog, self.encoder = catalog, catalog.encoder
+        self.sources, self.options, self.metrics = list(sources), options, metrics
+        self.on_event = on_event
+        self.events_path = Path(events_file) if events_file else None
+        self.grid = WindowGrid.for_encoder(self.encoder)
+        self.tracker = PlayTracker(options.plays or PlayConfig.for_grid(self.grid.window_seconds, self.grid.hop_seconds))
+        self.info = CatalogInfo.of(catalog)
+        self.states = {s.id: StreamState(s.id) for s in self.sources}
+        self.events: list[PlayEvent] = []
+
+    def run(self, stop: threading.Event | None = None) -> list[PlayEvent]:
+        stop = stop or threading.Event()
+        inbox: queue.Queue[AudioWindow | StreamEnded] = queue.Queue(self.options.queue_windows)
+        readers = start_readers(self.sources, self.grid, inbox.put, self.options.ingest, self.metrics, stop)
+        live = {s.id for s in self.sources}
+        next_reload = time.monotonic() + self.options.reload_seconds
+        self._catalog_gauges()
+        out = self.events_path.open("a", encoding="utf-8") if self.events_path else None
+        try:
+            while live and not stop.is_set():
+                batch = self._next_batch(inbox)
+                windows = [item for item in batch if isinstance(item, AudioWindow)]
+                self._process(windows, out)
+                for item in batch:
+                    if isinstance(item, StreamEnded):
+                        live.discard(item.stream_id)
+                        self._close(item.stream_id, out)
+                if time.monotonic() >= next_reload:
+                    next_reload = time.monotonic() + self.options.reload_seconds
+                    if self.catalog.reload_if_changed():
+                        log.info("catalog changed on disk; reloaded")
+                        self.info = CatalogInfo.of(self.catalog)
+                        self._catalog_gauges()
+        finally:
+            stop.set()
+            for stream_id in live:
+                self._close(stream_id, out)
+            if out:
+                out.close()
+            for reader in readers:
+                reader.join(timeout=1.0)
+        return self.events
+
+    def _next_batch(self, inbox: queue.Queue) -> list[AudioWindow | StreamEnded]:
+        """Block for the first item (briefly, to notice a stop), then gather what arrives within max_wait."""
+        try:
+            batch = [inbox.get(timeout=0.5)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.options.max_wait
+        while len(batch) < self.options.batch_size:
+            try:
+                batch.append(inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
+
+    def _process(self, windows: list[AudioWindow], out: IO[str] | None) -> None:
+        """Embed and search the batch, then feed each stream's hits to its tracker in seq order."""
+        for hits in hits_for(windows, self.encoder, self.catalog, self.info.calibration.k, self.metrics):
+            state, events = self.tracker.update(self.states[hits.stream_id], hits, self.info)
+            self.states[hits.stream_id] = state
+            self._emit(events, out)
+
+    def _close(self, stream_id: str, out: IO[str] | None) -> None:
+        state, events = self.tracker.close(self.states[stream_id], self.info)
+        self.states[stream_id] = state
+        self._emit(events, out)
+
+    def _emit(self, events: list[PlayEvent], out: IO[str] | None) -> None:
+        if not events:
+            return
+        if self.metrics:
+            observe_play_events(self.metrics, events)
+        for event in events:
+            self.events.append(event)
+            if out:
+                out.write(event.to_line() + "\n")
+                out.flush()
+            if self.on_event:
+                self.on_event(event)
+
+    def _catalog_gauges(self) -> None:
+        if self.metrics:
+            stats = self.catalog.stats()
+            self.metrics.catalog_tracks.set(stats["tracks"])
+            self.metrics.catalog_windows.set(stats["windows"])
+            self.metrics.index_bytes.set(stats["index_bytes"])
+
+
+def describe(event: PlayEvent) -> str:
+    """One human line per event, as `airtrace monitor` prints them."""
+    title = event.track.get("title") or event.track_id
+    where = f"{_clock(event.stream_start)}"
+    if event.state == "ended":
+        where += f"-{_clock(event.stream_end or 0.0)} ({event.duration:.1f} s)"
+    return (f"{event.stream_id}  {event.state:<7}  {title}  at {where}  ref {event.ref_start:.1f} s  "
+            f"speed {event.speed:.3f}  confidence {event.confidence:.2f}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)}:{rest:04.1f}"
+
+
+def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource], options: MonitorOptions = MonitorOptions(),
+                 metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
+                 events_file: str | Path | None = None) -> list[PlayEvent]:
+    """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file
+    has ended or Ctrl-C; plays still open at the end get their ended events."""
+    catalog = Catalog.open(catalog_dir)
+    monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file)
+    try:
+        return monitor.run()
+    except KeyboardInterrupt:
+        log.info("stopped; %d play events", len(monitor.events))
+        return monitor.events

@@ -1,0 +1,116 @@
+"""Embedded mode end to end on the shipped demo music: files in, play events and metrics out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import soundfile
+import torch
+from prometheus_client import CollectorRegistry
+
+from encoders import Encoder, EncoderConfig, load_audio, synthesize_speech
+from monitor import metrics as metrics_module
+from monitor.catalog import Catalog
+from monitor.demo.broadcast import TruePlay, score_plays
+from monitor.embedded import EmbeddedMonitor, MonitorOptions
+from monitor.events import schema
+from monitor.ingest import StreamSource
+
+MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def music() -> dict[str, np.ndarray]:
+    return {name: load_audio(MUSIC / f"{name}.opus", RATE) for name in ("area1-game", "gardien-go", "termigator_reg-zbb")}
+
+
+@pytest.fixture(scope="module")
+def encoder(music: dict[str, np.ndarray]) -> Encoder:
+    """Random weights, with batch-norm statistics measured on the music (untouched, every window maps to
+    nearly one point). A window then gives the same embedding as the very same samples in the catalog
+    and a clearly different one elsewhere, so the broadcast below is cut from catalog audio on the
+    catalog's grid: there is no distortion for a random encoder to survive."""
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig.for_backbone("compact", backbone_args={"channels": [24, 48, 96, 160]}))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batch below
+    grid_hop = encoder.window_samples // 4
+    windows = np.concatenate([np.lib.stride_tricks.sliding_window_view(a, encoder.window_samples)[::grid_hop] for a in music.values()])
+    with torch.no_grad():
+        encoder.train()(torch.from_numpy(np.ascontiguousarray(windows)))
+    return encoder.eval()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, music: dict[str, np.ndarray]) -> Catalog:
+    catalog = Catalog.create(tmp_path_factory.mktemp("catalog") / "demo", encoder)
+    with catalog.transaction():
+        catalog.add_audio("area1-game", music["area1-game"], {"title": "Area 1"})
+        catalog.add_audio("gardien-go", music["gardien-go"], {"title": "Gardien"})
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def broadcast(tmp_path_factory: pytest.TempPathFactory, music: dict[str, np.ndarray]) -> tuple[Path, list[TruePlay]]:
+    """Talk, a whole catalog track, 20 s of music not in the catalog, a catalog track cut in at 10 s, talk."""
+    def seconds(s: float) -> int:
+        return int(s * RATE)
+
+    talk = synthesize_speech("You are listening to airtrace radio, and here is the music.", RATE)[: seconds(3.0)]
+    parts = [
+        np.pad(talk, (0, seconds(3.0) - len(talk))),
+        music["area1-game"][: seconds(50.0)],
+        music["termigator_reg-zbb"][seconds(5.0) : seconds(25.0)],
+        music["gardien-go"][seconds(10.0) : seconds(40.0)],
+        talk[: seconds(2.0)],
+    ]
+    truth = [TruePlay("area1-game", 3.0, 53.0, 0.0, 50.0, 1.0), TruePlay("gardien-go", 73.0, 103.0, 10.0, 40.0, 1.0)]
+    path = tmp_path_factory.mktemp("broadcast") / "radio.wav"
+    soundfile.write(path, np.concatenate(parts), RATE, subtype="FLOAT")
+    return path, truth
+
+
+def test_plays_of_two_streams_are_found_bounded_and_written(catalog: Catalog, broadcast, tmp_path: Path) -> None:
+    path, truth = broadcast
+    registry = CollectorRegistry()
+    metrics = metrics_module.create(registry)
+    events_file = tmp_path / "plays.jsonl"
+    printed = []
+    sources = [StreamSource("radio-a", str(path)), StreamSource("radio-b", str(path))]
+    events = EmbeddedMonitor(catalog, sources, MonitorOptions(batch_size=32), metrics, printed.append, events_file).run()
+
+    assert printed == events
+    for stream in ("radio-a", "radio-b"):
+        mine = [e for e in events if e.stream_id == stream]
+        assert [(e.state, e.track_id) for e in mine] == [
+            ("started", "area1-game"), ("ended", "area1-game"), ("started", "gardien-go"), ("ended", "gardien-go")]
+        card = score_plays(truth, mine)
+        assert card.precision == card.recall == 1.0
+        assert max(abs(p.start_error) for p in card.pairings) <= 0.5
+        assert max(abs(p.end_error) for p in card.pairings) <= 0.5
+        assert max(p.latency for p in card.pairings) <= 5.0
+        assert mine[1].track == {"title": "Area 1"}
+        assert mine[3].ref_start == pytest.approx(10.0, abs=0.5)
+    assert len({e.play_id for e in events}) == 4  # the same music on two streams is two plays each
+
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert [line["event_id"] for line in lines] == [e.event_id for e in events]
+    validator = jsonschema.Draft202012Validator(schema())
+    for line in lines:
+        validator.validate(line)
+
+    get = registry.get_sample_value
+    windows = get("airtrace_windows_ingested_total", {"stream": "radio-a"})
+    assert windows == int((105.0 - 1.0) / 0.5) + 1
+    assert get("airtrace_hits_total", {"stream": "radio-b"}) == windows
+    assert get("airtrace_plays_started_total", {"stream": "radio-a"}) == get("airtrace_plays_ended_total", {"stream": "radio-a"}) == 2
+    assert get("airtrace_now_playing", {"stream": "radio-a", "track_id": "gardien-go"}) is None
+    assert get("airtrace_catalog_tracks") == 2
+    assert get("airtrace_embedding_batch_size_count") >= 2 * windows / 32
