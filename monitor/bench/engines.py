@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from encoders import AudioError, load_audio, load_encoder
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import BenchError, Reference
+from monitor.catalog import Catalog
 from monitor.matcher import Match, identify
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _signatures(references: Sequence[Reference]) -> list[tuple[str, str, int]]:
 class NeuralEngine:
     """airtrace itself: a catalog of the references under one encoder, queried through the matcher."""
 
-    def __init__(self, name: str, catalog: Any, build_seconds: float | None):
+    def __init__(self, name: str, catalog: Catalog, build_seconds: float | None):
         self.name, self.catalog = name, catalog
         self.sample_rate = catalog.encoder.sample_rate
         self.track_ids = frozenset(t.track_id for t in catalog.tracks())
@@ -68,8 +69,6 @@ class NeuralEngine:
     @classmethod
     def open_or_build(cls, encoder_name: str, references: Sequence[Reference], cache_dir: Path, hop_seconds: float) -> "NeuralEngine":
         """Reuse a catalog cached for exactly this encoder, hop and reference files; else build it."""
-        from monitor.catalog import Catalog
-
         encoder = load_encoder(encoder_name)
         key = _cache_key(encoder.fingerprint(), hop_seconds, _signatures(references))
         name = Path(encoder_name).name
@@ -79,7 +78,7 @@ class NeuralEngine:
         building = cache_dir / f".building-{name}-{key}"
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
-        manifest = building.parent / f".{name}-{key}.csv"
+        manifest = building / "references.csv"
         with manifest.open("w", newline="") as f:  # absolute paths: the catalog reads them as given
             writer = csv.writer(f)
             writer.writerow(["track_id", "path"])
@@ -87,7 +86,6 @@ class NeuralEngine:
         started = time.perf_counter()
         catalog = Catalog.create(building / "catalog", encoder, hop_seconds=hop_seconds, encoder_source=encoder_name)
         report = catalog.add([manifest])
-        manifest.unlink()
         elapsed = time.perf_counter() - started
         log.info("catalog for %s: %s in %.0f s", name, report.summary(), elapsed)
         for path, reason in report.skipped + report.duplicates:
@@ -133,7 +131,7 @@ class LandmarkEngine:
                 for m in self.index.identify(audio)]
 
 
-def _decoded(references: Sequence[Reference], sample_rate: int):
+def _decoded(references: Sequence[Reference], sample_rate: int) -> Iterator[tuple[str, np.ndarray]]:
     for ref in tqdm(references, desc="landmarks", unit="track"):
         try:
             yield ref.track_id, load_audio(ref.path, sample_rate)
