@@ -339,6 +339,40 @@ def test_dockerfile_is_multi_stage_cpu_only_and_non_root() -> None:
     assert ignore[ignore.index("*") + 1 :][:4] == ["!pyproject.toml", "!README.md", "!encoders/", "!monitor/"]
 
 
+def docker_context(target: Path) -> Path:
+    """Copy what Dockerfile.dockerignore lets into the build context: its `!` entries, minus its excludes."""
+    lines = [line for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*", "the context is a whitelist"
+    included = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
+    excluded = [line.removeprefix("**/") for line in lines[1:] if not line.startswith("!")]
+    target.mkdir()
+    for name in included:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns(*excluded))
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+def test_the_docker_build_context_holds_an_installable_airtrace(tmp_path: Path) -> None:
+    """What the image's `pip install .` gets: a wheel built from exactly the context has the code and data."""
+    import sys
+    import zipfile
+
+    context = docker_context(tmp_path / "context")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(context)],
+                           capture_output=True, text=True, timeout=240)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("airtrace-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"monitor/cli.py", "monitor/worker.py", "encoders/__init__.py", "monitor/schemas/play_event.v1.json"} <= names
+    shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "encoders" / "models").glob("*/*") if path.suffix in (".json", ".safetensors", ".md")}
+    assert shipped <= names, f"shipped models missing from the image: {shipped - names}"
+    entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+    assert "airtrace = monitor.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
 def test_redis_conf_runs_on_debian_redis_with_auth_and_the_append_only_file(tmp_path: Path) -> None:
     import redis
 
