@@ -224,3 +224,185 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
             click.echo(json.dumps(identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence)))
     except (CatalogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# ---- Kafka and Redis services: `airtrace ingest` and `airtrace worker` ---------------------------
+# Every option can also be set by the environment variable of the same name: --redis-url is AIRTRACE_REDIS_URL.
+
+
+def _env_options(*options: click.Option) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _env(name: str, *args: object, **kwargs: object) -> click.Option:
+    """An option whose environment variable is AIRTRACE_ and its name in capitals (--broker: AIRTRACE_BROKER)."""
+    return click.option(name, *args, envvar="AIRTRACE_" + name.lstrip("-").replace("-", "_").upper(), show_envvar=True, **kwargs)
+
+
+KAFKA_OPTIONS = _env_options(
+    _env("--broker", default="127.0.0.1:9092", show_default=True, help="Kafka bootstrap servers, host:port[,host:port...]."),
+    _env("--topic-prefix", default="airtrace", show_default=True, help="Topics are PREFIX.windows, .hits, .plays and .dead-letters."),
+    _env("--partitions", type=click.IntRange(1), default=12, show_default=True, help="Partitions of topics this process creates (the most workers that share the work)."),
+    _env("--replication", type=click.IntRange(1), default=1, show_default=True, help="Replication factor of topics this process creates."),
+    _env("--sasl-mechanism", type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]), help="Authenticate to Kafka with SASL."),
+    _env("--sasl-username", help="SASL username."),
+    _env("--sasl-password", help="SASL password (prefer the environment variable)."),
+    _env("--tls", is_flag=True, help="Connect to Kafka with TLS (implied by any --tls-* file)."),
+    _env("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle that signed the brokers' certificates."),
+    _env("--tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for mutual TLS."),
+    _env("--tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key."),
+)
+METRICS_OPTIONS = _env_options(
+    _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
+    _env("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server binds."),
+)
+
+
+def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, **auth: object):
+    from monitor.broker import KafkaSettings, Topics
+
+    try:
+        return KafkaSettings(broker, **auth), Topics.with_prefix(topic_prefix, partitions, replication)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _metrics(metrics_port: int | None, metrics_host: str):
+    from monitor import metrics
+
+    created = metrics.create()
+    if metrics_port is not None:
+        metrics.serve(metrics_port, metrics_host)
+    return created
+
+
+@main.command()
+@click.argument("urls", nargs=-1)
+@_env("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
+@_env("--encoder", default="compact", show_default=True, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
+@_env("--sample-format", type=click.Choice(["int16", "float16"]), default="int16", show_default=True, help="How window samples travel.")
+@click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
+@KAFKA_OPTIONS
+@METRICS_OPTIONS
+def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+    """Read streams (URLS and/or --streams) and publish their windows to Kafka, until stopped."""
+    import asyncio
+
+    from encoders import EncoderError, load_encoder
+    from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
+    from monitor.kafka_records import SampleFormat
+    from monitor.publish import PublishOptions, publish_windows
+    from monitor.windows import WindowGrid
+
+    if not urls and not streams:
+        raise click.UsageError("give stream URLs or files, or --streams FILE")
+    try:
+        sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
+        grid = WindowGrid.for_encoder(load_encoder(encoder))
+    except (ConfigError, EncoderError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    settings, topics = _kafka(**kafka)
+    options = PublishOptions(sample_format=SampleFormat(sample_format))
+    try:
+        asyncio.run(publish_windows(sources, grid, settings, topics, IngestOptions(realtime=realtime), options, _metrics(metrics_port, metrics_host)))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@main.command()
+@_env("--catalog", required=True, type=click.Path(exists=True, file_okay=False), help="The catalog directory (its encoder embeds the windows).")
+@_env("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True, help="Where play state lives; rediss:// for TLS.")
+@_env("--redis-username", help="Redis ACL username.")
+@_env("--redis-password", help="Redis AUTH password (prefer the environment variable).")
+@_env("--redis-tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle that signed Redis's certificate.")
+@_env("--redis-tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for Redis TLS.")
+@_env("--redis-tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key.")
+@_env("--redis-prefix", default="airtrace:", show_default=True, help="Prefix of every Redis key (one per deployment sharing a Redis).")
+@_env("--group", default="airtrace", show_default=True, help="Kafka consumer group: workers of one group share the streams.")
+@_env("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Windows per embedding batch, across streams.")
+@_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="Seconds a batch waits to fill.")
+@_env("--neighbours", type=click.IntRange(1), default=10, show_default=True, help="Catalog neighbours searched per window.")
+@_env("--session-timeout", type=click.FloatRange(1), default=10.0, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
+@_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True, help="How often to look for catalog changes.")
+@_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
+@KAFKA_OPTIONS
+@METRICS_OPTIONS
+def worker(catalog: str, redis_url: str, redis_username: str | None, redis_password: str | None, redis_tls_ca_file: str | None,
+           redis_tls_cert_file: str | None, redis_tls_key_file: str | None, redis_prefix: str, group: str, batch_size: int,
+           batch_wait: float, neighbours: int, session_timeout: float, reload_seconds: float, web_port: int | None,
+           metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+    """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
+    import redis
+
+    from monitor.catalog import Catalog, CatalogError
+    from monitor.state import RedisSettings, RedisStateStore
+    from monitor.worker import WorkerOptions, run_worker
+
+    settings, topics = _kafka(**kafka)
+    redis_settings = RedisSettings(redis_url, redis_username, redis_password, redis_tls_ca_file, redis_tls_cert_file, redis_tls_key_file, redis_prefix)
+    try:
+        store = RedisStateStore(redis_settings)
+        store.ping()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot use Redis at {redis_settings.redacted_url()}: {exc}; check --redis-url and its credentials") from exc
+    try:
+        cat = Catalog.open(catalog)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
+                            reload_seconds=reload_seconds, web_port=web_port)
+    run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
+
+
+# ---- one process, no Kafka, no Redis: `airtrace monitor` and `airtrace demo` --------------------
+
+
+@main.command("monitor")
+@click.argument("urls", nargs=-1)
+@click.option("--catalog", "catalog_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The catalog directory (its encoder embeds the windows).")
+@click.option("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
+@click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
+@click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Windows per embedding batch, across streams.")
+@METRICS_OPTIONS
+def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
+                    metrics_port: int | None, metrics_host: str) -> None:
+    """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
+    from monitor.catalog import CatalogError
+    from monitor.embedded import MonitorOptions, describe, run_embedded
+    from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
+
+    if not urls and not streams:
+        raise click.UsageError("give stream URLs or files, or --streams FILE")
+    try:
+        sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime))
+    try:
+        found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else ""))
+
+
+@main.command()
+@click.option("--workdir", default="airtrace-demo", show_default=True, type=click.Path(file_okay=False), help="Where the demo catalog, broadcast and plays.jsonl go (reused on the next run).")
+@click.option("--realtime", is_flag=True, help="Play the broadcast at real time, as a live stream (about four minutes).")
+def demo(workdir: str, realtime: bool) -> None:
+    """Build a demo catalog and broadcast from the shipped music, monitor it, and compare with the truth."""
+    from encoders import AudioError, EncoderError
+    from monitor.catalog import CatalogError
+    from monitor.demo.run import main as run_demo
+
+    try:
+        run_demo(workdir, realtime, click.echo)
+    except (EncoderError, CatalogError, AudioError) as exc:
+        raise click.ClickException(str(exc)) from exc

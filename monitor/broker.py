@@ -1,0 +1,111 @@
+"""Kafka settings shared by `airtrace ingest` and `airtrace worker`: where the brokers are, how to
+authenticate (SASL and/or TLS), and the topics with their partition counts."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from faust.types.auth import CredentialsT, SASLMechanism
+
+log = logging.getLogger(__name__)
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Brokers as host:port[,host:port]; SASL when a mechanism is set; TLS when `tls` or any TLS file is set."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sasl_mechanism and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"SASL mechanism {self.sasl_mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}")
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"SASL {self.sasl_mechanism} needs both a username and a password")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("a TLS client certificate needs both its certificate file and its key file")
+
+    def __repr__(self) -> str:
+        return f"KafkaSettings(bootstrap={self.bootstrap!r}, sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r}, tls={self.uses_tls})"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or any((self.tls_ca_file, self.tls_cert_file, self.tls_key_file))
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{host.strip()}" for host in self.bootstrap.split(",") if host.strip())
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+    def credentials(self) -> CredentialsT | None:
+        """Faust's description of the authentication, which also yields aiokafka's arguments."""
+        context = self.ssl_context()
+        if self.sasl_mechanism:
+            return SASLCredentials(
+                username=self.sasl_username, password=self.sasl_password, ssl_context=context, mechanism=SASLMechanism(self.sasl_mechanism)
+            )
+        return SSLCredentials(context) if context else None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Arguments for aiokafka's producer, consumer and admin client."""
+        return {"bootstrap_servers": self.bootstrap, **credentials_to_aiokafka_auth(self.credentials())}
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names and sizes. Partitions bound how many workers share the work: one stream stays on one."""
+
+    windows: str = "airtrace.windows"
+    hits: str = "airtrace.hits"
+    plays: str = "airtrace.plays"
+    dead_letters: str = "airtrace.dead-letters"
+    partitions: int = 12
+    replication: int = 1
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.replication < 1:
+            raise ValueError("topic partitions and replication factor must be at least 1")
+
+    @classmethod
+    def with_prefix(cls, prefix: str, partitions: int = 12, replication: int = 1) -> "Topics":
+        """Topics named `{prefix}.windows` and so on, for deployments that share a Kafka cluster."""
+        return cls(f"{prefix}.windows", f"{prefix}.hits", f"{prefix}.plays", f"{prefix}.dead-letters", partitions, replication)
+
+
+async def ensure_topics(settings: KafkaSettings, names: list[str], topics: Topics) -> None:
+    """Create the topics that do not exist yet, with their partition counts (auto-created ones would get
+    the broker's default); existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    await admin.start()
+    try:
+        response = await admin.create_topics([NewTopic(name, topics.partitions, topics.replication) for name in names])
+        for name, code, message in response.topic_errors:
+            if code == TopicAlreadyExistsError.errno:
+                continue
+            if code:
+                raise RuntimeError(f"cannot create Kafka topic {name}: {message or code}")
+            log.info("created Kafka topic %s with %d partitions", name, topics.partitions)
+    finally:
+        await admin.close()

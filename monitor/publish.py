@@ -1,0 +1,121 @@
+"""`airtrace ingest`: read streams and publish their windows to Kafka, keyed by stream id, so that each
+stream stays in order on one partition and one worker at a time.
+
+Workers keep each stream's play state in Redis across ingest restarts, so the windows of a new ingest
+run must read as newer than anything before: on Kafka a window's seq is the run's start time in
+milliseconds plus its window number (growing as long as a stream yields under 1000 windows a second),
+and each stream's first window of a run is marked `after_gap`, so no play spans the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from monitor.broker import KafkaSettings, Topics, ensure_topics
+from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
+from monitor.kafka_records import MAX_MESSAGE_BYTES, MAX_STREAM_ID_BYTES, SampleFormat, encode_window
+from monitor.metrics import Metrics
+from monitor.records import AudioWindow
+from monitor.windows import WindowGrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    sample_format: SampleFormat = SampleFormat.INT16
+    queue_windows: int = 1000  # windows waiting for Kafka before the stream readers are held back
+    linger_ms: int = 20  # how long the producer gathers windows into one request
+    retry_first_seconds: float = 0.5  # while Kafka refuses windows, retry after this, doubling up to the cap
+    retry_cap_seconds: float = 30.0
+
+
+def check_stream_ids(sources: Sequence[StreamSource]) -> None:
+    """Stream ids travel in every window's header: refuse ones that cannot, before anything starts."""
+    for source in sources:
+        if len(source.id.encode()) > MAX_STREAM_ID_BYTES:
+            raise ValueError(f"stream id {source.id[:40]!r}... is longer than {MAX_STREAM_ID_BYTES} bytes of UTF-8; give it a shorter id")
+
+
+async def publish_windows(
+    sources: Sequence[StreamSource],
+    grid: WindowGrid,
+    kafka: KafkaSettings,
+    topics: Topics,
+    ingest: IngestOptions = IngestOptions(),
+    options: PublishOptions = PublishOptions(),
+    metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Read every stream and publish its windows until all streams end (files) or `stop` is set."""
+    check_stream_ids(sources)
+    stop = stop or threading.Event()
+    await ensure_topics(kafka, [topics.windows], topics)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[AudioWindow | StreamEnded | None] = asyncio.Queue(options.queue_windows)
+
+    def sink(item: AudioWindow | StreamEnded | None) -> None:
+        """Called in reader threads: hand the item to the event loop, waiting while the queue is full."""
+        if not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+    def on_signal() -> None:
+        stop.set()
+        if not queue.full():
+            queue.put_nowait(None)  # wakes the loop below
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    seq_base = int(time.time() * 1000)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
+    await producer.start()
+    try:
+        start_readers(sources, grid, sink, ingest, metrics, stop)
+        live = {source.id for source in sources}
+        while live and not stop.is_set():
+            item = await queue.get()
+            if isinstance(item, StreamEnded):
+                live.discard(item.stream_id)
+            elif isinstance(item, AudioWindow):
+                window = restamp(item, seq_base)
+                await _send(producer, topics.windows, window, encode_window(window, grid.sample_rate, options.sample_format), options)
+    finally:
+        stop.set()
+        await producer.stop()  # sends what is buffered first
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def restamp(window: AudioWindow, seq_base: int) -> AudioWindow:
+    """The window as published by an ingest run that began at `seq_base` (see the module docstring)."""
+    return replace(window, seq=seq_base + window.seq, after_gap=window.after_gap or window.seq == 0)
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, window: AudioWindow, data: bytes, options: PublishOptions) -> None:
+    """Queue one window in the producer, retrying with backoff while Kafka cannot take it (which holds
+    the readers back; a stream held too long stalls and is reconnected with a gap)."""
+    wait = options.retry_first_seconds
+    while True:
+        try:
+            delivery = await producer.send(topic, data, key=window.stream_id.encode())
+        except KafkaError as exc:
+            log.warning("Kafka refused window %d of %s (%s); retrying in %.1f s", window.seq, window.stream_id, exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, options.retry_cap_seconds)
+            continue
+        delivery.add_done_callback(lambda done: _log_failed_delivery(done, window))
+        return
+
+
+def _log_failed_delivery(delivery: asyncio.Future, window: AudioWindow) -> None:
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.error("window %d of %s was lost after the producer's retries: %s", window.seq, window.stream_id, delivery.exception())
