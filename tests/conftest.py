@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 import servers
 
 torch.set_num_threads(1)
+MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,27 @@ def redis_server(tmp_path) -> Iterator[servers.ServerProcess]:
     server = servers.redis_server(tmp_path)
     yield server
     server.stop()
+
+
+SERVICE_TRACKS = ("area1-game", "area2-game", "gardien-go", "over-theme")  # area3-game and termigator_reg-zbb stay out
+
+
+@pytest.fixture(scope="session")
+def service_encoder_source() -> str:
+    """The encoder the service tests run: the shipped one, or AIRTRACE_TEST_ENCODER (a name or directory)."""
+    return os.environ.get("AIRTRACE_TEST_ENCODER", "compact")
+
+
+@pytest.fixture(scope="session")
+def service_catalog(tmp_path_factory: pytest.TempPathFactory, service_encoder_source: str) -> Path:
+    """A calibrated catalog of four demo tracks, built once per session; copy it before changing it."""
+    from encoders import load_encoder
+    from monitor.catalog import Catalog
+    from monitor.matcher import calibrate
+
+    directory = tmp_path_factory.mktemp("service") / "catalog"
+    catalog = Catalog.create(directory, load_encoder(service_encoder_source), encoder_source=service_encoder_source)
+    report = catalog.add([MUSIC / f"{name}.opus" for name in SERVICE_TRACKS], progress=False)
+    assert not report.skipped, report.skipped
+    calibrate(catalog)
+    return directory

@@ -1,16 +1,22 @@
-"""Real servers for tests, on free loopback ports: a Tansu Kafka broker, redis-server, and a live HTTP audio stream.
+"""Real servers for tests, on free loopback ports: a Tansu Kafka broker, redis-server, a live HTTP audio
+stream, and `airtrace` commands in their own processes.
 
-Each starts a child process, waits until its port answers, and stops it (terminate, then kill) on `stop()`.
+Each server starts a child process, waits until its port answers, and stops it (terminate, then kill).
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,3 +157,69 @@ class LiveAudioServer:
                     encoder.wait()
 
         return Handler
+
+
+def airtrace(args: list[str], log: Path) -> subprocess.Popen:
+    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "monitor", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate a process we started, and kill it if it does not go."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample from a process's /metrics, or None when it is not (yet) there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:
+    """Poll `condition` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
+def read_topic(port: int, topic: str, idle: float = 0.5) -> list:
+    """Every record now on `topic`, read from its start without a consumer group (it ends after `idle` s with nothing new)."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def read() -> list:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=f"{HOST}:{port}", auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            records: list = []
+            wait = max(idle, 3.0)  # the first fetch waits for metadata too
+            while batch := await consumer.getmany(timeout_ms=int(wait * 1000)):
+                for part in batch.values():
+                    records += part
+                wait = idle
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())

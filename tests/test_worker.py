@@ -1,0 +1,189 @@
+"""`airtrace worker` against a real Kafka broker and Redis: plays, dead letters, a Redis restart mid-play,
+catalog reload without a restart, and clear errors for bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import servers
+from encoders import load_audio
+from monitor.catalog import Catalog
+from monitor.cli import main
+from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_broadcast
+from monitor.events import PlayEvent
+from monitor.ingest import StreamSource, read_windows
+from monitor.kafka_records import MAX_MESSAGE_BYTES, encode_window
+from monitor.matcher import calibrate
+from monitor.publish import restamp
+from monitor.records import AudioWindow
+from monitor.windows import WindowGrid
+
+MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+PREFIX = "worker-test"
+PARTITIONS = 4
+LATE_TRACK = "over-theme"  # added to the worker's catalog while it runs
+
+
+class Service:
+    """One worker process with its own Redis, topics and catalog copy, shared by this module's tests."""
+
+    def __init__(self, broker: servers.ServerProcess, redis: servers.ServerProcess, catalog: Path, workdir: Path):
+        self.broker, self.redis, self.catalog_dir, self.workdir = broker, redis, catalog, workdir
+        self.metrics_port = servers.free_port()
+        self.log = workdir / "worker.log"
+        self.process = servers.airtrace(
+            ["worker", "--catalog", str(catalog), "--broker", f"127.0.0.1:{broker.port}", "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
+             "--topic-prefix", PREFIX, "--partitions", str(PARTITIONS), "--session-timeout", "3", "--reload-seconds", "1",
+             "--batch-wait", "0.2", "--metrics-port", str(self.metrics_port)],
+            self.log,
+        )
+        catalog_handle = Catalog.open(catalog)
+        self.encoder = catalog_handle.encoder
+        self.grid = WindowGrid.for_encoder(self.encoder)
+
+    def topic(self, name: str) -> str:
+        return f"{PREFIX}.{name}"
+
+    def send(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{self.broker.port}", max_request_size=2 * MAX_MESSAGE_BYTES)
+            await producer.start()
+            try:
+                for key, value in messages:
+                    await producer.send(self.topic(topic), value, key=key)
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+
+    def send_windows(self, windows: list[AudioWindow]) -> None:
+        self.send("windows", [(w.stream_id.encode(), encode_window(w, self.grid.sample_rate)) for w in windows])
+
+    def plays(self, stream_id: str) -> list[PlayEvent]:
+        return [
+            PlayEvent.from_json(json.loads(r.value))
+            for r in servers.read_topic(self.broker.port, self.topic("plays"))
+            if r.key == stream_id.encode()
+        ]
+
+    def wait_for_plays(self, stream_id: str, count: int, timeout: float = 90.0) -> list[PlayEvent]:
+        def enough() -> list[PlayEvent] | None:
+            assert self.process.poll() is None, f"the worker died; see {self.log}"
+            events = self.plays(stream_id)
+            return events if len(events) >= count else None
+
+        return servers.wait_until(enough, timeout, f"{count} play events on {stream_id}")  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def service(kafka_broker: servers.ServerProcess, service_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    workdir = tmp_path_factory.mktemp("worker")
+    catalog = workdir / "catalog"
+    shutil.copytree(service_catalog, catalog)
+    Catalog.open(catalog).remove(LATE_TRACK)
+    redis = servers.redis_server(workdir)
+    service = Service(kafka_broker, redis, catalog, workdir)
+    yield service
+    servers.stop(service.process)
+    redis.stop()
+
+
+def broadcast(workdir: Path, name: str, track: str, seconds: float, ref_start: float = 5.0) -> tuple[Path, TruePlay]:
+    """Talk, one catalog track, then 12 s of music that is not in the catalog (so the play ends on air)."""
+    from encoders import synthesize_speech
+
+    talk = synthesize_speech("You are listening to the airtrace test station.", SAMPLE_RATE)
+    music = load_audio(MUSIC / f"{track}.opus", SAMPLE_RATE)
+    other = load_audio(MUSIC / "termigator_reg-zbb.opus", SAMPLE_RATE)
+    pieces = [Piece("talk", "hello", talk), Piece("track", track, music, ref_start=ref_start, seconds=seconds), Piece("music", "other", other, seconds=12.0)]
+    audio, truth = compose(pieces, np.random.default_rng(0))
+    return write_broadcast(workdir / f"{name}.mp3", audio, truth), truth[0]
+
+
+def windows_of(path: Path, stream_id: str, grid: WindowGrid) -> list[AudioWindow]:
+    """The windows `airtrace ingest` would publish for this file, as one ingest run."""
+    seq_base = int(time.time() * 1000)
+    return [restamp(w, seq_base) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
+
+
+def assert_one_play(events: list[PlayEvent], truth: TruePlay) -> None:
+    assert [e.state for e in events] == ["started", "ended"], events
+    assert len({e.play_id for e in events}) == 1 and events[0].track_id == truth.track_id
+    ended = events[1]
+    assert abs(ended.stream_start - truth.stream_start) <= 1.0, (ended, truth)
+    assert abs(ended.stream_end - truth.stream_end) <= 1.0, (ended, truth)
+
+
+def test_bad_messages_become_dead_letters_and_the_worker_goes_on(service: Service) -> None:
+    path, truth = broadcast(service.workdir, "dead-letters", "area1-game", 20.0)
+    good = windows_of(path, "dead-letters", service.grid)
+    wrong_rate = AudioWindow("x", 1, 0.0, 0.0, np.zeros(service.encoder.window_samples, np.float32))
+    future = bytearray(encode_window(good[0], service.grid.sample_rate))
+    future[3] = 99
+    service.send("windows", [(b"x", b"not a window"), (b"x", b"ATW" + bytes(MAX_MESSAGE_BYTES)), (b"x", encode_window(wrong_rate, 16000)), (b"x", bytes(future))])
+    service.send("hits", [(b"x", b'{"v": 1, "stream": "x"}')])
+    service.send_windows(good)
+    assert_one_play(service.wait_for_plays("dead-letters", 2), truth)
+
+    letters = servers.read_topic(service.broker.port, service.topic("dead-letters"))
+    reasons = sorted(dict(letter.headers)["reason"].decode() for letter in letters)
+    assert reasons == ["encoder_mismatch", "malformed", "malformed", "oversized", "unsupported_version"]
+    oversized = next(letter for letter in letters if dict(letter.headers)["reason"] == b"oversized")
+    assert int(dict(oversized.headers)["size"]) == MAX_MESSAGE_BYTES + 3 and len(oversized.value) < MAX_MESSAGE_BYTES
+    assert servers.metric(service.metrics_port, "airtrace_dead_letters_total", reason="malformed") == 2
+    assert servers.metric(service.metrics_port, "airtrace_plays_started_total", stream="dead-letters") == 1
+    assert service.process.poll() is None
+
+
+def test_redis_restarted_mid_play_loses_no_play(service: Service) -> None:
+    path, truth = broadcast(service.workdir, "redis-restart", "gardien-go", 30.0)
+    windows = windows_of(path, "redis-restart", service.grid)
+    middle = next(i for i, w in enumerate(windows) if w.offset >= truth.stream_start + 12.0)
+    service.send_windows(windows[:middle])
+    service.wait_for_plays("redis-restart", 1)
+    service.redis.stop()
+    service.send_windows(windows[middle:])
+    time.sleep(3.0)  # the worker keeps retrying Redis meanwhile
+    service.redis.start()
+    events = service.wait_for_plays("redis-restart", 2)
+    time.sleep(2.0)  # nothing more may follow
+    assert_one_play(service.plays("redis-restart"), truth)
+    assert events[0].event_id == service.plays("redis-restart")[0].event_id
+
+
+def test_tracks_added_to_the_catalog_are_found_without_a_restart(service: Service) -> None:
+    path, truth = broadcast(service.workdir, "late-track", LATE_TRACK, 20.0)
+    catalog = Catalog.open(service.catalog_dir)
+    catalog.add([MUSIC / f"{LATE_TRACK}.opus"], progress=False)
+    calibrate(catalog)
+    servers.wait_until(lambda: servers.metric(service.metrics_port, "airtrace_catalog_tracks") == 4, 30, "the worker reloads the catalog")
+    service.send_windows(windows_of(path, "late-track", service.grid))
+    assert_one_play(service.wait_for_plays("late-track", 2), truth)
+
+
+def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) -> None:
+    runner = CliRunner()
+    config = tmp_path / "streams.yaml"
+    config.write_text("- id: radio1\n  urll: http://example.invalid/live.mp3\n")
+    result = runner.invoke(main, ["ingest", "--streams", str(config)])
+    assert result.exit_code == 2 and "'urll'" in result.output and "Traceback" not in result.output
+
+    result = runner.invoke(main, ["worker", "--catalog", str(service_catalog), "--sasl-mechanism", "PLAIN", "--sasl-username", "u"])
+    assert result.exit_code == 2 and "password" in result.output
+
+    result = runner.invoke(main, ["worker", "--catalog", str(service_catalog), "--redis-url", "http://cache:6379"])
+    assert result.exit_code == 2 and "redis://" in result.output
+
+    result = runner.invoke(main, ["worker", "--catalog", str(service_catalog)], env={"AIRTRACE_REDIS_URL": f"redis://:hunter2@127.0.0.1:{servers.free_port()}/0"})
+    assert result.exit_code == 1 and "cannot use Redis" in result.output and "hunter2" not in result.output
