@@ -281,6 +281,8 @@ def test_compose_runs_the_stack_the_issue_asks_for() -> None:
         check_envvars(args, service.get("environment", {}), f"compose service {name}")
     for name in METRICS_SERVICES:
         assert services[name]["environment"]["AIRTRACE_METRICS_HOST"] == "0.0.0.0"  # inside the container only
+    worker = services["worker"]
+    assert worker["read_only"] and worker["working_dir"] in worker["tmpfs"], "Faust writes its data folder in the working directory"
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
@@ -461,6 +463,10 @@ def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
     assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert env["AIRTRACE_STREAMS"]["value"] == "/etc/airtrace/streams/shard-$(POD_INDEX).yaml"
     assert list(env).index("POD_INDEX") < list(env).index("AIRTRACE_STREAMS"), "$(POD_INDEX) expands only if defined before"
+    (worker,) = containers(objects["airtrace-worker"])
+    mounts = {mount["mountPath"]: mount["name"] for mount in worker["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in objects["airtrace-worker"]["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts[worker["workingDir"]]], "Faust writes its data folder in the working directory"
     config = dict(line.split("=", 1) for line in (K8S / "airtrace.env").read_text().splitlines() if line and not line.startswith("#"))
     for name in ("airtrace-ingest", "airtrace-worker"):
         (container,) = containers(objects[name])
