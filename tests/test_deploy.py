@@ -576,6 +576,9 @@ class Live:
     stream: str
     track: str
     catalog_tracks: int
+    processes: list[tuple[subprocess.Popen, int, str]]  # (process, metrics port, role)
+    workdir: Path
+    secret: str | None = None  # the Redis password the worker was given, if any
 
     @property
     def absent(self) -> dict[str, str]:
@@ -639,6 +642,15 @@ def test_every_rule_evaluates_on_a_running_airtrace(live: Live) -> None:
     assert not firing, f"alerts on a healthy stream: {firing}"
 
 
+def test_no_secret_in_logs_or_metrics(live: Live) -> None:
+    if live.secret is None:
+        pytest.skip("embedded mode takes no secret")
+    for _, port, role in live.processes:
+        with urllib.request.urlopen(f"http://{servers.HOST}:{port}/metrics", timeout=5) as response:
+            assert live.secret not in response.read().decode(), f"the {role}'s metrics show the Redis password"
+        assert live.secret not in (live.workdir / f"{role}.log").read_text(), f"the {role}'s log shows the Redis password"
+
+
 STREAMED_TRACK = "area1-game"
 CATALOG_TRACKS = (STREAMED_TRACK, "over-theme")
 
@@ -658,7 +670,8 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     catalog = Catalog.create(work / "catalog", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
     catalog.add([MUSIC / f"{name}.opus" for name in CATALOG_TRACKS], progress=False)
     stream = servers.LiveAudioServer(MUSIC / f"{STREAMED_TRACK}.opus").start()
-    redis = servers.redis_server(work) if request.param == "services" else None
+    secret = "redis-secret-for-the-deploy-test"
+    redis = servers.redis_server(work, password=secret) if request.param == "services" else None
     processes: list[tuple[subprocess.Popen, int, str]] = []
 
     def start(role: str, args: list[str]) -> None:
@@ -671,7 +684,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         broker = request.getfixturevalue("kafka_broker")
         kafka = ["--broker", f"{servers.HOST}:{broker.port}", "--topic-prefix", "deploy-test", "--partitions", "2"]
         start("worker", ["worker", *kafka, "--group", "deploy-test", "--catalog", str(work / "catalog"), "--redis-url",
-                         f"redis://{servers.HOST}:{redis.port}/0", "--session-timeout", "3", "--batch-wait", "0.2"])
+                         f"redis://:{secret}@{servers.HOST}:{redis.port}/0", "--session-timeout", "3", "--batch-wait", "0.2"])
         start("ingest", ["ingest", *kafka, "--encoder", str(encoder_dir), stream.url])
     prometheus = Prometheus(work, [(f"{servers.HOST}:{port}", role) for _, port, role in processes])
     try:
@@ -685,7 +698,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             logs = "\n".join(f"{role}: {(work / f'{role}.log').read_text()[-2000:]}" for _, _, role in processes)
             pytest.fail(f"{exc}\n{logs}")
         stream_id = Path(urllib.parse.urlparse(stream.url).path).stem
-        yield Live(prometheus, request.param, stream_id, STREAMED_TRACK, len(CATALOG_TRACKS))
+        yield Live(prometheus, request.param, stream_id, STREAMED_TRACK, len(CATALOG_TRACKS), processes, work, secret if redis else None)
     finally:
         prometheus.server.stop()
         for process, _, _ in processes:
