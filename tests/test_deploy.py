@@ -581,6 +581,11 @@ class Live:
     secret: str | None = None  # the Redis password the worker was given, if any
 
     @property
+    def variables(self) -> dict[str, str]:
+        """Values for Grafana's template variables, as Grafana would set them on this run."""
+        return {"__rate_interval": "15s", "__interval": PROMETHEUS_INTERVAL, "__range": "5m", "stream": self.stream}
+
+    @property
     def absent(self) -> dict[str, str]:
         return ABSENT_IN_EMBEDDED_MODE if self.mode == "embedded" else ABSENT_ON_A_CLEAN_RUN
 
@@ -598,10 +603,9 @@ def expected_empty(expr: str, absent: dict[str, str]) -> str | None:
 def test_dashboards_show_the_play_that_is_on_air(live: Live) -> None:
     """First of the live tests: the play must still be on air (the stream lasts 50 s)."""
     queries = {(query.dashboard, query.panel): query for query in panel_queries()}
-    variables = {"__rate_interval": "15s", "__interval": PROMETHEUS_INTERVAL, "__range": "5m", "stream": live.stream}
 
     def instant(dashboard: str, panel: str) -> list[dict]:
-        return live.prometheus.query(substitute(queries[dashboard, panel].expr, variables))
+        return live.prometheus.query(substitute(queries[dashboard, panel].expr, live.variables))
 
     assert [row["metric"]["track_id"] for row in instant("stream", "Now playing")] == [live.track]
     plays = {row["metric"]["track_id"]: float(row["value"][1]) for row in instant("stream", "Plays in the last 24 h")}
@@ -613,11 +617,10 @@ def test_dashboards_show_the_play_that_is_on_air(live: Live) -> None:
 
 
 def test_every_dashboard_query_returns_data_from_a_running_airtrace(live: Live) -> None:
-    variables = {"__rate_interval": "15s", "__interval": PROMETHEUS_INTERVAL, "__range": "5m", "stream": live.stream}
     failures, empty = [], []
     for query in panel_queries():
         try:
-            result = evaluate(live.prometheus, query, variables)
+            result = evaluate(live.prometheus, query, live.variables)
         except AssertionError as exc:
             failures.append(f"{query}\n    error: {exc}")
             continue
