@@ -58,7 +58,7 @@ class WorkerOptions:
     hits_batch_wait: float = 0.2
     session_timeout: float = 10.0  # seconds without heartbeats before a worker's partitions go to the others
     reload_seconds: float = 10.0  # how often to look for a changed catalog
-    lag_seconds: float = 5.0  # how often to update airtrace_consumer_lag_messages
+    lag_seconds: float = 1.0  # how often to update airtrace_consumer_lag_messages
     web_port: int | None = None  # Faust's own web server (None: off)
     web_host: str = "127.0.0.1"
     plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
@@ -215,12 +215,13 @@ def set_catalog_gauges(catalog: Catalog, metrics: Metrics) -> None:
 
 
 def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metrics) -> None:
-    """Messages between what this worker has read and the end of each partition it holds, per topic."""
+    """Messages between this worker's committed offset (what it has handled, to within a commit interval)
+    and the end of each partition it holds, per topic; a partition with no commit yet counts from 0."""
     assigned = app.consumer.assignment()
     lag = dict.fromkeys(topic_names, 0)
     for tp, end in app.monitor.tp_end_offsets.items():
         if tp in assigned and tp.topic in lag:
-            lag[tp.topic] += max(0, end - app.monitor.tp_read_offsets.get(tp, -1) - 1)
+            lag[tp.topic] += max(0, end - app.monitor.tp_committed_offsets.get(tp, 0))
     for name, value in lag.items():
         metrics.consumer_lag.labels(name).set(value)
 

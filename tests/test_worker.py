@@ -70,6 +70,9 @@ class Service:
     def send_windows(self, windows: list[AudioWindow]) -> None:
         self.send("windows", [(w.stream_id.encode(), encode_window(w, self.grid.sample_rate)) for w in windows])
 
+    def lag(self, topic: str) -> float | None:
+        return servers.metric(self.metrics_port, "airtrace_consumer_lag_messages", topic=self.topic(topic))
+
     def plays(self, stream_id: str) -> list[PlayEvent]:
         return [
             PlayEvent.from_json(json.loads(r.value))
@@ -143,6 +146,7 @@ def test_bad_messages_become_dead_letters_and_the_worker_goes_on(service: Servic
     assert int(dict(oversized.headers)["size"]) == MAX_MESSAGE_BYTES + 3 and len(oversized.value) < MAX_MESSAGE_BYTES
     assert servers.metric(service.metrics_port, "airtrace_dead_letters_total", reason="malformed") == 2
     assert servers.metric(service.metrics_port, "airtrace_plays_started_total", stream="dead-letters") == 1
+    servers.wait_until(lambda: service.lag("windows") == 0, 15, "the worker reports it has caught up with the windows")
     assert service.process.poll() is None
 
 
@@ -154,12 +158,13 @@ def test_redis_restarted_mid_play_loses_no_play(service: Service) -> None:
     service.wait_for_plays("redis-restart", 1)
     service.redis.stop()
     service.send_windows(windows[middle:])
-    time.sleep(3.0)  # the worker keeps retrying Redis meanwhile
+    servers.wait_until(lambda: (service.lag("hits") or 0) > 0, 20, "hits wait, unhandled, while Redis is down")
     service.redis.start()
     events = service.wait_for_plays("redis-restart", 2)
     time.sleep(2.0)  # nothing more may follow
     assert_one_play(service.plays("redis-restart"), truth)
     assert events[0].event_id == service.plays("redis-restart")[0].event_id
+    servers.wait_until(lambda: service.lag("hits") == 0, 15, "the worker catches up")
 
 
 def test_tracks_added_to_the_catalog_are_found_without_a_restart(service: Service) -> None:
