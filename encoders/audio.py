@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+import soundfile
 
 
 class AudioError(ValueError):
@@ -49,8 +50,30 @@ def decode_chunks(
 
 
 def load_audio(source: str | Path | BinaryIO, sample_rate: int) -> np.ndarray:
-    """Decode a whole file to one mono float32 array at `sample_rate`."""
-    chunks = list(decode_chunks(source, sample_rate))
-    if not chunks:
+    """Decode a whole file to one mono float32 array at `sample_rate`.
+
+    A local file FFmpeg refuses is tried once more with libsndfile, which reads some Ogg Vorbis
+    headers that FFmpeg rejects.
+    """
+    try:
+        chunks = list(decode_chunks(source, sample_rate))
+    except AudioError:
+        if not isinstance(source, (str, Path)) or not Path(source).is_file():
+            raise
+        chunks = [_load_with_libsndfile(Path(source), sample_rate)]
+    if not chunks or not sum(map(len, chunks)):
         raise AudioError(f"{source} decoded to no samples; it is empty or not audio")
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _load_with_libsndfile(path: Path, sample_rate: int) -> np.ndarray:
+    """Decode with libsndfile, then downmix and resample with FFmpeg's resampler as decode_chunks does."""
+    try:
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"cannot decode {path}: neither FFmpeg nor libsndfile reads it ({exc}); convert it to WAV or FLAC") from exc
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.mean(axis=1))[None], format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    out = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
