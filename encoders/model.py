@@ -150,6 +150,8 @@ class Encoder(nn.Module):
                 f"expected windows of {self.window_samples} samples ({self.config.window_seconds} s at "
                 f"{self.sample_rate} Hz), got shape {windows.shape}; cut audio with the encoder's window"
             )
+        if not windows.flags.writeable:  # strided views of a signal; torch wants memory it may own
+            windows = windows.copy()
         self.eval()
         out = [self(torch.from_numpy(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
         if not out:
