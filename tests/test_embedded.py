@@ -114,3 +114,15 @@ def test_plays_of_two_streams_are_found_bounded_and_written(catalog: Catalog, br
     assert get("airtrace_now_playing", {"stream": "radio-a", "track_id": "gardien-go"}) is None
     assert get("airtrace_catalog_tracks") == 2
     assert get("airtrace_embedding_batch_size_count") >= 2 * windows / 32
+
+
+def test_the_demo_finds_every_play_with_the_shipped_model(tmp_path: Path) -> None:
+    """The README's first command: the shipped encoder, the demo catalog and broadcast, from the repo alone."""
+    from monitor.demo.run import run_demo
+
+    events = []
+    card = run_demo(tmp_path, on_event=events.append)
+    assert card.precision == card.recall == 1.0  # every catalog play, and none during talk or the non-catalog music
+    assert card.median_abs("start_error") <= 0.5 and card.median_abs("end_error") <= 0.5
+    assert card.p95("latency") <= 15.0
+    assert len((tmp_path / "plays.jsonl").read_text().splitlines()) == len(events) == 10
