@@ -420,15 +420,18 @@ class PlayTracker:
 
     def _realign(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> OpenPlay:
         """Move the play to a better line of its own track. Music repeats itself, so the first seconds of
-        a play can fit an alignment one loop away; when another line of the track holds a longer run of
-        the history, that one is where the track really is (the start follows it if the run shows it)."""
+        a play can fit an alignment one loop away; when another line of the track is supported by clearly
+        more windows since the play opened, that one is where the track really is (the start follows it
+        if its run shows it)."""
         history = self._usable(state, None)
         run = self._best_run(history, play.line.track_id, catalog)
         now = history[-1].offset
         if run is None or abs(run.line.ref(now) - play.line.ref(now)) <= self.config.tolerance_seconds:
             return play
-        current = self._run(history, play.line)
-        if current is not None and len(current.supports) >= len(run.supports):
+        since = [h for h in history if h.seq >= play.start_seq]
+        current = sum(self._support(h, play.line) is not None for h in since)
+        better = sum(self._support(h, run.line) is not None for h in since)
+        if better < max(current + self.config.min_windows, 1.5 * current):  # loops offer near-equal lines: keep ours
             return play
         truncated = run.supports[0][0].seq == history[0].seq
         start, snapped = (play.stream_start, play.start_snapped) if truncated else self._start(state, run, catalog)
