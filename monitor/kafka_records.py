@@ -2,6 +2,8 @@
 
 A window is binary: a fixed little-endian header, the stream id, then the samples as int16 (default)
 or float16, 16 KB for one second at 8 kHz. Hits are compact JSON, small and readable with any Kafka tool.
+Both topics also carry an `EndOfStream` after a stream's last window (a file's end, or ingest stopping),
+so that the play it leaves open is closed, as embedded mode does at a stream's end.
 Decoding never trusts the bytes: any message that is too big, of another version, cut short, or not for
 this encoder raises `BadMessage` with a `reason`, which names the dead-letter counter's label.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -26,6 +29,9 @@ MAX_STREAM_ID_BYTES = 255
 WINDOW_MAGIC = b"ATW"
 # magic, version, flags, seq, offset (s), air_time (UTC epoch s), sample_rate (Hz), stream id length (bytes)
 WINDOW_HEADER = struct.Struct("<3sBBqddIB")
+END_MAGIC = b"ATE"
+# magic, version, seq (one past the stream's last window), stream id length (bytes)
+END_HEADER = struct.Struct("<3sBqB")
 FLAG_AFTER_GAP = 1
 FLAG_FLOAT16 = 2
 INT16_SCALE = 32767.0
@@ -55,16 +61,29 @@ class BadMessage(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class EndOfStream:
+    """A stream ended after window `seq - 1`: close its open play. Replays are caught by seq like windows."""
+
+    stream_id: str
+    seq: int
+
+
 def _check_size(data: bytes) -> None:
     if len(data) > MAX_MESSAGE_BYTES:
         raise BadMessage(Reason.OVERSIZED, f"message of {len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
 
 
+def _stream_id_bytes(stream_id: str) -> bytes:
+    encoded = stream_id.encode()
+    if not 0 < len(encoded) <= MAX_STREAM_ID_BYTES:
+        raise ValueError(f"stream id {stream_id!r} must be 1 to {MAX_STREAM_ID_BYTES} bytes of UTF-8")
+    return encoded
+
+
 def encode_window(window: AudioWindow, sample_rate: int, sample_format: SampleFormat = SampleFormat.INT16) -> bytes:
     """One window as bytes; raises ValueError for a stream id or window that cannot travel."""
-    stream_id = window.stream_id.encode()
-    if not 0 < len(stream_id) <= MAX_STREAM_ID_BYTES:
-        raise ValueError(f"stream id {window.stream_id!r} must be 1 to {MAX_STREAM_ID_BYTES} bytes of UTF-8")
+    stream_id = _stream_id_bytes(window.stream_id)
     samples = np.asarray(window.samples, dtype=np.float32)
     if sample_format is SampleFormat.INT16:
         payload = np.round(np.clip(samples, -1.0, 1.0) * INT16_SCALE).astype("<i2").tobytes()
@@ -79,9 +98,18 @@ def encode_window(window: AudioWindow, sample_rate: int, sample_format: SampleFo
     return data
 
 
-def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWindow:
-    """Bytes from `encode_window` -> AudioWindow with float32 samples, checked against the worker's encoder."""
+def encode_end(end: EndOfStream) -> bytes:
+    """An end-of-stream marker for the windows topic."""
+    stream_id = _stream_id_bytes(end.stream_id)
+    return END_HEADER.pack(END_MAGIC, WIRE_VERSION, end.seq, len(stream_id)) + stream_id
+
+
+def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWindow | EndOfStream:
+    """Bytes from `encode_window` (or `encode_end`) -> AudioWindow with float32 samples, checked against
+    the worker's encoder (or the EndOfStream)."""
     _check_size(data)
+    if data[:3] == END_MAGIC:
+        return _decode_end(data)
     if len(data) < WINDOW_HEADER.size or data[:3] != WINDOW_MAGIC:
         raise BadMessage(Reason.MALFORMED, "not an airtrace window (bad magic or shorter than its header)")
     _, version, flags, seq, offset, air_time, rate, id_length = WINDOW_HEADER.unpack_from(data)
@@ -106,8 +134,24 @@ def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWi
     return AudioWindow(stream_id, seq, offset, air_time, samples, after_gap=bool(flags & FLAG_AFTER_GAP))
 
 
-def encode_hits(hits: WindowHits) -> bytes:
-    """One window's neighbours as compact JSON."""
+def _decode_end(data: bytes) -> EndOfStream:
+    if len(data) < END_HEADER.size:
+        raise BadMessage(Reason.MALFORMED, "end-of-stream marker shorter than its header")
+    _, version, seq, id_length = END_HEADER.unpack_from(data)
+    if version != WIRE_VERSION:
+        raise BadMessage(Reason.VERSION, f"end-of-stream wire version {version}; this worker reads version {WIRE_VERSION}")
+    if id_length == 0 or len(data) != END_HEADER.size + id_length:
+        raise BadMessage(Reason.MALFORMED, "end-of-stream marker with a stream id of the wrong length")
+    try:
+        return EndOfStream(bytes(data[END_HEADER.size :]).decode(), seq)
+    except UnicodeDecodeError as exc:
+        raise BadMessage(Reason.MALFORMED, f"stream id is not UTF-8: {exc}") from None
+
+
+def encode_hits(hits: WindowHits | EndOfStream) -> bytes:
+    """One window's neighbours (or a stream's end) as compact JSON."""
+    if isinstance(hits, EndOfStream):
+        return json.dumps({"v": WIRE_VERSION, "stream": hits.stream_id, "seq": hits.seq, "end": True}, separators=(",", ":")).encode()
     record = {
         "v": WIRE_VERSION,
         "stream": hits.stream_id,
@@ -120,8 +164,8 @@ def encode_hits(hits: WindowHits) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def decode_hits(data: bytes) -> WindowHits:
-    """Bytes from `encode_hits` -> WindowHits."""
+def decode_hits(data: bytes) -> WindowHits | EndOfStream:
+    """Bytes from `encode_hits` -> WindowHits or EndOfStream."""
     _check_size(data)
     try:
         record = json.loads(data)
@@ -132,6 +176,8 @@ def decode_hits(data: bytes) -> WindowHits:
     if record.get("v") != WIRE_VERSION:
         raise BadMessage(Reason.VERSION, f"hits wire version {record.get('v')!r}; this worker reads version {WIRE_VERSION}")
     try:
+        if record.get("end") is True:
+            return EndOfStream(str(record["stream"]), int(record["seq"]))
         neighbours = tuple(Neighbour(str(track), float(ref_time), float(similarity)) for track, ref_time, similarity in record["n"])
         return WindowHits(
             str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"])

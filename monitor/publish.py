@@ -4,7 +4,8 @@ stream stays in order on one partition and one worker at a time.
 Workers keep each stream's play state in Redis across ingest restarts, so the windows of a new ingest
 run must read as newer than anything before: on Kafka a window's seq is the run's start time in
 milliseconds plus its window number (growing as long as a stream yields under 1000 windows a second),
-and each stream's first window of a run is marked `after_gap`, so no play spans the restart.
+and each stream's first window of a run is marked `after_gap`, so no play spans the restart. A stream's
+end (a file's end, or ingest stopping) is published as an EndOfStream, which closes its open play.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from monitor.broker import KafkaSettings, Topics, ensure_topics
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
-from monitor.kafka_records import MAX_MESSAGE_BYTES, MAX_STREAM_ID_BYTES, SampleFormat, encode_window
+from monitor.kafka_records import MAX_MESSAGE_BYTES, MAX_STREAM_ID_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow
 from monitor.windows import WindowGrid
@@ -78,6 +79,7 @@ async def publish_windows(
     seq_base = int(time.time() * 1000)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
     await producer.start()
+    next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
     try:
         start_readers(sources, grid, sink, ingest, metrics, stop)
         live = {source.id for source in sources}
@@ -85,9 +87,14 @@ async def publish_windows(
             item = await queue.get()
             if isinstance(item, StreamEnded):
                 live.discard(item.stream_id)
+                if item.stream_id in next_seq:
+                    await _send(producer, topics.windows, item.stream_id, encode_end(EndOfStream(item.stream_id, next_seq.pop(item.stream_id))), options)
             elif isinstance(item, AudioWindow):
                 window = restamp(item, seq_base)
-                await _send(producer, topics.windows, window, encode_window(window, grid.sample_rate, options.sample_format), options)
+                await _send(producer, topics.windows, window.stream_id, encode_window(window, grid.sample_rate, options.sample_format), options)
+                next_seq[window.stream_id] = window.seq + 1
+        for stream_id, seq in next_seq.items():  # stopped: the streams still on air end here
+            await _send(producer, topics.windows, stream_id, encode_end(EndOfStream(stream_id, seq)), options)
     finally:
         stop.set()
         await producer.stop()  # sends what is buffered first
@@ -100,22 +107,22 @@ def restamp(window: AudioWindow, seq_base: int) -> AudioWindow:
     return replace(window, seq=seq_base + window.seq, after_gap=window.after_gap or window.seq == 0)
 
 
-async def _send(producer: AIOKafkaProducer, topic: str, window: AudioWindow, data: bytes, options: PublishOptions) -> None:
-    """Queue one window in the producer, retrying with backoff while Kafka cannot take it (which holds
-    the readers back; a stream held too long stalls and is reconnected with a gap)."""
+async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: bytes, options: PublishOptions) -> None:
+    """Queue one message of a stream in the producer, retrying with backoff while Kafka cannot take it
+    (which holds the readers back; a stream held too long stalls and is reconnected with a gap)."""
     wait = options.retry_first_seconds
     while True:
         try:
-            delivery = await producer.send(topic, data, key=window.stream_id.encode())
+            delivery = await producer.send(topic, data, key=stream_id.encode())
         except KafkaError as exc:
-            log.warning("Kafka refused window %d of %s (%s); retrying in %.1f s", window.seq, window.stream_id, exc, wait)
+            log.warning("Kafka refused a message of %s (%s); retrying in %.1f s", stream_id, exc, wait)
             await asyncio.sleep(wait)
             wait = min(2 * wait, options.retry_cap_seconds)
             continue
-        delivery.add_done_callback(lambda done: _log_failed_delivery(done, window))
+        delivery.add_done_callback(lambda done: _log_failed_delivery(done, stream_id))
         return
 
 
-def _log_failed_delivery(delivery: asyncio.Future, window: AudioWindow) -> None:
+def _log_failed_delivery(delivery: asyncio.Future, stream_id: str) -> None:
     if not delivery.cancelled() and delivery.exception() is not None:
-        log.error("window %d of %s was lost after the producer's retries: %s", window.seq, window.stream_id, delivery.exception())
+        log.error("a message of %s was lost after the producer's retries: %s", stream_id, delivery.exception())

@@ -3,10 +3,11 @@
 Two agents, each a short loop over batches that calls plain functions:
 - `embed` takes windows of all the streams on this worker's partitions in batches (up to `batch_size`,
   waiting at most `batch_wait`), embeds and searches them in one go (monitor.pipeline) and publishes
-  each window's hits, keyed by stream id.
+  each window's hits, keyed by stream id (and a stream's EndOfStream after its last hits).
 - `track` takes hits in batches, loads each stream's play state from the StateStore (Redis), runs the
-  play state machine (monitor.plays) over the stream's hits in seq order, publishes the events not yet
-  published as JSON lines to the plays topic, remembers their ids, and saves the new states.
+  play state machine (monitor.plays) over the stream's hits in seq order (closing the open play at an
+  EndOfStream), publishes the events not yet published as JSON lines to the plays topic, remembers
+  their ids, and saves the new states.
 Both ack a batch only after it is handled, so a worker that dies hands its partitions and unacked
 messages to the others: windows are embedded again, the state machine skips hits it has seen (by seq),
 and events it emits again carry the same ids and are dropped (StateStore.published) before publishing.
@@ -20,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import faust
@@ -33,6 +34,7 @@ from monitor.kafka_records import (
     DEAD_LETTER_KEEP_BYTES,
     MAX_MESSAGE_BYTES,
     BadMessage,
+    EndOfStream,
     dead_letter_headers,
     decode_hits,
     decode_window,
@@ -71,9 +73,9 @@ class PlayStage:
         self.tracker, self.store = tracker, store
         self.catalog = catalog  # replaced when the catalog reloads
 
-    def advance(self, hits: Sequence[WindowHits]) -> tuple[dict[str, str], list[PlayEvent]]:
+    def advance(self, hits: Sequence[WindowHits | EndOfStream]) -> tuple[dict[str, str], list[PlayEvent]]:
         """New states (JSON per stream) and the events they caused; nothing is saved yet."""
-        by_stream: dict[str, list[WindowHits]] = defaultdict(list)
+        by_stream: dict[str, list[WindowHits | EndOfStream]] = defaultdict(list)
         for item in hits:
             by_stream[item.stream_id].append(item)
         saved = self.store.load(by_stream)
@@ -81,10 +83,18 @@ class PlayStage:
         for stream_id, items in by_stream.items():
             state = self._state(stream_id, saved.get(stream_id))
             for item in sorted(items, key=lambda h: h.seq):
-                state, caused = self.tracker.update(state, item, self.catalog)
+                state, caused = self._step(state, item)
                 events += caused
             states[stream_id] = state.to_json()
         return states, events
+
+    def _step(self, state: StreamState, item: WindowHits | EndOfStream) -> tuple[StreamState, list[PlayEvent]]:
+        if isinstance(item, WindowHits):
+            return self.tracker.update(state, item, self.catalog)
+        if item.seq <= state.last_seq:  # a replayed end
+            return state, []
+        state, events = self.tracker.close(state, self.catalog)
+        return replace(state, last_seq=item.seq), events
 
     def unpublished(self, events: Sequence[PlayEvent]) -> list[PlayEvent]:
         """The events no worker has published yet (a replay re-derives published ones)."""
@@ -155,15 +165,18 @@ def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topic
                 await set_aside(event, error)
         return good
 
-    def decode_for_encoder(data: bytes) -> AudioWindow:
+    def decode_for_encoder(data: bytes) -> AudioWindow | EndOfStream:
         return decode_window(data, encoder.sample_rate, encoder.window_samples)
 
     @app.agent(windows_topic, name="embed")
     async def embed(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_size, within=options.batch_wait):
-            windows = await decoded(events, decode_for_encoder)
-            for hits in await in_thread(hits_for, windows, encoder, catalog, options.k, metrics, executor=compute):
-                await hits_topic.send(key=hits.stream_id.encode(), value=encode_hits(hits))
+            items = await decoded(events, decode_for_encoder)
+            windows = [item for item in items if isinstance(item, AudioWindow)]
+            hits = iter(await in_thread(hits_for, windows, encoder, catalog, options.k, metrics, executor=compute))
+            for item in items:  # in the order read, so a stream's end follows its last hits
+                out = next(hits) if isinstance(item, AudioWindow) else item
+                await hits_topic.send(key=out.stream_id.encode(), value=encode_hits(out))
 
     @app.agent(hits_topic, name="track")
     async def track(stream: faust.StreamT) -> None:

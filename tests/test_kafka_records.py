@@ -11,10 +11,12 @@ from monitor.kafka_records import (
     MAX_MESSAGE_BYTES,
     WINDOW_HEADER,
     BadMessage,
+    EndOfStream,
     Reason,
     SampleFormat,
     decode_hits,
     decode_window,
+    encode_end,
     encode_hits,
     encode_window,
 )
@@ -95,3 +97,12 @@ def test_bad_hits_are_named(data: bytes, reason: Reason) -> None:
     with pytest.raises(BadMessage) as caught:
         decode_hits(data)
     assert caught.value.reason is reason
+
+
+def test_end_of_stream_travels_on_both_topics() -> None:
+    end = EndOfStream("radio-ü", 1_790_000_000_123)
+    assert decode_window(encode_end(end), RATE, SAMPLES) == end
+    assert decode_hits(encode_hits(end)) == end
+    expect(Reason.MALFORMED, encode_end(end)[:-1])
+    expect(Reason.MALFORMED, encode_end(end) + b"x")
+    expect(Reason.VERSION, encode_end(end)[:3] + bytes([7]) + encode_end(end)[4:])

@@ -21,7 +21,7 @@ from monitor.cli import main
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_broadcast
 from monitor.events import PlayEvent
 from monitor.ingest import StreamSource, read_windows
-from monitor.kafka_records import MAX_MESSAGE_BYTES, encode_window
+from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, encode_end, encode_window
 from monitor.matcher import calibrate
 from monitor.publish import restamp
 from monitor.records import AudioWindow
@@ -67,8 +67,12 @@ class Service:
 
         asyncio.run(produce())
 
-    def send_windows(self, windows: list[AudioWindow]) -> None:
-        self.send("windows", [(w.stream_id.encode(), encode_window(w, self.grid.sample_rate)) for w in windows])
+    def send_windows(self, windows: list[AudioWindow], end: bool = True) -> None:
+        """Publish windows as `airtrace ingest` does, with the EndOfStream after the last unless `end` is False."""
+        messages = [(w.stream_id.encode(), encode_window(w, self.grid.sample_rate)) for w in windows]
+        if end:
+            messages.append((windows[-1].stream_id.encode(), encode_end(EndOfStream(windows[-1].stream_id, windows[-1].seq + 1))))
+        self.send("windows", messages)
 
     def lag(self, topic: str) -> float | None:
         return servers.metric(self.metrics_port, "airtrace_consumer_lag_messages", topic=self.topic(topic))
@@ -103,12 +107,12 @@ def service(kafka_broker: servers.ServerProcess, service_catalog: Path, tmp_path
 
 
 def broadcast(workdir: Path, name: str, track: str, seconds: float, ref_start: float = 5.0) -> tuple[Path, TruePlay]:
-    """Talk, one catalog track, then 12 s of music that is not in the catalog (so the play ends on air)."""
+    """Talk, one catalog track, then 12 s of music that is not in the catalog."""
     from encoders import synthesize_speech
 
     talk = synthesize_speech("You are listening to the airtrace test station.", SAMPLE_RATE)
     music = load_audio(MUSIC / f"{track}.opus", SAMPLE_RATE)
-    other = load_audio(MUSIC / "termigator_reg-zbb.opus", SAMPLE_RATE)
+    other = load_audio(MUSIC / "area3-game.opus", SAMPLE_RATE)
     pieces = [Piece("talk", "hello", talk), Piece("track", track, music, ref_start=ref_start, seconds=seconds), Piece("music", "other", other, seconds=12.0)]
     audio, truth = compose(pieces, np.random.default_rng(0))
     return write_broadcast(workdir / f"{name}.mp3", audio, truth), truth[0]
@@ -154,7 +158,7 @@ def test_redis_restarted_mid_play_loses_no_play(service: Service) -> None:
     path, truth = broadcast(service.workdir, "redis-restart", "gardien-go", 30.0)
     windows = windows_of(path, "redis-restart", service.grid)
     middle = next(i for i, w in enumerate(windows) if w.offset >= truth.stream_start + 12.0)
-    service.send_windows(windows[:middle])
+    service.send_windows(windows[:middle], end=False)
     service.wait_for_plays("redis-restart", 1)
     service.redis.stop()
     service.send_windows(windows[middle:])
@@ -167,13 +171,14 @@ def test_redis_restarted_mid_play_loses_no_play(service: Service) -> None:
     servers.wait_until(lambda: service.lag("hits") == 0, 15, "the worker catches up")
 
 
-def test_tracks_added_to_the_catalog_are_found_without_a_restart(service: Service) -> None:
+def test_tracks_added_to_the_catalog_are_found_without_a_restart_and_a_stream_end_ends_the_play(service: Service) -> None:
     path, truth = broadcast(service.workdir, "late-track", LATE_TRACK, 20.0)
     catalog = Catalog.open(service.catalog_dir)
     catalog.add([MUSIC / f"{LATE_TRACK}.opus"], progress=False)
     calibrate(catalog)
     servers.wait_until(lambda: servers.metric(service.metrics_port, "airtrace_catalog_tracks") == 4, 30, "the worker reloads the catalog")
-    service.send_windows(windows_of(path, "late-track", service.grid))
+    windows = [w for w in windows_of(path, "late-track", service.grid) if w.offset + service.grid.window_seconds <= truth.stream_end]
+    service.send_windows(windows)  # the stream ends with the track: only its EndOfStream can end the play
     assert_one_play(service.wait_for_plays("late-track", 2), truth)
 
 
