@@ -1,0 +1,116 @@
+"""End to end with real servers: a live HTTP broadcast at real-time pace -> `airtrace ingest` -> Kafka (Tansu)
+-> two `airtrace worker`s sharing the work over Redis, one of them killed mid-way -> the plays topic.
+
+The broadcast (about 100 s) mixes catalog tracks with a tempo change, noise, crossfades and talk over
+them, and music that is not in the catalog. Every true play must be reported exactly once (one started
+and one ended event, no duplicates after the kill), with start and end within 1 s of the truth, and
+nothing may be reported for the music that is not in the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+import servers
+from encoders import load_audio, synthesize_speech
+from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays
+from monitor.events import PlayEvent
+
+MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+PACE = 1.0  # real time
+PREFIX = "e2e"
+STREAM = "radio"
+
+
+def programme() -> list[Piece]:
+    music = {name: load_audio(MUSIC / f"{name}.opus", SAMPLE_RATE) for name in ("area1-game", "area2-game", "gardien-go", "area3-game", "termigator_reg-zbb")}
+    hello = synthesize_speech("Good evening, this is airtrace radio. Here is some music for you.", SAMPLE_RATE)
+    news = synthesize_speech("That was lovely. And now for something that you will not find in the catalog.", SAMPLE_RATE, "en-us")
+    return [
+        Piece("talk", "hello", hello),
+        Piece("track", "area1-game", music["area1-game"], seconds=20.0, chain="noise:20", overlap=0.5),
+        Piece("track", "area2-game", music["area2-game"], ref_start=10.0, seconds=22.0, chain="tempo:1.06+noise:15", overlap=1.0),  # crossfade
+        Piece("talk", "news", news, overlap=1.5, crossfade=False),  # over the outro
+        Piece("music", "termigator_reg-zbb", music["termigator_reg-zbb"], ref_start=8.0, seconds=16.0, chain="noise:20"),
+        Piece("track", "gardien-go", music["gardien-go"], ref_start=6.0, seconds=20.0, chain="noise:10", overlap=1.0),  # crossfade
+        Piece("music", "area3-game", music["area3-game"], ref_start=5.0, seconds=12.0, chain="noise:20", overlap=1.0),
+    ]
+
+
+def events_on(broker: servers.ServerProcess) -> list[PlayEvent]:
+    return [PlayEvent.from_json(json.loads(r.value)) for r in servers.read_topic(broker.port, f"{PREFIX}.plays")]
+
+
+def test_live_broadcast_through_two_workers_one_killed(kafka_broker: servers.ServerProcess, service_catalog: Path, service_encoder_source: str, tmp_path: Path) -> None:
+    began = time.monotonic()
+    redis = servers.redis_server(tmp_path)
+    workers, metrics_ports = [], []
+    for n in range(2):
+        metrics_ports.append(servers.free_port())
+        workers.append(servers.airtrace(
+            ["worker", "--catalog", str(service_catalog), "--broker", f"127.0.0.1:{kafka_broker.port}", "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
+             "--topic-prefix", PREFIX, "--partitions", "4", "--session-timeout", "3", "--batch-wait", "0.2", "--metrics-port", str(metrics_ports[n])],
+            tmp_path / f"worker{n}.log",
+        ))
+    audio, truth = compose(programme(), np.random.default_rng(4))
+    wav = tmp_path / "broadcast.wav"
+    soundfile.write(wav, audio, SAMPLE_RATE)
+    live = servers.LiveAudioServer(wav, pace=PACE).start()
+    config = tmp_path / "streams.yaml"
+    config.write_text(f"- id: {STREAM}\n  url: {live.url}\n  name: airtrace test radio\n")
+    for port in metrics_ports:
+        servers.wait_until(lambda: servers.metric(port, "airtrace_catalog_tracks"), 60, "the workers start")
+    ingest = servers.airtrace(
+        ["ingest", "--streams", str(config), "--encoder", service_encoder_source, "--broker", f"127.0.0.1:{kafka_broker.port}",
+         "--topic-prefix", PREFIX, "--partitions", "4"],
+        tmp_path / "ingest.log",
+    )
+    try:
+        on_air = time.monotonic()
+        killed = kill_the_busy_worker_mid_play(workers, metrics_ports, truth, on_air)
+        air_seconds = len(audio) / SAMPLE_RATE / PACE
+        servers.wait_until(lambda: time.monotonic() - on_air > air_seconds, air_seconds + 30, "the broadcast ends")
+        servers.wait_until(lambda: Counter(e.state for e in events_on(kafka_broker))["ended"] >= len(truth), 30, "every play has ended")
+        time.sleep(3.0)  # late duplicates would arrive now
+        events = events_on(kafka_broker)
+    finally:
+        servers.stop(ingest)
+        for process in workers:
+            servers.stop(process)
+        live.stop()
+        redis.stop()
+    report(events, truth, time.monotonic() - began, killed)
+
+    assert len({e.event_id for e in events}) == len(events), "an event was published twice"
+    assert Counter(e.state for e in events) == {"started": len(truth), "ended": len(truth)}
+    card = score_plays(truth, events)
+    assert card.precision == 1.0 and card.recall == 1.0, card
+    for pairing in card.pairings:
+        assert abs(pairing.start_error) <= 1.0 and abs(pairing.end_error) <= 1.0, pairing
+
+
+def kill_the_busy_worker_mid_play(workers: list, metrics_ports: list[int], truth: list[TruePlay], on_air: float) -> int:
+    """SIGKILL the worker that embeds the stream, halfway through the second play."""
+    middle = (truth[1].stream_start + truth[1].stream_end) / 2 / PACE
+    servers.wait_until(lambda: time.monotonic() - on_air >= middle, middle + 30, "the middle of the second play")
+    hits = [servers.metric(port, "airtrace_hits_total", stream=STREAM) or 0.0 for port in metrics_ports]
+    busy = int(np.argmax(hits))
+    assert hits[busy] > 0, "no worker has embedded the stream yet"
+    workers[busy].send_signal(signal.SIGKILL)
+    workers[busy].wait()
+    return busy
+
+
+def report(events: list[PlayEvent], truth: list[TruePlay], seconds: float, killed: int) -> None:
+    from monitor.demo.broadcast import table
+
+    print(f"\ne2e: {seconds:.0f} s wall, worker {killed} killed, {len(events)} events")
+    print(table(score_plays(truth, events)))
+
