@@ -110,7 +110,7 @@ class LandmarkEngine:
         p = index.params
         self.settings = {
             "catalog": f"{len(index.track_ids)} tracks, {len(index.hashes):,} landmarks",
-            "landmarks": f"{p.sample_rate} Hz, FFT {p.n_fft}/{p.hop}, {p.peaks_per_second} peaks/s, fan-out {p.fan_out}, "
+            "landmarks": f"{p.sample_rate} Hz, FFT {p.n_fft}/{p.hop}, peaks {p.min_level:g} nats over their surroundings, fan-out {p.fan_out}, "
                          f">= {p.min_votes} aligned votes",
             "built": "from cache" if build_seconds is None else f"in {build_seconds:.0f} s",
         }

@@ -28,7 +28,8 @@ class LandmarkParams:
     hop: int = 128  # 16 ms frames
     peak_bins: int = 10  # a peak is the largest value within +-peak_bins of frequency ...
     peak_frames: int = 8  # ... and +-peak_frames of time
-    peaks_per_second: int = 30  # the strongest peaks kept, per second of audio
+    level_frames: int = 31  # ... and stands min_level above the mean spectrum of the surrounding +-level_frames
+    min_level: float = 1.5  # natural log of magnitude: 1.5 is 13 dB
     fan_out: int = 4  # landmarks per anchor peak: its nearest targets in time
     max_dt: int = 63  # target zone: 1..max_dt frames after the anchor (6 bits) ...
     max_df: int = 63  # ... and within +-max_df bins (7 bits)
@@ -55,23 +56,27 @@ def _running_max(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=axis).max(axis=-1)
 
 
+def _moving_mean(values: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over +-radius samples, over fewer at the ends."""
+    total = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    index = np.arange(len(values))
+    lo, hi = np.maximum(index - radius, 0), np.minimum(index + radius + 1, len(values))
+    return ((total[hi] - total[lo]) / (hi - lo)).astype(np.float32)
+
+
 def find_peaks(audio: np.ndarray, params: LandmarkParams) -> tuple[np.ndarray, np.ndarray]:
-    """(frame, bin) of local spectral maxima, the strongest peaks_per_second of them in each second."""
+    """(frame, bin) of local spectral maxima that stand out of their surroundings, in frame order.
+
+    Every test looks only a fraction of a second around a peak, so an excerpt finds the same peaks as its
+    whole track did (a normalisation over the clip, or a peak budget per clip second, would not).
+    """
     spec = spectrogram(audio, params)
     if len(spec) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    spec = spec - np.median(spec, axis=0)  # whiten: a steady hum or a loud band cannot take every peak
-    local_max = _running_max(_running_max(spec, params.peak_bins, 1), params.peak_frames, 0)
-    frames, bins = np.nonzero((spec == local_max) & (spec > 0))
-    strength = spec[frames, bins]
-    frames_per_second = params.sample_rate / params.hop
-    second = (frames / frames_per_second).astype(np.int64)
-    order = np.lexsort((-strength, second))  # by second, strongest first
-    frames, bins, second = frames[order], bins[order], second[order]
-    rank = np.arange(len(second)) - np.searchsorted(second, second)
-    keep = rank < params.peaks_per_second
-    order = np.argsort(frames[keep], kind="stable")
-    return frames[keep][order], bins[keep][order]
+    level = spec - _moving_mean(spec.mean(axis=1), params.level_frames)[:, None]  # gain and loudness drop out
+    local_max = _running_max(_running_max(level, params.peak_bins, 1), params.peak_frames, 0)
+    frames, bins = np.nonzero((level == local_max) & (level > params.min_level))
+    return frames, bins
 
 
 def landmarks(audio: np.ndarray, params: LandmarkParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
