@@ -50,39 +50,34 @@ def events_on(broker: servers.ServerProcess) -> list[PlayEvent]:
 
 def test_live_broadcast_through_two_workers_one_killed(kafka_broker: servers.ServerProcess, service_catalog: Path, service_encoder_source: str, tmp_path: Path) -> None:
     began = time.monotonic()
-    redis = servers.redis_server(tmp_path)
-    workers, metrics_ports = [], []
-    for n in range(2):
-        metrics_ports.append(servers.free_port())
-        workers.append(servers.airtrace(
-            ["worker", "--catalog", str(service_catalog), "--broker", f"127.0.0.1:{kafka_broker.port}", "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
-             "--topic-prefix", PREFIX, "--partitions", "4", "--session-timeout", "3", "--batch-wait", "0.2", "--metrics-port", str(metrics_ports[n])],
-            tmp_path / f"worker{n}.log",
-        ))
     audio, truth = compose(programme(), np.random.default_rng(4))
     wav = tmp_path / "broadcast.wav"
     soundfile.write(wav, audio, SAMPLE_RATE)
-    live = servers.LiveAudioServer(wav, pace=PACE).start()
     config = tmp_path / "streams.yaml"
+    redis = servers.redis_server(tmp_path)
+    live = servers.LiveAudioServer(wav, pace=PACE).start()
     config.write_text(f"- id: {STREAM}\n  url: {live.url}\n  name: airtrace test radio\n")
-    for port in metrics_ports:
-        servers.wait_until(lambda: servers.metric(port, "airtrace_catalog_tracks"), 60, "the workers start")
-    ingest = servers.airtrace(
-        ["ingest", "--streams", str(config), "--encoder", service_encoder_source, "--broker", f"127.0.0.1:{kafka_broker.port}",
-         "--topic-prefix", PREFIX, "--partitions", "4"],
-        tmp_path / "ingest.log",
-    )
+    kafka = ["--broker", f"127.0.0.1:{kafka_broker.port}", "--topic-prefix", PREFIX, "--partitions", "4"]
+    metrics_ports = [servers.free_port() for _ in range(2)]
+    processes = [
+        servers.airtrace(["worker", "--catalog", str(service_catalog), "--redis-url", f"redis://127.0.0.1:{redis.port}/0", "--session-timeout", "3",
+                          "--batch-wait", "0.2", "--metrics-port", str(port), *kafka], tmp_path / f"worker{n}.log")
+        for n, port in enumerate(metrics_ports)
+    ]
     try:
+        for port in metrics_ports:
+            servers.wait_until(lambda: servers.metric(port, "airtrace_catalog_tracks"), 60, "the workers start")
+        processes.append(servers.airtrace(["ingest", "--streams", str(config), "--encoder", service_encoder_source, *kafka], tmp_path / "ingest.log"))
+        servers.wait_until(live.played.is_set, 60, "ingest tunes in")
         on_air = time.monotonic()
-        killed = kill_the_busy_worker_mid_play(workers, metrics_ports, truth, on_air)
+        killed = kill_the_busy_worker_mid_play(processes[:2], metrics_ports, truth, on_air)
         air_seconds = len(audio) / SAMPLE_RATE / PACE
         servers.wait_until(lambda: time.monotonic() - on_air > air_seconds, air_seconds + 30, "the broadcast ends")
         servers.wait_until(lambda: Counter(e.state for e in events_on(kafka_broker))["ended"] >= len(truth), 30, "every play has ended")
         time.sleep(3.0)  # late duplicates would arrive now
         events = events_on(kafka_broker)
     finally:
-        servers.stop(ingest)
-        for process in workers:
+        for process in reversed(processes):
             servers.stop(process)
         live.stop()
         redis.stop()
