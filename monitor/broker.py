@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import CredentialsT, SASLMechanism
@@ -17,6 +17,10 @@ from faust.types.auth import CredentialsT, SASLMechanism
 log = logging.getLogger(__name__)
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class BrokerError(RuntimeError):
+    """Kafka cannot be reached or refuses a request; the message says what to check."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class KafkaSettings:
         """Arguments for aiokafka's producer, consumer and admin client."""
         return {"bootstrap_servers": self.bootstrap, **credentials_to_aiokafka_auth(self.credentials())}
 
+    def unreachable(self, exc: Exception) -> BrokerError:
+        return BrokerError(f"cannot reach Kafka at {self.bootstrap}: {exc}; check --broker and the SASL and TLS settings")
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -98,14 +105,16 @@ async def ensure_topics(settings: KafkaSettings, names: list[str], topics: Topic
     """Create the topics that do not exist yet, with their partition counts (auto-created ones would get
     the broker's default); existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    await admin.start()
     try:
+        await admin.start()
         response = await admin.create_topics([NewTopic(name, topics.partitions, topics.replication) for name in names])
-        for name, code, message in response.topic_errors:
-            if code == TopicAlreadyExistsError.errno:
-                continue
-            if code:
-                raise RuntimeError(f"cannot create Kafka topic {name}: {message or code}")
-            log.info("created Kafka topic %s with %d partitions", name, topics.partitions)
+    except KafkaError as exc:
+        raise settings.unreachable(exc) from exc
     finally:
         await admin.close()
+    for name, code, message in response.topic_errors:
+        if code == TopicAlreadyExistsError.errno:
+            continue
+        if code:
+            raise BrokerError(f"cannot create Kafka topic {name}: {message or code}; check the broker's permissions and --replication")
+        log.info("created Kafka topic %s with %d partitions", name, topics.partitions)

@@ -294,24 +294,26 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     import asyncio
 
     from encoders import EncoderError, load_encoder
+    from monitor.broker import BrokerError
     from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
     from monitor.kafka_records import SampleFormat
-    from monitor.publish import PublishOptions, publish_windows
+    from monitor.publish import PublishOptions, check_stream_ids, publish_windows
     from monitor.windows import WindowGrid
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
         sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
+        check_stream_ids(sources)
         grid = WindowGrid.for_encoder(load_encoder(encoder))
-    except (ConfigError, EncoderError) as exc:
+    except (ConfigError, EncoderError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     settings, topics = _kafka(**kafka)
     options = PublishOptions(sample_format=SampleFormat(sample_format))
     try:
         asyncio.run(publish_windows(sources, grid, settings, topics, IngestOptions(realtime=realtime), options, _metrics(metrics_port, metrics_host)))
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

@@ -78,7 +78,10 @@ async def publish_windows(
         loop.add_signal_handler(sig, on_signal)
     seq_base = int(time.time() * 1000)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
-    await producer.start()
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        raise kafka.unreachable(exc) from exc
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
     try:
         start_readers(sources, grid, sink, ingest, metrics, stop)

@@ -189,6 +189,9 @@ def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) ->
     result = runner.invoke(main, ["ingest", "--streams", str(config)])
     assert result.exit_code == 2 and "'urll'" in result.output and "Traceback" not in result.output
 
+    result = runner.invoke(main, ["ingest", "http://example.invalid/live.mp3", "--broker", f"127.0.0.1:{servers.free_port()}"])
+    assert result.exit_code == 1 and "cannot reach Kafka" in result.output and "Traceback" not in result.output
+
     result = runner.invoke(main, ["worker", "--catalog", str(service_catalog), "--sasl-mechanism", "PLAIN", "--sasl-username", "u"])
     assert result.exit_code == 2 and "password" in result.output
 
