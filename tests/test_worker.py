@@ -23,9 +23,13 @@ from monitor.events import PlayEvent
 from monitor.ingest import StreamSource, read_windows
 from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, encode_end, encode_window
 from monitor.matcher import calibrate
+from monitor.pipeline import hits_for
+from monitor.plays import CatalogInfo, PlayConfig, PlayTracker
 from monitor.publish import restamp
 from monitor.records import AudioWindow
+from monitor.state import MemoryStateStore
 from monitor.windows import WindowGrid
+from monitor.worker import PlayStage
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 PREFIX = "worker-test"
@@ -180,6 +184,28 @@ def test_tracks_added_to_the_catalog_are_found_without_a_restart_and_a_stream_en
     windows = [w for w in windows_of(path, "late-track", service.grid) if w.offset + service.grid.window_seconds <= truth.stream_end]
     service.send_windows(windows)  # the stream ends with the track: only its EndOfStream can end the play
     assert_one_play(service.wait_for_plays("late-track", 2), truth)
+
+
+def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path) -> None:
+    """A worker publishes the first half's events and dies before saving its state; the next one replays
+    the whole stream; a third replays again after the state was saved."""
+    catalog = Catalog.open(service_catalog)
+    grid = WindowGrid.for_encoder(catalog.encoder)
+    path, truth = broadcast(tmp_path, "replay", "gardien-go", 20.0)
+    windows = windows_of(path, "replay", grid)
+    hits = [*hits_for(windows, catalog.encoder, catalog, 10), EndOfStream("replay", windows[-1].seq + 1)]
+    store = MemoryStateStore()
+    stage = PlayStage(PlayTracker(PlayConfig.for_grid(grid.window_seconds, grid.hop_seconds)), store, CatalogInfo.of(catalog))
+
+    _, caused = stage.advance(hits[: len(hits) // 2])
+    first = stage.unpublished(caused)
+    store.mark_published(e.event_id for e in first)
+    states, caused = stage.advance(hits)
+    second = stage.unpublished(caused)
+    stage.commit(states, second)
+    assert [e.state for e in first] == ["started"] and [e.state for e in second] == ["ended"], (first, second)
+    assert_one_play([*first, *second], truth)
+    assert stage.advance(hits[len(hits) // 2 :]) == (store.load(["replay"]), [])
 
 
 def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) -> None:
