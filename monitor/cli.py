@@ -360,7 +360,10 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
         raise click.ClickException(str(exc)) from exc
     options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
                             reload_seconds=reload_seconds, web_port=web_port)
-    run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
+    try:
+        run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
+    except CatalogError as exc:  # an empty catalog cannot calibrate the matcher
+        raise click.ClickException(str(exc)) from exc
 
 
 # ---- one process, no Kafka, no Redis: `airtrace monitor` and `airtrace demo` --------------------

@@ -168,12 +168,20 @@ def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topic
     def decode_for_encoder(data: bytes) -> AudioWindow | EndOfStream:
         return decode_window(data, encoder.sample_rate, encoder.window_samples)
 
+    def search(windows: list[AudioWindow]) -> list[WindowHits]:
+        """The windows' hits; an unusable catalog (emptied, say) finds nothing until it is fixed."""
+        try:
+            return hits_for(windows, encoder, catalog, options.k, metrics)
+        except CatalogError as exc:
+            log.error("cannot search the catalog (%s); %d windows find nothing", exc, len(windows))
+            return [WindowHits(w.stream_id, w.seq, w.offset, w.air_time, (), w.after_gap) for w in windows]
+
     @app.agent(windows_topic, name="embed")
     async def embed(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_size, within=options.batch_wait):
             items = await decoded(events, decode_for_encoder)
             windows = [item for item in items if isinstance(item, AudioWindow)]
-            hits = iter(await in_thread(hits_for, windows, encoder, catalog, options.k, metrics, executor=compute))
+            hits = iter(await in_thread(search, windows, executor=compute))
             for item in items:  # in the order read, so a stream's end follows its last hits
                 out = next(hits) if isinstance(item, AudioWindow) else item
                 await hits_topic.send(key=out.stream_id.encode(), value=encode_hits(out))
