@@ -74,8 +74,6 @@ async def publish_windows(
         if not queue.full():
             queue.put_nowait(None)  # wakes the loop below
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
     seq_base = int(time.time() * 1000)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
     try:
@@ -83,6 +81,8 @@ async def publish_windows(
     except KafkaError as exc:
         raise kafka.unreachable(exc) from exc
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     try:
         start_readers(sources, grid, sink, ingest, metrics, stop)
         live = {source.id for source in sources}
