@@ -79,6 +79,7 @@ async def publish_windows(
     try:
         await producer.start()
     except KafkaError as exc:
+        await producer.stop()
         raise kafka.unreachable(exc) from exc
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
     for sig in (signal.SIGINT, signal.SIGTERM):
