@@ -127,6 +127,41 @@ def bench_speed(encoders, reference, index_seconds, hop, sizes, queries, landmar
     _bench_errors(lambda: run_speed(encoders, reference, index_seconds, hop, parsed, queries, landmark, scale_up, out))
 
 
+@bench.command("broadcast")
+@click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of catalog tracks that the broadcast plays; repeatable.")
+@click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--holdout", default=8, show_default=True, help="Reference tracks kept out of the catalog: the broadcast's non-catalog music.")
+@click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
+@click.option("--plays", default=40, show_default=True, help="Catalog plays in the broadcast.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog and broadcast are kept [~/.cache/airtrace/bench].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir, out) -> None:
+    """Play events on a synthetic broadcast: precision, recall, start/end error and detection latency."""
+    from monitor.bench.broadcast import run_broadcast
+    from monitor.bench.commands import _command, default_cache_dir
+
+    _bench_errors(lambda: run_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir or default_cache_dir(), out, _command()))
+
+
+@bench.command("streams")
+@click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder: the catalog, and the files monitored as streams; repeatable.")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--streams", default=50, show_default=True, help="Streams monitored at once (files, cycled).")
+@click.option("--limit", type=int, help="Use at most this many tracks of each manifest.")
+@click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog is kept [~/.cache/airtrace/bench].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_streams(reference, encoder, streams, limit, hop, cache_dir, out) -> None:
+    """Streams one CPU core monitors in real time in embedded mode."""
+    from monitor.bench.broadcast import run_streams
+    from monitor.bench.commands import _command, default_cache_dir
+
+    _bench_errors(lambda: run_streams(reference, encoder, streams, limit, hop, cache_dir or default_cache_dir(), out, _command()))
+
+
 if TYPE_CHECKING:
     from monitor.catalog import Catalog
 

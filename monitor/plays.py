@@ -21,7 +21,8 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
 - A play survives `dropout_seconds` without support (a DJ over the intro, a noisy stretch); it ends
   sooner, after `takeover_seconds`, if another track's play is found meanwhile, and at once at a gap.
 - Boundaries come from the alignment, not from hit windows: the first and last supporting windows,
-  corrected by `edge_seconds` (a window matches once enough of it holds the track), or the track's own
+  corrected by `start_edge_seconds` / `end_edge_seconds` (a window matches once part of it holds the
+  track; the figures are medians measured with `airtrace bench broadcast`), or the track's own
   start or end where the alignment puts it within `snap_start_seconds` / `snap_end_seconds`.
 - Replays are harmless: a window whose seq is not newer than the last one seen changes nothing, and ids
   are deterministic (monitor.events), so reprocessing yields the same events.
@@ -74,14 +75,17 @@ class PlayConfig:
     history_seconds: float = 12.0
     match_seconds: tuple[float, ...] = (2.0, 3.0, 6.0, 12.0)  # recent stretches matched, shortest first: a short one
     # finds a new play soonest, a long one finds a weak (noisy, talked-over) play that a short one cannot
-    min_windows: int = 4  # supporting windows that open a play (about 2 s at a 0.5 s hop)
+    min_windows: int = 4  # supporting windows that open a play (about 2 s at a 0.5 s hop) ...
     confirm_windows: int = 2  # consecutive windows that must find the same line before a play opens
-    min_confidence: float = MIN_CONFIDENCE  # the matcher's calibrated confidence a line needs to open a play
+    min_confidence: float = MIN_CONFIDENCE  # ... at the matcher's calibrated confidence for a sure line,
+    patient_windows: int = 12  # or this many supports in the history at `patient_confidence`: a noisy play is
+    patient_confidence: float = 0.95  # found a little later, and seconds of chance resemblance open nothing
     min_similarity: float = 0.0  # neighbours less similar than this never support a play
     tolerance_seconds: float = 0.75  # |ref_time - predicted| for a neighbour to support the alignment
     dropout_seconds: float = 8.0
     takeover_seconds: float = 1.5
-    edge_seconds: float = 0.25
+    start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does
+    end_edge_seconds: float = 0.0  # and ends this long before the last supporting window does
     snap_start_seconds: float = 5.0  # a voice over the intro hides the track's first seconds
     snap_end_seconds: float = 3.0
 
@@ -310,12 +314,17 @@ class PlayTracker:
                 continue
             tried = len(recent)
             matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration,
-                                 min_confidence=self.config.min_confidence)
+                                 min_confidence=min(self.config.min_confidence, self.config.patient_confidence))
             for match in matches:
+                sure = match.confidence >= self.config.min_confidence
                 run = self._best_run(history, match.track_id, catalog)
-                if run is not None:  # the confidence is the one that found the track
-                    return replace(run, line=replace(run.line, confidence=match.confidence))
+                if run is not None and (sure or self._count(history, run.line) >= self.config.patient_windows):
+                    return replace(run, line=replace(run.line, confidence=match.confidence))  # the confidence that found it
         return None
+
+    def _count(self, history: Sequence[WindowHits], line: Line) -> int:
+        """Windows of `history` that support `line`, holes allowed (noise thins a play's support out)."""
+        return sum(self._support(h, line) is not None for h in history)
 
     def _best_run(self, history: Sequence[WindowHits], track: str, catalog: CatalogInfo) -> Run | None:
         """The line of `track` best supported by the whole history that still plays now. A short stretch
@@ -412,7 +421,7 @@ class PlayTracker:
     def _start(self, state: StreamState, run: Run, catalog: CatalogInfo) -> tuple[float, bool]:
         """Where the play starts, and whether that is the track's own start: the first supporting window
         corrected for the window's edge, or where the alignment puts the track's start if that is near."""
-        start = max(run.supports[0][0].offset + self.config.edge_seconds, state.floor_offset)
+        start = max(run.supports[0][0].offset + self.config.start_edge_seconds, state.floor_offset)
         track_start = run.line.stream_time(0.0)
         if catalog.track(run.line.track_id) is not None and abs(track_start - start) <= self.config.snap_start_seconds:
             return max(track_start, state.floor_offset), True
@@ -421,20 +430,21 @@ class PlayTracker:
     def _realign(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> OpenPlay:
         """Move the play to a better line of its own track. Music repeats itself, so the first seconds of
         a play can fit an alignment one loop away; when another line of the track is supported by clearly
-        more windows since the play opened, that one is where the track really is (the start follows it
-        if its run shows it)."""
+        more windows since the play opened, that one is where the track really is. The start moves with
+        it when either line put it at the track's own start; else the earlier evidence stands, since the
+        new line's run may reach back less far (a noisy stretch, or the history's end)."""
         history = self._usable(state, None)
         run = self._best_run(history, play.line.track_id, catalog)
         now = history[-1].offset
         if run is None or abs(run.line.ref(now) - play.line.ref(now)) <= self.config.tolerance_seconds:
             return play
         since = [h for h in history if h.seq >= play.start_seq]
-        current = sum(self._support(h, play.line) is not None for h in since)
-        better = sum(self._support(h, run.line) is not None for h in since)
+        current, better = self._count(since, play.line), self._count(since, run.line)
         if better < max(current + self.config.min_windows, 1.5 * current):  # loops offer near-equal lines: keep ours
             return play
-        truncated = run.supports[0][0].seq == history[0].seq
-        start, snapped = (play.stream_start, play.start_snapped) if truncated else self._start(state, run, catalog)
+        start, snapped = self._start(state, run, catalog)
+        if not snapped and not play.start_snapped or run.supports[0][0].seq == history[0].seq:
+            start, snapped = min(start, play.stream_start), snapped and start <= play.stream_start
         last = run.supports[-1][0]
         return replace(
             play, line=replace(run.line, confidence=play.line.confidence), stream_start=start, start_snapped=snapped, last_support_seq=last.seq, last_support_offset=last.offset,
@@ -449,7 +459,7 @@ class PlayTracker:
         if play.start_snapped:  # the line is better known now than when the play opened
             refined = max(line.stream_time(0.0), state.floor_offset)
             start = refined if abs(refined - start) <= config.snap_start_seconds else start
-        end = play.last_support_offset + config.window_seconds - config.edge_seconds
+        end = play.last_support_offset + config.window_seconds - config.end_edge_seconds
         info = catalog.track(line.track_id)
         if info is not None:
             track_end = line.stream_time(info.seconds)

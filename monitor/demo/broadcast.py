@@ -45,6 +45,7 @@ class TruePlay:
     ref_start: float
     ref_end: float
     speed: float
+    how: str = ""  # the distortions and the way in ("crossfade", "voice-over"), to read errors by condition
 
 
 def compose(pieces: Sequence[Piece], rng: np.random.Generator, sources: Sources = Sources()) -> tuple[np.ndarray, list[TruePlay]]:
@@ -64,8 +65,9 @@ def compose(pieces: Sequence[Piece], rng: np.random.Generator, sources: Sources 
             audio[:overlap] *= np.linspace(0.0, 1.0, overlap, dtype=np.float32)
         placed.append((start, audio))
         if piece.kind == "track":
+            way_in = "" if not overlap else " crossfade" if piece.crossfade else " voice-over"
             truth.append(TruePlay(piece.name, start / SAMPLE_RATE, (start + len(audio)) / SAMPLE_RATE,
-                                  begin / SAMPLE_RATE, stop / SAMPLE_RATE, chain.rate))
+                                  begin / SAMPLE_RATE, stop / SAMPLE_RATE, chain.rate, f"{chain}{way_in}"))
         end = max(end, start + len(audio))
     out = np.zeros(end, np.float32)
     for start, audio in placed:
@@ -176,13 +178,14 @@ def _overlap(truth: TruePlay, event: PlayEvent) -> float:
 
 def table(card: Scorecard) -> str:
     """Truth against detection, one line per play, and the totals."""
-    lines = [f"{'track':<28} {'true start-end':>15} {'detected':>15} {'start err':>9} {'end err':>8} {'latency':>8}"]
+    lines = [f"{'track':<28} {'true start-end':>15} {'detected':>15} {'start err':>9} {'end err':>8} {'latency':>8}  how"]
     for p in card.pairings:
         track = (p.truth or p.detected).track_id  # type: ignore[union-attr]
         true = f"{p.truth.stream_start:6.1f}-{p.truth.stream_end:6.1f}" if p.truth else "(not played)"
         found = f"{p.detected.stream_start:6.1f}-{p.detected.stream_end or 0:6.1f}" if p.detected else "(missed)"
         errors = [_signed(p.start_error), _signed(p.end_error), "" if p.latency is None else f"{p.latency:.1f} s"]
-        lines.append(f"{track[:28]:<28} {true:>15} {found:>15} {errors[0]:>9} {errors[1]:>8} {errors[2]:>8}")
+        how = p.truth.how if p.truth else ""
+        lines.append(f"{track[:28]:<28} {true:>15} {found:>15} {errors[0]:>9} {errors[1]:>8} {errors[2]:>8}  {how}")
     lines.append(
         f"precision {card.precision:.2f}  recall {card.recall:.2f}  median |start error| {_seconds(card.median_abs('start_error'))}  "
         f"median |end error| {_seconds(card.median_abs('end_error'))}  latency p95 {_seconds(card.p95('latency'))}"

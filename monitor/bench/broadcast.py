@@ -1,0 +1,200 @@
+"""`airtrace bench broadcast` and `airtrace bench streams`: the streaming monitor measured end to end.
+
+broadcast: a synthetic radio programme from the reference tracks (a seeded draw): catalog tracks played
+from their start or cut in, under a tempo or speed change, pitch, noise, joined by cuts, crossfades,
+talk between tracks and voice over intros, with held-out (non-catalog) music in between. It is written as
+MP3, monitored by the embedded mode as a file, and scored play by play (monitor.demo.broadcast): a
+detected play counts when it overlaps a true play of the same track. Targets: precision and recall
+>= 0.95, median start and end error <= 1 s, detection latency p95 <= 10 s (stream time from the true
+start to the started event).
+
+streams: how many streams one CPU core monitors in real time: the embedded mode reads many files at
+once as fast as it can with one torch thread; streams per core = stream seconds monitored per CPU second
+of the process (decoding, embedding, search and the state machine together).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+
+from encoders import AudioError, Sources, load_audio
+from monitor import metrics as metrics_module
+from monitor.bench.engines import NeuralEngine
+from monitor.bench.queries import speech_clips
+from monitor.bench.references import BenchError, Reference, read_references, reference_set
+from monitor.bench.report import Table, publish, verdict
+from monitor.demo.broadcast import SAMPLE_RATE, Piece, Scorecard, compose, read_truth, score_plays, table, write_broadcast
+from monitor.embedded import EmbeddedMonitor, MonitorOptions
+from monitor.ingest import StreamSource
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS = ("cut", "crossfade", "talk", "voice-over", "non-catalog")
+WARPS = ("clean", "tempo", "speed", "pitch")
+
+
+def _warp(rng: np.random.Generator) -> str:
+    """A station's speed-up, a DJ's tempo change, a pitched master, or none; +-2 to 6 %, as radio does."""
+    kind = WARPS[rng.integers(len(WARPS))]
+    percent = float(rng.uniform(2, 6)) * (1 if rng.random() < 0.5 else -1)
+    if kind == "tempo":
+        return f"tempo:{1 + percent / 100:.3f}"
+    if kind == "speed":
+        return f"speed:{1 + percent / 100:.3f}"
+    if kind == "pitch":
+        return f"pitch:{percent / 6:.2f}"
+    return "clean"
+
+
+def _chain(rng: np.random.Generator) -> str:
+    steps = [_warp(rng)]
+    if rng.random() < 0.7:
+        steps.append(f"noise:{rng.uniform(5, 20):.0f}")
+    if rng.random() < 0.3:
+        steps.append(f"compress:{rng.uniform(3, 8):.0f}")
+    return "+".join(s for s in steps if s != "clean") or "clean"
+
+
+def programme(catalog: Sequence[Reference], holdout: Sequence[Reference], plays: int, seed: int) -> list[Piece]:
+    """`plays` plays of `catalog` tracks (each at most once while others remain), `holdout` music between."""
+    rng = np.random.default_rng(seed)
+    catalog, holdout = _readable(catalog), _readable(holdout)
+    if not holdout or not catalog:
+        raise BenchError("the broadcast needs catalog tracks and non-catalog music: give readable tracks and --holdout 1 or more")
+    talk = speech_clips(SAMPLE_RATE)
+    order = [catalog[i] for i in rng.permutation(len(catalog))]
+    chosen = [order[i % len(order)] for i in range(plays)]
+    pieces: list[Piece] = [Piece("talk", "opening", talk[rng.integers(len(talk))])]
+    for ref in chosen:
+        audio = _decoded[ref.path]
+        transition = TRANSITIONS[rng.integers(len(TRANSITIONS))]
+        if transition == "talk":
+            pieces.append(Piece("talk", "talk", talk[rng.integers(len(talk))], overlap=0.5))
+        elif transition == "non-catalog":
+            other = _decoded[holdout[rng.integers(len(holdout))].path]
+            first, last = _audible(other)
+            seconds = min(float(rng.uniform(15, 30)), last - first)
+            start = float(rng.uniform(first, last - seconds))
+            pieces.append(Piece("music", "non-catalog", other, ref_start=start, seconds=seconds, chain=_chain(rng), overlap=2.0))
+        voice = talk[rng.integers(len(talk))]
+        if transition == "voice-over":
+            pieces.append(Piece("talk", "voice-over", voice))
+        first, last = _audible(audio)
+        cut_in = rng.random() < 0.35 and last - first > 60
+        ref_start = float(rng.uniform(first + 10, last - 45)) if cut_in else first
+        seconds = min(last - ref_start, float(rng.uniform(30, 75)))
+        overlap = {"crossfade": float(rng.uniform(2, 5)), "voice-over": len(voice) / SAMPLE_RATE}.get(transition, 0.0)
+        pieces.append(Piece("track", ref.track_id, audio, ref_start=ref_start, seconds=seconds, chain=_chain(rng),
+                            overlap=overlap, crossfade=transition != "voice-over"))
+    return pieces
+
+
+_decoded: dict[Path, np.ndarray] = {}
+
+
+def _audible(audio: np.ndarray, floor_dbfs: float = -50.0) -> tuple[float, float]:
+    """The span from the first to the last audible second: silence at either end would be a play no one
+    hears (some game tracks are a few seconds of music and a minute of nothing)."""
+    seconds = len(audio) // SAMPLE_RATE
+    levels = 20 * np.log10(np.sqrt(np.mean(np.square(audio[: seconds * SAMPLE_RATE].reshape(seconds, SAMPLE_RATE)), axis=1)) + 1e-10)
+    loud = np.flatnonzero(levels > floor_dbfs)
+    if not len(loud):
+        return 0.0, 0.0
+    return (0.0 if loud[0] == 0 else float(loud[0])), float(loud[-1] + 1)
+
+
+def _readable(refs: Sequence[Reference]) -> list[Reference]:
+    """The tracks that decode to 20 s or more of sound (kept decoded); the others are left out, with a reason."""
+    kept = []
+    for ref in refs:
+        if ref.path not in _decoded:
+            try:
+                _decoded[ref.path] = load_audio(ref.path, SAMPLE_RATE)
+            except AudioError as exc:
+                log.warning("not in the broadcast: %s", exc)
+                continue
+        first, last = _audible(_decoded[ref.path])
+        if last - first < 20:
+            log.warning("not in the broadcast: %s has only %.0f s of sound", ref.track_id, last - first)
+            continue
+        kept.append(ref)
+    return kept
+
+
+def run_broadcast(reference: Sequence[str], distractors: Sequence[str], encoder: str, holdout: int, limit: int | None,
+                  plays: int, seed: int, hop: float, cache_dir: Path, out: str | None, command: str) -> Scorecard:
+    refs = reference_set(list(reference), list(distractors), holdout, limit)
+    engine = NeuralEngine.open_or_build(encoder, refs.catalog, cache_dir, hop)
+    path = cache_dir / f"broadcast-seed{seed}-plays{plays}-{len(refs.queried)}-{len(refs.holdout)}.mp3"
+    if not path.is_file():
+        log.info("composing a broadcast of %d plays", plays)
+        in_catalog = [r for r in refs.queried if r.track_id in engine.track_ids]
+        pieces = programme(in_catalog, refs.holdout, plays, seed)
+        audio, truth = compose(pieces, np.random.default_rng(seed), Sources(speech=speech_clips(SAMPLE_RATE)))
+        write_broadcast(path, audio, truth)
+    truth = read_truth(path)
+    began = time.perf_counter()
+    events = EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run()
+    elapsed = time.perf_counter() - began
+    card = score_plays(truth, events)
+    print(table(card), "\n")
+    stream_seconds = max(t.stream_end for t in truth)
+    summary = Table("Play events on a synthetic broadcast (embedded mode)", ["measure", "value", "target"], settings={
+        **engine.settings, "broadcast": f"{path.name}: {stream_seconds / 60:.1f} min, {len(truth)} catalog plays, "
+        f"holdout (non-catalog) tracks {len(refs.holdout)}", "monitored": f"in {elapsed:.0f} s wall"})
+    start, end, latency = card.median_abs("start_error"), card.median_abs("end_error"), card.p95("latency")
+    summary.add("precision", verdict(card.precision, 0.95, digits=3), ">= 0.95")
+    summary.add("recall", verdict(card.recall, 0.95, digits=3), ">= 0.95")
+    summary.add("median |start error| (s)", None if start is None else verdict(start, 1.0, below=True, digits=2), "<= 1")
+    summary.add("median |end error| (s)", None if end is None else verdict(end, 1.0, below=True, digits=2), "<= 1")
+    summary.add("detection latency p95 (s)", None if latency is None else verdict(latency, 10.0, below=True), "<= 10")
+    summary.add("true plays / detected / false / missed", f"{len(truth)} / {sum(e.state == 'ended' for e in events)} / "
+                f"{sum(p.truth is None for p in card.pairings)} / {sum(p.detected is None for p in card.pairings)}", "")
+    publish([summary], out, command, {"pairings": [_pairing_json(p) for p in card.pairings]})
+    return card
+
+
+def _pairing_json(pairing) -> dict[str, object]:
+    return {
+        "track_id": (pairing.truth or pairing.detected).track_id,
+        "true": None if pairing.truth is None else [pairing.truth.stream_start, pairing.truth.stream_end],
+        "detected": None if pairing.detected is None else [pairing.detected.stream_start, pairing.detected.stream_end],
+        "start_error": pairing.start_error, "end_error": pairing.end_error, "latency": pairing.latency,
+    }
+
+
+def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int | None, hop: float, cache_dir: Path,
+                out: str | None, command: str) -> float:
+    """Monitor `streams` files at once, as fast as they go, on one torch thread; returns streams per core."""
+    refs = [r for source in reference for r in read_references(source, limit)]
+    engine = NeuralEngine.open_or_build(encoder, refs, cache_dir, hop)
+    torch.set_num_threads(1)
+    sources = [StreamSource(f"stream-{i}", str(refs[i % len(refs)].path)) for i in range(streams)]
+    registry = CollectorRegistry()
+    metrics = metrics_module.create(registry)
+    monitor = EmbeddedMonitor(engine.catalog, sources, MonitorOptions(), metrics)
+    cpu, wall = time.process_time(), time.perf_counter()
+    events = monitor.run()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    windows = sum(registry.get_sample_value("airtrace_windows_ingested_total", {"stream": s.id}) or 0 for s in sources)
+    stream_seconds = windows * monitor.grid.hop_seconds
+    per_core = stream_seconds / cpu
+    get = registry.get_sample_value
+    result = Table("Streams monitored in real time per CPU core (embedded mode)", ["measure", "value", "target"], settings={
+        **engine.settings, "streams": f"{streams} files at once, read as fast as they decode, torch on 1 thread"})
+    result.add("stream seconds monitored", round(stream_seconds), "")
+    result.add("process CPU seconds (all threads)", round(cpu, 1), "")
+    result.add("wall seconds", round(wall, 1), "")
+    result.add("  of which embedding (s)", round(get("airtrace_embedding_seconds_sum"), 1), "")
+    result.add("  of which search (s)", round(get("airtrace_search_seconds_sum"), 1), "")
+    result.add("play events", len(events), "")
+    result.add("streams per core", verdict(per_core, 100.0, digits=0), ">= 100")
+    publish([result], out, command)
+    return per_core
