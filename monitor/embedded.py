@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -155,11 +156,15 @@ def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource], optio
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
                  events_file: str | Path | None = None) -> list[PlayEvent]:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file
-    has ended or Ctrl-C; plays still open at the end get their ended events."""
+    has ended, Ctrl-C or SIGTERM (a container stopping); plays still open at the end get their ended events."""
     catalog = Catalog.open(catalog_dir)
     monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        return monitor.run()
+        return monitor.run(stop)
     except KeyboardInterrupt:
         log.info("stopped; %d play events", len(monitor.events))
         return monitor.events
+    finally:
+        signal.signal(signal.SIGTERM, previous)
