@@ -43,7 +43,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "catalog.json"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"}
 SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
-COMMIT_WINDOWS = 200_000  # a long `add` commits a generation about every 500 tracks
+COMMIT_WINDOWS = 200_000  # a long `add` commits after about 500 tracks, or a quarter of the index if more:
+COMMIT_GROWTH = 0.25  # every commit rewrites the index, so commits grow with it and the total stays ~5x its size
 EMBED_CHUNK = 1024  # windows cut and embedded at a time, so a long file never sits in memory as windows
 NULL_CLIP_SECONDS = 30.0
 NULL_CLIPS = 64  # reversed excerpts kept, a uniform sample over all tracks ever added
@@ -140,7 +141,7 @@ class Catalog:
             "generation": 0,
         }
         grid = WindowGrid.for_encoder(encoder, hop_seconds)
-        null = _NullClips.fixed(encoder, grid)
+        null = _NullClips.noise_and_speech(encoder, grid)
         with _writer_lock(directory):
             _write_generation(directory, config, index, {}, [], null)
         return cls(directory, encoder, _read_config(directory))
@@ -296,10 +297,13 @@ class Catalog:
             for row_ords, row_times, row_sims in zip(ords.tolist(), times, sims.tolist())
         ]
 
-    def null_queries(self) -> list[np.ndarray]:
-        """Embeddings of audio certainly not in the catalog (reversed excerpts of its tracks, noise, speech),
-        each a run of consecutive windows on the catalog grid: the matcher calibrates its confidence on them."""
-        return self._null.clips()
+    def null_queries(self) -> list[tuple[np.ndarray, str | None]]:
+        """Audio certainly not in the catalog, for the matcher to calibrate its confidence on: runs of
+        consecutive window embeddings on the catalog grid (noise, speech, reversed excerpts of tracks),
+        each with the track it was reversed from, whose hits do not count (None for noise and speech)."""
+        names = {track_ord: track_id for track_id, track_ord in self._ords.items()}
+        return [(clip.astype(np.float32), names.get(source, f"#{source}") if source >= 0 else None)
+                for clip, source in zip(self._null.clips, self._null.sources)]
 
     def generation_dir(self) -> Path:
         """Where this generation's files lie; derived data (the matcher's calibration) may be cached here."""
@@ -330,7 +334,7 @@ class Catalog:
         """Add audio files, folders (searched recursively) and manifest.csv files (track_id, path, metadata...).
 
         A file that cannot be read, or whose track id is taken, is reported in `skipped`; audio already in
-        the catalog under another id is reported in `duplicates`. Commits about every COMMIT_WINDOWS windows.
+        the catalog under another id is reported in `duplicates`. Commits as it goes (see COMMIT_WINDOWS).
         """
         report = AddReport()
         items = [item for source in sources for item in _expand(Path(source), report)]
@@ -338,7 +342,7 @@ class Catalog:
         with self.transaction():
             for item in tqdm(items, desc="indexing", unit="file", disable=not progress):
                 self._add_file(item, report, seen_ids)
-                if self._pending_windows >= COMMIT_WINDOWS:
+                if self._pending_windows >= max(COMMIT_WINDOWS, COMMIT_GROWTH * self._index.ntotal):
                     self._commit()
         return report
 
@@ -387,7 +391,7 @@ class Catalog:
             self._tracks[track_id] = TrackInfo(track_id, len(audio) / self.encoder.sample_rate, len(ids), digest, meta)
             self._hashes[digest] = track_id
             self._ords[track_id] = track_ord
-            self._null.offer(audio, self.encoder.sample_rate, digest, self._embed)
+            self._null.offer(track_ord, audio, self.encoder.sample_rate, digest, self._embed)
             self._dirty = True
 
     def remove(self, track_id: str) -> None:
@@ -480,58 +484,58 @@ class _Duplicate(CatalogError):
 
 
 class _NullClips:
-    """Embedded audio that is certainly not in the catalog: fixed noise and speech, plus time-reversed
-    excerpts of a uniform sample (reservoir) of the tracks ever added."""
+    """Embedded audio that is certainly not in the catalog: noise and speech, plus time-reversed excerpts
+    of a uniform sample (reservoir) of the tracks ever added, each with the ordinal of its source track
+    (-1 for noise and speech). A reversed excerpt still resembles its own track, so calibration ignores
+    that track's hits: against every other track it is music the catalog does not hold."""
 
-    def __init__(self, fixed: list[np.ndarray], reversed_: list[np.ndarray], offered: int):
-        self.fixed, self.reversed, self.offered = fixed, reversed_, offered
+    def __init__(self, clips: list[np.ndarray], sources: list[int], offered: int):
+        self.clips, self.sources, self.offered = clips, sources, offered
 
     @classmethod
-    def fixed(cls, encoder: Encoder, grid: WindowGrid) -> "_NullClips":
+    def noise_and_speech(cls, encoder: Encoder, grid: WindowGrid) -> "_NullClips":
         rng = np.random.default_rng(0)
         n = int(NULL_CLIP_SECONDS * encoder.sample_rate)
-        clips = [_coloured_noise(n, exponent, rng) * 0.1 for exponent in (0.0, 1.0, 2.0)]
+        audio = [_coloured_noise(n, exponent, rng) * 0.1 for exponent in (0.0, 1.0, 2.0)]
         try:
             speech = np.concatenate([synthesize_speech(line, encoder.sample_rate, voice) for line in SPEECH_NULL for voice in ("en", "de")])
-            clips.append(speech[:n])
+            audio.append(speech[:n])
         except AudioError as exc:
             log.warning("no speech among the null clips: %s", exc)
-        embedded = []
-        for clip in clips:
-            windows = grid.cut(clip.astype(np.float32))
+        clips = []
+        for clip in audio:
+            windows = grid.cut(clip)
             windows = windows[audible(windows)]
             if len(windows):
-                embedded.append(encoder.embed(windows).astype(np.float16))
-        return cls(embedded, [], 0)
+                clips.append(encoder.embed(windows).astype(np.float16))
+        return cls(clips, [-1] * len(clips), 0)
 
-    def offer(self, audio: np.ndarray, sample_rate: int, digest: str, embed: Any) -> None:
-        """Reservoir sampling: track n replaces a kept excerpt with probability NULL_CLIPS / n."""
+    def offer(self, track_ord: int, audio: np.ndarray, sample_rate: int, digest: str, embed: Any) -> None:
+        """Reservoir sampling: the n-th track replaces a kept excerpt with probability NULL_CLIPS / n."""
         self.offered += 1
-        slot = len(self.reversed)
-        if slot >= NULL_CLIPS:
-            slot = int(np.random.default_rng(int(digest[:12], 16)).integers(self.offered))
-            if slot >= NULL_CLIPS:
+        kept = [i for i, source in enumerate(self.sources) if source >= 0]
+        if len(kept) < NULL_CLIPS:
+            slot = None
+        else:
+            pick = int(np.random.default_rng(int(digest[:12], 16)).integers(self.offered))
+            if pick >= NULL_CLIPS:
                 return
-        excerpt = _middle(audio, int(NULL_CLIP_SECONDS * sample_rate))[::-1].copy()
-        vectors, _ = embed(excerpt)
+            slot = kept[pick]
+        vectors, _ = embed(_middle(audio, int(NULL_CLIP_SECONDS * sample_rate))[::-1].copy())
         if not len(vectors):
             return
-        vectors = vectors.astype(np.float16)
-        if slot == len(self.reversed):
-            self.reversed.append(vectors)
+        if slot is None:
+            self.clips.append(vectors.astype(np.float16))
+            self.sources.append(track_ord)
         else:
-            self.reversed[slot] = vectors
-
-    def clips(self) -> list[np.ndarray]:
-        return [c.astype(np.float32) for c in self.fixed + self.reversed]
+            self.clips[slot], self.sources[slot] = vectors.astype(np.float16), track_ord
 
     def save(self, path: Path) -> None:
-        clips = self.fixed + self.reversed
         np.savez(
             path,
-            vectors=np.concatenate(clips) if clips else np.zeros((0, 0), np.float16),
-            lengths=np.array([len(c) for c in clips], np.int64),
-            fixed=np.int64(len(self.fixed)),
+            vectors=np.concatenate(self.clips) if self.clips else np.zeros((0, 0), np.float16),
+            lengths=np.array([len(c) for c in self.clips], np.int64),
+            sources=np.array(self.sources, np.int64),
             offered=np.int64(self.offered),
         )
 
@@ -539,9 +543,9 @@ class _NullClips:
     def load(cls, path: Path) -> "_NullClips":
         try:
             with np.load(path) as data:
-                clips = np.split(data["vectors"], np.cumsum(data["lengths"])[:-1]) if len(data["lengths"]) else []
-                fixed = int(data["fixed"])
-                return cls(clips[:fixed], clips[fixed:], int(data["offered"]))
+                lengths = data["lengths"]
+                clips = np.split(data["vectors"], np.cumsum(lengths)[:-1]) if len(lengths) else []
+                return cls(list(clips), data["sources"].tolist(), int(data["offered"]))
         except (OSError, ValueError, KeyError) as exc:
             raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
 

@@ -373,16 +373,18 @@ def calibrate(catalog: "Catalog", k: int = DEFAULT_K) -> Calibration:
 
 def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[float, float] = SPEED_RANGE,
                      tolerance: float = TOLERANCE) -> Calibration:
-    """Best-alignment scores of the catalog's null queries, cut into segments of each NULL_DURATIONS length."""
+    """Best-alignment scores of the catalog's null queries, cut into segments of each NULL_DURATIONS length
+    (a reversed excerpt's own track left out of its neighbours)."""
     grid = catalog.grid
     clips = catalog.null_queries()
     samples: list[list[float]] = [[] for _ in NULL_DURATIONS]
     if clips:
-        neighbours = catalog.search(np.concatenate(clips), k)  # an empty catalog: CatalogError
+        neighbours = catalog.search(np.concatenate([clip for clip, _ in clips]), 2 * k)  # an empty catalog: CatalogError
         start = 0
-        for clip in clips:
-            hits = [_hits(grid, i, nb) for i, nb in enumerate(neighbours[start : start + len(clip)])]
+        for clip, source in clips:
+            found = neighbours[start : start + len(clip)]
             start += len(clip)
+            hits = [_hits(grid, i, tuple(n for n in nb if n.track_id != source)[:k]) for i, nb in enumerate(found)]
             for d, duration in enumerate(NULL_DURATIONS):
                 size = grid.count(round(duration * grid.sample_rate))
                 if not size or size > len(hits):
