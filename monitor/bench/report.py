@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,19 @@ def percent(hits: int, total: int) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Where the numbers were taken: results only compare on the same kind of machine."""
+    """Where and with which code the numbers were taken: results only compare on the same machine and commit."""
     return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The repository's commit, marked -dirty when files differ from it; None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def publish(tables: list[Table], out: str | Path | None, command: str, extra: dict[str, Any] | None = None) -> None:
