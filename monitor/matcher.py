@@ -36,7 +36,7 @@ DEFAULT_K = 10  # neighbours searched per query window
 SPEED_RANGE = (0.8, 1.25)
 TOLERANCE = 0.5  # seconds a hit may lie off its line: half a reference hop plus the encoder's jitter
 MIN_CONFIDENCE = 0.99
-MAX_SPEEDS = 64  # Hough speed bins at most; the least-squares refit recovers what coarser bins lose
+MAX_SPEEDS = 63  # Hough speed bins at most (odd, so 1.0 is one); the least-squares refit recovers what coarser bins lose
 MAX_LINES = 12  # candidate lines refined per call
 LINES_PER_TRACK = 3  # distinct alignments of one track considered (loops, a track played twice)
 MIN_FIT_SPAN = 3.0  # seconds of inliers before the speed is fitted rather than taken from the vote
@@ -186,12 +186,15 @@ class _Flat:
 
 
 def _speed_grid(span: float, speed_range: tuple[float, float], tolerance: float) -> np.ndarray:
-    """Log-spaced speeds, fine enough that neighbouring ones drift apart by under `tolerance` over the span;
-    an odd count over a range symmetric in log (0.8 .. 1.25) puts 1.0 on the grid."""
+    """The fewest log-spaced speeds such that any speed in range lies within half a step of one, and half
+    a step drifts at most tolerance / 2 from the query's middle to its ends. Steps centre on 1.0, so a
+    short query, which cannot tell speeds apart, tries speed 1.0 alone instead of adding chance lines."""
     lo, hi = math.log(speed_range[0]), math.log(speed_range[1])
-    n = int(np.clip(math.ceil((hi - lo) * max(span, 1e-9) / tolerance) + 1, 1, MAX_SPEEDS))
-    n += 1 - n % 2
-    return np.exp(np.linspace(lo, hi, n)) if n > 1 else np.array([math.exp(np.clip(0.0, lo, hi))])
+    needed = max(1, math.ceil((hi - lo) * max(span, 1e-9) / (2 * tolerance)))
+    n = min(needed + 1 - needed % 2, MAX_SPEEDS)
+    step = (hi - lo) / n
+    centre = (hi + lo) / 2
+    return np.exp(centre + step * (np.arange(n) - (n - 1) / 2))
 
 
 def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float) -> list[tuple[int, float, float]]:
