@@ -11,10 +11,11 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   and 12 s: a short stretch finds a new track soonest, a long one finds a weak (noisy, talked-over) one.
   Where in the track it plays is then taken from the longest context (music repeats itself, so a few
   seconds can fit an alignment one loop away). A play opens when that alignment has `min_windows`
-  supports in one run (holes of one window allowed) reaching the newest window or the one before, and
+  supports in one run (holes of up to `max_hole_windows` allowed) reaching the newest window or the one
+  before at the matcher's sure confidence, or `patient_windows` supports at a lower one, and when
   `confirm_windows` windows in a row found it (a chance line rarely survives the next window). A cheap
   necessary test spares the matcher on windows that cannot open anything.
-- While a window supports the play and so did one of the two before it, the play extends (lone supports,
+- While a window supports the play and so did one of the three before it, the play extends (lone supports,
   which chance produces in a small catalog, do not) and the alignment is refitted by least squares over
   all its supports; a window that holds the track elsewhere may move the play to a better-supported
   alignment of the same track.
@@ -37,7 +38,7 @@ from typing import Any, Protocol
 
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent, play_id
-from monitor.matcher import MIN_CONFIDENCE, SPEED_RANGE, Calibration, Match, calibrate, match_hits
+from monitor.matcher import SPEED_RANGE, Calibration, Match, calibrate, match_hits
 from monitor.records import Neighbour, WindowHits
 
 STATE_VERSION = 1
@@ -77,10 +78,12 @@ class PlayConfig:
     # finds a new play soonest, a long one finds a weak (noisy, talked-over) play that a short one cannot
     min_windows: int = 4  # supporting windows that open a play (about 2 s at a 0.5 s hop) ...
     confirm_windows: int = 2  # consecutive windows that must find the same line before a play opens
-    min_confidence: float = MIN_CONFIDENCE  # ... at the matcher's calibrated confidence for a sure line,
+    max_hole_windows: int = 1  # windows without support inside a run (noise thins a play's support out)
+    # ... at this calibrated confidence (1 - the false-match rate of one query). A stream asks the matcher
+    # again at every window, so it needs a stricter one than a single query (the matcher's 0.99).
+    min_confidence: float = 0.999
     patient_windows: int = 12  # or this many supports in the history at `patient_confidence`: a noisy play is
-    patient_confidence: float = 0.95  # found a little later, and seconds of chance resemblance open nothing
-    min_similarity: float = 0.0  # neighbours less similar than this never support a play
+    patient_confidence: float = 0.99  # found a little later, and seconds of chance resemblance open nothing
     tolerance_seconds: float = 0.75  # |ref_time - predicted| for a neighbour to support the alignment
     dropout_seconds: float = 8.0
     takeover_seconds: float = 1.5
@@ -226,9 +229,9 @@ class PlayTracker:
         predicted = line.ref(hits.offset)
         best = None
         for n in hits.neighbours:
-            if n.track_id == line.track_id and abs(n.ref_time - predicted) <= self.config.tolerance_seconds:
-                if n.similarity >= self.config.min_similarity and (best is None or n.similarity > best[0]):
-                    best = (n.similarity, n.ref_time)
+            on_line = n.track_id == line.track_id and abs(n.ref_time - predicted) <= self.config.tolerance_seconds
+            if on_line and (best is None or n.similarity > best[0]):
+                best = (n.similarity, n.ref_time)
         return best
 
     def _follow(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
@@ -236,8 +239,8 @@ class PlayTracker:
         play = state.play
         assert play is not None
         support = self._support(hits, play.line)
-        recent = ((play.recent << 1) | (support is not None)) & 0b111
-        if support is not None and recent & 0b110:
+        recent = ((play.recent << 1) | (support is not None)) & 0b1111
+        if support is not None and recent & 0b1110:
             play = self._extend(play, hits, support)
         play = replace(play, recent=recent)
         if support is None and any(n.track_id == play.line.track_id for n in hits.neighbours):
@@ -376,11 +379,11 @@ class PlayTracker:
         return run
 
     def _walk(self, history: Sequence[WindowHits], line: Line) -> Run | None:
-        """Walk back from the newest supporting window while supports are at most one window apart; a lone
+        """Walk back from the newest supporting window while holes between supports stay short; a lone
         support at the far end (chance, in a small catalog) does not move the start back."""
         supports: list[tuple[WindowHits, float, float]] = []
         for h in reversed(history):
-            if supports and supports[-1][0].seq - h.seq > 2:
+            if supports and supports[-1][0].seq - h.seq > self.config.max_hole_windows + 1:
                 break
             support = self._support(h, line)
             if support is not None:

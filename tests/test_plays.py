@@ -39,9 +39,10 @@ class Segment:
 
 
 def broadcast(seconds: float, segments: list[Segment], seed: int = 0, dropouts: tuple[tuple[float, float], ...] = (),
-              gaps: tuple[tuple[float, float], ...] = (), stream: str = "radio") -> list[WindowHits]:
+              gaps: tuple[tuple[float, float], ...] = (), stream: str = "radio", found: float = 1.0) -> list[WindowHits]:
     """Hits a good encoder and catalog would give: the playing track's reference window (when at least half
-    of the query window holds it) among chance neighbours; none of the track during `dropouts`; no windows
+    of the query window holds it, in a fraction `found` of windows) among chance neighbours; none of the
+    track during `dropouts`; no windows
     at all during `gaps` (the stream was lost from a to b), and the one after each marked after_gap."""
     rng = np.random.default_rng(seed)
     hits = []
@@ -53,7 +54,7 @@ def broadcast(seconds: float, segments: list[Segment], seed: int = 0, dropouts: 
                       for _ in range(8)]
         for s in segments:
             inside = min(t + WINDOW, s.end) - max(t, s.start)
-            dropped = any(a <= t < b for a, b in dropouts)
+            dropped = any(a <= t < b for a, b in dropouts) or rng.random() >= found
             if inside >= WINDOW / 2 and not dropped:
                 ref = s.ref_start + s.speed * (t - s.start)
                 neighbours.insert(0, Neighbour(s.track, round(ref / REF_HOP) * REF_HOP, float(rng.uniform(0.75, 0.95))))
@@ -119,6 +120,16 @@ def test_a_play_cut_in_mid_track_is_bounded_from_the_alignment(speed: float) -> 
 def test_a_dropout_within_the_tolerance_keeps_one_play() -> None:
     _, events = run(broadcast(80, [Segment("track-1", 5.0, 70.0)], dropouts=((30.0, 36.0),)))
     assert len(plays(events)) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4])
+def test_a_play_found_in_half_its_windows_is_one_play(seed: int) -> None:
+    _, events = run(broadcast(90, [Segment("track-6", 10.0, 80.0, ref_start=30.0, speed=1.04)], seed=seed, found=0.5))
+    started, ended = events
+    assert started.decided_offset - 10.0 <= 11.0
+    assert 10.0 <= ended.stream_start <= started.decided_offset  # from the first evidence, which noise delays
+    assert ended.stream_end == pytest.approx(80.0, abs=1.5)  # to the last evidence, within a hole or two
+    assert ended.speed == pytest.approx(1.04, abs=0.005)
 
 
 def test_a_long_dropout_ends_the_play() -> None:
