@@ -86,7 +86,7 @@ class PlayConfig:
     patient_confidence: float = 0.99  # found a little later, and seconds of chance resemblance open nothing
     tolerance_seconds: float = 0.75  # |ref_time - predicted| for a neighbour to support the alignment
     dropout_seconds: float = 8.0
-    takeover_seconds: float = 1.5
+    takeover_seconds: float = 3.0  # similar tracks (one composer, one game) take turns on a line for a second or two
     start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does
     end_edge_seconds: float = 0.0  # and ends this long before the last supporting window does
     snap_start_seconds: float = 5.0  # a voice over the intro hides the track's first seconds
