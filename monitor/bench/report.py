@@ -59,7 +59,7 @@ def environment() -> dict[str, Any]:
     """Where and with which code the numbers were taken: results only compare on the same machine and commit."""
     return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "commit": _commit()}
+            "python": platform.python_version(), "commit": LOADED_COMMIT}
 
 
 def _commit() -> str | None:
@@ -69,6 +69,9 @@ def _commit() -> str | None:
                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+LOADED_COMMIT = _commit()  # taken when the benchmark starts: the code that ran, even if the tree moves on meanwhile
 
 
 def publish(tables: list[Table], out: str | Path | None, command: str, extra: dict[str, Any] | None = None) -> None:
