@@ -10,7 +10,8 @@ start to the started event).
 
 streams: how many streams one CPU core monitors in real time: the embedded mode reads many files at
 once as fast as it can with one torch thread; streams per core = stream seconds monitored per CPU second
-of the process (decoding, embedding, search and the state machine together).
+of the process (decoding, embedding, search and the state machine together; torch and FAISS on one
+thread each).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
@@ -172,10 +174,12 @@ def _pairing_json(pairing) -> dict[str, object]:
 
 def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int | None, hop: float, cache_dir: Path,
                 out: str | None, command: str) -> float:
-    """Monitor `streams` files at once, as fast as they go, on one torch thread; returns streams per core."""
+    """Monitor `streams` files at once, as fast as they go, with torch and FAISS on one thread each (their
+    idle worker threads would otherwise spin and count); returns streams per core."""
     refs = [r for source in reference for r in read_references(source, limit)]
     engine = NeuralEngine.open_or_build(encoder, refs, cache_dir, hop)
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     sources = [StreamSource(f"stream-{i}", str(refs[i % len(refs)].path)) for i in range(streams)]
     registry = CollectorRegistry()
     metrics = metrics_module.create(registry)
@@ -188,7 +192,7 @@ def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int
     per_core = stream_seconds / cpu
     get = registry.get_sample_value
     result = Table("Streams monitored in real time per CPU core (embedded mode)", ["measure", "value", "target"], settings={
-        **engine.settings, "streams": f"{streams} files at once, read as fast as they decode, torch on 1 thread"})
+        **engine.settings, "streams": f"{streams} files at once, read as fast as they decode, torch and FAISS on 1 thread"})
     result.add("stream seconds monitored", round(stream_seconds), "")
     result.add("process CPU seconds (all threads)", round(cpu, 1), "")
     result.add("wall seconds", round(wall, 1), "")
