@@ -180,7 +180,8 @@ class _Flat:
         hop = float(np.median(np.diff(offsets))) if len(hits) > 1 else window_seconds
         return cls(
             tracks.tolist(), track, window, offsets[window] + window_seconds / 2 - origin,
-            np.array([nb.ref_time for nb in neighbours]) + window_seconds / 2, np.array([nb.similarity for nb in neighbours]),
+            np.array([nb.ref_time for nb in neighbours]) + window_seconds / 2,
+            np.maximum([nb.similarity for nb in neighbours], 1e-6),  # a dissimilar neighbour is no evidence, never negative
             origin, float(offsets.max() - offsets.min()), max(hop, 1e-6), len(hits),
         )
 
