@@ -111,13 +111,13 @@ def service(kafka_broker: servers.ServerProcess, service_catalog: Path, tmp_path
 
 
 def broadcast(workdir: Path, name: str, track: str, seconds: float, ref_start: float = 5.0) -> tuple[Path, TruePlay]:
-    """Talk, one catalog track, then 12 s of music that is not in the catalog."""
+    """Talk, one catalog track, then 12 s of talk. (Non-catalog music after a play is the e2e test's.)"""
     from encoders import synthesize_speech
 
     talk = synthesize_speech("You are listening to the airtrace test station.", SAMPLE_RATE)
     music = load_audio(MUSIC / f"{track}.opus", SAMPLE_RATE)
-    other = load_audio(MUSIC / "area3-game.opus", SAMPLE_RATE)
-    pieces = [Piece("talk", "hello", talk), Piece("track", track, music, ref_start=ref_start, seconds=seconds), Piece("music", "other", other, seconds=12.0)]
+    outro = synthesize_speech("That was the track. Stay with us for the news and the weather after the break.", SAMPLE_RATE, "en-us")
+    pieces = [Piece("talk", "hello", talk), Piece("track", track, music, ref_start=ref_start, seconds=seconds), Piece("talk", "outro", outro, seconds=12.0)]
     audio, truth = compose(pieces, np.random.default_rng(0))
     return write_broadcast(workdir / f"{name}.mp3", audio, truth), truth[0]
 
