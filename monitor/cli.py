@@ -15,6 +15,7 @@ import click
 def main(verbose: bool) -> None:
     """airtrace: find recorded music in radio and TV streams with neural audio fingerprints."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is noise to users
 
 
 @main.command()
@@ -30,7 +31,10 @@ def train(config: str, run_dir: str, data: str | None, steps: int | None) -> Non
         cfg = TrainConfig.from_file(config, data=data, steps=steps)
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"encoder written to {run_training(cfg, run_dir)}")
+    try:
+        click.echo(f"encoder written to {run_training(cfg, run_dir)}")
+    except (ValueError, OSError) as exc:  # EncoderError and AudioError are ValueErrors
+        raise click.ClickException(str(exc)) from exc
 
 
 # ---- airtrace bench: scripts that measure, not tests ----------------------------------------------

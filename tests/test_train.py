@@ -60,3 +60,11 @@ def test_config_typo_is_named_by_the_cli(tmp_path: Path) -> None:
 def test_missing_data_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="manifest"):
         train(TrainConfig(steps=1, **{**TINY, "data": str(tmp_path / "nowhere")}), tmp_path / "run")
+
+
+def test_missing_pretrained_weights_are_a_message_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": str(DEMO), "backbone": "mert", "weights": str(tmp_path / "no-mert")}))
+    result = CliRunner().invoke(main, ["train", str(config), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "no-mert" in result.output and "Traceback" not in result.output
