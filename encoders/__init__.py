@@ -3,11 +3,12 @@
 This package knows audio and models and nothing of streams; `monitor` uses it through these names.
 """
 
-from encoders.audio import AudioError, decode_chunks, load_audio
+from encoders.audio import AUDIO_SUFFIXES, AudioError, decode_chunks, load_audio
 from encoders.augment import Chain, Distortion, Sources, parse_chain, random_chain, resample, synthesize_speech
 from encoders.model import DEFAULT_ENCODER, Encoder, EncoderConfig, EncoderError, load_encoder
 
 __all__ = [
+    "AUDIO_SUFFIXES",
     "AudioError",
     "Chain",
     "DEFAULT_ENCODER",

@@ -11,6 +11,10 @@ import numpy as np
 import soundfile
 
 
+# What a folder scan takes for audio (FFmpeg reads more; these are the suffixes music libraries use).
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"})
+
+
 class AudioError(ValueError):
     """Audio that cannot be opened or decoded; the message names the source and a fix."""
 

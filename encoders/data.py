@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encoders.audio import AudioError, load_audio
+from encoders.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from encoders.augment import Chain, Sources, random_chain, synthesize_speech
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif"}
 
 SPEECH_LINES = (
     "Good morning, you are listening to the breakfast show, and here is the next one for you.",

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
+from encoders import AUDIO_SUFFIXES, DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
 from monitor.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
 from monitor.records import Neighbour
 from monitor.windows import WindowGrid
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "catalog.json"
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"}
 SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
 COMMIT_WINDOWS = 200_000  # a long `add` commits after about 500 tracks, or a quarter of the index if more:
 COMMIT_GROWTH = 0.25  # every commit rewrites the index, so commits grow with it and the total stays ~5x its size

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import av
 
-from monitor.catalog import AUDIO_SUFFIXES
+from encoders import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
