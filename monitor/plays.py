@@ -17,8 +17,10 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   necessary test spares the matcher on windows that cannot open anything.
 - While a window supports the play and so did one of the three before it, the play extends (lone supports,
   which chance produces in a small catalog, do not) and the alignment is refitted by least squares over
-  all its supports; a window that holds the track elsewhere may move the play to a better-supported
-  alignment of the same track.
+  all its supports. A support counts only at `level_ratio` of the play's mean similarity or more (and a run
+  starts at none below its own): in a small catalog a neighbour of the track lands near the line by chance,
+  far below the track's own similarity, and would carry the play on past its end. A window that holds the
+  track elsewhere may move the play to a better-supported alignment of the same track.
 - A play survives `dropout_seconds` without support (a DJ over the intro, a noisy stretch); it ends
   sooner, after `takeover_seconds`, if another track's play is found meanwhile, and at once at a gap.
 - Boundaries come from the alignment, not from hit windows: the first and last supporting windows,
@@ -85,6 +87,8 @@ class PlayConfig:
     patient_windows: int = 12  # or this many supports in the history at `patient_confidence`: a noisy play is
     patient_confidence: float = 0.99  # found a little later, and seconds of chance resemblance open nothing
     tolerance_seconds: float = 0.75  # |ref_time - predicted| for a neighbour to support the alignment
+    level_ratio: float = 0.8  # a support must reach this fraction of the play's (a run's) mean similarity: in a
+    # small catalog a neighbour of the track lands on the line by chance, but far below the play's own level
     dropout_seconds: float = 8.0
     takeover_seconds: float = 3.0  # similar tracks (one composer, one game) take turns on a line for a second or two
     start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does
@@ -128,7 +132,7 @@ class OpenPlay:
     stream_start: float
     start_snapped: bool  # stream_start is where the line puts the track's start: refined as the line is
     air_minus_offset: float  # air_time - offset on this connection: maps stream time to UTC
-    score: float  # sum of the similarities of the supporting windows
+    score: float  # sum of the similarities of the supporting windows (the fit's: score / fit[0] is their mean)
     last_support_seq: int
     last_support_offset: float
     recent: int  # support of the latest windows as bits, newest in bit 0
@@ -239,6 +243,8 @@ class PlayTracker:
         play = state.play
         assert play is not None
         support = self._support(hits, play.line)
+        if support is not None and support[0] < self.config.level_ratio * play.score / play.fit[0]:
+            support = None  # a chance neighbour on the line, well below the play's level
         recent = ((play.recent << 1) | (support is not None)) & 0b1111
         if support is not None and recent & 0b1110:
             play = self._extend(play, hits, support)
@@ -388,6 +394,10 @@ class PlayTracker:
             support = self._support(h, line)
             if support is not None:
                 supports.append((h, *support))
+        if supports:  # nor do supports at the far end well below the run's level (chance, as in `_follow`)
+            level = self.config.level_ratio * sum(sim for _, sim, _ in supports) / len(supports)
+            while len(supports) > 1 and supports[-1][1] < level:
+                supports.pop()
         while len(supports) > 1 and supports[-2][0].seq - supports[-1][0].seq > 1:
             supports.pop()
         if not supports:
@@ -451,7 +461,7 @@ class PlayTracker:
         last = run.supports[-1][0]
         return replace(
             play, line=replace(run.line, confidence=play.line.confidence), stream_start=start, start_snapped=snapped, last_support_seq=last.seq, last_support_offset=last.offset,
-            fit=_fit([(h.offset - start, ref) for h, _, ref in run.supports]),
+            score=sum(sim for _, sim, _ in run.supports), fit=_fit([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
 
     def _ended(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> PlayEvent:

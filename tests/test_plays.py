@@ -204,3 +204,19 @@ def test_events_follow_the_published_schema() -> None:
     broken = {**events[0].to_json(), "stream_end": 12.0}  # a started event has no end yet
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(broken)
+
+
+def test_chance_neighbours_on_the_line_do_not_carry_a_play_past_its_end() -> None:
+    """In a small catalog every window's neighbours come from few tracks, so after a track ends one of them
+    lands on its line now and then by chance, far below the similarity of the track itself."""
+    rng = np.random.default_rng(7)
+    hits = []
+    for h in broadcast(90, [Segment("track-3", 10.0, 50.0, ref_start=20.0)], seed=1):
+        if 50.0 <= h.offset < 60.0 and rng.random() < 0.3:  # within the tolerance of where the track would be
+            near = round((20.0 + h.offset - 10.0) / REF_HOP) * REF_HOP + float(rng.choice([-REF_HOP, 0.0, REF_HOP]))
+            chance = Neighbour("track-3", near, float(rng.uniform(0.45, 0.6)))
+            h = WindowHits(h.stream_id, h.seq, h.offset, h.air_time, tuple(sorted((chance, *h.neighbours), key=lambda n: -n.similarity)), h.after_gap)
+        hits.append(h)
+    _, events = run(hits)
+    (ended,) = plays(events)
+    assert ended.stream_end == pytest.approx(50.0, abs=1.0)
