@@ -4,7 +4,7 @@ This package knows audio and models and nothing of streams; `monitor` uses it th
 """
 
 from encoders.audio import AUDIO_SUFFIXES, AudioError, decode_chunks, load_audio
-from encoders.augment import Chain, Distortion, Sources, parse_chain, random_chain, resample, synthesize_speech
+from encoders.augment import Chain, Distortion, Sources, coloured_noise, parse_chain, random_chain, resample, synthesize_speech
 from encoders.model import DEFAULT_ENCODER, Encoder, EncoderConfig, EncoderError, load_encoder
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderError",
     "Sources",
+    "coloured_noise",
     "decode_chunks",
     "load_audio",
     "load_encoder",

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from encoders import AUDIO_SUFFIXES, DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
+from encoders import AUDIO_SUFFIXES, DEFAULT_ENCODER, AudioError, coloured_noise, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
 from monitor.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
 from monitor.records import Neighbour
 from monitor.windows import WindowGrid
@@ -495,7 +495,7 @@ class _NullClips:
     def noise_and_speech(cls, encoder: Encoder, grid: WindowGrid) -> "_NullClips":
         rng = np.random.default_rng(0)
         n = int(NULL_CLIP_SECONDS * encoder.sample_rate)
-        audio = [_coloured_noise(n, exponent, rng) * 0.1 for exponent in (0.0, 1.0, 2.0)]
+        audio = [coloured_noise(n, exponent, rng) * 0.1 for exponent in (0.0, 1.0, 2.0)]
         try:
             speech = np.concatenate([synthesize_speech(line, encoder.sample_rate, voice) for line in SPEECH_NULL for voice in ("en", "de")])
             audio.append(speech[:n])
@@ -552,13 +552,6 @@ class _NullClips:
 def _middle(audio: np.ndarray, length: int) -> np.ndarray:
     start = max(0, (len(audio) - length) // 2)
     return audio[start : start + length]
-
-
-def _coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Noise with power ~ 1/f**exponent (white, pink, brown), unit RMS."""
-    spectrum = np.fft.rfft(rng.standard_normal(n)) / np.maximum(np.arange(n // 2 + 1), 1) ** (exponent / 2)
-    noise = np.fft.irfft(spectrum, n)
-    return (noise / np.sqrt(np.mean(noise**2))).astype(np.float32)
 
 
 # ---- files on disk ------------------------------------------------------------------------------

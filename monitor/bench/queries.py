@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from encoders import AudioError, Sources, load_audio, parse_chain, synthesize_speech
+from encoders import AudioError, Sources, coloured_noise, load_audio, parse_chain, synthesize_speech
 from monitor.bench.references import BenchError, Reference
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,5 @@ def noncatalog_queries(holdout: Sequence[Reference], per_kind: int, lengths: Seq
         speech = np.concatenate([clips[j] for j in rng.permutation(len(clips))[:4]])[:length]
         yield Query("speech", "clean", None, 0.0, 1.0, np.pad(speech, (0, max(0, length - len(speech)))))
     for i in range(per_kind):
-        exponent = (0.0, 1.0, 2.0)[i % 3]
-        spectrum = np.fft.rfft(rng.standard_normal(length)) / np.maximum(np.arange(length // 2 + 1), 1) ** (exponent / 2)
-        noise = np.fft.irfft(spectrum, length)
-        yield Query("noise", ("white", "pink", "brown")[i % 3], None, 0.0, 1.0, (0.1 * noise / noise.std()).astype(np.float32))
+        noise = 0.1 * coloured_noise(length, (0.0, 1.0, 2.0)[i % 3], rng)
+        yield Query("noise", ("white", "pink", "brown")[i % 3], None, 0.0, 1.0, noise)
