@@ -159,7 +159,7 @@ def test_training_freezes_or_tunes_the_pretrained_network(backbone, weights, fro
     trained = load_encoder(exported)
 
     assert trained.config.frozen is frozen and trained.config.backbone == backbone
-    assert json.loads((exported / "config.json").read_text())["training"]["weights"] == str(weights)
+    assert json.loads((exported / "config.json").read_text())["training"]["weights"] == weights.name
     pretrained_before, mix_before, head_before = split_state(start)
     pretrained_after, mix_after, head_after = split_state(trained.state_dict())
     assert changed(head_before, head_after) == list(head_before)
@@ -243,19 +243,53 @@ def test_muq_hidden_states_match_its_conformer(muq_dir):
     assert torch.equal(states[-1], model.conformer(model.conv(mel)).last_hidden_state)
 
 
+def htk_corners(n_mels: int) -> np.ndarray:
+    """The n_mels + 2 corner frequencies (Hz) of HTK mel triangles from 0 to SR/2, in float64."""
+    top = 2595.0 * np.log10(1.0 + SR / 2 / 700.0)
+    return 700.0 * (10.0 ** (np.linspace(0.0, top, n_mels + 2) / 2595.0) - 1.0)
+
+
+def torchaudio_mel_float64(wave: np.ndarray, n_fft: int, hop: int, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
+    """torchaudio's MelSpectrogram(SR, n_fft, hop, n_mels) in float64, written from its definition: HTK mel
+    triangles of peak height one (melscale_fbanks, norm=None) over centred, reflect-padded frames with a
+    periodic Hann window, power 2. Returns the filterbank (bins, mels) and the mel power (frames, mels)."""
+    corners = htk_corners(n_mels)
+    slopes = corners[None, :] - np.linspace(0.0, SR / 2, n_fft // 2 + 1)[:, None]
+    widths = np.diff(corners)
+    filters = np.maximum(0.0, np.minimum(-slopes[:, :-2] / widths[:-1], slopes[:, 2:] / widths[1:]))
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(wave, n_fft // 2, mode="reflect"), n_fft)[::hop]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    return filters, (np.abs(np.fft.rfft(frames * window, axis=1)) ** 2) @ filters
+
+
 def test_muq_mel_front_end_matches_torchaudio():
-    """Reference values from torchaudio 2.9 (MelSpectrogram(24000, n_fft=2048, hop_length=240, n_mels=128)
-    and AmplitudeToDB()), which MuQ was trained with: peak-height triangles, not unit-area ones."""
-    filters = mel_filterbank(SR, 2048, 128, 0.0, SR // 2, unit_area=False).T
+    """MuQ was trained on torchaudio's MelSpectrogram + AmplitudeToDB: the float32 stand-in must match a float64
+    computation of that definition within float32 error, and the float64 one must match values torchaudio 2.9
+    printed where float32 can resolve them (bands ~100 dB below a sine's peak are rounding noise in float32)."""
+    n_fft, hop, n_mels, eps = 2048, 240, 128, float(np.finfo(np.float32).eps)
+    wave = 0.5 * np.sin(2 * math.pi * 1000 * np.arange(SR) / SR)
+    filters64, power64 = torchaudio_mel_float64(wave, n_fft, hop, n_mels)
+
+    # Filters: bin frequencies (up to SR/2 Hz) rounded in float32, divided by the narrowest triangle side.
+    filter_tol = 2 * eps * (SR / 2) / np.diff(htk_corners(n_mels)).min()
+    filters = mel_filterbank(SR, n_fft, n_mels, 0.0, SR // 2, unit_area=False).T.double().numpy()
+    np.testing.assert_allclose(filters, filters64, rtol=0, atol=filter_tol)
     bands = [0, 1, 40, 100, 127]
-    np.testing.assert_allclose(filters.sum(0)[bands], [1.2737288, 1.3998230, 3.3354616, 12.988179, 23.811516], rtol=1e-5)
-    np.testing.assert_allclose(filters.amax(0)[bands], [0.7367933, 0.8205884, 0.9014441, 0.9987430, 0.9967916], rtol=1e-5)
-    t = torch.arange(SR) / SR
-    db = MelSTFT(n_fft=2048, hop_length=240, is_db=True)((0.5 * torch.sin(2 * math.pi * 1000 * t))[None])
-    assert db.shape == (1, 128, 101)
-    frame = db[0, :, 50]
-    assert int(frame.argmax()) == 38
-    np.testing.assert_allclose(frame[[38, 0, 100]], [46.996758, -62.909882, -49.608162], atol=1e-3)
+    sum_tol = filter_tol * (filters64[:, bands] > 0).sum(0)
+    assert np.all(np.abs(filters64.sum(0)[bands] - [1.2737288, 1.3998230, 3.3354616, 12.988179, 23.811516]) <= sum_tol)
+    np.testing.assert_allclose(filters64.max(0)[bands], [0.7367933, 0.8205884, 0.9014441, 0.9987430, 0.9967916], rtol=0, atol=filter_tol)
+
+    # Power: FFT error grows with log2(n_fft), the mel sum with the bins a band adds up; both relative to the peak.
+    power = MelSTFT(n_fft=n_fft, hop_length=hop)(torch.from_numpy(wave.astype(np.float32))[None])[0].double().numpy().T
+    assert power.shape == power64.shape == (101, n_mels)
+    growth = 2 * math.log2(n_fft) + (filters64 > 0).sum(0).max()
+    np.testing.assert_allclose(power, power64, rtol=0, atol=growth * eps * power64.max())
+
+    db = MelSTFT(n_fft=n_fft, hop_length=hop, is_db=True)(torch.from_numpy(wave.astype(np.float32))[None])[0, :, 50]
+    assert int(db.argmax()) == int(power64[50].argmax()) == 38
+    peak_db_tol = 10 * math.log10(1 + growth * eps)
+    assert abs(10 * math.log10(power64[50, 38]) - 46.996758) <= peak_db_tol
+    assert abs(float(db[38]) - 46.996758) <= peak_db_tol
 
 
 @pytest.mark.parametrize("name", ["mert", "muq"])
