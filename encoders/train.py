@@ -7,6 +7,7 @@ file and renamed, so a killed run resumes from its last checkpoint and never fro
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -68,6 +69,37 @@ class TrainConfig:
         if "data" not in raw:
             raise ValueError(f"{path}: `data` is required (an audio folder or a manifest.csv)")
         return cls(**raw)
+
+
+def portable_path(path: str | None) -> str | None:
+    """A path as any machine can read it in a shipped file: relative to the working directory when inside it,
+    otherwise only its name (a machine's absolute path means nothing elsewhere)."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.name
+
+
+def data_digest(data: str | Path) -> str:
+    """sha256 of a manifest's bytes, or of a folder's sorted audio file names and sizes: which data, without a path."""
+    digest = hashlib.sha256()
+    path = Path(data)
+    if path.is_file():
+        digest.update(path.read_bytes())
+    else:
+        for file in list_audio(path):
+            digest.update(f"{file.relative_to(path).as_posix()}\t{file.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def training_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's settings as written beside the exported encoder: every field, paths made portable."""
+    record = dataclasses.asdict(cfg)
+    record.update(data=portable_path(cfg.data), data_sha256=data_digest(cfg.data), weights=portable_path(cfg.weights))
+    return record
 
 
 def nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -164,4 +196,4 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
             with (run_dir / "loss.tsv").open("a") as f:
                 f.write(f"{step + 1}\t{loss.item():.4f}\t{time.time():.0f}\n")
 
-    return encoder.cpu().eval().save(run_dir / "encoder", extra={"training": dataclasses.asdict(cfg)})
+    return encoder.cpu().eval().save(run_dir / "encoder", extra={"training": training_record(cfg)})

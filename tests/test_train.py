@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from encoders import load_encoder
-from encoders.train import TrainConfig, nt_xent, train
+from encoders.train import TrainConfig, data_digest, nt_xent, train
 from monitor.cli import main
 
 DEMO = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -40,6 +42,26 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     encoder = load_encoder(straight)
     assert encoder.dim == 16
+
+
+def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shipped config.json must not carry this machine's paths: data relative to the working directory when
+    inside it, else its name, and a content hash that says which data it was either way."""
+    monkeypatch.chdir(DEMO.parents[2])
+    inside = json.loads((train(TrainConfig(steps=1, **TINY), tmp_path / "inside") / "config.json").read_text())["training"]
+    assert inside["data"] == "monitor/demo/music"
+    elsewhere = tmp_path / "music"
+    shutil.copytree(DEMO, elsewhere)
+    outside = json.loads((train(TrainConfig(steps=1, **{**TINY, "data": str(elsewhere)}), tmp_path / "outside") / "config.json").read_text())["training"]
+    assert outside["data"] == "music"
+    assert inside["data_sha256"] == outside["data_sha256"] and len(inside["data_sha256"]) == 64
+    (elsewhere / "area1-game.opus").unlink()
+    assert data_digest(elsewhere) != inside["data_sha256"]
+
+
+def test_shipped_model_records_no_machine_path() -> None:
+    training = json.loads((Path(__file__).parents[1] / "encoders" / "models" / "compact" / "config.json").read_text())["training"]
+    assert not Path(training["data"]).is_absolute()
 
 
 def test_training_moves_the_weights(tmp_path: Path) -> None:
