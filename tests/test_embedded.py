@@ -126,3 +126,20 @@ def test_the_demo_finds_every_play_with_the_shipped_model(tmp_path: Path) -> Non
     assert card.median_abs("start_error") <= 0.5 and card.median_abs("end_error") <= 0.5
     assert card.p95("latency") <= 15.0
     assert len((tmp_path / "plays.jsonl").read_text().splitlines()) == len(events) == 10
+
+
+def test_the_demo_never_takes_a_folder_of_the_users(tmp_path: Path) -> None:
+    """The demo rebuilds its catalog and plays file, so it works only in a folder it made or an empty one."""
+    from monitor.catalog import CatalogError
+    from monitor.demo.run import claim_workdir
+
+    mine = tmp_path / "mine"
+    (mine / "catalog").mkdir(parents=True)
+    (mine / "catalog" / "notes.txt").write_text("keep me")
+    (mine / "plays.jsonl").write_text("keep me too")
+    with pytest.raises(CatalogError, match="not made by `airtrace demo`.*--workdir"):
+        claim_workdir(mine)
+    assert (mine / "catalog" / "notes.txt").read_text() == "keep me" and (mine / "plays.jsonl").read_text() == "keep me too"
+    claim_workdir(tmp_path / "new")
+    (tmp_path / "new" / "plays.jsonl").write_text("the demo's")
+    claim_workdir(tmp_path / "new")  # the demo's own folder is reused

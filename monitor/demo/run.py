@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MUSIC = Path(__file__).parent / "music"
 CATALOG_TRACKS = ("area1-game", "area2-game", "area3-game", "gardien-go", "over-theme")
 NOT_IN_CATALOG = "termigator_reg-zbb"
+WORKDIR_MARK = ".airtrace-demo"
 TALK = (
     "Good evening, you are listening to airtrace radio. Here is some music from the game TecnoballZ.",
     "That was a classic. Stay with us, there is more music after this short message.",
@@ -35,8 +36,19 @@ TALK = (
 )
 
 
+def claim_workdir(workdir: Path) -> None:
+    """Make `workdir` the demo's, or refuse: the demo replaces what it made there, so it must never take a
+    folder that holds anything of the user's."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    mark = workdir / WORKDIR_MARK
+    if not mark.is_file() and any(workdir.iterdir()):
+        raise CatalogError(f"{workdir} is not empty and was not made by `airtrace demo`; give an empty or new folder with --workdir")
+    mark.write_text("This folder is airtrace demo's; it rebuilds what is here as it needs.\n")
+
+
 def demo_catalog(directory: Path, encoder: Encoder, encoder_source: str | None) -> Catalog:
-    """The five demo tracks, reused when a catalog of the same encoder already holds them."""
+    """The five demo tracks, reused when a catalog of the same encoder already holds them; otherwise rebuilt
+    (the folder is the demo's own: `claim_workdir` saw to that)."""
     try:
         catalog = Catalog.open(directory, encoder)
         if {t.track_id for t in catalog.tracks()} == set(CATALOG_TRACKS):
@@ -88,7 +100,7 @@ def run_demo(workdir: str | Path, encoder: Encoder | None = None, realtime: bool
              on_event: Callable[[PlayEvent], None] | None = None) -> Scorecard:
     """Build what is missing under `workdir`, monitor the broadcast, and score the plays against the truth."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    claim_workdir(workdir)
     source = None
     if encoder is None:
         encoder, source = load_encoder(DEFAULT_ENCODER), DEFAULT_ENCODER
