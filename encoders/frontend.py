@@ -30,6 +30,11 @@ def mel_filterbank(
     return filters / filters.sum(dim=1, keepdim=True).clamp(min=1e-8) if unit_area else filters
 
 
+def standardised(mel: torch.Tensor) -> torch.Tensor:
+    """Each (B, F, T) spectrogram to zero mean and unit variance, so a gain change does not move the embedding."""
+    return (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
+
+
 class LogMel(nn.Module):
     """Waveform (B, samples) -> log-mel (B, n_mels, frames)."""
 

@@ -110,3 +110,26 @@ def test_nafp_baseline_builds_and_embeds() -> None:
     nafp = Encoder(EncoderConfig.for_backbone("nafp", head="split", backbone_args={"width": 8, "hidden": 128})).eval()
     out = nafp.embed(np.zeros((2, nafp.window_samples), np.float32) + 0.01)
     assert out.shape == (2, 128)
+
+
+def test_grafprint_builds_its_sizes_and_embeds_on_the_unit_sphere() -> None:
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig.for_backbone("grafprint", backbone_args={"size": "cpu"})).eval()
+    windows = np.random.default_rng(0).standard_normal((3, encoder.window_samples)).astype(np.float32)
+    out = encoder.embed(windows)
+    assert out.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown GraFPrint size 'huge'"):
+        Encoder(EncoderConfig.for_backbone("grafprint", backbone_args={"size": "huge"}))
+
+
+def test_max_relative_graph_conv_ignores_the_order_of_nodes() -> None:
+    """A graph has no node order: permuting the nodes permutes the output the same way."""
+    from encoders.backbones.grafprint import MaxRelativeConv
+
+    torch.manual_seed(0)
+    conv = MaxRelativeConv(8, k=4).eval()
+    nodes = torch.randn(2, 8, 20)
+    order = torch.randperm(20)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(nodes)[..., order], conv(nodes[..., order]))

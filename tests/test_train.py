@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from encoders import load_encoder
-from encoders.train import TrainConfig, data_digest, nt_xent, train
+from encoders.train import TrainConfig, build_encoder, data_digest, nt_xent, train
 from monitor.cli import main
 
 DEMO = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -62,6 +62,19 @@ def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, m
 def test_shipped_model_records_no_machine_path() -> None:
     training = json.loads((Path(__file__).parents[1] / "encoders" / "models" / "compact" / "config.json").read_text())["training"]
     assert not Path(training["data"]).is_absolute()
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "encoders" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_reads_and_builds(config: Path) -> None:
+    cfg = TrainConfig.from_file(config)
+    if cfg.weights is None:  # MERT/MuQ need their downloaded weights; tests/test_foundation_backbones.py covers them
+        assert build_encoder(cfg).config.backbone == cfg.backbone
+
+
+def test_grafprint_trains_and_exports_like_any_backbone(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=1, **{**TINY, "backbone": "grafprint", "backbone_args": {"size": "cpu"}})
+    encoder = load_encoder(train(cfg, tmp_path / "run"))
+    assert encoder.config.backbone == "grafprint" and encoder.config.backbone_args == {"size": "cpu"}
 
 
 def test_training_moves_the_weights(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 BACKBONES: dict[str, tuple[str, str]] = {
     "compact": ("encoders.backbones.compact", "CompactBackbone"),
     "nafp": ("encoders.backbones.nafp", "NafpBackbone"),
+    "grafprint": ("encoders.backbones.grafprint", "GrafprintBackbone"),
     "mert": ("encoders.backbones.mert", "MertBackbone"),
     "muq": ("encoders.backbones.muq", "MuqBackbone"),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.frontend import LogMel
+from encoders.frontend import LogMel, standardised
 
 
 def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -19,7 +19,7 @@ def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class CompactBackbone(nn.Module):
     """8 kHz mono, 1 s windows; log-mel 300-4000 Hz, a strided CNN, mean+max pooled features.
 
-    The spectrogram is standardised per window, so a gain change does not move the embedding.
+    The spectrogram is standardised per window (see `standardised`).
     """
 
     defaults = {"sample_rate": 8000, "window_seconds": 1.0, "hop_seconds": 0.5}
@@ -44,7 +44,5 @@ class CompactBackbone(nn.Module):
         self.feature_dim = 2 * c_in
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        mel = self.melspec(wave)
-        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
-        fmap = self.convs(mel.unsqueeze(1))
+        fmap = self.convs(standardised(self.melspec(wave)).unsqueeze(1))
         return torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
