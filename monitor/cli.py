@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -78,14 +78,21 @@ def _bench_inputs(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-@bench.command("tracks")
-@_bench_inputs
-@click.option("--queries", default=30, show_default=True, help="Queries per distortion row (each at every length); 30 take ~18 min on 2 cores with cached catalogs.")
-@click.option("--negatives", default=60, show_default=True, help="Non-catalog queries per kind (held-out music, speech, noise).")
-@click.option("--lengths", default="1,3,5,10", show_default=True, help="Query lengths in seconds, comma-separated.")
-@click.option("--row", "rows", multiple=True, help="Distortion rows to run (e.g. tempo:1.1 or speed:1.03+aac:48); default all.")
-def bench_tracks(reference, distractors, encoders, landmark, holdout, limit, hop, seed, cache_dir, out, queries, negatives, lengths, rows) -> None:
-    """Top-1 accuracy per distortion and query length, and false matches on non-catalog audio."""
+def _track_queries(command: Callable[..., None]) -> Callable[..., None]:
+    """The queries that `bench tracks` and `bench compare` share."""
+    options = [
+        click.option("--queries", default=30, show_default=True, help="Queries per distortion row (each at every length); 30 take ~18 min on 2 cores with cached catalogs."),
+        click.option("--negatives", default=60, show_default=True, help="Non-catalog queries per kind (held-out music, speech, noise)."),
+        click.option("--lengths", default="1,3,5,10", show_default=True, help="Query lengths in seconds, comma-separated."),
+        click.option("--row", "rows", multiple=True, help="Distortion rows to run (e.g. tempo:1.1 or speed:1.03+aac:48); default all."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_track_queries(summary: bool, reference, distractors, encoders, landmark, holdout, limit, hop, seed, cache_dir, out,
+                       queries, negatives, lengths, rows) -> None:
     from monitor.bench.commands import default_cache_dir, run_tracks
     from monitor.bench.queries import TRACK_ROWS
 
@@ -94,7 +101,24 @@ def bench_tracks(reference, distractors, encoders, landmark, holdout, limit, hop
     except ValueError:
         raise click.UsageError(f"--lengths {lengths!r}: give seconds separated by commas, e.g. 1,3,5,10") from None
     _bench_errors(lambda: run_tracks(reference, distractors, encoders, landmark, queries, negatives, parsed, rows or TRACK_ROWS,
-                                     holdout, limit, hop, seed, cache_dir or default_cache_dir(), out))
+                                     holdout, limit, hop, seed, cache_dir or default_cache_dir(), out, summary))
+
+
+@bench.command("tracks")
+@_bench_inputs
+@_track_queries
+def bench_tracks(**options: Any) -> None:
+    """Top-1 accuracy per distortion and query length, and false matches on non-catalog audio."""
+    _run_track_queries(False, **options)
+
+
+@bench.command("compare")
+@_bench_inputs
+@_track_queries
+def bench_compare(**options: Any) -> None:
+    """Encoders (names or trained directories) and the landmark baseline side by side, as in the paper's table:
+    the `bench tracks` queries, plus parameters, speed on one core and index bytes per second of audio."""
+    _run_track_queries(True, **options)
 
 
 @bench.command("segments")

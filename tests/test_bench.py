@@ -130,3 +130,20 @@ def test_bench_names_a_missing_or_empty_reference_set(tmp_path: Path) -> None:
     empty.write_text("track_id,path,seconds\n")
     result = CliRunner().invoke(main, ["bench", "segments", "--reference", str(empty)])
     assert result.exit_code == 2 and "lists no audio tracks" in result.output
+
+
+def test_bench_compare_puts_every_engine_in_one_summary_row(tmp_path: Path, encoder_dir: Path) -> None:  # noqa: F811
+    from encoders import load_encoder
+
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(main, ["bench", "compare", "--reference", str(MUSIC), "--encoder", "compact", "--encoder",
+                                       str(encoder_dir), "--holdout", "1", "--cache-dir", str(tmp_path / "cache"), "--queries", "2",
+                                       "--row", "clean", "--lengths", "10", "--negatives", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())["tables"][0]
+    rows = {row[0]: dict(zip(summary["columns"], row)) for row in summary["rows"]}
+    assert list(rows) == ["compact", encoder_dir.name, "landmark"]
+    assert rows["compact"]["parameters"] == f"{sum(p.numel() for p in load_encoder('compact').parameters()):,}"
+    assert rows["compact"]["top-1 10s"] == rows["landmark"]["top-1 10s"] == "100.0"  # clean 10 s excerpts of the catalog
+    assert rows["landmark"]["windows/CPU-s (1 core)"] == "-" and rows["landmark"]["parameters"] == "0"
+    assert all(row["x real time (1 core)"] > 0 and row["index bytes per audio s"] > 0 for row in rows.values())
