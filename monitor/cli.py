@@ -155,6 +155,21 @@ def bench_speed(encoders, reference, index_seconds, hop, sizes, queries, landmar
     _bench_errors(lambda: run_speed(encoders, reference, index_seconds, hop, parsed, queries, landmark, scale_up, out))
 
 
+@bench.command("backbones")
+@click.option("--model", "models", multiple=True, default=["mert-v1-95m", "muq-large"], show_default=True,
+              help="A published size (mert-v1-95m, muq-large) or BACKBONE=CONFIG.json; repeatable.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_backbones(models: tuple[str, ...], out: str | None) -> None:
+    """MERT and MuQ at their published size with random weights: load time, memory, windows/s and training step cost on one core."""
+    from encoders.backbones import PUBLISHED
+    from monitor.bench.commands import run_backbones
+
+    for name in models:
+        if name not in PUBLISHED and "=" not in name:
+            raise click.UsageError(f"--model {name!r}: give one of {', '.join(PUBLISHED)} or BACKBONE=CONFIG.json")
+    _bench_errors(lambda: run_backbones(models, out))
+
+
 @bench.command("broadcast")
 @click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of catalog tracks that the broadcast plays; repeatable.")
 @click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")

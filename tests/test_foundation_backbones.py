@@ -15,7 +15,9 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from encoders import EncoderError, load_encoder
-from encoders.backbones.muq import MelSTFT, muq_class
+from encoders.backbones import published_config
+from encoders.backbones.mert import MertBackbone
+from encoders.backbones.muq import MelSTFT, MuqBackbone, muq_class
 from encoders.frontend import mel_filterbank
 from encoders.train import TrainConfig, build_encoder, nt_xent, train
 
@@ -298,3 +300,29 @@ def test_example_configs_train_from_the_directory_the_fetch_hint_names(name):
     assert (cfg.backbone, cfg.frozen, cfg.backbone_args) == (name, False, {"layer": "weighted"})
     assert f"--local-dir {cfg.weights}`" in importlib.import_module(f"encoders.backbones.{name}").FETCH
     assert f"--local-dir {cfg.weights}\n" in (CONFIGS / f"{name}.yaml").read_text()
+
+
+def test_bench_backbones_loads_each_model_through_the_pretrained_path(tmp_path):
+    """The measurement runs the user's path (a downloaded directory, loaded strictly) in a fresh process."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    (tmp_path / "mert.json").write_text(json.dumps(MERT_CONFIG))
+    (tmp_path / "muq.json").write_text(json.dumps(MUQ_CONFIG))
+    out = tmp_path / "backbones.json"
+    result = CliRunner().invoke(main, ["bench", "backbones", "--model", f"mert={tmp_path / 'mert.json'}",
+                                       "--model", f"muq={tmp_path / 'muq.json'}", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(out.read_text())["backbones"]
+    for name, backbone, config in (("mert", MertBackbone, MERT_CONFIG), ("muq", MuqBackbone, MUQ_CONFIG)):
+        figures = measured[f"{name}={tmp_path / f'{name}.json'}"]
+        assert figures["parameters"] == sum(p.numel() for p in backbone(config).parameters())
+        assert figures["windows_per_cpu_second"] > 0 and 0 < figures["frozen_step_cpu_seconds"]
+        assert figures["peak_resident_gb_training"] >= figures["resident_gb_for_inference"] > 0
+
+
+def test_published_mert_config_builds_the_95m_model():
+    backbone, config = published_config("mert-v1-95m")
+    assert backbone == "mert"
+    assert 94e6 < sum(p.numel() for p in MertBackbone(config).parameters()) < 96e6

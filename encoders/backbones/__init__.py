@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -28,3 +30,17 @@ def backbone_class(name: str) -> Any:
 def build_backbone(name: str, args: dict[str, Any]) -> nn.Module:
     """Build a backbone's architecture from its JSON-able args (weights come separately)."""
     return backbone_class(name)(**args)
+
+
+# The foundation models' configurations as released (name -> backbone, config.json), so their real sizes
+# can be built and measured without the weights, which cannot be fetched at run time.
+PUBLISHED_DIR = Path(__file__).parent / "published"
+PUBLISHED: dict[str, tuple[str, str]] = {"mert-v1-95m": ("mert", "mert-v1-95m.json"), "muq-large": ("muq", "muq-large-msd-iter.json")}
+
+
+def published_config(name: str) -> tuple[str, dict[str, Any]]:
+    """(backbone, config.json contents) of a released foundation model, by the names in PUBLISHED."""
+    if name not in PUBLISHED:
+        raise ValueError(f"unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
+    backbone, file = PUBLISHED[name]
+    return backbone, json.loads((PUBLISHED_DIR / file).read_text())

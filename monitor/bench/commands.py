@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor.bench import compare, engines, segments, speed, tracks
+from monitor.bench import backbones, compare, engines, segments, speed, tracks
 from monitor.bench.references import read_references, reference_set
 from monitor.bench.report import publish
 
@@ -47,4 +47,9 @@ def run_speed(encoders: Sequence[str], reference: Sequence[str], index_seconds: 
               queries: int, landmark: bool, scale_up: bool, out: str | None) -> None:
     refs = [r for source in (reference or [str(DEMO_MUSIC)]) for r in read_references(source)]
     tables, extra = speed.run(encoders, refs, index_seconds, hop, sizes, queries, landmark, scale_up)
+    publish(tables, out, _command(), extra)
+
+
+def run_backbones(models: Sequence[str], out: str | None) -> None:
+    tables, extra = backbones.run(models)
     publish(tables, out, _command(), extra)
