@@ -318,7 +318,10 @@ def test_bench_backbones_loads_each_model_through_the_pretrained_path(tmp_path):
     for name, backbone, config in (("mert", MertBackbone, MERT_CONFIG), ("muq", MuqBackbone, MUQ_CONFIG)):
         figures = measured[f"{name}={tmp_path / f'{name}.json'}"]
         assert figures["parameters"] == sum(p.numel() for p in backbone(config).parameters())
-        assert figures["windows_per_cpu_second"] > 0 and 0 < figures["frozen_step_cpu_seconds"]
+        assert figures["windows_per_cpu_second"] > 0 and figures["frozen_step"]["cpu_seconds"] > 0
+        backbone_parameters = figures["parameters"]
+        assert figures["finetuned_step"]["trained_parameters"] > backbone_parameters  # the backbone and the head
+        assert figures["frozen_step"]["trained_parameters"] < figures["finetuned_step"]["trained_parameters"] - backbone_parameters + 100
         assert figures["peak_resident_gb_training"] >= figures["resident_gb_for_inference"] > 0
 
 
