@@ -195,21 +195,40 @@ def _open_catalog(directory: str) -> Catalog:
 @click.argument("paths", nargs=-1, required=True)
 def catalog_add(directory: str, encoder: str | None, hop: float | None, index_factory: str | None, paths: tuple[str, ...]) -> None:
     """Add audio files, folders and manifest.csv files (track_id,path[,title,artist,...]); creates the catalog if missing."""
-    from monitor.catalog import Catalog, CatalogError
+    from monitor.catalog import AddReport, Catalog, CatalogError
     from monitor.matcher import calibrate
 
+    report = AddReport()
     try:
         cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
-        report = cat.add(paths)
+        cat.add(paths, report=report)
         if cat.tracks():
             calibrate(cat)
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        committed = _committed(directory, report.added)
+        click.echo(f"\ninterrupted: {len(committed)} of the {len(report.added)} tracks indexed so far were committed"
+                   f"{': ' + ', '.join(committed) if committed else ''}; run the same command again to add the rest", err=True)
+        raise SystemExit(130) from None
     for path, reason in report.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     for path, track_id in report.duplicates:
         click.echo(f"duplicate {path}: the same audio is already {track_id}", err=True)
     click.echo(report.summary())
+    if report.skipped and not report.added and not report.duplicates:
+        raise SystemExit(1)  # every input failed
+
+
+def _committed(directory: str, track_ids: list[str]) -> list[str]:
+    """Those of `track_ids` that the catalog on disk holds: what an interrupted add did commit."""
+    from monitor.catalog import Catalog, CatalogError
+
+    try:
+        on_disk = {t.track_id for t in Catalog.open(directory).tracks()}
+    except CatalogError:
+        return []
+    return [t for t in track_ids if t in on_disk]
 
 
 @catalog.command("list")
@@ -247,7 +266,7 @@ def catalog_stats(directory: str) -> None:
 
 @main.command()
 @CATALOG_OPTION
-@click.option("--hop", type=float, help="Query hop in seconds (default: the catalog's); finer finds shorter excerpts.")
+@click.option("--hop", type=click.FloatRange(0, min_open=True), help="Query hop in seconds (default: the catalog's); finer finds shorter excerpts.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Report matches at least this confident (default 0.99).")
 @click.argument("files", nargs=-1, required=True)
 def identify(directory: str, hop: float | None, min_confidence: float | None, files: tuple[str, ...]) -> None:
@@ -258,11 +277,17 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     from monitor.matcher import MIN_CONFIDENCE, identify_file
 
     cat = _open_catalog(directory)
+    failed = 0
     try:
         for path in files:
-            click.echo(json.dumps(identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence)))
+            line = identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence)
+            failed += "error" in line
+            click.echo(json.dumps(line))
     except (CatalogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if failed == len(files):
+        click.echo(f"every file failed ({failed}); each line's error says why", err=True)
+        raise SystemExit(1)
 
 
 # ---- Kafka and Redis services: `airtrace ingest` and `airtrace worker` ---------------------------
@@ -336,14 +361,13 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     from monitor.broker import BrokerError
     from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
     from monitor.kafka_records import SampleFormat
-    from monitor.publish import PublishOptions, check_stream_ids, publish_windows
+    from monitor.publish import PublishOptions, publish_windows
     from monitor.windows import WindowGrid
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
         sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
-        check_stream_ids(sources)
         grid = WindowGrid.for_encoder(load_encoder(encoder))
     except (ConfigError, EncoderError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc

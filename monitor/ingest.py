@@ -33,7 +33,7 @@ import yaml
 
 from encoders import AudioError, decode_chunks
 from monitor.metrics import Metrics
-from monitor.records import AudioWindow
+from monitor.records import AudioWindow, check_id
 from monitor.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class StreamSource:
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "stream id")
 
     @property
     def is_file(self) -> bool:
@@ -92,7 +95,10 @@ def _source_from_entry(entry: Any, where: str) -> StreamSource:
         if not isinstance(entry.get(name, {}), dict):
             raise ConfigError(f"{where}: field {name!r} must be a mapping")
     options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
-    return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
+    try:
+        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:
@@ -106,7 +112,10 @@ def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:
         while stream_id in taken:
             stream_id, n = f"{base}-{n}", n + 1
         taken.add(stream_id)
-        sources.append(StreamSource(stream_id, url))
+        try:
+            sources.append(StreamSource(stream_id, url))
+        except ValueError as exc:
+            raise ConfigError(f"{url}: {exc}; put the stream in a --streams file with an id of its own") from None
     return sources
 
 

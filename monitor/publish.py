@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from monitor.broker import KafkaSettings, Topics, ensure_topics
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
-from monitor.kafka_records import MAX_MESSAGE_BYTES, MAX_STREAM_ID_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
+from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow
 from monitor.windows import WindowGrid
@@ -40,13 +40,6 @@ class PublishOptions:
     retry_cap_seconds: float = 30.0
 
 
-def check_stream_ids(sources: Sequence[StreamSource]) -> None:
-    """Stream ids travel in every window's header: refuse ones that cannot, before anything starts."""
-    for source in sources:
-        if len(source.id.encode()) > MAX_STREAM_ID_BYTES:
-            raise ValueError(f"stream id {source.id[:40]!r}... is longer than {MAX_STREAM_ID_BYTES} bytes of UTF-8; give it a shorter id")
-
-
 async def publish_windows(
     sources: Sequence[StreamSource],
     grid: WindowGrid,
@@ -58,7 +51,6 @@ async def publish_windows(
     stop: threading.Event | None = None,
 ) -> None:
     """Read every stream and publish its windows until all streams end (files) or `stop` is set."""
-    check_stream_ids(sources)
     stop = stop or threading.Event()
     await ensure_topics(kafka, [topics.windows], topics)
     loop = asyncio.get_running_loop()
