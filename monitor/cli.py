@@ -320,6 +320,8 @@ KAFKA_OPTIONS = _env_options(
     _env("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle that signed the brokers' certificates."),
     _env("--tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for mutual TLS."),
     _env("--tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key."),
+    _env("--startup-timeout", type=click.FloatRange(0, min_open=True),
+         help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15, monitor.broker.STARTUP_TIMEOUT_SECONDS]."),
 )
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
@@ -327,11 +329,12 @@ METRICS_OPTIONS = _env_options(
 )
 
 
-def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, **auth: object):
-    from monitor.broker import KafkaSettings, Topics
+def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, startup_timeout: float | None, **auth: object):
+    from monitor.broker import STARTUP_TIMEOUT_SECONDS, KafkaSettings, Topics
 
     try:
-        return KafkaSettings(broker, **auth), Topics.with_prefix(topic_prefix, partitions, replication)
+        settings = KafkaSettings(broker, **auth, startup_timeout=startup_timeout or STARTUP_TIMEOUT_SECONDS)
+        return settings, Topics.with_prefix(topic_prefix, partitions, replication)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -341,7 +344,11 @@ def _metrics(metrics_port: int | None, metrics_host: str):
 
     created = metrics.create()
     if metrics_port is not None:
-        metrics.serve(metrics_port, metrics_host)
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as exc:  # the port is taken, or the host does not resolve to an address of this machine
+            raise click.UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}; give a free --metrics-port "
+                                   "and a --metrics-host that is an address of this machine (127.0.0.1, or 0.0.0.0 for all)") from None
     return created
 
 
@@ -404,6 +411,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
     import redis
 
+    from monitor.broker import BrokerError
     from monitor.catalog import Catalog, CatalogError
     from monitor.state import RedisSettings, RedisStateStore
     from monitor.worker import WorkerOptions, run_worker
@@ -425,7 +433,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
                             reload_seconds=reload_seconds, web_port=web_port)
     try:
         run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
-    except CatalogError as exc:  # an empty catalog cannot calibrate the matcher
+    except (CatalogError, BrokerError) as exc:  # an empty catalog cannot calibrate the matcher
         raise click.ClickException(str(exc)) from exc
 
 
@@ -444,7 +452,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                     metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
-    from monitor.embedded import MonitorOptions, describe, run_embedded
+    from monitor.embedded import MonitorOptions, NothingHeard, describe, run_embedded
     from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
 
     if not urls and not streams:
@@ -453,10 +461,15 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    if events:
+        try:
+            open(events, "a", encoding="utf-8").close()
+        except OSError as exc:
+            raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
     options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime))
     try:
         found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events)
-    except CatalogError as exc:
+    except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else ""))
 

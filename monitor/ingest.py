@@ -17,11 +17,13 @@ Contracts other processes rely on:
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,17 +90,46 @@ def _source_from_entry(entry: Any, where: str) -> StreamSource:
     unknown = sorted(set(entry) - set(SOURCE_FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields are {', '.join(SOURCE_FIELDS)}")
-    for name in ("id", "url"):
-        if not isinstance(entry.get(name), str) or not entry[name].strip():
+    for name in ("id", "url"):  # what makes a good id is StreamSource's to say
+        if not isinstance(entry.get(name), str) or (name == "url" and not entry[name].strip()):
             raise ConfigError(f"{where}: field {name!r} is missing or not a string")
     for name in ("metadata", "options"):
         if not isinstance(entry.get(name, {}), dict):
             raise ConfigError(f"{where}: field {name!r} must be a mapping")
     options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
+    unknown = unknown_ffmpeg_options(options)
+    if unknown:
+        raise ConfigError(f"{where}: FFmpeg knows no input option {', '.join(map(repr, unknown))} and would ignore it; see the "
+                          "protocol and format options in https://ffmpeg.org/ffmpeg-protocols.html and ffmpeg-formats.html")
     try:
         return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def unknown_ffmpeg_options(names: Iterable[str]) -> list[str]:
+    """Those of `names` that no part of FFmpeg's input side (format context, demuxers, protocols) knows.
+    FFmpeg ignores such options without a word, so a typo would silently change nothing. Asks the FFmpeg
+    that PyAV loaded, as the ffmpeg tool does: av_opt_find over the format context's class and its children."""
+    found = _ffmpeg_option_finder()
+    return [name for name in names if found is not None and not found(name)]
+
+
+@functools.cache
+def _ffmpeg_option_finder() -> Callable[[str], bool] | None:
+    """None where the loaded libavformat cannot be located (not Linux): options then go unchecked."""
+    try:
+        maps = Path("/proc/self/maps").read_text().split("\n")
+        paths = {lib: next(line.split()[-1] for line in maps if f"/lib{lib}" in line and ".so" in line) for lib in ("avformat", "avutil")}
+    except (OSError, StopIteration):
+        return None
+    avformat, avutil = ctypes.CDLL(paths["avformat"]), ctypes.CDLL(paths["avutil"])
+    avformat.avformat_get_class.restype = ctypes.c_void_p
+    avutil.av_opt_find.restype = ctypes.c_void_p
+    avutil.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    format_class = ctypes.c_void_p(avformat.avformat_get_class())
+    search_children_of_fake_object = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ
+    return lambda name: bool(avutil.av_opt_find(ctypes.byref(format_class), name.encode(), None, 0, search_children_of_fake_object))
 
 
 def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:

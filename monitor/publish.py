@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from monitor.broker import KafkaSettings, Topics, ensure_topics
+from monitor.broker import BrokerError, KafkaSettings, Topics, ensure_topics
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
 from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
 from monitor.metrics import Metrics
@@ -69,10 +69,10 @@ async def publish_windows(
     seq_base = int(time.time() * 1000)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
     try:
-        await producer.start()
-    except KafkaError as exc:
+        await kafka.starting(producer.start())
+    except BrokerError:
         await producer.stop()
-        raise kafka.unreachable(exc) from exc
+        raise
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import faust
 from faust.types import EventT
 
-from monitor.broker import KafkaSettings, Topics
+from monitor.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent
 from monitor.kafka_records import (
@@ -250,10 +250,12 @@ def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metric
 def run_worker(
     catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info"
 ) -> None:
-    """Run one worker until it is stopped (SIGINT or SIGTERM)."""
+    """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up."""
     encoder = catalog.encoder.config
     config = options.plays or PlayConfig.for_grid(encoder.window_seconds, encoder.hop_seconds)
     stage = PlayStage(PlayTracker(config), store, CatalogInfo.of(catalog))
+    all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
+    asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
     app = create_app(kafka, topics, options)
     add_agents(app, catalog, stage, topics, options, metrics)
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -223,3 +223,30 @@ def read_topic(port: int, topic: str, idle: float = 0.5) -> list:
             await consumer.stop()
 
     return asyncio.run(read())
+
+
+class SilentServer:
+    """Accepts TCP connections on a loopback port and never answers: a hung service, or the wrong one."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        try:
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+        except OSError:  # closed by __exit__
+            return
+
+    def __enter__(self) -> "SilentServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+        self.thread.join(timeout=5)
