@@ -5,7 +5,7 @@ Stereo is folded to mono by `downmix`, which never lets channels in opposite pha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,10 +31,13 @@ def decode_chunks(
     sample_rate: int,
     options: dict[str, str] | None = None,
     timeout: float | None = None,
+    opened: Callable[[av.container.InputContainer], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
 
-    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts.
+    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts. `opened` is
+    called with the open container before the first chunk, for callers that need what the source says
+    about itself (its size, its duration, its headers).
     """
     try:
         container = av.open(
@@ -52,6 +55,8 @@ def decode_chunks(
     with container:
         if not container.streams.audio:
             raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
+        if opened is not None:
+            opened(container)
         stream = container.streams.audio[0]
         resampler = _resampler(stream.layout.nb_channels, sample_rate)
         try:

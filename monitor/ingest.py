@@ -8,7 +8,8 @@ Contracts other processes rely on:
 - A live source (anything but a local file) is read forever: when it fails to open, drops (ends) or
   stalls (no data for `read_timeout` s) it is reopened after an exponential backoff with jitter, and the
   first window after the break carries `after_gap=True`, so no play spans it. A local file is read once
-  (as fast as it decodes, or at real-time pace with `realtime=True`).
+  (as fast as it decodes, or at real-time pace with `realtime=True`), and so is a file served over HTTP,
+  which says so when it opens (`declares_its_end`).
 - Dead air (windows below `silence_dbfs` for `dead_air_seconds` or more) is counted in
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
@@ -280,7 +281,15 @@ def read_windows(
     while not stop.is_set():
         windower = StreamWindower(grid)
         clock.connect()
-        chunks = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout))
+        ends = not live  # a file ends; a network source says whether it does when it opens
+
+        def on_open(container: av.container.InputContainer) -> None:
+            nonlocal ends
+            if live and declares_its_end(source.url, container):
+                ends = True
+                clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
+
+        chunks = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open)
         if options.realtime and not live:
             chunks = _paced(chunks, grid.sample_rate)
         try:
@@ -299,14 +308,14 @@ def read_windows(
                     yield window
                     seq, after_gap = seq + 1, False
                     backoff.reset()
-            if not live:
+            if ends:
                 log.info("stream %s: end of %s", source.id, source.url)
                 return
             log.warning("stream %s dropped (end of data); reopening", source.id)
         except (AudioError, av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
             if metrics:
                 metrics.decode_errors.labels(source.id).inc()
-            if not live:
+            if ends:
                 log.error("stream %s: %s; skipping this file", source.id, exc)
                 return
             log.warning("stream %s: %s", source.id, exc)
@@ -322,6 +331,17 @@ def read_windows(
             return
         if metrics:
             metrics.stream_reconnects.labels(source.id).inc()
+
+
+def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
+    """Whether a network source says that it ends: an HTTP(S) response with a length (FFmpeg then knows its
+    size and duration; a live HLS playlist has none) and without Icecast/Shoutcast `icy-*` headers, which
+    mark a live stream whatever else it says. Reopening a source that ended would play it again from its
+    start, and every reopening would be a new play of the same audio."""
+    if urlparse(url).scheme not in ("http", "https"):
+        return False
+    icecast = any(key.lower().startswith("icy-") for key in container.metadata)
+    return container.size > 0 and container.duration is not None and not icecast
 
 
 @dataclass(frozen=True)

@@ -250,3 +250,36 @@ class SilentServer:
         for conn in self.accepted:
             conn.close()
         self.thread.join(timeout=5)
+
+
+class FileServer:
+    """Serves a folder over HTTP as a web server serves files: each response gives its Content-Length."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests += 1
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self) -> "FileServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -36,7 +36,7 @@ def run(*args: str) -> tuple[int, str]:
 
 def command(*args: str, cwd: Path | None = None) -> tuple[int, str]:
     """An airtrace command in its own process, as a user runs it; its exit code and output."""
-    done = subprocess.run([sys.executable, "-m", "monitor", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-m", "monitor", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, done.stdout + done.stderr
@@ -126,6 +126,19 @@ def test_monitor_exits_non_zero_when_every_input_failed(built_catalog: Path, tmp
     empty.write_bytes(b"")
     code, output = command("monitor", "--catalog", str(built_catalog), str(empty), str(tmp_path / "missing.wav"))
     assert code == 1 and "none of the 2 stream(s) delivered audio" in output
+
+
+def test_monitor_hears_a_file_served_over_http_as_one_play(service_catalog: Path, tmp_path: Path) -> None:
+    """Once reopened every second, each reopening a new play: 74 plays of one 10 s clip in 60 s."""
+    from live_audio import encode_mp3
+
+    clip = tmp_path / "clip.flac"
+    soundfile.write(clip, load_audio(MUSIC / "area2-game.opus", 22050)[22050 * 10 : 22050 * 30], 22050)
+    encode_mp3(clip, tmp_path / "song.mp3")
+    with servers.FileServer(tmp_path) as web:
+        code, output = command("monitor", "--catalog", str(service_catalog), web.url("song.mp3"))
+        assert web.requests == 1
+    assert code == 0 and "1 plays on 1 stream(s)" in output and output.count("ended") == 1
 
 
 def test_monitor_events_in_a_missing_folder_is_a_usage_error(built_catalog: Path, tmp_path: Path) -> None:

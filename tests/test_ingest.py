@@ -157,3 +157,21 @@ def test_realtime_paces_a_file(tmp_path: Path) -> None:
     assert len(windows) == 5
     assert time.monotonic() - begun >= 2.5
     assert windows[-1].air_time - windows[0].air_time == pytest.approx(2.0, abs=0.05)
+
+
+def test_a_file_served_over_http_is_read_once_and_ends(mp3: tuple[bytes, float], tmp_path: Path, registry_metrics) -> None:
+    """A web server gives the file's length: the source ended, and reopening it would play it again."""
+    import servers
+
+    registry, metrics = registry_metrics
+    (tmp_path / "song.mp3").write_bytes(mp3[0])
+    with servers.FileServer(tmp_path) as web:
+        begun = time.time()
+        windows = take(read_windows(StreamSource("song", web.url("song.mp3")), GRID, FAST_RETRY, metrics), count=10_000, seconds=30)
+        assert web.requests == 1
+    assert len(windows) == GRID.count(int(mp3[1] * 8000)) and not any(w.after_gap for w in windows)
+    assert_ordered(windows)
+    assert windows[-1].offset == pytest.approx(mp3[1] - 1.0, abs=0.1)
+    assert windows[0].air_time >= begun - 1.0  # it airs from when it was opened, not from before
+    assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "song"}) is None
+
