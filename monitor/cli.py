@@ -339,6 +339,15 @@ def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, st
         raise click.UsageError(str(exc)) from exc
 
 
+def _check_port_free(host: str, port: int, option: str) -> None:
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        raise click.UsageError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; give a free {option}") from None
+
+
 def _metrics(metrics_port: int | None, metrics_host: str):
     from monitor import metrics
 
@@ -431,6 +440,8 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
         raise click.ClickException(str(exc)) from exc
     options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
                             reload_seconds=reload_seconds, web_port=web_port)
+    if web_port is not None:  # Faust would find out after starting, with a traceback
+        _check_port_free(options.web_host, web_port, "--web-port")
     try:
         run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
     except (CatalogError, BrokerError) as exc:  # an empty catalog cannot calibrate the matcher

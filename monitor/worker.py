@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -116,10 +117,12 @@ class PlayStage:
             return StreamState(stream_id)
 
 
-def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions) -> faust.App:
-    """The Faust app with Kafka settings; agents are added by `add_agents`."""
+def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions, datadir: str) -> faust.App:
+    """The Faust app with Kafka settings; agents are added by `add_agents`. Faust creates folders in
+    `datadir` though it keeps nothing there (all state lives in the StateStore)."""
     return faust.App(
         options.group,
+        datadir=datadir,
         broker=kafka.faust_broker,
         broker_credentials=kafka.credentials(),
         broker_session_timeout=options.session_timeout,
@@ -256,6 +259,7 @@ def run_worker(
     stage = PlayStage(PlayTracker(config), store, CatalogInfo.of(catalog))
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
     asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
-    app = create_app(kafka, topics, options)
-    add_agents(app, catalog, stage, topics, options, metrics)
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder
+        app = create_app(kafka, topics, options, datadir)
+        add_agents(app, catalog, stage, topics, options, metrics)
+        faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -191,6 +191,13 @@ def test_a_broker_that_never_answers_stops_ingest_and_worker_in_the_startup_time
     assert list(work.iterdir()) == []
 
 
+def test_a_worker_web_port_in_use_is_a_usage_error_before_faust_starts(built_catalog: Path, redis_server: servers.ServerProcess) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        code, output = run("worker", "--catalog", str(built_catalog), "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", "--web-port", port)
+    assert code == 2 and f"cannot serve on 127.0.0.1:{port}: Address already in use" in output and "give a free --web-port" in output
+
+
 # ---- training configs ----------------------------------------------------------------------------
 
 
