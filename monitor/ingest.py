@@ -7,9 +7,11 @@ Contracts other processes rely on:
   time in seconds; it never goes back, and after a gap it jumps ahead by the wall-clock time lost.
 - A live source (anything but a local file) is read forever: when it fails to open, drops (ends) or
   stalls (no data for `read_timeout` s) it is reopened after an exponential backoff with jitter, and the
-  first window after the break carries `after_gap=True`, so no play spans it. A local file is read once
-  (as fast as it decodes, or at real-time pace with `realtime=True`), and so is a file served over HTTP,
-  which says so when it opens (`declares_its_end`).
+  first window after the break carries `after_gap=True`, so no play spans it. A reconnection that starts
+  by repeating audio already delivered (a short drop, and a server that sends its recent seconds to a new
+  listener, as Icecast's burst-on-connect does) lost nothing: the repeat is dropped and the stream goes
+  on without a gap (`Resumption`). A local file is read once (as fast as it decodes, or at real-time pace
+  with `realtime=True`), and so is a file served over HTTP, which says so when it opens (`declares_its_end`).
 - Dead air (windows below `silence_dbfs` for `dead_air_seconds` or more) is counted in
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
@@ -40,6 +42,15 @@ from monitor.records import AudioWindow, check_id
 from monitor.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
+
+
+# A reconnected live stream's audio is compared with the last RESUME_KEEP_SECONDS delivered (longer than an
+# Icecast burst, 64 KiB: 4 s at 128 kb/s), from RESUME_SETTLE_SECONDS on, over RESUME_MATCH_SECONDS; a
+# normalised cross-correlation of RESUME_MIN_CORRELATION or more is a repeat (other music scores far less).
+RESUME_KEEP_SECONDS = 20.0
+RESUME_SETTLE_SECONDS = 0.25
+RESUME_MATCH_SECONDS = 1.0
+RESUME_MIN_CORRELATION = 0.9
 
 
 class ConfigError(ValueError):
@@ -264,6 +275,66 @@ def _paced(chunks: Iterator[np.ndarray], sample_rate: int, lead_seconds: float =
         yield chunk
 
 
+class Resumption:
+    """Recognises a reconnected live stream that starts by repeating audio it already delivered, and drops
+    the repeat, so that the stream goes on as if it had never broken and a play on air across a short drop
+    stays one play. The last RESUME_KEEP_SECONDS of delivered audio are kept in a ring; a new connection's
+    audio from RESUME_SETTLE_SECONDS on (past the decoder's start-up) is looked for in them by normalised
+    cross-correlation."""
+
+    def __init__(self, sample_rate: int):
+        self.ring = np.zeros(int(RESUME_KEEP_SECONDS * sample_rate), np.float32)
+        self.filled = self.end = 0
+        self.settle, self.match = int(RESUME_SETTLE_SECONDS * sample_rate), int(RESUME_MATCH_SECONDS * sample_rate)
+
+    def delivered(self, chunk: np.ndarray) -> None:
+        chunk = chunk[-len(self.ring):]
+        first = min(len(chunk), len(self.ring) - self.end)
+        self.ring[self.end : self.end + first] = chunk[:first]
+        self.ring[: len(chunk) - first] = chunk[first:]
+        self.end = (self.end + len(chunk)) % len(self.ring)
+        self.filled = min(len(self.ring), self.filled + len(chunk))
+
+    def resume(self, chunks: Iterator[np.ndarray]) -> tuple[bool, Iterator[np.ndarray]]:
+        """Whether the new connection's `chunks` continue the delivered audio, and the chunks less the repeat."""
+        head, size = [], 0
+        for chunk in chunks:
+            head.append(chunk)
+            size += len(chunk)
+            if size >= self.settle + self.match:
+                break
+        audio = np.concatenate(head) if head else np.zeros(0, np.float32)
+        repeat = self._repeat_length(audio)
+        return repeat is not None, self._skipping(audio, chunks, repeat or 0)
+
+    def _repeat_length(self, audio: np.ndarray) -> int | None:
+        """Samples at the start of `audio` that repeat the end of the delivered audio; None if it does not."""
+        tail = np.roll(self.ring, -self.end)[len(self.ring) - self.filled :].astype(np.float64)
+        piece = audio[self.settle : self.settle + self.match].astype(np.float64)
+        if len(piece) < self.match or len(tail) < self.match or np.sqrt(np.mean(piece**2)) < 1e-3:
+            return None  # too little, or silence, which repeats anywhere
+        n = 1 << (len(tail) + len(piece)).bit_length()
+        dots = np.fft.irfft(np.fft.rfft(tail, n) * np.conj(np.fft.rfft(piece, n)), n)[: len(tail) - len(piece) + 1]
+        energy = np.concatenate([[0.0], np.cumsum(tail**2)])
+        norms = np.sqrt(np.maximum(energy[len(piece) :] - energy[: len(tail) - len(piece) + 1], 1e-12) * np.sum(piece**2))
+        correlation = dots / norms
+        best = int(np.argmax(correlation))
+        if correlation[best] < RESUME_MIN_CORRELATION:
+            return None
+        return len(tail) - best + self.settle
+
+    @staticmethod
+    def _skipping(head: np.ndarray, chunks: Iterator[np.ndarray], skip: int) -> Iterator[np.ndarray]:
+        for chunk in [head] if len(head) else []:
+            if skip < len(chunk):
+                yield chunk[skip:]
+            skip = max(0, skip - len(chunk))
+        for chunk in chunks:
+            if skip < len(chunk):
+                yield chunk[skip:]
+            skip = max(0, skip - len(chunk))
+
+
 def read_windows(
     source: StreamSource,
     grid: WindowGrid,
@@ -277,10 +348,10 @@ def read_windows(
     clock = StreamClock(grid.sample_rate, live=live or options.realtime)
     backoff = Backoff(options.backoff_initial, options.backoff_max)
     dead_air = DeadAir(source.id, options, grid.hop_seconds, metrics)
+    resumption = Resumption(grid.sample_rate) if live else None
+    windower = StreamWindower(grid)
     seq, after_gap = 0, False
     while not stop.is_set():
-        windower = StreamWindower(grid)
-        clock.connect()
         ends = not live  # a file ends; a network source says whether it does when it opens
 
         def on_open(container: av.container.InputContainer) -> None:
@@ -289,15 +360,28 @@ def read_windows(
                 ends = True
                 clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
 
-        chunks = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open)
-        if options.realtime and not live:
-            chunks = _paced(chunks, grid.sample_rate)
+        decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open)
+        chunks = _paced(decoded, grid.sample_rate) if options.realtime and not live else decoded
+        first = True
         try:
+            continues = False
+            if resumption is not None and seq > 0:
+                continues, chunks = resumption.resume(chunks)
             for chunk in chunks:
                 if stop.is_set():
                     return
-                if clock.received < 0 and metrics:  # first audio of this connection
-                    metrics.stream_up.labels(source.id).set(1)
+                if first:  # first audio of this connection
+                    first = False
+                    if continues:  # it repeated what we had: nothing was lost, the stream goes on unbroken
+                        log.info("stream %s resumed where it broke off", source.id)
+                        after_gap = False
+                    else:
+                        windower = StreamWindower(grid)
+                        clock.connect()
+                    if metrics:
+                        metrics.stream_up.labels(source.id).set(1)
+                if resumption is not None:
+                    resumption.delivered(chunk)
                 clock.chunk(len(chunk), time.time())
                 for index, samples in windower.push(chunk):
                     start = grid.start(index)
@@ -320,7 +404,7 @@ def read_windows(
                 return
             log.warning("stream %s: %s", source.id, exc)
         finally:
-            chunks.close()
+            decoded.close()
             if metrics:
                 metrics.stream_up.labels(source.id).set(0)
         after_gap = after_gap or seq > 0

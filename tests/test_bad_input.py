@@ -141,6 +141,27 @@ def test_monitor_hears_a_file_served_over_http_as_one_play(service_catalog: Path
     assert code == 0 and "1 plays on 1 stream(s)" in output and output.count("ended") == 1
 
 
+def test_a_play_on_air_across_a_short_drop_stays_one_play(service_catalog: Path, tmp_path: Path) -> None:
+    """The stream drops mid-track; on reconnecting the server repeats its last seconds (Icecast's burst):
+    nothing was lost, so the airing is one play, not one before the drop and another after it."""
+    import threading
+
+    from live_audio import LiveAudioServer, encode_mp3
+    from monitor.embedded import EmbeddedMonitor, MonitorOptions
+    from monitor.ingest import IngestOptions
+
+    mp3 = encode_mp3(MUSIC / "area2-game.opus", tmp_path / "area2.mp3").read_bytes()
+    options = MonitorOptions(ingest=IngestOptions(open_timeout=2.0, read_timeout=1.0, backoff_initial=0.1, backoff_max=0.5))
+    with LiveAudioServer(mp3, 50.0, speed=2.0) as live:
+        source = StreamSource("radio", live.url(drop=8.0, burst=3.0))  # drops 16 s into the 50 s track
+        stop = threading.Event()
+        threading.Timer(20.0, stop.set).start()  # 40 s of the track, past the drop
+        events = EmbeddedMonitor(Catalog.open(service_catalog), [source], options).run(stop)
+        assert live.connections["/live.mp3"] == 2
+    assert [(e.state, e.track_id) for e in events] == [("started", "area2-game"), ("ended", "area2-game")]
+    assert events[1].duration > 25.0
+
+
 def test_monitor_events_in_a_missing_folder_is_a_usage_error(built_catalog: Path, tmp_path: Path) -> None:
     code, output = command("monitor", "--catalog", str(built_catalog), "--events", str(tmp_path / "no" / "plays.jsonl"), str(MUSIC / "area1-game.opus"))
     assert code == 2 and "No such file or directory; give a file in an existing folder" in output
