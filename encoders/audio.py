@@ -114,7 +114,7 @@ def _load_with_libsndfile(path: Path, sample_rate: int) -> np.ndarray:
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"cannot decode {path} with libsndfile either ({exc})") from exc
-    planar = np.ascontiguousarray(audio.T if audio.shape[1] <= 2 else audio.T[:2])
+    planar = np.ascontiguousarray(audio.T if audio.shape[1] <= 2 else audio.mean(axis=1)[None])  # surround: its plain mean
     frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="mono" if len(planar) == 1 else "stereo")
     frame.sample_rate = rate
     resampler = _resampler(len(planar), sample_rate)

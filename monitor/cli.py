@@ -321,7 +321,7 @@ KAFKA_OPTIONS = _env_options(
     _env("--tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for mutual TLS."),
     _env("--tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key."),
     _env("--startup-timeout", type=click.FloatRange(0, min_open=True),
-         help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15, monitor.broker.STARTUP_TIMEOUT_SECONDS]."),
+         help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15]."),  # broker.STARTUP_TIMEOUT_SECONDS
 )
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),

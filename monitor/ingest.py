@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import logging
 import random
 import threading
@@ -325,11 +326,7 @@ class Resumption:
 
     @staticmethod
     def _skipping(head: np.ndarray, chunks: Iterator[np.ndarray], skip: int) -> Iterator[np.ndarray]:
-        for chunk in [head] if len(head) else []:
-            if skip < len(chunk):
-                yield chunk[skip:]
-            skip = max(0, skip - len(chunk))
-        for chunk in chunks:
+        for chunk in itertools.chain([head], chunks):
             if skip < len(chunk):
                 yield chunk[skip:]
             skip = max(0, skip - len(chunk))

@@ -191,6 +191,13 @@ def test_bad_broker_addresses_and_tls_files_are_usage_errors(tmp_path: Path) -> 
     assert code == 2 and f"TLS CA file {not_pem} cannot be loaded" in output and "PEM" in output
 
 
+def test_the_startup_timeout_help_names_the_default_in_use() -> None:
+    from monitor.broker import STARTUP_TIMEOUT_SECONDS
+
+    for name in ("ingest", "worker"):
+        assert f"[default: {STARTUP_TIMEOUT_SECONDS:g}]" in " ".join(run(name, "--help")[1].split())
+
+
 def test_a_redis_url_with_a_database_that_is_not_a_number_is_a_usage_error(built_catalog: Path) -> None:
     code, output = run("worker", "--catalog", str(built_catalog), "--redis-url", "redis://127.0.0.1:6379/abc")
     assert code == 2 and "database 'abc' is not a number" in output
