@@ -1,8 +1,11 @@
-"""Decode any audio FFmpeg reads into mono float32 at a chosen sample rate, with PyAV."""
+"""Decode any audio FFmpeg reads into mono float32 at a chosen sample rate, with PyAV.
+
+Stereo is folded to mono by `downmix`, which never lets channels in opposite phase cancel each other.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,6 +16,10 @@ import soundfile
 
 # What a folder scan takes for audio (FFmpeg reads more; these are the suffixes music libraries use).
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"})
+# Channels in opposite phase: the sum of the two channels holds under 1 % of the energy of their difference
+# (-20 dB). Ordinary stereo never comes near (uncorrelated channels give equal energies); L = -R gives ~0.
+ANTI_PHASE_ENERGY_RATIO = 0.01
+SQRT_HALF = np.float32(np.sqrt(0.5))  # FFmpeg's stereo-to-mono gain, kept so levels match its downmix
 
 
 class AudioError(ValueError):
@@ -24,10 +31,13 @@ def decode_chunks(
     sample_rate: int,
     options: dict[str, str] | None = None,
     timeout: float | None = None,
+    opened: Callable[[av.container.InputContainer], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
 
-    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts.
+    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts. `opened` is
+    called with the open container before the first chunk, for callers that need what the source says
+    about itself (its size, its duration, its headers).
     """
     try:
         container = av.open(
@@ -36,48 +46,77 @@ def decode_chunks(
             timeout=timeout,
             metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
         )
+    except av.InvalidDataError as exc:
+        if isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+            raise AudioError(f"{source} is empty (0 bytes); give a file that holds audio") from exc
+        raise AudioError(f"{source} is not in any audio or video format FFmpeg recognises ({exc}); give an audio file or stream") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
     with container:
         if not container.streams.audio:
             raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
+        if opened is not None:
+            opened(container)
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = _resampler(stream.layout.nb_channels, sample_rate)
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(-1)
+                    yield downmix(out.to_ndarray())
             for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1)
+                yield downmix(out.to_ndarray())
         except av.FFmpegError as exc:
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
+
+
+def _resampler(channels: int, sample_rate: int) -> av.AudioResampler:
+    """To planar float at `sample_rate`: mono stays mono, anything wider becomes stereo (FFmpeg folds
+    surround channels in) for `downmix` to fold."""
+    return av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=sample_rate)
+
+
+def downmix(channels: np.ndarray) -> np.ndarray:
+    """Mono from planar (1 or 2, n) samples. Stereo becomes the channels' sum, as FFmpeg's downmix does,
+    unless they are in opposite phase (a reversed wire, a pseudo-stereo effect: L close to -R), where the
+    sum cancels to near silence; then it is their difference, which carries the programme."""
+    if len(channels) == 1:
+        return channels[0]
+    left, right = channels
+    mid, side = (left + right) * SQRT_HALF, (left - right) * SQRT_HALF
+    if np.dot(mid, mid) < ANTI_PHASE_ENERGY_RATIO * np.dot(side, side):
+        return side
+    return mid
 
 
 def load_audio(source: str | Path | BinaryIO, sample_rate: int) -> np.ndarray:
     """Decode a whole file to one mono float32 array at `sample_rate`.
 
     A local file FFmpeg refuses is tried once more with libsndfile, which reads some Ogg Vorbis
-    headers that FFmpeg rejects.
+    headers that FFmpeg rejects; if libsndfile fails too, FFmpeg's reason is the one reported.
     """
     try:
         chunks = list(decode_chunks(source, sample_rate))
-    except AudioError:
+    except AudioError as ffmpeg_error:
         if not isinstance(source, (str, Path)) or not Path(source).is_file():
             raise
-        chunks = [_load_with_libsndfile(Path(source), sample_rate)]
+        try:
+            chunks = [_load_with_libsndfile(Path(source), sample_rate)]
+        except AudioError:
+            raise ffmpeg_error from None
     if not chunks or not sum(map(len, chunks)):
         raise AudioError(f"{source} decoded to no samples; it is empty or not audio")
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def _load_with_libsndfile(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode with libsndfile, then downmix and resample with FFmpeg's resampler as decode_chunks does."""
+    """Decode with libsndfile, then resample and downmix as decode_chunks does."""
     try:
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"cannot decode {path}: neither FFmpeg nor libsndfile reads it ({exc}); convert it to WAV or FLAC") from exc
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.mean(axis=1))[None], format="flt", layout="mono")
+        raise AudioError(f"cannot decode {path} with libsndfile either ({exc})") from exc
+    planar = np.ascontiguousarray(audio.T if audio.shape[1] <= 2 else audio.mean(axis=1)[None])  # surround: its plain mean
+    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="mono" if len(planar) == 1 else "stereo")
     frame.sample_rate = rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    out = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    resampler = _resampler(len(planar), sample_rate)
+    out = [downmix(f.to_ndarray()) for f in [*resampler.resample(frame), *resampler.resample(None)]]
     return np.concatenate(out) if out else np.zeros(0, np.float32)

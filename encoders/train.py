@@ -57,8 +57,12 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read YAML or JSON; an unknown field is an error that names it and lists the known ones."""
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        """Read YAML or JSON; an unknown field or a value of the wrong type is an error that names it,
+        before any training starts."""
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping of field: value")
         raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -68,7 +72,27 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}")
         if "data" not in raw:
             raise ValueError(f"{path}: `data` is required (an audio folder or a manifest.csv)")
+        for f in dataclasses.fields(cls):
+            if f.name in raw and not _has_type(raw[f.name], f.type):
+                raise ValueError(f"{path}: `{f.name}: {raw[f.name]!r}` must be {FIELD_TYPES[f.type][1]}")
         return cls(**raw)
+
+
+# The annotations TrainConfig uses: the Python types a value may have, and how to say so.
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "text"),
+    "str | None": ((str, type(None)), "text"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "dict[str, Any]": ((dict,), "a mapping of name: value"),
+}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a config value fits its field; a YAML `yes` is no number, nor `3` a flag."""
+    types = FIELD_TYPES[annotation][0]
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
 
 
 def portable_path(path: str | None) -> str | None:

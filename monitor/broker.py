@@ -3,10 +3,12 @@ authenticate (SASL and/or TLS), and the topics with their partition counts."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -17,6 +19,10 @@ from faust.types.auth import CredentialsT, SASLMechanism
 log = logging.getLogger(__name__)
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# How long ingest and worker wait at start-up for Kafka to answer before they stop with one clear line
+# (a broker that accepts connections but never answers would otherwise hold them for 40 s, or forever).
+STARTUP_TIMEOUT_SECONDS = 15.0
+T = TypeVar("T")
 
 
 class BrokerError(RuntimeError):
@@ -35,14 +41,22 @@ class KafkaSettings:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    startup_timeout: float = STARTUP_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
+        for address in self.bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"Kafka broker {address.strip()!r} is not host:port with a port from 1 to 65535; give --broker host:port[,host:port...]")
+        if not self.startup_timeout > 0:
+            raise ValueError(f"the Kafka start-up timeout must be a positive number of seconds, not {self.startup_timeout}")
         if self.sasl_mechanism and self.sasl_mechanism not in SASL_MECHANISMS:
             raise ValueError(f"SASL mechanism {self.sasl_mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError(f"SASL {self.sasl_mechanism} needs both a username and a password")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("a TLS client certificate needs both its certificate file and its key file")
+        self.ssl_context()  # unreadable TLS files fail here, before anything connects
 
     def __repr__(self) -> str:
         return f"KafkaSettings(bootstrap={self.bootstrap!r}, sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r}, tls={self.uses_tls})"
@@ -58,9 +72,16 @@ class KafkaSettings:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
-        context = ssl.create_default_context(cafile=self.tls_ca_file)
-        if self.tls_cert_file:
-            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"TLS CA file {self.tls_ca_file} cannot be loaded ({exc}); give the CA bundle as a PEM file") from None
+        try:
+            if self.tls_cert_file:
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"TLS client certificate {self.tls_cert_file} with key {self.tls_key_file} cannot be loaded ({exc}); "
+                             "give both as PEM files, the key matching the certificate") from None
         return context
 
     def credentials(self) -> CredentialsT | None:
@@ -78,6 +99,16 @@ class KafkaSettings:
 
     def unreachable(self, exc: Exception) -> BrokerError:
         return BrokerError(f"cannot reach Kafka at {self.bootstrap}: {exc}; check --broker and the SASL and TLS settings")
+
+    async def starting(self, step: Awaitable[T]) -> T:
+        """A start-up step of a Kafka client, bounded by `startup_timeout`; any failure is one BrokerError."""
+        try:
+            return await asyncio.wait_for(step, self.startup_timeout)
+        except asyncio.TimeoutError:
+            raise BrokerError(f"Kafka at {self.bootstrap} did not answer within {self.startup_timeout:g} s; check that --broker names a "
+                              "running Kafka broker and the SASL and TLS settings (--startup-timeout waits longer)") from None
+        except KafkaError as exc:
+            raise self.unreachable(exc) from exc
 
 
 @dataclass(frozen=True)
@@ -106,10 +137,8 @@ async def ensure_topics(settings: KafkaSettings, names: list[str], topics: Topic
     the broker's default); existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
-        await admin.start()
-        response = await admin.create_topics([NewTopic(name, topics.partitions, topics.replication) for name in names])
-    except KafkaError as exc:
-        raise settings.unreachable(exc) from exc
+        await settings.starting(admin.start())
+        response = await settings.starting(admin.create_topics([NewTopic(name, topics.partitions, topics.replication) for name in names]))
     finally:
         await admin.close()
     for name, code, message in response.topic_errors:

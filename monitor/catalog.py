@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -34,13 +35,18 @@ from tqdm import tqdm
 
 from encoders import AUDIO_SUFFIXES, DEFAULT_ENCODER, AudioError, coloured_noise, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
 from monitor.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
-from monitor.records import Neighbour
+from monitor.records import Neighbour, check_id
 from monitor.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "catalog.json"
+# Every name a catalog writes in its directory; cleaning up touches these and nothing else.
+GENERATION_NAME = re.compile(r"gen-\d{6}")
+GENERATION_TMP_NAME = re.compile(r"\.gen-\d{6}-\w+")
+SHARD_NAME = re.compile(r"\.?\d{6}-[0-9a-f]{8}\.npz(\.tmp)?")
+CREATE_LEFTOVERS = {"catalog.lock", f".{CONFIG_FILE}.tmp"}  # what a create interrupted before its commit leaves
 SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
 COMMIT_WINDOWS = 200_000  # a long `add` commits after about 500 tracks, or a quarter of the index if more:
 COMMIT_GROWTH = 0.25  # every commit rewrites the index, so commits grow with it and the total stays ~5x its size
@@ -118,6 +124,7 @@ class Catalog:
         directory = Path(directory)
         if (directory / CONFIG_FILE).exists():
             raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
+        _check_new_catalog_folder(directory)
         if not 0 < hop_seconds <= encoder.config.window_seconds:
             raise CatalogError(f"hop {hop_seconds} s must be positive and at most the window ({encoder.config.window_seconds} s)")
         factory = index_factory or auto_factory(0)
@@ -329,13 +336,14 @@ class Catalog:
             finally:
                 self._lock_file = None
 
-    def add(self, sources: Sequence[str | Path], progress: bool = True) -> AddReport:
+    def add(self, sources: Sequence[str | Path], progress: bool = True, report: AddReport | None = None) -> AddReport:
         """Add audio files, folders (searched recursively) and manifest.csv files (track_id, path, metadata...).
 
         A file that cannot be read, or whose track id is taken, is reported in `skipped`; audio already in
         the catalog under another id is reported in `duplicates`. Commits as it goes (see COMMIT_WINDOWS).
+        A caller that passes `report` still holds what was attempted if the add is interrupted.
         """
-        report = AddReport()
+        report = AddReport() if report is None else report
         items = [item for source in sources for item in _expand(Path(source), report)]
         seen_ids: set[str] = set()
         with self.transaction():
@@ -346,6 +354,11 @@ class Catalog:
         return report
 
     def _add_file(self, item: _Source, report: AddReport, seen_ids: set[str]) -> None:
+        try:
+            check_id(item.track_id, "track id")
+        except ValueError as exc:
+            report.skipped.append((str(item.path), str(exc)))
+            return
         if item.track_id in self._tracks or item.track_id in seen_ids:
             report.skipped.append((str(item.path), f"track id {item.track_id!r} is already in the catalog; remove it first or give another id"))
             return
@@ -367,8 +380,10 @@ class Catalog:
 
     def add_audio(self, track_id: str, audio: np.ndarray, metadata: dict | None = None) -> None:
         """Add one track from samples at encoder.sample_rate (committed now, or with the open transaction)."""
-        if not track_id:
-            raise CatalogError("a track id must not be empty")
+        try:
+            check_id(track_id, "track id")
+        except ValueError as exc:
+            raise CatalogError(str(exc)) from None
         with self.transaction():
             if track_id in self._tracks:
                 raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
@@ -569,6 +584,40 @@ def _config_signature(directory: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _check_new_catalog_folder(directory: Path) -> None:
+    """A new catalog goes into a missing or empty folder. Anything else is the user's (never overwritten or
+    cleaned up), or a catalog whose catalog.json was lost (never silently reset to an empty one)."""
+    if directory.exists() and not directory.is_dir():
+        raise CatalogError(f"{directory} is a file, not a catalog folder; give a new or empty folder")
+    if not directory.is_dir():
+        return
+    names = sorted(p.name for p in directory.iterdir() if p.name not in CREATE_LEFTOVERS and not GENERATION_TMP_NAME.fullmatch(p.name))
+    remains = [n for n in names if GENERATION_NAME.fullmatch(n)] + [n for n in names if n == "shards" and any((directory / n).glob("*.npz"))]
+    if remains:
+        raise CatalogError(
+            f"{directory} holds catalog data ({', '.join(remains[-3:])}) but no {CONFIG_FILE}, the file that says which generation is "
+            f"current and which encoder built it; nothing was changed. Restore {CONFIG_FILE} from the backup or copy the catalog "
+            f"came from, or move the folder aside and build a new catalog with `airtrace catalog add`")
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise CatalogError(f"{directory} is not empty and is not a catalog (it holds {shown}); give a new or empty folder for a new catalog")
+
+
+# The fields of catalog.json a reader relies on, and the types they must have.
+CONFIG_FIELDS: dict[str, tuple[type, ...]] = {"encoder": (dict,), "hop_seconds": (int, float), "index": (dict,), "generation": (int,)}
+ENCODER_FIELDS: dict[str, tuple[type, ...]] = {"source": (str,), "fingerprint": (str,)}
+INDEX_FIELDS: dict[str, tuple[type, ...]] = {"requested": (str,), "factory": (str,)}
+
+
+def _check_fields(path: Path, where: str, values: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
+    for name, types in fields.items():
+        value = values.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CatalogError(
+                f"{path}: {where}{name!r} is {'missing' if name not in values else f'{value!r}, not {types[0].__name__}'}; the catalog's "
+                f"metadata is damaged: restore {CONFIG_FILE} from a backup, or build the catalog again with `airtrace catalog add`")
+
+
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
@@ -580,6 +629,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
     version = config.get("format_version") if isinstance(config, dict) else None
     if version != FORMAT_VERSION:
         raise CatalogError(f"{path}: catalog format {version!r} is not {FORMAT_VERSION}, which this airtrace reads; rebuild the catalog or use a matching airtrace")
+    _check_fields(path, "", config, CONFIG_FIELDS)
+    _check_fields(path, "encoder.", config["encoder"], ENCODER_FIELDS)
+    _check_fields(path, "index.", config["index"], INDEX_FIELDS)
     return config
 
 
@@ -679,11 +731,12 @@ def _write_generation(directory: Path, config: dict[str, Any], index: VectorInde
 def _remove_stale(directory: Path, current: int, shards: set[str]) -> None:
     """Keep the current and the previous generation (a reader may still be loading it); drop the rest."""
     keep = {_gen_dir(directory, current).name, _gen_dir(directory, current - 1).name}
-    for path in directory.glob("*gen-*"):
-        if path.is_dir() and path.name not in keep:
+    for path in directory.iterdir():
+        ours = GENERATION_NAME.fullmatch(path.name) or GENERATION_TMP_NAME.fullmatch(path.name)
+        if ours and path.is_dir() and path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)
     for path in (directory / "shards").glob("*"):
-        if path.name not in shards:
+        if SHARD_NAME.fullmatch(path.name) and path.name not in shards:
             path.unlink(missing_ok=True)
 
 
@@ -705,7 +758,7 @@ def _expand(source: Path, report: AddReport) -> list[_Source]:
 def _manifest(path: Path, report: AddReport) -> list[_Source]:
     """Rows of track_id, path (relative to the manifest) and any metadata columns (title, artist, isrc, ...)."""
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSV files with a byte-order mark
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         report.skipped.append((str(path), f"cannot read the manifest: {exc}"))
@@ -719,7 +772,10 @@ def _manifest(path: Path, report: AddReport) -> list[_Source]:
             report.skipped.append((f"{path}:{line}", "empty path"))
             continue
         audio = path.parent / row["path"]
-        track_id = row.get("track_id") or Path(row["path"]).with_suffix("").as_posix()
+        if "track_id" in row and not row["track_id"]:
+            report.skipped.append((f"{path}:{line}", "empty track_id; give one, or leave out the track_id column to name tracks after their files"))
+            continue
+        track_id = row["track_id"] if "track_id" in row else Path(row["path"]).with_suffix("").as_posix()
         metadata = {k: v for k, v in row.items() if k not in ("track_id", "path") and k and v}
         items.append(_Source(track_id, audio, metadata))
     return items

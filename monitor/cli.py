@@ -234,21 +234,40 @@ def _open_catalog(directory: str) -> Catalog:
 @click.argument("paths", nargs=-1, required=True)
 def catalog_add(directory: str, encoder: str | None, hop: float | None, index_factory: str | None, paths: tuple[str, ...]) -> None:
     """Add audio files, folders and manifest.csv files (track_id,path[,title,artist,...]); creates the catalog if missing."""
-    from monitor.catalog import Catalog, CatalogError
+    from monitor.catalog import AddReport, Catalog, CatalogError
     from monitor.matcher import calibrate
 
+    report = AddReport()
     try:
         cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
-        report = cat.add(paths)
+        cat.add(paths, report=report)
         if cat.tracks():
             calibrate(cat)
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        committed = _committed(directory, report.added)
+        click.echo(f"\ninterrupted: {len(committed)} of the {len(report.added)} tracks indexed so far were committed"
+                   f"{': ' + ', '.join(committed) if committed else ''}; run the same command again to add the rest", err=True)
+        raise SystemExit(130) from None
     for path, reason in report.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     for path, track_id in report.duplicates:
         click.echo(f"duplicate {path}: the same audio is already {track_id}", err=True)
     click.echo(report.summary())
+    if report.skipped and not report.added and not report.duplicates:
+        raise SystemExit(1)  # every input failed
+
+
+def _committed(directory: str, track_ids: list[str]) -> list[str]:
+    """Those of `track_ids` that the catalog on disk holds: what an interrupted add did commit."""
+    from monitor.catalog import Catalog, CatalogError
+
+    try:
+        on_disk = {t.track_id for t in Catalog.open(directory).tracks()}
+    except CatalogError:
+        return []
+    return [t for t in track_ids if t in on_disk]
 
 
 @catalog.command("list")
@@ -286,7 +305,7 @@ def catalog_stats(directory: str) -> None:
 
 @main.command()
 @CATALOG_OPTION
-@click.option("--hop", type=float, help="Query hop in seconds (default: the catalog's); finer finds shorter excerpts.")
+@click.option("--hop", type=click.FloatRange(0, min_open=True), help="Query hop in seconds (default: the catalog's); finer finds shorter excerpts.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Report matches at least this confident (default 0.99).")
 @click.argument("files", nargs=-1, required=True)
 def identify(directory: str, hop: float | None, min_confidence: float | None, files: tuple[str, ...]) -> None:
@@ -297,11 +316,17 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     from monitor.matcher import MIN_CONFIDENCE, identify_file
 
     cat = _open_catalog(directory)
+    failed = 0
     try:
         for path in files:
-            click.echo(json.dumps(identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence)))
+            line = identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence)
+            failed += "error" in line
+            click.echo(json.dumps(line))
     except (CatalogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if failed == len(files):
+        click.echo(f"every file failed ({failed}); each line's error says why", err=True)
+        raise SystemExit(1)
 
 
 # ---- Kafka and Redis services: `airtrace ingest` and `airtrace worker` ---------------------------
@@ -334,6 +359,8 @@ KAFKA_OPTIONS = _env_options(
     _env("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle that signed the brokers' certificates."),
     _env("--tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for mutual TLS."),
     _env("--tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key."),
+    _env("--startup-timeout", type=click.FloatRange(0, min_open=True),
+         help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15]."),  # broker.STARTUP_TIMEOUT_SECONDS
 )
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
@@ -341,13 +368,23 @@ METRICS_OPTIONS = _env_options(
 )
 
 
-def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, **auth: object):
-    from monitor.broker import KafkaSettings, Topics
+def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, startup_timeout: float | None, **auth: object):
+    from monitor.broker import STARTUP_TIMEOUT_SECONDS, KafkaSettings, Topics
 
     try:
-        return KafkaSettings(broker, **auth), Topics.with_prefix(topic_prefix, partitions, replication)
+        settings = KafkaSettings(broker, **auth, startup_timeout=startup_timeout or STARTUP_TIMEOUT_SECONDS)
+        return settings, Topics.with_prefix(topic_prefix, partitions, replication)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _check_port_free(host: str, port: int, option: str) -> None:
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        raise click.UsageError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; give a free {option}") from None
 
 
 def _metrics(metrics_port: int | None, metrics_host: str):
@@ -355,7 +392,11 @@ def _metrics(metrics_port: int | None, metrics_host: str):
 
     created = metrics.create()
     if metrics_port is not None:
-        metrics.serve(metrics_port, metrics_host)
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as exc:  # the port is taken, or the host does not resolve to an address of this machine
+            raise click.UsageError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}; give a free --metrics-port "
+                                   "and a --metrics-host that is an address of this machine (127.0.0.1, or 0.0.0.0 for all)") from None
     return created
 
 
@@ -375,14 +416,13 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     from monitor.broker import BrokerError
     from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
     from monitor.kafka_records import SampleFormat
-    from monitor.publish import PublishOptions, check_stream_ids, publish_windows
+    from monitor.publish import PublishOptions, publish_windows
     from monitor.windows import WindowGrid
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
         sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
-        check_stream_ids(sources)
         grid = WindowGrid.for_encoder(load_encoder(encoder))
     except (ConfigError, EncoderError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -419,6 +459,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
     import redis
 
+    from monitor.broker import BrokerError
     from monitor.catalog import Catalog, CatalogError
     from monitor.state import RedisSettings, RedisStateStore
     from monitor.worker import WorkerOptions, run_worker
@@ -438,9 +479,11 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
         raise click.ClickException(str(exc)) from exc
     options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
                             reload_seconds=reload_seconds, web_port=web_port)
+    if web_port is not None:  # Faust would find out after starting, with a traceback
+        _check_port_free(options.web_host, web_port, "--web-port")
     try:
         run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
-    except CatalogError as exc:  # an empty catalog cannot calibrate the matcher
+    except (CatalogError, BrokerError) as exc:  # an empty catalog cannot calibrate the matcher
         raise click.ClickException(str(exc)) from exc
 
 
@@ -459,7 +502,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                     metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
-    from monitor.embedded import MonitorOptions, describe, run_embedded
+    from monitor.embedded import MonitorOptions, NothingHeard, describe, run_embedded
     from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
 
     if not urls and not streams:
@@ -468,10 +511,15 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    if events:
+        try:
+            open(events, "a", encoding="utf-8").close()
+        except OSError as exc:
+            raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
     options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime))
     try:
         found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events)
-    except CatalogError as exc:
+    except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else ""))
 

@@ -31,6 +31,10 @@ from monitor.windows import WindowGrid
 log = logging.getLogger(__name__)
 
 
+class NothingHeard(RuntimeError):
+    """Every stream failed: not one delivered a window of audio."""
+
+
 @dataclass(frozen=True)
 class MonitorOptions:
     batch_size: int = 128  # windows per embedding batch, across streams
@@ -56,6 +60,7 @@ class EmbeddedMonitor:
         self.info = CatalogInfo.of(catalog)
         self.states = {s.id: StreamState(s.id) for s in self.sources}
         self.events: list[PlayEvent] = []
+        self.heard: set[str] = set()  # streams that delivered at least one window
 
     def run(self, stop: threading.Event | None = None) -> list[PlayEvent]:
         stop = stop or threading.Event()
@@ -69,6 +74,7 @@ class EmbeddedMonitor:
             while live and not stop.is_set():
                 batch = self._next_batch(inbox)
                 windows = [item for item in batch if isinstance(item, AudioWindow)]
+                self.heard.update(w.stream_id for w in windows)
                 self._process(windows, out)
                 for item in batch:
                     if isinstance(item, StreamEnded):
@@ -156,15 +162,18 @@ def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource], optio
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
                  events_file: str | Path | None = None) -> list[PlayEvent]:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file
-    has ended, Ctrl-C or SIGTERM (a container stopping); plays still open at the end get their ended events."""
+    has ended, Ctrl-C or SIGTERM (a container stopping); plays still open at the end get their ended events.
+    Raises NothingHeard when not one stream delivered audio."""
     catalog = Catalog.open(catalog_dir)
     monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        return monitor.run(stop)
+        monitor.run(stop)
     except KeyboardInterrupt:
         log.info("stopped; %d play events", len(monitor.events))
-        return monitor.events
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not monitor.heard:
+        raise NothingHeard(f"none of the {len(monitor.sources)} stream(s) delivered audio; the errors above say why")
+    return monitor.events

@@ -17,14 +17,14 @@ from enum import Enum
 
 import numpy as np
 
-from monitor.records import AudioWindow, Neighbour, WindowHits
+from monitor.records import MAX_ID_BYTES, AudioWindow, Neighbour, WindowHits
 
 WIRE_VERSION = 1
 # Kafka's default broker limit (message.max.bytes) is about 1 MB; a window is far below it.
 MAX_MESSAGE_BYTES = 1_000_000
 # A dead letter keeps this much of the original message: enough to inspect, never too big to publish.
 DEAD_LETTER_KEEP_BYTES = 64 * 1024
-MAX_STREAM_ID_BYTES = 255
+MAX_STREAM_ID_BYTES = MAX_ID_BYTES  # a window header gives the stream id's length in one byte
 
 WINDOW_MAGIC = b"ATW"
 # magic, version, flags, seq, offset (s), air_time (UTC epoch s), sample_rate (Hz), stream id length (bytes)

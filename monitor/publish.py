@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from monitor.broker import KafkaSettings, Topics, ensure_topics
+from monitor.broker import BrokerError, KafkaSettings, Topics, ensure_topics
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
-from monitor.kafka_records import MAX_MESSAGE_BYTES, MAX_STREAM_ID_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
+from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow
 from monitor.windows import WindowGrid
@@ -40,13 +40,6 @@ class PublishOptions:
     retry_cap_seconds: float = 30.0
 
 
-def check_stream_ids(sources: Sequence[StreamSource]) -> None:
-    """Stream ids travel in every window's header: refuse ones that cannot, before anything starts."""
-    for source in sources:
-        if len(source.id.encode()) > MAX_STREAM_ID_BYTES:
-            raise ValueError(f"stream id {source.id[:40]!r}... is longer than {MAX_STREAM_ID_BYTES} bytes of UTF-8; give it a shorter id")
-
-
 async def publish_windows(
     sources: Sequence[StreamSource],
     grid: WindowGrid,
@@ -58,7 +51,6 @@ async def publish_windows(
     stop: threading.Event | None = None,
 ) -> None:
     """Read every stream and publish its windows until all streams end (files) or `stop` is set."""
-    check_stream_ids(sources)
     stop = stop or threading.Event()
     await ensure_topics(kafka, [topics.windows], topics)
     loop = asyncio.get_running_loop()
@@ -77,10 +69,10 @@ async def publish_windows(
     seq_base = int(time.time() * 1000)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
     try:
-        await producer.start()
-    except KafkaError as exc:
+        await kafka.starting(producer.start())
+    except BrokerError:
         await producer.stop()
-        raise kafka.unreachable(exc) from exc
+        raise
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)

@@ -10,6 +10,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MAX_ID_BYTES = 255  # ids travel in Kafka message headers and keys, and are printed in one console line
+
+
+def check_id(value: object, what: str) -> str:
+    """The one rule for track and stream ids, returned unchanged when it holds: 1 to MAX_ID_BYTES bytes
+    of UTF-8, printable (no tab, newline or other control or format character), no leading or trailing
+    space. Ids are keys in catalogs, Redis and Kafka and columns in console output; anything else breaks
+    one of them. Raises ValueError naming the problem and the fix."""
+    rule = f"a {what} is 1 to {MAX_ID_BYTES} bytes of printable text without leading or trailing spaces"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} {value!r} is empty or not text; {rule}")
+    shown = repr(value) if len(value) <= 60 else repr(value[:60]) + f"... ({len(value)} characters)"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise ValueError(f"{what} {shown} is {size} bytes long; {rule}")
+    bad = next((c for c in value if not c.isprintable() and c != " "), None)
+    if bad is not None:
+        raise ValueError(f"{what} {shown} contains the unprintable character {bad!r} (U+{ord(bad):04X}); {rule}")
+    if value != value.strip():
+        raise ValueError(f"{what} {shown} starts or ends with a space; {rule}")
+    return value
+
 
 @dataclass(frozen=True)
 class AudioWindow:

@@ -91,14 +91,22 @@ class RedisSettings:
         parts = urlsplit(self.url)
         if parts.password is None:
             return self.url
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
         return urlunsplit(parts._replace(netloc=netloc))
 
     def client(self) -> redis.Redis:
         """A client (it connects on first use); bad settings raise ValueError naming the fix."""
-        scheme = urlsplit(self.url).scheme
+        parts = urlsplit(self.url)
+        scheme = parts.scheme
         if scheme not in ("redis", "rediss"):
             raise ValueError(f"Redis URL {self.redacted_url()!r} must start with redis:// or rediss:// (TLS)")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():  # redis-py would silently use database 0
+            raise ValueError(f"Redis URL {self.redacted_url()!r}: database {database!r} is not a number; end the URL with one, as in redis://host:6379/0")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"Redis URL {self.redacted_url()!r}: the port is not a number from 0 to 65535, as in redis://host:6379/0") from None
         tls = {"ssl_ca_certs": self.tls_ca_file, "ssl_certfile": self.tls_cert_file, "ssl_keyfile": self.tls_key_file}
         tls = {name: value for name, value in tls.items() if value}
         if tls and scheme != "rediss":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import faust
 from faust.types import EventT
 
-from monitor.broker import KafkaSettings, Topics
+from monitor.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent
 from monitor.kafka_records import (
@@ -116,10 +117,12 @@ class PlayStage:
             return StreamState(stream_id)
 
 
-def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions) -> faust.App:
-    """The Faust app with Kafka settings; agents are added by `add_agents`."""
+def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions, datadir: str) -> faust.App:
+    """The Faust app with Kafka settings; agents are added by `add_agents`. Faust creates folders in
+    `datadir` though it keeps nothing there (all state lives in the StateStore)."""
     return faust.App(
         options.group,
+        datadir=datadir,
         broker=kafka.faust_broker,
         broker_credentials=kafka.credentials(),
         broker_session_timeout=options.session_timeout,
@@ -250,10 +253,13 @@ def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metric
 def run_worker(
     catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info"
 ) -> None:
-    """Run one worker until it is stopped (SIGINT or SIGTERM)."""
+    """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up."""
     encoder = catalog.encoder.config
     config = options.plays or PlayConfig.for_grid(encoder.window_seconds, encoder.hop_seconds)
     stage = PlayStage(PlayTracker(config), store, CatalogInfo.of(catalog))
-    app = create_app(kafka, topics, options)
-    add_agents(app, catalog, stage, topics, options, metrics)
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
+    asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
+    with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder
+        app = create_app(kafka, topics, options, datadir)
+        add_agents(app, catalog, stage, topics, options, metrics)
+        faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -3,7 +3,8 @@
 The server keeps a live clock: a listener who connects hears the programme from the current moment on,
 paced at `speed` times real time, and the programme loops. `?drop=S` closes the first connection to
 that URL after S seconds; `?stall=S` stops sending on the first connection after S seconds and holds
-the socket open, as a stalled encoder does. Later connections to the same URL play normally.
+the socket open, as a stalled encoder does. Later connections to the same URL play normally, and with
+`?burst=S` they start S seconds before the live position, sent at once (Icecast's burst-on-connect).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class LiveAudioServer:
                 self.send_header("Content-Type", "audio/mpeg")
                 self.send_header("icy-name", "airtrace test stream")
                 self.end_headers()
-                server.play(self.wfile, query.get("drop") if first else None, query.get("stall") if first else None)
+                server.play(self.wfile, query.get("drop") if first else None, query.get("stall") if first else None,
+                            0.0 if first else query.get("burst", 0.0))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -64,9 +66,10 @@ class LiveAudioServer:
         suffix = "&".join(f"{k}={v}" for k, v in query.items())
         return f"http://127.0.0.1:{self.port}/{name}" + (f"?{suffix}" if suffix else "")
 
-    def play(self, out, drop: float | None, stall: float | None) -> None:
-        """Send the programme from the live position at the byte rate until the listener goes away."""
-        position = int((time.monotonic() - self.started) * self.byte_rate) % len(self.audio)
+    def play(self, out, drop: float | None, stall: float | None, burst: float = 0.0) -> None:
+        """Send the programme from the live position (less `burst` seconds, sent at once) at the byte rate
+        until the listener goes away."""
+        position = int((time.monotonic() - self.started - burst) * self.byte_rate) % len(self.audio)
         chunk = max(1, int(self.byte_rate * CHUNK_SECONDS))
         begun = time.monotonic()
         sent = 0
@@ -83,7 +86,7 @@ class LiveAudioServer:
                 out.write(data)
                 out.flush()
                 sent += len(data)
-                ahead = begun + sent / self.byte_rate - time.monotonic()
+                ahead = begun + sent / self.byte_rate - burst - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
         except (BrokenPipeError, ConnectionResetError):

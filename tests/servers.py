@@ -223,3 +223,63 @@ def read_topic(port: int, topic: str, idle: float = 0.5) -> list:
             await consumer.stop()
 
     return asyncio.run(read())
+
+
+class SilentServer:
+    """Accepts TCP connections on a loopback port and never answers: a hung service, or the wrong one."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        try:
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+        except OSError:  # closed by __exit__
+            return
+
+    def __enter__(self) -> "SilentServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+        self.thread.join(timeout=5)
+
+
+class FileServer:
+    """Serves a folder over HTTP as a web server serves files: each response gives its Content-Length."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests += 1
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self) -> "FileServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -177,3 +177,81 @@ def test_measure_index_reports_memory_speed_and_recall() -> None:
     result = measure_index(20_000, dim=32, factory="IVF32,SQ8", queries=200)
     assert 32 <= result["bytes_per_vector"] < 48  # 32 code bytes + an 8-byte id
     assert result["recall_at_1"] > 0.8 and result["searches_per_second"] > 100
+
+
+# ---- bad input: a catalog command never deletes what it did not create ---------------------------
+
+
+def test_a_folder_that_is_not_a_catalog_is_refused_and_left_as_it_was(tmp_path: Path, encoder_dir: Path) -> None:
+    folder = tmp_path / "mine"
+    (folder / "oxygen-music").mkdir(parents=True)  # matches *gen-*, as the old clean-up did
+    (folder / "shards").mkdir()
+    (folder / "oxygen-music" / "n.txt").write_text("x")
+    (folder / "shards" / "mine.txt").write_text("x")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with pytest.raises(CatalogError, match="is not empty and is not a catalog .*oxygen-music, shards"):
+        Catalog.open_or_create(folder, str(encoder_dir))
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
+def test_cleaning_up_old_generations_touches_only_files_the_catalog_made(catalog_copy: Path) -> None:
+    mine = [catalog_copy / "oxygen-music" / "n.txt", catalog_copy / "shards" / "mine.txt", catalog_copy / "gen-notes.txt"]
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+    catalog = Catalog.open(catalog_copy)
+    for name in CATALOG_TRACKS[:2]:  # two commits, so generations and shards go stale and are removed
+        catalog.remove(name)
+    assert all(path.read_text() == "x" for path in mine)
+    assert len(list(catalog_copy.glob("gen-0*"))) == 2
+
+
+def test_missing_catalog_json_beside_generations_is_an_error_never_a_reset(catalog_copy: Path, encoder_dir: Path) -> None:
+    (catalog_copy / "catalog.json").unlink()
+    before = sorted(p.relative_to(catalog_copy) for p in catalog_copy.rglob("*"))
+    with pytest.raises(CatalogError, match=r"holds catalog data \(gen-.*\) but no catalog.json.*nothing was changed.*Restore catalog.json"):
+        Catalog.open_or_create(catalog_copy, str(encoder_dir))
+    assert sorted(p.relative_to(catalog_copy) for p in catalog_copy.rglob("*")) == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"generation": "7"}, "'generation' is '7', not int"),
+    ({"generation": 1.5}, "'generation' is 1.5, not int"),
+    ({"encoder": None}, "'encoder' is None, not dict"),
+    ({"hop_seconds": "half"}, "'hop_seconds' is 'half', not int"),
+])
+def test_a_damaged_catalog_json_is_named_field_by_field(catalog_copy: Path, damage: dict, message: str) -> None:
+    config = json.loads((catalog_copy / "catalog.json").read_text())
+    (catalog_copy / "catalog.json").write_text(json.dumps({**config, **damage}))
+    with pytest.raises(CatalogError, match=f"{message}; the catalog's metadata is damaged: restore catalog.json"):
+        Catalog.open(catalog_copy)
+    without = {k: v for k, v in config.items() if k != "encoder"}
+    (catalog_copy / "catalog.json").write_text(json.dumps(without))
+    with pytest.raises(CatalogError, match="'encoder' is missing"):
+        Catalog.open(catalog_copy)
+
+
+def test_a_manifest_with_a_byte_order_mark_keeps_its_track_id_column(tmp_path: Path, encoder_dir: Path) -> None:
+    shutil.copy(MUSIC / "over-theme.opus", tmp_path / "a.opus")
+    (tmp_path / "manifest.csv").write_text("track_id,path,title\nthe-theme,a.opus,Over Theme\n", encoding="utf-8-sig")
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    assert catalog.add([tmp_path / "manifest.csv"], progress=False).added == ["the-theme"]
+    assert catalog.track("the-theme").metadata == {"title": "Over Theme"}
+
+
+def test_track_ids_that_would_break_lists_and_keys_are_refused(tmp_path: Path, encoder_dir: Path) -> None:
+    shutil.copy(MUSIC / "over-theme.opus", tmp_path / "a.opus")
+    rows = ["tab\there", "new\nline", "x" * 10_000, " padded", "bell\x07", "", "fine id/with slash é"]
+    with (tmp_path / "manifest.csv").open("w", newline="") as f:
+        csv_writer = __import__("csv").writer(f)
+        csv_writer.writerow(["track_id", "path"])
+        csv_writer.writerows([[track_id, "a.opus"] for track_id in rows])
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    report = catalog.add([tmp_path / "manifest.csv"], progress=False)
+    assert report.added == ["fine id/with slash é"]
+    reasons = [reason for _, reason in report.skipped]
+    expected = ["empty track_id", "'\\t' (U+0009)", "'\\n' (U+000A)", "is 10000 bytes long", "starts or ends with a space", "U+0007"]
+    assert len(reasons) == len(expected) and all(fragment in reason for fragment, reason in zip(expected, reasons))
+    assert all("printable text" in reason for reason in reasons[1:])
+    with pytest.raises(CatalogError, match="track id '' is empty"):
+        catalog.add_audio("", music("area1-game"))

@@ -80,7 +80,7 @@ def test_identify_reports_a_bad_file_on_its_line_and_goes_on(built_catalog: Path
     good = wav(tmp_path / "good.wav", music(CATALOG_TRACKS[0])[SAMPLE_RATE * 5 : SAMPLE_RATE * 12])
     lines = identify(built_catalog, broken, short, good)
     assert [line["file"] for line in lines] == [str(broken), str(short), str(good)]
-    assert lines[0]["error"].startswith("cannot") and "broken.mp3" in lines[0]["error"]
+    assert "broken.mp3 is not in any audio or video format FFmpeg recognises" in lines[0]["error"]
     assert "shorter than one window" in lines[1]["error"]
     assert lines[2]["matches"][0]["track_id"] == CATALOG_TRACKS[0]
 
@@ -90,6 +90,55 @@ def test_identify_on_an_empty_or_missing_catalog_is_a_clear_error(tmp_path: Path
     assert code != 0 and "no catalog at" in err
     empty = tmp_path / "empty"
     code, _, err = run("catalog", "add", "--catalog", str(empty), "--encoder", str(encoder_dir), str(tmp_path / "nothing.wav"))
-    assert code == 0
+    assert code == 1 and "nothing.wav: no such file" in err  # every input failed; the catalog exists, empty
     code, _, err = run("identify", "--catalog", str(empty), str(MUSIC / "area1-game.opus"))
     assert code != 0 and "is empty" in err and "Traceback" not in err
+
+
+def test_identify_names_the_real_cause_of_unreadable_input_and_fails_when_every_file_does(built_catalog: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp3"
+    text.write_text("these are my notes, not audio\n" * 20)
+    video = tmp_path / "silent-film.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64", "-c:v", "mpeg4", str(video)], check=True)
+    code, out, err = run("identify", "--catalog", str(built_catalog), str(empty), str(text), str(video))
+    errors = [json.loads(line)["error"] for line in out.splitlines()]
+    assert code == 1 and "every file failed" in err
+    assert "empty (0 bytes)" in errors[0]
+    assert "not in any audio or video format FFmpeg recognises" in errors[1]
+    assert "has no audio stream" in errors[2]
+    assert not any("WAV" in e for e in errors)  # the old advice named the wrong cause
+
+    good = wav(tmp_path / "good.wav", music(CATALOG_TRACKS[0])[SAMPLE_RATE * 5 : SAMPLE_RATE * 12])
+    assert run("identify", "--catalog", str(built_catalog), str(empty), str(good))[0] == 0  # one file failed, not every one
+
+
+@pytest.mark.parametrize("hop", ["0", "-1", "abc"])
+def test_identify_refuses_a_hop_that_is_not_a_positive_number(built_catalog: Path, hop: str) -> None:
+    code, _, err = run("identify", "--catalog", str(built_catalog), "--hop", hop, str(MUSIC / "area1-game.opus"))
+    assert code == 2 and "--hop" in err and "Traceback" not in err
+
+
+def test_an_interrupted_catalog_add_says_exactly_which_tracks_were_committed(tmp_path: Path, encoder_dir: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor import catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "COMMIT_WINDOWS", 1)  # commit after every track
+    add_file = catalog_module.Catalog._add_file
+
+    def interrupted_at_the_third(self, item, report, seen_ids):
+        if len(report.added) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C does
+        add_file(self, item, report, seen_ids)
+
+    monkeypatch.setattr(catalog_module.Catalog, "_add_file", interrupted_at_the_third)
+    directory = tmp_path / "catalog"
+    code, _, err = run("catalog", "add", "--catalog", str(directory), "--encoder", str(encoder_dir), *(str(MUSIC / f"{n}.opus") for n in CATALOG_TRACKS))
+    assert code == 130
+    assert f"interrupted: 2 of the 2 tracks indexed so far were committed: {CATALOG_TRACKS[0]}, {CATALOG_TRACKS[1]}" in err
+    monkeypatch.undo()
+    code, out, _ = run("catalog", "list", "--catalog", str(directory))
+    assert [line.split("\t")[0] for line in out.splitlines()] == list(CATALOG_TRACKS[:2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 import time
@@ -158,3 +159,39 @@ def test_realtime_paces_a_file(tmp_path: Path) -> None:
     assert len(windows) == 5
     assert time.monotonic() - begun >= 2.5
     assert windows[-1].air_time - windows[0].air_time == pytest.approx(2.0, abs=0.05)
+
+
+def test_a_file_served_over_http_is_read_once_and_ends(mp3: tuple[bytes, float], tmp_path: Path, registry_metrics) -> None:
+    """A web server gives the file's length: the source ended, and reopening it would play it again."""
+    import servers
+
+    registry, metrics = registry_metrics
+    (tmp_path / "song.mp3").write_bytes(mp3[0])
+    with servers.FileServer(tmp_path) as web:
+        begun = time.time()
+        windows = take(read_windows(StreamSource("song", web.url("song.mp3")), GRID, FAST_RETRY, metrics), count=10_000, seconds=30)
+        assert web.requests == 1
+    assert len(windows) == GRID.count(int(mp3[1] * 8000)) and not any(w.after_gap for w in windows)
+    assert_ordered(windows)
+    assert windows[-1].offset == pytest.approx(mp3[1] - 1.0, abs=0.1)
+    assert windows[0].air_time >= begun - 1.0  # it airs from when it was opened, not from before
+    assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "song"}) is None
+
+
+
+def test_a_live_stream_that_repeats_audio_on_reconnecting_goes_on_without_a_gap(server, mp3: tuple[bytes, float]) -> None:
+    """Icecast sends a new listener its last seconds (burst-on-connect): after a short drop the stream
+    repeats what was heard, nothing was lost, and stream time and audio go on as if it had never broken."""
+    from encoders import load_audio
+
+    windows = take(read_windows(StreamSource("radio", server.url(drop=3.0, burst=3.0)), GRID, FAST_RETRY), count=24, seconds=30)
+    assert len(windows) == 24 and server.connections["/live.mp3"] == 2
+    assert_ordered(windows)
+    assert not any(w.after_gap for w in windows)
+    assert np.allclose(np.diff([w.offset for w in windows]), GRID.hop_seconds)
+    programme = load_audio(io.BytesIO(mp3[0]), 8000)  # window 0 holds the encoder's priming: start from window 1
+    energy = np.sqrt(np.convolve(programme[: 8000 * 10] ** 2, np.ones(GRID.window), mode="valid"))
+    start = int(np.argmax(np.correlate(programme[: 8000 * 10], windows[1].samples, mode="valid") / np.maximum(energy, 1e-9))) - GRID.hop
+    for i, window in enumerate(windows[1:], start=1):  # each window is the programme's audio where continuity puts it
+        expected = programme[start + i * GRID.hop : start + i * GRID.hop + GRID.window]
+        assert np.corrcoef(window.samples, expected)[0, 1] > 0.95, i
