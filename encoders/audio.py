@@ -81,3 +81,40 @@ def _load_with_libsndfile(path: Path, sample_rate: int) -> np.ndarray:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     out = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+# Channels in opposite phase: the sum of the two channels holds under 1 % of the energy of their difference
+# (-20 dB). Ordinary stereo never comes near (uncorrelated channels give equal energies); L = -R gives ~0.
+ANTI_PHASE_ENERGY_RATIO = 0.01
+SQRT_HALF = np.float32(np.sqrt(0.5))  # FFmpeg's stereo-to-mono gain, kept so levels match its downmix
+# Surround folded into stereo: the centre at -6 dB into each side (FFmpeg's ITU default is -3 dB, which
+# makes a dialogue centre twice as loud as the music beside it in mono), the surrounds at -3 dB, no LFE.
+CENTRE_GAIN = np.float32(0.5)
+SURROUND_GAIN = SQRT_HALF
+
+
+def downmix(channels: np.ndarray) -> np.ndarray:
+    """Mono from planar (1 or 2, n) samples. Stereo becomes the channels' sum, as FFmpeg's downmix does,
+    unless they are in opposite phase (a reversed wire, a pseudo-stereo effect: L close to -R), where the
+    sum cancels to near silence; then it is their difference, which carries the programme."""
+    if len(channels) == 1:
+        return channels[0]
+    left, right = channels
+    mid, side = (left + right) * SQRT_HALF, (left - right) * SQRT_HALF
+    if np.dot(mid, mid) < ANTI_PHASE_ENERGY_RATIO * np.dot(side, side):
+        return side
+    return mid
+
+
+def downmix_surround(channels: np.ndarray, names: list[str]) -> np.ndarray:
+    """Mono from planar surround samples (5.1, 7.1, ...) whose channels are named as FFmpeg names them
+    (FL, FR, FC, LFE, BL, BR, SL, SR, ...). The fronts and the folded surrounds go through `downmix`;
+    the centre (dialogue, on TV) joins at -6 dB per side and the LFE is left out. Surround pairs are
+    folded with `downmix` too, so a matrix-encoded surround (left = -right) cannot cancel itself."""
+    by_name = dict(zip(names, channels))
+    zero = np.zeros(channels.shape[1], dtype=np.float32)
+    left, right = by_name.get("FL", zero), by_name.get("FR", zero)
+    surrounds = [np.stack([by_name[a], by_name[b]]) for a, b in (("SL", "SR"), ("BL", "BR")) if a in by_name and b in by_name]
+    ambience = sum((downmix(pair) for pair in surrounds), zero) * SURROUND_GAIN
+    centre = by_name.get("FC", zero) * CENTRE_GAIN
+    return downmix(np.stack([left + centre + ambience, right + centre + ambience]))
