@@ -465,10 +465,10 @@ def _read_connection(container, mux: MuxSource, grid: WindowGrid, options: Inges
     """One connection's windows; returns True when a service change needs the input reopened."""
     programs = inventory(container)
     found, missing = mux.wanted(programs)
+    if not found:
+        raise SelectionError("\n".join(missing) or f"no program carries audio:\n{describe_inventory(programs)}")
     for reason in missing:
         log.warning("multiplex %s: %s", mux.id, reason)
-    if not found:
-        raise SelectionError(f"none of the wanted programs is on air; it carries:\n{describe_inventory(programs)}")
     by_index: dict[int, list[_ProgramStream]] = {}
     for stream_id, wanted, program, track in found:
         stream = streams.get(stream_id) or streams.setdefault(stream_id, _ProgramStream(stream_id, grid, options, metrics, live or options.realtime))
