@@ -26,7 +26,7 @@ from monitor.catalog import Catalog
 from monitor.embedded import EmbeddedMonitor, MonitorOptions
 from monitor.events import PlayEvent, schema
 from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource, load_sources
-from monitor.mux import AudioSelection, MuxSource, SelectionError, StreamStarted, command_line_sources, probe, read_mux
+from monitor.mux import AudioSelection, MuxProgram, MuxSource, SelectionError, StreamStarted, command_line_sources, probe, read_mux
 from monitor.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -291,3 +291,20 @@ def test_a_selection_that_matches_nothing_is_reported_with_the_inventory(multipl
     assert list(read_mux(source, GRID)) == []
     assert "no audio track matches language=spa" in caplog.text and "program 101 'Alpha'" in caplog.text
 
+
+
+def test_ingest_publishes_each_program_as_its_own_stream(multiplex: Path, kafka_broker: servers.ServerProcess) -> None:
+    """`airtrace ingest` reads the multiplex once and publishes one keyed stream per program, each ended."""
+    import asyncio
+
+    from monitor.broker import KafkaSettings, Topics
+    from monitor.kafka_records import EndOfStream, decode_window
+    from monitor.publish import publish_windows
+
+    topics = Topics.with_prefix("tv-ingest", partitions=2)
+    sources = [MuxSource("tv", str(multiplex), (MuxProgram(AudioSelection(101)), MuxProgram(AudioSelection("Gamma"), "gamma")))]
+    asyncio.run(publish_windows(sources, GRID, KafkaSettings(f"127.0.0.1:{kafka_broker.port}"), topics))
+    records = [decode_window(r.value, GRID.sample_rate, GRID.window) for r in servers.read_topic(kafka_broker.port, topics.windows)]
+    windows = Counter(r.stream_id for r in records if not isinstance(r, EndOfStream))
+    assert windows == {"tv-101": GRID.count(50 * 8000), "gamma": GRID.count(50 * 8000)}
+    assert sorted(r.stream_id for r in records if isinstance(r, EndOfStream)) == ["gamma", "tv-101"]
