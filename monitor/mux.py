@@ -419,13 +419,13 @@ def read_mux(
     live = not mux.is_file
     streams: dict[str, _ProgramStream] = {}
     backoff = Backoff(options.backoff_initial, options.backoff_max)
-    announced: dict[str, dict[str, Any]] = {}
+    announcer = _Announcer(mux, metrics)
     try:
         while not stop.is_set():
             reopen = False
             try:
                 with open_input(mux.url, mux.options, options) as container:
-                    reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announced, backoff, live)
+                    reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live)
                 if not live:
                     return
                 if not reopen:
@@ -459,8 +459,31 @@ def read_mux(
             yield StreamEnded(stream_id)
 
 
-def _read_connection(container, mux: MuxSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None,
-                     stop: threading.Event, streams: dict[str, _ProgramStream], announced: dict[str, dict[str, Any]],
+class _Announcer:
+    """Tells what each stream monitors, once per change (a service named late by its tables, a new track):
+    a log line, airtrace_stream_info, and a StreamStarted that gives events the stream's metadata."""
+
+    def __init__(self, mux: MuxSource, metrics: Metrics | None):
+        self.mux, self.metrics = mux, metrics
+        self.told: dict[str, dict[str, Any]] = {}
+
+    def changed(self, stream_id: str, wanted: MuxProgram, program: Program, track: AudioTrack) -> StreamStarted | None:
+        before = self.told.get(stream_id, {})
+        # A reconnect may read the program map before the service table: keep the names already read.
+        named = {k: before[k] for k in ("service_name", "service_provider") if k in before} if before.get("program") == program.number else {}
+        metadata = {**self.mux.metadata, **wanted.metadata, **named, **program.metadata(), "language": track.language, "audio_stream": track.index}
+        metadata = {k: v for k, v in metadata.items() if v is not None} | ({"name": wanted.name} if wanted.name else {})
+        if before == metadata:
+            return None
+        log.info("multiplex %s: %s is %s, %s", self.mux.id, stream_id, program.describe(), track.describe())
+        if self.metrics:
+            _set_info(self.metrics, stream_id, metadata, self.told.get(stream_id))
+        self.told[stream_id] = metadata
+        return StreamStarted(stream_id, metadata)
+
+
+def _read_connection(container: av.container.InputContainer, mux: MuxSource, grid: WindowGrid, options: IngestOptions,
+                     metrics: Metrics | None, stop: threading.Event, streams: dict[str, _ProgramStream], announcer: _Announcer,
                      backoff: Backoff, live: bool) -> Iterator[AudioWindow | StreamStarted]:
     """One connection's windows; returns True when a service change needs the input reopened."""
     programs = inventory(container)
@@ -470,22 +493,17 @@ def _read_connection(container, mux: MuxSource, grid: WindowGrid, options: Inges
     for reason in missing:
         log.warning("multiplex %s: %s", mux.id, reason)
     by_index: dict[int, list[_ProgramStream]] = {}
+    decoding: dict[str, int] = {}  # stream id -> the track index it decodes on this connection
     for stream_id, wanted, program, track in found:
         stream = streams.get(stream_id) or streams.setdefault(stream_id, _ProgramStream(stream_id, grid, options, metrics, live or options.realtime))
         stream.connect(0.0)
         by_index.setdefault(track.index, []).append(stream)
-        metadata = {**mux.metadata, **wanted.metadata, **program.metadata(), "language": track.language, "audio_stream": track.index}
-        metadata = {k: v for k, v in metadata.items() if v is not None} | ({"name": wanted.name} if wanted.name else {})
-        if announced.get(stream_id) != metadata:
-            log.info("multiplex %s: %s is %s, %s", mux.id, stream_id, program.describe(), track.describe())
-            if metrics:
-                _set_info(metrics, stream_id, metadata, announced.get(stream_id))
-            announced[stream_id] = metadata
-        yield StreamStarted(stream_id, metadata)
-    wanted_numbers = {program.number for _, _, program, _ in found}
-    heard = 0.0  # the input's time: the latest packet time of any wanted track
-    started, next_check, reported = time.monotonic(), PROGRAM_CHECK_SECONDS, set()
+        decoding[stream_id] = track.index
+        if started := announcer.changed(stream_id, wanted, program, track):
+            yield started
     every = [stream for group in by_index.values() for stream in group]
+    heard = 0.0  # the input's time: the latest packet time of any wanted track, from this connection's first
+    began, next_check, reported = time.monotonic(), PROGRAM_CHECK_SECONDS, set()
     first_time: float | None = None
     for packet in container.demux([container.streams[i] for i in by_index]):
         if stop.is_set():
@@ -509,28 +527,31 @@ def _read_connection(container, mux: MuxSource, grid: WindowGrid, options: Inges
             if stream.up and heard - stream.last_heard > options.read_timeout:
                 log.warning("multiplex %s: %s left the multiplex (no audio for %.0f s while the others go on)", mux.id, stream.id, heard - stream.last_heard)
                 stream.down()
-        if options.realtime and not live and (ahead := started + heard - 0.2 - time.monotonic()) > 0:
+        if options.realtime and not live and (ahead := began + heard - 0.2 - time.monotonic()) > 0:
             time.sleep(ahead)
         if heard >= next_check:
             next_check = heard + PROGRAM_CHECK_SECONDS
-            appeared = _appeared(mux, inventory(container), wanted_numbers, len(container.streams))
-            if appeared and live:
-                log.warning("multiplex %s: %s; reopening the input to add it", mux.id, appeared)
+            now, _ = mux.wanted(inventory(container))
+            change = _service_change(now, decoding)
+            if change and live:
+                log.warning("multiplex %s: %s; reopening the input to add it", mux.id, change)
                 return True
-            if appeared and appeared not in reported:
-                log.warning("multiplex %s: %s; a file is read once, so it is not monitored", mux.id, appeared)
-                reported.add(appeared)
+            if change and change not in reported:
+                log.warning("multiplex %s: %s; a file is read once, so it is not monitored", mux.id, change)
+                reported.add(change)
+            for stream_id, wanted, program, track in now:
+                if decoding.get(stream_id) == track.index and (started := announcer.changed(stream_id, wanted, program, track)):
+                    yield started
     return False
 
 
-def _appeared(mux: MuxSource, programs: list[Program], wanted_numbers: set[int | None], known_streams: int) -> str | None:
-    """A service change that needs a reopen: a wanted program that was not there, or a chosen track that moved."""
-    now, _ = mux.wanted(programs)
+def _service_change(now: list[tuple[str, MuxProgram, Program, AudioTrack]], decoding: dict[str, int]) -> str | None:
+    """A change that needs a reopen: a wanted program that was not there, or one whose chosen track moved."""
     for stream_id, _, program, track in now:
-        if program.number not in wanted_numbers:
+        if stream_id not in decoding:
             return f"{program.describe()} appeared as {stream_id}"
-        if track.index >= known_streams:
-            return f"{program.describe()} moved its audio to a new stream"
+        if track.index != decoding[stream_id]:
+            return f"{program.describe()} moved {stream_id} to {track.describe()}"
     return None
 
 

@@ -26,7 +26,8 @@ from monitor.catalog import Catalog
 from monitor.embedded import EmbeddedMonitor, MonitorOptions
 from monitor.events import PlayEvent, schema
 from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource, load_sources
-from monitor.mux import AudioSelection, MuxProgram, MuxSource, SelectionError, StreamStarted, command_line_sources, probe, read_mux
+from monitor.records import AudioWindow
+from monitor.mux import PROGRAM_CHECK_SECONDS, AudioSelection, MuxProgram, MuxSource, SelectionError, StreamStarted, command_line_sources, probe, read_mux
 from monitor.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -142,18 +143,25 @@ def test_surround_downmix_keeps_music_beside_a_loud_centre_and_antiphase_surroun
     assert np.dot(only_surrounds, only_surrounds) > 0.4 * np.dot(music, music)  # opposite phase does not cancel
 
 
-def test_a_program_that_leaves_is_reported_and_the_others_go_on(tmp_path: Path, registry_metrics, caplog) -> None:
-    """20 s of programs 101 and 202, then 20 s of 202 and a new 303 on new PIDs (a service change)."""
+@pytest.fixture(scope="module")
+def service_change(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of programs 101 and 202, then 20 s of 202 and a new 303 on a new PID (a service change)."""
+    directory = tmp_path_factory.mktemp("change")
     parts = []
     for n, (first, second, start, programs) in enumerate([("area1-game", "gardien-go", "0", (101, 202)), ("gardien-go", "over-theme", "20", (202, 303))]):
-        part = tmp_path / f"part{n}.ts"
+        part = directory / f"part{n}.ts"
         ffmpeg("-i", str(MUSIC / f"{first}.opus"), "-i", str(MUSIC / f"{second}.opus"), "-ss", start, "-t", "20", "-map", "0:a", "-map", "1:a",
                "-c:a", "mp2", "-ar", "48000", "-streamid", f"0:{256 + n}", "-streamid", f"1:{257 + n}",
                "-program", f"program_num={programs[0]}:st=0", "-program", f"program_num={programs[1]}:st=1",
                "-output_ts_offset", str(1.4 + 21 * n), "-f", "mpegts", str(part))
         parts.append(part.read_bytes())
-    changing = tmp_path / "change.ts"
+    changing = directory / "change.ts"
     changing.write_bytes(b"".join(parts))
+    return changing
+
+
+def test_a_program_that_leaves_is_reported_and_the_others_go_on(service_change: Path, registry_metrics, caplog) -> None:
+    changing = service_change
     registry, metrics = registry_metrics
     caplog.set_level(logging.INFO, "monitor.mux")
     items = list(read_mux(MuxSource("tv", str(changing)), GRID, IngestOptions(read_timeout=2.0), metrics))
@@ -165,6 +173,32 @@ def test_a_program_that_leaves_is_reported_and_the_others_go_on(tmp_path: Path, 
     assert "program 303 'Service02' from 'FFmpeg' appeared as tv-303" in caplog.text
     assert [item.stream_id for item in items if isinstance(item, StreamEnded)] == ["tv-101", "tv-202"]
     assert registry.get_sample_value("airtrace_stream_up", {"stream": "tv-101"}) == 0
+
+
+def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, registry_metrics, caplog) -> None:
+    """The service change looped over HTTP: 303 appears on a PID the open connection does not know, so the
+    input is reopened and 303 monitored; 202, on air throughout, resumes after a gap."""
+    from live_audio import LiveAudioServer
+
+    registry, metrics = registry_metrics
+    caplog.set_level(logging.INFO, "monitor.mux")
+    stop = threading.Event()
+    seen: Counter[tuple[str, bool]] = Counter()
+    with LiveAudioServer(service_change.read_bytes(), 40.0, speed=4.0) as server:
+        timer = threading.Timer(60.0, stop.set)  # a guard against a hang, not a measurement
+        timer.start()
+        try:
+            for item in read_mux(MuxSource("tv", server.url("change.ts")), GRID, LIVE, metrics, stop):
+                if isinstance(item, AudioWindow):
+                    seen[item.stream_id, item.after_gap] += 1
+                if seen["tv-303", False] >= 2 * GRID.sample_rate * PROGRAM_CHECK_SECONDS / GRID.hop:  # past two looks at the tables
+                    stop.set()
+        finally:
+            timer.cancel()
+    assert "appeared as tv-303; reopening the input to add it" in caplog.text
+    assert seen["tv-202", True] >= 1 and seen["tv-202", False] > seen["tv-303", False]
+    assert registry.get_sample_value("airtrace_stream_info", {"stream": "tv-303", "program": "303", "service_name": "Service02",
+                                                              "service_provider": "FFmpeg", "language": ""}) == 1
 
 
 def plays_on(events: list[PlayEvent]) -> dict[str, set[str]]:
