@@ -343,11 +343,11 @@ AUDIO_OPTIONS = _env_options(
 
 def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None) -> list:
     """The streams of a streams file and of the command line (its URLs with --audio and --programs)."""
-    from monitor.ingest import _check_unique, load_sources, sources_from_urls
-    from monitor.mux import command_line_sources
+    from monitor.ingest import load_sources, sources_from_urls
+    from monitor.mux import check_unique_ids, command_line_sources
 
     sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls), audio, programs)
-    _check_unique(sources, "the streams file and the command line")
+    check_unique_ids(sources, "the streams file and the command line")
     return sources
 
 

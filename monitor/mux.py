@@ -243,7 +243,7 @@ class MuxProgram:
     """One wanted program of a multiplex: which one, the stream id it gets, its audio choice and metadata."""
 
     audio: AudioSelection  # its `program` names the program
-    id: str | None = None  # None: the multiplex id, a dash and the program number
+    id: str | None = None  # None: the multiplex id, a dash and the program (number or service name) as given
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -267,11 +267,14 @@ class MuxSource:
         """A plain stream with an audio selection: the one chosen track, under the stream's own id."""
         return cls(source.id, source.url, (MuxProgram(audio, source.id, source.name, source.metadata),), options=source.options)
 
-    def stream_id(self, wanted: MuxProgram, program: Program | None) -> str:
-        if wanted.id:
-            return wanted.id
-        number = program.number if program is not None else wanted.audio.program
-        return f"{self.id}-{number}"
+    def stream_id(self, wanted: MuxProgram) -> str:
+        """The program's own id, or the multiplex id, a dash and the program as the entry names it."""
+        return wanted.id or f"{self.id}-{wanted.audio.program}"
+
+    @property
+    def stream_ids(self) -> list[str] | None:
+        """The ids of its streams, known before reading unless every program is wanted (None)."""
+        return None if self.programs is None else [self.stream_id(p) for p in self.programs]
 
     def wanted(self, programs: Sequence[Program]) -> tuple[list[tuple[str, MuxProgram, Program, AudioTrack]], list[str]]:
         """(stream id, wanted, program, track) for every wanted program found, and why others were not."""
@@ -280,9 +283,9 @@ class MuxSource:
             try:
                 program, track = wanted.audio.choose(programs, self.url)
             except SelectionError as exc:
-                missing.append(f"{self.stream_id(wanted, None)}: {exc}")
+                missing.append(f"{self.stream_id(wanted)}: {exc}")
                 continue
-            found.append((self.stream_id(wanted, program), wanted, program, track))
+            found.append((self.stream_id(wanted), wanted, program, track))
         return found, missing
 
     def _every(self, programs: Sequence[Program]) -> list[MuxProgram]:
@@ -290,6 +293,17 @@ class MuxSource:
         if not numbered:  # not a multiplex: the input as one program
             return [MuxProgram(self.audio, self.id)]
         return [MuxProgram(AudioSelection(p.number, self.audio.language, self.audio.index, self.audio.disposition)) for p in numbered]
+
+
+def check_unique_ids(sources: Sequence[StreamSource | MuxSource], where: str) -> None:
+    """Every stream id known before reading appears once (a multiplex of every program adds ID-NUMBER ids)."""
+    seen: set[str] = set()
+    for source in sources:
+        ids = source.stream_ids if isinstance(source, MuxSource) else [source.id]
+        for stream_id in ids or []:
+            if stream_id in seen:
+                raise ConfigError(f"{where}: stream id {stream_id!r} appears twice; ids must be unique (give a program its own id)")
+            seen.add(stream_id)
 
 
 MUX_FIELDS = ("mux", "url", "programs", "audio", "metadata", "options")

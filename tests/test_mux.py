@@ -5,6 +5,7 @@ and an HLS stream with two audio renditions; each program's plays must land on i
 from __future__ import annotations
 
 import functools
+import json
 import http.server
 import logging
 import subprocess
@@ -26,8 +27,19 @@ from monitor.catalog import Catalog
 from monitor.embedded import EmbeddedMonitor, MonitorOptions
 from monitor.events import PlayEvent, schema
 from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource, load_sources
+from monitor.mux import (
+    PROGRAM_CHECK_SECONDS,
+    AudioSelection,
+    MuxProgram,
+    MuxSource,
+    SelectionError,
+    StreamStarted,
+    check_unique_ids,
+    command_line_sources,
+    probe,
+    read_mux,
+)
 from monitor.records import AudioWindow
-from monitor.mux import PROGRAM_CHECK_SECONDS, AudioSelection, MuxProgram, MuxSource, SelectionError, StreamStarted, command_line_sources, probe, read_mux
 from monitor.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -129,6 +141,29 @@ def test_streams_file_declares_multiplexes_and_audio_choices(tmp_path: Path) -> 
         load_sources(config)
     cli = command_line_sources([StreamSource("tv", "udp://x")], "language=fra", "101,Beta")
     assert [p.audio for p in cli[0].programs] == [AudioSelection(101, "fra"), AudioSelection("Beta", "fra")]
+    assert cli[0].stream_ids == ["tv-101", "tv-Beta"] and dvb.stream_ids == ["dvb-101", "beta"] and iptv.stream_ids is None
+    with pytest.raises(ConfigError, match="stream id 'beta' appears twice"):
+        check_unique_ids([dvb, StreamSource("beta", "http://radio/beta")], "streams.yaml")
+
+
+def test_the_command_line_probes_and_monitors_a_multiplex(multiplex: Path, service_catalog: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    runner = CliRunner()
+    probed = runner.invoke(main, ["streams", "probe", str(multiplex)])
+    assert probed.exit_code == 0, probed.output
+    assert "program 303 'Gamma' from 'Airtrace TV'\n  stream 4 (pid 260): ac3 5.1(side), language eng, main" in probed.output
+    bad = runner.invoke(main, ["monitor", "--catalog", str(service_catalog), "--audio", "language", str(multiplex)])
+    assert bad.exit_code == 2 and "--audio: audio selection 'language' is not KEY=VALUE" in bad.output
+    events = tmp_path / "plays.jsonl"
+    result = runner.invoke(main, ["monitor", "--catalog", str(service_catalog), "--programs", "101,Beta", "--audio", "disposition=main",
+                                  "--events", str(events), str(multiplex)])
+    assert result.exit_code == 0, result.output
+    found = [PlayEvent.from_json(json.loads(line)) for line in events.read_text().splitlines()]
+    assert plays_on(found) == {"tv-101": {"area1-game"}, "tv-Beta": {"gardien-go"}}
+    assert {e.stream["service_name"] for e in found if e.stream_id == "tv-Beta"} == {"Beta"}
 
 
 def test_surround_downmix_keeps_music_beside_a_loud_centre_and_antiphase_surrounds() -> None:
@@ -342,3 +377,13 @@ def test_ingest_publishes_each_program_as_its_own_stream(multiplex: Path, kafka_
     windows = Counter(r.stream_id for r in records if not isinstance(r, EndOfStream))
     assert windows == {"tv-101": GRID.count(50 * 8000), "gamma": GRID.count(50 * 8000)}
     assert sorted(r.stream_id for r in records if isinstance(r, EndOfStream)) == ["gamma", "tv-101"]
+
+
+def test_bench_mux_reads_every_program_once_and_reports_cpu(tmp_path: Path) -> None:
+    from monitor.bench.mux import SECONDS, run_mux
+
+    printed: list[str] = []
+    result = run_mux(3, GRID.sample_rate, GRID.window, GRID.hop, str(tmp_path / "mux.json"), printed.append)
+    assert result["windows"] == 3 * GRID.count(int(SECONDS * GRID.sample_rate))
+    assert result["cpu_seconds"] > 0 and "% of a core per program" in printed[0]
+    assert json.loads((tmp_path / "mux.json").read_text()) == result
