@@ -35,7 +35,7 @@ import av.logging
 import numpy as np
 
 from encoders.audio import downmix, downmix_surround
-from monitor.ingest import Backoff, ConfigError, DeadAir, IngestOptions, StreamClock, StreamEnded, StreamSource
+from monitor.ingest import Backoff, ConfigError, DeadAir, IngestOptions, StreamClock, StreamEnded, StreamSource, _source_from_entry
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow
 from monitor.windows import StreamWindower, WindowGrid
@@ -313,8 +313,6 @@ PROGRAM_FIELDS = ("program", "id", "name", "audio", "metadata")
 def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
     """A streams-file entry with `mux` (a multiplex) or with `audio` (one stream's track) as a MuxSource."""
     if "mux" not in entry:
-        from monitor.ingest import _source_from_entry
-
         plain = {k: v for k, v in entry.items() if k != "audio"}
         return MuxSource.single(_source_from_entry(plain, where), AudioSelection.parse(entry["audio"], where))
     unknown = sorted(set(entry) - set(MUX_FIELDS))
@@ -429,48 +427,53 @@ def read_mux(
 ) -> Iterator[AudioWindow | StreamStarted | StreamEnded]:
     """Windows of every wanted program of `mux`, from one connection at a time, reopened as
     monitor.ingest reopens a single stream; a StreamEnded for each program stream once it is done."""
-    stop = stop or threading.Event()
-    live = not mux.is_file
     streams: dict[str, _ProgramStream] = {}
+    try:
+        yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams)
+    except Exception:  # a bug must end this multiplex's streams cleanly, not leave their plays open
+        log.exception("multiplex %s stopped on an unexpected error", mux.id)
+    for stream_id in streams:
+        yield StreamEnded(stream_id)
+
+
+def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,
+                      streams: dict[str, _ProgramStream]) -> Iterator[AudioWindow | StreamStarted]:
+    live = not mux.is_file
     backoff = Backoff(options.backoff_initial, options.backoff_max)
     announcer = _Announcer(mux, metrics)
-    try:
-        while not stop.is_set():
-            reopen = False
-            try:
-                with open_input(mux.url, mux.options, options) as container:
-                    reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live)
-                if not live:
-                    return
-                if not reopen:
-                    log.warning("multiplex %s dropped (end of data); reopening", mux.id)
-            except SelectionError as exc:
-                log.error("multiplex %s: %s", mux.id, exc)
-                if not live:
-                    return
-            except (av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
-                for stream in streams.values():
-                    if metrics:
-                        metrics.decode_errors.labels(stream.id).inc()
-                if not live:
-                    log.error("multiplex %s: %s; skipping this input", mux.id, exc)
-                    return
-                log.warning("multiplex %s: %s", mux.id, exc)
-            finally:
-                for stream in streams.values():
-                    stream.down()
-            if reopen:
-                continue
-            delay = backoff.next_delay()
-            log.info("multiplex %s: reconnecting in %.1f s", mux.id, delay)
-            if stop.wait(delay):
+    while not stop.is_set():
+        reopen = False
+        try:
+            with open_input(mux.url, mux.options, options) as container:
+                reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live)
+            if not live:
                 return
+            if not reopen:
+                log.warning("multiplex %s dropped (end of data); reopening", mux.id)
+        except SelectionError as exc:
+            log.error("multiplex %s: %s", mux.id, exc)
+            if not live:
+                return
+        except (av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
             if metrics:
-                for stream in streams.values():
-                    metrics.stream_reconnects.labels(stream.id).inc()
-    finally:
-        for stream_id in streams:
-            yield StreamEnded(stream_id)
+                for stream_id in streams or mux.stream_ids or [mux.id]:
+                    metrics.decode_errors.labels(stream_id).inc()
+            if not live:
+                log.error("multiplex %s: %s; skipping this input", mux.id, exc)
+                return
+            log.warning("multiplex %s: %s", mux.id, exc)
+        finally:
+            for stream in streams.values():
+                stream.down()
+        if reopen:
+            continue
+        delay = backoff.next_delay()
+        log.info("multiplex %s: reconnecting in %.1f s", mux.id, delay)
+        if stop.wait(delay):
+            return
+        if metrics:
+            for stream in streams.values():
+                metrics.stream_reconnects.labels(stream.id).inc()
 
 
 class _Announcer:

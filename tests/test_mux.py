@@ -387,3 +387,11 @@ def test_bench_mux_reads_every_program_once_and_reports_cpu(tmp_path: Path) -> N
     assert result["windows"] == 3 * GRID.count(int(SECONDS * GRID.sample_rate))
     assert result["cpu_seconds"] > 0 and "% of a core per program" in printed[0]
     assert json.loads((tmp_path / "mux.json").read_text()) == result
+
+
+def test_a_missing_multiplex_file_is_reported_and_skipped(tmp_path: Path, registry_metrics, caplog) -> None:
+    registry, metrics = registry_metrics
+    caplog.set_level(logging.ERROR, "monitor.mux")
+    assert list(read_mux(MuxSource("tv", str(tmp_path / "missing.ts")), GRID, metrics=metrics)) == []
+    assert "multiplex tv:" in caplog.text and "skipping this input" in caplog.text
+    assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "tv"}) == 1
