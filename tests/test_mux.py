@@ -157,10 +157,13 @@ def test_the_command_line_probes_and_monitors_a_multiplex(multiplex: Path, servi
     assert "program 303 'Gamma' from 'Airtrace TV'\n  stream 4 (pid 260): ac3 5.1(side), language eng, main" in probed.output
     bad = runner.invoke(main, ["monitor", "--catalog", str(service_catalog), "--audio", "language", str(multiplex)])
     assert bad.exit_code == 2 and "--audio: audio selection 'language' is not KEY=VALUE" in bad.output
-    events = tmp_path / "plays.jsonl"
-    result = runner.invoke(main, ["monitor", "--catalog", str(service_catalog), "--programs", "101,Beta", "--audio", "disposition=main",
-                                  "--events", str(events), str(multiplex)])
-    assert result.exit_code == 0, result.output
+    events, log = tmp_path / "plays.jsonl", tmp_path / "monitor.log"  # its own process: monitor registers the global metrics
+    process = servers.airtrace(["monitor", "--catalog", str(service_catalog), "--programs", "101,Beta", "--audio", "disposition=main",
+                                "--events", str(events), str(multiplex)], log)
+    try:
+        assert process.wait(120) == 0, log.read_text()
+    finally:
+        servers.stop(process)
     found = [PlayEvent.from_json(json.loads(line)) for line in events.read_text().splitlines()]
     assert plays_on(found) == {"tv-101": {"area1-game"}, "tv-Beta": {"gardien-go"}}
     assert {e.stream["service_name"] for e in found if e.stream_id == "tv-Beta"} == {"Beta"}
