@@ -180,7 +180,7 @@ class AudioSelection:
 # ---- what an input carries --------------------------------------------------------------------------
 
 _DUMP_LOCK = threading.Lock()
-_PROGRAM_LINE = re.compile(r"^\s*Program (\d+)")
+_PROGRAM_LINE = re.compile(r"^\s*(?:Program (\d+)|No Program)")  # FFmpeg lists streams of no program after "No Program"
 _STREAM_LINE = re.compile(r"^\s*Stream #\d+:(\d+)")
 _METADATA_LINE = re.compile(r"^\s+(\w+)\s*:\s?(.*)$")
 
@@ -199,11 +199,19 @@ def _dump(container: av.container.InputContainer) -> str:
 def inventory(container: av.container.InputContainer) -> list[Program]:
     """The input's programs and their audio tracks (one program numbered None when it declares none)."""
     tracks = {s.index: _track(s) for s in container.streams.audio}
+    programs = parse_programs(_dump(container)) or [(None, {}, list(tracks))]
+    return [Program(number, meta.get("service_name"), meta.get("service_provider"), tuple(tracks[i] for i in indexes if i in tracks))
+            for number, meta, indexes in programs]
+
+
+def parse_programs(dump: str) -> list[tuple[int | None, dict[str, str], list[int]]]:
+    """(program number, its metadata, its stream indexes) from FFmpeg's dump of an input, in its order;
+    streams of no program (listed after "No Program", or with no program at all) under number None."""
     programs: list[tuple[int | None, dict[str, str], list[int]]] = []
     in_header = False  # between a Program line and its first Stream line: the program's own metadata
-    for line in _dump(container).splitlines():
+    for line in dump.splitlines():
         if match := _PROGRAM_LINE.match(line):
-            programs.append((int(match.group(1)), {}, []))
+            programs.append((int(match.group(1)) if match.group(1) else None, {}, []))
             in_header = True
         elif match := _STREAM_LINE.match(line):
             if not programs:
@@ -212,10 +220,7 @@ def inventory(container: av.container.InputContainer) -> list[Program]:
             in_header = False
         elif in_header and (match := _METADATA_LINE.match(line)) and match.group(1) != "Metadata":
             programs[-1][1][match.group(1)] = match.group(2).strip()
-    if not programs:
-        programs = [(None, {}, list(tracks))]
-    return [Program(number, meta.get("service_name"), meta.get("service_provider"), tuple(tracks[i] for i in indexes if i in tracks))
-            for number, meta, indexes in programs]
+    return programs
 
 
 def _track(stream: av.audio.stream.AudioStream) -> AudioTrack:

@@ -36,6 +36,7 @@ from monitor.mux import (
     StreamStarted,
     check_unique_ids,
     command_line_sources,
+    parse_programs,
     probe,
     read_mux,
 )
@@ -91,6 +92,25 @@ def test_probe_lists_programs_services_and_audio_tracks(multiplex: Path) -> None
     assert [(t.language, t.is_main, t.is_description) for t in tracks.values()] == [
         ("fra", True, False), ("fra", False, True), ("eng", True, False), ("deu", True, False), ("eng", True, False), ("eng", False, True)]
     assert (tracks[4].codec, tracks[4].channels) == ("ac3", 6)
+
+
+def test_ffmpegs_dump_is_read_into_programs_with_their_streams() -> None:
+    dump = """Input #0, mpegts, from '':
+  Duration: 00:00:50.02, start: 1.400000, bitrate: 998 kb/s
+  Program 101 
+    Metadata:
+      service_name    : Télé Alpha
+      service_provider: Airtrace TV
+  Stream #0:0[0x100](fra): Audio: mp2, 48000 Hz, mono, fltp, 128 kb/s
+    Metadata:
+      comment         : not the program's
+  Program 202 
+  Stream #0:1[0x101]: Audio: ac3, 48000 Hz, 5.1(side), fltp, 384 kb/s
+  No Program
+  Stream #0:2[0x102]: Audio: mp2, 48000 Hz, stereo, fltp, 128 kb/s
+"""
+    assert parse_programs(dump) == [(101, {"service_name": "Télé Alpha", "service_provider": "Airtrace TV"}, [0]), (202, {}, [1]), (None, {}, [2])]
+    assert parse_programs("Input #0, mp3, from '':\n  Stream #0:0: Audio: mp3, 44100 Hz, stereo\n") == [(None, {}, [0])]
 
 
 def test_selection_by_program_language_index_and_disposition(multiplex: Path) -> None:
