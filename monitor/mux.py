@@ -181,7 +181,10 @@ class AudioSelection:
 
 _DUMP_LOCK = threading.Lock()
 _PROGRAM_LINE = re.compile(r"^\s*(?:Program (\d+)|No Program)")  # FFmpeg lists streams of no program after "No Program"
-_STREAM_LINE = re.compile(r"^\s*Stream #\d+:(\d+)")
+# Stream #0:4[0x104](eng): Audio: ac3 (AC-3 / 0x332D4341), 48000 Hz, 5.1(side), fltp, 384 kb/s (visual impaired) (descriptions)
+_STREAM_LINE = re.compile(r"^\s*Stream #\d+:(\d+)(?:\[0x([0-9a-fA-F]+)\])?(?:\((\w+)\))?: (\w+): (\w+)(.*)$")
+_DUMP_FLAGS = {"default": "default", "visual impaired": "visual_impaired", "descriptions": "descriptions",
+               "hearing impaired": "hearing_impaired", "comment": "comment"}
 _METADATA_LINE = re.compile(r"^\s+(\w+)\s*:\s?(.*)$")
 
 
@@ -197,30 +200,39 @@ def _dump(container: av.container.InputContainer) -> str:
 
 
 def inventory(container: av.container.InputContainer) -> list[Program]:
-    """The input's programs and their audio tracks (one program numbered None when it declares none)."""
-    tracks = {s.index: _track(s) for s in container.streams.audio}
-    programs = parse_programs(_dump(container)) or [(None, {}, list(tracks))]
+    """The input's programs and their audio tracks (one program numbered None when it declares none).
+    A track that appeared after the input was opened is described from FFmpeg's dump alone."""
+    programs, dumped = parse_dump(_dump(container))
+    tracks = {**dumped, **{s.index: _track(s) for s in container.streams.audio}}
+    programs = programs or [(None, {}, list(tracks))]
     return [Program(number, meta.get("service_name"), meta.get("service_provider"), tuple(tracks[i] for i in indexes if i in tracks))
             for number, meta, indexes in programs]
 
 
-def parse_programs(dump: str) -> list[tuple[int | None, dict[str, str], list[int]]]:
-    """(program number, its metadata, its stream indexes) from FFmpeg's dump of an input, in its order;
-    streams of no program (listed after "No Program", or with no program at all) under number None."""
+def parse_dump(dump: str) -> tuple[list[tuple[int | None, dict[str, str], list[int]]], dict[int, AudioTrack]]:
+    """From FFmpeg's dump of an input: (program number, its metadata, its stream indexes) in its order,
+    streams of no program (listed after "No Program", or with no program at all) under number None;
+    and the audio tracks as the dump describes them (channels unknown: 0)."""
     programs: list[tuple[int | None, dict[str, str], list[int]]] = []
+    tracks: dict[int, AudioTrack] = {}
     in_header = False  # between a Program line and its first Stream line: the program's own metadata
     for line in dump.splitlines():
         if match := _PROGRAM_LINE.match(line):
             programs.append((int(match.group(1)) if match.group(1) else None, {}, []))
             in_header = True
         elif match := _STREAM_LINE.match(line):
+            index, pid, language, kind, codec, rest = match.groups()
             if not programs:
                 programs.append((None, {}, []))
-            programs[-1][2].append(int(match.group(1)))
+            programs[-1][2].append(int(index))
+            if kind == "Audio":
+                flags = tuple(flag for text, flag in _DUMP_FLAGS.items() if f"({text})" in rest)
+                layout = rest.split(",")[2].strip() if rest.count(",") >= 2 else "unknown"
+                tracks[int(index)] = AudioTrack(int(index), int(pid or "0", 16), codec, 0, layout, language, flags)
             in_header = False
         elif in_header and (match := _METADATA_LINE.match(line)) and match.group(1) != "Metadata":
             programs[-1][1][match.group(1)] = match.group(2).strip()
-    return programs
+    return programs, tracks
 
 
 def _track(stream: av.audio.stream.AudioStream) -> AudioTrack:
@@ -451,7 +463,7 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
         try:
             with open_input(mux.url, mux.options, options) as container:
                 reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live)
-            if not live:
+            if not live or stop.is_set():
                 return
             if not reopen:
                 log.warning("multiplex %s dropped (end of data); reopening", mux.id)
@@ -514,6 +526,8 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
         raise SelectionError("\n".join(missing) or f"no program carries audio:\n{describe_inventory(programs)}")
     for reason in missing:
         log.warning("multiplex %s: %s", mux.id, reason)
+    for stream_id in set(streams) - {stream_id for stream_id, *_ in found}:
+        log.warning("multiplex %s: %s is not in the multiplex; its stream stays down until it returns", mux.id, stream_id)
     by_index: dict[int, list[_ProgramStream]] = {}
     decoding: dict[str, int] = {}  # stream id -> the track index it decodes on this connection
     for stream_id, wanted, program, track in found:

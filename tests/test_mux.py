@@ -30,13 +30,14 @@ from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource
 from monitor.mux import (
     PROGRAM_CHECK_SECONDS,
     AudioSelection,
+    AudioTrack,
     MuxProgram,
     MuxSource,
     SelectionError,
     StreamStarted,
     check_unique_ids,
     command_line_sources,
-    parse_programs,
+    parse_dump,
     probe,
     read_mux,
 )
@@ -105,12 +106,15 @@ def test_ffmpegs_dump_is_read_into_programs_with_their_streams() -> None:
     Metadata:
       comment         : not the program's
   Program 202 
-  Stream #0:1[0x101]: Audio: ac3, 48000 Hz, 5.1(side), fltp, 384 kb/s
+  Stream #0:1[0x101]: Audio: ac3, 48000 Hz, 5.1(side), fltp, 384 kb/s (visual impaired) (descriptions)
   No Program
   Stream #0:2[0x102]: Audio: mp2, 48000 Hz, stereo, fltp, 128 kb/s
 """
-    assert parse_programs(dump) == [(101, {"service_name": "Télé Alpha", "service_provider": "Airtrace TV"}, [0]), (202, {}, [1]), (None, {}, [2])]
-    assert parse_programs("Input #0, mp3, from '':\n  Stream #0:0: Audio: mp3, 44100 Hz, stereo\n") == [(None, {}, [0])]
+    programs, tracks = parse_dump(dump)
+    assert programs == [(101, {"service_name": "Télé Alpha", "service_provider": "Airtrace TV"}, [0]), (202, {}, [1]), (None, {}, [2])]
+    assert tracks[1] == AudioTrack(1, 0x101, "ac3", 0, "5.1(side)", None, ("visual_impaired", "descriptions"))
+    assert (tracks[0].language, tracks[0].is_main, tracks[2].layout) == ("fra", True, "stereo")
+    assert parse_dump("Input #0, mp3, from '':\n  Stream #0:0: Audio: mp3, 44100 Hz, stereo\n")[0] == [(None, {}, [0])]
 
 
 def test_selection_by_program_language_index_and_disposition(multiplex: Path) -> None:
@@ -254,6 +258,7 @@ def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, r
         finally:
             timer.cancel()
     assert "appeared as tv-303; reopening the input to add it" in caplog.text
+    assert "tv-101 is not in the multiplex; its stream stays down until it returns" in caplog.text
     assert seen["tv-202", True] >= 1 and seen["tv-202", False] > seen["tv-303", False]
     assert registry.get_sample_value("airtrace_stream_info", {"stream": "tv-303", "program": "303", "service_name": "Service02",
                                                               "service_provider": "FFmpeg", "language": ""}) == 1
