@@ -120,3 +120,23 @@ def _load_with_libsndfile(path: Path, sample_rate: int) -> np.ndarray:
     resampler = _resampler(len(planar), sample_rate)
     out = [downmix(f.to_ndarray()) for f in [*resampler.resample(frame), *resampler.resample(None)]]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+# Surround folded into stereo: the centre at -6 dB into each side (FFmpeg's ITU default is -3 dB, which
+# makes a dialogue centre twice as loud as the music beside it in mono), the surrounds at -3 dB, no LFE.
+CENTRE_GAIN = np.float32(0.5)
+SURROUND_GAIN = SQRT_HALF
+
+
+def downmix_surround(channels: np.ndarray, names: list[str]) -> np.ndarray:
+    """Mono from planar surround samples (5.1, 7.1, ...) whose channels are named as FFmpeg names them
+    (FL, FR, FC, LFE, BL, BR, SL, SR, ...). The fronts and the folded surrounds go through `downmix`;
+    the centre (dialogue, on TV) joins at -6 dB per side and the LFE is left out. Surround pairs are
+    folded with `downmix` too, so a matrix-encoded surround (left = -right) cannot cancel itself."""
+    by_name = dict(zip(names, channels))
+    zero = np.zeros(channels.shape[1], dtype=np.float32)
+    left, right = by_name.get("FL", zero), by_name.get("FR", zero)
+    surrounds = [np.stack([by_name[a], by_name[b]]) for a, b in (("SL", "SR"), ("BL", "BR")) if a in by_name and b in by_name]
+    ambience = sum((downmix(pair) for pair in surrounds), zero) * SURROUND_GAIN
+    centre = by_name.get("FC", zero) * CENTRE_GAIN
+    return downmix(np.stack([left + centre + ambience, right + centre + ambience]))

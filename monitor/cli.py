@@ -205,6 +205,19 @@ def bench_streams(reference, encoder, streams, limit, hop, cache_dir, out) -> No
     _bench_errors(lambda: run_streams(reference, encoder, streams, limit, hop, cache_dir or default_cache_dir(), out, _command()))
 
 
+@bench.command("mux")
+@click.option("--programs", default=10, show_default=True, type=click.IntRange(1, 40), help="Programs in the multiplex.")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder whose window and hop cut the streams.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_mux(programs: int, encoder: str, out: str | None) -> None:
+    """Ingest CPU per program of a TV multiplex built from the demo music, in CPU seconds."""
+    from encoders import load_encoder
+    from monitor.bench.mux import run_mux
+
+    grid_of = load_encoder(encoder)
+    _bench_errors(lambda: run_mux(programs, grid_of.sample_rate, grid_of.window_samples, grid_of.hop_samples, out, click.echo))
+
+
 if TYPE_CHECKING:
     from monitor.catalog import Catalog
 
@@ -400,21 +413,41 @@ def _metrics(metrics_port: int | None, metrics_host: str):
     return created
 
 
+AUDIO_OPTIONS = _env_options(
+    click.option("--audio", help="Which audio track of the URLS: KEY=VALUE,... with program (number or service name), language, "
+                 "index, disposition (main or description); `airtrace streams probe URL` lists them."),
+    click.option("--programs", help="Read each URL as a multiplex: 'all' its programs, or numbers and service names separated "
+                 "by commas; each program is a stream with the id URLID-PROGRAM."),
+)
+
+
+def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None) -> list:
+    """The streams of a streams file and of the command line (its URLs with --audio and --programs)."""
+    from monitor.ingest import load_sources, sources_from_urls
+    from monitor.mux import check_unique_ids, command_line_sources
+
+    sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls), audio, programs)
+    check_unique_ids(sources, "the streams file and the command line")
+    return sources
+
+
 @main.command()
 @click.argument("urls", nargs=-1)
 @_env("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
 @_env("--encoder", default="compact", show_default=True, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
 @_env("--sample-format", type=click.Choice(["int16", "float16"]), default="int16", show_default=True, help="How window samples travel.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
+@AUDIO_OPTIONS
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
-def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, audio: str | None, programs: str | None,
+           metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Read streams (URLS and/or --streams) and publish their windows to Kafka, until stopped."""
     import asyncio
 
     from encoders import EncoderError, load_encoder
     from monitor.broker import BrokerError
-    from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
+    from monitor.ingest import ConfigError, IngestOptions
     from monitor.kafka_records import SampleFormat
     from monitor.publish import PublishOptions, publish_windows
     from monitor.windows import WindowGrid
@@ -422,7 +455,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
-        sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
+        sources = _sources(urls, streams, audio, programs)
         grid = WindowGrid.for_encoder(load_encoder(encoder))
     except (ConfigError, EncoderError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -497,18 +530,19 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
 @click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Windows per embedding batch, across streams.")
+@AUDIO_OPTIONS
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    metrics_port: int | None, metrics_host: str) -> None:
+                    audio: str | None, programs: str | None, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import MonitorOptions, NothingHeard, describe, run_embedded
-    from monitor.ingest import ConfigError, IngestOptions, load_sources, sources_from_urls
+    from monitor.ingest import ConfigError, IngestOptions
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
-        sources = (load_sources(streams) if streams else []) + sources_from_urls(urls)
+        sources = _sources(urls, streams, audio, programs)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if events:
@@ -537,3 +571,28 @@ def demo(workdir: str, realtime: bool) -> None:
         run_demo(workdir, realtime, click.echo)
     except (EncoderError, CatalogError, AudioError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# ---- TV inputs: what an input carries, to write a streams file -----------------------------------
+
+
+@main.group()
+def streams() -> None:
+    """Inspect inputs before monitoring them."""
+
+
+@streams.command("probe")
+@click.argument("url")
+@click.option("--option", "options", multiple=True, help="FFmpeg input option KEY=VALUE (e.g. rtsp_transport=tcp); repeatable.")
+def streams_probe(url: str, options: tuple[str, ...]) -> None:
+    """List the programs (service name, provider) and audio tracks (index, codec, channels, language,
+    main or description) of URL, as the audio and programs fields of a streams file select them."""
+    import av
+
+    from monitor.mux import describe_inventory, probe
+
+    parsed = dict(option.split("=", 1) for option in options if "=" in option)
+    try:
+        click.echo(describe_inventory(probe(url, parsed)))
+    except (av.FFmpegError, OSError) as exc:
+        raise click.ClickException(f"cannot open {url}: {exc}; check the URL and that FFmpeg can read it") from exc

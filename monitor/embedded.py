@@ -15,13 +15,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
 from monitor.catalog import Catalog
 from monitor.events import PlayEvent
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
+from monitor.mux import MuxSource, StreamStarted
 from monitor.metrics import Metrics, observe_play_events
 from monitor.pipeline import hits_for
 from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
@@ -48,7 +49,7 @@ class MonitorOptions:
 class EmbeddedMonitor:
     """Runs until every stream has ended (files) or `stop` is set (live streams run forever)."""
 
-    def __init__(self, catalog: Catalog, sources: Sequence[StreamSource], options: MonitorOptions = MonitorOptions(),
+    def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
                  events_file: str | Path | None = None):
         self.catalog, self.encoder = catalog, catalog.encoder
@@ -58,7 +59,8 @@ class EmbeddedMonitor:
         self.grid = WindowGrid.for_encoder(self.encoder)
         self.tracker = PlayTracker(options.plays or PlayConfig.for_grid(self.grid.window_seconds, self.grid.hop_seconds))
         self.info = CatalogInfo.of(catalog)
-        self.states = {s.id: StreamState(s.id) for s in self.sources}
+        self.states: dict[str, StreamState] = {}  # a multiplex's streams appear as its programs do
+        self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
         self.events: list[PlayEvent] = []
         self.heard: set[str] = set()  # streams that delivered at least one window
 
@@ -73,6 +75,7 @@ class EmbeddedMonitor:
         try:
             while live and not stop.is_set():
                 batch = self._next_batch(inbox)
+                self.stream_metadata.update((item.stream_id, item.metadata) for item in batch if isinstance(item, StreamStarted))
                 windows = [item for item in batch if isinstance(item, AudioWindow)]
                 self.heard.update(w.stream_id for w in windows)
                 self._process(windows, out)
@@ -88,7 +91,7 @@ class EmbeddedMonitor:
                         self._catalog_gauges()
         finally:
             stop.set()
-            for stream_id in live:
+            for stream_id in list(self.states):
                 self._close(stream_id, out)
             if out:
                 out.close()
@@ -113,11 +116,13 @@ class EmbeddedMonitor:
     def _process(self, windows: list[AudioWindow], out: IO[str] | None) -> None:
         """Embed and search the batch, then feed each stream's hits to its tracker in seq order."""
         for hits in hits_for(windows, self.encoder, self.catalog, self.info.calibration.k, self.metrics):
-            state, events = self.tracker.update(self.states[hits.stream_id], hits, self.info)
+            state, events = self.tracker.update(self.states.get(hits.stream_id) or StreamState(hits.stream_id), hits, self.info)
             self.states[hits.stream_id] = state
             self._emit(events, out)
 
     def _close(self, stream_id: str, out: IO[str] | None) -> None:
+        if stream_id not in self.states:  # a multiplex's own end, or a stream that never delivered
+            return
         state, events = self.tracker.close(self.states[stream_id], self.info)
         self.states[stream_id] = state
         self._emit(events, out)
@@ -128,6 +133,7 @@ class EmbeddedMonitor:
         if self.metrics:
             observe_play_events(self.metrics, events)
         for event in events:
+            event = replace(event, stream=self.stream_metadata.get(event.stream_id, {}))
             self.events.append(event)
             if out:
                 out.write(event.to_line() + "\n")
@@ -158,7 +164,7 @@ def _clock(seconds: float) -> str:
     return f"{int(minutes)}:{rest:04.1f}"
 
 
-def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource], options: MonitorOptions = MonitorOptions(),
+def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
                  events_file: str | Path | None = None) -> list[PlayEvent]:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file

@@ -58,6 +58,7 @@ class PlayEvent:
     stream_end: float | None = None
     ref_end: float | None = None
     track: dict[str, Any] = field(default_factory=dict)  # the catalog's metadata for the track
+    stream: dict[str, Any] = field(default_factory=dict)  # the stream's metadata (a TV program's service name and provider, ...)
 
     @property
     def event_id(self) -> str:

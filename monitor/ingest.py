@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import av
@@ -41,6 +41,9 @@ from encoders import AudioError, decode_chunks
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, check_id
 from monitor.windows import StreamWindower, WindowGrid
+
+if TYPE_CHECKING:
+    from monitor.mux import MuxSource
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,9 @@ class StreamSource:
 SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
 
 
-def load_sources(path: str | Path) -> list[StreamSource]:
-    """Streams from a YAML file: a list of {id, url, name?, metadata?, options?} (or {streams: [...]})."""
+def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
+    """Streams from a YAML file: a list of {id, url, name?, metadata?, options?, audio?} (or {streams: [...]}),
+    and multiplexes {mux, url, programs?, audio?, metadata?, options?} (see monitor.mux)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -92,9 +96,18 @@ def load_sources(path: str | Path) -> list[StreamSource]:
         raw = raw["streams"]
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{path}: expected a non-empty list of streams, each with id and url")
-    sources = [_source_from_entry(entry, f"{path}: stream #{i + 1}") for i, entry in enumerate(raw)]
+    sources = [_entry(entry, f"{path}: stream #{i + 1}") for i, entry in enumerate(raw)]
     _check_unique(sources, str(path))
     return sources
+
+
+def _entry(entry: Any, where: str) -> StreamSource | MuxSource:
+    """A plain stream here; a multiplex (`mux`) or a stream with an `audio` selection in monitor.mux."""
+    if isinstance(entry, dict) and ("mux" in entry or "audio" in entry):
+        from monitor.mux import source_from_entry
+
+        return source_from_entry(entry, where)
+    return _source_from_entry(entry, where)
 
 
 def _source_from_entry(entry: Any, where: str) -> StreamSource:
@@ -433,19 +446,23 @@ class StreamEnded:
 
 
 def start_readers(
-    sources: Sequence[StreamSource],
+    sources: Sequence[StreamSource | MuxSource],
     grid: WindowGrid,
     sink: Callable[[AudioWindow | StreamEnded], None],
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
 ) -> list[threading.Thread]:
-    """One daemon thread per stream feeding `sink`; a stream that raises is logged and ends alone."""
+    """One daemon thread per stream (or multiplex, see monitor.mux) feeding `sink`; a stream that raises is
+    logged and ends alone. Its last item is StreamEnded(source.id)."""
+    from monitor.mux import MuxSource, read_mux
+
     stop = stop or threading.Event()
 
-    def run(source: StreamSource) -> None:
+    def run(source: StreamSource | MuxSource) -> None:
+        read = read_mux if isinstance(source, MuxSource) else read_windows
         try:
-            for window in read_windows(source, grid, options, metrics, stop):
+            for window in read(source, grid, options, metrics, stop):
                 sink(window)
         except Exception:  # a bug in one stream must not take the others down
             log.exception("stream %s stopped on an unexpected error", source.id)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -184,6 +186,25 @@ def decode_hits(data: bytes) -> WindowHits | EndOfStream:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadMessage(Reason.MALFORMED, f"hits record lacks or garbles a field: {exc!r}") from None
+
+
+STREAM_HEADER = "airtrace-stream"  # a window's (and its hits') stream metadata as JSON: what play events carry in `stream`
+
+
+def stream_headers(metadata: dict[str, Any] | None) -> list[tuple[str, bytes]]:
+    """Kafka headers that carry a stream's metadata (a TV program's service name and provider, ...)."""
+    return [(STREAM_HEADER, json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode())] if metadata else []
+
+
+def read_stream_headers(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None) -> dict[str, Any] | None:
+    """The stream metadata in a message's headers; None when there is none or it is unreadable (the
+    window itself is still good, so it is used without the metadata rather than set aside)."""
+    value = (headers if isinstance(headers, Mapping) else dict(headers or ())).get(STREAM_HEADER)
+    try:
+        metadata = json.loads(value) if value else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def dead_letter_headers(reason: Reason, error: str, topic: str, partition: int, offset: int, size: int) -> list[tuple[str, bytes]]:

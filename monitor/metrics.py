@@ -39,6 +39,7 @@ class Metrics(NamedTuple):
     stream_reconnects: Counter
     decode_errors: Counter
     silence_seconds: Counter
+    stream_info: Gauge
     embedding_batch_size: Histogram
     embedding_seconds: Histogram
     search_seconds: Histogram
@@ -68,6 +69,8 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         stream_reconnects=Counter("airtrace_stream_reconnects", "Times a stream was reopened after failing, dropping or stalling.", stream, registry=registry),
         decode_errors=Counter("airtrace_decode_errors", "Failures to open or decode a stream.", stream, registry=registry),
         silence_seconds=Counter("airtrace_silence_seconds", "Seconds of dead air (silence) on a stream.", stream, registry=registry),
+        stream_info=Gauge("airtrace_stream_info", "1 per stream: the program and audio track it monitors (service name and provider from the transport stream's tables).",
+                          ["stream", "program", "service_name", "service_provider", "language"], registry=registry),
         embedding_batch_size=Histogram("airtrace_embedding_batch_size", "Windows per embedding batch.", buckets=BATCH_SIZE_BUCKETS, registry=registry),
         embedding_seconds=Histogram("airtrace_embedding_seconds", "Time to embed one batch.", buckets=STAGE_SECONDS_BUCKETS, registry=registry),
         search_seconds=Histogram("airtrace_search_seconds", "Time to search the catalog for one batch.", buckets=STAGE_SECONDS_BUCKETS, registry=registry),

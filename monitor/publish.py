@@ -23,8 +23,9 @@ from aiokafka.errors import KafkaError
 
 from monitor.broker import BrokerError, KafkaSettings, Topics, ensure_topics
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
-from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, SampleFormat, encode_end, encode_window
+from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, SampleFormat, encode_end, encode_window, stream_headers
 from monitor.metrics import Metrics
+from monitor.mux import MuxSource, StreamStarted
 from monitor.records import AudioWindow
 from monitor.windows import WindowGrid
 
@@ -41,7 +42,7 @@ class PublishOptions:
 
 
 async def publish_windows(
-    sources: Sequence[StreamSource],
+    sources: Sequence[StreamSource | MuxSource],
     grid: WindowGrid,
     kafka: KafkaSettings,
     topics: Topics,
@@ -74,6 +75,7 @@ async def publish_windows(
         await producer.stop()
         raise
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
+    headers = {s.id: stream_headers(s.metadata) for s in sources}  # each window carries its stream's metadata to the workers
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
@@ -81,13 +83,16 @@ async def publish_windows(
         live = {source.id for source in sources}
         while live and not stop.is_set():
             item = await queue.get()
-            if isinstance(item, StreamEnded):
+            if isinstance(item, StreamStarted):
+                headers[item.stream_id] = stream_headers(item.metadata)
+            elif isinstance(item, StreamEnded):
                 live.discard(item.stream_id)
                 if item.stream_id in next_seq:
                     await _send(producer, topics.windows, item.stream_id, encode_end(EndOfStream(item.stream_id, next_seq.pop(item.stream_id))), options)
             elif isinstance(item, AudioWindow):
                 window = restamp(item, seq_base)
-                await _send(producer, topics.windows, window.stream_id, encode_window(window, grid.sample_rate, options.sample_format), options)
+                data = encode_window(window, grid.sample_rate, options.sample_format)
+                await _send(producer, topics.windows, window.stream_id, data, options, headers.get(window.stream_id, []))
                 next_seq[window.stream_id] = window.seq + 1
         for stream_id, seq in next_seq.items():  # stopped: the streams still on air end here
             await _send(producer, topics.windows, stream_id, encode_end(EndOfStream(stream_id, seq)), options)
@@ -103,13 +108,14 @@ def restamp(window: AudioWindow, seq_base: int) -> AudioWindow:
     return replace(window, seq=seq_base + window.seq, after_gap=window.after_gap or window.seq == 0)
 
 
-async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: bytes, options: PublishOptions) -> None:
+async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: bytes, options: PublishOptions,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
     """Queue one message of a stream in the producer, retrying with backoff while Kafka cannot take it
     (which holds the readers back; a stream held too long stalls and is reconnected with a gap)."""
     wait = options.retry_first_seconds
     while True:
         try:
-            delivery = await producer.send(topic, data, key=stream_id.encode())
+            delivery = await producer.send(topic, data, key=stream_id.encode(), headers=headers or None)
         except KafkaError as exc:
             log.warning("Kafka refused a message of %s (%s); retrying in %.1f s", stream_id, exc, wait)
             await asyncio.sleep(wait)

@@ -40,6 +40,8 @@ from monitor.kafka_records import (
     decode_hits,
     decode_window,
     encode_hits,
+    read_stream_headers,
+    stream_headers,
 )
 from monitor.metrics import Metrics, observe_play_events
 from monitor.pipeline import hits_for
@@ -159,11 +161,12 @@ def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topic
         headers = dead_letter_headers(error.reason, str(error), message.topic, message.partition, message.offset, len(value))
         await dead_topic.send(key=message.key, value=value[:DEAD_LETTER_KEEP_BYTES], headers=headers)
 
-    async def decoded(events: Sequence[EventT], decode: Callable[[bytes], T]) -> list[T]:
+    async def decoded(events: Sequence[EventT], decode: Callable[[bytes], T]) -> list[tuple[T, dict[str, Any] | None]]:
+        """The readable messages, each with the stream metadata its headers carry (None: none)."""
         good = []
         for event in events:
             try:
-                good.append(decode(event.message.value or b""))
+                good.append((decode(event.message.value or b""), read_stream_headers(event.message.headers)))
             except BadMessage as error:
                 await set_aside(event, error)
         return good
@@ -183,18 +186,20 @@ def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topic
     async def embed(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_size, within=options.batch_wait):
             items = await decoded(events, decode_for_encoder)
-            windows = [item for item in items if isinstance(item, AudioWindow)]
+            windows = [item for item, _ in items if isinstance(item, AudioWindow)]
             hits = iter(await in_thread(search, windows, executor=compute))
-            for item in items:  # in the order read, so a stream's end follows its last hits
+            for item, metadata in items:  # in the order read, so a stream's end follows its last hits
                 out = next(hits) if isinstance(item, AudioWindow) else item
-                await hits_topic.send(key=out.stream_id.encode(), value=encode_hits(out))
+                await hits_topic.send(key=out.stream_id.encode(), value=encode_hits(out), headers=stream_headers(metadata) or None)
 
     @app.agent(hits_topic, name="track")
     async def track(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.hits_batch_size, within=options.hits_batch_wait):
-            hits = await decoded(events, decode_hits)
-            states, caused = await in_thread(stage.advance, hits)
+            items = await decoded(events, decode_hits)
+            metadata = {item.stream_id: meta for item, meta in items if meta is not None}
+            states, caused = await in_thread(stage.advance, [item for item, _ in items])
             fresh = await in_thread(stage.unpublished, caused) if caused else []
+            fresh = [replace(e, stream=metadata.get(e.stream_id, {})) for e in fresh]
             deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in fresh]
             await asyncio.gather(*deliveries)
             await in_thread(stage.commit, states, fresh)

@@ -106,3 +106,14 @@ def test_end_of_stream_travels_on_both_topics() -> None:
     expect(Reason.MALFORMED, encode_end(end)[:-1])
     expect(Reason.MALFORMED, encode_end(end) + b"x")
     expect(Reason.VERSION, encode_end(end)[:3] + bytes([7]) + encode_end(end)[4:])
+
+
+def test_stream_metadata_travels_in_a_header_and_a_bad_one_is_ignored() -> None:
+    from monitor.kafka_records import STREAM_HEADER, read_stream_headers, stream_headers
+
+    metadata = {"program": 101, "service_name": "Télé Alpha", "service_provider": "Airtrace TV"}
+    assert read_stream_headers(stream_headers(metadata)) == metadata
+    assert read_stream_headers(dict(stream_headers(metadata))) == metadata  # Faust may hand headers as a mapping
+    assert stream_headers({}) == [] and read_stream_headers(None) is None
+    for bad in (b"{not json", b"\xff", b"[1, 2]"):
+        assert read_stream_headers([(STREAM_HEADER, bad)]) is None

@@ -186,6 +186,21 @@ def test_tracks_added_to_the_catalog_are_found_without_a_restart_and_a_stream_en
     assert_one_play(service.wait_for_plays("late-track", 2), truth)
 
 
+def test_stream_metadata_from_ingest_reaches_the_play_events(service: Service) -> None:
+    """`airtrace ingest` (publish_windows) with an audio selection: each window carries the stream's
+    metadata in a Kafka header, the worker hands it on with the hits, and its play events carry it."""
+    from monitor.broker import KafkaSettings, Topics
+    from monitor.mux import AudioSelection, MuxSource
+    from monitor.publish import publish_windows
+
+    path, truth = broadcast(service.workdir, "tv-metadata", "area1-game", 20.0)
+    source = MuxSource.single(StreamSource("tv-metadata", str(path), metadata={"country": "FR"}), AudioSelection(disposition="main"))
+    asyncio.run(publish_windows([source], service.grid, KafkaSettings(f"127.0.0.1:{service.broker.port}"), Topics.with_prefix(PREFIX, PARTITIONS)))
+    events = service.wait_for_plays("tv-metadata", 2)
+    assert_one_play(events, truth)
+    assert [e.stream for e in events] == [{"country": "FR", "audio_stream": 0}] * 2
+
+
 def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path) -> None:
     """A worker publishes the first half's events and dies before saving its state; the next one replays
     the whole stream; a third replays again after the state was saved."""

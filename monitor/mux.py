@@ -1,0 +1,633 @@
+"""TV inputs: choose the audio track of a stream, and monitor every channel (program) of a multiplex from
+one connection.
+
+An MPEG-TS from a DVB/ATSC receiver or an IPTV head-end carries several programs (services), each with
+audio tracks in several languages, an audio description (visual-impaired) track, a stereo and a 5.1 mix;
+HLS and DASH carry audio renditions by language. This module
+- lists what an input carries (`inventory`: programs with their service name and provider as FFmpeg
+  reads them from the transport stream's tables, and each program's audio tracks), for
+  `airtrace streams probe` and for error messages;
+- picks one track by an `AudioSelection` (program number or service name, language, stream index,
+  disposition main or description), failing with a message that lists the input's tracks;
+- reads a `MuxSource` (a `mux` entry of a streams file, or a stream with an `audio` selection) from one
+  connection into windows of one stream per program, each with its own id, clock, seq, gap and dead-air
+  handling as monitor.ingest gives a single stream. A program that leaves the multiplex (its audio stops
+  while the others go on) is reported and its stream goes down alone; when it comes back its stream
+  resumes after a gap. A program that appears is reported; on a live input the connection is reopened to
+  add it (PyAV cannot demux streams that appear after opening), the others marked `after_gap` there.
+
+PyAV has no API for programs, so `inventory` reads FFmpeg's own dump of the input (av_dump_format),
+which lists each program, its metadata and its streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import av.logging
+import numpy as np
+
+from encoders.audio import downmix, downmix_surround
+from monitor.ingest import Backoff, ConfigError, DeadAir, IngestOptions, StreamClock, StreamEnded, StreamSource, _source_from_entry
+from monitor.metrics import Metrics
+from monitor.records import AudioWindow, check_id
+from monitor.windows import StreamWindower, WindowGrid
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION_FLAGS = ("visual_impaired", "descriptions")  # audio description for the blind: never the main mix
+SECONDARY_FLAGS = (*DESCRIPTION_FLAGS, "hearing_impaired", "comment")
+DISPOSITIONS = ("main", "description")
+PROGRAM_CHECK_SECONDS = 5.0  # how often a live multiplex's program list is read again for service changes
+
+
+class SelectionError(ValueError):
+    """No audio track of an input matches a selection; the message lists what the input carries."""
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """One audio stream of an input, as FFmpeg describes it."""
+
+    index: int  # the container's stream index
+    pid: int  # the transport stream's PID (MPEG-TS), or the demuxer's stream id
+    codec: str
+    channels: int
+    layout: str
+    language: str | None
+    dispositions: tuple[str, ...]
+
+    @property
+    def is_description(self) -> bool:
+        return any(flag in self.dispositions for flag in DESCRIPTION_FLAGS)
+
+    @property
+    def is_main(self) -> bool:
+        return not any(flag in self.dispositions for flag in SECONDARY_FLAGS)
+
+    def describe(self) -> str:
+        kind = "main" if self.is_main else "description" if self.is_description else "/".join(self.dispositions)
+        return f"stream {self.index} (pid {self.pid}): {self.codec} {self.layout}, language {self.language or '-'}, {kind}"
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program (service) of a multiplex; an input without programs is one program numbered None."""
+
+    number: int | None
+    service_name: str | None
+    service_provider: str | None
+    tracks: tuple[AudioTrack, ...]
+
+    def describe(self) -> str:
+        if self.number is None:
+            return "the input"
+        name = f" {self.service_name!r}" if self.service_name else ""
+        provider = f" from {self.service_provider!r}" if self.service_provider else ""
+        return f"program {self.number}{name}{provider}"
+
+    def metadata(self) -> dict[str, Any]:
+        """What events and metrics carry about the program (service name and provider from the tables)."""
+        fields = {"program": self.number, "service_name": self.service_name, "service_provider": self.service_provider}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def describe_inventory(programs: Sequence[Program]) -> str:
+    """Every program and audio track, one per line, as `airtrace streams probe` prints them."""
+    lines = []
+    for program in programs:
+        lines.append(program.describe())
+        lines += [f"  {track.describe()}" for track in program.tracks] or ["  no audio"]
+    return "\n".join(lines) if lines else "no programs"
+
+
+@dataclass(frozen=True)
+class AudioSelection:
+    """Which audio track to monitor; every field left None matches anything. Among the tracks that match,
+    a main mix comes before a description or commentary, then FFmpeg's default track, then the lowest index."""
+
+    program: int | str | None = None  # program number, or service name (case-insensitive)
+    language: str | None = None  # as the input tags it (ISO 639-2: fra, eng, deu, ...)
+    index: int | None = None  # the container's stream index (see `airtrace streams probe`)
+    disposition: str | None = None  # "main" or "description" (visual impaired)
+
+    FIELDS = ("program", "language", "index", "disposition")
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> "AudioSelection":
+        """From a mapping ({program: 101, language: fra}) or a command-line string (program=101,language=fra)."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            try:
+                value = dict(part.split("=", 1) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ConfigError(f"{where}: audio selection {value!r} is not KEY=VALUE[,KEY=VALUE]; keys: {', '.join(cls.FIELDS)}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: audio must be a mapping of {', '.join(cls.FIELDS)}")
+        value = {str(k).strip(): v for k, v in value.items()}
+        unknown = sorted(set(value) - set(cls.FIELDS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown audio field {', '.join(map(repr, unknown))}; the fields are {', '.join(cls.FIELDS)}")
+        program = value.get("program")
+        if isinstance(program, str) and program.strip().isdigit():
+            program = int(program)
+        index = value.get("index")
+        try:
+            index = None if index is None else int(index)
+        except ValueError:
+            raise ConfigError(f"{where}: audio index {index!r} is not a stream index; `airtrace streams probe URL` lists them") from None
+        disposition = value.get("disposition")
+        if disposition is not None and disposition not in DISPOSITIONS:
+            raise ConfigError(f"{where}: audio disposition {disposition!r} is not one of {', '.join(DISPOSITIONS)}")
+        language = value.get("language")
+        return cls(program, None if language is None else str(language).strip().lower(), index, disposition)
+
+    def describe(self) -> str:
+        chosen = [f"{name}={getattr(self, name)}" for name in self.FIELDS if getattr(self, name) is not None]
+        return ",".join(chosen) or "any audio"
+
+    def programs(self, programs: Sequence[Program]) -> list[Program]:
+        """The programs this selection's `program` names (all of them when it names none)."""
+        if self.program is None:
+            return list(programs)
+        if isinstance(self.program, int):
+            return [p for p in programs if p.number == self.program]
+        name = self.program.casefold()
+        return [p for p in programs if (p.service_name or "").casefold() == name]
+
+    def matches(self, track: AudioTrack) -> bool:
+        return ((self.language is None or (track.language or "").lower() == self.language)
+                and (self.index is None or track.index == self.index)
+                and (self.disposition is None or (track.is_main if self.disposition == "main" else track.is_description)))
+
+    def choose(self, programs: Sequence[Program], source: str) -> tuple[Program, AudioTrack]:
+        """The program and track to monitor; SelectionError lists what `source` carries if none matches."""
+        candidates = [(p, t) for p in self.programs(programs) for t in p.tracks if self.matches(t)]
+        if not candidates:
+            raise SelectionError(f"{source}: no audio track matches {self.describe()}; it carries:\n{describe_inventory(programs)}\n"
+                                 "choose by program, language, index or disposition (main or description) among these")
+        return min(candidates, key=lambda pt: (not pt[1].is_main, "default" not in pt[1].dispositions, pt[1].index))
+
+
+# ---- what an input carries --------------------------------------------------------------------------
+
+_DUMP_LOCK = threading.Lock()
+_PROGRAM_LINE = re.compile(r"^\s*(?:Program (\d+)|No Program)")  # FFmpeg lists streams of no program after "No Program"
+# Stream #0:4[0x104](eng): Audio: ac3 (AC-3 / 0x332D4341), 48000 Hz, 5.1(side), fltp, 384 kb/s (visual impaired) (descriptions)
+_STREAM_LINE = re.compile(r"^\s*Stream #\d+:(\d+)(?:\[0x([0-9a-fA-F]+)\])?(?:\((\w+)\))?: (\w+): (\w+)(.*)$")
+_DUMP_FLAGS = {"default": "default", "visual impaired": "visual_impaired", "descriptions": "descriptions",
+               "hearing impaired": "hearing_impaired", "comment": "comment"}
+_METADATA_LINE = re.compile(r"^\s+(\w+)\s*:\s?(.*)$")
+
+
+def _dump(container: av.container.InputContainer) -> str:
+    """FFmpeg's description of the input (it logs it at INFO, so logging is raised while it is captured)."""
+    with _DUMP_LOCK:
+        previous = av.logging.get_level()
+        av.logging.set_level(av.logging.INFO)
+        try:
+            return container.dumps_format()
+        finally:
+            av.logging.set_level(previous)
+
+
+def inventory(container: av.container.InputContainer) -> list[Program]:
+    """The input's programs and their audio tracks (one program numbered None when it declares none).
+    A track that appeared after the input was opened is described from FFmpeg's dump alone."""
+    programs, dumped = parse_dump(_dump(container))
+    tracks = {**dumped, **{s.index: _track(s) for s in container.streams.audio}}
+    programs = programs or [(None, {}, list(tracks))]
+    return [Program(number, meta.get("service_name"), meta.get("service_provider"), tuple(tracks[i] for i in indexes if i in tracks))
+            for number, meta, indexes in programs]
+
+
+def parse_dump(dump: str) -> tuple[list[tuple[int | None, dict[str, str], list[int]]], dict[int, AudioTrack]]:
+    """From FFmpeg's dump of an input: (program number, its metadata, its stream indexes) in its order,
+    streams of no program (listed after "No Program", or with no program at all) under number None;
+    and the audio tracks as the dump describes them (channels unknown: 0)."""
+    programs: list[tuple[int | None, dict[str, str], list[int]]] = []
+    tracks: dict[int, AudioTrack] = {}
+    in_header = False  # between a Program line and its first Stream line: the program's own metadata
+    for line in dump.splitlines():
+        if match := _PROGRAM_LINE.match(line):
+            programs.append((int(match.group(1)) if match.group(1) else None, {}, []))
+            in_header = True
+        elif match := _STREAM_LINE.match(line):
+            index, pid, language, kind, codec, rest = match.groups()
+            if not programs:
+                programs.append((None, {}, []))
+            programs[-1][2].append(int(index))
+            if kind == "Audio":
+                flags = tuple(flag for text, flag in _DUMP_FLAGS.items() if f"({text})" in rest)
+                layout = rest.split(",")[2].strip() if rest.count(",") >= 2 else "unknown"
+                tracks[int(index)] = AudioTrack(int(index), int(pid or "0", 16), codec, 0, layout, language, flags)
+            in_header = False
+        elif in_header and (match := _METADATA_LINE.match(line)) and match.group(1) != "Metadata":
+            programs[-1][1][match.group(1)] = match.group(2).strip()
+    return programs, tracks
+
+
+def _track(stream: av.audio.stream.AudioStream) -> AudioTrack:
+    context = stream.codec_context
+    flags = tuple(flag.name for flag in type(stream.disposition) if flag and flag in stream.disposition)
+    return AudioTrack(stream.index, stream.id, context.name, context.layout.nb_channels, context.layout.name,
+                      stream.language or stream.metadata.get("language"), flags)
+
+
+def open_input(url: str, options: dict[str, str], ingest: IngestOptions) -> av.container.InputContainer:
+    return av.open(url, options=options, timeout=(ingest.open_timeout, ingest.read_timeout), metadata_errors="replace")
+
+
+def probe(url: str, options: dict[str, str] | None = None, ingest: IngestOptions = IngestOptions()) -> list[Program]:
+    """What `url` carries, for `airtrace streams probe`."""
+    with open_input(url, options or {}, ingest) as container:
+        return inventory(container)
+
+
+# ---- sources ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MuxProgram:
+    """One wanted program of a multiplex: which one, the stream id it gets, its audio choice and metadata."""
+
+    audio: AudioSelection  # its `program` names the program
+    id: str | None = None  # None: the multiplex id, a dash and the program (number or service name) as given
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MuxSource:
+    """An input read over one connection into one stream per wanted program. `programs` None: every
+    program it carries, each with `audio` (a language, say) as its selection."""
+
+    id: str
+    url: str
+    programs: tuple[MuxProgram, ...] | None = None
+    audio: AudioSelection = AudioSelection()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+    is_file = StreamSource.is_file
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "multiplex id")
+        for wanted in self.programs or ():
+            self.stream_id(wanted)
+
+    @classmethod
+    def single(cls, source: StreamSource, audio: AudioSelection) -> "MuxSource":
+        """A plain stream with an audio selection: the one chosen track, under the stream's own id."""
+        return cls(source.id, source.url, (MuxProgram(audio, source.id, source.name, source.metadata),), options=source.options)
+
+    def stream_id(self, wanted: MuxProgram) -> str:
+        """The program's own id, or the multiplex id, a dash and the program as the entry names it; held to the
+        one id rule (records.check_id)."""
+        return check_id(wanted.id or f"{self.id}-{wanted.audio.program}", "stream id")
+
+    @property
+    def stream_ids(self) -> list[str] | None:
+        """The ids of its streams, known before reading unless every program is wanted (None)."""
+        return None if self.programs is None else [self.stream_id(p) for p in self.programs]
+
+    def wanted(self, programs: Sequence[Program]) -> tuple[list[tuple[str, MuxProgram, Program, AudioTrack]], list[str]]:
+        """(stream id, wanted, program, track) for every wanted program found, and why others were not."""
+        found, missing = [], []
+        for wanted in self.programs if self.programs is not None else self._every(programs):
+            try:
+                program, track = wanted.audio.choose(programs, self.url)
+            except SelectionError as exc:
+                missing.append(f"{self.stream_id(wanted)}: {exc}")
+                continue
+            found.append((self.stream_id(wanted), wanted, program, track))
+        return found, missing
+
+    def _every(self, programs: Sequence[Program]) -> list[MuxProgram]:
+        numbered = [p for p in programs if p.number is not None and p.tracks]
+        if not numbered:  # not a multiplex: the input as one program
+            return [MuxProgram(self.audio, self.id)]
+        return [MuxProgram(AudioSelection(p.number, self.audio.language, self.audio.index, self.audio.disposition)) for p in numbered]
+
+
+def check_unique_ids(sources: Sequence[StreamSource | MuxSource], where: str) -> None:
+    """Every stream id known before reading appears once (a multiplex of every program adds ID-NUMBER ids)."""
+    seen: set[str] = set()
+    for source in sources:
+        ids = source.stream_ids if isinstance(source, MuxSource) else [source.id]
+        for stream_id in ids or []:
+            if stream_id in seen:
+                raise ConfigError(f"{where}: stream id {stream_id!r} appears twice; ids must be unique (give a program its own id)")
+            seen.add(stream_id)
+
+
+MUX_FIELDS = ("mux", "url", "programs", "audio", "metadata", "options")
+PROGRAM_FIELDS = ("program", "id", "name", "audio", "metadata")
+
+
+def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
+    """A streams-file entry with `mux` (a multiplex) or with `audio` (one stream's track) as a MuxSource."""
+    if "mux" not in entry:
+        plain = {k: v for k, v in entry.items() if k != "audio"}
+        return MuxSource.single(_source_from_entry(plain, where), AudioSelection.parse(entry["audio"], where))
+    unknown = sorted(set(entry) - set(MUX_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; a mux has {', '.join(MUX_FIELDS)}")
+    for name in ("mux", "url"):
+        if not isinstance(entry.get(name), str) or not entry[name].strip():
+            raise ConfigError(f"{where}: field {name!r} is missing or not a string")
+    for name in ("metadata", "options"):
+        if not isinstance(entry.get(name, {}), dict):
+            raise ConfigError(f"{where}: field {name!r} must be a mapping")
+    audio = AudioSelection.parse(entry.get("audio"), where)
+    if audio.program is not None:
+        raise ConfigError(f"{where}: a mux's audio applies to every program; name programs under 'programs'")
+    programs = entry.get("programs", "all")
+    if programs == "all":
+        chosen = None
+    elif isinstance(programs, list) and programs:
+        chosen = tuple(_program_from_entry(p, audio, f"{where}, program #{i + 1}") for i, p in enumerate(programs))
+    else:
+        raise ConfigError(f"{where}: programs must be 'all' or a list of program numbers, service names or mappings with 'program'")
+    options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
+    try:
+        return MuxSource(entry["mux"], entry["url"], chosen, audio, dict(entry.get("metadata", {})), options)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _program_from_entry(entry: Any, audio: AudioSelection, where: str) -> MuxProgram:
+    if isinstance(entry, (int, str)):
+        entry = {"program": entry}
+    if not isinstance(entry, dict) or "program" not in entry:
+        raise ConfigError(f"{where}: give a program number, a service name, or a mapping with 'program'")
+    unknown = sorted(set(entry) - set(PROGRAM_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; a program has {', '.join(PROGRAM_FIELDS)}")
+    own = AudioSelection.parse(entry.get("audio"), where)
+    merged = {name: getattr(own, name) if getattr(own, name) is not None else getattr(audio, name) for name in AudioSelection.FIELDS}
+    selection = AudioSelection.parse({**{k: v for k, v in merged.items() if v is not None}, "program": entry["program"]}, where)
+    if not isinstance(entry.get("metadata", {}), dict):
+        raise ConfigError(f"{where}: field 'metadata' must be a mapping")
+    return MuxProgram(selection, entry.get("id"), entry.get("name"), dict(entry.get("metadata", {})))
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    """Sent to the sink when a stream of a multiplex starts (or restarts) on a track: what events carry."""
+
+    stream_id: str
+    metadata: dict[str, Any]
+
+
+class _ProgramStream:
+    """One program's stream: lives across reconnects like a single stream's read_windows state."""
+
+    def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool):
+        self.id, self.grid, self.metrics = stream_id, grid, metrics
+        self.clock = StreamClock(grid.sample_rate, live=live)
+        self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
+        self.seq, self.after_gap, self.up = 0, False, False
+        self.windower = StreamWindower(grid)
+        self.resampler: av.AudioResampler | None = None
+        self.last_heard = 0.0  # input time (s) of its latest packet
+
+    def connect(self, heard: float) -> None:
+        """A new connection, or the program's return after it left: a fresh cut, a gap if audio came before."""
+        self.windower = StreamWindower(self.grid)
+        self.resampler = av.AudioResampler(format="fltp", rate=self.grid.sample_rate)
+        self.clock.connect()
+        self.after_gap = self.after_gap or self.seq > 0
+        self.last_heard = heard
+
+    def down(self) -> None:
+        if self.up and self.metrics:
+            self.metrics.stream_up.labels(self.id).set(0)
+        self.up = False
+        self.dead_air.end(self.clock.end_offset)
+
+    def decode(self, packet: av.Packet) -> Iterator[AudioWindow]:
+        for frame in packet.decode():
+            for out in self.resampler.resample(frame):
+                yield from self.push(_mono(out))
+
+    def push(self, chunk: np.ndarray) -> Iterator[AudioWindow]:
+        if not self.up and self.metrics:
+            self.metrics.stream_up.labels(self.id).set(1)
+        self.up = True
+        self.clock.chunk(len(chunk), time.time())
+        for index, samples in self.windower.push(chunk):
+            start = self.grid.start(index)
+            window = AudioWindow(self.id, self.seq, self.clock.offset(start), self.clock.air_time(start), samples, self.after_gap)
+            self.dead_air.observe(samples, window.offset)
+            if self.metrics:
+                self.metrics.windows_ingested.labels(self.id).inc()
+            yield window
+            self.seq, self.after_gap = self.seq + 1, False
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    planes = frame.to_ndarray()
+    if len(planes) <= 2:
+        return downmix(planes)
+    return downmix_surround(planes, [channel.name for channel in frame.layout.channels])
+
+
+def read_mux(
+    mux: MuxSource,
+    grid: WindowGrid,
+    options: IngestOptions = IngestOptions(),
+    metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[AudioWindow | StreamStarted | StreamEnded]:
+    """Windows of every wanted program of `mux`, from one connection at a time, reopened as
+    monitor.ingest reopens a single stream; a StreamEnded for each program stream once it is done."""
+    streams: dict[str, _ProgramStream] = {}
+    try:
+        yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams)
+    except Exception:  # a bug must end this multiplex's streams cleanly, not leave their plays open
+        log.exception("multiplex %s stopped on an unexpected error", mux.id)
+    for stream_id in streams:
+        yield StreamEnded(stream_id)
+
+
+def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,
+                      streams: dict[str, _ProgramStream]) -> Iterator[AudioWindow | StreamStarted]:
+    live = not mux.is_file
+    backoff = Backoff(options.backoff_initial, options.backoff_max)
+    announcer = _Announcer(mux, metrics)
+    while not stop.is_set():
+        reopen = False
+        try:
+            with open_input(mux.url, mux.options, options) as container:
+                reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live)
+            if not live or stop.is_set():
+                return
+            if not reopen:
+                log.warning("multiplex %s dropped (end of data); reopening", mux.id)
+        except SelectionError as exc:
+            log.error("multiplex %s: %s", mux.id, exc)
+            if not live:
+                return
+        except (av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
+            if metrics:
+                for stream_id in streams or mux.stream_ids or [mux.id]:
+                    metrics.decode_errors.labels(stream_id).inc()
+            if not live:
+                log.error("multiplex %s: %s; skipping this input", mux.id, exc)
+                return
+            log.warning("multiplex %s: %s", mux.id, exc)
+        finally:
+            for stream in streams.values():
+                stream.down()
+        if reopen:
+            continue
+        delay = backoff.next_delay()
+        log.info("multiplex %s: reconnecting in %.1f s", mux.id, delay)
+        if stop.wait(delay):
+            return
+        if metrics:
+            for stream in streams.values():
+                metrics.stream_reconnects.labels(stream.id).inc()
+
+
+class _Announcer:
+    """Tells what each stream monitors, once per change (a service named late by its tables, a new track):
+    a log line, airtrace_stream_info, and a StreamStarted that gives events the stream's metadata."""
+
+    def __init__(self, mux: MuxSource, metrics: Metrics | None):
+        self.mux, self.metrics = mux, metrics
+        self.told: dict[str, dict[str, Any]] = {}
+
+    def changed(self, stream_id: str, wanted: MuxProgram, program: Program, track: AudioTrack) -> StreamStarted | None:
+        before = self.told.get(stream_id, {})
+        # A reconnect may read the program map before the service table: keep the names already read.
+        named = {k: before[k] for k in ("service_name", "service_provider") if k in before} if before.get("program") == program.number else {}
+        metadata = {**self.mux.metadata, **wanted.metadata, **named, **program.metadata(), "language": track.language, "audio_stream": track.index}
+        metadata = {k: v for k, v in metadata.items() if v is not None} | ({"name": wanted.name} if wanted.name else {})
+        if before == metadata:
+            return None
+        log.info("multiplex %s: %s is %s, %s", self.mux.id, stream_id, program.describe(), track.describe())
+        if self.metrics:
+            _set_info(self.metrics, stream_id, metadata, self.told.get(stream_id))
+        self.told[stream_id] = metadata
+        return StreamStarted(stream_id, metadata)
+
+
+def _read_connection(container: av.container.InputContainer, mux: MuxSource, grid: WindowGrid, options: IngestOptions,
+                     metrics: Metrics | None, stop: threading.Event, streams: dict[str, _ProgramStream], announcer: _Announcer,
+                     backoff: Backoff, live: bool) -> Iterator[AudioWindow | StreamStarted]:
+    """One connection's windows; returns True when a service change needs the input reopened."""
+    programs = inventory(container)
+    found, missing = mux.wanted(programs)
+    if not found:
+        raise SelectionError("\n".join(missing) or f"no program carries audio:\n{describe_inventory(programs)}")
+    for reason in missing:
+        log.warning("multiplex %s: %s", mux.id, reason)
+    for stream_id in set(streams) - {stream_id for stream_id, *_ in found}:
+        log.warning("multiplex %s: %s is not in the multiplex; its stream stays down until it returns", mux.id, stream_id)
+    by_index: dict[int, list[_ProgramStream]] = {}
+    decoding: dict[str, int] = {}  # stream id -> the track index it decodes on this connection
+    for stream_id, wanted, program, track in found:
+        stream = streams.get(stream_id) or streams.setdefault(stream_id, _ProgramStream(stream_id, grid, options, metrics, live or options.realtime))
+        stream.connect(0.0)
+        by_index.setdefault(track.index, []).append(stream)
+        decoding[stream_id] = track.index
+        if started := announcer.changed(stream_id, wanted, program, track):
+            yield started
+    every = [stream for group in by_index.values() for stream in group]
+    heard = 0.0  # the input's time: the latest packet time of any wanted track, from this connection's first
+    began, next_check, reported = time.monotonic(), PROGRAM_CHECK_SECONDS, set()
+    first_time: float | None = None
+    for packet in container.demux([container.streams[i] for i in by_index]):
+        if stop.is_set():
+            return False
+        if packet.pts is not None and packet.time_base is not None:
+            t = float(packet.pts * packet.time_base)
+            first_time = t if first_time is None else first_time
+            heard = max(heard, t - first_time)
+        for stream in by_index.get(packet.stream.index, []):
+            if packet.size:
+                if not stream.up and stream.seq > 0 and heard - stream.last_heard > options.read_timeout:
+                    log.warning("multiplex %s: %s is back on air", mux.id, stream.id)
+                    stream.connect(heard)
+                stream.last_heard = heard
+            elif not stream.up:  # the end's flush packet for a program that left
+                continue
+            for window in stream.decode(packet):
+                yield window
+                backoff.reset()
+        for stream in every:
+            if stream.up and heard - stream.last_heard > options.read_timeout:
+                log.warning("multiplex %s: %s left the multiplex (no audio for %.0f s while the others go on)", mux.id, stream.id, heard - stream.last_heard)
+                stream.down()
+        if options.realtime and not live and (ahead := began + heard - 0.2 - time.monotonic()) > 0:
+            time.sleep(ahead)
+        if heard >= next_check:
+            next_check = heard + PROGRAM_CHECK_SECONDS
+            now, _ = mux.wanted(inventory(container))
+            change = _service_change(now, decoding)
+            if change and live:
+                log.warning("multiplex %s: %s; reopening the input to add it", mux.id, change)
+                return True
+            if change and change not in reported:
+                log.warning("multiplex %s: %s; a file is read once, so it is not monitored", mux.id, change)
+                reported.add(change)
+            for stream_id, wanted, program, track in now:
+                if decoding.get(stream_id) == track.index and (started := announcer.changed(stream_id, wanted, program, track)):
+                    yield started
+    return False
+
+
+def _service_change(now: list[tuple[str, MuxProgram, Program, AudioTrack]], decoding: dict[str, int]) -> str | None:
+    """A change that needs a reopen: a wanted program that was not there, or one whose chosen track moved."""
+    for stream_id, _, program, track in now:
+        if stream_id not in decoding:
+            return f"{program.describe()} appeared as {stream_id}"
+        if track.index != decoding[stream_id]:
+            return f"{program.describe()} moved {stream_id} to {track.describe()}"
+    return None
+
+
+def _set_info(metrics: Metrics, stream_id: str, metadata: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """airtrace_stream_info for the stream's program and track, replacing the series of its previous one."""
+    def labels(meta: dict[str, Any]) -> list[str]:
+        return [stream_id, *(str(meta.get(k, "")) for k in INFO_LABELS)]
+
+    if previous is not None:
+        try:
+            metrics.stream_info.remove(*labels(previous))
+        except KeyError:
+            pass
+    metrics.stream_info.labels(*labels(metadata)).set(1)
+
+
+INFO_LABELS = ("program", "service_name", "service_provider", "language")
+
+
+
+def command_line_sources(sources: Sequence[StreamSource], audio: str | None, programs: str | None) -> list[StreamSource | MuxSource]:
+    """Streams named on the command line, with `--audio` (a selection) and `--programs` (all, or numbers and
+    service names separated by commas: each URL is then a multiplex whose streams are ID-PROGRAM)."""
+    selection = AudioSelection.parse(audio, "--audio")
+    if programs is None:
+        return [MuxSource.single(s, selection) if audio else s for s in sources]
+    if selection.program is not None:
+        raise ConfigError("--audio: with --programs, choose programs there and leave program out of --audio")
+    names = None if programs.strip() == "all" else [p.strip() for p in programs.split(",") if p.strip()]
+    if names == []:
+        raise ConfigError("--programs: give 'all' or program numbers and service names separated by commas")
+    fields = {name: getattr(selection, name) for name in AudioSelection.FIELDS if getattr(selection, name) is not None}
+    return [MuxSource(s.id, s.url, None if names is None else tuple(MuxProgram(AudioSelection.parse({**fields, "program": n}, "--programs")) for n in names),
+                      selection, options=s.options) for s in sources]
