@@ -258,7 +258,10 @@ def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, r
         finally:
             timer.cancel()
     assert "appeared as tv-303; reopening the input to add it" in caplog.text
-    assert "tv-101 is not in the multiplex; its stream stays down until it returns" in caplog.text
+    # 101 is reported either at the reopen, or, when FFmpeg's probe of the reopened input read across the
+    # server's loop back to the start (where 101 still airs), when it leaves again: which, the load decides.
+    assert ("tv-101 is not in the multiplex; its stream stays down until it returns" in caplog.text
+            or "tv-101 left the multiplex" in caplog.text)
     assert seen["tv-202", True] >= 1 and seen["tv-202", False] > seen["tv-303", False]
     assert registry.get_sample_value("airtrace_stream_info", {"stream": "tv-303", "program": "303", "service_name": "Service02",
                                                               "service_provider": "FFmpeg", "language": ""}) == 1
