@@ -103,7 +103,8 @@ class PlayConfig:
     dropout_seconds: float = 15.0  # a play survives this long without support on its line (talk-over, a noise
     # burst, lost hits) and resumes as the same play; its ended event waits until this has passed
     takeover_seconds: float = 3.0  # similar tracks (one composer, one game) take turns on a line for a second or two
-    same_airing_seconds: float = 3.0  # a line of the open play's track this near its own is that airing, not a new play
+    same_airing_seconds: float = 3.0  # a line of the play's own track found this near its own after a dropout (a refit
+    # lands a little off) carries the play's fit on; a farther one (a loop, a reprise) moves the play onto it
     realign_seconds: float = 20.0  # until its support spans this, a play may move to another line of its track: music
     # repeats itself, so its first seconds can fit an alignment one loop away. Later, another line is the track again
     start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does
