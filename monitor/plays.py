@@ -21,8 +21,16 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   starts at none below its own): in a small catalog a neighbour of the track lands near the line by chance,
   far below the track's own similarity, and would carry the play on past its end. A window that holds the
   track elsewhere may move the play to a better-supported alignment of the same track.
-- A play survives `dropout_seconds` without support (a DJ over the intro, a noisy stretch); it ends
-  sooner, after `takeover_seconds`, if another track's play is found meanwhile, and at once at a gap.
+- A play is provisional until its support spans `min_play_seconds`: only then is its `started` event
+  published (back-dated: its boundaries come from the evidence, so the rule costs latency, not accuracy).
+  Non-catalog music that quotes a catalog track, or talk, lands on a line for a few seconds; a provisional
+  play that ends leaves no event at all, so no play is ever withdrawn and consumers need no such event.
+- One airing, one play: a play survives `dropout_seconds` without support (a DJ over the intro, a noise
+  burst, lost hits) and carries on when its line is heard again; the ended event is decided only once that
+  gap has passed. Another line of its track found meanwhile is the same airing (a line refitted a little
+  off, or one loop away), unless it starts the track from the top after the play fell silent: the track
+  played again. The play ends sooner, after `takeover_seconds`, if another track's run spanning
+  `min_play_seconds` is found meanwhile, and at once at a gap of the stream.
 - Boundaries come from the alignment, not from hit windows: the first and last supporting windows,
   corrected by `start_edge_seconds` / `end_edge_seconds` (a window matches once part of it holds the
   track; the figures are medians measured with `airtrace bench broadcast`), or the track's own
@@ -43,7 +51,7 @@ from monitor.events import PlayEvent, play_id
 from monitor.matcher import SPEED_RANGE, Calibration, Match, calibrate, match_hits
 from monitor.records import Neighbour, WindowHits
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added OpenPlay.first_support_offset and .published; version 1 states are still read
 
 
 class TrackLike(Protocol):
@@ -89,8 +97,16 @@ class PlayConfig:
     tolerance_seconds: float = 0.75  # |ref_time - predicted| for a neighbour to support the alignment
     level_ratio: float = 0.8  # a support must reach this fraction of the play's (a run's) mean similarity: in a
     # small catalog a neighbour of the track lands on the line by chance, but far below the play's own level
-    dropout_seconds: float = 8.0
+    min_play_seconds: float = 5.0  # supported seconds before a play is reported: non-catalog music that quotes a
+    # catalog track, or talk, lands on a line for a few seconds (phantoms of up to ~5 s measured); the cost is
+    # this much detection latency, since `started` waits until the evidence spans it
+    dropout_seconds: float = 15.0  # a play survives this long without support on its line (talk-over, a noise
+    # burst, lost hits) and resumes as the same play; its ended event waits until this has passed
     takeover_seconds: float = 3.0  # similar tracks (one composer, one game) take turns on a line for a second or two
+    same_airing_seconds: float = 3.0  # a line of the play's own track found this near its own after a dropout (a refit
+    # lands a little off) carries the play's fit on; a farther one (a loop, a reprise) moves the play onto it
+    realign_seconds: float = 20.0  # until its support spans this, a play may move to another line of its track: music
+    # repeats itself, so its first seconds can fit an alignment one loop away. Later, another line is the track again
     start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does
     end_edge_seconds: float = 0.0  # and ends this long before the last supporting window does
     snap_start_seconds: float = 5.0  # a voice over the intro hides the track's first seconds
@@ -133,8 +149,11 @@ class OpenPlay:
     start_snapped: bool  # stream_start is where the line puts the track's start: refined as the line is
     air_minus_offset: float  # air_time - offset on this connection: maps stream time to UTC
     score: float  # sum of the similarities of the supporting windows (the fit's: score / fit[0] is their mean)
+    first_support_offset: float
     last_support_seq: int
     last_support_offset: float
+    published: bool  # its started event is out: it had `min_play_seconds` of support. Until then it is
+    # provisional, and a provisional play that ends leaves no event at all
     recent: int  # support of the latest windows as bits, newest in bit 0
     fit: tuple[float, float, float, float, float]  # n, sum t, sum r, sum t*t, sum t*r of confirmed supports,
     # t counted from stream_start (hours of stream time would drown a least-squares fit in rounding)
@@ -174,7 +193,7 @@ class StreamState:
     @classmethod
     def from_json(cls, text: str) -> "StreamState":
         data = json.loads(text)
-        if data.get("v") != STATE_VERSION:
+        if data.get("v") not in (1, STATE_VERSION):
             raise ValueError(f"play state version {data.get('v')!r} is not {STATE_VERSION}; it was saved by another release")
         stream_id = data["stream_id"]
         history = tuple(
@@ -183,6 +202,8 @@ class StreamState:
         )
         play = data["play"]
         if play is not None:
+            if data["v"] == 1:  # version 1 announced every play as it opened
+                play = {**play, "first_support_offset": play["stream_start"], "published": True}
             play = OpenPlay(**{**play, "line": Line(**play["line"]), "fit": tuple(play["fit"])})
         spent = tuple((track, seq) for track, seq in data["spent"])
         pending = None if data["pending"] is None else tuple(data["pending"])
@@ -217,7 +238,7 @@ class PlayTracker:
             events += ended
             if state.play is not None:
                 return state, events
-        state, run = self._candidate(state, None, catalog)
+        state, run = self._candidate(state, catalog)
         if run is not None:
             state, started = self._open(state, run, hits, catalog)
             events += started
@@ -225,7 +246,7 @@ class PlayTracker:
 
     def close(self, state: StreamState, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
         """End the open play (at a gap or the end of the stream) and forget the history."""
-        events = [] if state.play is None else [self._ended(state, state.play, catalog)]
+        events = [] if state.play is None else self._ending(state, state.play, catalog)
         return replace(state, history=(), play=None, spent=(), pending=None), events
 
     def _support(self, hits: WindowHits, line: Line) -> tuple[float, float] | None:
@@ -251,17 +272,33 @@ class PlayTracker:
         play = replace(play, recent=recent)
         if support is None and any(n.track_id == play.line.track_id for n in hits.neighbours):
             play = self._realign(replace(state, play=play), play, catalog)
-        state = replace(state, play=play)
+        state, started = self._announce(replace(state, play=play), play, hits, catalog)
+        play = state.play
+        assert play is not None
         silent = hits.offset - play.last_support_offset
         if silent >= self.config.dropout_seconds:
-            return self._end(state, play), [self._ended(state, play, catalog)]
+            return self._end(state, play), started + self._ending(state, play, catalog)
         if silent >= self.config.takeover_seconds:
-            state, run = self._candidate(state, play.line.track_id, catalog)
-            if run is not None:
-                ended = self._ended(state, play, catalog)
-                state, started = self._open(self._end(state, play), run, hits, catalog)
-                return state, [ended, *started]
-        return state, []
+            state, run = self._candidate(state, catalog)
+            if run is not None and run.line.track_id == play.line.track_id and not self._restart(state, play, run, catalog):
+                state, announced = self._announce(state, self._rejoin(state, play, run, catalog), hits, catalog)
+                return state, started + announced
+            if run is not None and run.supports[-1][0].offset - run.supports[0][0].offset >= self.config.min_play_seconds:
+                ended = self._ending(state, play, catalog)  # only a newcomer that cannot be a phantom ends our play
+                state, opened = self._open(self._end(state, play), run, hits, catalog)
+                return state, [*started, *ended, *opened]
+        return state, started
+
+    def _announce(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
+        """Publish the started event of a provisional play once its support spans `min_play_seconds`."""
+        if play.published or play.last_support_offset - play.first_support_offset < self.config.min_play_seconds:
+            return replace(state, play=play), []
+        play = replace(play, published=True)
+        return replace(state, play=play), [self._started(state, play, hits, catalog)]
+
+    def _ending(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> list[PlayEvent]:
+        """The ended event of a published play; a provisional one ends unheard of (it was never reported)."""
+        return [self._ended(state, play, catalog)] if play.published else []
 
     def _extend(self, play: OpenPlay, hits: WindowHits, support: tuple[float, float]) -> OpenPlay:
         similarity, ref = support
@@ -284,10 +321,10 @@ class PlayTracker:
             speed = fitted if SPEED_RANGE[0] <= fitted <= SPEED_RANGE[1] else line.speed
         return replace(line, speed=speed, intercept=sr / n - speed * (st / n + origin))
 
-    def _candidate(self, state: StreamState, exclude: str | None, catalog: CatalogInfo) -> tuple[StreamState, Run | None]:
+    def _candidate(self, state: StreamState, catalog: CatalogInfo) -> tuple[StreamState, Run | None]:
         """A run to open a play with, once `confirm_windows` windows in a row found the same line: a chance
         line through the latest hits rarely survives the next window, a real one grows stronger."""
-        run = self._find_run(state, exclude, catalog)
+        run = self._find_run(state, catalog)
         if run is None:
             return replace(state, pending=None), None
         count, now = 1, state.history[-1].offset
@@ -302,20 +339,20 @@ class PlayTracker:
     def _end(self, state: StreamState, play: OpenPlay) -> StreamState:
         return replace(state, play=None, spent=state.spent + ((play.line.track_id, state.last_seq),))
 
-    def _usable(self, state: StreamState, exclude: str | None) -> list[WindowHits]:
-        """The history without hits already spent on closed plays, nor those of `exclude`."""
+    def _usable(self, state: StreamState) -> list[WindowHits]:
+        """The history without hits already spent on closed plays."""
         spent = dict(state.spent)
         out = []
         for h in state.history:
-            keep = tuple(n for n in h.neighbours if n.track_id != exclude and h.seq > spent.get(n.track_id, -1))
+            keep = tuple(n for n in h.neighbours if h.seq > spent.get(n.track_id, -1))
             out.append(h if len(keep) == len(h.neighbours) else replace(h, neighbours=keep))
         return out
 
-    def _find_run(self, state: StreamState, exclude: str | None, catalog: CatalogInfo) -> Run | None:
+    def _find_run(self, state: StreamState, catalog: CatalogInfo) -> Run | None:
         """The best line through the usable history that is still playing and supported by enough windows."""
-        if not self._worth_matching(state, exclude):
+        if not self._worth_matching(state):
             return None
-        history = self._usable(state, exclude)
+        history = self._usable(state)
         newest, tried = history[-1], 0
         for seconds in self.config.match_seconds:
             recent = [h for h in history if h.offset > newest.offset - seconds]
@@ -345,7 +382,7 @@ class PlayTracker:
                 return run
         return None
 
-    def _worth_matching(self, state: StreamState, exclude: str | None) -> bool:
+    def _worth_matching(self, state: StreamState) -> bool:
         """A cheap necessary condition for `_find_run` to succeed, so the matcher runs only when it might.
 
         A run ends at the newest window or the one before, so one of their neighbours (t, r) is on the line,
@@ -360,7 +397,7 @@ class PlayTracker:
         anchors = []
         for h in state.history:
             for n in h.neighbours:
-                if n.track_id != exclude and h.seq > spent.get(n.track_id, -1):
+                if h.seq > spent.get(n.track_id, -1):
                     points.setdefault(n.track_id, []).append((h.seq, h.offset, n.ref_time))
                     if h.seq >= newest - 1:
                         anchors.append((n.track_id, h.seq, h.offset, n.ref_time))
@@ -409,7 +446,6 @@ class PlayTracker:
     def _open(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
         first, last = run.supports[0][0], run.supports[-1][0]
         start, snapped = self._start(state, run, catalog)
-        info = catalog.track(run.line.track_id)
         play = OpenPlay(
             play_id=play_id(state.stream_id, run.line.track_id, first.seq),
             line=run.line,
@@ -418,18 +454,32 @@ class PlayTracker:
             start_snapped=snapped,
             air_minus_offset=first.air_time - first.offset,
             score=sum(sim for _, sim, _ in run.supports),
+            first_support_offset=first.offset,
             last_support_seq=last.seq,
             last_support_offset=last.offset,
+            published=False,
             recent=0b1 if last.seq == hits.seq else 0b10,
             fit=_fit([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
-        started = PlayEvent(
-            play_id=play.play_id, state="started", stream_id=state.stream_id, track_id=run.line.track_id,
-            started_at=play.air_minus_offset + start, stream_start=start, ref_start=max(0.0, run.line.ref(start)),
-            speed=run.line.speed, score=play.score, confidence=run.line.confidence,
-            decided_offset=hits.offset + self.config.window_seconds, track=_metadata(info),
+        return self._announce(state, play, hits, catalog)
+
+    def _started(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> PlayEvent:
+        """The started event of `play`, decided at the window `hits`."""
+        line, start = play.line, self._play_start(state, play)
+        return PlayEvent(
+            play_id=play.play_id, state="started", stream_id=state.stream_id, track_id=line.track_id,
+            started_at=play.air_minus_offset + start, stream_start=start, ref_start=max(0.0, line.ref(start)),
+            speed=line.speed, score=play.score, confidence=line.confidence,
+            decided_offset=hits.offset + self.config.window_seconds, track=_metadata(catalog.track(line.track_id)),
         )
-        return replace(state, play=play), [started]
+
+    def _play_start(self, state: StreamState, play: OpenPlay) -> float:
+        """Where the play starts, with a snapped start refined by the line as it is known now."""
+        if play.start_snapped:
+            refined = max(play.line.stream_time(0.0), state.floor_offset)
+            if abs(refined - play.stream_start) <= self.config.snap_start_seconds:
+                return refined
+        return play.stream_start
 
     def _start(self, state: StreamState, run: Run, catalog: CatalogInfo) -> tuple[float, bool]:
         """Where the play starts, and whether that is the track's own start: the first supporting window
@@ -446,7 +496,9 @@ class PlayTracker:
         more windows since the play opened, that one is where the track really is. The start moves with
         it when either line put it at the track's own start; else the earlier evidence stands, since the
         new line's run may reach back less far (a noisy stretch, or the history's end)."""
-        history = self._usable(state, None)
+        if not self._young(play):
+            return play
+        history = self._usable(state)
         run = self._best_run(history, play.line.track_id, catalog)
         now = history[-1].offset
         if run is None or abs(run.line.ref(now) - play.line.ref(now)) <= self.config.tolerance_seconds:
@@ -455,12 +507,40 @@ class PlayTracker:
         current, better = self._count(since, play.line), self._count(since, run.line)
         if better < max(current + self.config.min_windows, 1.5 * current):  # loops offer near-equal lines: keep ours
             return play
+        return self._move(state, play, run, catalog)
+
+    def _restart(self, state: StreamState, play: OpenPlay, run: Run, catalog: CatalogInfo) -> bool:
+        """Whether `run`, of the play's own track, is the track played again: it starts the track from its top
+        after the play fell silent, and the play is past its first seconds. Any other line of the track found
+        while the play is silent is the same airing, heard again after a dropout on a line refitted a little
+        off ours, or one loop away."""
+        return not self._young(play) and run.supports[0][0].seq >= play.last_support_seq and self._start(state, run, catalog)[1]
+
+    def _rejoin(self, state: StreamState, play: OpenPlay, run: Run, catalog: CatalogInfo) -> OpenPlay:
+        """The play carried on by `run` of its own airing: near its line, the run's newer supports join the
+        fit (keeping the speed the play's long evidence measured); far from it, the play moves to the run's line."""
+        now = state.history[-1].offset
+        if self._young(play) or abs(run.line.ref(now) - play.line.ref(now)) > self.config.same_airing_seconds:
+            return self._move(state, play, run, catalog)
+        for h, similarity, ref in run.supports:
+            if h.seq > play.last_support_seq:
+                play = self._extend(play, h, (similarity, ref))
+        return play
+
+    def _young(self, play: OpenPlay) -> bool:
+        """Whether the play may still move to another line of its track (see `realign_seconds`)."""
+        return play.last_support_offset - play.first_support_offset < self.config.realign_seconds
+
+    def _move(self, state: StreamState, play: OpenPlay, run: Run, catalog: CatalogInfo) -> OpenPlay:
+        """The play on the line of `run`, its evidence restarted from that run's."""
+        history = state.history
         start, snapped = self._start(state, run, catalog)
         if not snapped and not play.start_snapped or run.supports[0][0].seq == history[0].seq:
             start, snapped = min(start, play.stream_start), snapped and start <= play.stream_start
-        last = run.supports[-1][0]
+        first, last = run.supports[0][0], run.supports[-1][0]
         return replace(
-            play, line=replace(run.line, confidence=play.line.confidence), stream_start=start, start_snapped=snapped, last_support_seq=last.seq, last_support_offset=last.offset,
+            play, line=replace(run.line, confidence=play.line.confidence), stream_start=start, start_snapped=snapped,
+            first_support_offset=min(play.first_support_offset, first.offset), last_support_seq=last.seq, last_support_offset=last.offset,
             score=sum(sim for _, sim, _ in run.supports), fit=_fit([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
 
@@ -468,10 +548,7 @@ class PlayTracker:
         """The ended event of `play`, as of the newest window in `state`."""
         line, config = play.line, self.config
         seen_until = state.history[-1].offset + config.window_seconds if state.history else play.last_support_offset + config.window_seconds
-        start = play.stream_start
-        if play.start_snapped:  # the line is better known now than when the play opened
-            refined = max(line.stream_time(0.0), state.floor_offset)
-            start = refined if abs(refined - start) <= config.snap_start_seconds else start
+        start = self._play_start(state, play)
         end = play.last_support_offset + config.window_seconds - config.end_edge_seconds
         info = catalog.track(line.track_id)
         if info is not None:

@@ -147,3 +147,22 @@ def test_bench_compare_puts_every_engine_in_one_summary_row(tmp_path: Path, enco
     assert rows["compact"]["top-1 10s"] == rows["landmark"]["top-1 10s"] == "100.0"  # clean 10 s excerpts of the catalog
     assert rows["landmark"]["windows/CPU-s (1 core)"] == "-" and rows["landmark"]["parameters"] == "0"
     assert all(row["x real time (1 core)"] > 0 and row["index bytes per audio s"] > 0 for row in rows.values())
+
+
+def test_broadcast_scoring_tells_fragments_from_phantoms() -> None:
+    """A second play of one airing (paid twice) and a play of a track not on air are counted apart."""
+    from monitor.bench.broadcast import _airing, _kind
+    from monitor.demo.broadcast import TruePlay, score_plays
+    from monitor.events import PlayEvent
+
+    def ended(track: str, start: float, end: float) -> PlayEvent:
+        return PlayEvent(f"00000000-0000-0000-0000-{int(start * 10):012d}", "ended", "s", track, start, start, 0.0, 1.0,
+                         1.0, 1.0, end + 1.0, ended_at=end, stream_end=end, ref_end=end - start)
+
+    truth = [TruePlay("a", 10.0, 60.0, 0.0, 50.0, 1.0), TruePlay("b", 60.0, 120.0, 0.0, 60.0, 1.0), TruePlay("c", 130.0, 170.0, 0.0, 40.0, 1.0)]
+    events = [ended("a", 10.2, 35.0), ended("a", 44.0, 59.8), ended("b", 60.1, 119.5), ended("a", 125.0, 129.0), ended("c", 100.0, 104.0)]
+    card = score_plays(truth, events)
+    kinds = sorted((p.detected.stream_start if p.detected else p.truth.stream_start, _kind(p, truth)) for p in card.pairings)
+    assert kinds == [(10.2, "matched"), (44.0, "fragment"), (60.1, "matched"), (100.0, "phantom"), (125.0, "phantom"), (130.0, "missed")]
+    fragment = next(p for p in card.pairings if p.detected and p.detected.stream_start == 44.0)
+    assert _airing(fragment, truth) == 0

@@ -1,7 +1,7 @@
 """End to end with real servers: a live HTTP broadcast at real-time pace -> `airtrace ingest` -> Kafka (Tansu)
 -> two `airtrace worker`s sharing the work over Redis, one of them killed mid-way -> the plays topic.
 
-The broadcast (about 100 s) mixes catalog tracks with a tempo change, noise, crossfades and talk over
+The broadcast (about 110 s) mixes catalog tracks with a tempo change, noise, crossfades and talk over
 them, and music that is not in the catalog. Every true play must be reported exactly once (one started
 and one ended event, no duplicates after the kill), with start and end within 1 s of the truth, and
 nothing may be reported for the music that is not in the catalog.
@@ -41,7 +41,9 @@ def programme() -> list[Piece]:
         Piece("music", "termigator_reg-zbb", music["termigator_reg-zbb"], ref_start=8.0, seconds=16.0, chain="noise:20"),
         Piece("track", "gardien-go", music["gardien-go"], ref_start=6.0, seconds=20.0, chain="noise:10", overlap=1.0),  # crossfade
         # Not area3-game: it shares material with area2-game, and a small catalog cannot tell them apart.
-        Piece("music", "termigator_reg-zbb", music["termigator_reg-zbb"], ref_start=30.0, seconds=12.0, chain="noise:20", overlap=1.0),
+        # Longer than a play's dropout gap: the last play's ended event is decided only once the gap has passed
+        # in stream time, and a live stream that stops gives none.
+        Piece("music", "termigator_reg-zbb", music["termigator_reg-zbb"], ref_start=28.0, seconds=20.0, chain="noise:20", overlap=1.0),
     ]
 
 
