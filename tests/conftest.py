@@ -53,3 +53,21 @@ def service_catalog(tmp_path_factory: pytest.TempPathFactory, service_encoder_so
     assert not report.skipped, report.skipped
     calibrate(catalog)
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session; each test takes a database of its own (`postgres_url`)."""
+    server = servers.postgres_server()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres: servers.PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    import re
+    import uuid
+
+    name = re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return postgres.create_database(name)
