@@ -28,6 +28,8 @@ REPORT_COLUMNS = ["timestamp_utc", "played_duration", "station", "title", "artis
                   "speed", "score", "confidence", "track_id", "play_id"]
 CUESHEET_COLUMNS = ["cue", "start_utc", "end_utc", "duration", "title", "artist", "isrc", "album", "track_id"]
 TOTALS_COLUMNS = ["station", "track_id", "title", "artist", "isrc", "plays", "seconds"]
+# Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
+DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3, "confidence": 4}
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,12 @@ def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
 
 def _fetch(log: PlayLog, query: Any) -> list[dict[str, Any]]:
     with log.connect() as connection:
-        return [{key: _plain(value) for key, value in row.items()} for row in connection.execute(query).mappings()]
+        return [{key: _plain(key, value) for key, value in row.items()} for row in connection.execute(query).mappings()]
 
 
-def _plain(value: Any) -> Any:
+def _plain(key: str, value: Any) -> Any:
+    if isinstance(value, float) and key in DECIMALS:
+        return round(value, DECIMALS[key])
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return value
