@@ -385,6 +385,8 @@ def test_the_docker_build_context_holds_an_installable_airtrace(tmp_path: Path) 
     (wheel,) = (tmp_path / "wheel").glob("airtrace-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"monitor/cli.py", "monitor/worker.py", "encoders/__init__.py", "monitor/schemas/play_event.v1.json"} <= names
+    migrations = {str(path.relative_to(ROOT)) for path in (ROOT / "monitor" / "playlog" / "migrations").rglob("*") if path.suffix in (".py", ".mako")}
+    assert migrations <= names, f"play log migrations missing from the image: {migrations - names}"
     shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "encoders" / "models").glob("*/*") if path.suffix in (".json", ".safetensors", ".md")}
     assert shipped <= names, f"shipped models missing from the image: {shipped - names}"
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
