@@ -167,6 +167,27 @@ def bench_streams(reference, encoder, streams, limit, hop, cache_dir, out) -> No
     _bench_errors(lambda: run_streams(reference, encoder, streams, limit, hop, cache_dir or default_cache_dir(), out, _command()))
 
 
+@bench.command("playlog")
+@click.option("--playlog", required=True, help="An empty PostgreSQL database: postgresql://user@host:port/db (it is migrated, then filled).")
+@click.option("--stations", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1))
+@click.option("--plays-per-day", default=274, show_default=True, type=click.IntRange(1), help="Plays per station and day (274: 10 M rows a year for 100 stations).")
+@click.option("--upsert-plays", default=20000, show_default=True, type=click.IntRange(1), help="Plays written through the idempotent upsert, timed apart.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_playlog(playlog, stations, days, plays_per_day, upsert_plays, out) -> None:
+    """The play log on PostgreSQL at scale: insert rate and the latency of every report query."""
+    from monitor.bench.commands import _command
+    from monitor.bench.report import publish
+    from monitor.playlog.bench import run_playlog_bench
+    from monitor.playlog.store import PlayLogError
+
+    try:
+        tables, extra = run_playlog_bench(playlog, stations, days, plays_per_day, upsert_plays, progress=lambda line: click.echo(line, err=True))
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    publish(tables, out, _command(), extra)
+
+
 if TYPE_CHECKING:
     from monitor.catalog import Catalog
 

@@ -280,3 +280,27 @@ def test_airtrace_monitor_keeps_the_play_log_beside_the_events_by_default(servic
     assert row["play_id"] == json.loads(events.read_text().splitlines()[-1])["play_id"]
     assert "play log" not in monitor("--no-playlog")
     assert f"play log in {data_home / 'airtrace' / 'plays.sqlite'}" in monitor()
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+def test_the_benchmark_refuses_sqlite_and_a_database_with_plays(tmp_path: Path, postgres_url: str) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", "playlog", "--playlog", str(tmp_path / "plays.sqlite")])
+    assert result.exit_code == 1 and "measures PostgreSQL" in result.output
+    PlayLog.open(postgres_url, migrate=True).apply(e.to_json() for e in synthetic_plays(1))
+    result = runner.invoke(main, ["bench", "playlog", "--playlog", postgres_url])
+    assert result.exit_code == 1 and "already holds plays" in result.output
+
+
+@pytest.mark.slow
+def test_every_report_query_answers_within_a_second_at_scale(postgres_url: str) -> None:
+    """A smaller `airtrace bench playlog` (the README has the full year of 100 stations)."""
+    from monitor.playlog.bench import run_playlog_bench
+
+    tables, figures = run_playlog_bench(postgres_url, stations=30, days=120, plays_per_day=274, upsert_plays=2000, repeats=3, progress=lambda _: None)
+    inserts, latency = tables
+    assert inserts.rows[0][1] == 30 * 120 * 274
+    assert [row[-1] for row in latency.rows] == ["met"] * len(latency.rows), latency.render()
+    assert figures["upsert_plays_per_second"] > 0
