@@ -566,7 +566,7 @@ def plays_list(playlog, start, end, stream, track, min_confidence, include_hidde
 @PLAYLOG_OPTION
 @click.argument("play_id")
 @click.option("--reason", required=True, help="Why the play is wrong (kept with it).")
-@click.option("--by", default=lambda: __import__("getpass").getuser(), show_default="your user name", help="Who rejects it.")
+@click.option("--by", default=lambda: _user(), show_default="your user name", help="Who rejects it.")
 def plays_reject(playlog: str, play_id: str, reason: str, by: str) -> None:
     """Mark PLAY_ID wrong: lists and reports leave it out until `restore`."""
     from monitor.playlog.store import PlayLogError
@@ -576,6 +576,12 @@ def plays_reject(playlog: str, play_id: str, reason: str, by: str) -> None:
     except PlayLogError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"rejected {play_id}")
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 @plays.command("restore")

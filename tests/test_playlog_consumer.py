@@ -53,9 +53,12 @@ def test_consume_survives_a_postgresql_restart_without_losing_or_duplicating_a_p
         postgres.stop()
         publish(kafka_broker.port, second + first[:4])
         servers.wait_until(lambda: "retrying in" in (tmp_path / "consume.log").read_text(), 30, "the consumer retrying the database")
+        servers.wait_until(lambda: (servers.metric(metrics_port, "airtrace_consumer_lag_messages", topic=f"{PREFIX}.plays") or 0) >= len(second),
+                           30, "the plays waiting in Kafka counted as lag")
         postgres.restart()
         servers.wait_until(lambda: count(log) == 60 and all(r["state"] == "ended" for r in queries.list_plays(log)[1]), 60, "all 60 plays ended")
         assert servers.metric(metrics_port, "airtrace_dead_letters_total", reason="malformed") == 1
+        servers.wait_until(lambda: servers.metric(metrics_port, "airtrace_consumer_lag_messages", topic=f"{PREFIX}.plays") == 0, 30, "no lag")
     finally:
         servers.stop(consumer)
     clean = PlayLog.open(tmp_path / "clean.sqlite", migrate=True)

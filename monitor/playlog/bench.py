@@ -40,8 +40,10 @@ def synthetic_days(stations: int, days: int, plays_per_day: int, seed: int = 0) 
     midnight0 = np.datetime64(YEAR_START.replace(tzinfo=None), "us")
     for day in range(days):
         count = stations * plays_per_day
-        station = np.repeat(np.arange(stations), plays_per_day)
-        offset = np.sort(rng.uniform(0, 86400 - 300, count))
+        # Each station's plays spread over its day; rows in air order across stations, as a consumer writes them.
+        station, offset = np.repeat(np.arange(stations), plays_per_day), rng.uniform(0, 86400 - 300, count)
+        order = np.argsort(offset, kind="stable")
+        station, offset = station[order], offset[order]
         duration = rng.uniform(30, 300, count)
         track = rng.choice(CATALOG_TRACKS, count, p=popularity)
         ref_start, speed = rng.uniform(0, 30, count), rng.normal(1.0, 0.01, count)

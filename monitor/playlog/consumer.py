@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,10 +64,13 @@ async def consume_plays(playlog: PlayLog, kafka: KafkaSettings, topics: Topics, 
             if not records:
                 continue
             rows = [row for record in records if (row := await _row_or_dead_letter(record, producer, topics, metrics)) is not None]
-            if not await _write_until_done(playlog, rows, options, stop):
+            if not await _write_until_done(playlog, rows, options, stop, lambda: _report_lag(consumer, topics, metrics)):
                 return  # stopped while the database was down: the batch stays uncommitted, and comes again
-            await consumer.commit()
-            log.debug("%d play events into the play log", len(rows))
+            try:
+                await consumer.commit()
+            except KafkaError as exc:  # a rebalance took the partitions: their next owner rewrites the batch, harmlessly
+                log.warning("could not commit the offsets of %d play events (%s); they will be written again", len(records), exc)
+            await _report_lag(consumer, topics, metrics)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -86,8 +90,9 @@ async def _row_or_dead_letter(record: Any, producer: AIOKafkaProducer, topics: T
         return None
 
 
-async def _write_until_done(playlog: PlayLog, rows: list[dict], options: ConsumerOptions, stop: asyncio.Event) -> bool:
-    """Write the rows, retrying with backoff while the database fails; False if stopped first."""
+async def _write_until_done(playlog: PlayLog, rows: list[dict], options: ConsumerOptions, stop: asyncio.Event,
+                            waiting: Callable[[], Awaitable[None]]) -> bool:
+    """Write the rows, retrying with backoff while the database fails (calling `waiting` each time); False if stopped first."""
     wait = options.retry_first_seconds
     while not stop.is_set():
         try:
@@ -95,9 +100,24 @@ async def _write_until_done(playlog: PlayLog, rows: list[dict], options: Consume
             return True
         except (OperationalError, InterfaceError) as exc:  # the connection, not the data: waiting helps
             log.warning("%s; retrying in %.1f s", playlog.unavailable(exc), wait)
+            await waiting()
             try:
                 await asyncio.wait_for(stop.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             wait = min(2 * wait, options.retry_cap_seconds)
     return False
+
+
+async def _report_lag(consumer: AIOKafkaConsumer, topics: Topics, metrics: Metrics | None) -> None:
+    """Play events on Kafka not yet committed to the play log (airtrace_consumer_lag_messages{topic=plays}):
+    it grows while the database is down, which the consumer-lag alert catches."""
+    if metrics is None or not (assigned := consumer.assignment()):
+        return
+    try:
+        ends = await consumer.end_offsets(list(assigned))
+        committed = {tp: await consumer.committed(tp) or 0 for tp in assigned}
+    except KafkaError as exc:
+        log.debug("no consumer lag this time: %s", exc)
+        return
+    metrics.consumer_lag.labels(topics.plays).set(sum(max(0, ends[tp] - committed[tp]) for tp in assigned))

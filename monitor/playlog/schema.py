@@ -14,6 +14,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
+TOTALS_INCLUDE = ("track_id", "title", "artist", "isrc", "duration", "state", "rejected")
 
 # A play event's state and the row state it leaves; a later state never gives way to an earlier one, so
 # events may arrive in any order and any number of times. `withdrawn`: a provisional play retracted.
@@ -35,8 +36,8 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
+        if value is None or value.tzinfo is timezone.utc:
+            return value
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
@@ -68,8 +69,9 @@ plays = Table(
     Column("rejected_by", String),
     Column("rejected_reason", String),
     Column("rejected_at", UTCDateTime),
-    # Every report reads a time range of one station, of one track, or of all stations.
-    Index("ix_plays_stream_started", "stream_id", "started_at"),
+    # Every report reads a time range of one station, of one track, or of all stations. A station's
+    # range also carries what its totals add up, so PostgreSQL answers them from the index alone.
+    Index("ix_plays_stream_started", "stream_id", "started_at", postgresql_include=list(TOTALS_INCLUDE)),
     Index("ix_plays_track_started", "track_id", "started_at"),
     Index("ix_plays_started", "started_at"),
     Index("ix_plays_rejected_at", "rejected_at"),
