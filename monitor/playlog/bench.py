@@ -4,8 +4,9 @@ Synthetic plays (tracks drawn from a catalog of 20,000 with a Zipf-like populari
 30 s to 5 min, 274 a day per station: about 10 M rows for 100 stations and 365 days) are bulk-loaded
 with COPY into the migrated table, indexes in place, as a backfill would be; the idempotent upsert that
 embedded mode and `airtrace plays consume` use is timed on its own, with started and ended events.
-Then each report query of `airtrace plays` runs on the full table, and its latency is the median of
-a few runs on different stations, tracks and days (each one answers in under a second, the goal).
+Then each report query of `airtrace plays` runs on the full table, a few times on different stations,
+tracks and days: the database's time (the goal: under a second each) and the whole call's, which adds
+turning every row into output values in Python (tens of microseconds a row on this machine).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
+from sqlalchemy import event
 
 from monitor.bench.report import Table
 from monitor.playlog import queries
@@ -127,6 +130,22 @@ def report_queries(stations: int, days: int) -> dict[str, Callable[[PlayLog, int
     }
 
 
+class DatabaseClock:
+    """Adds up the time of each statement on the engine: psycopg's execute returns once the server has
+    answered and every row is in the client, so this is the database's share of a query."""
+
+    def __init__(self, playlog: PlayLog):
+        self.seconds = 0.0
+        event.listen(playlog.engine, "before_cursor_execute", self._before)
+        event.listen(playlog.engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn: Any, *_: Any) -> None:
+        conn.info["statement_began"] = time.perf_counter()
+
+    def _after(self, conn: Any, *_: Any) -> None:
+        self.seconds += time.perf_counter() - conn.info.pop("statement_began")
+
+
 def run_playlog_bench(location: str, stations: int = 100, days: int = 365, plays_per_day: int = 274, upsert_plays: int = 20_000,
                       repeats: int = 5, progress: Callable[[str], None] = print) -> tuple[list[Table], dict]:
     """Load, time and tabulate; the play log must be an empty PostgreSQL database (it is migrated here)."""
@@ -147,18 +166,24 @@ def run_playlog_bench(location: str, stations: int = 100, days: int = 365, plays
                               "table with indexes": f"{size / 2**30:.2f} GiB"})
     inserts.add("bulk COPY (synthetic year)", rows, seconds, rows / seconds)
     inserts.add("idempotent upsert, started + ended events", upsert_plays, upsert_plays / rate, rate)
-    latency = Table("Report query latency on the full table", ["query", "rows returned (median)", "median s", "max s", f"< {GOAL_SECONDS:.0f} s"],
-                    settings={"rows in the table": rows + upsert_plays, "runs per query": repeats})
+    latency = Table("Report query latency on the full table",
+                    ["query", "rows returned (median)", "database median s", "database max s", f"database < {GOAL_SECONDS:.0f} s",
+                     "with output median s", "with output max s"],
+                    settings={"rows in the table": rows + upsert_plays, "runs per query": repeats,
+                              "database": "the SQL statement until its rows are in the client (psycopg)",
+                              "with output": "the whole query function, rows converted to output values"})
     figures: dict[str, dict] = {}
+    database = DatabaseClock(playlog)
     for name, query in report_queries(stations, days).items():
-        timings, sizes = [], []
+        timings, in_database, sizes = [], [], []
         for n in range(repeats):
-            began = time.perf_counter()
+            database.seconds, began = 0.0, time.perf_counter()
             _, result = query(playlog, n)
             timings.append(time.perf_counter() - began)
+            in_database.append(database.seconds)
             sizes.append(len(result))
-        median, worst = float(np.median(timings)), max(timings)
-        latency.add(name, int(np.median(sizes)), median, worst, "met" if worst < GOAL_SECONDS else "MISSED")
-        figures[name] = {"seconds": timings, "rows": sizes}
+        latency.add(name, int(np.median(sizes)), float(np.median(in_database)), max(in_database),
+                    "met" if max(in_database) < GOAL_SECONDS else "MISSED", float(np.median(timings)), max(timings))
+        figures[name] = {"seconds": timings, "database_seconds": in_database, "rows": sizes}
     playlog.close()
     return [inserts, latency], {"bulk_rows_per_second": rows / seconds, "upsert_plays_per_second": rate, "queries": figures}
