@@ -635,6 +635,22 @@ def plays_totals(playlog, start, end, station, fmt, out) -> None:
     write_rows(*totals(_open_playlog(playlog), _span(start, end), station), fmt, out)
 
 
+@plays.command("import")
+@PLAYLOG_OPTION
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def plays_import(playlog: str, files: tuple[str, ...]) -> None:
+    """Add the play events of JSON-lines FILES (airtrace monitor --events); events already there change nothing."""
+    from monitor.playlog.store import import_lines
+
+    log = _open_playlog(playlog, migrate=True)
+    for path in files:
+        with open(path, encoding="utf-8") as lines:
+            stored, skipped = import_lines(log, lines)
+        for number, reason in skipped:
+            click.echo(f"skipped {path}:{number}: {reason}", err=True)
+        click.echo(f"{path}: {stored} play events into the play log at {log.where}")
+
+
 @plays.command("consume")
 @PLAYLOG_OPTION
 @_env("--playlog-group", default="airtrace-playlog", show_default=True, help="Kafka consumer group of the play log writers.")

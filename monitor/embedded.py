@@ -141,7 +141,8 @@ class EmbeddedMonitor:
         try:
             self.playlog.apply(event.to_json() for event in events)
         except (PlayLogError, SQLAlchemyError) as exc:
-            log.error("could not write %d play events to the play log at %s: %s", len(events), self.playlog.where, exc)
+            log.error("could not write %d play events to the play log at %s: %s; `airtrace plays import` adds them from the events file",
+                      len(events), self.playlog.where, exc)
 
     def _catalog_gauges(self) -> None:
         if self.metrics:

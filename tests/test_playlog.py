@@ -305,3 +305,19 @@ def test_every_report_query_answers_within_a_second_at_scale(postgres_url: str) 
     assert [row[4] for row in latency.rows] == ["met"] * len(latency.rows), latency.render()
     assert all(0 < figures["queries"][row[0]]["database_seconds"][0] <= figures["queries"][row[0]]["seconds"][0] for row in latency.rows)
     assert figures["upsert_plays_per_second"] > 0
+
+
+def test_import_adds_an_events_file_once_and_names_the_lines_it_skips(tmp_path: Path, location: str) -> None:
+    events = synthetic_plays(5)
+    lines = [e.to_line() for e in events]
+    events_file = tmp_path / "plays.jsonl"
+    events_file.write_text("\n".join(lines[:4] + ["{not json", '{"schema_version": 1}'] + lines[4:]) + "\n")
+    runner = CliRunner()
+    for _ in range(2):  # a second import changes nothing
+        result = runner.invoke(main, ["plays", "import", "--playlog", location, str(events_file)])
+        assert result.exit_code == 0, result.output
+        assert f"{events_file}: 10 play events" in result.output
+        assert f"skipped {events_file}:5:" in result.output and f"skipped {events_file}:6: play event without an event_id has no 'state'" in result.output
+    clean = PlayLog.open(tmp_path / "clean.sqlite", migrate=True)
+    clean.apply(e.to_json() for e in events)
+    assert everything(PlayLog.open(location)) == everything(clean)

@@ -10,6 +10,7 @@ clean pass, and a user's rejection survives any replay.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -151,6 +152,24 @@ class PlayLog:
 
     def connect(self) -> Connection:
         return self.engine.connect()
+
+
+def import_lines(playlog: PlayLog, lines: Iterable[str], batch: int = 1000) -> tuple[int, list[tuple[int, str]]]:
+    """Store the play events of JSON lines (an events file), a batch per transaction; returns how many were
+    stored and (line number, reason) for each line that is not a play event, which is left out."""
+    rows, skipped, stored = [], [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(play_row(json.loads(line)))
+        except ValueError as exc:  # MalformedPlay and JSON errors
+            skipped.append((number, str(exc)))
+        if len(rows) == batch:
+            playlog.write(rows)
+            stored, rows = stored + len(rows), []
+    playlog.write(rows)
+    return stored + len(rows), skipped
 
 
 def head_revision() -> str:
