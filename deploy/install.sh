@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-PACKAGES=(ffmpeg espeak-ng redis-server icecast2 prometheus docker-compose)
+PACKAGES=(ffmpeg espeak-ng redis-server postgresql icecast2 prometheus docker-compose)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -16,6 +16,7 @@ def main(verbose: bool) -> None:
     """airtrace: find recorded music in radio and TV streams with neural audio fingerprints."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is noise to users
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up is too
 
 
 @main.command()
@@ -216,6 +217,27 @@ def bench_mux(programs: int, encoder: str, out: str | None) -> None:
 
     grid_of = load_encoder(encoder)
     _bench_errors(lambda: run_mux(programs, grid_of.sample_rate, grid_of.window_samples, grid_of.hop_samples, out, click.echo))
+
+
+@bench.command("playlog")
+@click.option("--playlog", required=True, help="An empty PostgreSQL database: postgresql://user@host:port/db (it is migrated, then filled).")
+@click.option("--stations", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1))
+@click.option("--plays-per-day", default=274, show_default=True, type=click.IntRange(1), help="Plays per station and day (274: 10 M rows a year for 100 stations).")
+@click.option("--upsert-plays", default=20000, show_default=True, type=click.IntRange(1), help="Plays written through the idempotent upsert, timed apart.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_playlog(playlog, stations, days, plays_per_day, upsert_plays, out) -> None:
+    """The play log on PostgreSQL at scale: insert rate and the latency of every report query."""
+    from monitor.bench.commands import _command
+    from monitor.bench.report import publish
+    from monitor.playlog.bench import run_playlog_bench
+    from monitor.playlog.store import PlayLogError
+
+    try:
+        tables, extra = run_playlog_bench(playlog, stations, days, plays_per_day, upsert_plays, progress=lambda line: click.echo(line, err=True))
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    publish(tables, out, _command(), extra)
 
 
 if TYPE_CHECKING:
@@ -531,9 +553,12 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Windows per embedding batch, across streams.")
 @AUDIO_OPTIONS
+@_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
+@click.option("--no-playlog", is_flag=True, help="Keep no play log.")
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    audio: str | None, programs: str | None, metrics_port: int | None, metrics_host: str) -> None:
+                    audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, metrics_port: int | None,
+                    metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import MonitorOptions, NothingHeard, describe, run_embedded
@@ -551,11 +576,14 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
     options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime))
+    log_location = None if no_playlog else playlog or _default_playlog(events)
+    plays_log = _open_playlog(log_location, migrate=True) if log_location else None
     try:
-        found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events)
+        found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events, plays_log)
     except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else ""))
+    click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
+               + (f"; play log in {plays_log.where}" if plays_log else ""))
 
 
 @main.command()
@@ -596,3 +624,195 @@ def streams_probe(url: str, options: tuple[str, ...]) -> None:
         click.echo(describe_inventory(probe(url, parsed)))
     except (av.FFmpegError, OSError) as exc:
         raise click.ClickException(f"cannot open {url}: {exc}; check the URL and that FFmpeg can read it") from exc
+
+
+# ---- the play log: `airtrace plays ...` -----------------------------------------------------------
+
+
+def _default_playlog(events: str | None) -> str:
+    from monitor.playlog.store import beside, default_location
+
+    return str(beside(events) if events else default_location())
+
+
+def _open_playlog(location: str, migrate: bool = False):
+    from monitor.playlog.store import PlayLog, PlayLogError
+
+    try:
+        return PlayLog.open(location, migrate=migrate)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+PLAYLOG_OPTION = _env("--playlog", default=lambda: _default_playlog(None), show_default="~/.local/share/airtrace/plays.sqlite",
+                      help="The play log: a SQLite file (what airtrace monitor writes) or a postgresql://user:password@host/db URL.")
+OUTPUT_OPTIONS = _env_options(
+    click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True, help="Output format."),
+    click.option("--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here instead of stdout."),
+)
+UTC_TIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+def _utc(value):
+    from datetime import timezone
+
+    return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _span(start, end, day=None):
+    from monitor.playlog.queries import TimeRange
+
+    if day is not None:
+        if start or end:
+            raise click.UsageError("give either --day or --from/--to")
+        return TimeRange.day(day.date())
+    return TimeRange(_utc(start), _utc(end))
+
+
+RANGE_OPTIONS = _env_options(
+    click.option("--from", "start", type=UTC_TIME, help="From this UTC time (inclusive), e.g. 2026-11-24 or 2026-11-24T06:00:00."),
+    click.option("--to", "end", type=UTC_TIME, help="Up to this UTC time (exclusive)."),
+)
+
+
+@main.group()
+def plays() -> None:
+    """The play log: list, report, reject and restore plays; `consume` fills it from Kafka in distributed mode."""
+
+
+@plays.command("migrate")
+@PLAYLOG_OPTION
+def plays_migrate(playlog: str) -> None:
+    """Create the play log, or bring its schema up to this version of airtrace."""
+    click.echo(f"play log at {_open_playlog(playlog, migrate=True).where} is at schema revision {_head()}")
+
+
+def _head() -> str:
+    from monitor.playlog.store import head_revision
+
+    return head_revision()
+
+
+@plays.command("list")
+@PLAYLOG_OPTION
+@RANGE_OPTIONS
+@click.option("--stream", help="Only this stream (station).")
+@click.option("--track", help="Only this track id.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only plays at least this confident.")
+@click.option("--all", "include_hidden", is_flag=True, help="Also the rejected and withdrawn plays.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many plays.")
+@OUTPUT_OPTIONS
+def plays_list(playlog, start, end, stream, track, min_confidence, include_hidden, limit, fmt, out) -> None:
+    """Plays, oldest first; rejected and withdrawn plays only with --all."""
+    from monitor.playlog.queries import list_plays, write_rows
+
+    write_rows(*list_plays(_open_playlog(playlog), _span(start, end), stream, track, min_confidence, include_hidden, limit), fmt, out)
+
+
+@plays.command("reject")
+@PLAYLOG_OPTION
+@click.argument("play_id")
+@click.option("--reason", required=True, help="Why the play is wrong (kept with it).")
+@click.option("--by", default=lambda: _user(), show_default="your user name", help="Who rejects it.")
+def plays_reject(playlog: str, play_id: str, reason: str, by: str) -> None:
+    """Mark PLAY_ID wrong: lists and reports leave it out until `restore`."""
+    from monitor.playlog.store import PlayLogError
+
+    try:
+        _open_playlog(playlog).reject(play_id, reason, by)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rejected {play_id}")
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@plays.command("restore")
+@PLAYLOG_OPTION
+@click.argument("play_id")
+def plays_restore(playlog: str, play_id: str) -> None:
+    """Undo the rejection of PLAY_ID."""
+    from monitor.playlog.store import PlayLogError
+
+    try:
+        _open_playlog(playlog).restore(play_id)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"restored {play_id}")
+
+
+@plays.command("report")
+@PLAYLOG_OPTION
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to).")
+@RANGE_OPTIONS
+@click.option("--station", help="Only this station (stream id) [all].")
+@OUTPUT_OPTIONS
+def plays_report(playlog, day, start, end, station, fmt, out) -> None:
+    """Play log report per station: timestamp_utc, played_duration, station, title, artist, isrc, ref offsets, speed, score."""
+    from monitor.playlog.queries import report, write_rows
+
+    write_rows(*report(_open_playlog(playlog), _span(start, end, day), station), fmt, out)
+
+
+@plays.command("cuesheet")
+@PLAYLOG_OPTION
+@click.option("--station", required=True, help="The station (stream id).")
+@click.option("--day", required=True, type=click.DateTime(["%Y-%m-%d"]), help="The UTC day.")
+@OUTPUT_OPTIONS
+def plays_cuesheet(playlog, station, day, fmt, out) -> None:
+    """A station's cue sheet for one day: numbered cues with start, end, duration, title, artist, isrc."""
+    from monitor.playlog.queries import cuesheet, write_rows
+
+    write_rows(*cuesheet(_open_playlog(playlog), station, _span(None, None, day)), fmt, out)
+
+
+@plays.command("totals")
+@PLAYLOG_OPTION
+@RANGE_OPTIONS
+@click.option("--station", help="Only this station (stream id) [all].")
+@OUTPUT_OPTIONS
+def plays_totals(playlog, start, end, station, fmt, out) -> None:
+    """Airplay per track per station over a range: plays and seconds."""
+    from monitor.playlog.queries import totals, write_rows
+
+    write_rows(*totals(_open_playlog(playlog), _span(start, end), station), fmt, out)
+
+
+@plays.command("import")
+@PLAYLOG_OPTION
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def plays_import(playlog: str, files: tuple[str, ...]) -> None:
+    """Add the play events of JSON-lines FILES (airtrace monitor --events); events already there change nothing."""
+    from monitor.playlog.store import import_lines
+
+    log = _open_playlog(playlog, migrate=True)
+    for path in files:
+        with open(path, encoding="utf-8") as lines:
+            stored, skipped = import_lines(log, lines)
+        for number, reason in skipped:
+            click.echo(f"skipped {path}:{number}: {reason}", err=True)
+        click.echo(f"{path}: {stored} play events into the play log at {log.where}")
+
+
+@plays.command("consume")
+@PLAYLOG_OPTION
+@_env("--playlog-group", default="airtrace-playlog", show_default=True, help="Kafka consumer group of the play log writers.")
+@KAFKA_OPTIONS
+@METRICS_OPTIONS
+def plays_consume(playlog: str, playlog_group: str, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+    """Write the play events of the plays topic into the play log (PostgreSQL in distributed mode), until stopped."""
+    import asyncio
+
+    from monitor.broker import BrokerError
+    from monitor.playlog.consumer import ConsumerOptions, consume_plays
+
+    settings, topics = _kafka(**kafka)
+    log = _open_playlog(playlog)
+    try:
+        asyncio.run(consume_plays(log, settings, topics, ConsumerOptions(group=playlog_group), _metrics(metrics_port, metrics_host)))
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -3,7 +3,8 @@
 Each stream is read in its own thread (monitor.ingest) into one queue; the main loop takes windows of
 all streams in batches (up to `batch_size`, waiting at most `max_wait` for a batch to fill), embeds and
 searches them together (monitor.pipeline), and runs each stream's PlayTracker on its hits in seq order.
-Play events go to a callback (the CLI prints them) and, as JSON lines, to an events file. The catalog is
+Play events go to a callback (the CLI prints them), as JSON lines to an events file, and into the play log
+(monitor.playlog, a SQLite file by default). The catalog is
 checked for changes every `reload_seconds`, so tracks added while it runs are found without a restart.
 """
 
@@ -19,12 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from monitor.catalog import Catalog
 from monitor.events import PlayEvent
 from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
 from monitor.mux import MuxSource, StreamStarted
 from monitor.metrics import Metrics, observe_play_events
 from monitor.pipeline import hits_for
+from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
 from monitor.records import AudioWindow
 from monitor.windows import WindowGrid
@@ -51,8 +55,9 @@ class EmbeddedMonitor:
 
     def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
-                 events_file: str | Path | None = None):
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None):
         self.catalog, self.encoder = catalog, catalog.encoder
+        self.playlog = playlog
         self.sources, self.options, self.metrics = list(sources), options, metrics
         self.on_event = on_event
         self.events_path = Path(events_file) if events_file else None
@@ -140,6 +145,16 @@ class EmbeddedMonitor:
                 out.flush()
             if self.on_event:
                 self.on_event(event)
+        if self.playlog:
+            self._log_plays(events)
+
+    def _log_plays(self, events: list[PlayEvent]) -> None:
+        """Into the play log; a failing database is reported and monitoring goes on (the events file has them)."""
+        try:
+            self.playlog.apply(event.to_json() for event in events)
+        except (PlayLogError, SQLAlchemyError) as exc:
+            log.error("could not write %d play events to the play log at %s: %s; `airtrace plays import` adds them from the events file",
+                      len(events), self.playlog.where, exc)
 
     def _catalog_gauges(self) -> None:
         if self.metrics:
@@ -166,12 +181,12 @@ def _clock(seconds: float) -> str:
 
 def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
-                 events_file: str | Path | None = None) -> list[PlayEvent]:
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None) -> list[PlayEvent]:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file
     has ended, Ctrl-C or SIGTERM (a container stopping); plays still open at the end get their ended events.
     Raises NothingHeard when not one stream delivered audio."""
     catalog = Catalog.open(catalog_dir)
-    monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file)
+    monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file, playlog)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:

@@ -47,7 +47,6 @@ class Metrics(NamedTuple):
     hits: Counter
     plays_started: Counter
     plays_ended: Counter
-    track_plays: Counter
     now_playing: Gauge
     last_play_timestamp: Gauge
     detection_latency: Histogram
@@ -58,7 +57,11 @@ class Metrics(NamedTuple):
 
 
 def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
-    """Register every airtrace metric in `registry` (plus process_* CPU and memory for a fresh registry)."""
+    """Register every airtrace metric in `registry` (plus process_* CPU and memory for a fresh registry).
+
+    Counters are per stream, never per track: a series per (stream, track) grows with every track ever
+    played (100 stations x 20,000 tracks is 2 M series); which track played is the play log's (monitor.playlog).
+    Only now-playing is per track, and its series goes when the play ends."""
     if registry is not REGISTRY:  # the default registry already carries the process and platform collectors
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -78,7 +81,6 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         hits=Counter("airtrace_hits", "Windows searched in the catalog (one hit record each).", stream, registry=registry),
         plays_started=Counter("airtrace_plays_started", "Play events in state started.", stream, registry=registry),
         plays_ended=Counter("airtrace_plays_ended", "Play events in state ended.", stream, registry=registry),
-        track_plays=Counter("airtrace_track_plays", "Plays per stream and track.", ["stream", "track_id"], registry=registry),
         now_playing=Gauge("airtrace_now_playing", "1 while a track plays on a stream; the series is removed when it ends.", ["stream", "track_id"], registry=registry),
         last_play_timestamp=Gauge("airtrace_last_play_timestamp_seconds", "Unix time of the last play event on a stream.", stream, registry=registry),
         detection_latency=Histogram("airtrace_detection_latency_seconds", "Air time of a play's start to its started event.", buckets=LATENCY_SECONDS_BUCKETS, registry=registry),
@@ -101,7 +103,6 @@ def observe_play_events(metrics: Metrics, events: Iterable["PlayEvent"], now: fl
         labels = (event.stream_id, event.track_id)
         if event.state == "started":
             metrics.plays_started.labels(event.stream_id).inc()
-            metrics.track_plays.labels(*labels).inc()
             metrics.now_playing.labels(*labels).set(1)
             metrics.detection_latency.observe(max(event.decided_offset - event.stream_start, now - event.started_at))
         else:

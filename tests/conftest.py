@@ -15,6 +15,14 @@ torch.set_num_threads(1)
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`airtrace monitor` keeps its play log under $XDG_DATA_HOME by default: the tests' goes to a temporary one."""
+    path = tmp_path_factory.mktemp("data-home")
+    os.environ["XDG_DATA_HOME"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.ServerProcess]:
     """One Tansu broker for the session; tests keep apart by using their own topic names and groups."""
@@ -53,3 +61,32 @@ def service_catalog(tmp_path_factory: pytest.TempPathFactory, service_encoder_so
     assert not report.skipped, report.skipped
     calibrate(catalog)
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session; each test takes a database of its own (`postgres_url`)."""
+    server = servers.postgres_server()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres: servers.PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    import re
+    import uuid
+
+    name = re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return postgres.create_database(name)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """`airtrace demo`'s run, once per session: (work directory, scorecard, the play events in order)."""
+    from monitor.demo.run import run_demo
+
+    workdir = tmp_path_factory.mktemp("demo")
+    events: list = []
+    card = run_demo(workdir, on_event=events.append)
+    return workdir, card, events

@@ -1,5 +1,5 @@
-"""Real servers for tests, on free loopback ports: a Tansu Kafka broker, redis-server, a live HTTP audio
-stream, and `airtrace` commands in their own processes.
+"""Real servers for tests, on free loopback ports: a Tansu Kafka broker, redis-server, PostgreSQL, a live
+HTTP audio stream, and `airtrace` commands in their own processes.
 
 Each server starts a child process, waits until its port answers, and stops it (terminate, then kill).
 """
@@ -52,10 +52,11 @@ class ServerProcess:
     port: int
     log: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    user: str | None = None  # run as this user (a server that refuses root), when we are root
 
     def start(self) -> "ServerProcess":
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, **as_user(self.user))
         wait_for_port(self.port, self.process)
         return self
 
@@ -96,6 +97,90 @@ def redis_server(workdir: Path, password: str | None = None) -> ServerProcess:
     if password:
         args += ["--requirepass", password]
     return ServerProcess(args, port, workdir / "redis.log").start()
+
+
+def as_user(user: str | None) -> dict:
+    """Popen arguments that run a child as `user` with only its own group (only root may switch)."""
+    if user is None or os.geteuid() != 0:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server program of Debian's newest installed major version (not on PATH there)."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return str(found[-1])
+    return shutil.which(name) or name
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (Debian's initdb and postgres) on a loopback port, as `nobody` when
+    we are root, in a temporary directory of its own; `url(db)` is a psycopg URL, trust auth on loopback."""
+
+    server: ServerProcess
+    root: Path
+    user: str = "airtrace"
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@{HOST}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.server.restart()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """The port opens before the server takes sessions: wait until one connects."""
+        import psycopg
+
+        def connects() -> bool:
+            try:
+                psycopg.connect(self.url(), connect_timeout=2).close()
+                return True
+            except psycopg.OperationalError:
+                return False
+
+        wait_until(connects, timeout, f"PostgreSQL on {self.port} taking sessions", interval=0.1)
+
+    def remove(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postgres_server(user: str = "nobody") -> PostgresServer:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="airtrace-postgres-"))  # under /tmp: pytest's tmp dirs are root's alone
+    owner = as_user(user)
+    if owner:
+        os.chown(root, owner["user"], owner["group"])
+    data = root / "data"
+    subprocess.run([postgres_bin("initdb"), "-D", str(data), "-U", "airtrace", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True, **owner)
+    port = free_port()
+    args = [postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(root), "-c", f"listen_addresses={HOST}",
+            "-c", "fsync=off", "-c", "full_page_writes=off"]
+    postgres = PostgresServer(ServerProcess(args, port, root / "postgres.log", user=user if owner else None).start(), root)
+    postgres.wait_ready()
+    return postgres
 
 
 class LiveAudioServer:

@@ -43,6 +43,7 @@ GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 RULE_FILE = PROMETHEUS_DIR / "alerts.yml"
 DATASOURCE_UID = "airtrace-prometheus"
+PLAYLOG_UID = "airtrace-playlog"  # the play log in PostgreSQL; its SQL runs in tests/test_playlog_grafana.py
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}
 
 # Series that are rightly absent on a short clean run, with the reason. A query may come back empty only
@@ -85,11 +86,13 @@ class PanelQuery:
 
 
 def panel_queries() -> list[PanelQuery]:
+    """Every Prometheus query of every panel (the play log's SQL is not PromQL)."""
     return [
         PanelQuery(name, panel["title"], target["refId"], target["expr"], bool(target.get("instant")) and not target.get("range"))
         for name, dashboard in dashboards().items()
         for panel in all_panels(dashboard)
         for target in panel.get("targets", [])
+        if target["datasource"]["uid"] == DATASOURCE_UID
     ]
 
 
@@ -131,7 +134,7 @@ def rules() -> list[dict]:
 
 def test_dashboards_are_complete_grafana_models() -> None:
     boards = dashboards()
-    assert set(boards) == {"fleet", "stream", "catalog"}
+    assert set(boards) == {"fleet", "stream", "catalog", "playlog"}
     assert len({board["uid"] for board in boards.values()}) == len(boards)
     for name, board in boards.items():
         assert board["title"] and board["schemaVersion"] >= 36 and board["panels"], name
@@ -142,12 +145,13 @@ def test_dashboards_are_complete_grafana_models() -> None:
             assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{name} / {panel['title']} is wider than the grid"
             if panel["type"] == "row":
                 continue
-            assert panel["datasource"]["uid"] == DATASOURCE_UID, f"{name} / {panel['title']}"
+            uid = PLAYLOG_UID if name == "playlog" else DATASOURCE_UID  # plays from PostgreSQL, the rest from Prometheus
+            assert panel["datasource"]["uid"] == uid, f"{name} / {panel['title']}"
             assert panel["targets"], f"{name} / {panel['title']} has no query"
             refs = [target["refId"] for target in panel["targets"]]
             assert len(refs) == len(set(refs)), f"{name} / {panel['title']}: refIds repeat"
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == DATASOURCE_UID and target["expr"].strip()
+                assert target["datasource"]["uid"] == uid and target["rawSql" if uid == PLAYLOG_UID else "expr"].strip()
 
 
 def test_dashboards_show_what_the_issue_asks_for() -> None:
@@ -156,7 +160,7 @@ def test_dashboards_show_what_the_issue_asks_for() -> None:
         assert title in titles["fleet"], title
     stream = titles["stream"]
     assert stream["Now playing"]["type"] == "stat"
-    assert stream["Plays in the last 24 h"]["type"] == "table"
+    assert stream["Plays in the last 24 h"]["type"] == "stat"
     assert stream["Plays timeline"]["type"] == "state-timeline"
     assert "airtrace_now_playing" in stream["Plays timeline"]["targets"][0]["expr"]
     assert {"Silence", "Outages"} <= set(stream)
@@ -164,6 +168,9 @@ def test_dashboards_show_what_the_issue_asks_for() -> None:
         assert title in titles["catalog"], title
     (variable,) = dashboards()["stream"]["templating"]["list"]
     assert variable["name"] == "stream" and variable["query"]["query"] == "label_values(airtrace_stream_up, stream)"
+    playlog = titles["playlog"]
+    assert playlog["Plays"]["type"] == "table" and "$__timeFilter(started_at)" in playlog["Plays"]["targets"][0]["rawSql"]
+    assert {"Top tracks per station", "Plays per hour", "Music share", "Recent rejected plays"} <= set(playlog)
 
 
 def test_every_query_uses_known_variables_and_exported_metrics() -> None:
@@ -179,6 +186,11 @@ def test_every_query_uses_known_variables_and_exported_metrics() -> None:
 def test_grafana_provisioning_points_at_the_dashboards() -> None:
     (datasource,) = load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml")["datasources"]
     assert datasource["uid"] == DATASOURCE_UID and datasource["type"] == "prometheus"
+    (playlog,) = load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "playlog.yaml")["datasources"]
+    assert playlog["uid"] == PLAYLOG_UID and playlog["type"] == "grafana-postgresql-datasource"
+    services = compose()["services"]
+    assert playlog["url"] == "postgres:5432" and playlog["jsonData"]["database"] == services["postgres"]["environment"]["POSTGRES_DB"]
+    assert playlog["secureJsonData"]["password"] == "$GRAFANA_DB_PASSWORD" and "GRAFANA_DB_PASSWORD" in services["grafana"]["environment"]
     (provider,) = load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "airtrace.yaml")["providers"]
     assert provider["type"] == "file"
     grafana = load_yaml(DEPLOY / "compose.yaml")["services"]["grafana"]
@@ -208,8 +220,8 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
 
 # ----------------------------------------------------------------------------- compose, image, secrets
 
-AIRTRACE_SERVICES = ("ingest", "worker", "catalog")
-METRICS_SERVICES = ("ingest", "worker")
+AIRTRACE_SERVICES = ("ingest", "worker", "catalog", "playlog", "playlog-migrate")
+METRICS_SERVICES = ("ingest", "worker", "playlog")
 
 
 def compose() -> dict:
@@ -274,6 +286,10 @@ def test_compose_runs_the_stack_the_issue_asks_for() -> None:
     for name in ("ingest", "worker"):
         assert services[name]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["playlog"]["command"] == ["plays", "consume"] and services["playlog-migrate"]["command"] == ["plays", "migrate"]
+    assert services["playlog"]["depends_on"]["playlog-migrate"]["condition"] == "service_completed_successfully"
+    assert services["playlog-migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "/docker-entrypoint-initdb.d/" in " ".join(services["postgres"]["volumes"]), "Grafana's read-only role"
     for name in AIRTRACE_SERVICES:
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
@@ -369,6 +385,8 @@ def test_the_docker_build_context_holds_an_installable_airtrace(tmp_path: Path) 
     (wheel,) = (tmp_path / "wheel").glob("airtrace-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"monitor/cli.py", "monitor/worker.py", "encoders/__init__.py", "monitor/schemas/play_event.v1.json"} <= names
+    migrations = {str(path.relative_to(ROOT)) for path in (ROOT / "monitor" / "playlog" / "migrations").rglob("*") if path.suffix in (".py", ".mako")}
+    assert migrations <= names, f"play log migrations missing from the image: {migrations - names}"
     shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "encoders" / "models").glob("*/*") if path.suffix in (".json", ".safetensors", ".md")}
     assert shipped <= names, f"shipped models missing from the image: {shipped - names}"
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
@@ -429,7 +447,7 @@ def secret_keys() -> set[str]:
 
 def test_k8s_workloads_are_probed_bounded_and_unprivileged() -> None:
     every = raw_k8s_objects(K8S) + raw_k8s_objects(K8S / "infra") + list(yaml.safe_load_all((K8S / "catalog-job.yaml").read_text()))
-    assert len(workloads(every)) == 6
+    assert len(workloads(every)) == 8
     for name, workload in workloads(every).items():
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
@@ -473,7 +491,11 @@ def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
         check_envvars(container["args"], config | {env["name"]: env for env in container["env"]}, f"k8s {name}")
     dns = load_yaml(PROMETHEUS_DIR / "prometheus-k8s.yml")["scrape_configs"][0]["dns_sd_configs"][0]["names"]
     services = {obj["metadata"]["name"] for obj in raw_k8s_objects() if obj["kind"] == "Service" and obj["spec"].get("clusterIP") == "None"}
-    assert {name.split(".")[0] for name in dns} == services == {"airtrace-ingest", "airtrace-worker"}
+    assert {name.split(".")[0] for name in dns} == services == {"airtrace-ingest", "airtrace-worker", "airtrace-playlog"}
+    (playlog,) = containers(objects["airtrace-playlog"])
+    check_envvars(playlog["args"], config | {env["name"]: env for env in playlog["env"]}, "k8s airtrace-playlog")
+    (migrate,) = objects["airtrace-playlog"]["spec"]["template"]["spec"]["initContainers"]
+    assert migrate["args"] == ["plays", "migrate"] and migrate["env"] == [env for env in playlog["env"] if env["name"] in ("AIRTRACE_PLAYLOG", "PGPASSWORD")]
 
 
 def test_k8s_catalog_job_writes_the_catalog_the_workers_read() -> None:
@@ -608,8 +630,8 @@ def test_dashboards_show_the_play_that_is_on_air(live: Live) -> None:
         return live.prometheus.query(substitute(queries[dashboard, panel].expr, live.variables))
 
     assert [row["metric"]["track_id"] for row in instant("stream", "Now playing")] == [live.track]
-    plays = {row["metric"]["track_id"]: float(row["value"][1]) for row in instant("stream", "Plays in the last 24 h")}
-    assert plays == {live.track: 1.0}, "a play's first count must show although increase() cannot see a counter's birth"
+    plays = float(instant("stream", "Plays in the last 24 h")[0]["value"][1])
+    assert plays == 1.0, "a play's first count must show although increase() cannot see a counter's birth"
     assert float(instant("fleet", "Plays detected (1 h)")[0]["value"][1]) == 1
     assert float(instant("fleet", "Streams up")[0]["value"][1]) == 1
     assert float(instant("fleet", "Streams down")[0]["value"][1]) == 0

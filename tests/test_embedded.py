@@ -117,12 +117,9 @@ def test_plays_of_two_streams_are_found_bounded_and_written(catalog: Catalog, br
     assert get("airtrace_embedding_batch_size_count") >= 2 * windows / 32
 
 
-def test_the_demo_finds_every_play_with_the_shipped_model(tmp_path: Path) -> None:
+def test_the_demo_finds_every_play_with_the_shipped_model(demo_run) -> None:
     """The README's first command: the shipped encoder, the demo catalog and broadcast, from the repo alone."""
-    from monitor.demo.run import run_demo
-
-    events = []
-    card = run_demo(tmp_path, on_event=events.append)
+    tmp_path, card, events = demo_run
     assert card.precision == card.recall == 1.0  # every catalog play, and none during talk or the non-catalog music
     assert card.median_abs("start_error") <= 0.5 and card.median_abs("end_error") <= 0.5
     assert card.p95("latency") <= 15.0

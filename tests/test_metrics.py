@@ -13,7 +13,7 @@ from monitor.metrics import create, observe_play_events, serve
 NAMES = {
     "airtrace_windows_ingested", "airtrace_stream_up", "airtrace_stream_reconnects", "airtrace_decode_errors",
     "airtrace_silence_seconds", "airtrace_embedding_batch_size", "airtrace_embedding_seconds", "airtrace_search_seconds",
-    "airtrace_consumer_lag_messages", "airtrace_hits", "airtrace_plays_started", "airtrace_plays_ended", "airtrace_track_plays",
+    "airtrace_consumer_lag_messages", "airtrace_hits", "airtrace_plays_started", "airtrace_plays_ended",
     "airtrace_now_playing", "airtrace_last_play_timestamp_seconds", "airtrace_detection_latency_seconds", "airtrace_dead_letters",
     "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes",
 }
@@ -64,7 +64,8 @@ def test_play_events_drive_counters_now_playing_and_latency() -> None:
     get = registry.get_sample_value
     assert get("airtrace_now_playing", {"stream": "radio", "track_id": "t1"}) == 1
     assert get("airtrace_plays_started_total", {"stream": "radio"}) == 1
-    assert get("airtrace_track_plays_total", {"stream": "radio", "track_id": "t1"}) == 1
+    per_track = {family.name for family in registry.collect() for sample in family.samples if "track_id" in sample.labels}
+    assert per_track == {"airtrace_now_playing"}, "plays per track belong in the play log, not in a series per (stream, track)"
     assert get("airtrace_detection_latency_seconds_sum") == 4.5  # wall clock beat the stream-time delay (3 s)
     observe_play_events(metrics, [play("ended")], now=1070.0)
     assert get("airtrace_now_playing", {"stream": "radio", "track_id": "t1"}) is None  # removed, not zero

@@ -3,11 +3,13 @@
 It builds (or reuses) a catalog of five of the six shipped excerpts, composes a broadcast of them with a
 speed change, noise, a crossfade, espeak-ng voice-over between and over the music, and the sixth excerpt
 (which is not in the catalog), then monitors it in embedded mode and compares the plays with the truth.
+The plays also go into a play log (plays.sqlite), whose report the demo prints last.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import shutil
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from monitor.demo.broadcast import SAMPLE_RATE, Piece, Scorecard, compose, read_
 from monitor.embedded import EmbeddedMonitor, MonitorOptions, describe
 from monitor.events import PlayEvent
 from monitor.ingest import IngestOptions, StreamSource
+from monitor.playlog.queries import TimeRange, report, write_rows
+from monitor.playlog.store import PlayLog, beside
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ MUSIC = Path(__file__).parent / "music"
 CATALOG_TRACKS = ("area1-game", "area2-game", "area3-game", "gardien-go", "over-theme")
 NOT_IN_CATALOG = "termigator_reg-zbb"
 WORKDIR_MARK = ".airtrace-demo"
+STATION = "demo-radio"
 TALK = (
     "Good evening, you are listening to airtrace radio. Here is some music from the game TecnoballZ.",
     "That was a classic. Stay with us, there is more music after this short message.",
@@ -107,11 +112,27 @@ def run_demo(workdir: str | Path, encoder: Encoder | None = None, realtime: bool
     catalog = demo_catalog(workdir / "catalog", encoder, source)
     broadcast = demo_broadcast(workdir / "broadcast.mp3")
     events_file = workdir / "plays.jsonl"
-    events_file.unlink(missing_ok=True)  # this run's plays only
+    for old in (events_file, *workdir.glob(beside(events_file).name + "*")):
+        old.unlink(missing_ok=True)  # this run's plays only (the play log and its WAL files too)
     options = MonitorOptions(ingest=IngestOptions(realtime=realtime))
-    monitor = EmbeddedMonitor(catalog, [StreamSource("demo-radio", str(broadcast))], options, on_event=on_event,
-                              events_file=events_file)
-    return score_plays(read_truth(broadcast), monitor.run())
+    playlog = PlayLog.open(beside(events_file), migrate=True)
+    try:
+        monitor = EmbeddedMonitor(catalog, [StreamSource(STATION, str(broadcast))], options, on_event=on_event,
+                                  events_file=events_file, playlog=playlog)
+        return score_plays(read_truth(broadcast), monitor.run())
+    finally:
+        playlog.close()
+
+
+def demo_report(workdir: str | Path) -> str:
+    """The demo station's play log report (CSV), as `airtrace plays report` writes it."""
+    playlog = PlayLog.open(beside(Path(workdir) / "plays.jsonl"))
+    try:
+        out = io.StringIO()
+        write_rows(*report(playlog, TimeRange(), STATION), "csv", out)
+        return out.getvalue()
+    finally:
+        playlog.close()
 
 
 def main(workdir: str | Path, realtime: bool, echo: Callable[[str], None]) -> Scorecard:
@@ -120,4 +141,7 @@ def main(workdir: str | Path, realtime: bool, echo: Callable[[str], None]) -> Sc
     echo("")
     echo(table(card))
     echo(f"\nplay events (JSON lines): {Path(workdir) / 'plays.jsonl'}")
+    playlog = beside(Path(workdir) / "plays.jsonl")
+    echo(f"\nthe play log's report (airtrace plays report --playlog {playlog} --station {STATION}):\n")
+    echo(demo_report(workdir).rstrip("\n"))
     return card

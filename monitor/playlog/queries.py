@@ -1,0 +1,151 @@
+"""The play log's queries: one set, in SQLAlchemy Core, for SQLite and PostgreSQL alike.
+
+Each returns (columns, rows) with rows as dicts of plain values (times as ISO 8601 UTC strings), ready
+for `write_rows` as CSV or JSON. Time ranges are half-open [start, end) on the play's air start, and
+per-day reports take UTC days. Rejected and withdrawn plays are left out unless asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import IO, Any
+
+from sqlalchemy import ColumnElement, func, select, true
+
+from monitor.playlog.schema import UTCDateTime, plays, visible
+from monitor.playlog.store import PlayLog
+
+Rows = tuple[list[str], list[dict[str, Any]]]
+
+LIST_COLUMNS = ["play_id", "stream_id", "track_id", "title", "artist", "isrc", "album", "started_at", "ended_at", "duration",
+                "ref_start", "ref_end", "speed", "score", "confidence", "state", "rejected", "rejected_by", "rejected_reason", "rejected_at"]
+# The fields of the commercial monitors' play logs, per station and day.
+REPORT_COLUMNS = ["timestamp_utc", "played_duration", "station", "title", "artist", "isrc", "album", "ref_start", "ref_end",
+                  "speed", "score", "confidence", "track_id", "play_id"]
+CUESHEET_COLUMNS = ["cue", "start_utc", "end_utc", "duration", "title", "artist", "isrc", "album", "track_id"]
+TOTALS_COLUMNS = ["station", "track_id", "title", "artist", "isrc", "plays", "seconds"]
+# Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
+DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3, "confidence": 4}
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """[start, end) in UTC; None leaves that side open."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @classmethod
+    def day(cls, day: date) -> "TimeRange":
+        start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        return cls(start, start + timedelta(days=1))
+
+    def where(self) -> ColumnElement[bool]:
+        condition: ColumnElement[bool] = true()
+        if self.start is not None:
+            condition &= plays.c.started_at >= self.start
+        if self.end is not None:
+            condition &= plays.c.started_at < self.end
+        return condition
+
+
+def list_plays(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None = None, track: str | None = None,
+               min_confidence: float | None = None, include_hidden: bool = False, limit: int | None = None) -> Rows:
+    """Plays by stream, track, time range and confidence, oldest first."""
+    condition = span.where()
+    if stream is not None:
+        condition &= plays.c.stream_id == stream
+    if track is not None:
+        condition &= plays.c.track_id == track
+    if min_confidence is not None:
+        condition &= plays.c.confidence >= min_confidence
+    if not include_hidden:
+        condition &= visible()
+    query = select(*(plays.c[name] for name in LIST_COLUMNS)).where(condition).order_by(plays.c.started_at, plays.c.play_id).limit(limit)
+    return LIST_COLUMNS, _fetch(log, query)
+
+
+def report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
+    """The play log report: every play of a station (or all) in the range, in the commercial monitors' fields."""
+    condition = span.where() & visible()
+    if station is not None:
+        condition &= plays.c.stream_id == station
+    query = select(
+        plays.c.started_at.label("timestamp_utc"), plays.c.duration.label("played_duration"), plays.c.stream_id.label("station"),
+        plays.c.title, plays.c.artist, plays.c.isrc, plays.c.album, plays.c.ref_start, plays.c.ref_end, plays.c.speed,
+        plays.c.score, plays.c.confidence, plays.c.track_id, plays.c.play_id,
+    ).where(condition).order_by(plays.c.stream_id, plays.c.started_at, plays.c.play_id)
+    return REPORT_COLUMNS, _fetch(log, query)
+
+
+def cuesheet(log: PlayLog, station: str, span: TimeRange) -> Rows:
+    """A station's cue sheet: numbered cues with start, end and duration (HH:MM:SS) of each piece of music."""
+    query = select(plays.c.started_at.label("start_utc"), plays.c.ended_at.label("end_utc"), plays.c.duration, plays.c.title,
+                   plays.c.artist, plays.c.isrc, plays.c.album, plays.c.track_id
+                   ).where(span.where() & visible() & (plays.c.stream_id == station)).order_by(plays.c.started_at, plays.c.play_id)
+    rows = _fetch(log, query)
+    for cue, row in enumerate(rows, 1):
+        row["cue"] = cue
+        row["duration"] = None if row["duration"] is None else _clock(row["duration"])
+    return CUESHEET_COLUMNS, rows
+
+
+def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
+    """Airplay per track per station in the range: plays and seconds on air, most played first."""
+    condition = span.where() & visible()
+    if station is not None:
+        condition &= plays.c.stream_id == station
+    count = func.count().label("plays")
+    query = select(
+        plays.c.stream_id.label("station"), plays.c.track_id, func.max(plays.c.title).label("title"),
+        func.max(plays.c.artist).label("artist"), func.max(plays.c.isrc).label("isrc"), count,
+        func.coalesce(func.sum(plays.c.duration), 0.0).label("seconds"),
+    ).where(condition).group_by(plays.c.stream_id, plays.c.track_id).order_by(plays.c.stream_id, count.desc(), plays.c.track_id)
+    return TOTALS_COLUMNS, _fetch(log, query)
+
+
+def _fetch(log: PlayLog, query: Any) -> list[dict[str, Any]]:
+    """Rows as dicts of plain values; the conversions are chosen once per column (reports run to 10^4-10^5 rows)."""
+    with log.connect() as connection:
+        result = connection.execute(query)
+        keys, rows = list(result.keys()), result.all()
+    converters = [_plain(column.name, column.type) for column in query.selected_columns]
+    if not any(converters):
+        return [dict(zip(keys, row)) for row in rows]
+    return [dict(zip(keys, [value if convert is None or value is None else convert(value) for convert, value in zip(converters, row)]))
+            for row in rows]
+
+
+def _plain(name: str, kind: Any) -> Callable[[Any], Any] | None:
+    """How a column's values become plain output values: times as ISO 8601 UTC strings, figures rounded."""
+    if isinstance(kind, UTCDateTime):
+        return _iso
+    if name in DECIMALS:
+        digits = DECIMALS[name]
+        return lambda value: round(value, digits)
+    return None
+
+
+def _iso(value: datetime) -> str:
+    """2026-11-24T23:31:03.250Z, as in play events (values are UTC already: UTCDateTime)."""
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def write_rows(columns: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str, out: IO[str]) -> None:
+    """CSV with a header row, or one JSON array of objects."""
+    if fmt == "json":
+        json.dump([{name: row.get(name) for name in columns} for row in rows], out, indent=1, ensure_ascii=False)
+        out.write("\n")
+        return
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)

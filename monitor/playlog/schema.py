@@ -1,0 +1,88 @@
+"""The `plays` table: one row per play, keyed by play_id, with the catalog metadata copied in.
+
+The table is declared once here (SQLAlchemy Core) and used by the queries; the migrations under
+migrations/versions create and change it in the database, and a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, MetaData, String, Table, TypeDecorator, case, false
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ColumnElement
+
+metadata = MetaData()
+TOTALS_INCLUDE = ("track_id", "title", "artist", "isrc", "duration", "state", "rejected")
+
+# A play event's state and the row state it leaves; a later state never gives way to an earlier one, so
+# events may arrive in any order and any number of times. `withdrawn`: a provisional play retracted.
+ROW_STATE = {"started": "playing", "ended": "ended", "withdrawn": "withdrawn"}
+STATE_RANK = {"playing": 1, "ended": 2, "withdrawn": 3}
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps in UTC: `timestamptz` in PostgreSQL (what Grafana reads), naive UTC text in SQLite;
+    always timezone-aware UTC in Python."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is timezone.utc:
+            return value
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+plays = Table(
+    "plays",
+    metadata,
+    Column("play_id", String(36), primary_key=True),
+    Column("stream_id", String, nullable=False),
+    Column("track_id", String, nullable=False),
+    Column("title", String),
+    Column("artist", String),
+    Column("isrc", String),
+    Column("album", String),
+    Column("track", JSON, nullable=False),  # all of the catalog's metadata for the track
+    Column("started_at", UTCDateTime, nullable=False),  # air time of the play's start
+    Column("ended_at", UTCDateTime),
+    Column("duration", Float),  # seconds on air
+    Column("stream_start", Float, nullable=False),
+    Column("stream_end", Float),
+    Column("ref_start", Float, nullable=False),  # position in the track heard at the start
+    Column("ref_end", Float),
+    Column("speed", Float, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("state", String(9), nullable=False),  # playing, ended or withdrawn
+    Column("first_event_id", String(36), nullable=False),  # the earliest state's event seen
+    Column("last_event_id", String(36), nullable=False),  # the event whose values the row holds
+    Column("rejected", Boolean, nullable=False, server_default=false()),
+    Column("rejected_by", String),
+    Column("rejected_reason", String),
+    Column("rejected_at", UTCDateTime),
+    # Every report reads a time range of one station, of one track, or of all stations. A station's
+    # range also carries what its totals add up, so PostgreSQL answers them from the index alone.
+    Index("ix_plays_stream_started", "stream_id", "started_at", postgresql_include=list(TOTALS_INCLUDE)),
+    Index("ix_plays_track_started", "track_id", "started_at"),
+    Index("ix_plays_started", "started_at"),
+    Index("ix_plays_rejected_at", "rejected_at"),
+)
+
+
+def state_rank(state: ColumnElement[Any]) -> ColumnElement[int]:
+    """The rank of a row state in SQL, for the upsert's comparison of the stored and the arriving state."""
+    return case(STATE_RANK, value=state, else_=0)
+
+
+def visible() -> ColumnElement[bool]:
+    """Plays that lists and reports show: not rejected by a user and not withdrawn by the monitor."""
+    return (plays.c.rejected == false()) & (plays.c.state != "withdrawn")

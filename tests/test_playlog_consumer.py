@@ -1,0 +1,85 @@
+"""`airtrace plays consume` on a real Kafka-protocol broker (Tansu) and PostgreSQL: duplicates and a
+PostgreSQL restart mid-stream leave exactly one row per play; a malformed event becomes a dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from click.testing import CliRunner
+
+import servers
+from monitor.cli import main
+from monitor.playlog import queries
+from monitor.playlog.store import PlayLog
+from test_playlog import synthetic_plays
+
+PREFIX = "playlog-test"
+
+
+def publish(port: int, messages: list[bytes]) -> None:
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=f"{servers.HOST}:{port}", acks="all")
+        await producer.start()
+        try:
+            for message in messages:
+                await producer.send_and_wait(f"{PREFIX}.plays", message, key=b"radio")
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def count(log: PlayLog) -> int:
+    try:
+        return len(queries.list_plays(log, include_hidden=True)[1])
+    except Exception:  # the database is restarting
+        return 0
+
+
+def test_consume_survives_a_postgresql_restart_without_losing_or_duplicating_a_play(
+        kafka_broker: servers.ServerProcess, postgres: servers.PostgresServer, postgres_url: str, tmp_path: Path) -> None:
+    log = PlayLog.open(postgres_url, migrate=True)
+    events = [e.to_line().encode() for e in synthetic_plays(60, streams=4)]
+    first, second = events[:60], events[60:]
+    publish(kafka_broker.port, first + first[:10] + [b'{"schema_version": 1, "state": "started"}'])
+    metrics_port = servers.free_port()
+    kafka = ["--broker", f"{servers.HOST}:{kafka_broker.port}", "--topic-prefix", PREFIX, "--partitions", "2"]
+    consumer = servers.airtrace(["plays", "consume", "--playlog", postgres_url, *kafka, "--metrics-port", str(metrics_port)], tmp_path / "consume.log")
+    try:
+        servers.wait_until(lambda: count(log) == 30, 60, "the first 30 plays in the play log")
+        postgres.stop()
+        publish(kafka_broker.port, second + first[:4])
+        servers.wait_until(lambda: "retrying in" in (tmp_path / "consume.log").read_text(), 30, "the consumer retrying the database")
+        servers.wait_until(lambda: (servers.metric(metrics_port, "airtrace_consumer_lag_messages", topic=f"{PREFIX}.plays") or 0) >= len(second),
+                           30, "the plays waiting in Kafka counted as lag")
+        postgres.restart()
+        servers.wait_until(lambda: count(log) == 60 and all(r["state"] == "ended" for r in queries.list_plays(log)[1]), 60, "all 60 plays ended")
+        assert servers.metric(metrics_port, "airtrace_dead_letters_total", reason="malformed") == 1
+        servers.wait_until(lambda: servers.metric(metrics_port, "airtrace_consumer_lag_messages", topic=f"{PREFIX}.plays") == 0, 30, "no lag")
+    finally:
+        servers.stop(consumer)
+    clean = PlayLog.open(tmp_path / "clean.sqlite", migrate=True)
+    clean.apply(json.loads(e) for e in events)
+    assert queries.list_plays(log, include_hidden=True)[1] == queries.list_plays(clean, include_hidden=True)[1]
+
+    (dead,) = servers.read_topic(kafka_broker.port, f"{PREFIX}.dead-letters")
+    headers = {name: value.decode() for name, value in dead.headers}
+    assert headers["reason"] == "malformed" and "has no 'track' field" in headers["error"] and headers["topic"] == f"{PREFIX}.plays"
+
+    # A new consumer group reads the whole topic again: at-least-once delivery, still exactly one row per play.
+    replay = servers.airtrace(["plays", "consume", "--playlog", postgres_url, *kafka, "--playlog-group", "replay"], tmp_path / "replay.log")
+    try:
+        servers.wait_until(lambda: "writing play events" in (tmp_path / "replay.log").read_text(), 60, "the replay consumer")
+        servers.wait_until(lambda: len(servers.read_topic(kafka_broker.port, f"{PREFIX}.dead-letters")) == 2, 60, "the replay's dead letter")
+    finally:
+        servers.stop(replay)
+    assert queries.list_plays(log, include_hidden=True)[1] == queries.list_plays(clean, include_hidden=True)[1]
+
+
+def test_consume_refuses_to_start_without_its_database() -> None:
+    url = f"postgresql://airtrace@{servers.HOST}:{servers.free_port()}/plays"
+    result = CliRunner().invoke(main, ["plays", "consume", "--playlog", url, "--broker", f"{servers.HOST}:{servers.free_port()}"])
+    assert result.exit_code == 1 and "cannot use the play log" in result.output and "Connection refused" in result.output
