@@ -699,11 +699,11 @@ def _head() -> str:
 @click.option("--stream", help="Only this stream (station).")
 @click.option("--track", help="Only this track id.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only plays at least this confident.")
-@click.option("--all", "include_hidden", is_flag=True, help="Also the rejected and withdrawn plays.")
+@click.option("--all", "include_hidden", is_flag=True, help="Also the rejected plays.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many plays.")
 @OUTPUT_OPTIONS
 def plays_list(playlog, start, end, stream, track, min_confidence, include_hidden, limit, fmt, out) -> None:
-    """Plays, oldest first; rejected and withdrawn plays only with --all."""
+    """Plays, oldest first; rejected plays only with --all."""
     from monitor.playlog.queries import list_plays, write_rows
 
     write_rows(*list_plays(_open_playlog(playlog), _span(start, end), stream, track, min_confidence, include_hidden, limit), fmt, out)

@@ -1,5 +1,5 @@
 """The play log on real SQLite and a real PostgreSQL: idempotent upserts under duplicates and reordering,
-withdrawn and rejected plays, migrations against the declared schema, the queries and `airtrace plays`."""
+rejected plays, migrations against the declared schema, the queries and `airtrace plays`."""
 
 from __future__ import annotations
 
@@ -48,12 +48,6 @@ def synthetic_plays(count: int, streams: int = 3, seed: int = 0) -> list[PlayEve
                                     ref_end=started.ref_start + seconds * started.speed, confidence=min(1.0, started.confidence + 0.01),
                                     decided_offset=started.stream_start + seconds + 3)]
     return events
-
-
-def withdrawn(event: PlayEvent) -> dict:
-    """A `withdrawn` event as a newer producer writes it: the started event's fields, its own state and id."""
-    data = event.to_json()
-    return {**data, "state": "withdrawn", "event_id": str(uuid.uuid5(uuid.UUID(event.play_id), "withdrawn")), "schema_version": 2}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -117,17 +111,6 @@ def test_a_play_still_on_air_is_listed_and_completed_by_its_end(playlog: PlayLog
     playlog.apply([ended.to_json()])
     (row,) = queries.list_plays(playlog)[1]
     assert row["state"] == "ended" and row["ended_at"] is not None
-
-
-def test_a_withdrawn_play_is_hidden_like_a_rejected_one_but_apart_from_it(playlog: PlayLog) -> None:
-    first, _, second_started, second_ended = synthetic_plays(2)
-    playlog.apply([withdrawn(first), first.to_json(), withdrawn(first)])  # in any order, any number of times
-    playlog.apply([second_started.to_json(), second_ended.to_json()])
-    playlog.reject(second_started.play_id, "a jingle, not the record", "tester")
-    assert queries.list_plays(playlog)[1] == [] and queries.report(playlog, TimeRange())[1] == []
-    rows = {row["play_id"]: row for row in everything(playlog)}
-    assert rows[first.play_id]["state"] == "withdrawn" and rows[first.play_id]["rejected"] is False
-    assert rows[second_started.play_id]["state"] == "ended" and rows[second_started.play_id]["rejected"] is True
 
 
 def test_a_rejection_survives_replays_and_restore_brings_the_play_back(playlog: PlayLog) -> None:

@@ -2,7 +2,7 @@
 
 Each returns (columns, rows) with rows as dicts of plain values (times as ISO 8601 UTC strings), ready
 for `write_rows` as CSV or JSON. Time ranges are half-open [start, end) on the play's air start, and
-per-day reports take UTC days. Rejected and withdrawn plays are left out unless asked for.
+per-day reports take UTC days. Rejected plays are left out unless asked for.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ metadata = MetaData()
 TOTALS_INCLUDE = ("track_id", "title", "artist", "isrc", "duration", "state", "rejected")
 
 # A play event's state and the row state it leaves; a later state never gives way to an earlier one, so
-# events may arrive in any order and any number of times. `withdrawn`: a provisional play retracted.
-ROW_STATE = {"started": "playing", "ended": "ended", "withdrawn": "withdrawn"}
-STATE_RANK = {"playing": 1, "ended": 2, "withdrawn": 3}
+# events may arrive in any order and any number of times.
+ROW_STATE = {"started": "playing", "ended": "ended"}
+STATE_RANK = {"playing": 1, "ended": 2}
 
 
 class UTCDateTime(TypeDecorator):
@@ -62,7 +62,7 @@ plays = Table(
     Column("speed", Float, nullable=False),
     Column("score", Float, nullable=False),
     Column("confidence", Float, nullable=False),
-    Column("state", String(9), nullable=False),  # playing, ended or withdrawn
+    Column("state", String(9), nullable=False),  # playing or ended
     Column("first_event_id", String(36), nullable=False),  # the earliest state's event seen
     Column("last_event_id", String(36), nullable=False),  # the event whose values the row holds
     Column("rejected", Boolean, nullable=False, server_default=false()),
@@ -84,5 +84,5 @@ def state_rank(state: ColumnElement[Any]) -> ColumnElement[int]:
 
 
 def visible() -> ColumnElement[bool]:
-    """Plays that lists and reports show: not rejected by a user and not withdrawn by the monitor."""
-    return (plays.c.rejected == false()) & (plays.c.state != "withdrawn")
+    """Plays that lists and reports show: those no user has rejected."""
+    return plays.c.rejected == false()

@@ -2,7 +2,7 @@
 
 A location is a SQLite file path or a PostgreSQL URL (postgresql://user:pass@host/db, run through psycopg 3).
 An event's row is a function of the set of events seen for the play, not of their order or count: the
-row holds the values of the latest state seen (playing < ended < withdrawn), `first_event_id` is the id
+row holds the values of the latest state seen (playing < ended), `first_event_id` is the id
 of the earliest state seen, and an event of the state already stored changes nothing. So a replayed,
 duplicated or reordered stream of events (Kafka's at-least-once delivery) leaves the same rows as one
 clean pass, and a user's rejection survives any replay.
@@ -225,7 +225,7 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
     """The row a play event's JSON object stands for; MalformedPlay names the field that is wrong.
 
     Any schema version is read for the fields the log keeps, so a newer producer's events (with fields
-    or states added, such as `withdrawn`) are stored by this version too."""
+    added) are stored by this version too; a state it does not know is malformed."""
     try:
         if not isinstance(data, Mapping):
             raise MalformedPlay(f"a play event is a JSON object, not {type(data).__name__}")
