@@ -385,7 +385,7 @@ class Catalog:
             report.skipped.append((str(item.path), f"track id {item.track_id!r} is already in the catalog; remove it first or give another id"))
             return
         try:
-            if embedded is not None:  # a copy that was not embedded is a duplicate here without decoding it again
+            if embedded is not None and embedded.vectors is None:  # a copy its part did not embed: a duplicate without decoding again
                 self.check_new(item.track_id, embedded.digest)
             if embedded is None or embedded.vectors is None:
                 self.add_audio(item.track_id, load_audio(item.path, self.encoder.sample_rate), item.metadata)

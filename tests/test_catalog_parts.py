@@ -130,3 +130,20 @@ def test_catalog_add_jobs_runs_processes_and_commits_one_generation(tmp_path: Pa
     parallel = Catalog.open(tmp_path / "jobs")
     assert parallel.generation == 1
     assert_same_catalog(single, parallel)
+
+
+def test_a_copy_its_part_did_not_embed_is_still_added_when_the_track_it_copies_is_not(tmp_path: Path, encoder_dir: Path) -> None:
+    """Part 1 holds `x` (an id part 0 takes first) and `y`, the same audio: `y` is a copy there, left unembedded,
+    but one add adds it because `x` is skipped; the merge embeds it then."""
+    for name in ("area1-game", "area2-game", "over-theme"):
+        shutil.copy(MUSIC / f"{name}.opus", tmp_path / f"{name}.opus")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("track_id,path\nx,area1-game.opus\nx,area2-game.opus\nz,over-theme.opus\ny,area2-game.opus\n")
+    single, expected = single_add(tmp_path, encoder_dir, [manifest])
+    assert expected.added == ["x", "z", "y"] and not expected.duplicates
+    for part in range(2):
+        write_part(tmp_path / "parallel", [manifest], part, 2, str(encoder_dir), progress=False)
+    merged = Catalog.open_or_create(tmp_path / "parallel", str(encoder_dir))
+    report = merge_parts(merged, [manifest], 2, progress=False)
+    assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
+    assert_same_catalog(single, merged)
