@@ -48,6 +48,7 @@ GENERATION_TMP_NAME = re.compile(r"\.gen-\d{6}-\w+")
 SHARD_NAME = re.compile(r"\.?\d{6}-[0-9a-f]{8}\.npz(\.tmp)?")
 CREATE_LEFTOVERS = {"catalog.lock", f".{CONFIG_FILE}.tmp"}  # what a create interrupted before its commit leaves
 PARTS_DIR = "parts"  # a parallel build's staging area (catalog_parts): may precede the catalog its merge creates
+DEFAULT_HOP_SECONDS = 0.5  # reference hop of a new catalog
 SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
 COMMIT_WINDOWS = 200_000  # a long `add` commits after about 500 tracks, or a quarter of the index if more:
 COMMIT_GROWTH = 0.25  # every commit rewrites the index, so commits grow with it and the total stays ~5x its size
@@ -102,6 +103,11 @@ class EmbeddedAudio(NamedTuple):
     null_vectors: np.ndarray | None  # embeddings of null_excerpt(audio), for the null clips
 
 
+def check_hop(encoder: Encoder, hop_seconds: float) -> None:
+    if not 0 < hop_seconds <= encoder.config.window_seconds:
+        raise CatalogError(f"hop {hop_seconds} s must be positive and at most the window ({encoder.config.window_seconds} s)")
+
+
 def content_hash(audio: np.ndarray) -> str:
     """Hash of the decoded samples (16-bit), so a copy or a lossless re-wrap of a file is caught too."""
     pcm = np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2")
@@ -129,7 +135,7 @@ class Catalog:
     # ---- creating and opening -------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str | Path, encoder: Encoder, hop_seconds: float = 0.5, index_factory: str | None = None,
+    def create(cls, directory: str | Path, encoder: Encoder, hop_seconds: float = DEFAULT_HOP_SECONDS, index_factory: str | None = None,
                encoder_source: str | None = None) -> "Catalog":
         """A new empty catalog. `encoder_source` is how to load the encoder again (a shipped name or a
         directory); without it a copy of the encoder is saved inside the catalog. `index_factory`
@@ -138,8 +144,7 @@ class Catalog:
         if (directory / CONFIG_FILE).exists():
             raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
         _check_new_catalog_folder(directory)
-        if not 0 < hop_seconds <= encoder.config.window_seconds:
-            raise CatalogError(f"hop {hop_seconds} s must be positive and at most the window ({encoder.config.window_seconds} s)")
+        check_hop(encoder, hop_seconds)
         factory = index_factory or auto_factory(0)
         try:
             index = VectorIndex.empty(factory, encoder.dim)
@@ -199,7 +204,7 @@ class Catalog:
                 encoder = load_encoder(source)
             except EncoderError as exc:
                 raise CatalogError(str(exc)) from exc
-            return cls.create(directory, encoder, 0.5 if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
+            return cls.create(directory, encoder, DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
         try:
             catalog = cls.open(directory, load_encoder(encoder_source) if encoder_source else None)
         except EncoderError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,12 +32,13 @@ import torch
 from tqdm import tqdm
 
 from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
-from monitor.catalog import (CONFIG_FILE, PARTS_DIR, AddReport, Catalog, CatalogError, EmbeddedAudio, Source, content_hash, embed_audio,
-                             expand_sources, null_excerpt)
+from monitor.catalog import (CONFIG_FILE, DEFAULT_HOP_SECONDS, PARTS_DIR, AddReport, Catalog, CatalogError, EmbeddedAudio, Source, check_hop,
+                             content_hash, embed_audio, expand_sources, null_excerpt)
 from monitor.records import check_id
 from monitor.windows import WindowGrid
 
 PART_FORMAT = 1
+PART_NAME = re.compile(r"\.?part-\d{4}-of-\d{4}(-\w+)?")  # a part, or one a crash left half written
 ENTRIES_FILE = "entries.json"
 ARRAYS = {"vectors.f16": np.float16, "numbers.i64": np.int64, "null.f16": np.float16}
 
@@ -118,9 +120,8 @@ def _embedder(directory: Path, encoder_source: str | None, hop_seconds: float | 
         encoder = load_encoder(encoder_source or DEFAULT_ENCODER)
     except EncoderError as exc:
         raise CatalogError(str(exc)) from exc
-    hop = 0.5 if hop_seconds is None else hop_seconds
-    if not 0 < hop <= encoder.config.window_seconds:
-        raise CatalogError(f"hop {hop} s must be positive and at most the window ({encoder.config.window_seconds} s)")
+    hop = DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds
+    check_hop(encoder, hop)
     return None, encoder, WindowGrid.for_encoder(encoder, hop)
 
 
@@ -186,8 +187,9 @@ def merge_parts(catalog: Catalog, paths: Sequence[str | Path], parts: int, progr
                 yield entry.source, entry.embedded
 
     catalog.add_items(items(), len(entries), report, progress, one_generation=True)
-    for part in range(parts):
-        shutil.rmtree(plan.part_dir(part))
+    for path in plan.folder.iterdir():
+        if PART_NAME.fullmatch(path.name) and path.is_dir():
+            shutil.rmtree(path)
     for folder in (plan.folder, plan.folder.parent):
         try:
             folder.rmdir()  # only if empty: other builds' parts stay

@@ -86,7 +86,11 @@ def test_parts_of_an_existing_catalog_skip_its_ids_and_its_audio(tmp_path: Path,
     reader = Catalog.open(catalog.directory)  # a worker: picks the merged generation up without a restart
     for part in range(2):
         write_part(catalog.directory, references, part, 2, progress=False)
+    plan = PartPlan(catalog.directory, catalog_module.expand_sources(references, AddReport()), 2)
+    (plan.folder / ".part-0001-of-0002-crashed").mkdir()  # what a killed pod leaves: removed with the build
+    (plan.folder / "notes.txt").write_text("not the catalog's: kept")
     report = merge_parts(catalog, references, 2, progress=False)
+    assert sorted(p.name for p in plan.folder.iterdir()) == ["notes.txt"]
     assert report.added == list(CATALOG_TRACKS[1:])
     assert report.duplicates == [(str(references[0] / "zz-copy.opus"), CATALOG_TRACKS[0])]
     assert any(Path(p).name == f"{CATALOG_TRACKS[0]}.opus" and "already in the catalog" in why for p, why in report.skipped)
