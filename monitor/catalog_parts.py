@@ -259,5 +259,6 @@ def build_in_parallel(directory: str | Path, paths: Sequence[str | Path], jobs: 
 
 
 def _share_cores(jobs: int) -> None:
-    """Each of `jobs` processes embeds with its share of the cores, not all of them (oversubscription is slower)."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // jobs))
+    """Each of `jobs` processes embeds with its share of torch's threads (OMP_NUM_THREADS, else the cores),
+    not all of them: oversubscribed threads spin and are slower."""
+    torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
