@@ -24,7 +24,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,21 +175,7 @@ class Catalog:
         """Open a catalog; without `encoder`, load the one it records. A different encoder is an error."""
         directory = Path(directory)
         config = _read_config(directory)
-        recorded = config["encoder"]
-        if encoder is None:
-            source = recorded["source"]
-            inside = directory / source
-            try:
-                encoder = load_encoder(inside if inside.is_dir() else source)
-            except EncoderError as exc:
-                raise CatalogError(f"cannot load the encoder {source!r} that built {directory}: {exc}") from exc
-        found = encoder.fingerprint()
-        if found != recorded["fingerprint"]:
-            raise CatalogError(
-                f"{directory} was built by encoder {recorded['source']!r} (weights {recorded['fingerprint']}), but the given "
-                f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
-            )
-        return cls(directory, encoder, config)
+        return cls(directory, _recorded_encoder(directory, config, encoder), config)
 
     @classmethod
     def open_or_create(cls, directory: str | Path, encoder_source: str | None = None, hop_seconds: float | None = None,
@@ -205,16 +191,8 @@ class Catalog:
             except EncoderError as exc:
                 raise CatalogError(str(exc)) from exc
             return cls.create(directory, encoder, DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
-        try:
-            catalog = cls.open(directory, load_encoder(encoder_source) if encoder_source else None)
-        except EncoderError as exc:
-            raise CatalogError(str(exc)) from exc
-        if hop_seconds is not None and abs(hop_seconds - catalog._config["hop_seconds"]) > 1e-9:
-            raise CatalogError(f"{directory} indexes at a hop of {catalog._config['hop_seconds']} s, not {hop_seconds} s; leave out --hop or use another catalog")
-        requested = catalog._config["index"]["requested"]
-        if index_factory is not None and index_factory != requested:
-            raise CatalogError(f"{directory} uses index {requested!r}, not {index_factory!r}; leave out the option or use another catalog")
-        return catalog
+        encoder, config = read_settings(directory, encoder_source, hop_seconds, index_factory)
+        return cls(directory, encoder, config)
 
     def _load(self) -> None:
         """Read the generation catalog.json points at; retried once if a writer replaced it meanwhile."""
@@ -429,11 +407,7 @@ class Catalog:
             self._stage(track_id, audio.digest, audio.seconds, audio.vectors, audio.numbers, lambda: audio.null_vectors, metadata)
 
     def check_new(self, track_id: str, digest: str | None = None) -> None:
-        """Raise CatalogError if the id is taken, or if audio of this content_hash is already in the catalog."""
-        if track_id in self._tracks:
-            raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
-        if digest in self._hashes:
-            raise _Duplicate(self._hashes[digest])
+        check_new_track(track_id, digest, self._tracks, self._hashes)
 
     def _stage(self, track_id: str, digest: str, seconds: float, vectors: np.ndarray, numbers: np.ndarray,
                null_vectors: Callable[[], np.ndarray], metadata: dict | None) -> None:
@@ -532,6 +506,14 @@ class Catalog:
 
     def _tracks_with_ords(self) -> dict[int, TrackInfo]:
         return {self._ords[t]: info for t, info in self._tracks.items()}
+
+
+def check_new_track(track_id: str, digest: str | None, tracks: Mapping[str, TrackInfo], hashes: Mapping[str, str]) -> None:
+    """Raise CatalogError if the id is one of `tracks`, or if audio of this content_hash is in `hashes` (hash -> id)."""
+    if track_id in tracks:
+        raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
+    if digest in hashes:
+        raise _Duplicate(hashes[digest])
 
 
 class _Duplicate(CatalogError):
@@ -668,6 +650,47 @@ def _check_new_catalog_folder(directory: Path) -> None:
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise CatalogError(f"{directory} is not empty and is not a catalog (it holds {shown}); give a new or empty folder for a new catalog")
+
+
+def read_settings(directory: Path, encoder_source: str | None = None, hop_seconds: float | None = None,
+                  index_factory: str | None = None) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder (the one named, else the one recorded) and catalog.json of an existing catalog, checked
+    against the settings given, without reading its generation."""
+    config = _read_config(directory)
+    try:
+        encoder = _recorded_encoder(directory, config, load_encoder(encoder_source) if encoder_source else None)
+    except EncoderError as exc:
+        raise CatalogError(str(exc)) from exc
+    if hop_seconds is not None and abs(hop_seconds - config["hop_seconds"]) > 1e-9:
+        raise CatalogError(f"{directory} indexes at a hop of {config['hop_seconds']} s, not {hop_seconds} s; leave out --hop or use another catalog")
+    requested = config["index"]["requested"]
+    if index_factory is not None and index_factory != requested:
+        raise CatalogError(f"{directory} uses index {requested!r}, not {index_factory!r}; leave out the option or use another catalog")
+    return encoder, config
+
+
+def committed_tracks(directory: Path) -> dict[str, TrackInfo]:
+    """The current generation's tracks, read without its index: what a parallel build's parts skip."""
+    return _read_tracks(_gen_dir(directory, _read_config(directory)["generation"]) / "tracks.sqlite")[0]
+
+
+def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder | None) -> Encoder:
+    """`encoder`, or without it the one the catalog records; an encoder with other weights is an error."""
+    recorded = config["encoder"]
+    if encoder is None:
+        source = recorded["source"]
+        inside = directory / source
+        try:
+            encoder = load_encoder(inside if inside.is_dir() else source)
+        except EncoderError as exc:
+            raise CatalogError(f"cannot load the encoder {source!r} that built {directory}: {exc}") from exc
+    found = encoder.fingerprint()
+    if found != recorded["fingerprint"]:
+        raise CatalogError(
+            f"{directory} was built by encoder {recorded['source']!r} (weights {recorded['fingerprint']}), but the given "
+            f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
+        )
+    return encoder
 
 
 # The fields of catalog.json a reader relies on, and the types they must have.

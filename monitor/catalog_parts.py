@@ -32,8 +32,9 @@ import torch
 from tqdm import tqdm
 
 from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
-from monitor.catalog import (CONFIG_FILE, DEFAULT_HOP_SECONDS, PARTS_DIR, AddReport, Catalog, CatalogError, EmbeddedAudio, Source, check_hop,
-                             content_hash, embed_audio, expand_sources, null_excerpt)
+from monitor.catalog import (CONFIG_FILE, DEFAULT_HOP_SECONDS, PARTS_DIR, AddReport, Catalog, CatalogError, EmbeddedAudio, Source, TrackInfo,
+                             check_hop, check_new_track, committed_tracks, content_hash, embed_audio, expand_sources, null_excerpt,
+                             read_settings)
 from monitor.records import check_id
 from monitor.windows import WindowGrid
 
@@ -83,15 +84,16 @@ def write_part(directory: str | Path, paths: Sequence[str | Path], part: int, pa
     directory = Path(directory)
     report = AddReport()
     plan = PartPlan(directory, expand_sources(paths, report), parts)
-    catalog, encoder, grid = _embedder(directory, encoder_source, hop_seconds)
+    held, encoder, grid = _embedder(directory, encoder_source, hop_seconds)
+    held_hashes = {track.content_hash: track_id for track_id, track in held.items()}
     target = plan.part_dir(part)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    entries, held = [], set()
+    entries, embedded = [], set()
     files = {name: open(tmp / name, "wb") for name in ARRAYS}
     try:
         for position in tqdm(plan.positions(part), desc=f"part {part}/{parts}", unit="file", disable=not progress, position=part):
-            entry = _embed_entry(plan.sources[position], catalog, encoder, grid, held, files)
+            entry = _embed_entry(plan.sources[position], held, held_hashes, encoder, grid, embedded, files)
             if "skipped" in entry:
                 report.skipped.append((entry["path"], entry["skipped"]))
             entries.append({"position": position, **entry})
@@ -111,43 +113,38 @@ def write_part(directory: str | Path, paths: Sequence[str | Path], part: int, pa
     return report
 
 
-def _embedder(directory: Path, encoder_source: str | None, hop_seconds: float | None) -> tuple[Catalog | None, Encoder, WindowGrid]:
-    """The catalog if it exists (its encoder and grid), else the encoder and grid the merge will create it with."""
+def _embedder(directory: Path, encoder_source: str | None, hop_seconds: float | None) -> tuple[dict[str, TrackInfo], Encoder, WindowGrid]:
+    """The tracks of the catalog, its encoder and grid (its index is not loaded: a part does not need
+    a worker's memory); with no catalog yet, the encoder and grid the merge will create it with."""
     if (directory / CONFIG_FILE).exists():
-        catalog = Catalog.open_or_create(directory, encoder_source, hop_seconds)
-        return catalog, catalog.encoder, catalog.grid
+        encoder, config = read_settings(directory, encoder_source, hop_seconds)
+        return committed_tracks(directory), encoder, WindowGrid.for_encoder(encoder, config["hop_seconds"])
     try:
         encoder = load_encoder(encoder_source or DEFAULT_ENCODER)
     except EncoderError as exc:
         raise CatalogError(str(exc)) from exc
     hop = DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds
     check_hop(encoder, hop)
-    return None, encoder, WindowGrid.for_encoder(encoder, hop)
+    return {}, encoder, WindowGrid.for_encoder(encoder, hop)
 
 
-def _embed_entry(source: Source, catalog: Catalog | None, encoder: Encoder, grid: WindowGrid, held: set[str],
-                 files: dict[str, BinaryIO]) -> dict[str, Any]:
+def _embed_entry(source: Source, held: dict[str, TrackInfo], held_hashes: dict[str, str], encoder: Encoder, grid: WindowGrid,
+                 embedded: set[str], files: dict[str, BinaryIO]) -> dict[str, Any]:
     """One track's entry; its embeddings are appended to `files`. Audio the catalog or this part already
     holds is not embedded ("windows": None): the merge reports it as a duplicate, or embeds it itself if
     the track it copies was not added after all."""
     entry: dict[str, Any] = {"path": str(source.path), "track_id": source.track_id, "metadata": source.metadata}
     try:
         check_id(source.track_id, "track id")
-        if catalog is not None:
-            catalog.check_new(source.track_id)
+        check_new_track(source.track_id, None, held, held_hashes)
         audio = load_audio(source.path, encoder.sample_rate)
     except (ValueError, CatalogError, AudioError) as exc:
         return {**entry, "skipped": str(exc)}
     digest = content_hash(audio)
     entry.update(digest=digest, seconds=len(audio) / encoder.sample_rate, windows=None, null_windows=0)
-    try:
-        if catalog is not None:
-            catalog.check_new(source.track_id, digest)
-    except CatalogError:
+    if digest in held_hashes or digest in embedded:
         return entry
-    if digest in held:
-        return entry
-    held.add(digest)
+    embedded.add(digest)
     vectors, numbers = embed_audio(encoder, grid, audio)
     null = embed_audio(encoder, grid, null_excerpt(audio, encoder.sample_rate))[0] if len(vectors) else vectors
     for name, array in zip(ARRAYS, (vectors, numbers, null)):

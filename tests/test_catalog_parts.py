@@ -15,6 +15,7 @@ from monitor import catalog as catalog_module
 from monitor.catalog import AddReport, Catalog, CatalogError
 from monitor.catalog_parts import PARTS_DIR, PartPlan, merge_parts, parse_part, write_part
 from monitor.cli import main
+from monitor.index import VectorIndex
 
 F16_TOLERANCE = 2.0 ** -10  # two float16 steps of a unit vector's components (< 1): float32 noise may round either way
 
@@ -58,6 +59,10 @@ def assert_same_catalog(one: Catalog, other: Catalog) -> None:
                    for n, m in zip(row, other_row))
 
 
+def index_loaded(*args: object) -> None:
+    raise AssertionError("the index was loaded")
+
+
 def single_add(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> tuple[Catalog, AddReport]:
     catalog = Catalog.create(tmp_path / "single", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
     return catalog, catalog.add(references, progress=False)
@@ -80,12 +85,15 @@ def test_three_parts_merged_give_the_catalog_one_add_gives(tmp_path: Path, encod
     assert_same_catalog(single, Catalog.open(directory))
 
 
-def test_parts_of_an_existing_catalog_skip_its_ids_and_its_audio(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> None:
+def test_parts_of_an_existing_catalog_skip_its_ids_and_its_audio(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
     catalog.add([MUSIC / f"{CATALOG_TRACKS[0]}.opus"], progress=False)
     reader = Catalog.open(catalog.directory)  # a worker: picks the merged generation up without a restart
-    for part in range(2):
-        write_part(catalog.directory, references, part, 2, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(VectorIndex, "load", index_loaded)  # a part reads the tracks, not a worker-sized index
+        for part in range(2):
+            write_part(catalog.directory, references, part, 2, progress=False)
     plan = PartPlan(catalog.directory, catalog_module.expand_sources(references, AddReport()), 2)
     (plan.folder / ".part-0001-of-0002-crashed").mkdir()  # what a killed pod leaves: removed with the build
     (plan.folder / "notes.txt").write_text("not the catalog's: kept")
