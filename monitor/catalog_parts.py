@@ -202,14 +202,15 @@ def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, 
         return None
     try:
         info = json.loads((folder / ENTRIES_FILE).read_text())
+        positions = [entry["position"] for entry in info["entries"]]
         arrays = {name: np.memmap(folder / name, dtype=dtype, mode="r") if (folder / name).stat().st_size else np.zeros(0, dtype)
                   for name, dtype in ARRAYS.items()}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CatalogError(f"{folder} cannot be read ({exc}); write it again with `airtrace catalog add --part {part}/{plan.parts}`") from exc
     expected = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": plan.parts, "encoder_fingerprint": fingerprint,
                 "hop_seconds": hop_seconds, "dim": dim}
     wrong = [f"{key} {info.get(key)!r}, not {value!r}" for key, value in expected.items() if info.get(key) != value]
-    if not wrong and [entry["position"] for entry in info["entries"]] != list(plan.positions(part)):
+    if not wrong and positions != list(plan.positions(part)):
         wrong.append("its tracks are not this build's slice")
     if not wrong:
         windows = sum(entry.get("windows") or 0 for entry in info["entries"])
