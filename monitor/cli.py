@@ -281,7 +281,7 @@ def catalog_add(directory: str, encoder: str | None, hop: float | None, index_fa
 def _report_part(part_spec: str, report: AddReport) -> None:
     for path, reason in report.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
-    click.echo(f"part {part_spec}: embedded {len(report.added)} tracks, skipped {len(report.skipped)}; commit the parts with --merge-parts")
+    click.echo(f"part {part_spec}: embedded {len(report.added)}, skipped {len(report.skipped)}; commit the parts with --merge-parts")
 
 
 def _committed(directory: str, track_ids: list[str]) -> list[str]:

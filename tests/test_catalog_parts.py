@@ -159,3 +159,24 @@ def test_a_copy_its_part_did_not_embed_is_still_added_when_the_track_it_copies_i
     report = merge_parts(merged, [manifest], 2, progress=False)
     assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
     assert_same_catalog(single, merged)
+
+
+def test_the_kubernetes_path_part_by_part_then_merge_through_the_cli(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> None:
+    def add(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(tmp_path / "catalog"), "--encoder", str(encoder_dir), *args,
+                                           *map(str, references)])
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result.exit_code, result.stdout, result.stderr
+
+    code, out, err = add("--part", "0/2")  # positions 0, 2, 4: area1-game, broken.mp3, zz-copy (area1-game's audio, not embedded again)
+    assert code == 0 and out.startswith("part 0/2: embedded 1, skipped 2") and "broken.mp3" in err and "missing.wav" in err
+    code, _, err = add("--merge-parts", "2")
+    assert code == 1 and "part-0001-of-0002" in err and "Nothing was committed" in err and "Traceback" not in err
+    assert Catalog.open(tmp_path / "catalog").tracks() == []  # the merge created the catalog it was given, and added nothing
+    code, out, err = add("--part", "1/2")  # the second area2-game is embedded: only the merge knows its id is taken by then
+    assert code == 0 and out.startswith("part 1/2: embedded 3, skipped 1") and "broken.mp3" not in err
+    code, out, _ = add("--merge-parts", "2")
+    assert code == 0 and out.strip().splitlines()[-1] == "added 3, skipped 3, duplicates 1"
+    assert [t.track_id for t in Catalog.open(tmp_path / "catalog").tracks()] == list(CATALOG_TRACKS)
+    code, _, err = add("--jobs", "2", "--part", "0/2")
+    assert code == 2 and "one of --jobs, --part and --merge-parts" in err
