@@ -180,3 +180,19 @@ def test_the_kubernetes_path_part_by_part_then_merge_through_the_cli(tmp_path: P
     assert [t.track_id for t in Catalog.open(tmp_path / "catalog").tracks()] == list(CATALOG_TRACKS)
     code, _, err = add("--jobs", "2", "--part", "0/2")
     assert code == 2 and "one of --jobs, --part and --merge-parts" in err
+
+
+@pytest.mark.parametrize("factory", [None, "IVF8,Flat"])
+def test_a_merge_larger_than_memory_moves_windows_to_shards_and_still_commits_once(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                                  factory: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    single = Catalog.create(tmp_path / "single", load_encoder(encoder_dir), index_factory=factory, encoder_source=str(encoder_dir))
+    single.add(references, progress=False)
+    merged = Catalog.create(tmp_path / "parallel", load_encoder(encoder_dir), index_factory=factory, encoder_source=str(encoder_dir))
+    for part in range(3):
+        write_part(merged.directory, references, part, 3, progress=False)
+    reader = Catalog.open(merged.directory)
+    monkeypatch.setattr(catalog_module, "COMMIT_WINDOWS", 1)  # every track's windows go to a shard at once
+    merge_parts(merged, references, 3, progress=False)
+    assert merged.generation == 1 and len(merged._shards) == len(CATALOG_TRACKS)
+    assert reader.reload_if_changed() and reader.stats()["index_factory"] == (factory or "Flat")
+    assert_same_catalog(single, reader)
