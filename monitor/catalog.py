@@ -24,7 +24,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,8 @@ GENERATION_NAME = re.compile(r"gen-\d{6}")
 GENERATION_TMP_NAME = re.compile(r"\.gen-\d{6}-\w+")
 SHARD_NAME = re.compile(r"\.?\d{6}-[0-9a-f]{8}\.npz(\.tmp)?")
 CREATE_LEFTOVERS = {"catalog.lock", f".{CONFIG_FILE}.tmp"}  # what a create interrupted before its commit leaves
+PARTS_DIR = "parts"  # a parallel build's staging area (catalog_parts): may precede the catalog its merge creates
+DEFAULT_HOP_SECONDS = 0.5  # reference hop of a new catalog
 SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
 COMMIT_WINDOWS = 200_000  # a long `add` commits after about 500 tracks, or a quarter of the index if more:
 COMMIT_GROWTH = 0.25  # every commit rewrites the index, so commits grow with it and the total stays ~5x its size
@@ -83,10 +85,27 @@ class AddReport:
         return f"added {len(self.added)}, skipped {len(self.skipped)}, duplicates {len(self.duplicates)}"
 
 
-class _Source(NamedTuple):
+class Source(NamedTuple):
+    """One track to add: its id, its audio file and its metadata (from a manifest)."""
+
     track_id: str
     path: Path
     metadata: dict[str, str]
+
+
+class EmbeddedAudio(NamedTuple):
+    """A track's audio as embedded elsewhere (a part of a parallel build, see catalog_parts)."""
+
+    digest: str  # content_hash of the samples
+    seconds: float
+    vectors: np.ndarray | None  # audible windows' embeddings; None: not embedded (a copy), decoded again if it must be added
+    numbers: np.ndarray | None  # their window numbers on the catalog grid
+    null_vectors: np.ndarray | None  # embeddings of null_excerpt(audio), for the null clips
+
+
+def check_hop(encoder: Encoder, hop_seconds: float) -> None:
+    if not 0 < hop_seconds <= encoder.config.window_seconds:
+        raise CatalogError(f"hop {hop_seconds} s must be positive and at most the window ({encoder.config.window_seconds} s)")
 
 
 def content_hash(audio: np.ndarray) -> str:
@@ -116,7 +135,7 @@ class Catalog:
     # ---- creating and opening -------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str | Path, encoder: Encoder, hop_seconds: float = 0.5, index_factory: str | None = None,
+    def create(cls, directory: str | Path, encoder: Encoder, hop_seconds: float = DEFAULT_HOP_SECONDS, index_factory: str | None = None,
                encoder_source: str | None = None) -> "Catalog":
         """A new empty catalog. `encoder_source` is how to load the encoder again (a shipped name or a
         directory); without it a copy of the encoder is saved inside the catalog. `index_factory`
@@ -125,8 +144,7 @@ class Catalog:
         if (directory / CONFIG_FILE).exists():
             raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
         _check_new_catalog_folder(directory)
-        if not 0 < hop_seconds <= encoder.config.window_seconds:
-            raise CatalogError(f"hop {hop_seconds} s must be positive and at most the window ({encoder.config.window_seconds} s)")
+        check_hop(encoder, hop_seconds)
         factory = index_factory or auto_factory(0)
         try:
             index = VectorIndex.empty(factory, encoder.dim)
@@ -157,21 +175,7 @@ class Catalog:
         """Open a catalog; without `encoder`, load the one it records. A different encoder is an error."""
         directory = Path(directory)
         config = _read_config(directory)
-        recorded = config["encoder"]
-        if encoder is None:
-            source = recorded["source"]
-            inside = directory / source
-            try:
-                encoder = load_encoder(inside if inside.is_dir() else source)
-            except EncoderError as exc:
-                raise CatalogError(f"cannot load the encoder {source!r} that built {directory}: {exc}") from exc
-        found = encoder.fingerprint()
-        if found != recorded["fingerprint"]:
-            raise CatalogError(
-                f"{directory} was built by encoder {recorded['source']!r} (weights {recorded['fingerprint']}), but the given "
-                f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
-            )
-        return cls(directory, encoder, config)
+        return cls(directory, _recorded_encoder(directory, config, encoder), config)
 
     @classmethod
     def open_or_create(cls, directory: str | Path, encoder_source: str | None = None, hop_seconds: float | None = None,
@@ -186,17 +190,9 @@ class Catalog:
                 encoder = load_encoder(source)
             except EncoderError as exc:
                 raise CatalogError(str(exc)) from exc
-            return cls.create(directory, encoder, 0.5 if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
-        try:
-            catalog = cls.open(directory, load_encoder(encoder_source) if encoder_source else None)
-        except EncoderError as exc:
-            raise CatalogError(str(exc)) from exc
-        if hop_seconds is not None and abs(hop_seconds - catalog._config["hop_seconds"]) > 1e-9:
-            raise CatalogError(f"{directory} indexes at a hop of {catalog._config['hop_seconds']} s, not {hop_seconds} s; leave out --hop or use another catalog")
-        requested = catalog._config["index"]["requested"]
-        if index_factory is not None and index_factory != requested:
-            raise CatalogError(f"{directory} uses index {requested!r}, not {index_factory!r}; leave out the option or use another catalog")
-        return catalog
+            return cls.create(directory, encoder, DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
+        encoder, config = read_settings(directory, encoder_source, hop_seconds, index_factory)
+        return cls(directory, encoder, config)
 
     def _load(self) -> None:
         """Read the generation catalog.json points at; retried once if a writer replaced it meanwhile."""
@@ -344,16 +340,25 @@ class Catalog:
         A caller that passes `report` still holds what was attempted if the add is interrupted.
         """
         report = AddReport() if report is None else report
-        items = [item for source in sources for item in _expand(Path(source), report)]
-        seen_ids: set[str] = set()
-        with self.transaction():
-            for item in tqdm(items, desc="indexing", unit="file", disable=not progress):
-                self._add_file(item, report, seen_ids)
-                if self._pending_windows >= max(COMMIT_WINDOWS, COMMIT_GROWTH * self._index.ntotal):
-                    self._commit()
+        items = expand_sources(sources, report)
+        self.add_items(((item, None) for item in items), len(items), report, progress)
         return report
 
-    def _add_file(self, item: _Source, report: AddReport, seen_ids: set[str]) -> None:
+    def add_items(self, items: Iterable[tuple[Source, EmbeddedAudio | None]], total: int, report: AddReport, progress: bool = True,
+                  one_generation: bool = False) -> None:
+        """Add each source from its file, or from its embeddings where given; results go to `report`, as `add`
+        says. `one_generation` commits once at the end (a parallel build's merge) and meanwhile only moves
+        staged windows into shards, so memory stays bounded and readers never see half of the build."""
+        seen_ids: set[str] = set()
+        with self.transaction():
+            for item, embedded in tqdm(items, total=total, desc="indexing", unit="file", disable=not progress):
+                self._add_file(item, report, seen_ids, embedded)
+                if one_generation and self._pending_windows >= COMMIT_WINDOWS:
+                    self._flush_pending()
+                elif not one_generation and self._pending_windows >= max(COMMIT_WINDOWS, COMMIT_GROWTH * self._index.ntotal):
+                    self._commit()
+
+    def _add_file(self, item: Source, report: AddReport, seen_ids: set[str], embedded: EmbeddedAudio | None = None) -> None:
         try:
             check_id(item.track_id, "track id")
         except ValueError as exc:
@@ -363,12 +368,15 @@ class Catalog:
             report.skipped.append((str(item.path), f"track id {item.track_id!r} is already in the catalog; remove it first or give another id"))
             return
         try:
-            audio = load_audio(item.path, self.encoder.sample_rate)
+            if embedded is not None and embedded.vectors is None:  # a copy its part did not embed: a duplicate without decoding again
+                self.check_new(item.track_id, embedded.digest)
+            if embedded is None or embedded.vectors is None:
+                self.add_audio(item.track_id, load_audio(item.path, self.encoder.sample_rate), item.metadata)
+            else:
+                self.add_embedded(item.track_id, embedded, item.metadata)
         except AudioError as exc:
             report.skipped.append((str(item.path), str(exc)))
             return
-        try:
-            self.add_audio(item.track_id, audio, item.metadata)
         except _Duplicate as dup:
             report.duplicates.append((str(item.path), dup.track_id))
             return
@@ -385,28 +393,39 @@ class Catalog:
         except ValueError as exc:
             raise CatalogError(str(exc)) from None
         with self.transaction():
-            if track_id in self._tracks:
-                raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
             audio = np.asarray(audio, dtype=np.float32)
             digest = content_hash(audio)
-            if digest in self._hashes:
-                raise _Duplicate(self._hashes[digest])
+            self.check_new(track_id, digest)
             vectors, numbers = self._embed(audio)
-            if not len(vectors):
-                raise CatalogError(f"track {track_id!r} has no audible window of {self.grid.window_seconds} s; it is too short or silent")
-            track_ord = self._next_ord()
-            try:
-                ids = window_ids(track_ord, numbers)
-            except VectorIndexError as exc:
-                raise CatalogError(f"track {track_id!r}: {exc}") from exc
-            self._pending.append((vectors.astype(np.float16), ids))
-            self._pending_windows += len(ids)
-            meta = {str(k): str(v) for k, v in (metadata or {}).items() if v is not None and str(v) != ""}
-            self._tracks[track_id] = TrackInfo(track_id, len(audio) / self.encoder.sample_rate, len(ids), digest, meta)
-            self._hashes[digest] = track_id
-            self._ords[track_id] = track_ord
-            self._null.offer(track_ord, audio, self.encoder.sample_rate, digest, self._embed)
-            self._dirty = True
+            null_vectors = lambda: self._embed(null_excerpt(audio, self.encoder.sample_rate))[0]  # noqa: E731
+            self._stage(track_id, digest, len(audio) / self.encoder.sample_rate, vectors, numbers, null_vectors, metadata)
+
+    def add_embedded(self, track_id: str, audio: EmbeddedAudio, metadata: dict | None = None) -> None:
+        """Add one track that was embedded elsewhere with this catalog's encoder and grid, as `add_audio`."""
+        with self.transaction():
+            self.check_new(track_id, audio.digest)
+            self._stage(track_id, audio.digest, audio.seconds, audio.vectors, audio.numbers, lambda: audio.null_vectors, metadata)
+
+    def check_new(self, track_id: str, digest: str | None = None) -> None:
+        check_new_track(track_id, digest, self._tracks, self._hashes)
+
+    def _stage(self, track_id: str, digest: str, seconds: float, vectors: np.ndarray, numbers: np.ndarray,
+               null_vectors: Callable[[], np.ndarray], metadata: dict | None) -> None:
+        if not len(vectors):
+            raise CatalogError(f"track {track_id!r} has no audible window of {self.grid.window_seconds} s; it is too short or silent")
+        track_ord = self._next_ord()
+        try:
+            ids = window_ids(track_ord, numbers)
+        except VectorIndexError as exc:
+            raise CatalogError(f"track {track_id!r}: {exc}") from exc
+        self._pending.append((np.asarray(vectors).astype(np.float16), ids))
+        self._pending_windows += len(ids)
+        meta = {str(k): str(v) for k, v in (metadata or {}).items() if v is not None and str(v) != ""}
+        self._tracks[track_id] = TrackInfo(track_id, seconds, len(ids), digest, meta)
+        self._hashes[digest] = track_id
+        self._ords[track_id] = track_ord
+        self._null.offer(track_ord, digest, null_vectors)
+        self._dirty = True
 
     def remove(self, track_id: str) -> None:
         """Remove a track (committed now, or with the open transaction)."""
@@ -427,41 +446,44 @@ class Catalog:
         return track_ord
 
     def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings of the audible windows of `audio` on the catalog grid, and their window numbers."""
-        grid = self.grid
-        windows = grid.cut(np.ascontiguousarray(audio, dtype=np.float32))
-        vectors, numbers = [], []
-        for begin in range(0, len(windows), EMBED_CHUNK):
-            chunk = windows[begin : begin + EMBED_CHUNK]
-            keep = np.flatnonzero(audible(chunk))
-            if len(keep):
-                vectors.append(self.encoder.embed(chunk[keep]))
-                numbers.append(keep + begin)
-        if not vectors:
-            return np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, np.int64)
-        return np.concatenate(vectors), np.concatenate(numbers)
+        return embed_audio(self.encoder, self.grid, audio)
+
+    def _factory(self) -> str:
+        """The index the staged tracks call for: the one requested, or the auto choice for their size."""
+        index_cfg = self._config["index"]
+        return index_cfg["factory"] if index_cfg["requested"] != "auto" else auto_factory(sum(t.windows for t in self._tracks.values()))
+
+    def _flush_pending(self) -> None:
+        """Move staged windows into a shard that no generation lists yet (so cleaned up unless committed)
+        and into the index, unless the index must be rebuilt at the commit anyway."""
+        if not self._pending:
+            return
+        vectors = np.concatenate([v for v, _ in self._pending])
+        ids = np.concatenate([i for _, i in self._pending])
+        if len(ids):
+            self._shards.append(_write_shard(self.directory, self.generation + 1, vectors, ids))
+        if self._rebuild or self._factory() != self._index.factory or not self._index.faiss.is_trained:
+            self._rebuild = True
+        else:
+            try:
+                self._index.add(vectors, ids)
+            except VectorIndexError as exc:
+                raise CatalogError(str(exc)) from exc
+        self._pending, self._pending_windows = [], 0
 
     def _commit(self) -> None:
         """Write staged changes as the next generation (shard, index, tracks, null clips), then switch to it."""
         if not self._dirty:
             return
         generation = self.generation + 1
-        if self._pending:
-            vectors = np.concatenate([v for v, _ in self._pending])
-            ids = np.concatenate([i for _, i in self._pending])
-            if len(ids):
-                self._shards.append(_write_shard(self.directory, generation, vectors, ids))
-        total = sum(t.windows for t in self._tracks.values())
+        self._flush_pending()
+        factory = self._factory()
         index_cfg = self._config["index"]
-        factory = index_cfg["factory"] if index_cfg["requested"] != "auto" else auto_factory(total)
-        try:
-            if factory != self._index.factory or self._rebuild or not self._index.faiss.is_trained:
+        if factory != self._index.factory or self._rebuild or not self._index.faiss.is_trained:
+            try:
                 self._index = self._rebuilt(factory)
-            else:
-                for vectors, ids in self._pending:
-                    self._index.add(vectors, ids)
-        except VectorIndexError as exc:
-            raise CatalogError(str(exc)) from exc
+            except VectorIndexError as exc:
+                raise CatalogError(str(exc)) from exc
         config = {**self._config, "generation": generation,
                   "index": {**index_cfg, "factory": factory, "search_params": self._index.search_params}}
         _write_generation(self.directory, config, self._index, self._tracks_with_ords(), self._shards, self._null)
@@ -484,6 +506,14 @@ class Catalog:
 
     def _tracks_with_ords(self) -> dict[int, TrackInfo]:
         return {self._ords[t]: info for t, info in self._tracks.items()}
+
+
+def check_new_track(track_id: str, digest: str | None, tracks: Mapping[str, TrackInfo], hashes: Mapping[str, str]) -> None:
+    """Raise CatalogError if the id is one of `tracks`, or if audio of this content_hash is in `hashes` (hash -> id)."""
+    if track_id in tracks:
+        raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
+    if digest in hashes:
+        raise _Duplicate(hashes[digest])
 
 
 class _Duplicate(CatalogError):
@@ -524,8 +554,9 @@ class _NullClips:
                 clips.append(encoder.embed(windows).astype(np.float16))
         return cls(clips, [-1] * len(clips), 0)
 
-    def offer(self, track_ord: int, audio: np.ndarray, sample_rate: int, digest: str, embed: Any) -> None:
-        """Reservoir sampling: the n-th track replaces a kept excerpt with probability NULL_CLIPS / n."""
+    def offer(self, track_ord: int, digest: str, null_vectors: Callable[[], np.ndarray]) -> None:
+        """Reservoir sampling: the n-th track replaces a kept excerpt with probability NULL_CLIPS / n.
+        `null_vectors` gives the embedded null_excerpt of the track, computed only if it is kept."""
         self.offered += 1
         kept = [i for i, source in enumerate(self.sources) if source >= 0]
         if len(kept) < NULL_CLIPS:
@@ -535,7 +566,7 @@ class _NullClips:
             if pick >= NULL_CLIPS:
                 return
             slot = kept[pick]
-        vectors, _ = embed(_middle(audio, int(NULL_CLIP_SECONDS * sample_rate))[::-1].copy())
+        vectors = null_vectors()
         if not len(vectors):
             return
         if slot is None:
@@ -564,9 +595,26 @@ class _NullClips:
             raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
 
 
-def _middle(audio: np.ndarray, length: int) -> np.ndarray:
+def null_excerpt(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The middle NULL_CLIP_SECONDS of a track, time-reversed: music like the catalog's but not in it."""
+    length = int(NULL_CLIP_SECONDS * sample_rate)
     start = max(0, (len(audio) - length) // 2)
-    return audio[start : start + length]
+    return audio[start : start + length][::-1].copy()
+
+
+def embed_audio(encoder: Encoder, grid: WindowGrid, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the audible windows of `audio` on `grid`, and their window numbers."""
+    windows = grid.cut(np.ascontiguousarray(audio, dtype=np.float32))
+    vectors, numbers = [], []
+    for begin in range(0, len(windows), EMBED_CHUNK):
+        chunk = windows[begin : begin + EMBED_CHUNK]
+        keep = np.flatnonzero(audible(chunk))
+        if len(keep):
+            vectors.append(encoder.embed(chunk[keep]))
+            numbers.append(keep + begin)
+    if not vectors:
+        return np.zeros((0, encoder.dim), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(vectors), np.concatenate(numbers)
 
 
 # ---- files on disk ------------------------------------------------------------------------------
@@ -591,7 +639,8 @@ def _check_new_catalog_folder(directory: Path) -> None:
         raise CatalogError(f"{directory} is a file, not a catalog folder; give a new or empty folder")
     if not directory.is_dir():
         return
-    names = sorted(p.name for p in directory.iterdir() if p.name not in CREATE_LEFTOVERS and not GENERATION_TMP_NAME.fullmatch(p.name))
+    names = sorted(p.name for p in directory.iterdir()
+                   if p.name not in CREATE_LEFTOVERS | {PARTS_DIR} and not GENERATION_TMP_NAME.fullmatch(p.name))
     remains = [n for n in names if GENERATION_NAME.fullmatch(n)] + [n for n in names if n == "shards" and any((directory / n).glob("*.npz"))]
     if remains:
         raise CatalogError(
@@ -601,6 +650,47 @@ def _check_new_catalog_folder(directory: Path) -> None:
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise CatalogError(f"{directory} is not empty and is not a catalog (it holds {shown}); give a new or empty folder for a new catalog")
+
+
+def read_settings(directory: Path, encoder_source: str | None = None, hop_seconds: float | None = None,
+                  index_factory: str | None = None) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder (the one named, else the one recorded) and catalog.json of an existing catalog, checked
+    against the settings given, without reading its generation."""
+    config = _read_config(directory)
+    try:
+        encoder = _recorded_encoder(directory, config, load_encoder(encoder_source) if encoder_source else None)
+    except EncoderError as exc:
+        raise CatalogError(str(exc)) from exc
+    if hop_seconds is not None and abs(hop_seconds - config["hop_seconds"]) > 1e-9:
+        raise CatalogError(f"{directory} indexes at a hop of {config['hop_seconds']} s, not {hop_seconds} s; leave out --hop or use another catalog")
+    requested = config["index"]["requested"]
+    if index_factory is not None and index_factory != requested:
+        raise CatalogError(f"{directory} uses index {requested!r}, not {index_factory!r}; leave out the option or use another catalog")
+    return encoder, config
+
+
+def committed_tracks(directory: Path) -> dict[str, TrackInfo]:
+    """The current generation's tracks, read without its index: what a parallel build's parts skip."""
+    return _read_tracks(_gen_dir(directory, _read_config(directory)["generation"]) / "tracks.sqlite")[0]
+
+
+def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder | None) -> Encoder:
+    """`encoder`, or without it the one the catalog records; an encoder with other weights is an error."""
+    recorded = config["encoder"]
+    if encoder is None:
+        source = recorded["source"]
+        inside = directory / source
+        try:
+            encoder = load_encoder(inside if inside.is_dir() else source)
+        except EncoderError as exc:
+            raise CatalogError(f"cannot load the encoder {source!r} that built {directory}: {exc}") from exc
+    found = encoder.fingerprint()
+    if found != recorded["fingerprint"]:
+        raise CatalogError(
+            f"{directory} was built by encoder {recorded['source']!r} (weights {recorded['fingerprint']}), but the given "
+            f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
+        )
+    return encoder
 
 
 # The fields of catalog.json a reader relies on, and the types they must have.
@@ -740,22 +830,27 @@ def _remove_stale(directory: Path, current: int, shards: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _expand(source: Path, report: AddReport) -> list[_Source]:
+def expand_sources(sources: Sequence[str | Path], report: AddReport) -> list[Source]:
+    """The tracks the given paths name, in order; paths that name none are reported in `skipped`."""
+    return [item for source in sources for item in _expand(Path(source), report)]
+
+
+def _expand(source: Path, report: AddReport) -> list[Source]:
     """The tracks a path names: a file, the audio files under a folder, or the rows of a manifest.csv."""
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             report.skipped.append((str(source), f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder"))
-        return [_Source(p.relative_to(source).with_suffix("").as_posix(), p, {}) for p in files]
+        return [Source(p.relative_to(source).with_suffix("").as_posix(), p, {}) for p in files]
     if source.suffix.lower() == ".csv" and source.is_file():
         return _manifest(source, report)
     if source.is_file():
-        return [_Source(source.stem, source, {})]
+        return [Source(source.stem, source, {})]
     report.skipped.append((str(source), "no such file or folder"))
     return []
 
 
-def _manifest(path: Path, report: AddReport) -> list[_Source]:
+def _manifest(path: Path, report: AddReport) -> list[Source]:
     """Rows of track_id, path (relative to the manifest) and any metadata columns (title, artist, isrc, ...)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSV files with a byte-order mark
@@ -777,5 +872,5 @@ def _manifest(path: Path, report: AddReport) -> list[_Source]:
             continue
         track_id = row["track_id"] if "track_id" in row else Path(row["path"]).with_suffix("").as_posix()
         metadata = {k: v for k, v in row.items() if k not in ("track_id", "path") and k and v}
-        items.append(_Source(track_id, audio, metadata))
+        items.append(Source(track_id, audio, metadata))
     return items

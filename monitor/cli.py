@@ -241,7 +241,7 @@ def bench_playlog(playlog, stations, days, plays_per_day, upsert_plays, out) -> 
 
 
 if TYPE_CHECKING:
-    from monitor.catalog import Catalog
+    from monitor.catalog import AddReport, Catalog
 
 
 @main.group()
@@ -266,16 +266,35 @@ def _open_catalog(directory: str) -> Catalog:
 @click.option("--encoder", help="Shipped encoder name or directory; a new catalog records it (default: the shipped default).")
 @click.option("--hop", type=float, help="Reference hop in seconds for a new catalog (default 0.5).")
 @click.option("--index-factory", help="FAISS index_factory string for a new catalog (default: chosen by size).")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes embedding at once on this machine; their parts are committed together as one generation.")
+@click.option("--part", "part_spec", metavar="I/N", help="Only embed part I (0-based) of N of PATHS into the catalog folder's parts/ "
+              "staging area, for a build spread over machines (a Kubernetes Indexed Job); --merge-parts N commits them.")
+@click.option("--merge-parts", type=click.IntRange(1), metavar="N", help="Commit the N parts that --part I/N wrote for the same PATHS as one new generation.")
 @click.argument("paths", nargs=-1, required=True)
-def catalog_add(directory: str, encoder: str | None, hop: float | None, index_factory: str | None, paths: tuple[str, ...]) -> None:
+def catalog_add(directory: str, encoder: str | None, hop: float | None, index_factory: str | None, jobs: int, part_spec: str | None,
+                merge_parts: int | None, paths: tuple[str, ...]) -> None:
     """Add audio files, folders and manifest.csv files (track_id,path[,title,artist,...]); creates the catalog if missing."""
+    from monitor import catalog_parts
     from monitor.catalog import AddReport, Catalog, CatalogError
     from monitor.matcher import calibrate
 
+    if sum([jobs > 1, part_spec is not None, merge_parts is not None]) > 1:
+        raise click.UsageError("give one of --jobs, --part and --merge-parts")
     report = AddReport()
     try:
-        cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
-        cat.add(paths, report=report)
+        if part_spec is not None:
+            part, parts = catalog_parts.parse_part(part_spec)
+            _report_part(part_spec, catalog_parts.write_part(directory, paths, part, parts, encoder, hop))
+            return
+        if jobs > 1:
+            cat, _ = catalog_parts.build_in_parallel(directory, paths, jobs, encoder, hop, index_factory, report=report)
+        elif merge_parts is not None:
+            cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
+            catalog_parts.merge_parts(cat, paths, merge_parts, report=report)
+        else:
+            cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
+            cat.add(paths, report=report)
         if cat.tracks():
             calibrate(cat)
     except CatalogError as exc:
@@ -292,6 +311,12 @@ def catalog_add(directory: str, encoder: str | None, hop: float | None, index_fa
     click.echo(report.summary())
     if report.skipped and not report.added and not report.duplicates:
         raise SystemExit(1)  # every input failed
+
+
+def _report_part(part_spec: str, report: AddReport) -> None:
+    for path, reason in report.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(f"part {part_spec}: embedded {len(report.added)}, skipped {len(report.skipped)}; commit the parts with --merge-parts")
 
 
 def _committed(directory: str, track_ids: list[str]) -> list[str]:

@@ -446,8 +446,8 @@ def secret_keys() -> set[str]:
 
 
 def test_k8s_workloads_are_probed_bounded_and_unprivileged() -> None:
-    every = raw_k8s_objects(K8S) + raw_k8s_objects(K8S / "infra") + list(yaml.safe_load_all((K8S / "catalog-job.yaml").read_text()))
-    assert len(workloads(every)) == 8
+    every = raw_k8s_objects(K8S) + raw_k8s_objects(K8S / "infra") + [catalog_job(name) for name in CATALOG_JOBS]
+    assert len(workloads(every)) == 10
     for name, workload in workloads(every).items():
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
@@ -498,8 +498,17 @@ def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
     assert migrate["args"] == ["plays", "migrate"] and migrate["env"] == [env for env in playlog["env"] if env["name"] in ("AIRTRACE_PLAYLOG", "PGPASSWORD")]
 
 
-def test_k8s_catalog_job_writes_the_catalog_the_workers_read() -> None:
-    (job,) = yaml.safe_load_all((K8S / "catalog-job.yaml").read_text())
+CATALOG_JOBS = ("catalog-job.yaml", "catalog-parts-job.yaml", "catalog-merge-job.yaml")
+
+
+def catalog_job(name: str) -> dict:
+    (job,) = yaml.safe_load_all((K8S / name).read_text())
+    return job
+
+
+@pytest.mark.parametrize("name", CATALOG_JOBS)
+def test_k8s_catalog_jobs_write_the_catalog_the_workers_read(name: str) -> None:
+    job = catalog_job(name)
     (container,) = containers(job)
     assert airtrace_command(container["args"]) == "catalog add"
     path = container["args"][container["args"].index("--catalog") + 1]
@@ -509,8 +518,30 @@ def test_k8s_catalog_job_writes_the_catalog_the_workers_read() -> None:
     claims = {volume["name"]: volume.get("persistentVolumeClaim", {}).get("claimName") for pod in (job, worker) for volume in pod["spec"]["template"]["spec"]["volumes"]}
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     assert claims[mounts[path]] == "airtrace-catalog"
+    assert container["args"][-1] == "/references" and claims[mounts["/references"]] == "airtrace-references"
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (PyPI) checks objects against the API schemas")
     kubernetes_validate.validate(job, "1.32.0", strict=True)
+
+
+def test_k8s_parallel_catalog_build_gives_each_pod_its_part_and_merges_them_all() -> None:
+    from monitor.catalog_parts import parse_part
+
+    parts, merge = catalog_job("catalog-parts-job.yaml"), catalog_job("catalog-merge-job.yaml")
+    assert parts["spec"]["completionMode"] == "Indexed" and parts["spec"]["maxFailedIndexes"] == 0
+    n = parts["spec"]["completions"]
+    (container,) = containers(parts)
+    env = {item["name"]: item for item in container["env"]}
+    spec = container["args"][container["args"].index("--part") + 1]
+    variable = re.fullmatch(r"\$\((\w+)\)/(\d+)", spec)
+    assert variable, f"--part {spec} is not $(INDEX)/N"
+    assert env[variable[1]]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert [parse_part(spec.replace(f"$({variable[1]})", str(index))) for index in range(n)] == [(index, n) for index in range(n)]
+    (merge_container,) = containers(merge)
+    merge_args = merge_container["args"]
+    assert int(merge_args[merge_args.index("--merge-parts") + 1]) == n, "the merge must wait for every part"
+    without_part = [arg for i, arg in enumerate(container["args"]) if "--part" not in container["args"][max(i - 1, 0) : i + 1]]
+    without_merge = [arg for i, arg in enumerate(merge_args) if "--merge-parts" not in merge_args[max(i - 1, 0) : i + 1]]
+    assert without_part == without_merge, "parts and merge must name the same catalog and references"
 
 
 @pytest.mark.parametrize("path", [K8S, K8S / "infra"], ids=["airtrace", "infra"])

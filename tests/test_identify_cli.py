@@ -129,10 +129,10 @@ def test_an_interrupted_catalog_add_says_exactly_which_tracks_were_committed(tmp
     monkeypatch.setattr(catalog_module, "COMMIT_WINDOWS", 1)  # commit after every track
     add_file = catalog_module.Catalog._add_file
 
-    def interrupted_at_the_third(self, item, report, seen_ids):
+    def interrupted_at_the_third(self, item, report, seen_ids, embedded=None):
         if len(report.added) == 2:
             raise KeyboardInterrupt  # what Ctrl-C does
-        add_file(self, item, report, seen_ids)
+        add_file(self, item, report, seen_ids, embedded)
 
     monkeypatch.setattr(catalog_module.Catalog, "_add_file", interrupted_at_the_third)
     directory = tmp_path / "catalog"

@@ -1,0 +1,262 @@
+"""Parallel catalog builds, apart from catalog.py so that its generation store keeps one commit point.
+
+A build of PATHS is cut into N parts by position in the expanded source list (position % N), so every
+process or pod given the same PATHS computes the same slices. `write_part` embeds one slice into the
+catalog folder's staging area and writes no generation:
+
+    parts/<build>/part-0002-of-0008/   entries.json (written last: a folder without it is incomplete),
+                                        vectors.f16, numbers.i64, null.f16 (raw rows, in entry order)
+
+`merge_parts` then feeds every part's tracks, in source order, to Catalog.add_items under the writer
+lock and commits them as one generation: the same ids, duplicates, ordinals and null clips as one
+`catalog add` of PATHS. <build> is a hash of the source list and N, so parts of another build never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
+from monitor.catalog import (CONFIG_FILE, DEFAULT_HOP_SECONDS, PARTS_DIR, AddReport, Catalog, CatalogError, EmbeddedAudio, Source, TrackInfo,
+                             check_hop, check_new_track, committed_tracks, content_hash, embed_audio, expand_sources, null_excerpt,
+                             read_settings)
+from monitor.records import check_id
+from monitor.windows import WindowGrid
+
+PART_FORMAT = 1
+PART_NAME = re.compile(r"\.?part-\d{4}-of-\d{4}(-\w+)?")  # a part, or one a crash left half written
+ENTRIES_FILE = "entries.json"
+ARRAYS = {"vectors.f16": np.float16, "numbers.i64": np.int64, "null.f16": np.float16}
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """'I/N' (0 <= I < N) as (I, N)."""
+    try:
+        part, parts = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise CatalogError(f"part {text!r} is not I/N (for example 0/8: the first of 8 parts)") from None
+    if not 0 <= part < parts:
+        raise CatalogError(f"part {text!r}: I must be 0 to N-1 (parts are numbered from 0, like a Kubernetes Indexed Job's pods)")
+    return part, parts
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """The N slices of one build: which sources each part embeds and where it stages them."""
+
+    directory: Path
+    sources: list[Source]
+    parts: int
+
+    @property
+    def folder(self) -> Path:
+        listing = json.dumps([[s.track_id, str(s.path), s.metadata] for s in self.sources] + [self.parts])
+        return self.directory / PARTS_DIR / hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+    def part_dir(self, part: int) -> Path:
+        return self.folder / f"part-{part:04d}-of-{self.parts:04d}"
+
+    def positions(self, part: int) -> range:
+        return range(part, len(self.sources), self.parts)
+
+
+def write_part(directory: str | Path, paths: Sequence[str | Path], part: int, parts: int, encoder_source: str | None = None,
+               hop_seconds: float | None = None, progress: bool = True) -> AddReport:
+    """Embed part `part` of `parts` of the tracks `paths` name into the catalog folder's staging area.
+
+    Tracks whose id the catalog already holds are skipped and audio it holds is not embedded, as `add`
+    does; whether a track is added is decided by `merge_parts`. Reading errors are in the report."""
+    directory = Path(directory)
+    report = AddReport()
+    plan = PartPlan(directory, expand_sources(paths, report), parts)
+    held, encoder, grid = _embedder(directory, encoder_source, hop_seconds)
+    held_hashes = {track.content_hash: track_id for track_id, track in held.items()}
+    target = plan.part_dir(part)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    entries, embedded = [], set()
+    files = {name: open(tmp / name, "wb") for name in ARRAYS}
+    try:
+        for position in tqdm(plan.positions(part), desc=f"part {part}/{parts}", unit="file", disable=not progress, position=part):
+            entry = _embed_entry(plan.sources[position], held, held_hashes, encoder, grid, embedded, files)
+            if "skipped" in entry:
+                report.skipped.append((entry["path"], entry["skipped"]))
+            entries.append({"position": position, **entry})
+    finally:
+        for f in files.values():
+            f.close()
+    info = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": parts, "encoder_fingerprint": encoder.fingerprint(),
+            "hop_seconds": grid.hop_seconds, "dim": encoder.dim, "entries": entries}
+    (tmp / ENTRIES_FILE).write_text(json.dumps(info))
+    for path in tmp.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    if target.is_dir():  # an earlier attempt at the same part (a retried pod): ours, replaced whole
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    report.added = [e["track_id"] for e in entries if e.get("windows")]
+    return report
+
+
+def _embedder(directory: Path, encoder_source: str | None, hop_seconds: float | None) -> tuple[dict[str, TrackInfo], Encoder, WindowGrid]:
+    """The tracks of the catalog, its encoder and grid (its index is not loaded: a part does not need
+    a worker's memory); with no catalog yet, the encoder and grid the merge will create it with."""
+    if (directory / CONFIG_FILE).exists():
+        encoder, config = read_settings(directory, encoder_source, hop_seconds)
+        return committed_tracks(directory), encoder, WindowGrid.for_encoder(encoder, config["hop_seconds"])
+    try:
+        encoder = load_encoder(encoder_source or DEFAULT_ENCODER)
+    except EncoderError as exc:
+        raise CatalogError(str(exc)) from exc
+    hop = DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds
+    check_hop(encoder, hop)
+    return {}, encoder, WindowGrid.for_encoder(encoder, hop)
+
+
+def _embed_entry(source: Source, held: dict[str, TrackInfo], held_hashes: dict[str, str], encoder: Encoder, grid: WindowGrid,
+                 embedded: set[str], files: dict[str, BinaryIO]) -> dict[str, Any]:
+    """One track's entry; its embeddings are appended to `files`. Audio the catalog or this part already
+    holds is not embedded ("windows": None): the merge reports it as a duplicate, or embeds it itself if
+    the track it copies was not added after all."""
+    entry: dict[str, Any] = {"path": str(source.path), "track_id": source.track_id, "metadata": source.metadata}
+    try:
+        check_id(source.track_id, "track id")
+        check_new_track(source.track_id, None, held, held_hashes)
+        audio = load_audio(source.path, encoder.sample_rate)
+    except (ValueError, CatalogError, AudioError) as exc:
+        return {**entry, "skipped": str(exc)}
+    digest = content_hash(audio)
+    entry.update(digest=digest, seconds=len(audio) / encoder.sample_rate, windows=None, null_windows=0)
+    if digest in held_hashes or digest in embedded:
+        return entry
+    embedded.add(digest)
+    vectors, numbers = embed_audio(encoder, grid, audio)
+    null = embed_audio(encoder, grid, null_excerpt(audio, encoder.sample_rate))[0] if len(vectors) else vectors
+    for name, array in zip(ARRAYS, (vectors, numbers, null)):
+        files[name].write(np.ascontiguousarray(array, dtype=ARRAYS[name]).tobytes())
+    return {**entry, "windows": len(numbers), "null_windows": len(null)}
+
+
+class PartEntry(NamedTuple):
+    position: int  # in the build's source list
+    source: Source
+    embedded: EmbeddedAudio | None  # None: the part could not read it
+    skipped: str | None  # why the part could not read it
+
+
+def merge_parts(catalog: Catalog, paths: Sequence[str | Path], parts: int, progress: bool = True,
+                report: AddReport | None = None) -> AddReport:
+    """Commit the `parts` parts of `paths` as one new generation, then remove them from the staging area.
+
+    A missing, incomplete or foreign part is an error that names it, before anything is committed."""
+    report = AddReport() if report is None else report
+    plan = PartPlan(catalog.directory, expand_sources(paths, report), parts)
+    fingerprint = catalog.encoder.fingerprint()
+    loaded = [_read_part(plan, part, fingerprint, catalog.grid.hop_seconds, catalog.encoder.dim) for part in range(parts)]
+    missing = [plan.part_dir(part).name for part, entries in enumerate(loaded) if entries is None]
+    if missing:
+        raise CatalogError(
+            f"{len(missing)} of the {parts} parts of this build are missing or incomplete in {plan.folder} "
+            f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); run `airtrace catalog add --part I/{parts}` with the "
+            f"same paths for each (or rerun the failed indexes of the Indexed Job), then merge again. Nothing was committed")
+    entries = sorted((entry for part in loaded for entry in part or []), key=lambda entry: entry.position)
+
+    def items() -> Iterator[tuple[Source, EmbeddedAudio]]:
+        for entry in entries:
+            if entry.embedded is None:  # reported in source order, as `add` reports an unreadable file
+                report.skipped.append((str(entry.source.path), str(entry.skipped)))
+            else:
+                yield entry.source, entry.embedded
+
+    catalog.add_items(items(), len(entries), report, progress, one_generation=True)
+    for path in plan.folder.iterdir():
+        if PART_NAME.fullmatch(path.name) and path.is_dir():
+            shutil.rmtree(path)
+    for folder in (plan.folder, plan.folder.parent):
+        try:
+            folder.rmdir()  # only if empty: other builds' parts stay
+        except OSError:
+            pass
+    return report
+
+
+def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, dim: int) -> list[PartEntry] | None:
+    """The entries of one part with their embeddings (read-only memory maps), or None if it is missing."""
+    folder = plan.part_dir(part)
+    if not (folder / ENTRIES_FILE).is_file():
+        return None
+    try:
+        info = json.loads((folder / ENTRIES_FILE).read_text())
+        positions = [entry["position"] for entry in info["entries"]]
+        arrays = {name: np.memmap(folder / name, dtype=dtype, mode="r") if (folder / name).stat().st_size else np.zeros(0, dtype)
+                  for name, dtype in ARRAYS.items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CatalogError(f"{folder} cannot be read ({exc}); write it again with `airtrace catalog add --part {part}/{plan.parts}`") from exc
+    expected = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": plan.parts, "encoder_fingerprint": fingerprint,
+                "hop_seconds": hop_seconds, "dim": dim}
+    wrong = [f"{key} {info.get(key)!r}, not {value!r}" for key, value in expected.items() if info.get(key) != value]
+    if not wrong and positions != list(plan.positions(part)):
+        wrong.append("its tracks are not this build's slice")
+    if not wrong:
+        windows = sum(entry.get("windows") or 0 for entry in info["entries"])
+        nulls = sum(entry.get("null_windows", 0) for entry in info["entries"])
+        if (arrays["vectors.f16"].size, arrays["numbers.i64"].size, arrays["null.f16"].size) != (windows * dim, windows, nulls * dim):
+            wrong.append("its embedding files are truncated")
+    if wrong:
+        raise CatalogError(f"{folder} does not belong to this build or is damaged ({'; '.join(wrong)}); write it again with "
+                           f"`airtrace catalog add --part {part}/{plan.parts}` and the same paths and options, then merge again. "
+                           f"Nothing was committed")
+    return list(_entries(info["entries"], arrays, dim, plan))
+
+
+def _entries(entries: list[dict[str, Any]], arrays: dict[str, np.ndarray], dim: int, plan: PartPlan) -> Iterator[PartEntry]:
+    vectors, numbers, null = arrays["vectors.f16"].reshape(-1, dim), arrays["numbers.i64"], arrays["null.f16"].reshape(-1, dim)
+    at = null_at = 0
+    for entry in entries:
+        source = plan.sources[entry["position"]]
+        if "skipped" in entry:
+            yield PartEntry(entry["position"], source, None, entry["skipped"])
+            continue
+        n, m = entry["windows"] or 0, entry["null_windows"]
+        embedded = None if entry["windows"] is None else (vectors[at : at + n], numbers[at : at + n], null[null_at : null_at + m].astype(np.float32))
+        yield PartEntry(entry["position"], source, EmbeddedAudio(entry["digest"], entry["seconds"], *(embedded or (None, None, None))), None)
+        at, null_at = at + n, null_at + m
+
+
+def build_in_parallel(directory: str | Path, paths: Sequence[str | Path], jobs: int, encoder_source: str | None = None,
+                      hop_seconds: float | None = None, index_factory: str | None = None, progress: bool = True,
+                      report: AddReport | None = None) -> tuple[Catalog, AddReport]:
+    """`catalog add --jobs N`: N processes on this machine write the N parts, then `merge_parts` commits them."""
+    catalog = Catalog.open_or_create(directory, encoder_source, hop_seconds, index_factory)  # created once, before the parts
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(jobs,)) as pool:
+        futures = [pool.submit(write_part, directory, paths, part, jobs, encoder_source, hop_seconds, progress) for part in range(jobs)]
+        failed = {}
+        for part, future in enumerate(futures):
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - whatever stopped a part is reported with its number
+                failed[part] = exc
+    if failed:
+        raise CatalogError("; ".join(f"part {part}/{jobs} failed: {exc}" for part, exc in failed.items()) + ". Nothing was committed")
+    return catalog, merge_parts(catalog, paths, jobs, progress, report)
+
+
+def _share_cores(jobs: int) -> None:
+    """Each of `jobs` processes embeds with its share of torch's threads (OMP_NUM_THREADS, else the cores),
+    not all of them: oversubscribed threads spin and are slower."""
+    torch.set_num_threads(max(1, torch.get_num_threads() // jobs))

@@ -1,0 +1,198 @@
+"""Parallel catalog builds: parts written apart and merged give the catalog one `catalog add` gives."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, encoder_dir, music  # noqa: F401
+from encoders import load_encoder
+from monitor import catalog as catalog_module
+from monitor.catalog import AddReport, Catalog, CatalogError
+from monitor.catalog_parts import PARTS_DIR, PartPlan, merge_parts, parse_part, write_part
+from monitor.cli import main
+from monitor.index import VectorIndex
+
+F16_TOLERANCE = 2.0 ** -10  # two float16 steps of a unit vector's components (< 1): float32 noise may round either way
+
+
+@pytest.fixture
+def references(tmp_path: Path) -> list[Path]:
+    """Catalog tracks, a copy of one under another id, an unreadable file and an id given twice."""
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for name in CATALOG_TRACKS:
+        shutil.copy(MUSIC / f"{name}.opus", folder / f"{name}.opus")
+    shutil.copy(MUSIC / f"{CATALOG_TRACKS[0]}.opus", folder / "zz-copy.opus")
+    (folder / "broken.mp3").write_bytes(b"not audio")
+    shutil.copy(MUSIC / "area3-game.opus", tmp_path / f"{CATALOG_TRACKS[1]}.opus")  # other audio, same id as a folder track
+    return [folder, tmp_path / f"{CATALOG_TRACKS[1]}.opus", tmp_path / "missing.wav"]
+
+
+def shard_rows(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    """Every indexed window's id and float16 embedding, sorted by id."""
+    parts = [catalog_module._read_shard(catalog.directory, name) for name in catalog._shards]
+    vectors, ids = np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts])
+    order = np.argsort(ids)
+    return ids[order], vectors[order]
+
+
+def assert_same_catalog(one: Catalog, other: Catalog) -> None:
+    assert one.tracks() == other.tracks() and one._ords == other._ords
+    ids, vectors = shard_rows(one)
+    other_ids, other_vectors = shard_rows(other)
+    np.testing.assert_array_equal(ids, other_ids)
+    np.testing.assert_allclose(vectors, other_vectors, rtol=0, atol=F16_TOLERANCE)
+    assert [s for _, s in one.null_queries()] == [s for _, s in other.null_queries()]
+    for (clip, _), (other_clip, _) in zip(one.null_queries(), other.null_queries()):
+        np.testing.assert_allclose(clip, other_clip, rtol=0, atol=F16_TOLERANCE)
+    sr = one.encoder.sample_rate
+    for name in CATALOG_TRACKS:
+        queries = one.encoder.embed(one.grid.cut(music(name)[10 * sr : 14 * sr]).copy())
+        found, other_found = one.search(queries, k=3), other.search(queries, k=3)
+        assert [[(n.track_id, n.ref_time) for n in row] for row in found] == [[(n.track_id, n.ref_time) for n in row] for row in other_found]
+        assert all(n.similarity == pytest.approx(m.similarity, abs=4 * F16_TOLERANCE) for row, other_row in zip(found, other_found)
+                   for n, m in zip(row, other_row))
+
+
+def index_loaded(*args: object) -> None:
+    raise AssertionError("the index was loaded")
+
+
+def single_add(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> tuple[Catalog, AddReport]:
+    catalog = Catalog.create(tmp_path / "single", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
+    return catalog, catalog.add(references, progress=False)
+
+
+def test_three_parts_merged_give_the_catalog_one_add_gives(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> None:
+    single, expected = single_add(tmp_path, encoder_dir, references)
+    assert expected.added == ["area1-game", "area2-game", "over-theme"] and expected.duplicates == [(str(references[0] / "zz-copy.opus"), "area1-game")]
+    assert [Path(p).name for p, _ in expected.skipped] == ["missing.wav", "broken.mp3", "area2-game.opus"]
+
+    directory = tmp_path / "parallel"  # no catalog yet: the parts use the given encoder, the merge creates it
+    for part in range(3):
+        write_part(directory, references, part, 3, str(encoder_dir), progress=False)
+    assert not (directory / catalog_module.CONFIG_FILE).exists()
+    merged = Catalog.open_or_create(directory, str(encoder_dir))
+    report = merge_parts(merged, references, 3, progress=False)
+    assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
+    assert merged.generation == 1 and not (directory / PARTS_DIR).exists()
+    assert_same_catalog(single, merged)
+    assert_same_catalog(single, Catalog.open(directory))
+
+
+def test_parts_of_an_existing_catalog_skip_its_ids_and_its_audio(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
+    catalog.add([MUSIC / f"{CATALOG_TRACKS[0]}.opus"], progress=False)
+    reader = Catalog.open(catalog.directory)  # a worker: picks the merged generation up without a restart
+    with monkeypatch.context() as patch:
+        patch.setattr(VectorIndex, "load", index_loaded)  # a part reads the tracks, not a worker-sized index
+        for part in range(2):
+            write_part(catalog.directory, references, part, 2, progress=False)
+    plan = PartPlan(catalog.directory, catalog_module.expand_sources(references, AddReport()), 2)
+    (plan.folder / ".part-0001-of-0002-crashed").mkdir()  # what a killed pod leaves: removed with the build
+    (plan.folder / "notes.txt").write_text("not the catalog's: kept")
+    report = merge_parts(catalog, references, 2, progress=False)
+    assert sorted(p.name for p in plan.folder.iterdir()) == ["notes.txt"]
+    assert report.added == list(CATALOG_TRACKS[1:])
+    assert report.duplicates == [(str(references[0] / "zz-copy.opus"), CATALOG_TRACKS[0])]
+    assert any(Path(p).name == f"{CATALOG_TRACKS[0]}.opus" and "already in the catalog" in why for p, why in report.skipped)
+    assert reader.reload_if_changed() and [t.track_id for t in reader.tracks()] == list(CATALOG_TRACKS)
+
+
+def test_a_missing_or_damaged_part_is_named_and_nothing_is_committed(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> None:
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
+    catalog.add([MUSIC / "gardien-go.opus"], progress=False)
+    before = sorted(p.name for p in catalog.directory.rglob("*") if PARTS_DIR not in p.parts)
+    for part in (0, 2):
+        write_part(catalog.directory, references, part, 3, progress=False)
+    with pytest.raises(CatalogError, match="part-0001-of-0003"):
+        merge_parts(catalog, references, 3, progress=False)
+    write_part(catalog.directory, references, 1, 3, progress=False)
+    plan = PartPlan(catalog.directory, catalog_module.expand_sources(references, AddReport()), 3)
+    vectors = plan.part_dir(2) / "vectors.f16"
+    vectors.write_bytes(vectors.read_bytes()[:-2])
+    with pytest.raises(CatalogError, match="part-0002-of-0003.*truncated"):
+        merge_parts(catalog, references, 3, progress=False)
+    with pytest.raises(CatalogError, match="part-0000-of-0002"):  # parts of another build (N) never mix in
+        merge_parts(catalog, references, 2, progress=False)
+    assert sorted(p.name for p in catalog.directory.rglob("*") if PARTS_DIR not in p.parts) == before
+    reopened = Catalog.open(catalog.directory)
+    assert reopened.generation == 1 and [t.track_id for t in reopened.tracks()] == ["gardien-go"]
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2"])
+def test_a_bad_part_is_refused(text: str) -> None:
+    with pytest.raises(CatalogError, match="part"):
+        parse_part(text)
+
+
+def test_catalog_add_jobs_runs_processes_and_commits_one_generation(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> None:
+    single, expected = single_add(tmp_path, encoder_dir, references)
+    result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(tmp_path / "jobs"), "--encoder", str(encoder_dir), "--jobs", "2",
+                                       *map(str, references)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == expected.summary()
+    assert f"duplicate {references[0] / 'zz-copy.opus'}: the same audio is already area1-game" in result.stderr
+    parallel = Catalog.open(tmp_path / "jobs")
+    assert parallel.generation == 1
+    assert_same_catalog(single, parallel)
+
+
+def test_a_copy_its_part_did_not_embed_is_still_added_when_the_track_it_copies_is_not(tmp_path: Path, encoder_dir: Path) -> None:
+    """Part 1 holds `x` (an id part 0 takes first) and `y`, the same audio: `y` is a copy there, left unembedded,
+    but one add adds it because `x` is skipped; the merge embeds it then."""
+    for name in ("area1-game", "area2-game", "over-theme"):
+        shutil.copy(MUSIC / f"{name}.opus", tmp_path / f"{name}.opus")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("track_id,path\nx,area1-game.opus\nx,area2-game.opus\nz,over-theme.opus\ny,area2-game.opus\n")
+    single, expected = single_add(tmp_path, encoder_dir, [manifest])
+    assert expected.added == ["x", "z", "y"] and not expected.duplicates
+    for part in range(2):
+        write_part(tmp_path / "parallel", [manifest], part, 2, str(encoder_dir), progress=False)
+    merged = Catalog.open_or_create(tmp_path / "parallel", str(encoder_dir))
+    report = merge_parts(merged, [manifest], 2, progress=False)
+    assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
+    assert_same_catalog(single, merged)
+
+
+def test_the_kubernetes_path_part_by_part_then_merge_through_the_cli(tmp_path: Path, encoder_dir: Path, references: list[Path]) -> None:
+    def add(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(tmp_path / "catalog"), "--encoder", str(encoder_dir), *args,
+                                           *map(str, references)])
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result.exit_code, result.stdout, result.stderr
+
+    code, out, err = add("--part", "0/2")  # positions 0, 2, 4: area1-game, broken.mp3, zz-copy (area1-game's audio, not embedded again)
+    assert code == 0 and out.startswith("part 0/2: embedded 1, skipped 2") and "broken.mp3" in err and "missing.wav" in err
+    code, _, err = add("--merge-parts", "2")
+    assert code == 1 and "part-0001-of-0002" in err and "Nothing was committed" in err and "Traceback" not in err
+    assert Catalog.open(tmp_path / "catalog").tracks() == []  # the merge created the catalog it was given, and added nothing
+    code, out, err = add("--part", "1/2")  # the second area2-game is embedded: only the merge knows its id is taken by then
+    assert code == 0 and out.startswith("part 1/2: embedded 3, skipped 1") and "broken.mp3" not in err
+    code, out, _ = add("--merge-parts", "2")
+    assert code == 0 and out.strip().splitlines()[-1] == "added 3, skipped 3, duplicates 1"
+    assert [t.track_id for t in Catalog.open(tmp_path / "catalog").tracks()] == list(CATALOG_TRACKS)
+    code, _, err = add("--jobs", "2", "--part", "0/2")
+    assert code == 2 and "one of --jobs, --part and --merge-parts" in err
+
+
+@pytest.mark.parametrize("factory", [None, "IVF8,Flat"])
+def test_a_merge_larger_than_memory_moves_windows_to_shards_and_still_commits_once(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                                  factory: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    single = Catalog.create(tmp_path / "single", load_encoder(encoder_dir), index_factory=factory, encoder_source=str(encoder_dir))
+    single.add(references, progress=False)
+    merged = Catalog.create(tmp_path / "parallel", load_encoder(encoder_dir), index_factory=factory, encoder_source=str(encoder_dir))
+    for part in range(3):
+        write_part(merged.directory, references, part, 3, progress=False)
+    reader = Catalog.open(merged.directory)
+    monkeypatch.setattr(catalog_module, "COMMIT_WINDOWS", 1)  # every track's windows go to a shard at once
+    merge_parts(merged, references, 3, progress=False)
+    assert merged.generation == 1 and len(merged._shards) == len(CATALOG_TRACKS)
+    assert reader.reload_if_changed() and reader.stats()["index_factory"] == (factory or "Flat")
+    assert_same_catalog(single, reader)
