@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import servers
+from monitor.bench import servers
 from encoders import load_audio
 from monitor.catalog import Catalog
 from monitor.cli import main
