@@ -60,12 +60,14 @@ def test_a_station_goes_off_air_and_resumes_at_the_live_position(tmp_path: Path)
     assert span[0] == pytest.approx(0.0, abs=0.5) and span[1] < 10.0
 
 
+@pytest.mark.timeout(900)
 def test_short_chaos_run_loses_and_doubles_no_play(tmp_path: Path) -> None:
     needs_servers()
     check(run_chaos(streams=3, minutes=2.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_full_chaos_run_loses_and_doubles_no_play_and_alerts(tmp_path: Path) -> None:
     needs_servers()
     result = run_chaos(streams=20, minutes=10.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test")

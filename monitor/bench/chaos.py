@@ -26,8 +26,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from monitor.bench.broadcast import programme
 from monitor.bench.queries import speech_clips
 from monitor.bench.references import BenchError, Reference, read_references
 from monitor.bench.report import Table, publish
-from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays
+from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays, truth_path
 from monitor.events import PlayEvent
 
 log = logging.getLogger(__name__)
@@ -84,21 +84,26 @@ def _pieces_for(catalog: Sequence[Reference], holdout: Sequence[Reference], seco
 
 
 def make_broadcasts(streams: int, seconds: float, seed: int, workdir: Path) -> list[Broadcast]:
-    """One broadcast per stream, each its own seed, as constant-bitrate MP3 (bytes map linearly to air time)."""
+    """One broadcast per stream, each its own seed, as constant-bitrate MP3 (bytes map linearly to air time) with
+    its truth beside it; a workdir that has them already reuses them."""
     refs = {r.track_id: r for r in read_references(DEMO_MUSIC)}
     catalog, holdout = [refs[t] for t in CATALOG_TRACKS], [refs[t] for t in HOLDOUT_TRACKS]
-    speech = Sources(speech=speech_clips(SAMPLE_RATE))
+    speech: Sources | None = None  # espeak-ng's talk, made only when a broadcast is composed
     out = []
     for n in range(streams):
         stream_id, stream_seed = f"chaos-{n:02d}", seed * 1000 + n
-        path = workdir / f"{stream_id}.mp3"
-        audio, truth = compose(_pieces_for(catalog, holdout, seconds, stream_seed), np.random.default_rng(stream_seed), speech)
-        wav = workdir / f"{stream_id}.wav"
-        soundfile.write(wav, audio, SAMPLE_RATE)
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-ac", "1", "-ar", "22050",
-                        "-c:a", "libmp3lame", "-b:a", f"{MP3_KBPS}k", str(path)], check=True)
-        wav.unlink()
-        out.append(Broadcast(stream_id, path.read_bytes(), len(audio) / SAMPLE_RATE, truth, path))
+        path = workdir / f"{stream_id}-seed{stream_seed}-{seconds:.0f}s.mp3"
+        if not truth_path(path).is_file():  # composed before in this workdir: reused
+            speech = speech or Sources(speech=speech_clips(SAMPLE_RATE))
+            audio, truth = compose(_pieces_for(catalog, holdout, seconds, stream_seed), np.random.default_rng(stream_seed), speech)
+            wav = workdir / f"{stream_id}.wav"
+            soundfile.write(wav, audio, SAMPLE_RATE)
+            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-ac", "1", "-ar", "22050",
+                            "-c:a", "libmp3lame", "-b:a", f"{MP3_KBPS}k", str(path)], check=True)
+            wav.unlink()
+            truth_path(path).write_text(json.dumps({"seconds": len(audio) / SAMPLE_RATE, "plays": [asdict(t) for t in truth]}))
+        saved = json.loads(truth_path(path).read_text())
+        out.append(Broadcast(stream_id, path.read_bytes(), saved["seconds"], [TruePlay(**t) for t in saved["plays"]], path))
     return out
 
 
@@ -194,17 +199,18 @@ class Stations:
 @dataclass(frozen=True)
 class Fault:
     at: float  # seconds after the streams went on air
-    kind: str  # kill-worker, restart-redis, restart-broker, off-air, replay
+    kind: str  # kill-worker, restart-redis, restart-broker, pause-broker, off-air, replay
     target: str = ""  # the worker number or stream id
-    seconds: float = 0.0  # how long a worker or stream stays down
+    seconds: float = 0.0  # how long a worker, the broker or a stream stays down
 
     def __str__(self) -> str:
         return f"{self.at:5.0f} s  {self.kind} {self.target}" + (f" for {self.seconds:.0f} s" if self.seconds else "")
 
 
-def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.random.Generator) -> list[Fault]:
+def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.random.Generator, durable_broker: bool = True) -> list[Fault]:
     """A seeded fault schedule over a run of `seconds`: every kind of fault at least once. Runs of 10 min or
-    more also keep a worker down past AirtraceProcessDown's 2 min and a stream past AirtraceStreamDown's 5 min."""
+    more also keep a worker down past AirtraceProcessDown's 2 min and a stream past AirtraceStreamDown's 5 min.
+    A broker that keeps its topics in memory is paused (SIGSTOP, 20 s) rather than restarted, which would wipe them."""
     pick = [str(s) for s in rng.permutation(list(streams))]
     def at(fraction: float) -> float:
         return round(seconds * (fraction + rng.uniform(-0.02, 0.02)), 1)
@@ -214,7 +220,7 @@ def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.rando
         Fault(at(0.12), "kill-worker", worker, PROCESS_DOWN_FOR + 2 * ALERT_MARGIN if long_run else seconds * 0.1),
         Fault(at(0.18), "off-air", pick[0], STREAM_DOWN_FOR + 2 * ALERT_MARGIN if long_run else seconds * 0.08),
         Fault(at(0.32), "restart-redis"),
-        Fault(at(0.45), "restart-broker"),
+        Fault(at(0.45), "restart-broker") if durable_broker else Fault(at(0.45), "pause-broker", "", 20.0),
         Fault(at(0.55), "off-air", pick[1 % len(pick)], 12.0),
         Fault(at(0.62), "replay", "windows"),
         Fault(at(0.75), "kill-worker", str((int(worker) + 1) % workers), 15.0),
@@ -227,9 +233,9 @@ def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.rando
 class Fleet:
     """The processes of one run: local S3, Tansu, redis-server, the workers, the ingestor and Prometheus."""
 
-    def __init__(self, workdir: Path, catalog: Path, streams_file: Path, workers: int, partitions: int):
+    def __init__(self, workdir: Path, catalog: Path, streams_file: Path, workers: int, partitions: int, durable_broker: bool):
         self.workdir, self.catalog, self.streams_file, self.partitions = workdir, catalog, streams_file, partitions
-        self.s3 = servers.local_s3(workdir)
+        self.s3 = servers.local_s3(workdir) if durable_broker else None
         self.broker = servers.tansu(workdir, self.s3)
         self.redis = servers.redis_server(workdir)
         self.worker_ports = [servers.free_port() for _ in range(workers)]
@@ -246,7 +252,7 @@ class Fleet:
     def start_worker(self, n: int) -> None:
         args = ["worker", "--catalog", str(self.catalog), "--redis-url", f"redis://{servers.HOST}:{self.redis.port}/0", "--group", GROUP,
                 "--session-timeout", str(SESSION_TIMEOUT), "--batch-wait", "0.2", "--metrics-port", str(self.worker_ports[n]), *self.kafka_args]
-        self.workers[n] = servers.airtrace(args, self.workdir / f"worker{n}.log")
+        self.workers[n] = servers.airtrace(args, self.workdir / f"worker{n}.log", cwd=self.workdir)
 
     def wait_for_workers(self, timeout: float = 180.0) -> None:
         for n, port in enumerate(self.worker_ports):
@@ -264,14 +270,15 @@ class Fleet:
             self.start_worker(n)
         self.wait_for_workers()
         self.ingest = servers.airtrace(["ingest", "--streams", str(self.streams_file), "--metrics-port", str(self.ingest_port), *self.kafka_args],
-                                       self.workdir / "ingest.log")
+                                       self.workdir / "ingest.log", cwd=self.workdir)
 
     def stop(self) -> None:
         for process in [self.ingest, *self.workers]:
             if process is not None:
                 servers.stop(process)
         for server in (self.prometheus.server, self.redis, self.broker, self.s3):
-            server.stop()
+            if server is not None:
+                server.stop()
 
     def rewind(self, seconds_of_windows: float, timeout: float = 60.0) -> str:
         """Move the group's committed offset of the busiest windows partition back; the broker accepts it once
@@ -309,11 +316,19 @@ class Fleet:
         return [entry["id"] for entry in yaml.safe_load(self.streams_file.read_text())]
 
 
-def inject(fault: Fault, fleet: Fleet, stations: Stations) -> str:
-    """Cause one fault; what it took down comes back by itself (a stream, the fleet after a replay) or from `drive` (a worker)."""
+def inject(fault: Fault, fleet: Fleet, stations: Stations) -> tuple[str, Callable[[], None] | None]:
+    """Cause one fault: what happened, and what `drive` calls `fault.seconds` later to bring back what it took
+    down (None: it comes back by itself, as a stream does, or at once)."""
     if fault.kind == "kill-worker":
         fleet.kill_worker(int(fault.target))
-        return "SIGKILL"
+        return "SIGKILL", lambda: fleet.start_worker(int(fault.target))
+    if fault.kind == "pause-broker":
+        fleet.broker.process.send_signal(signal.SIGSTOP)
+        return "Tansu stopped with SIGSTOP, then SIGCONT", lambda: fleet.broker.process.send_signal(signal.SIGCONT)
+    return _inject_at_once(fault, fleet, stations), None
+
+
+def _inject_at_once(fault: Fault, fleet: Fleet, stations: Stations) -> str:
     if fault.kind == "restart-redis":
         fleet.redis.restart()
         return "redis-server stopped and started (append-only file kept)"
@@ -451,7 +466,7 @@ class ChaosResult:
 
 
 def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions: int, encoder: str, workdir: Path,
-              out: str | None, command: str) -> ChaosResult:
+              out: str | None, command: str, durable_broker: bool = True) -> ChaosResult:
     if streams < 2 or workers < 2:
         raise BenchError("the chaos run needs --streams 2 or more and --workers 2 or more")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -459,19 +474,20 @@ def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions:
     log.info("composing %d broadcasts of %.1f min", streams, minutes)
     broadcasts = make_broadcasts(streams, seconds, seed, workdir)
     catalog = build_catalog(workdir, encoder)
-    faults = schedule(seconds, [b.stream_id for b in broadcasts], workers, np.random.default_rng(seed))
+    faults = schedule(seconds, [b.stream_id for b in broadcasts], workers, np.random.default_rng(seed), durable_broker)
     streams_file = workdir / "streams.yaml"
     with Stations(broadcasts) as stations:
         streams_file.write_text("".join(f"- id: {b.stream_id}\n  url: {stations.url(b.stream_id)}\n" for b in broadcasts))
-        fleet = Fleet(workdir, catalog, streams_file, workers, partitions)
+        fleet = Fleet(workdir, catalog, streams_file, workers, partitions, durable_broker)
         try:
             fleet.start()
             injected, on_air = drive(fleet, stations, faults, max(b.seconds for b in broadcasts))
+            air_ended = time.time()
             servers.stop(fleet.ingest)  # the streams are over: ingest ends them on Kafka, which closes their open plays
             topic = f"{PREFIX}.plays"
             wait_for_quiet(fleet, topic)
             records = servers.read_topic(fleet.broker.port, topic)
-            fired = alerts_fired(fleet.prometheus, time.time() - (time.monotonic() - on_air))
+            fired = alerts_fired(fleet.prometheus, time.time() - (time.monotonic() - on_air), air_ended)
             max_lag = _max_over_run(fleet.prometheus, "sum(airtrace_consumer_lag_messages)", time.monotonic() - on_air)
             windows = _max_over_run(fleet.prometheus, "sum(airtrace_windows_ingested_total)", time.monotonic() - on_air)
         finally:
@@ -499,22 +515,23 @@ def drive(fleet: Fleet, stations: Stations, faults: Sequence[Fault], air_seconds
     servers.wait_until(lambda: stations.on_air_since, 120, "ingest tunes in")
     on_air = min(stations.on_air_since.values())
     pending = list(faults)
-    restarts: list[tuple[float, int]] = []  # (monotonic time, worker)
+    comebacks: list[tuple[float, Fault, Callable[[], None]]] = []  # (monotonic time due, fault, what brings it back)
     injected = []
-    while time.monotonic() - on_air < air_seconds + 5 or restarts:
+    while time.monotonic() - on_air < air_seconds + 5 or comebacks:
         now = time.monotonic() - on_air
-        for due, n in [r for r in restarts if r[0] <= time.monotonic()]:
-            restarts.remove((due, n))
-            fleet.start_worker(n)
+        for comeback in [c for c in comebacks if c[0] <= time.monotonic()]:
+            comebacks.remove(comeback)
+            comeback[2]()
         while pending and pending[0].at <= now:
             fault = pending.pop(0)
-            what = inject(fault, fleet, stations)
+            what, comeback = inject(fault, fleet, stations)
             log.warning("fault at %.0f s: %s: %s", now, fault, what)
             injected.append((fault, what))
-            if fault.kind == "kill-worker":
-                restarts.append((time.monotonic() + fault.seconds, int(fault.target)))
+            if comeback is not None:
+                comebacks.append((time.monotonic() + fault.seconds, fault, comeback))
+        down = {int(c[1].target) for c in comebacks if c[1].kind == "kill-worker"}
         for n, process in enumerate(fleet.workers):
-            if process is not None and process.poll() is not None and not any(r[1] == n for r in restarts):
+            if process is not None and process.poll() is not None and n not in down:
                 raise BenchError(f"worker {n} exited by itself with {process.returncode}; see {fleet.workdir / f'worker{n}.log'}")
         if fleet.ingest.poll() is not None:
             raise BenchError(f"ingest exited by itself with {fleet.ingest.returncode}; see {fleet.workdir / 'ingest.log'}")
@@ -545,11 +562,12 @@ def _max_over_run(prometheus: servers.Prometheus, expr: str, seconds: float) -> 
     return _value(prometheus, f"max_over_time(({expr})[{int(seconds) + 60}s:5s])")
 
 
-def alerts_fired(prometheus: servers.Prometheus, since_epoch: float) -> set[tuple[str, str]]:
-    """(alert, its stream, instance or topic) of every alert that fired during the run."""
-    seconds = int(time.time() - since_epoch) + 60
+def alerts_fired(prometheus: servers.Prometheus, since_epoch: float, until_epoch: float) -> set[tuple[str, str]]:
+    """(alert, its stream, instance or topic) of every alert that fired while the streams were on air (after
+    that the harness stops ingest and the stations, which would rightly alert too)."""
+    seconds = int(until_epoch - since_epoch) + 60
     fired = set()
-    for series in prometheus.query(f'max_over_time(ALERTS{{alertstate="firing"}}[{seconds}s])'):
+    for series in prometheus.query(f'max_over_time(ALERTS{{alertstate="firing"}}[{seconds}s] @ {until_epoch:.3f})'):
         labels = series["metric"]
         fired.add((labels["alertname"], labels.get("stream") or labels.get("instance") or labels.get("topic") or ""))
     return fired

@@ -254,11 +254,12 @@ class Prometheus:
         raise TimeoutError(f"{expr} returned nothing for {timeout} s")
 
 
-def airtrace(args: list[str], log: Path) -> subprocess.Popen:
-    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`."""
+def airtrace(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`, run in `cwd`
+    (a worker keeps Faust's data folder there)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "monitor", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([sys.executable, "-m", "monitor", *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
 def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
