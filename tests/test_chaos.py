@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.bench.chaos import ChaosResult, Stations, heard_plays, run_chaos
+import numpy as np
+
+from monitor.bench.chaos import PROCESS_DOWN_FOR, STREAM_DOWN_FOR, ChaosResult, Stations, heard_plays, run_chaos, schedule
 from monitor.demo.broadcast import TruePlay
 
 
@@ -32,6 +34,17 @@ def needs_servers() -> None:
     for tool in ("redis-server", "prometheus", "ffmpeg"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (deploy/install.sh installs it)")
+
+
+def test_the_schedule_has_every_fault_and_long_runs_outlast_the_alerts() -> None:
+    streams = [f"s{n}" for n in range(20)]
+    short = schedule(120, streams, 2, np.random.default_rng(0))
+    assert {f.kind for f in short} == {"kill-worker", "restart-redis", "restart-broker", "off-air", "replay"}
+    assert all(0 < f.at < 120 for f in short)
+    full = schedule(600, streams, 2, np.random.default_rng(0), durable_broker=False)
+    assert "pause-broker" in {f.kind for f in full} and "restart-broker" not in {f.kind for f in full}
+    assert max(f.seconds for f in full if f.kind == "kill-worker") > PROCESS_DOWN_FOR
+    assert max(f.seconds for f in full if f.kind == "off-air") > STREAM_DOWN_FOR
 
 
 def test_a_play_counts_only_when_the_station_sent_it_whole() -> None:
