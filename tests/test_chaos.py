@@ -2,7 +2,7 @@
 
 The default suite runs a short schedule (3 streams, 2 minutes: a worker SIGKILLed and restarted, Redis and
 the broker restarted, streams off air, a partition replayed); the slow run is the full one (20 streams,
-10 minutes), where the worker-down and stream-down alerts must also fire.
+10 minutes, the broker paused rather than restarted), where the worker-down and stream-down alerts must also fire.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def test_short_chaos_run_loses_and_doubles_no_play(tmp_path: Path) -> None:
 @pytest.mark.timeout(3600)
 def test_full_chaos_run_loses_and_doubles_no_play_and_alerts(tmp_path: Path) -> None:
     needs_servers()
-    result = run_chaos(streams=20, minutes=10.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test")
+    result = run_chaos(streams=20, minutes=10.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test",
+                       durable_broker=False)  # the local S3 server cannot carry 20 streams on 2 cores (README, Faults)
     check(result)
     assert result.alerts_expected, "a 10-minute schedule keeps a worker and a stream down long enough to alert"
