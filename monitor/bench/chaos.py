@@ -459,6 +459,11 @@ class ChaosResult:
         return self.total("lost") - self.total("lost_also_without_faults")
 
     @property
+    def second_plays_from_faults(self) -> int:
+        """Second plays beyond those the fault-free run reports on the same stream (the matcher splits a few plays)."""
+        return sum(max(0, a.second_plays - self.baseline_audits[s].second_plays) for s, a in self.audits.items())
+
+    @property
     def alerts_ok(self) -> bool:
         return self.alerts_expected <= self.alerts_fired and not (self.alerts_fired & self.alerts_not_expected)
 
