@@ -190,6 +190,29 @@ def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed
     _bench_errors(lambda: run_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir or default_cache_dir(), out, _command()))
 
 
+@bench.command("chaos")
+@click.option("--streams", default=20, show_default=True, help="Live HTTP streams of synthetic broadcasts of the demo music.")
+@click.option("--minutes", default=10.0, show_default=True, help="Stream time of each broadcast; 10 or more also makes the worker-down and stream-down alerts fire.")
+@click.option("--workers", default=2, show_default=True, help="airtrace worker processes.")
+@click.option("--partitions", default=4, show_default=True, help="Partitions of the run's topics.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the broadcasts and the fault schedule.")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--broker-storage", type=click.Choice(["s3", "memory"]), default="s3", show_default=True,
+              help="Tansu's topics on a local S3 server (the broker fault is a restart) or in its memory (a restart would wipe them, so the fault is a 20 s SIGSTOP).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where the broadcasts, catalog and logs go (broadcasts found there are reused) [a new temporary folder].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_chaos(streams, minutes, workers, partitions, seed, encoder, broker_storage, workdir, out) -> None:
+    """Ingest, Tansu, workers and Redis under a seeded fault schedule: plays lost, doubled, boundary errors, alerts."""
+    import tempfile
+
+    from monitor.bench.chaos import run_chaos
+    from monitor.bench.commands import _command
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="airtrace-chaos-"))
+    click.echo(f"working in {workdir}", err=True)
+    _bench_errors(lambda: run_chaos(streams, minutes, workers, seed, partitions, encoder, workdir, out, _command(), broker_storage == "s3"))
+
+
 @bench.command("streams")
 @click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder: the catalog, and the files monitored as streams; repeatable.")
 @click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")

@@ -244,13 +244,16 @@ def set_catalog_gauges(catalog: Catalog, metrics: Metrics) -> None:
 
 
 def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metrics) -> None:
-    """Messages between this worker's committed offset (what it has handled, to within a commit interval)
-    and the end of each partition it holds, per topic; a partition with no commit yet counts from 0."""
+    """Messages between the group's committed offset (what it has handled, to within a commit interval) and
+    the end of each partition this worker holds, per topic; a partition the group never committed counts from 0.
+    The consumer reads the committed offsets from Kafka when partitions are assigned: the monitor's own record
+    holds only this process's commits, so a worker that took partitions over showed their whole length as lag."""
     assigned = app.consumer.assignment()
+    committed = app.consumer._committed_offset  # Faust offers no public view of it
     lag = dict.fromkeys(topic_names, 0)
     for tp, end in app.monitor.tp_end_offsets.items():
         if tp in assigned and tp.topic in lag:
-            lag[tp.topic] += max(0, end - app.monitor.tp_committed_offsets.get(tp, 0))
+            lag[tp.topic] += max(0, end - (committed.get(tp) or 0))
     for name, value in lag.items():
         metrics.consumer_lag.labels(name).set(value)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import servers
+from monitor.bench import servers
 
 torch.set_num_threads(1)
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"

@@ -16,7 +16,7 @@ import soundfile
 import yaml
 from click.testing import CliRunner
 
-import servers
+from monitor.bench import servers
 from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, built_catalog, encoder_dir, music  # noqa: F401
 from encoders import load_audio
 from monitor.catalog import Catalog

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,7 +32,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-import servers
+from monitor.bench import servers
 from monitor import metrics as metrics_module
 
 ROOT = Path(__file__).parents[1]
@@ -562,69 +561,9 @@ def test_k8s_kustomize_renders_objects_that_match_the_kubernetes_schemas(path: P
 PROMETHEUS_INTERVAL = "1s"
 
 
-class Prometheus:
-    """Debian's prometheus on a free loopback port, with deploy/'s compose config pointed at one target."""
-
-    def __init__(self, workdir: Path, targets: list[tuple[str, str]]):
-        self.port = servers.free_port()
-        config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
-        config["global"].update(scrape_interval=PROMETHEUS_INTERVAL, evaluation_interval=PROMETHEUS_INTERVAL)
-        config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
-        (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "airtrace"]
-        del job["dns_sd_configs"], job["relabel_configs"]  # compose's DNS discovery; the label it sets is given here
-        job["static_configs"] = [{"targets": [target], "labels": {"role": role}} for target, role in targets]
-        config["scrape_configs"] = [job]
-        config_file = workdir / "prometheus.yml"
-        config_file.write_text(yaml.safe_dump(config))
-        args = [
-            shutil.which("prometheus") or "prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address={servers.HOST}:{self.port}", "--log.level=warn",
-        ]
-        self.server = servers.ServerProcess(args, self.port, workdir / "prometheus.log")
-
-    def start(self) -> None:
-        self.server.start()
-        deadline = time.monotonic() + 30
-        while True:  # the port opens before the storage is ready; until then the API answers 503
-            try:
-                urllib.request.urlopen(f"http://{servers.HOST}:{self.port}/-/ready", timeout=2).close()
-                return
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def api(self, path: str, **params: str) -> dict:
-        url = f"http://{servers.HOST}:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as exc:  # a bad query: Prometheus answers 400 with the error as JSON
-            return json.load(exc)
-
-    def query(self, expr: str) -> list[dict]:
-        answer = self.api("query", query=expr)
-        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
-        return answer["data"]["result"]
-
-    def query_range(self, expr: str, seconds: float) -> list[dict]:
-        end = time.time()
-        answer = self.api("query_range", query=expr, start=str(end - seconds), end=str(end), step="1")
-        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
-        return answer["data"]["result"]
-
-    def wait_for(self, expr: str, timeout: float) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if result := self.query(expr):
-                return result
-            time.sleep(0.5)
-        raise TimeoutError(f"{expr} returned nothing for {timeout} s")
-
-
 @dataclass
 class Live:
-    prometheus: Prometheus
+    prometheus: servers.Prometheus
     mode: str  # "embedded" (airtrace monitor) or "services" (airtrace ingest and airtrace worker)
     stream: str
     track: str
@@ -643,7 +582,7 @@ class Live:
         return ABSENT_IN_EMBEDDED_MODE if self.mode == "embedded" else ABSENT_ON_A_CLEAN_RUN
 
 
-def evaluate(prometheus: Prometheus, query: PanelQuery, variables: dict[str, str]) -> list[dict]:
+def evaluate(prometheus: servers.Prometheus, query: PanelQuery, variables: dict[str, str]) -> list[dict]:
     expr = substitute(query.expr, variables)
     return prometheus.query(expr) if query.instant else prometheus.query_range(expr, 60)
 
@@ -742,7 +681,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         start("worker", ["worker", *kafka, "--group", "deploy-test", "--catalog", str(work / "catalog"), "--redis-url",
                          f"redis://:{secret}@{servers.HOST}:{redis.port}/0", "--session-timeout", "3", "--batch-wait", "0.2"])
         start("ingest", ["ingest", *kafka, "--encoder", str(encoder_dir), stream.url])
-    prometheus = Prometheus(work, [(f"{servers.HOST}:{port}", role) for _, port, role in processes])
+    prometheus = servers.Prometheus(work, [(f"{servers.HOST}:{port}", role) for _, port, role in processes], PROMETHEUS_INTERVAL)
     try:
         try:
             for process, port, _ in processes:

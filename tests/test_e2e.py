@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-import servers
+from monitor.bench import servers
 from encoders import load_audio, synthesize_speech
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays
 from monitor.events import PlayEvent

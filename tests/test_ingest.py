@@ -163,7 +163,7 @@ def test_realtime_paces_a_file(tmp_path: Path) -> None:
 
 def test_a_file_served_over_http_is_read_once_and_ends(mp3: tuple[bytes, float], tmp_path: Path, registry_metrics) -> None:
     """A web server gives the file's length: the source ended, and reopening it would play it again."""
-    import servers
+    from monitor.bench import servers
 
     registry, metrics = registry_metrics
     (tmp_path / "song.mp3").write_bytes(mp3[0])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-import servers
+from monitor.bench import servers
 from encoders.audio import downmix_surround
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog

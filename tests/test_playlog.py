@@ -20,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 
-import servers
+from monitor.bench import servers
 
 from monitor.cli import main
 from monitor.events import PlayEvent, play_id

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from click.testing import CliRunner
 
-import servers
+from monitor.bench import servers
 from monitor.cli import main
 from monitor.playlog import queries
 from monitor.playlog.store import PlayLog

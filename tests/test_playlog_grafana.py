@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-import servers
+from monitor.bench import servers
 from monitor.playlog.store import PlayLog
 from test_playlog import synthetic_plays
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-import servers
+from monitor.bench import servers
 from monitor.state import MemoryStateStore, RedisSettings, RedisStateStore, StateStore
 
 

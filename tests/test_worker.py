@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import servers
+from monitor.bench import servers
 from encoders import load_audio
 from monitor.catalog import Catalog
 from monitor.cli import main
@@ -241,3 +241,59 @@ def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) ->
 
     result = runner.invoke(main, ["worker", "--catalog", str(service_catalog)], env={"AIRTRACE_REDIS_URL": f"redis://:hunter2@127.0.0.1:{servers.free_port()}/0"})
     assert result.exit_code == 1 and "cannot use Redis" in result.output and "hunter2" not in result.output
+
+
+def test_a_worker_that_takes_partitions_over_counts_lag_from_the_groups_commits(
+    kafka_broker: servers.ServerProcess, redis_server: servers.ServerProcess, service_catalog: Path, tmp_path: Path
+) -> None:
+    """Found by `airtrace bench chaos`: a worker counted the partitions it had just been assigned from offset 0
+    until it committed them itself, so every restart and rebalance showed the whole topic as consumer lag."""
+    prefix, windows = "lag-test", 120
+    grid = WindowGrid.for_encoder(Catalog.open(service_catalog).encoder)
+    kafka = ["--broker", f"127.0.0.1:{kafka_broker.port}", "--topic-prefix", prefix, "--partitions", "2", "--group", prefix]
+
+    def start_worker(name: str) -> tuple[object, int]:
+        port = servers.free_port()
+        args = ["worker", "--catalog", str(service_catalog), "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0",
+                "--session-timeout", "3", "--batch-wait", "0.2", "--metrics-port", str(port), *kafka]
+        return servers.airtrace(args, tmp_path / f"{name}.log", cwd=tmp_path), port
+
+    def lag(port: int) -> float | None:
+        return servers.metric(port, "airtrace_consumer_lag_messages", topic=f"{prefix}.windows")
+
+    first, port = start_worker("first")
+    try:
+        servers.wait_until(lambda: lag(port) is not None, 120, "the first worker reports lag")
+        produce(kafka_broker.port, f"{prefix}.windows", silent_windows(grid, range(windows)))
+        servers.wait_until(lambda: servers.metric(port, "airtrace_hits_total", stream="quiet") == windows and lag(port) == 0, 120,
+                           "the first worker handles and commits every window")
+    finally:
+        servers.stop(first)
+    second, port = start_worker("second")
+    try:
+        servers.wait_until(lambda: lag(port) is not None, 120, "the second worker reports lag")
+        produce(kafka_broker.port, f"{prefix}.windows", silent_windows(grid, range(windows, windows + 10)))  # the stream goes on
+        seen = [lag(port) for _ in range(40) if time.sleep(0.25) is None]
+    finally:
+        servers.stop(second)
+    assert max(v for v in seen if v is not None) <= 10, f"the lag of a topic committed but for 10 windows read {seen}"
+
+
+def silent_windows(grid: WindowGrid, seqs: range) -> list[tuple[bytes, bytes]]:
+    silence = np.zeros(grid.window, np.float32)
+    return [(b"quiet", encode_window(AudioWindow("quiet", n, n * grid.hop_seconds, 1.8e9 + n, silence, n == 0), grid.sample_rate)) for n in seqs]
+
+
+def produce(port: int, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", max_request_size=2 * MAX_MESSAGE_BYTES)
+        await producer.start()
+        try:
+            for key, value in messages:
+                await producer.send(topic, value, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())

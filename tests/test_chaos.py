@@ -1,0 +1,89 @@
+"""`airtrace bench chaos`: the distributed mode under faults loses no play and doubles none.
+
+The default suite runs a short schedule (3 streams, 2 minutes: a worker SIGKILLed and restarted, Redis and
+the broker restarted, streams off air, a partition replayed); the slow run is the full one (20 streams,
+10 minutes, the broker paused rather than restarted), where the worker-down and stream-down alerts must also fire.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import numpy as np
+
+from monitor.bench.chaos import PROCESS_DOWN_FOR, STREAM_DOWN_FOR, ChaosResult, Stations, heard_plays, run_chaos, schedule
+from monitor.demo.broadcast import TruePlay
+
+
+def check(result: ChaosResult) -> None:
+    assert result.total("heard") > 0, "no true play went out whole"
+    assert result.lost_to_faults == 0, f"{result.lost_to_faults} plays lost to faults"
+    assert result.duplicate_event_ids == 0, "an event id was published twice"
+    assert result.second_plays_from_faults == 0, "a fault made a true play reported twice"
+    assert result.total("unended") == 0, "a play started and never ended"
+    hop = 0.5  # one window hop: a live stream's windows fall on another grid than the file's
+    for name in ("start_errors", "end_errors"):
+        assert result.median_error(name) <= result.median_error(name, baseline=True) + hop, name
+    assert result.alerts_ok, (result.alerts_fired, result.alerts_expected, result.alerts_not_expected)
+
+
+def needs_servers() -> None:
+    for tool in ("redis-server", "prometheus", "ffmpeg"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (deploy/install.sh installs it)")
+
+
+def test_the_schedule_has_every_fault_and_long_runs_outlast_the_alerts() -> None:
+    streams = [f"s{n}" for n in range(20)]
+    short = schedule(120, streams, 2, np.random.default_rng(0))
+    assert {f.kind for f in short} == {"kill-worker", "restart-redis", "restart-broker", "off-air", "replay"}
+    assert all(0 < f.at < 120 for f in short)
+    full = schedule(600, streams, 2, np.random.default_rng(0), durable_broker=False)
+    assert "pause-broker" in {f.kind for f in full} and "restart-broker" not in {f.kind for f in full}
+    assert max(f.seconds for f in full if f.kind == "kill-worker") > PROCESS_DOWN_FOR
+    assert max(f.seconds for f in full if f.kind == "off-air") > STREAM_DOWN_FOR
+
+
+def test_a_play_counts_only_when_the_station_sent_it_whole() -> None:
+    plays = [TruePlay("a", 10.0, 40.0, 0, 30, 1.0), TruePlay("b", 50.0, 80.0, 0, 30, 1.0)]
+    whole, cut = heard_plays(plays, [(0.0, 60.0), (75.0, 100.0)])
+    assert whole == plays[:1] and cut == plays[1:]
+
+
+def test_a_station_goes_off_air_and_resumes_at_the_live_position(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from monitor.bench.chaos import Broadcast
+
+    broadcast = Broadcast("s", bytes(range(256)) * 40, 10.0, [], tmp_path / "s.mp3")  # 1024 bytes a second
+    with Stations([broadcast]) as stations:
+        with urllib.request.urlopen(stations.url("s"), timeout=5) as response:
+            first = response.read(300)
+            stations.off_air("s", 60.0)
+            rest = response.read()  # the station closes the connection
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            urllib.request.urlopen(stations.url("s"), timeout=5)
+    assert first == broadcast.mp3[:300]
+    assert len(first + rest) < len(broadcast.mp3)
+    (span,) = stations.sent["s"]
+    assert span[0] == pytest.approx(0.0, abs=0.5) and span[1] < 10.0
+
+
+@pytest.mark.timeout(900)
+def test_short_chaos_run_loses_and_doubles_no_play(tmp_path: Path) -> None:
+    needs_servers()
+    check(run_chaos(streams=3, minutes=2.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_full_chaos_run_loses_and_doubles_no_play_and_alerts(tmp_path: Path) -> None:
+    needs_servers()
+    result = run_chaos(streams=20, minutes=10.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test",
+                       durable_broker=False)  # the local S3 server cannot carry 20 streams on 2 cores (README, Faults)
+    check(result)
+    assert result.alerts_expected, "a 10-minute schedule keeps a worker and a stream down long enough to alert"
