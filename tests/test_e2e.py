@@ -5,6 +5,10 @@ The broadcast (about 110 s) mixes catalog tracks with a tempo change, noise, cro
 them, and music that is not in the catalog. Every true play must be reported exactly once (one started
 and one ended event, no duplicates after the kill), with start and end within 1 s of the truth, and
 nothing may be reported for the music that is not in the catalog.
+
+Marked slow: the default suite's short chaos run (tests/test_chaos.py) drives the same path (live streams,
+ingest, Kafka, two workers over Redis, a worker SIGKILLed) with more faults; this one stays for its
+absolute boundary check on a broadcast of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from monitor.bench import servers
@@ -51,6 +56,7 @@ def events_on(broker: servers.ServerProcess) -> list[PlayEvent]:
     return [PlayEvent.from_json(json.loads(r.value)) for r in servers.read_topic(broker.port, f"{PREFIX}.plays")]
 
 
+@pytest.mark.slow
 def test_live_broadcast_through_two_workers_one_killed(kafka_broker: servers.ServerProcess, service_catalog: Path, service_encoder_source: str, tmp_path: Path) -> None:
     began = time.monotonic()
     audio, truth = compose(programme(), np.random.default_rng(4))
