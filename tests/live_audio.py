@@ -10,12 +10,13 @@ the socket open, as a stalled encoder does. Later connections to the same URL pl
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from monitor.bench.servers import LoopbackHttpServer
 
 CHUNK_SECONDS = 0.1
 
@@ -30,12 +31,11 @@ def encode_mp3(source: Path, target: Path, kbps: int = 64) -> Path:
     return target
 
 
-class LiveAudioServer:
+class LiveAudioServer(LoopbackHttpServer):
     def __init__(self, audio: bytes, seconds: float, speed: float = 1.0):
         self.audio, self.byte_rate = audio, len(audio) / seconds * speed
         self.started = time.monotonic()
         self.connections: Counter[str] = Counter()
-        self.release = threading.Event()  # set on stop, so stalled handlers let go
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,13 +54,7 @@ class LiveAudioServer:
                 server.play(self.wfile, query.get("drop") if first else None, query.get("stall") if first else None,
                             0.0 if first else query.get("burst", 0.0))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
+        super().__init__(Handler)
 
     def url(self, name: str = "live.mp3", **query: float) -> str:
         suffix = "&".join(f"{k}={v}" for k, v in query.items())
@@ -92,11 +86,3 @@ class LiveAudioServer:
         except (BrokenPipeError, ConnectionResetError):
             return
 
-    def __enter__(self) -> "LiveAudioServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ def make_broadcasts(streams: int, seconds: float, seed: int, workdir: Path) -> l
     return out
 
 
-class Stations:
+class Stations(servers.LoopbackHttpServer):
     """Live MP3 streams over HTTP, one path per broadcast: a broadcast goes on air at its first listener and
     plays once at real-time pace; `off_air` closes its connection and answers 503 until it is back. Each
     connection's span of the programme is logged, so the truth can be limited to what went out."""
@@ -120,7 +120,6 @@ class Stations:
         self.off_until: dict[str, float] = {}
         self.sent: dict[str, list[tuple[float, float]]] = {b.stream_id: [] for b in broadcasts}
         self.lock = threading.Lock()
-        self.release = threading.Event()
         stations = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -130,12 +129,10 @@ class Stations:
             def do_GET(self) -> None:
                 stations.serve(self)
 
-        self.httpd = ThreadingHTTPServer((servers.HOST, 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def url(self, stream_id: str) -> str:
-        return f"http://{servers.HOST}:{self.httpd.server_address[1]}/{stream_id}.mp3"
+        return f"http://{servers.HOST}:{self.port}/{stream_id}.mp3"
 
     def position(self, stream_id: str) -> float:
         """Programme seconds now on air (0 before the first listener)."""
@@ -182,15 +179,6 @@ class Stations:
         finally:
             with self.lock:
                 self.sent[stream_id].append((first, min(position / byte_rate, broadcast.seconds)))
-
-    def __enter__(self) -> "Stations":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # ----------------------------------------------------------------------------- the fleet and its faults

@@ -433,7 +433,31 @@ class SilentServer:
         self.thread.join(timeout=5)
 
 
-class FileServer:
+class LoopbackHttpServer:
+    """An HTTP server on a free loopback port, serving from its own thread inside a `with` block. `release`
+    is set on leaving it, so handlers that hold a connection open (a stalled or live stream) let go."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.release = threading.Event()
+        self.httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def __enter__(self):  # the subclass, so `with Server(...) as s` keeps its type
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FileServer(LoopbackHttpServer):
     """Serves a folder over HTTP as a web server serves files: each response gives its Content-Length."""
 
     def __init__(self, folder: Path) -> None:
@@ -451,16 +475,7 @@ class FileServer:
                 server.requests += 1
                 super().do_GET()
 
-        self.httpd = http.server.ThreadingHTTPServer((HOST, 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def url(self, name: str) -> str:
-        return f"http://{HOST}:{self.httpd.server_address[1]}/{name}"
-
-    def __enter__(self) -> "FileServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"http://{HOST}:{self.port}/{name}"
