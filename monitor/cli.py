@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from monitor.health import STALE_SECONDS
+
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -588,6 +590,24 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
         run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
     except (CatalogError, BrokerError) as exc:  # an empty catalog cannot calibrate the matcher
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@_env("--metrics-port", type=click.IntRange(0, 65535), required=True, help="The port the checked process serves its metrics on.")
+@_env("--metrics-host", default="127.0.0.1", show_default=True, help="Where the checked process serves them.")
+@click.option("--stale-seconds", type=click.FloatRange(0, min_open=True), default=STALE_SECONDS, show_default=True,
+              help="A loop (worker agent, embedded loop) silent this long is stuck.")
+@click.option("--loops-only", is_flag=True, help="Judge only whether it answers and its loops beat, not its catalog (a liveness probe: a restart mends no catalog).")
+def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_only: bool) -> None:
+    """Exit 0 when the process serving metrics there is healthy: it answers, none of its loops is stuck and its
+    catalog can be searched; else exit 1 naming what is wrong (the container's health check)."""
+    from monitor.health import check
+
+    host = "127.0.0.1" if metrics_host == "0.0.0.0" else metrics_host
+    found = check(f"http://{host}:{metrics_port}/metrics", stale_seconds, catalog=not loops_only)
+    if found:
+        raise click.ClickException("; ".join(found))
+    click.echo("healthy")
 
 
 # ---- one process, no Kafka, no Redis: `airtrace monitor` and `airtrace demo` --------------------

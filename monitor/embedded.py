@@ -1,8 +1,9 @@
 """Embedded mode: ingest, embedding, search and the play state machine in one process, no Kafka, no Redis.
 
 Each stream is read in its own thread (monitor.ingest) into one queue; the main loop takes windows of
-all streams in batches (up to `batch_size`, waiting at most `max_wait` for a batch to fill), embeds and
-searches them together (monitor.pipeline), and runs each stream's PlayTracker on its hits in seq order.
+all streams in batches (up to `batch_size`, waiting at most `max_wait` for a batch to fill) and runs the
+tracking step that workers run too (monitor.tracking): embed and search them together, then each stream's
+play state machine over its hits in seq order, with the states in a MemoryStateStore.
 Play events go to a callback (the CLI prints them), as JSON lines to an events file, and into the play log
 (monitor.playlog, a SQLite file by default). The catalog is
 checked for changes every `reload_seconds`, so tracks added while it runs are found without a restart.
@@ -24,13 +25,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.catalog import Catalog
 from monitor.events import PlayEvent
-from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
-from monitor.mux import MuxSource, StreamStarted
+from monitor.health import Heartbeat
+from monitor.ingest import IngestOptions, StreamSource, start_readers
 from monitor.metrics import Metrics, observe_play_events
-from monitor.pipeline import hits_for
+from monitor.mux import MuxSource, StreamStarted
 from monitor.playlog.store import PlayLog, PlayLogError
-from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
-from monitor.records import AudioWindow
+from monitor.plays import PlayConfig
+from monitor.records import AudioWindow, EndOfStream, WindowHits
+from monitor.state import MemoryStateStore
+from monitor.tracking import LiveCatalog, TrackingStep
 from monitor.windows import WindowGrid
 
 log = logging.getLogger(__name__)
@@ -56,55 +59,50 @@ class EmbeddedMonitor:
     def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
                  events_file: str | Path | None = None, playlog: PlayLog | None = None):
-        self.catalog, self.encoder = catalog, catalog.encoder
         self.playlog = playlog
         self.sources, self.options, self.metrics = list(sources), options, metrics
         self.on_event = on_event
         self.events_path = Path(events_file) if events_file else None
-        self.grid = WindowGrid.for_encoder(self.encoder)
-        self.tracker = PlayTracker(options.plays or PlayConfig.for_grid(self.grid.window_seconds, self.grid.hop_seconds))
-        self.info = CatalogInfo.of(catalog)
-        self.states: dict[str, StreamState] = {}  # a multiplex's streams appear as its programs do
+        self.grid = WindowGrid.for_encoder(catalog.encoder)
+        self.catalog = LiveCatalog(catalog, metrics)
+        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays)
+        self.heartbeat = Heartbeat("embedded", metrics)
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
         self.events: list[PlayEvent] = []
         self.heard: set[str] = set()  # streams that delivered at least one window
 
     def run(self, stop: threading.Event | None = None) -> list[PlayEvent]:
         stop = stop or threading.Event()
-        inbox: queue.Queue[AudioWindow | StreamEnded] = queue.Queue(self.options.queue_windows)
+        inbox: queue.Queue[AudioWindow | EndOfStream] = queue.Queue(self.options.queue_windows)
         readers = start_readers(self.sources, self.grid, inbox.put, self.options.ingest, self.metrics, stop)
         live = {s.id for s in self.sources}
+        next_seq: dict[str, int] = {}  # per stream heard: the seq an end of it takes
         next_reload = time.monotonic() + self.options.reload_seconds
-        self._catalog_gauges()
         out = self.events_path.open("a", encoding="utf-8") if self.events_path else None
         try:
             while live and not stop.is_set():
+                self.heartbeat.beat()
                 batch = self._next_batch(inbox)
                 self.stream_metadata.update((item.stream_id, item.metadata) for item in batch if isinstance(item, StreamStarted))
                 windows = [item for item in batch if isinstance(item, AudioWindow)]
                 self.heard.update(w.stream_id for w in windows)
-                self._process(windows, out)
-                for item in batch:
-                    if isinstance(item, StreamEnded):
-                        live.discard(item.stream_id)
-                        self._close(item.stream_id, out)
+                next_seq.update((w.stream_id, w.seq + 1) for w in windows)
+                ends = [item for item in batch if isinstance(item, EndOfStream)]
+                live.difference_update(end.stream_id for end in ends)
+                self._track(windows, ends, out)
                 if time.monotonic() >= next_reload:
                     next_reload = time.monotonic() + self.options.reload_seconds
-                    if self.catalog.reload_if_changed():
-                        log.info("catalog changed on disk; reloaded")
-                        self.info = CatalogInfo.of(self.catalog)
-                        self._catalog_gauges()
+                    self.catalog.reload()
         finally:
             stop.set()
-            for stream_id in list(self.states):
-                self._close(stream_id, out)
+            self._track([], [EndOfStream(stream_id, seq) for stream_id, seq in next_seq.items()], out)  # a replayed end changes nothing
             if out:
                 out.close()
             for reader in readers:
                 reader.join(timeout=1.0)
         return self.events
 
-    def _next_batch(self, inbox: queue.Queue) -> list[AudioWindow | StreamEnded]:
+    def _next_batch(self, inbox: queue.Queue) -> list[AudioWindow | EndOfStream]:
         """Block for the first item (briefly, to notice a stop), then gather what arrives within max_wait."""
         try:
             batch = [inbox.get(timeout=0.5)]
@@ -118,19 +116,14 @@ class EmbeddedMonitor:
                 break
         return batch
 
-    def _process(self, windows: list[AudioWindow], out: IO[str] | None) -> None:
-        """Embed and search the batch, then feed each stream's hits to its tracker in seq order."""
-        for hits in hits_for(windows, self.encoder, self.catalog, self.info.calibration.k, self.metrics):
-            state, events = self.tracker.update(self.states.get(hits.stream_id) or StreamState(hits.stream_id), hits, self.info)
-            self.states[hits.stream_id] = state
-            self._emit(events, out)
-
-    def _close(self, stream_id: str, out: IO[str] | None) -> None:
-        if stream_id not in self.states:  # a multiplex's own end, or a stream that never delivered
-            return
-        state, events = self.tracker.close(self.states[stream_id], self.info)
-        self.states[stream_id] = state
-        self._emit(events, out)
+    def _track(self, windows: list[AudioWindow], ends: list[EndOfStream], out: IO[str] | None) -> None:
+        """One tracking step: search the windows (unheard while the catalog cannot be searched), run the
+        state machine over their hits and the streams' ends, emit the events, commit the states."""
+        hits: list[WindowHits] = self.catalog.search(windows, self.catalog.info.calibration.k) or []
+        states, events = self.step.advance([*hits, *ends])
+        fresh = self.step.unpublished(events)
+        self._emit(fresh, out)
+        self.step.commit(states, fresh)
 
     def _emit(self, events: list[PlayEvent], out: IO[str] | None) -> None:
         if not events:
@@ -155,13 +148,6 @@ class EmbeddedMonitor:
         except (PlayLogError, SQLAlchemyError) as exc:
             log.error("could not write %d play events to the play log at %s: %s; `airtrace plays import` adds them from the events file",
                       len(events), self.playlog.where, exc)
-
-    def _catalog_gauges(self) -> None:
-        if self.metrics:
-            stats = self.catalog.stats()
-            self.metrics.catalog_tracks.set(stats["tracks"])
-            self.metrics.catalog_windows.set(stats["windows"])
-            self.metrics.index_bytes.set(stats["index_bytes"])
 
 
 def describe(event: PlayEvent) -> str:

@@ -15,7 +15,7 @@ Contracts other processes rely on:
 - Dead air (windows below `silence_dbfs` for `dead_air_seconds` or more) is counted in
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
-  holds up another; windows and a final `StreamEnded` go to a sink callable (usually a queue's put).
+  holds up another; windows and a final `EndOfStream` go to a sink callable (usually a queue's put).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import yaml
 
 from encoders import AudioError, decode_chunks
 from monitor.metrics import Metrics
-from monitor.records import AudioWindow, check_id
+from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.windows import StreamWindower, WindowGrid
 
 if TYPE_CHECKING:
@@ -438,36 +438,32 @@ def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
     return container.size > 0 and container.duration is not None and not icecast
 
 
-@dataclass(frozen=True)
-class StreamEnded:
-    """Sent to the sink after a stream's last window (a file's end, or a stop)."""
-
-    stream_id: str
-
-
 def start_readers(
     sources: Sequence[StreamSource | MuxSource],
     grid: WindowGrid,
-    sink: Callable[[AudioWindow | StreamEnded], None],
+    sink: Callable[[AudioWindow | EndOfStream], None],
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
 ) -> list[threading.Thread]:
     """One daemon thread per stream (or multiplex, see monitor.mux) feeding `sink`; a stream that raises is
-    logged and ends alone. Its last item is StreamEnded(source.id)."""
+    logged and ends alone. Its last item is the EndOfStream of source.id."""
     from monitor.mux import MuxSource, read_mux
 
     stop = stop or threading.Event()
 
     def run(source: StreamSource | MuxSource) -> None:
         read = read_mux if isinstance(source, MuxSource) else read_windows
+        next_seq = 0
         try:
-            for window in read(source, grid, options, metrics, stop):
-                sink(window)
+            for item in read(source, grid, options, metrics, stop):
+                if isinstance(item, AudioWindow) and item.stream_id == source.id:
+                    next_seq = item.seq + 1
+                sink(item)
         except Exception:  # a bug in one stream must not take the others down
             log.exception("stream %s stopped on an unexpected error", source.id)
         finally:
-            sink(StreamEnded(source.id))
+            sink(EndOfStream(source.id, next_seq))
 
     threads = [threading.Thread(target=run, args=(s,), name=f"ingest-{s.id}", daemon=True) for s in sources]
     for thread in threads:

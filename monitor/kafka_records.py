@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from monitor.records import MAX_ID_BYTES, AudioWindow, Neighbour, WindowHits
+from monitor.records import MAX_ID_BYTES, AudioWindow, EndOfStream, Neighbour, WindowHits
 
 WIRE_VERSION = 1
 # Kafka's default broker limit (message.max.bytes) is about 1 MB; a window is far below it.
@@ -61,14 +60,6 @@ class BadMessage(ValueError):
     def __init__(self, reason: Reason, detail: str):
         super().__init__(detail)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class EndOfStream:
-    """A stream ended after window `seq - 1`: close its open play. Replays are caught by seq like windows."""
-
-    stream_id: str
-    seq: int
 
 
 def _check_size(data: bytes) -> None:

@@ -54,6 +54,9 @@ class Metrics(NamedTuple):
     catalog_tracks: Gauge
     catalog_windows: Gauge
     index_bytes: Gauge
+    catalog_outage: Gauge
+    windows_unheard: Counter
+    heartbeat: Gauge
 
 
 def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -88,6 +91,10 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         catalog_tracks=Gauge("airtrace_catalog_tracks", "Tracks in the loaded catalog.", registry=registry),
         catalog_windows=Gauge("airtrace_catalog_windows", "Reference windows in the loaded catalog.", registry=registry),
         index_bytes=Gauge("airtrace_index_bytes", "Size of the loaded catalog index.", registry=registry),
+        catalog_outage=Gauge("airtrace_catalog_outage", "1 while the loaded catalog cannot be searched and windows go unheard, else 0.", registry=registry),
+        windows_unheard=Counter("airtrace_windows_unheard", "Windows not searched because the catalog could not be: no play ends or opens on them.", registry=registry),
+        heartbeat=Gauge("airtrace_heartbeat_timestamp_seconds", "Unix time at which a loop of this process (an agent, the embedded loop) last showed it is not stuck.",
+                        ["loop"], registry=registry),
     )
 
 

@@ -35,9 +35,9 @@ import av.logging
 import numpy as np
 
 from encoders.audio import downmix, downmix_surround
-from monitor.ingest import Backoff, ConfigError, DeadAir, IngestOptions, StreamClock, StreamEnded, StreamSource, _source_from_entry
+from monitor.ingest import Backoff, ConfigError, DeadAir, IngestOptions, StreamClock, StreamSource, _source_from_entry
 from monitor.metrics import Metrics
-from monitor.records import AudioWindow, check_id
+from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -450,16 +450,16 @@ def read_mux(
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
-) -> Iterator[AudioWindow | StreamStarted | StreamEnded]:
+) -> Iterator[AudioWindow | StreamStarted | EndOfStream]:
     """Windows of every wanted program of `mux`, from one connection at a time, reopened as
-    monitor.ingest reopens a single stream; a StreamEnded for each program stream once it is done."""
+    monitor.ingest reopens a single stream; an EndOfStream for each program stream once it is done."""
     streams: dict[str, _ProgramStream] = {}
     try:
         yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams)
     except Exception:  # a bug must end this multiplex's streams cleanly, not leave their plays open
         log.exception("multiplex %s stopped on an unexpected error", mux.id)
     for stream_id in streams:
-        yield StreamEnded(stream_id)
+        yield EndOfStream(stream_id, streams[stream_id].seq)
 
 
 def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,

@@ -22,11 +22,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from monitor.broker import BrokerError, KafkaSettings, Topics, ensure_topics
-from monitor.ingest import IngestOptions, StreamEnded, StreamSource, start_readers
-from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, SampleFormat, encode_end, encode_window, stream_headers
+from monitor.ingest import IngestOptions, StreamSource, start_readers
+from monitor.kafka_records import MAX_MESSAGE_BYTES, SampleFormat, encode_end, encode_window, stream_headers
 from monitor.metrics import Metrics
 from monitor.mux import MuxSource, StreamStarted
-from monitor.records import AudioWindow
+from monitor.records import AudioWindow, EndOfStream
 from monitor.windows import WindowGrid
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ async def publish_windows(
     stop = stop or threading.Event()
     await ensure_topics(kafka, [topics.windows], topics)
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[AudioWindow | StreamEnded | None] = asyncio.Queue(options.queue_windows)
+    queue: asyncio.Queue[AudioWindow | EndOfStream | None] = asyncio.Queue(options.queue_windows)
 
-    def sink(item: AudioWindow | StreamEnded | None) -> None:
+    def sink(item: AudioWindow | EndOfStream | None) -> None:
         """Called in reader threads: hand the item to the event loop, waiting while the queue is full."""
         if not loop.is_closed():
             asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
@@ -85,7 +85,7 @@ async def publish_windows(
             item = await queue.get()
             if isinstance(item, StreamStarted):
                 headers[item.stream_id] = stream_headers(item.metadata)
-            elif isinstance(item, StreamEnded):
+            elif isinstance(item, EndOfStream):
                 live.discard(item.stream_id)
                 if item.stream_id in next_seq:
                     await _send(producer, topics.windows, item.stream_id, encode_end(EndOfStream(item.stream_id, next_seq.pop(item.stream_id))), options)

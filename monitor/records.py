@@ -64,3 +64,12 @@ class WindowHits:
     air_time: float
     neighbours: tuple[Neighbour, ...]
     after_gap: bool = False
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """A stream ended after window `seq - 1` (a file's end, or a stop): its open play closes. Ingest sends it
+    after a stream's last window, Kafka carries it like a window, and a replayed one is caught by its seq."""
+
+    stream_id: str
+    seq: int

@@ -1,8 +1,8 @@
 """Per-stream play state that outlives a process: in memory for embedded mode, in Redis for a fleet of workers.
 
-The play state machine keeps all it knows of a stream in one JSON string. A store holds that string per
-stream id and remembers which play events were already published, so that a replay after a crash or a
-rebalance republishes none of them.
+The play state machine keeps all it knows of a stream in one `StreamState`. A store holds it per stream
+id (Redis as its JSON) and remembers which play events were already published, so that a replay after a
+crash or a rebalance republishes none of them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from monitor.plays import StreamState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,10 +40,10 @@ RETRY_CAP_SECONDS = 5.0
 class StateStore(Protocol):
     """Where the play state machine's per-stream state and the published event keys live."""
 
-    def load(self, stream_ids: Iterable[str]) -> dict[str, str]:
-        """The saved state of each stream; streams never saved are absent."""
+    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
+        """The saved state of each stream; streams never saved (or saved unreadably) are absent."""
 
-    def save(self, states: Mapping[str, str]) -> None:
+    def save(self, states: Mapping[str, StreamState]) -> None:
         """Replace the saved state of these streams."""
 
     def published(self, event_keys: Iterable[str]) -> set[str]:
@@ -52,23 +54,27 @@ class StateStore(Protocol):
 
 
 class MemoryStateStore:
-    """A StateStore in this process's memory, for embedded mode and tests; it ends with the process."""
+    """A StateStore in this process's memory, for embedded mode and tests; it ends with the process.
+    It remembers the latest `keep_published` event keys: a process replays nothing older than that."""
 
-    def __init__(self) -> None:
-        self._states: dict[str, str] = {}
-        self._published: set[str] = set()
+    def __init__(self, keep_published: int = 100_000) -> None:
+        self._states: dict[str, StreamState] = {}
+        self._published: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        self._keep = keep_published
 
-    def load(self, stream_ids: Iterable[str]) -> dict[str, str]:
+    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
         return {s: self._states[s] for s in stream_ids if s in self._states}
 
-    def save(self, states: Mapping[str, str]) -> None:
+    def save(self, states: Mapping[str, StreamState]) -> None:
         self._states.update(states)
 
     def published(self, event_keys: Iterable[str]) -> set[str]:
-        return set(event_keys) & self._published
+        return {k for k in event_keys if k in self._published}
 
     def mark_published(self, event_keys: Iterable[str]) -> None:
-        self._published.update(event_keys)
+        self._published.update(dict.fromkeys(event_keys))
+        while len(self._published) > self._keep:
+            del self._published[next(iter(self._published))]
 
 
 @dataclass(frozen=True, repr=False)
@@ -153,16 +159,16 @@ class RedisStateStore:
         """Fail fast (no retries) when Redis cannot be reached or refuses the credentials."""
         self._client.ping()
 
-    def load(self, stream_ids: Iterable[str]) -> dict[str, str]:
+    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
         ids = list(stream_ids)
         if not ids:
             return {}
         values = self._retrying("load play state", lambda: self._client.mget([self._state_key(s) for s in ids]))
-        return {s: v for s, v in zip(ids, values) if v is not None}
+        return {s: state for s, v in zip(ids, values) if v is not None and (state := _readable(s, v)) is not None}
 
-    def save(self, states: Mapping[str, str]) -> None:
+    def save(self, states: Mapping[str, StreamState]) -> None:
         if states:
-            self._retrying("save play state", lambda: self._client.mset({self._state_key(s): v for s, v in states.items()}))
+            self._retrying("save play state", lambda: self._client.mset({self._state_key(s): v.to_json() for s, v in states.items()}))
 
     def published(self, event_keys: Iterable[str]) -> set[str]:
         keys = list(event_keys)
@@ -186,3 +192,12 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _readable(stream_id: str, saved: str) -> StreamState | None:
+    """A saved state, or None (the stream starts afresh) when another release or a fault left it unreadable."""
+    try:
+        return StreamState.from_json(saved)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("play state of stream %s is unreadable (%s); starting it afresh", stream_id, exc)
+        return None

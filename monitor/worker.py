@@ -2,12 +2,13 @@
 
 Two agents, each a short loop over batches that calls plain functions:
 - `embed` takes windows of all the streams on this worker's partitions in batches (up to `batch_size`,
-  waiting at most `batch_wait`), embeds and searches them in one go (monitor.pipeline) and publishes
-  each window's hits, keyed by stream id (and a stream's EndOfStream after its last hits).
-- `track` takes hits in batches, loads each stream's play state from the StateStore (Redis), runs the
-  play state machine (monitor.plays) over the stream's hits in seq order (closing the open play at an
-  EndOfStream), publishes the events not yet published as JSON lines to the plays topic, remembers
-  their ids, and saves the new states.
+  waiting at most `batch_wait`), embeds and searches them in one go (monitor.tracking.LiveCatalog) and
+  publishes each window's hits, keyed by stream id (and a stream's EndOfStream after its last hits);
+  windows that the catalog could not search are not heard, as in embedded mode.
+- `track` runs the tracking step that embedded mode runs too (monitor.tracking.TrackingStep) on batches
+  of hits, with each stream's state in Redis, and publishes the events not yet published as JSON lines
+  to the plays topic before it commits them and the new states.
+Each agent's heartbeat (monitor.health) shows whether it is stuck.
 Both ack a batch only after it is handled, so a worker that dies hands its partitions and unacked
 messages to the others: windows are embedded again, the state machine skips hits it has seen (by seq),
 and events it emits again carry the same ids and are dropped (StateStore.published) before publishing.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -29,13 +29,12 @@ import faust
 from faust.types import EventT
 
 from monitor.broker import KafkaSettings, Topics, ensure_topics
-from monitor.catalog import Catalog, CatalogError
-from monitor.events import PlayEvent
+from monitor.catalog import Catalog
+from monitor.health import BEAT_SECONDS, Heartbeat
 from monitor.kafka_records import (
     DEAD_LETTER_KEEP_BYTES,
     MAX_MESSAGE_BYTES,
     BadMessage,
-    EndOfStream,
     dead_letter_headers,
     decode_hits,
     decode_window,
@@ -44,10 +43,10 @@ from monitor.kafka_records import (
     stream_headers,
 )
 from monitor.metrics import Metrics, observe_play_events
-from monitor.pipeline import hits_for
-from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
-from monitor.records import AudioWindow, WindowHits
+from monitor.plays import PlayConfig
+from monitor.records import AudioWindow, EndOfStream
 from monitor.state import StateStore
+from monitor.tracking import LiveCatalog, TrackingStep
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,56 +66,6 @@ class WorkerOptions:
     web_port: int | None = None  # Faust's own web server (None: off)
     web_host: str = "127.0.0.1"
     plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
-
-
-class PlayStage:
-    """The play state machine over batches of hits from many streams, with its state in a StateStore."""
-
-    def __init__(self, tracker: PlayTracker, store: StateStore, catalog: CatalogInfo):
-        self.tracker, self.store = tracker, store
-        self.catalog = catalog  # replaced when the catalog reloads
-
-    def advance(self, hits: Sequence[WindowHits | EndOfStream]) -> tuple[dict[str, str], list[PlayEvent]]:
-        """New states (JSON per stream) and the events they caused; nothing is saved yet."""
-        by_stream: dict[str, list[WindowHits | EndOfStream]] = defaultdict(list)
-        for item in hits:
-            by_stream[item.stream_id].append(item)
-        saved = self.store.load(by_stream)
-        states, events = {}, []
-        for stream_id, items in by_stream.items():
-            state = self._state(stream_id, saved.get(stream_id))
-            for item in sorted(items, key=lambda h: h.seq):
-                state, caused = self._step(state, item)
-                events += caused
-            states[stream_id] = state.to_json()
-        return states, events
-
-    def _step(self, state: StreamState, item: WindowHits | EndOfStream) -> tuple[StreamState, list[PlayEvent]]:
-        if isinstance(item, WindowHits):
-            return self.tracker.update(state, item, self.catalog)
-        if item.seq <= state.last_seq:  # a replayed end
-            return state, []
-        state, events = self.tracker.close(state, self.catalog)
-        return replace(state, last_seq=item.seq), events
-
-    def unpublished(self, events: Sequence[PlayEvent]) -> list[PlayEvent]:
-        """The events no worker has published yet (a replay re-derives published ones)."""
-        published = self.store.published(e.event_id for e in events)
-        return [e for e in events if e.event_id not in published]
-
-    def commit(self, states: dict[str, str], published: Sequence[PlayEvent]) -> None:
-        """After the events are on Kafka: remember them, then save the states that caused them."""
-        self.store.mark_published(e.event_id for e in published)
-        self.store.save(states)
-
-    def _state(self, stream_id: str, saved: str | None) -> StreamState:
-        if saved is None:
-            return StreamState(stream_id)
-        try:
-            return StreamState.from_json(saved)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("play state of stream %s is unreadable (%s); starting it afresh", stream_id, exc)
-            return StreamState(stream_id)
 
 
 def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions, datadir: str) -> faust.App:
@@ -141,9 +90,10 @@ def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions, dat
     )
 
 
-def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topics, options: WorkerOptions, metrics: Metrics) -> None:
+def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics: Topics, options: WorkerOptions, metrics: Metrics) -> None:
     """Declare the topics (with their partition counts) and wire the agents and timers into `app`."""
-    encoder = catalog.encoder
+    encoder = catalog.catalog.encoder
+    embed_beat, track_beat = Heartbeat("embed", metrics), Heartbeat("track", metrics)
     compute = ThreadPoolExecutor(1, thread_name_prefix="compute")  # embedding, search and catalog reloads, one at a time
 
     def topic(name: str) -> faust.TopicT:
@@ -174,55 +124,45 @@ def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topic
     def decode_for_encoder(data: bytes) -> AudioWindow | EndOfStream:
         return decode_window(data, encoder.sample_rate, encoder.window_samples)
 
-    def search(windows: list[AudioWindow]) -> list[WindowHits]:
-        """The windows' hits; an unusable catalog (emptied, say) finds nothing until it is fixed."""
-        try:
-            return hits_for(windows, encoder, catalog, options.k, metrics)
-        except CatalogError as exc:
-            log.error("cannot search the catalog (%s); %d windows find nothing", exc, len(windows))
-            return [WindowHits(w.stream_id, w.seq, w.offset, w.air_time, (), w.after_gap) for w in windows]
-
     @app.agent(windows_topic, name="embed")
     async def embed(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.batch_size, within=options.batch_wait):
-            items = await decoded(events, decode_for_encoder)
-            windows = [item for item, _ in items if isinstance(item, AudioWindow)]
-            hits = iter(await in_thread(search, windows, executor=compute))
-            for item, metadata in items:  # in the order read, so a stream's end follows its last hits
-                out = next(hits) if isinstance(item, AudioWindow) else item
-                await hits_topic.send(key=out.stream_id.encode(), value=encode_hits(out), headers=stream_headers(metadata) or None)
+            with embed_beat.busy():
+                items = await decoded(events, decode_for_encoder)
+                windows = [item for item, _ in items if isinstance(item, AudioWindow)]
+                found = await in_thread(catalog.search, windows, options.k, executor=compute)
+                hits = iter(found or ())  # None: the catalog cannot be searched, the windows go unheard
+                for item, metadata in items:  # in the order read, so a stream's end follows its last hits
+                    if isinstance(item, AudioWindow) and found is None:
+                        continue
+                    out = next(hits) if isinstance(item, AudioWindow) else item
+                    await hits_topic.send(key=out.stream_id.encode(), value=encode_hits(out), headers=stream_headers(metadata) or None)
 
     @app.agent(hits_topic, name="track")
     async def track(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.hits_batch_size, within=options.hits_batch_wait):
-            items = await decoded(events, decode_hits)
-            metadata = {item.stream_id: meta for item, meta in items if meta is not None}
-            states, caused = await in_thread(stage.advance, [item for item, _ in items])
-            fresh = await in_thread(stage.unpublished, caused) if caused else []
-            fresh = [replace(e, stream=metadata.get(e.stream_id, {})) for e in fresh]
-            deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in fresh]
-            await asyncio.gather(*deliveries)
-            await in_thread(stage.commit, states, fresh)
-            observe_play_events(metrics, fresh)
-            for event in fresh:
-                log.info("play %s: %s on %s at %.1f s", event.state, event.track_id, event.stream_id, event.stream_start)
-
-    def reload_catalog() -> bool:
-        """Pick up a changed catalog; a broken one is reported and the loaded one kept."""
-        try:
-            if not catalog.reload_if_changed():
-                return False
-            stage.catalog = CatalogInfo.of(catalog)
-        except (CatalogError, OSError) as exc:
-            log.error("cannot reload the catalog (%s); still searching generation %d", exc, catalog.generation)
-            return False
-        return True
+            with track_beat.busy():
+                items = await decoded(events, decode_hits)
+                metadata = {item.stream_id: meta for item, meta in items if meta is not None}
+                states, caused = await in_thread(step.advance, [item for item, _ in items])
+                fresh = await in_thread(step.unpublished, caused) if caused else []
+                fresh = [replace(e, stream=metadata.get(e.stream_id, {})) for e in fresh]
+                deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in fresh]
+                await asyncio.gather(*deliveries)
+                await in_thread(step.commit, states, fresh)
+                observe_play_events(metrics, fresh)
+                for event in fresh:
+                    log.info("play %s: %s on %s at %.1f s", event.state, event.track_id, event.stream_id, event.stream_start)
 
     @app.timer(options.reload_seconds)
     async def look_for_catalog_changes() -> None:
-        if await in_thread(reload_catalog, executor=compute):
-            log.info("catalog changed on disk; reloaded (generation %d)", catalog.generation)
-            set_catalog_gauges(catalog, metrics)
+        await in_thread(catalog.reload, executor=compute)
+
+    @app.timer(BEAT_SECONDS)
+    async def beat_while_waiting() -> None:
+        """The agents beat on each batch; one that waits for messages is alive too, one inside a batch is not."""
+        embed_beat.idle()
+        track_beat.idle()
 
     @app.timer(options.lag_seconds)
     async def report_lag() -> None:
@@ -233,14 +173,6 @@ def add_agents(app: faust.App, catalog: Catalog, stage: PlayStage, topics: Topic
         for output in (plays_topic, dead_topic):
             await output.maybe_declare()
 
-    set_catalog_gauges(catalog, metrics)
-
-
-def set_catalog_gauges(catalog: Catalog, metrics: Metrics) -> None:
-    stats = catalog.stats()
-    metrics.catalog_tracks.set(stats["tracks"])
-    metrics.catalog_windows.set(stats["windows"])
-    metrics.index_bytes.set(stats["index_bytes"])
 
 
 def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metrics) -> None:
@@ -261,13 +193,13 @@ def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metric
 def run_worker(
     catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info"
 ) -> None:
-    """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up."""
-    encoder = catalog.encoder.config
-    config = options.plays or PlayConfig.for_grid(encoder.window_seconds, encoder.hop_seconds)
-    stage = PlayStage(PlayTracker(config), store, CatalogInfo.of(catalog))
+    """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up,
+    a CatalogError if the catalog cannot calibrate the matcher (it is empty)."""
+    live = LiveCatalog(catalog, metrics)
+    step = TrackingStep(live, store, options.plays)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
     asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
     with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder
         app = create_app(kafka, topics, options, datadir)
-        add_agents(app, catalog, stage, topics, options, metrics)
+        add_agents(app, live, step, topics, options, metrics)
         faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -350,7 +350,7 @@ def test_dockerfile_is_multi_stage_cpu_only_and_non_root() -> None:
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text
     (user,) = [rest for keyword, rest in instructions if keyword == "USER"]
     assert user.split(":")[0] not in ("root", "0")
-    assert any(keyword == "HEALTHCHECK" and "/metrics" in rest for keyword, rest in instructions)
+    assert any(keyword == "HEALTHCHECK" and '["airtrace", "health"]' in rest for keyword, rest in instructions)
     assert ["ENTRYPOINT", '["airtrace"]'] in instructions
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1 :][:4] == ["!pyproject.toml", "!README.md", "!encoders/", "!monitor/"]

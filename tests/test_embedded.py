@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from encoders import Encoder, EncoderConfig, load_audio, synthesize_speech
 from monitor import metrics as metrics_module
@@ -18,8 +18,14 @@ from monitor.catalog import Catalog
 from monitor.demo.broadcast import TruePlay, score_plays
 from monitor.embedded import EmbeddedMonitor, MonitorOptions
 from monitor.events import schema
-from monitor.ingest import StreamSource
+from monitor.events import PlayEvent
+from monitor.health import problems
+from monitor.ingest import StreamSource, read_windows
 from monitor.plays import PlayConfig
+from monitor.records import AudioWindow, EndOfStream
+from monitor.state import MemoryStateStore
+from monitor.tracking import LiveCatalog, TrackingStep
+from monitor.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 RATE = 8000
@@ -115,6 +121,49 @@ def test_plays_of_two_streams_are_found_bounded_and_written(catalog: Catalog, br
     assert get("airtrace_now_playing", {"stream": "radio-a", "track_id": "gardien-go"}) is None
     assert get("airtrace_catalog_tracks") == 2
     assert get("airtrace_embedding_batch_size_count") >= 2 * windows / 32
+
+
+def test_a_catalog_that_cannot_be_searched_neither_ends_nor_opens_plays(encoder: Encoder, music, broadcast, tmp_path: Path) -> None:
+    """The tracking step of both modes with the catalog emptied for 20 s inside a play (longer than the
+    dropout that would end it, had its windows been heard as finding nothing): the same plays as without."""
+    path, truth = broadcast
+    catalog = Catalog.create(tmp_path / "catalog", encoder)
+    with catalog.transaction():
+        catalog.add_audio("area1-game", music["area1-game"])
+        catalog.add_audio("gardien-go", music["gardien-go"])
+    registry = CollectorRegistry()
+    live = LiveCatalog(catalog, metrics_module.create(registry))
+    step = TrackingStep(live, MemoryStateStore())
+    windows = list(read_windows(StreamSource("radio", str(path)), WindowGrid.for_encoder(encoder)))
+    events: list[PlayEvent] = []
+
+    def run(batch: list[AudioWindow | EndOfStream]) -> None:
+        for start in range(0, len(batch), 16):
+            part = batch[start : start + 16]
+            hits = live.search([w for w in part if isinstance(w, AudioWindow)], 10) or []
+            states, caused = step.advance([*hits, *(end for end in part if isinstance(end, EndOfStream))])
+            step.commit(states, caused)
+            events.extend(caused)
+
+    outage = [w for w in windows if 20.0 <= w.offset < 40.0]
+    run([w for w in windows if w.offset < 20.0])
+    catalog.remove("area1-game")
+    catalog.remove("gardien-go")
+    run(outage)
+    assert [e.state for e in events] == ["started"]
+    assert registry.get_sample_value("airtrace_catalog_outage") == 1
+    assert registry.get_sample_value("airtrace_windows_unheard_total") == len(outage)
+    assert any("catalog cannot be searched" in p for p in problems(generate_latest(registry).decode(), now=0.0))
+    with catalog.transaction():
+        catalog.add_audio("area1-game", music["area1-game"])
+        catalog.add_audio("gardien-go", music["gardien-go"])
+    run([w for w in windows if w.offset >= 40.0] + [EndOfStream("radio", windows[-1].seq + 1)])
+    assert registry.get_sample_value("airtrace_catalog_outage") == 0
+    assert [(e.state, e.track_id) for e in events] == [
+        ("started", "area1-game"), ("ended", "area1-game"), ("started", "gardien-go"), ("ended", "gardien-go")]
+    card = score_plays(truth, events)
+    assert card.precision == card.recall == 1.0
+    assert max(abs(p.start_error) for p in card.pairings) <= 0.5 and max(abs(p.end_error) for p in card.pairings) <= 0.5
 
 
 def test_the_demo_finds_every_play_with_the_shipped_model(demo_run) -> None:

@@ -14,7 +14,8 @@ import soundfile
 from prometheus_client import CollectorRegistry
 
 from monitor import metrics as metrics_module
-from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource, load_sources, read_windows, sources_from_urls, start_readers
+from monitor.ingest import ConfigError, IngestOptions, StreamSource, load_sources, read_windows, sources_from_urls, start_readers
+from monitor.records import EndOfStream
 from monitor.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -119,7 +120,7 @@ def test_unreachable_url_is_retried_without_holding_up_other_streams(server, reg
     deadline = time.monotonic() + 15
     while len(alive) < 6 and time.monotonic() < deadline:
         item = received.get(timeout=5)
-        assert not isinstance(item, StreamEnded), "no stream may end while retrying"
+        assert not isinstance(item, EndOfStream), "no stream may end while retrying"
         assert item.stream_id == "alive"
         alive.append(item)
     stop.set()

@@ -15,7 +15,8 @@ NAMES = {
     "airtrace_silence_seconds", "airtrace_embedding_batch_size", "airtrace_embedding_seconds", "airtrace_search_seconds",
     "airtrace_consumer_lag_messages", "airtrace_hits", "airtrace_plays_started", "airtrace_plays_ended",
     "airtrace_now_playing", "airtrace_last_play_timestamp_seconds", "airtrace_detection_latency_seconds", "airtrace_dead_letters",
-    "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes",
+    "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes", "airtrace_catalog_outage", "airtrace_windows_unheard",
+    "airtrace_heartbeat_timestamp_seconds",
 }
 
 

@@ -26,7 +26,7 @@ from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
 from monitor.embedded import EmbeddedMonitor, MonitorOptions
 from monitor.events import PlayEvent, schema
-from monitor.ingest import ConfigError, IngestOptions, StreamEnded, StreamSource, load_sources
+from monitor.ingest import ConfigError, IngestOptions, StreamSource, load_sources
 from monitor.mux import (
     PROGRAM_CHECK_SECONDS,
     AudioSelection,
@@ -41,7 +41,7 @@ from monitor.mux import (
     probe,
     read_mux,
 )
-from monitor.records import AudioWindow
+from monitor.records import AudioWindow, EndOfStream
 from monitor.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -228,12 +228,13 @@ def test_a_program_that_leaves_is_reported_and_the_others_go_on(service_change: 
     caplog.set_level(logging.INFO, "monitor.mux")
     items = list(read_mux(MuxSource("tv", str(changing)), GRID, IngestOptions(read_timeout=2.0), metrics))
 
-    windows = Counter(item.stream_id for item in items if not isinstance(item, (StreamStarted, StreamEnded)))
+    windows = Counter(item.stream_id for item in items if not isinstance(item, (StreamStarted, EndOfStream)))
     assert windows["tv-202"] == GRID.count(40 * 8000)
     assert GRID.count(18 * 8000) <= windows["tv-101"] <= GRID.count(20 * 8000)
     assert "tv-101 left the multiplex" in caplog.text
     assert "program 303 'Service02' from 'FFmpeg' appeared as tv-303" in caplog.text
-    assert [item.stream_id for item in items if isinstance(item, StreamEnded)] == ["tv-101", "tv-202"]
+    assert [item.stream_id for item in items if isinstance(item, EndOfStream)] == ["tv-101", "tv-202"]
+    assert all(item.seq == windows[item.stream_id] for item in items if isinstance(item, EndOfStream)), "an end takes the seq after its stream's last window"
     assert registry.get_sample_value("airtrace_stream_up", {"stream": "tv-101"}) == 0
 
 

@@ -9,7 +9,14 @@ import pytest
 import redis
 
 from monitor.bench import servers
+from monitor.plays import StreamState
+from monitor.records import Neighbour, WindowHits
 from monitor.state import MemoryStateStore, RedisSettings, RedisStateStore, StateStore
+
+
+def state(stream_id: str, last_seq: int) -> StreamState:
+    hits = WindowHits(stream_id, last_seq, last_seq * 0.5, 1.79e9 + last_seq * 0.5, (Neighbour("t1-ü", 3.5, 0.875),))
+    return StreamState(stream_id, last_seq, history=(hits,))
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -22,11 +29,25 @@ def store(request: pytest.FixtureRequest) -> StateStore:
 
 def test_state_round_trip(store: StateStore) -> None:
     assert store.load(["a", "b"]) == {}
-    state = '{"open": {"track_id": "t1", "a": 1.05, "b": -3.25}, "seq": 41, "note": "ü"}'
-    store.save({"a": state, "b": "{}"})
-    store.save({"b": '{"seq": 2}'})
-    assert store.load(["a", "b", "c"]) == {"a": state, "b": '{"seq": 2}'}
+    store.save({"a": state("a", 41), "b": state("b", 1)})
+    store.save({"b": state("b", 2)})
+    assert store.load(["a", "b", "c"]) == {"a": state("a", 41), "b": state("b", 2)}
     assert store.load([]) == {}
+
+
+def test_an_unreadable_saved_state_starts_its_stream_afresh(redis_server: servers.ServerProcess, caplog: pytest.LogCaptureFixture) -> None:
+    store = RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0"))
+    store.save({"good": state("good", 3)})
+    redis.Redis(port=redis_server.port).set("airtrace:state:bad", '{"v": 99}')
+    assert store.load(["good", "bad"]) == {"good": state("good", 3)}
+    assert "play state of stream bad is unreadable" in caplog.text
+
+
+def test_memory_store_remembers_the_latest_published_events_only() -> None:
+    store = MemoryStateStore(keep_published=2)
+    store.mark_published(["e1", "e2"])
+    store.mark_published(["e3"])
+    assert store.published(["e1", "e2", "e3"]) == {"e2", "e3"}
 
 
 def test_published_events_are_remembered(store: StateStore) -> None:
@@ -39,7 +60,7 @@ def test_published_events_are_remembered(store: StateStore) -> None:
 def test_prefixes_keep_deployments_apart(redis_server: servers.ServerProcess) -> None:
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     blue, green = RedisStateStore(RedisSettings(url, prefix="blue:")), RedisStateStore(RedisSettings(url, prefix="green:"))
-    blue.save({"s": "1"})
+    blue.save({"s": state("s", 1)})
     blue.mark_published(["e"])
     assert green.load(["s"]) == {} and green.published(["e"]) == set()
     keys = redis.Redis(port=redis_server.port, decode_responses=True).keys("*")
@@ -48,12 +69,12 @@ def test_prefixes_keep_deployments_apart(redis_server: servers.ServerProcess) ->
 
 def test_state_survives_a_redis_restart_and_waits_out_the_outage(redis_server: servers.ServerProcess) -> None:
     store = RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0"))
-    store.save({"s": "before"})
+    store.save({"s": state("s", 1)})
     redis_server.stop()
     saved = threading.Event()
 
     def save_during_outage() -> None:
-        store.save({"t": "during"})
+        store.save({"t": state("t", 2)})
         saved.set()
 
     thread = threading.Thread(target=save_during_outage)
@@ -63,7 +84,7 @@ def test_state_survives_a_redis_restart_and_waits_out_the_outage(redis_server: s
     redis_server.start()
     thread.join(15)
     assert saved.is_set()
-    assert store.load(["s", "t"]) == {"s": "before", "t": "during"}
+    assert store.load(["s", "t"]) == {"s": state("s", 1), "t": state("t", 2)}
 
 
 def test_auth_and_bad_settings_fail_clearly(tmp_path) -> None:

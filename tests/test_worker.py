@@ -21,15 +21,13 @@ from monitor.cli import main
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_broadcast
 from monitor.events import PlayEvent
 from monitor.ingest import StreamSource, read_windows
-from monitor.kafka_records import MAX_MESSAGE_BYTES, EndOfStream, encode_end, encode_window
+from monitor.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
 from monitor.matcher import calibrate
-from monitor.pipeline import hits_for
-from monitor.plays import CatalogInfo, PlayConfig, PlayTracker
 from monitor.publish import restamp
-from monitor.records import AudioWindow
+from monitor.records import AudioWindow, EndOfStream
 from monitor.state import MemoryStateStore
+from monitor.tracking import LiveCatalog, TrackingStep
 from monitor.windows import WindowGrid
-from monitor.worker import PlayStage
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 PREFIX = "worker-test"
@@ -208,9 +206,10 @@ def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path
     grid = WindowGrid.for_encoder(catalog.encoder)
     path, truth = broadcast(tmp_path, "replay", "gardien-go", 20.0)
     windows = windows_of(path, "replay", grid)
-    hits = [*hits_for(windows, catalog.encoder, catalog, 10), EndOfStream("replay", windows[-1].seq + 1)]
+    live = LiveCatalog(catalog)
+    hits = [*live.search(windows, 10), EndOfStream("replay", windows[-1].seq + 1)]
     store = MemoryStateStore()
-    stage = PlayStage(PlayTracker(PlayConfig.for_grid(grid.window_seconds, grid.hop_seconds)), store, CatalogInfo.of(catalog))
+    stage = TrackingStep(live, store)
 
     _, caused = stage.advance(hits[: len(hits) // 2])
     first = stage.unpublished(caused)
