@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.health import STALE_SECONDS
+from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, WorkerOptions
 
 
 @click.group()
@@ -71,7 +73,7 @@ def _bench_inputs(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--landmark/--no-landmark", default=True, show_default=True, help="Also run the landmark (peak-pair) baseline."),
         click.option("--holdout", default=8, show_default=True, help="Reference tracks kept out of the catalog as non-catalog music."),
         click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs)."),
-        click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds."),
+        click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds."),
         click.option("--seed", default=0, show_default=True),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where built catalogs are kept [~/.cache/airtrace/bench]."),
         click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here."),
@@ -141,7 +143,7 @@ def bench_segments(reference, distractors, encoders, landmark, holdout, limit, h
 @click.option("--encoder", "encoders", multiple=True, default=["compact"], show_default=True, help="Encoder name or directory; repeatable.")
 @click.option("--reference", multiple=True, help="Manifest.csv or folder whose audio is indexed [the demo music].")
 @click.option("--index-seconds", default=600.0, show_default=True, help="Seconds of reference audio to index.")
-@click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds.")
+@click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
 @click.option("--sizes", default="10000,1000000", show_default=True, help="Catalog sizes (windows) to search, comma-separated.")
 @click.option("--queries", default=1000, show_default=True, help="Searches timed per index.")
 @click.option("--landmark/--no-landmark", default=True, show_default=True, help="Also time the landmark baseline's indexing.")
@@ -181,7 +183,7 @@ def bench_backbones(models: tuple[str, ...], out: str | None) -> None:
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
 @click.option("--plays", default=40, show_default=True, help="Catalog plays in the broadcast.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds.")
+@click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog and broadcast are kept [~/.cache/airtrace/bench].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir, out) -> None:
@@ -220,7 +222,7 @@ def bench_chaos(streams, minutes, workers, partitions, seed, encoder, broker_sto
 @click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
 @click.option("--streams", default=50, show_default=True, help="Streams monitored at once (files, cycled).")
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest.")
-@click.option("--hop", default=0.5, show_default=True, help="Catalog hop in seconds.")
+@click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog is kept [~/.cache/airtrace/bench].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def bench_streams(reference, encoder, streams, limit, hop, cache_dir, out) -> None:
@@ -289,7 +291,7 @@ def _open_catalog(directory: str) -> Catalog:
 @catalog.command("add")
 @CATALOG_OPTION
 @click.option("--encoder", help="Shipped encoder name or directory; a new catalog records it (default: the shipped default).")
-@click.option("--hop", type=float, help="Reference hop in seconds for a new catalog (default 0.5).")
+@click.option("--hop", type=float, help=f"Reference hop in seconds for a new catalog (default {DEFAULT_HOP_SECONDS}).")
 @click.option("--index-factory", help="FAISS index_factory string for a new catalog (default: chosen by size).")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Processes embedding at once on this machine; their parts are committed together as one generation.")
@@ -300,9 +302,9 @@ def _open_catalog(directory: str) -> Catalog:
 def catalog_add(directory: str, encoder: str | None, hop: float | None, index_factory: str | None, jobs: int, part_spec: str | None,
                 merge_parts: int | None, paths: tuple[str, ...]) -> None:
     """Add audio files, folders and manifest.csv files (track_id,path[,title,artist,...]); creates the catalog if missing."""
-    from monitor import catalog_parts
+    from monitor.catalog import parts as catalog_parts
     from monitor.catalog import AddReport, Catalog, CatalogError
-    from monitor.matcher import calibrate
+    from monitor.stages.calibration import calibrate
 
     if sum([jobs > 1, part_spec is not None, merge_parts is not None]) > 1:
         raise click.UsageError("give one of --jobs, --part and --merge-parts")
@@ -398,7 +400,8 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     import json
 
     from monitor.catalog import CatalogError
-    from monitor.matcher import MIN_CONFIDENCE, identify_file
+    from monitor.stages.identify import identify_file
+    from monitor.stages.matcher import MIN_CONFIDENCE
 
     cat = _open_catalog(directory)
     failed = 0
@@ -454,7 +457,7 @@ METRICS_OPTIONS = _env_options(
 
 
 def _kafka(broker: str, topic_prefix: str, partitions: int, replication: int, startup_timeout: float | None, **auth: object):
-    from monitor.broker import STARTUP_TIMEOUT_SECONDS, KafkaSettings, Topics
+    from monitor.fleet.broker import STARTUP_TIMEOUT_SECONDS, KafkaSettings, Topics
 
     try:
         settings = KafkaSettings(broker, **auth, startup_timeout=startup_timeout or STARTUP_TIMEOUT_SECONDS)
@@ -495,8 +498,8 @@ AUDIO_OPTIONS = _env_options(
 
 def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None) -> list:
     """The streams of a streams file and of the command line (its URLs with --audio and --programs)."""
-    from monitor.ingest import load_sources, sources_from_urls
-    from monitor.mux import check_unique_ids, command_line_sources
+    from monitor.stages.ingest import load_sources, sources_from_urls
+    from monitor.stages.mux import check_unique_ids, command_line_sources
 
     sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls), audio, programs)
     check_unique_ids(sources, "the streams file and the command line")
@@ -518,11 +521,12 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     import asyncio
 
     from encoders import EncoderError, load_encoder
-    from monitor.broker import BrokerError
-    from monitor.ingest import ConfigError, IngestOptions
-    from monitor.kafka_records import SampleFormat
-    from monitor.publish import PublishOptions, publish_windows
-    from monitor.windows import WindowGrid
+    from monitor.fleet.broker import BrokerError
+    from monitor.options import IngestOptions
+    from monitor.stages.ingest import ConfigError
+    from monitor.fleet.kafka_records import SampleFormat
+    from monitor.fleet.publish import PublishOptions, publish_windows
+    from monitor.stages.windows import WindowGrid
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
@@ -541,19 +545,19 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 
 @main.command()
 @_env("--catalog", required=True, type=click.Path(exists=True, file_okay=False), help="The catalog directory (its encoder embeds the windows).")
-@_env("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True, help="Where play state lives; rediss:// for TLS.")
+@_env("--redis-url", default=DEFAULT_REDIS_URL, show_default=True, help="Where play state lives; rediss:// for TLS.")
 @_env("--redis-username", help="Redis ACL username.")
 @_env("--redis-password", help="Redis AUTH password (prefer the environment variable).")
 @_env("--redis-tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle that signed Redis's certificate.")
 @_env("--redis-tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for Redis TLS.")
 @_env("--redis-tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key.")
-@_env("--redis-prefix", default="airtrace:", show_default=True, help="Prefix of every Redis key (one per deployment sharing a Redis).")
-@_env("--group", default="airtrace", show_default=True, help="Kafka consumer group: workers of one group share the streams.")
-@_env("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Windows per embedding batch, across streams.")
-@_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True, help="Seconds a batch waits to fill.")
-@_env("--neighbours", type=click.IntRange(1), default=10, show_default=True, help="Catalog neighbours searched per window.")
-@_env("--session-timeout", type=click.FloatRange(1), default=10.0, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
-@_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True, help="How often to look for catalog changes.")
+@_env("--redis-prefix", default=DEFAULT_REDIS_PREFIX, show_default=True, help="Prefix of every Redis key (one per deployment sharing a Redis).")
+@_env("--group", default=WorkerOptions.group, show_default=True, help="Kafka consumer group: workers of one group share the streams.")
+@_env("--batch-size", type=click.IntRange(1), default=WorkerOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
+@_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=WorkerOptions.batch_wait, show_default=True, help="Seconds a batch waits to fill.")
+@_env("--neighbours", type=click.IntRange(1), default=WorkerOptions.k, show_default=True, help="Catalog neighbours searched per window.")
+@_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
+@_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
 @_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
@@ -564,10 +568,10 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
     import redis
 
-    from monitor.broker import BrokerError
+    from monitor.fleet.broker import BrokerError
     from monitor.catalog import Catalog, CatalogError
-    from monitor.state import RedisSettings, RedisStateStore
-    from monitor.worker import WorkerOptions, run_worker
+    from monitor.fleet.redis_state import RedisSettings, RedisStateStore
+    from monitor.fleet.worker import run_worker
 
     settings, topics = _kafka(**kafka)
     redis_settings = RedisSettings(redis_url, redis_username, redis_password, redis_tls_ca_file, redis_tls_cert_file, redis_tls_key_file, redis_prefix)
@@ -619,7 +623,7 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
 @click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Windows per embedding batch, across streams.")
+@click.option("--batch-size", type=click.IntRange(1), default=MonitorOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
 @AUDIO_OPTIONS
 @_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
@@ -629,8 +633,9 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                     metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
-    from monitor.embedded import MonitorOptions, NothingHeard, describe, run_embedded
-    from monitor.ingest import ConfigError, IngestOptions
+    from monitor.embedded import NothingHeard, describe, run_embedded
+    from monitor.options import IngestOptions
+    from monitor.stages.ingest import ConfigError
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
@@ -685,7 +690,7 @@ def streams_probe(url: str, options: tuple[str, ...]) -> None:
     main or description) of URL, as the audio and programs fields of a streams file select them."""
     import av
 
-    from monitor.mux import describe_inventory, probe
+    from monitor.stages.mux import describe_inventory, probe
 
     parsed = dict(option.split("=", 1) for option in options if "=" in option)
     try:
@@ -875,7 +880,7 @@ def plays_consume(playlog: str, playlog_group: str, metrics_port: int | None, me
     """Write the play events of the plays topic into the play log (PostgreSQL in distributed mode), until stopped."""
     import asyncio
 
-    from monitor.broker import BrokerError
+    from monitor.fleet.broker import BrokerError
     from monitor.playlog.consumer import ConsumerOptions, consume_plays
 
     settings, topics = _kafka(**kafka)

@@ -1,8 +1,8 @@
 """Embedded mode: ingest, embedding, search and the play state machine in one process, no Kafka, no Redis.
 
-Each stream is read in its own thread (monitor.ingest) into one queue; the main loop takes windows of
+Each stream is read in its own thread (monitor.stages.ingest) into one queue; the main loop takes windows of
 all streams in batches (up to `batch_size`, waiting at most `max_wait` for a batch to fill) and runs the
-tracking step that workers run too (monitor.tracking): embed and search them together, then each stream's
+tracking step that workers run too (monitor.stages.tracking): embed and search them together, then each stream's
 play state machine over its hits in seq order, with the states in a MemoryStateStore.
 Play events go to a callback (the CLI prints them), as JSON lines to an events file, and into the play log
 (monitor.playlog, a SQLite file by default). The catalog is
@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -26,31 +26,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.catalog import Catalog
 from monitor.events import PlayEvent
 from monitor.health import Heartbeat
-from monitor.ingest import IngestOptions, StreamSource, start_readers
+from monitor.options import MonitorOptions
+from monitor.stages.ingest import StreamSource, start_readers
 from monitor.metrics import Metrics, observe_play_events
-from monitor.mux import MuxSource, StreamStarted
+from monitor.stages.mux import MuxSource, StreamStarted
 from monitor.playlog.store import PlayLog, PlayLogError
-from monitor.plays import PlayConfig
 from monitor.records import AudioWindow, EndOfStream, WindowHits
-from monitor.state import MemoryStateStore
-from monitor.tracking import LiveCatalog, TrackingStep
-from monitor.windows import WindowGrid
+from monitor.stages.state import MemoryStateStore
+from monitor.stages.tracking import LiveCatalog, TrackingStep
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
 
 class NothingHeard(RuntimeError):
     """Every stream failed: not one delivered a window of audio."""
-
-
-@dataclass(frozen=True)
-class MonitorOptions:
-    batch_size: int = 128  # windows per embedding batch, across streams
-    max_wait: float = 0.25  # seconds a batch may wait to fill
-    queue_windows: int = 4096  # ingest threads block when this many windows wait (files read ahead no further)
-    reload_seconds: float = 10.0
-    ingest: IngestOptions = field(default_factory=IngestOptions)
-    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
 
 
 class EmbeddedMonitor:

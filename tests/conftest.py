@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, random_encoder
+from encoders import load_encoder
 from monitor.bench import servers
+from monitor.catalog import Catalog
 
 torch.set_num_threads(1)
-MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,7 +56,7 @@ def service_catalog(tmp_path_factory: pytest.TempPathFactory, service_encoder_so
     """A calibrated catalog of four demo tracks, built once per session; copy it before changing it."""
     from encoders import load_encoder
     from monitor.catalog import Catalog
-    from monitor.matcher import calibrate
+    from monitor.stages.calibration import calibrate
 
     directory = tmp_path_factory.mktemp("service") / "catalog"
     catalog = Catalog.create(directory, load_encoder(service_encoder_source), encoder_source=service_encoder_source)
@@ -90,3 +93,26 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     events: list = []
     card = run_demo(workdir, on_event=events.append)
     return workdir, card, events
+
+
+# ---- a random-weight encoder and a catalog of the demo music (catalog_fixtures), per test module ----
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_encoder().save(tmp_path_factory.mktemp("encoder") / "random")
+
+
+@pytest.fixture(scope="module")
+def built_catalog(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> Path:
+    """A catalog of CATALOG_TRACKS, built once per module; copy it before changing it."""
+    directory = tmp_path_factory.mktemp("catalog") / "catalog"
+    catalog = Catalog.create(directory, load_encoder(encoder_dir), encoder_source=str(encoder_dir))
+    report = catalog.add([MUSIC / f"{name}.opus" for name in CATALOG_TRACKS], progress=False)
+    assert report.added == list(CATALOG_TRACKS)
+    return directory
+
+
+@pytest.fixture
+def catalog_copy(built_catalog: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_catalog, tmp_path / "catalog"))

@@ -17,13 +17,13 @@ import yaml
 from click.testing import CliRunner
 
 from monitor.bench import servers
-from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, built_catalog, encoder_dir, music  # noqa: F401
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, music
 from encoders import load_audio
 from monitor.catalog import Catalog
 from monitor.cli import main
-from monitor.ingest import ConfigError, StreamSource, load_sources, read_windows, sources_from_urls
-from monitor.matcher import identify_file
-from monitor.windows import WindowGrid
+from monitor.stages.ingest import ConfigError, StreamSource, load_sources, read_windows, sources_from_urls
+from monitor.stages.identify import identify_file
+from monitor.stages.windows import WindowGrid
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -147,8 +147,8 @@ def test_a_play_on_air_across_a_short_drop_stays_one_play(service_catalog: Path,
     import threading
 
     from live_audio import LiveAudioServer, encode_mp3
-    from monitor.embedded import EmbeddedMonitor, MonitorOptions
-    from monitor.ingest import IngestOptions
+    from monitor.embedded import EmbeddedMonitor
+    from monitor.options import IngestOptions, MonitorOptions
 
     mp3 = encode_mp3(MUSIC / "area2-game.opus", tmp_path / "area2.mp3").read_bytes()
     options = MonitorOptions(ingest=IngestOptions(open_timeout=2.0, read_timeout=1.0, backoff_initial=0.1, backoff_max=0.5))
@@ -192,7 +192,7 @@ def test_bad_broker_addresses_and_tls_files_are_usage_errors(tmp_path: Path) -> 
 
 
 def test_the_startup_timeout_help_names_the_default_in_use() -> None:
-    from monitor.broker import STARTUP_TIMEOUT_SECONDS
+    from monitor.fleet.broker import STARTUP_TIMEOUT_SECONDS
 
     for name in ("ingest", "worker"):
         assert f"[default: {STARTUP_TIMEOUT_SECONDS:g}]" in " ".join(run(name, "--help")[1].split())

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from catalog_fixtures import MUSIC, encoder_dir  # noqa: F401  (encoder_dir is a fixture)
+from catalog_fixtures import MUSIC
 from encoders import load_audio, parse_chain
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import read_references, reference_set
 from monitor.bench.segments import PRESETS, Chunk, generate, score_pair, summarise
 from monitor.cli import main
-from monitor.matcher import Match
+from monitor.stages.matcher import Match
 
 RATE = LandmarkParams().sample_rate
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalog_fixtures import CATALOG_TRACKS, MUSIC, built_catalog, catalog_copy, encoder_dir, music, random_encoder  # noqa: F401
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, music, random_encoder
 from encoders import load_encoder
-from monitor import catalog as catalog_module
+from monitor.catalog import store
 from monitor.catalog import Catalog, CatalogError
-from monitor.index import VectorIndex, auto_factory, measure_index, split_ids, window_ids
+from monitor.bench.speed import measure_index
+from monitor.catalog.index import VectorIndex, auto_factory, split_ids, window_ids
 
 
 def exact_windows(catalog: Catalog, name: str, start: float, seconds: float) -> np.ndarray:
@@ -77,7 +78,7 @@ def test_a_crash_while_embedding_leaves_the_previous_catalog(catalog_copy: Path,
 def test_a_crash_while_committing_leaves_the_previous_catalog(catalog_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = Catalog.open(catalog_copy)
     before = (catalog.generation, catalog.tracks(), catalog.stats()["windows"])
-    monkeypatch.setattr(catalog_module, "_write_tracks", _raise)
+    monkeypatch.setattr(store, "write_tracks", _raise)
     with pytest.raises(KeyboardInterrupt):
         catalog.add([MUSIC / "area3-game.opus"], progress=False)
     assert list(catalog_copy.glob(".gen-*")) and len(list((catalog_copy / "shards").iterdir())) == 2  # debris of the crash

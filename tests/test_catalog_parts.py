@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from catalog_fixtures import CATALOG_TRACKS, MUSIC, encoder_dir, music  # noqa: F401
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, music
 from encoders import load_encoder
-from monitor import catalog as catalog_module
+from monitor.catalog import catalog as catalog_module
+from monitor.catalog import sources, store
 from monitor.catalog import AddReport, Catalog, CatalogError
-from monitor.catalog_parts import PARTS_DIR, PartPlan, merge_parts, parse_part, write_part
+from monitor.catalog.parts import PARTS_DIR, PartPlan, merge_parts, parse_part, write_part
 from monitor.cli import main
-from monitor.index import VectorIndex
+from monitor.catalog.index import VectorIndex
 
 F16_TOLERANCE = 2.0 ** -10  # two float16 steps of a unit vector's components (< 1): float32 noise may round either way
 
@@ -35,7 +36,7 @@ def references(tmp_path: Path) -> list[Path]:
 
 def shard_rows(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
     """Every indexed window's id and float16 embedding, sorted by id."""
-    parts = [catalog_module._read_shard(catalog.directory, name) for name in catalog._shards]
+    parts = [store.read_shard(catalog.directory, name) for name in catalog._shards]
     vectors, ids = np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts])
     order = np.argsort(ids)
     return ids[order], vectors[order]
@@ -76,7 +77,7 @@ def test_three_parts_merged_give_the_catalog_one_add_gives(tmp_path: Path, encod
     directory = tmp_path / "parallel"  # no catalog yet: the parts use the given encoder, the merge creates it
     for part in range(3):
         write_part(directory, references, part, 3, str(encoder_dir), progress=False)
-    assert not (directory / catalog_module.CONFIG_FILE).exists()
+    assert not (directory / store.CONFIG_FILE).exists()
     merged = Catalog.open_or_create(directory, str(encoder_dir))
     report = merge_parts(merged, references, 3, progress=False)
     assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
@@ -94,7 +95,7 @@ def test_parts_of_an_existing_catalog_skip_its_ids_and_its_audio(tmp_path: Path,
         patch.setattr(VectorIndex, "load", index_loaded)  # a part reads the tracks, not a worker-sized index
         for part in range(2):
             write_part(catalog.directory, references, part, 2, progress=False)
-    plan = PartPlan(catalog.directory, catalog_module.expand_sources(references, AddReport()), 2)
+    plan = PartPlan(catalog.directory, sources.expand_sources(references, AddReport()), 2)
     (plan.folder / ".part-0001-of-0002-crashed").mkdir()  # what a killed pod leaves: removed with the build
     (plan.folder / "notes.txt").write_text("not the catalog's: kept")
     report = merge_parts(catalog, references, 2, progress=False)
@@ -114,7 +115,7 @@ def test_a_missing_or_damaged_part_is_named_and_nothing_is_committed(tmp_path: P
     with pytest.raises(CatalogError, match="part-0001-of-0003"):
         merge_parts(catalog, references, 3, progress=False)
     write_part(catalog.directory, references, 1, 3, progress=False)
-    plan = PartPlan(catalog.directory, catalog_module.expand_sources(references, AddReport()), 3)
+    plan = PartPlan(catalog.directory, sources.expand_sources(references, AddReport()), 3)
     vectors = plan.part_dir(2) / "vectors.f16"
     vectors.write_bytes(vectors.read_bytes()[:-2])
     with pytest.raises(CatalogError, match="part-0002-of-0003.*truncated"):

@@ -268,7 +268,7 @@ def check_envvars(command_args: list[str], env: dict[str, Any], where: str) -> N
 
 
 def test_compose_runs_the_stack_the_issue_asks_for() -> None:
-    from monitor.broker import Topics
+    from monitor.fleet.broker import Topics
 
     services = compose()["services"]
     assert not any("zookeeper" in str(service.get("image", "")) for service in services.values())
@@ -383,7 +383,7 @@ def test_the_docker_build_context_holds_an_installable_airtrace(tmp_path: Path) 
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "wheel").glob("airtrace-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"monitor/cli.py", "monitor/worker.py", "encoders/__init__.py", "monitor/schemas/play_event.v1.json"} <= names
+    assert {"monitor/cli.py", "monitor/fleet/worker.py", "encoders/__init__.py", "monitor/schemas/play_event.v1.json"} <= names
     migrations = {str(path.relative_to(ROOT)) for path in (ROOT / "monitor" / "playlog" / "migrations").rglob("*") if path.suffix in (".py", ".mako")}
     assert migrations <= names, f"play log migrations missing from the image: {migrations - names}"
     shipped = {str(path.relative_to(ROOT)) for path in (ROOT / "encoders" / "models").glob("*/*") if path.suffix in (".json", ".safetensors", ".md")}
@@ -464,7 +464,7 @@ def test_k8s_workloads_are_probed_bounded_and_unprivileged() -> None:
 
 
 def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
-    from monitor.ingest import load_sources
+    from monitor.stages.ingest import load_sources
 
     objects = workloads(raw_k8s_objects())
     assert objects["airtrace-worker"]["kind"] == "Deployment"
@@ -523,7 +523,7 @@ def test_k8s_catalog_jobs_write_the_catalog_the_workers_read(name: str) -> None:
 
 
 def test_k8s_parallel_catalog_build_gives_each_pod_its_part_and_merges_them_all() -> None:
-    from monitor.catalog_parts import parse_part
+    from monitor.catalog.parts import parse_part
 
     parts, merge = catalog_job("catalog-parts-job.yaml"), catalog_job("catalog-merge-job.yaml")
     assert parts["spec"]["completionMode"] == "Indexed" and parts["spec"]["maxFailedIndexes"] == 0

@@ -16,16 +16,17 @@ from encoders import Encoder, EncoderConfig, load_audio, synthesize_speech
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
 from monitor.demo.broadcast import TruePlay, score_plays
-from monitor.embedded import EmbeddedMonitor, MonitorOptions
+from monitor.embedded import EmbeddedMonitor
+from monitor.options import MonitorOptions
 from monitor.events import schema
 from monitor.events import PlayEvent
 from monitor.health import problems
-from monitor.ingest import StreamSource, read_windows
-from monitor.plays import PlayConfig
+from monitor.stages.ingest import StreamSource, read_windows
+from monitor.stages.plays import PlayConfig
 from monitor.records import AudioWindow, EndOfStream
-from monitor.state import MemoryStateStore
-from monitor.tracking import LiveCatalog, TrackingStep
-from monitor.windows import WindowGrid
+from monitor.stages.state import MemoryStateStore
+from monitor.stages.tracking import LiveCatalog, TrackingStep
+from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 RATE = 8000

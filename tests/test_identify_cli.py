@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, built_catalog, encoder_dir, music  # noqa: F401
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, music
 from encoders import synthesize_speech
 from monitor.cli import main
 
@@ -124,7 +124,7 @@ def test_identify_refuses_a_hop_that_is_not_a_positive_number(built_catalog: Pat
 
 def test_an_interrupted_catalog_add_says_exactly_which_tracks_were_committed(tmp_path: Path, encoder_dir: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from monitor import catalog as catalog_module
+    from monitor.catalog import catalog as catalog_module
 
     monkeypatch.setattr(catalog_module, "COMMIT_WINDOWS", 1)  # commit after every track
     add_file = catalog_module.Catalog._add_file

@@ -14,9 +14,10 @@ import soundfile
 from prometheus_client import CollectorRegistry
 
 from monitor import metrics as metrics_module
-from monitor.ingest import ConfigError, IngestOptions, StreamSource, load_sources, read_windows, sources_from_urls, start_readers
+from monitor.options import IngestOptions
+from monitor.stages.ingest import ConfigError, StreamSource, load_sources, read_windows, sources_from_urls, start_readers
 from monitor.records import EndOfStream
-from monitor.windows import WindowGrid
+from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from monitor.kafka_records import (
+from monitor.fleet.kafka_records import (
     MAX_MESSAGE_BYTES,
     WINDOW_HEADER,
     BadMessage,
@@ -109,7 +109,7 @@ def test_end_of_stream_travels_on_both_topics() -> None:
 
 
 def test_stream_metadata_travels_in_a_header_and_a_bad_one_is_ignored() -> None:
-    from monitor.kafka_records import STREAM_HEADER, read_stream_headers, stream_headers
+    from monitor.fleet.kafka_records import STREAM_HEADER, read_stream_headers, stream_headers
 
     metadata = {"program": 101, "service_name": "Télé Alpha", "service_provider": "Airtrace TV"}
     assert read_stream_headers(stream_headers(metadata)) == metadata

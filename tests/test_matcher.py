@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from monitor.matcher import NULL_DURATIONS, SPEED_RANGE, TOLERANCE, Calibration, Match, align, match_hits
+from monitor.stages.calibration import NULL_DURATIONS, Calibration
+from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits
 from monitor.records import Neighbour, WindowHits
 
 HOP, WINDOW, REF_HOP, K = 0.5, 1.0, 0.5, 10

@@ -24,10 +24,12 @@ from monitor.bench import servers
 from encoders.audio import downmix_surround
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
-from monitor.embedded import EmbeddedMonitor, MonitorOptions
+from monitor.embedded import EmbeddedMonitor
+from monitor.options import MonitorOptions
 from monitor.events import PlayEvent, schema
-from monitor.ingest import ConfigError, IngestOptions, StreamSource, load_sources
-from monitor.mux import (
+from monitor.options import IngestOptions
+from monitor.stages.ingest import ConfigError, StreamSource, load_sources
+from monitor.stages.mux import (
     PROGRAM_CHECK_SECONDS,
     AudioSelection,
     AudioTrack,
@@ -42,7 +44,7 @@ from monitor.mux import (
     read_mux,
 )
 from monitor.records import AudioWindow, EndOfStream
-from monitor.windows import WindowGrid
+from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
@@ -225,7 +227,7 @@ def service_change(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_program_that_leaves_is_reported_and_the_others_go_on(service_change: Path, registry_metrics, caplog) -> None:
     changing = service_change
     registry, metrics = registry_metrics
-    caplog.set_level(logging.INFO, "monitor.mux")
+    caplog.set_level(logging.INFO, "monitor.stages.mux")
     items = list(read_mux(MuxSource("tv", str(changing)), GRID, IngestOptions(read_timeout=2.0), metrics))
 
     windows = Counter(item.stream_id for item in items if not isinstance(item, (StreamStarted, EndOfStream)))
@@ -244,7 +246,7 @@ def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, r
     from live_audio import LiveAudioServer
 
     registry, metrics = registry_metrics
-    caplog.set_level(logging.INFO, "monitor.mux")
+    caplog.set_level(logging.INFO, "monitor.stages.mux")
     stop = threading.Event()
     seen: Counter[tuple[str, bool]] = Counter()
     with LiveAudioServer(service_change.read_bytes(), 40.0, speed=4.0) as server:
@@ -347,7 +349,7 @@ def test_multiplex_over_http_with_chosen_programs_and_tracks(multiplex: Path, se
 
     config_programs = [{"program": 101, "id": "alpha"}, {"program": "Gamma", "id": "gamma", "audio": {"disposition": "main"}}]
     with LiveAudioServer(multiplex.read_bytes(), 50.0, speed=3.0) as server:
-        from monitor.mux import source_from_entry
+        from monitor.stages.mux import source_from_entry
 
         source = source_from_entry({"mux": "tv", "url": server.url("tv.ts"), "programs": config_programs + [{"program": 202, "id": "beta", "audio": {"language": "deu"}}]}, "test")
         expected = {"alpha": "area1-game", "gamma": "over-theme"}
@@ -387,7 +389,7 @@ def test_hls_audio_renditions_by_language(hls: Path, service_catalog: Path) -> N
 
 
 def test_a_selection_that_matches_nothing_is_reported_with_the_inventory(multiplex: Path, caplog) -> None:
-    caplog.set_level(logging.ERROR, "monitor.mux")
+    caplog.set_level(logging.ERROR, "monitor.stages.mux")
     source = MuxSource.single(StreamSource("tv", str(multiplex)), AudioSelection(language="spa"))
     assert list(read_mux(source, GRID)) == []
     assert "no audio track matches language=spa" in caplog.text and "program 101 'Alpha'" in caplog.text
@@ -398,9 +400,9 @@ def test_ingest_publishes_each_program_as_its_own_stream(multiplex: Path, kafka_
     """`airtrace ingest` reads the multiplex once and publishes one keyed stream per program, each ended."""
     import asyncio
 
-    from monitor.broker import KafkaSettings, Topics
-    from monitor.kafka_records import EndOfStream, decode_window
-    from monitor.publish import publish_windows
+    from monitor.fleet.broker import KafkaSettings, Topics
+    from monitor.fleet.kafka_records import EndOfStream, decode_window
+    from monitor.fleet.publish import publish_windows
 
     topics = Topics.with_prefix("tv-ingest", partitions=2)
     sources = [MuxSource("tv", str(multiplex), (MuxProgram(AudioSelection(101)), MuxProgram(AudioSelection("Gamma"), "gamma")))]
@@ -423,7 +425,7 @@ def test_bench_mux_reads_every_program_once_and_reports_cpu(tmp_path: Path) -> N
 
 def test_a_missing_multiplex_file_is_reported_and_skipped(tmp_path: Path, registry_metrics, caplog) -> None:
     registry, metrics = registry_metrics
-    caplog.set_level(logging.ERROR, "monitor.mux")
+    caplog.set_level(logging.ERROR, "monitor.stages.mux")
     assert list(read_mux(MuxSource("tv", str(tmp_path / "missing.ts")), GRID, metrics=metrics)) == []
     assert "multiplex tv:" in caplog.text and "skipping this input" in caplog.text
     assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "tv"}) == 1

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from monitor.events import PlayEvent, schema
-from monitor.matcher import NULL_DURATIONS, SPEED_RANGE, TOLERANCE, Calibration, align
-from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
+from monitor.stages.calibration import NULL_DURATIONS, Calibration
+from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, align
+from monitor.stages.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
 from monitor.records import Neighbour, WindowHits
 
 HOP, WINDOW, REF_HOP = 0.5, 1.0, 0.5

@@ -9,9 +9,10 @@ import pytest
 import redis
 
 from monitor.bench import servers
-from monitor.plays import StreamState
+from monitor.stages.plays import StreamState
 from monitor.records import Neighbour, WindowHits
-from monitor.state import MemoryStateStore, RedisSettings, RedisStateStore, StateStore
+from monitor.fleet.redis_state import RedisSettings, RedisStateStore
+from monitor.stages.state import MemoryStateStore, StateStore
 
 
 def state(stream_id: str, last_seq: int) -> StreamState:

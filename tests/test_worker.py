@@ -20,31 +20,30 @@ from monitor.catalog import Catalog
 from monitor.cli import main
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_broadcast
 from monitor.events import PlayEvent
-from monitor.ingest import StreamSource, read_windows
-from monitor.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
-from monitor.matcher import calibrate
-from monitor.publish import restamp
+from monitor.stages.ingest import StreamSource, read_windows
+from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
+from monitor.stages.calibration import calibrate
+from monitor.fleet.publish import restamp
 from monitor.records import AudioWindow, EndOfStream
-from monitor.state import MemoryStateStore
-from monitor.tracking import LiveCatalog, TrackingStep
-from monitor.windows import WindowGrid
+from monitor.stages.state import MemoryStateStore
+from monitor.stages.tracking import LiveCatalog, TrackingStep
+from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
-PREFIX = "worker-test"
 PARTITIONS = 4
 LATE_TRACK = "over-theme"  # added to the worker's catalog while it runs
 
 
 class Service:
-    """One worker process with its own Redis, topics and catalog copy, shared by this module's tests."""
+    """One worker process with its own Redis, topics (under `prefix`) and catalog copy: each test has a fresh one."""
 
-    def __init__(self, broker: servers.ServerProcess, redis: servers.ServerProcess, catalog: Path, workdir: Path):
-        self.broker, self.redis, self.catalog_dir, self.workdir = broker, redis, catalog, workdir
+    def __init__(self, broker: servers.ServerProcess, redis: servers.ServerProcess, catalog: Path, workdir: Path, prefix: str):
+        self.broker, self.redis, self.catalog_dir, self.workdir, self.prefix = broker, redis, catalog, workdir, prefix
         self.metrics_port = servers.free_port()
         self.log = workdir / "worker.log"
         self.process = servers.airtrace(
             ["worker", "--catalog", str(catalog), "--broker", f"127.0.0.1:{broker.port}", "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
-             "--topic-prefix", PREFIX, "--partitions", str(PARTITIONS), "--session-timeout", "3", "--reload-seconds", "1",
+             "--topic-prefix", prefix, "--group", prefix, "--partitions", str(PARTITIONS), "--session-timeout", "3", "--reload-seconds", "1",
              "--batch-wait", "0.2", "--metrics-port", str(self.metrics_port)],
             self.log,
         )
@@ -53,7 +52,7 @@ class Service:
         self.grid = WindowGrid.for_encoder(self.encoder)
 
     def topic(self, name: str) -> str:
-        return f"{PREFIX}.{name}"
+        return f"{self.prefix}.{name}"
 
     def send(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
         from aiokafka import AIOKafkaProducer
@@ -95,14 +94,14 @@ class Service:
         return servers.wait_until(enough, timeout, f"{count} play events on {stream_id}")  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
-def service(kafka_broker: servers.ServerProcess, service_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    workdir = tmp_path_factory.mktemp("worker")
-    catalog = workdir / "catalog"
+@pytest.fixture
+def service(kafka_broker: servers.ServerProcess, service_catalog: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
+    """A fresh worker, Redis, catalog copy (without LATE_TRACK) and topics per test: no state carries from one to the next."""
+    catalog = tmp_path / "catalog"
     shutil.copytree(service_catalog, catalog)
     Catalog.open(catalog).remove(LATE_TRACK)
-    redis = servers.redis_server(workdir)
-    service = Service(kafka_broker, redis, catalog, workdir)
+    redis = servers.redis_server(tmp_path)
+    service = Service(kafka_broker, redis, catalog, tmp_path, f"worker-{request.node.name.removeprefix('test_')[:40]}")
     yield service
     servers.stop(service.process)
     redis.stop()
@@ -187,13 +186,13 @@ def test_tracks_added_to_the_catalog_are_found_without_a_restart_and_a_stream_en
 def test_stream_metadata_from_ingest_reaches_the_play_events(service: Service) -> None:
     """`airtrace ingest` (publish_windows) with an audio selection: each window carries the stream's
     metadata in a Kafka header, the worker hands it on with the hits, and its play events carry it."""
-    from monitor.broker import KafkaSettings, Topics
-    from monitor.mux import AudioSelection, MuxSource
-    from monitor.publish import publish_windows
+    from monitor.fleet.broker import KafkaSettings, Topics
+    from monitor.stages.mux import AudioSelection, MuxSource
+    from monitor.fleet.publish import publish_windows
 
     path, truth = broadcast(service.workdir, "tv-metadata", "area1-game", 20.0)
     source = MuxSource.single(StreamSource("tv-metadata", str(path), metadata={"country": "FR"}), AudioSelection(disposition="main"))
-    asyncio.run(publish_windows([source], service.grid, KafkaSettings(f"127.0.0.1:{service.broker.port}"), Topics.with_prefix(PREFIX, PARTITIONS)))
+    asyncio.run(publish_windows([source], service.grid, KafkaSettings(f"127.0.0.1:{service.broker.port}"), Topics.with_prefix(service.prefix, PARTITIONS)))
     events = service.wait_for_plays("tv-metadata", 2)
     assert_one_play(events, truth)
     assert [e.stream for e in events] == [{"country": "FR", "audio_stream": 0}] * 2

@@ -35,8 +35,9 @@ from monitor.bench.queries import speech_clips
 from monitor.bench.references import BenchError, Reference, read_references, reference_set
 from monitor.bench.report import Table, publish, verdict
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
-from monitor.embedded import EmbeddedMonitor, MonitorOptions
-from monitor.ingest import StreamSource
+from monitor.embedded import EmbeddedMonitor
+from monitor.options import MonitorOptions
+from monitor.stages.ingest import StreamSource
 
 log = logging.getLogger(__name__)
 

@@ -397,8 +397,9 @@ def audit(truth: Sequence[TruePlay], sent: Sequence[tuple[float, float]], events
 def baseline_events(broadcasts: Sequence[Broadcast], catalog_dir: Path) -> list[PlayEvent]:
     """The same broadcasts as files through the embedded mode, without faults."""
     from monitor.catalog import Catalog
-    from monitor.embedded import EmbeddedMonitor, MonitorOptions
-    from monitor.ingest import StreamSource
+    from monitor.embedded import EmbeddedMonitor
+    from monitor.options import MonitorOptions
+    from monitor.stages.ingest import StreamSource
 
     catalog = Catalog.open(catalog_dir)
     return EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run()
@@ -406,7 +407,7 @@ def baseline_events(broadcasts: Sequence[Broadcast], catalog_dir: Path) -> list[
 
 def build_catalog(workdir: Path, encoder: str) -> Path:
     from monitor.catalog import Catalog
-    from monitor.matcher import calibrate
+    from monitor.stages.calibration import calibrate
 
     directory = workdir / "catalog"
     catalog = Catalog.create(directory, load_encoder(encoder), encoder_source=encoder)

@@ -21,7 +21,8 @@ from encoders import AudioError, load_audio, load_encoder
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import BenchError, Reference
 from monitor.catalog import Catalog
-from monitor.matcher import Match, identify
+from monitor.stages.identify import identify
+from monitor.stages.matcher import Match
 
 log = logging.getLogger(__name__)
 

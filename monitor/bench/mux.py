@@ -2,7 +2,7 @@
 
 Builds a transport stream of N programs from the demo music (each program an MP2 stereo main mix and an
 audio description track, and every third program an AC-3 5.1 mix instead, as on DVB), then reads it
-once through monitor.mux as `ingest` does (demux, decode the chosen track, resample, downmix, cut
+once through monitor.stages.mux as `ingest` does (demux, decode the chosen track, resample, downmix, cut
 windows) as fast as it decodes, and reports the process CPU time per program per second of audio.
 """
 
@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from monitor.ingest import IngestOptions
-from monitor.mux import MuxSource, read_mux
+from monitor.options import IngestOptions
+from monitor.stages.mux import MuxSource, read_mux
 from monitor.records import AudioWindow
-from monitor.windows import WindowGrid
+from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "demo" / "music"
 SECONDS = 50.0  # the length of the demo excerpts

@@ -29,7 +29,7 @@ from monitor.bench.queries import DECODE_RATE
 from monitor.bench.engines import Engine, warm_up
 from monitor.bench.references import BenchError, Reference, ReferenceSet
 from monitor.bench.report import Table, verdict
-from monitor.matcher import Match
+from monitor.stages.matcher import Match
 
 TARGET_RMS = 0.1  # every chunk is levelled first, as Pex's loudnorm does
 MP3_KBPS = 64

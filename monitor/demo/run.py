@@ -20,9 +20,10 @@ import numpy as np
 from encoders import DEFAULT_ENCODER, Encoder, Sources, load_audio, load_encoder, synthesize_speech
 from monitor.catalog import Catalog, CatalogError
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, Scorecard, compose, read_truth, score_plays, table, write_broadcast
-from monitor.embedded import EmbeddedMonitor, MonitorOptions, describe
+from monitor.embedded import EmbeddedMonitor, describe
 from monitor.events import PlayEvent
-from monitor.ingest import IngestOptions, StreamSource
+from monitor.options import IngestOptions, MonitorOptions
+from monitor.stages.ingest import StreamSource
 from monitor.playlog.queries import TimeRange, report, write_rows
 from monitor.playlog.store import PlayLog, beside
 

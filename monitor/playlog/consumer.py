@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from monitor.broker import KafkaSettings, Topics, ensure_topics
-from monitor.kafka_records import DEAD_LETTER_KEEP_BYTES, Reason, dead_letter_headers
+from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+from monitor.fleet.kafka_records import DEAD_LETTER_KEEP_BYTES, Reason, dead_letter_headers
+from monitor.constants import Backoff
 from monitor.metrics import Metrics
 from monitor.playlog.store import MalformedPlay, PlayLog, play_row
 
@@ -93,19 +94,19 @@ async def _row_or_dead_letter(record: Any, producer: AIOKafkaProducer, topics: T
 async def _write_until_done(playlog: PlayLog, rows: list[dict], options: ConsumerOptions, stop: asyncio.Event,
                             waiting: Callable[[], Awaitable[None]]) -> bool:
     """Write the rows, retrying with backoff while the database fails (calling `waiting` each time); False if stopped first."""
-    wait = options.retry_first_seconds
+    backoff = Backoff(options.retry_first_seconds, options.retry_cap_seconds)
     while not stop.is_set():
         try:
             await asyncio.to_thread(playlog.write, rows)
             return True
         except (OperationalError, InterfaceError) as exc:  # the connection, not the data: waiting helps
+            wait = backoff.next_delay()
             log.warning("%s; retrying in %.1f s", playlog.unavailable(exc), wait)
             await waiting()
             try:
                 await asyncio.wait_for(stop.wait(), wait)
             except asyncio.TimeoutError:
                 pass
-            wait = min(2 * wait, options.retry_cap_seconds)
     return False
 
 

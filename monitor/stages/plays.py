@@ -48,7 +48,8 @@ from typing import Any, Protocol
 
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent, play_id
-from monitor.matcher import SPEED_RANGE, Calibration, Match, calibrate, match_hits
+from monitor.stages.calibration import Calibration, calibrate
+from monitor.stages.matcher import SPEED_RANGE, Match, match_hits
 from monitor.records import Neighbour, WindowHits
 
 STATE_VERSION = 2  # 2 added OpenPlay.first_support_offset and .published; version 1 states are still read

@@ -1,25 +1,21 @@
-"""Per-stream play state that outlives a process: in memory for embedded mode, in Redis for a fleet of workers.
-
-The play state machine keeps all it knows of a stream in one `StreamState`. A store holds it per stream
-id (Redis as its JSON) and remembers which play events were already published, so that a replay after a
-crash or a rebalance republishes none of them.
-"""
+"""Play state in Redis, shared by a fleet of workers: a StateStore that waits out a Redis outage rather than lose a play."""
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from monitor.plays import StreamState
+from monitor.constants import Backoff
+from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL
+from monitor.stages.plays import StreamState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,7 +23,6 @@ T = TypeVar("T")
 # Redis keys, all under one prefix per deployment (give deployments that share a Redis their own prefix):
 #   {prefix}state:{stream_id}    string  the stream's play state (JSON); never expires: a stream resumes after any pause
 #   {prefix}emitted:{event_key}  string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS
-DEFAULT_PREFIX = "airtrace:"
 STATE_KEY = "{prefix}state:{stream_id}"
 EMITTED_KEY = "{prefix}emitted:{event_key}"
 # Longer than Kafka's default retention (7 days), the furthest back a replay can reach.
@@ -37,57 +32,17 @@ RETRY_FIRST_SECONDS = 0.1
 RETRY_CAP_SECONDS = 5.0
 
 
-class StateStore(Protocol):
-    """Where the play state machine's per-stream state and the published event keys live."""
-
-    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
-        """The saved state of each stream; streams never saved (or saved unreadably) are absent."""
-
-    def save(self, states: Mapping[str, StreamState]) -> None:
-        """Replace the saved state of these streams."""
-
-    def published(self, event_keys: Iterable[str]) -> set[str]:
-        """Those of `event_keys` already marked published."""
-
-    def mark_published(self, event_keys: Iterable[str]) -> None:
-        """Remember that these events are on the plays topic."""
-
-
-class MemoryStateStore:
-    """A StateStore in this process's memory, for embedded mode and tests; it ends with the process.
-    It remembers the latest `keep_published` event keys: a process replays nothing older than that."""
-
-    def __init__(self, keep_published: int = 100_000) -> None:
-        self._states: dict[str, StreamState] = {}
-        self._published: dict[str, None] = {}  # insertion-ordered: the oldest go first
-        self._keep = keep_published
-
-    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
-        return {s: self._states[s] for s in stream_ids if s in self._states}
-
-    def save(self, states: Mapping[str, StreamState]) -> None:
-        self._states.update(states)
-
-    def published(self, event_keys: Iterable[str]) -> set[str]:
-        return {k for k in event_keys if k in self._published}
-
-    def mark_published(self, event_keys: Iterable[str]) -> None:
-        self._published.update(dict.fromkeys(event_keys))
-        while len(self._published) > self._keep:
-            del self._published[next(iter(self._published))]
-
-
 @dataclass(frozen=True, repr=False)
 class RedisSettings:
     """How to reach Redis: a redis:// or rediss:// (TLS) URL, AUTH credentials, TLS files and the key prefix."""
 
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = DEFAULT_REDIS_URL
     username: str | None = None
     password: str | None = None
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    prefix: str = DEFAULT_PREFIX
+    prefix: str = DEFAULT_REDIS_PREFIX
 
     def __repr__(self) -> str:
         return f"RedisSettings(url={self.redacted_url()!r}, username={self.username!r}, tls_ca_file={self.tls_ca_file!r}, prefix={self.prefix!r})"
@@ -138,7 +93,7 @@ class RedisStateStore:
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Run `call`, retrying with backoff while Redis is unreachable; wrong credentials fail at once."""
-        wait, failures = RETRY_FIRST_SECONDS, 0
+        backoff, failures = Backoff(RETRY_FIRST_SECONDS, RETRY_CAP_SECONDS), 0
         while True:
             try:
                 result = call()
@@ -146,10 +101,10 @@ class RedisStateStore:
                 raise
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 failures += 1
+                wait = backoff.next_delay()
                 if failures == 1 or failures % 10 == 0:
                     log.warning("Redis at %s unreachable to %s (%s); retry %d in %.1f s", self.settings.redacted_url(), what, exc, failures, wait)
-                self._sleep(wait * random.uniform(0.5, 1.0))
-                wait = min(2 * wait, RETRY_CAP_SECONDS)
+                self._sleep(wait)
                 continue
             if failures:
                 log.info("Redis at %s reachable again after %d failed attempts", self.settings.redacted_url(), failures)

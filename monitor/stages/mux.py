@@ -11,7 +11,7 @@ HLS and DASH carry audio renditions by language. This module
   disposition main or description), failing with a message that lists the input's tracks;
 - reads a `MuxSource` (a `mux` entry of a streams file, or a stream with an `audio` selection) from one
   connection into windows of one stream per program, each with its own id, clock, seq, gap and dead-air
-  handling as monitor.ingest gives a single stream. A program that leaves the multiplex (its audio stops
+  handling as monitor.stages.ingest gives a single stream. A program that leaves the multiplex (its audio stops
   while the others go on) is reported and its stream goes down alone; when it comes back its stream
   resumes after a gap. A program that appears is reported; on a live input the connection is reopened to
   add it (PyAV cannot demux streams that appear after opening), the others marked `after_gap` there.
@@ -35,10 +35,12 @@ import av.logging
 import numpy as np
 
 from encoders.audio import downmix, downmix_surround
-from monitor.ingest import Backoff, ConfigError, DeadAir, IngestOptions, StreamClock, StreamSource, _source_from_entry
+from monitor.constants import Backoff
+from monitor.options import IngestOptions
+from monitor.stages.ingest import ConfigError, DeadAir, StreamClock, StreamSource, _source_from_entry
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
-from monitor.windows import StreamWindower, WindowGrid
+from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +454,7 @@ def read_mux(
     stop: threading.Event | None = None,
 ) -> Iterator[AudioWindow | StreamStarted | EndOfStream]:
     """Windows of every wanted program of `mux`, from one connection at a time, reopened as
-    monitor.ingest reopens a single stream; an EndOfStream for each program stream once it is done."""
+    monitor.stages.ingest reopens a single stream; an EndOfStream for each program stream once it is done."""
     streams: dict[str, _ProgramStream] = {}
     try:
         yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams)

@@ -17,10 +17,10 @@ from dataclasses import replace
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent
 from monitor.metrics import Metrics
-from monitor.pipeline import hits_for
-from monitor.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
+from monitor.stages.search import hits_for
+from monitor.stages.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
 from monitor.records import AudioWindow, EndOfStream, WindowHits
-from monitor.state import StateStore
+from monitor.stages.state import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,14 @@ import torch
 from tqdm import tqdm
 
 from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
-from monitor.catalog import (CONFIG_FILE, DEFAULT_HOP_SECONDS, PARTS_DIR, AddReport, Catalog, CatalogError, EmbeddedAudio, Source, TrackInfo,
-                             check_hop, check_new_track, committed_tracks, content_hash, embed_audio, expand_sources, null_excerpt,
-                             read_settings)
+from monitor.catalog.catalog import Catalog, EmbeddedAudio, check_hop, check_new_track, content_hash, read_settings
+from monitor.catalog.nulls import null_excerpt
+from monitor.catalog.sources import AddReport, Source, expand_sources
+from monitor.catalog.store import CONFIG_FILE, PARTS_DIR, CatalogError, TrackInfo, committed_tracks
+from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.records import check_id
-from monitor.windows import WindowGrid
+from monitor.stages.search import embed_audible
+from monitor.stages.windows import WindowGrid
 
 PART_FORMAT = 1
 PART_NAME = re.compile(r"\.?part-\d{4}-of-\d{4}(-\w+)?")  # a part, or one a crash left half written
@@ -145,8 +148,8 @@ def _embed_entry(source: Source, held: dict[str, TrackInfo], held_hashes: dict[s
     if digest in held_hashes or digest in embedded:
         return entry
     embedded.add(digest)
-    vectors, numbers = embed_audio(encoder, grid, audio)
-    null = embed_audio(encoder, grid, null_excerpt(audio, encoder.sample_rate))[0] if len(vectors) else vectors
+    vectors, numbers = embed_audible(encoder, grid, audio)
+    null = embed_audible(encoder, grid, null_excerpt(audio, encoder.sample_rate))[0] if len(vectors) else vectors
     for name, array in zip(ARRAYS, (vectors, numbers, null)):
         files[name].write(np.ascontiguousarray(array, dtype=ARRAYS[name]).tobytes())
     return {**entry, "windows": len(numbers), "null_windows": len(null)}

@@ -21,13 +21,15 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from monitor.broker import BrokerError, KafkaSettings, Topics, ensure_topics
-from monitor.ingest import IngestOptions, StreamSource, start_readers
-from monitor.kafka_records import MAX_MESSAGE_BYTES, SampleFormat, encode_end, encode_window, stream_headers
+from monitor.fleet.broker import BrokerError, KafkaSettings, Topics, ensure_topics
+from monitor.options import IngestOptions
+from monitor.stages.ingest import StreamSource, start_readers
+from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, SampleFormat, encode_end, encode_window, stream_headers
+from monitor.constants import Backoff
 from monitor.metrics import Metrics
-from monitor.mux import MuxSource, StreamStarted
+from monitor.stages.mux import MuxSource, StreamStarted
 from monitor.records import AudioWindow, EndOfStream
-from monitor.windows import WindowGrid
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +114,14 @@ async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: by
                 headers: list[tuple[str, bytes]] | None = None) -> None:
     """Queue one message of a stream in the producer, retrying with backoff while Kafka cannot take it
     (which holds the readers back; a stream held too long stalls and is reconnected with a gap)."""
-    wait = options.retry_first_seconds
+    backoff = Backoff(options.retry_first_seconds, options.retry_cap_seconds)
     while True:
         try:
             delivery = await producer.send(topic, data, key=stream_id.encode(), headers=headers or None)
         except KafkaError as exc:
+            wait = backoff.next_delay()
             log.warning("Kafka refused a message of %s (%s); retrying in %.1f s", stream_id, exc, wait)
             await asyncio.sleep(wait)
-            wait = min(2 * wait, options.retry_cap_seconds)
             continue
         delivery.add_done_callback(lambda done: _log_failed_delivery(done, stream_id))
         return

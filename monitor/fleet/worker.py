@@ -2,10 +2,10 @@
 
 Two agents, each a short loop over batches that calls plain functions:
 - `embed` takes windows of all the streams on this worker's partitions in batches (up to `batch_size`,
-  waiting at most `batch_wait`), embeds and searches them in one go (monitor.tracking.LiveCatalog) and
+  waiting at most `batch_wait`), embeds and searches them in one go (monitor.stages.tracking.LiveCatalog) and
   publishes each window's hits, keyed by stream id (and a stream's EndOfStream after its last hits);
   windows that the catalog could not search are not heard, as in embedded mode.
-- `track` runs the tracking step that embedded mode runs too (monitor.tracking.TrackingStep) on batches
+- `track` runs the tracking step that embedded mode runs too (monitor.stages.tracking.TrackingStep) on batches
   of hits, with each stream's state in Redis, and publishes the events not yet published as JSON lines
   to the plays topic before it commits them and the new states.
 Each agent's heartbeat (monitor.health) shows whether it is stuck.
@@ -22,16 +22,16 @@ import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import faust
 from faust.types import EventT
 
-from monitor.broker import KafkaSettings, Topics, ensure_topics
+from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog
 from monitor.health import BEAT_SECONDS, Heartbeat
-from monitor.kafka_records import (
+from monitor.fleet.kafka_records import (
     DEAD_LETTER_KEEP_BYTES,
     MAX_MESSAGE_BYTES,
     BadMessage,
@@ -43,29 +43,13 @@ from monitor.kafka_records import (
     stream_headers,
 )
 from monitor.metrics import Metrics, observe_play_events
-from monitor.plays import PlayConfig
+from monitor.options import WorkerOptions
 from monitor.records import AudioWindow, EndOfStream
-from monitor.state import StateStore
-from monitor.tracking import LiveCatalog, TrackingStep
+from monitor.stages.state import StateStore
+from monitor.stages.tracking import LiveCatalog, TrackingStep
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    group: str = "airtrace"  # the Faust app id and Kafka consumer group: workers with the same group share the work
-    k: int = 10  # neighbours per window
-    batch_size: int = 64  # windows per embedding batch, across streams
-    batch_wait: float = 0.5  # seconds a batch may wait to fill
-    hits_batch_size: int = 256
-    hits_batch_wait: float = 0.2
-    session_timeout: float = 10.0  # seconds without heartbeats before a worker's partitions go to the others
-    reload_seconds: float = 10.0  # how often to look for a changed catalog
-    lag_seconds: float = 1.0  # how often to update airtrace_consumer_lag_messages
-    web_port: int | None = None  # Faust's own web server (None: off)
-    web_host: str = "127.0.0.1"
-    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
 
 
 def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions, datadir: str) -> faust.App:

@@ -8,9 +8,6 @@ with two shifts, so the index needs no per-window lookup table beside it.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -166,72 +163,3 @@ def _sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, seed: in
 def _first_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
-
-
-def synthetic_vectors(n: int, dim: int, rng: np.random.Generator, tracks: int | None = None) -> np.ndarray:
-    """Unit vectors shaped like a catalog: clusters of ~400 (one per synthetic track) spread around a centre.
-
-    Clustered data is what IVF partitions well or badly; uniform random points would flatter nothing
-    and mislead on recall.
-    """
-    tracks = tracks or max(1, n // 400)
-    centres = rng.standard_normal((tracks, dim)).astype(np.float32)
-    owner = np.sort(rng.integers(0, tracks, n))
-    out = np.empty((n, dim), np.float32)
-    step = 50_000
-    for i in range(0, n, step):
-        part = centres[owner[i : i + step]] + 1.5 * rng.standard_normal((min(step, n - i), dim)).astype(np.float32)
-        out[i : i + step] = part / np.linalg.norm(part, axis=1, keepdims=True)
-    return out
-
-
-def measure_index(n_vectors: int, dim: int = 128, factory: str | None = None, queries: int = 1000, k: int = 10,
-                  search_params: str | None = None, seed: int = 0) -> dict[str, float | str]:
-    """Build an index of synthetic fingerprint-like vectors and report its cost and quality.
-
-    Reports bytes per vector (the serialised index, ids included: what it takes in memory), train,
-    add and search time, searches per second (batches of 100 queries, the current FAISS thread count),
-    and recall@1 / recall@k against exact search. Queries are catalog vectors plus noise (cosine ~0.8
-    to their source), like distorted broadcast windows.
-    """
-    factory = factory or auto_factory(n_vectors)
-    rng = np.random.default_rng(seed)
-    vectors = synthetic_vectors(n_vectors, dim, rng)
-    ids = np.arange(n_vectors, dtype=np.int64)
-    picks = rng.integers(0, n_vectors, queries)
-    noisy = vectors[picks] + 0.75 / math.sqrt(dim) * rng.standard_normal((queries, dim)).astype(np.float32)
-    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-
-    index = VectorIndex.empty(factory, dim, search_params)
-    started = time.perf_counter()
-    if not index.faiss.is_trained:
-        index.train(vectors[rng.permutation(n_vectors)[: index.train_size()]])
-    trained = time.perf_counter()
-    for i in range(0, n_vectors, 200_000):
-        index.add(vectors[i : i + 200_000], ids[i : i + 200_000])
-    added = time.perf_counter()
-    _, found = index.search(noisy[:100], k)  # warm-up
-    started_search = time.perf_counter()
-    found = np.concatenate([index.search(noisy[i : i + 100], k)[1] for i in range(0, queries, 100)])
-    searched = time.perf_counter()
-
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(vectors)
-    _, truth = exact.search(noisy, k)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "index.faiss"
-        index.save(path)
-        size = os.path.getsize(path)
-    return {
-        "factory": factory,
-        "search_params": index.search_params,
-        "vectors": n_vectors,
-        "dim": dim,
-        "bytes_per_vector": size / n_vectors,
-        "train_seconds": trained - started,
-        "add_seconds": added - trained,
-        "searches_per_second": queries / (searched - started_search),
-        "recall_at_1": float(np.mean(found[:, 0] == truth[:, 0])),
-        f"recall_at_{k}": float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])),
-        "threads": faiss.omp_get_max_threads(),
-    }

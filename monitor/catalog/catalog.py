@@ -1,100 +1,39 @@
-"""The reference catalog: tracks cut into windows, embedded, and indexed for nearest-neighbour search.
-
-A catalog is one directory:
-
-    catalog.json   format version, encoder (where to load it + weights fingerprint), hop, index, generation
-    gen-000007/    the current generation: index.faiss, tracks.sqlite, null.npz
-    shards/        immutable float16 embeddings with their window ids, to rebuild or retrain the index
-    catalog.lock   held by the one writer at a time
-
-Every write builds a complete new generation directory and then replaces catalog.json, the one commit
-point: a crash at any moment leaves the previous generation whole, and readers see one or the other.
-Running readers call `reload_if_changed`, which costs one stat() when nothing changed.
+"""The catalog object: reference tracks, their window embeddings in a FAISS index, and everything needed to
+trust a match. It adds and removes tracks in transactions that the generation store (monitor.catalog.store)
+commits atomically, and running readers call `reload_if_changed`, which costs one stat() when nothing changed.
 """
 
 from __future__ import annotations
 
-import csv
-import fcntl
 import hashlib
-import json
 import logging
-import os
-import re
-import shutil
-import sqlite3
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from encoders import AUDIO_SUFFIXES, DEFAULT_ENCODER, AudioError, coloured_noise, Encoder, EncoderError, load_audio, load_encoder, synthesize_speech
-from monitor.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
+from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
+from monitor.catalog.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
+from monitor.catalog.nulls import NullClips, null_excerpt
+from monitor.catalog.sources import AddReport, Source, expand_sources
+from monitor.catalog.store import (CONFIG_FILE, FORMAT_VERSION, CatalogError, TrackInfo, check_new_catalog_folder, config_signature, gen_dir,
+                                   read_config, read_shard, read_tracks, write_generation, write_shard, writer_lock)
+from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.records import Neighbour, check_id
-from monitor.windows import WindowGrid
+from monitor.stages.search import embed_audible
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "catalog.json"
-# Every name a catalog writes in its directory; cleaning up touches these and nothing else.
-GENERATION_NAME = re.compile(r"gen-\d{6}")
-GENERATION_TMP_NAME = re.compile(r"\.gen-\d{6}-\w+")
-SHARD_NAME = re.compile(r"\.?\d{6}-[0-9a-f]{8}\.npz(\.tmp)?")
-CREATE_LEFTOVERS = {"catalog.lock", f".{CONFIG_FILE}.tmp"}  # what a create interrupted before its commit leaves
-PARTS_DIR = "parts"  # a parallel build's staging area (catalog_parts): may precede the catalog its merge creates
-DEFAULT_HOP_SECONDS = 0.5  # reference hop of a new catalog
-SILENCE_RMS = 1e-3  # -60 dBFS: quieter windows all look alike to an encoder and are never indexed or searched
 COMMIT_WINDOWS = 200_000  # a long `add` commits after about 500 tracks, or a quarter of the index if more:
 COMMIT_GROWTH = 0.25  # every commit rewrites the index, so commits grow with it and the total stays ~5x its size
-EMBED_CHUNK = 1024  # windows cut and embedded at a time, so a long file never sits in memory as windows
-NULL_CLIP_SECONDS = 30.0
-NULL_CLIPS = 64  # reversed excerpts kept, a uniform sample over all tracks ever added
-SPEECH_NULL = (
-    "Good evening and welcome back. Here are the headlines at the top of the hour.",
-    "The council met today to discuss the new budget for schools and roads in the region.",
-    "Tomorrow will be cloudy in the north with some rain, and sunny spells in the south.",
-)
-
-
-class CatalogError(Exception):
-    """A catalog that cannot be opened, written or searched; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class TrackInfo:
-    track_id: str
-    seconds: float
-    windows: int  # indexed windows (silent ones are not indexed)
-    content_hash: str
-    metadata: dict[str, str]
-
-
-@dataclass
-class AddReport:
-    added: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, track_id already holding that audio)
-
-    def summary(self) -> str:
-        return f"added {len(self.added)}, skipped {len(self.skipped)}, duplicates {len(self.duplicates)}"
-
-
-class Source(NamedTuple):
-    """One track to add: its id, its audio file and its metadata (from a manifest)."""
-
-    track_id: str
-    path: Path
-    metadata: dict[str, str]
 
 
 class EmbeddedAudio(NamedTuple):
-    """A track's audio as embedded elsewhere (a part of a parallel build, see catalog_parts)."""
+    """A track's audio as embedded elsewhere (a part of a parallel build, see monitor.catalog.parts)."""
 
     digest: str  # content_hash of the samples
     seconds: float
@@ -112,12 +51,6 @@ def content_hash(audio: np.ndarray) -> str:
     """Hash of the decoded samples (16-bit), so a copy or a lossless re-wrap of a file is caught too."""
     pcm = np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2")
     return hashlib.sha256(pcm.tobytes()).hexdigest()[:32]
-
-
-def audible(windows: np.ndarray) -> np.ndarray:
-    """Which windows are louder than SILENCE_RMS; silence matches every silent stretch of every track."""
-    windows = np.asarray(windows, dtype=np.float32)
-    return np.sqrt(np.mean(np.square(windows), axis=1)) >= SILENCE_RMS
 
 
 class Catalog:
@@ -143,7 +76,7 @@ class Catalog:
         directory = Path(directory)
         if (directory / CONFIG_FILE).exists():
             raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
-        _check_new_catalog_folder(directory)
+        check_new_catalog_folder(directory)
         check_hop(encoder, hop_seconds)
         factory = index_factory or auto_factory(0)
         try:
@@ -165,16 +98,16 @@ class Catalog:
             "generation": 0,
         }
         grid = WindowGrid.for_encoder(encoder, hop_seconds)
-        null = _NullClips.noise_and_speech(encoder, grid)
-        with _writer_lock(directory):
-            _write_generation(directory, config, index, {}, [], null)
-        return cls(directory, encoder, _read_config(directory))
+        null = NullClips.noise_and_speech(encoder, grid)
+        with writer_lock(directory):
+            write_generation(directory, config, index, {}, [], null)
+        return cls(directory, encoder, read_config(directory))
 
     @classmethod
     def open(cls, directory: str | Path, encoder: Encoder | None = None) -> "Catalog":
         """Open a catalog; without `encoder`, load the one it records. A different encoder is an error."""
         directory = Path(directory)
-        config = _read_config(directory)
+        config = read_config(directory)
         return cls(directory, _recorded_encoder(directory, config, encoder), config)
 
     @classmethod
@@ -197,7 +130,7 @@ class Catalog:
     def _load(self) -> None:
         """Read the generation catalog.json points at; retried once if a writer replaced it meanwhile."""
         for attempt in (1, 2):
-            config = _read_config(self.directory)
+            config = read_config(self.directory)
             try:
                 self._load_generation(config)
                 return
@@ -208,29 +141,29 @@ class Catalog:
     def _load_generation(self, config: dict[str, Any]) -> None:
         if config["encoder"]["fingerprint"] != self._config["encoder"]["fingerprint"]:
             raise CatalogError(f"{self.directory} was rebuilt with another encoder; open it again")
-        gen_dir = _gen_dir(self.directory, config["generation"])
-        if not gen_dir.is_dir():
-            raise FileNotFoundError(gen_dir)
+        folder = gen_dir(self.directory, config["generation"])
+        if not folder.is_dir():
+            raise FileNotFoundError(folder)
         index_cfg = config["index"]
         try:
-            index = VectorIndex.load(gen_dir / "index.faiss", index_cfg["factory"], index_cfg["search_params"])
+            index = VectorIndex.load(folder / "index.faiss", index_cfg["factory"], index_cfg["search_params"])
         except VectorIndexError as exc:
             raise CatalogError(f"{exc}: the index is corrupt; restore the catalog from a backup or rebuild it with `airtrace catalog add`") from exc
-        tracks, ords, shards = _read_tracks(gen_dir / "tracks.sqlite")
+        tracks, ords, shards = read_tracks(folder / "tracks.sqlite")
         expected = sum(t.windows for t in tracks.values())
         if index.ntotal != expected:
-            raise CatalogError(f"{gen_dir}: the index holds {index.ntotal} windows but the tracks {expected}; the catalog is corrupt, rebuild it")
-        self._install(config, index, tracks, ords, shards, _NullClips.load(gen_dir / "null.npz"))
+            raise CatalogError(f"{folder}: the index holds {index.ntotal} windows but the tracks {expected}; the catalog is corrupt, rebuild it")
+        self._install(config, index, tracks, ords, shards, NullClips.load(folder / "null.npz"))
 
     def _install(self, config: dict[str, Any], index: VectorIndex, tracks: dict[str, TrackInfo], ords: dict[str, int],
-                 shards: list[str], null: "_NullClips") -> None:
+                 shards: list[str], null: "NullClips") -> None:
         """Make a committed generation the one this object serves, with nothing staged."""
         self._config, self._index, self._tracks, self._ords, self._shards, self._null = config, index, tracks, ords, shards, null
         self._hashes = {t.content_hash: t.track_id for t in tracks.values()}
         self._names = np.empty(max(ords.values(), default=-1) + 1, dtype=object)
         for track_id, track_ord in ords.items():
             self._names[track_ord] = track_id
-        self._signature = _config_signature(self.directory)
+        self._signature = config_signature(self.directory)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_windows = 0
         self._rebuild = False
@@ -238,10 +171,10 @@ class Catalog:
 
     def reload_if_changed(self) -> bool:
         """Pick up a generation another process committed; one stat() when nothing changed."""
-        if _config_signature(self.directory) == self._signature:
+        if config_signature(self.directory) == self._signature:
             return False
-        if _read_config(self.directory)["generation"] == self._config["generation"]:
-            self._signature = _config_signature(self.directory)
+        if read_config(self.directory)["generation"] == self._config["generation"]:
+            self._signature = config_signature(self.directory)
             return False
         self._load()
         return True
@@ -262,7 +195,7 @@ class Catalog:
             raise CatalogError(f"no track {track_id!r} in {self.directory}; `airtrace catalog list` shows the tracks") from None
 
     def stats(self) -> dict[str, Any]:
-        gen_dir = _gen_dir(self.directory, self.generation)
+        folder = gen_dir(self.directory, self.generation)
         shard_bytes = sum(p.stat().st_size for p in (self.directory / "shards").glob("*.npz"))
         return {
             "directory": str(self.directory),
@@ -277,7 +210,7 @@ class Catalog:
             "dim": self.encoder.dim,
             "index_factory": self._index.factory,
             "search_params": self._index.search_params,
-            "index_bytes": (gen_dir / "index.faiss").stat().st_size,
+            "index_bytes": (folder / "index.faiss").stat().st_size,
             "shard_bytes": shard_bytes,
         }
 
@@ -309,7 +242,7 @@ class Catalog:
 
     def generation_dir(self) -> Path:
         """Where this generation's files lie; derived data (the matcher's calibration) may be cached here."""
-        return _gen_dir(self.directory, self.generation)
+        return gen_dir(self.directory, self.generation)
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -319,7 +252,7 @@ class Catalog:
         if self._lock_file is not None:  # nested: the outer transaction commits
             yield
             return
-        with _writer_lock(self.directory) as lock:
+        with writer_lock(self.directory) as lock:
             self._lock_file = lock
             try:
                 self.reload_if_changed()
@@ -446,7 +379,7 @@ class Catalog:
         return track_ord
 
     def _embed(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return embed_audio(self.encoder, self.grid, audio)
+        return embed_audible(self.encoder, self.grid, audio)
 
     def _factory(self) -> str:
         """The index the staged tracks call for: the one requested, or the auto choice for their size."""
@@ -461,7 +394,7 @@ class Catalog:
         vectors = np.concatenate([v for v, _ in self._pending])
         ids = np.concatenate([i for _, i in self._pending])
         if len(ids):
-            self._shards.append(_write_shard(self.directory, self.generation + 1, vectors, ids))
+            self._shards.append(write_shard(self.directory, self.generation + 1, vectors, ids))
         if self._rebuild or self._factory() != self._index.factory or not self._index.faiss.is_trained:
             self._rebuild = True
         else:
@@ -486,7 +419,7 @@ class Catalog:
                 raise CatalogError(str(exc)) from exc
         config = {**self._config, "generation": generation,
                   "index": {**index_cfg, "factory": factory, "search_params": self._index.search_params}}
-        _write_generation(self.directory, config, self._index, self._tracks_with_ords(), self._shards, self._null)
+        write_generation(self.directory, config, self._index, self._tracks_with_ords(), self._shards, self._null)
         self._install(config, self._index, self._tracks, self._ords, self._shards, self._null)
 
     def _rebuilt(self, factory: str) -> VectorIndex:
@@ -496,7 +429,7 @@ class Catalog:
 
         def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for name in self._shards:
-                vectors, ids = _read_shard(self.directory, name)
+                vectors, ids = read_shard(self.directory, name)
                 keep = np.isin(split_ids(ids)[0], live)
                 yield vectors[keep], ids[keep]
 
@@ -524,139 +457,11 @@ class _Duplicate(CatalogError):
         self.track_id = track_id
 
 
-# ---- null clips -------------------------------------------------------------------------------
-
-
-class _NullClips:
-    """Embedded audio that is certainly not in the catalog: noise and speech, plus time-reversed excerpts
-    of a uniform sample (reservoir) of the tracks ever added, each with the ordinal of its source track
-    (-1 for noise and speech). A reversed excerpt still resembles its own track, so calibration ignores
-    that track's hits: against every other track it is music the catalog does not hold."""
-
-    def __init__(self, clips: list[np.ndarray], sources: list[int], offered: int):
-        self.clips, self.sources, self.offered = clips, sources, offered
-
-    @classmethod
-    def noise_and_speech(cls, encoder: Encoder, grid: WindowGrid) -> "_NullClips":
-        rng = np.random.default_rng(0)
-        n = int(NULL_CLIP_SECONDS * encoder.sample_rate)
-        audio = [coloured_noise(n, exponent, rng) * 0.1 for exponent in (0.0, 1.0, 2.0)]
-        try:
-            speech = np.concatenate([synthesize_speech(line, encoder.sample_rate, voice) for line in SPEECH_NULL for voice in ("en", "de")])
-            audio.append(speech[:n])
-        except AudioError as exc:
-            log.warning("no speech among the null clips: %s", exc)
-        clips = []
-        for clip in audio:
-            windows = grid.cut(clip)
-            windows = windows[audible(windows)]
-            if len(windows):
-                clips.append(encoder.embed(windows).astype(np.float16))
-        return cls(clips, [-1] * len(clips), 0)
-
-    def offer(self, track_ord: int, digest: str, null_vectors: Callable[[], np.ndarray]) -> None:
-        """Reservoir sampling: the n-th track replaces a kept excerpt with probability NULL_CLIPS / n.
-        `null_vectors` gives the embedded null_excerpt of the track, computed only if it is kept."""
-        self.offered += 1
-        kept = [i for i, source in enumerate(self.sources) if source >= 0]
-        if len(kept) < NULL_CLIPS:
-            slot = None
-        else:
-            pick = int(np.random.default_rng(int(digest[:12], 16)).integers(self.offered))
-            if pick >= NULL_CLIPS:
-                return
-            slot = kept[pick]
-        vectors = null_vectors()
-        if not len(vectors):
-            return
-        if slot is None:
-            self.clips.append(vectors.astype(np.float16))
-            self.sources.append(track_ord)
-        else:
-            self.clips[slot], self.sources[slot] = vectors.astype(np.float16), track_ord
-
-    def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            vectors=np.concatenate(self.clips) if self.clips else np.zeros((0, 0), np.float16),
-            lengths=np.array([len(c) for c in self.clips], np.int64),
-            sources=np.array(self.sources, np.int64),
-            offered=np.int64(self.offered),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> "_NullClips":
-        try:
-            with np.load(path) as data:
-                lengths = data["lengths"]
-                clips = np.split(data["vectors"], np.cumsum(lengths)[:-1]) if len(lengths) else []
-                return cls(list(clips), data["sources"].tolist(), int(data["offered"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
-
-
-def null_excerpt(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The middle NULL_CLIP_SECONDS of a track, time-reversed: music like the catalog's but not in it."""
-    length = int(NULL_CLIP_SECONDS * sample_rate)
-    start = max(0, (len(audio) - length) // 2)
-    return audio[start : start + length][::-1].copy()
-
-
-def embed_audio(encoder: Encoder, grid: WindowGrid, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of the audible windows of `audio` on `grid`, and their window numbers."""
-    windows = grid.cut(np.ascontiguousarray(audio, dtype=np.float32))
-    vectors, numbers = [], []
-    for begin in range(0, len(windows), EMBED_CHUNK):
-        chunk = windows[begin : begin + EMBED_CHUNK]
-        keep = np.flatnonzero(audible(chunk))
-        if len(keep):
-            vectors.append(encoder.embed(chunk[keep]))
-            numbers.append(keep + begin)
-    if not vectors:
-        return np.zeros((0, encoder.dim), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(vectors), np.concatenate(numbers)
-
-
-# ---- files on disk ------------------------------------------------------------------------------
-
-
-def _gen_dir(directory: Path, generation: int) -> Path:
-    return directory / f"gen-{generation:06d}"
-
-
-def _config_signature(directory: Path) -> tuple[int, int, int]:
-    try:
-        st = os.stat(directory / CONFIG_FILE)
-    except FileNotFoundError:
-        raise CatalogError(f"{directory}/{CONFIG_FILE} has gone; the catalog was deleted") from None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _check_new_catalog_folder(directory: Path) -> None:
-    """A new catalog goes into a missing or empty folder. Anything else is the user's (never overwritten or
-    cleaned up), or a catalog whose catalog.json was lost (never silently reset to an empty one)."""
-    if directory.exists() and not directory.is_dir():
-        raise CatalogError(f"{directory} is a file, not a catalog folder; give a new or empty folder")
-    if not directory.is_dir():
-        return
-    names = sorted(p.name for p in directory.iterdir()
-                   if p.name not in CREATE_LEFTOVERS | {PARTS_DIR} and not GENERATION_TMP_NAME.fullmatch(p.name))
-    remains = [n for n in names if GENERATION_NAME.fullmatch(n)] + [n for n in names if n == "shards" and any((directory / n).glob("*.npz"))]
-    if remains:
-        raise CatalogError(
-            f"{directory} holds catalog data ({', '.join(remains[-3:])}) but no {CONFIG_FILE}, the file that says which generation is "
-            f"current and which encoder built it; nothing was changed. Restore {CONFIG_FILE} from the backup or copy the catalog "
-            f"came from, or move the folder aside and build a new catalog with `airtrace catalog add`")
-    if names:
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise CatalogError(f"{directory} is not empty and is not a catalog (it holds {shown}); give a new or empty folder for a new catalog")
-
-
 def read_settings(directory: Path, encoder_source: str | None = None, hop_seconds: float | None = None,
                   index_factory: str | None = None) -> tuple[Encoder, dict[str, Any]]:
     """The encoder (the one named, else the one recorded) and catalog.json of an existing catalog, checked
     against the settings given, without reading its generation."""
-    config = _read_config(directory)
+    config = read_config(directory)
     try:
         encoder = _recorded_encoder(directory, config, load_encoder(encoder_source) if encoder_source else None)
     except EncoderError as exc:
@@ -667,11 +472,6 @@ def read_settings(directory: Path, encoder_source: str | None = None, hop_second
     if index_factory is not None and index_factory != requested:
         raise CatalogError(f"{directory} uses index {requested!r}, not {index_factory!r}; leave out the option or use another catalog")
     return encoder, config
-
-
-def committed_tracks(directory: Path) -> dict[str, TrackInfo]:
-    """The current generation's tracks, read without its index: what a parallel build's parts skip."""
-    return _read_tracks(_gen_dir(directory, _read_config(directory)["generation"]) / "tracks.sqlite")[0]
 
 
 def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder | None) -> Encoder:
@@ -691,186 +491,3 @@ def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder 
             f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
         )
     return encoder
-
-
-# The fields of catalog.json a reader relies on, and the types they must have.
-CONFIG_FIELDS: dict[str, tuple[type, ...]] = {"encoder": (dict,), "hop_seconds": (int, float), "index": (dict,), "generation": (int,)}
-ENCODER_FIELDS: dict[str, tuple[type, ...]] = {"source": (str,), "fingerprint": (str,)}
-INDEX_FIELDS: dict[str, tuple[type, ...]] = {"requested": (str,), "factory": (str,)}
-
-
-def _check_fields(path: Path, where: str, values: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
-    for name, types in fields.items():
-        value = values.get(name)
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise CatalogError(
-                f"{path}: {where}{name!r} is {'missing' if name not in values else f'{value!r}, not {types[0].__name__}'}; the catalog's "
-                f"metadata is damaged: restore {CONFIG_FILE} from a backup, or build the catalog again with `airtrace catalog add`")
-
-
-def _read_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise CatalogError(f"no catalog at {directory} ({CONFIG_FILE} missing); create one with `airtrace catalog add --catalog {directory} PATH...`")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{path} is not valid JSON ({exc}); the catalog is corrupt") from exc
-    version = config.get("format_version") if isinstance(config, dict) else None
-    if version != FORMAT_VERSION:
-        raise CatalogError(f"{path}: catalog format {version!r} is not {FORMAT_VERSION}, which this airtrace reads; rebuild the catalog or use a matching airtrace")
-    _check_fields(path, "", config, CONFIG_FIELDS)
-    _check_fields(path, "encoder.", config["encoder"], ENCODER_FIELDS)
-    _check_fields(path, "index.", config["index"], INDEX_FIELDS)
-    return config
-
-
-@contextmanager
-def _writer_lock(directory: Path) -> Iterator[Any]:
-    with open(directory / "catalog.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield lock
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_shard(directory: Path, generation: int, vectors: np.ndarray, ids: np.ndarray) -> str:
-    shards = directory / "shards"
-    shards.mkdir(exist_ok=True)
-    name = f"{generation:06d}-{os.urandom(4).hex()}.npz"
-    tmp = shards / f".{name}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, vectors=vectors.astype(np.float16), ids=ids.astype(np.int64))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, shards / name)
-    return name
-
-
-def _read_shard(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    path = directory / "shards" / name
-    try:
-        with np.load(path) as data:
-            return data["vectors"].astype(np.float32), data["ids"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise CatalogError(f"shard {path} cannot be read ({exc}); the catalog cannot be rebuilt without it") from exc
-
-
-def _write_tracks(path: Path, tracks: dict[int, TrackInfo], shards: list[str]) -> None:
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            "CREATE TABLE tracks (ord INTEGER PRIMARY KEY, track_id TEXT UNIQUE NOT NULL, seconds REAL NOT NULL,"
-            " windows INTEGER NOT NULL, content_hash TEXT NOT NULL, metadata TEXT NOT NULL);"
-            "CREATE TABLE shards (name TEXT PRIMARY KEY);"
-        )
-        db.executemany(
-            "INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?)",
-            [(o, t.track_id, t.seconds, t.windows, t.content_hash, json.dumps(t.metadata)) for o, t in tracks.items()],
-        )
-        db.executemany("INSERT INTO shards VALUES (?)", [(s,) for s in shards])
-    db.close()
-
-
-def _read_tracks(path: Path) -> tuple[dict[str, TrackInfo], dict[str, int], list[str]]:
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT ord, track_id, seconds, windows, content_hash, metadata FROM tracks").fetchall()
-            shards = [name for (name,) in db.execute("SELECT name FROM shards ORDER BY name")]
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
-    tracks = {tid: TrackInfo(tid, seconds, windows, digest, json.loads(meta)) for _, tid, seconds, windows, digest, meta in rows}
-    return tracks, {tid: o for o, tid, *_ in rows}, shards
-
-
-def _write_generation(directory: Path, config: dict[str, Any], index: VectorIndex, tracks: dict[int, TrackInfo],
-                      shards: list[str], null: _NullClips) -> None:
-    """Write gen-NNNNNN completely, then point catalog.json at it (the commit), then drop stale files."""
-    generation = config["generation"]
-    tmp = Path(tempfile.mkdtemp(prefix=f".gen-{generation:06d}-", dir=directory))
-    index.save(tmp / "index.faiss")
-    _write_tracks(tmp / "tracks.sqlite", tracks, shards)
-    null.save(tmp / "null.npz")
-    for path in tmp.iterdir():
-        _fsync(path)
-    target = _gen_dir(directory, generation)
-    if target.exists():  # left by a crash after the rename but before the commit: never current
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    config_tmp = directory / f".{CONFIG_FILE}.tmp"
-    config_tmp.write_text(json.dumps(config, indent=2))
-    _fsync(config_tmp)
-    os.replace(config_tmp, directory / CONFIG_FILE)
-    _fsync(directory)
-    _remove_stale(directory, generation, set(shards))
-
-
-def _remove_stale(directory: Path, current: int, shards: set[str]) -> None:
-    """Keep the current and the previous generation (a reader may still be loading it); drop the rest."""
-    keep = {_gen_dir(directory, current).name, _gen_dir(directory, current - 1).name}
-    for path in directory.iterdir():
-        ours = GENERATION_NAME.fullmatch(path.name) or GENERATION_TMP_NAME.fullmatch(path.name)
-        if ours and path.is_dir() and path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
-    for path in (directory / "shards").glob("*"):
-        if SHARD_NAME.fullmatch(path.name) and path.name not in shards:
-            path.unlink(missing_ok=True)
-
-
-def expand_sources(sources: Sequence[str | Path], report: AddReport) -> list[Source]:
-    """The tracks the given paths name, in order; paths that name none are reported in `skipped`."""
-    return [item for source in sources for item in _expand(Path(source), report)]
-
-
-def _expand(source: Path, report: AddReport) -> list[Source]:
-    """The tracks a path names: a file, the audio files under a folder, or the rows of a manifest.csv."""
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            report.skipped.append((str(source), f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder"))
-        return [Source(p.relative_to(source).with_suffix("").as_posix(), p, {}) for p in files]
-    if source.suffix.lower() == ".csv" and source.is_file():
-        return _manifest(source, report)
-    if source.is_file():
-        return [Source(source.stem, source, {})]
-    report.skipped.append((str(source), "no such file or folder"))
-    return []
-
-
-def _manifest(path: Path, report: AddReport) -> list[Source]:
-    """Rows of track_id, path (relative to the manifest) and any metadata columns (title, artist, isrc, ...)."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSV files with a byte-order mark
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        report.skipped.append((str(path), f"cannot read the manifest: {exc}"))
-        return []
-    if not rows or "path" not in rows[0]:
-        report.skipped.append((str(path), "a manifest needs a header with a `path` column (and track_id, title, artist, ...)"))
-        return []
-    items = []
-    for line, row in enumerate(rows, start=2):
-        if not row.get("path"):
-            report.skipped.append((f"{path}:{line}", "empty path"))
-            continue
-        audio = path.parent / row["path"]
-        if "track_id" in row and not row["track_id"]:
-            report.skipped.append((f"{path}:{line}", "empty track_id; give one, or leave out the track_id column to name tracks after their files"))
-            continue
-        track_id = row["track_id"] if "track_id" in row else Path(row["path"]).with_suffix("").as_posix()
-        metadata = {k: v for k, v in row.items() if k not in ("track_id", "path") and k and v}
-        items.append(Source(track_id, audio, metadata))
-    return items

@@ -24,7 +24,6 @@ import ctypes
 import functools
 import itertools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,12 +37,14 @@ import numpy as np
 import yaml
 
 from encoders import AudioError, decode_chunks
+from monitor.constants import SILENCE_RMS, Backoff
 from monitor.metrics import Metrics
+from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream, check_id
-from monitor.windows import StreamWindower, WindowGrid
+from monitor.stages.windows import StreamWindower, WindowGrid
 
 if TYPE_CHECKING:
-    from monitor.mux import MuxSource
+    from monitor.stages.mux import MuxSource
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
 
 def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
     """Streams from a YAML file: a list of {id, url, name?, metadata?, options?, audio?} (or {streams: [...]}),
-    and multiplexes {mux, url, programs?, audio?, metadata?, options?} (see monitor.mux)."""
+    and multiplexes {mux, url, programs?, audio?, metadata?, options?} (see monitor.stages.mux)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -102,9 +103,9 @@ def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
 
 
 def _entry(entry: Any, where: str) -> StreamSource | MuxSource:
-    """A plain stream here; a multiplex (`mux`) or a stream with an `audio` selection in monitor.mux."""
+    """A plain stream here; a multiplex (`mux`) or a stream with an `audio` selection in monitor.stages.mux."""
     if isinstance(entry, dict) and ("mux" in entry or "audio" in entry):
-        from monitor.mux import source_from_entry
+        from monitor.stages.mux import source_from_entry
 
         return source_from_entry(entry, where)
     return _source_from_entry(entry, where)
@@ -182,33 +183,6 @@ def _check_unique(sources: Sequence[StreamSource], where: str) -> None:
         if source.id in seen:
             raise ConfigError(f"{where}: stream id {source.id!r} appears twice; ids must be unique")
         seen.add(source.id)
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    realtime: bool = False  # pace local files at real time (live streams pace themselves)
-    open_timeout: float = 10.0  # seconds to connect
-    read_timeout: float = 10.0  # a stream with no data for this long has stalled and is reopened
-    backoff_initial: float = 1.0  # first retry delay, doubled per failed attempt
-    backoff_max: float = 60.0
-    silence_dbfs: float = -55.0  # a window quieter than this (RMS, dB full scale) is silent
-    dead_air_seconds: float = 5.0  # silence this long is dead air: counted and logged
-
-
-class Backoff:
-    """Exponential backoff with equal jitter: delay_n = d/2 + U(0, d/2) with d = min(max, initial * 2^n)."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None):
-        self.initial, self.maximum, self.attempt = initial, maximum, 0
-        self.rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return delay / 2 + self.rng.uniform(0, delay / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class DeadAir:
@@ -325,7 +299,7 @@ class Resumption:
         """Samples at the start of `audio` that repeat the end of the delivered audio; None if it does not."""
         tail = np.roll(self.ring, -self.end)[len(self.ring) - self.filled :].astype(np.float64)
         piece = audio[self.settle : self.settle + self.match].astype(np.float64)
-        if len(piece) < self.match or len(tail) < self.match or np.sqrt(np.mean(piece**2)) < 1e-3:
+        if len(piece) < self.match or len(tail) < self.match or np.sqrt(np.mean(piece**2)) < SILENCE_RMS:
             return None  # too little, or silence, which repeats anywhere
         n = 1 << (len(tail) + len(piece)).bit_length()
         dots = np.fft.irfft(np.fft.rfft(tail, n) * np.conj(np.fft.rfft(piece, n)), n)[: len(tail) - len(piece) + 1]
@@ -446,9 +420,9 @@ def start_readers(
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
 ) -> list[threading.Thread]:
-    """One daemon thread per stream (or multiplex, see monitor.mux) feeding `sink`; a stream that raises is
+    """One daemon thread per stream (or multiplex, see monitor.stages.mux) feeding `sink`; a stream that raises is
     logged and ends alone. Its last item is the EndOfStream of source.id."""
-    from monitor.mux import MuxSource, read_mux
+    from monitor.stages.mux import MuxSource, read_mux
 
     stop = stop or threading.Event()
 

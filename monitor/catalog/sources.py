@@ -1,0 +1,75 @@
+"""What `catalog add` is given: audio files, folders of them, and manifest.csv files, as tracks to add."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from encoders import AUDIO_SUFFIXES
+
+
+@dataclass
+class AddReport:
+    added: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, track_id already holding that audio)
+
+    def summary(self) -> str:
+        return f"added {len(self.added)}, skipped {len(self.skipped)}, duplicates {len(self.duplicates)}"
+
+
+class Source(NamedTuple):
+    """One track to add: its id, its audio file and its metadata (from a manifest)."""
+
+    track_id: str
+    path: Path
+    metadata: dict[str, str]
+
+
+def expand_sources(sources: Sequence[str | Path], report: AddReport) -> list[Source]:
+    """The tracks the given paths name, in order; paths that name none are reported in `skipped`."""
+    return [item for source in sources for item in _expand(Path(source), report)]
+
+
+def _expand(source: Path, report: AddReport) -> list[Source]:
+    """The tracks a path names: a file, the audio files under a folder, or the rows of a manifest.csv."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            report.skipped.append((str(source), f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder"))
+        return [Source(p.relative_to(source).with_suffix("").as_posix(), p, {}) for p in files]
+    if source.suffix.lower() == ".csv" and source.is_file():
+        return _manifest(source, report)
+    if source.is_file():
+        return [Source(source.stem, source, {})]
+    report.skipped.append((str(source), "no such file or folder"))
+    return []
+
+
+def _manifest(path: Path, report: AddReport) -> list[Source]:
+    """Rows of track_id, path (relative to the manifest) and any metadata columns (title, artist, isrc, ...)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSV files with a byte-order mark
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        report.skipped.append((str(path), f"cannot read the manifest: {exc}"))
+        return []
+    if not rows or "path" not in rows[0]:
+        report.skipped.append((str(path), "a manifest needs a header with a `path` column (and track_id, title, artist, ...)"))
+        return []
+    items = []
+    for line, row in enumerate(rows, start=2):
+        if not row.get("path"):
+            report.skipped.append((f"{path}:{line}", "empty path"))
+            continue
+        audio = path.parent / row["path"]
+        if "track_id" in row and not row["track_id"]:
+            report.skipped.append((f"{path}:{line}", "empty track_id; give one, or leave out the track_id column to name tracks after their files"))
+            continue
+        track_id = row["track_id"] if "track_id" in row else Path(row["path"]).with_suffix("").as_posix()
+        metadata = {k: v for k, v in row.items() if k not in ("track_id", "path") and k and v}
+        items.append(Source(track_id, audio, metadata))
+    return items

@@ -1,0 +1,32 @@
+"""Defaults and helpers that more than one module reads, each written once.
+
+Option dataclasses (IngestOptions, MonitorOptions, WorkerOptions, ...) hold each setting's default, and the
+CLI's options read them from there; what several modules share lives here.
+"""
+
+from __future__ import annotations
+
+import random
+
+DEFAULT_HOP_SECONDS = 0.5  # reference hop of a new catalog (and of the benchmarks' catalogs)
+# A window quieter than this (RMS, dB full scale) is silence: never indexed or searched for (all silence looks
+# alike to an encoder), and dead air on a stream when it lasts.
+SILENCE_DBFS = -60.0
+SILENCE_RMS = 10 ** (SILENCE_DBFS / 20)
+
+
+class Backoff:
+    """Exponential backoff with equal jitter: delay_n = d/2 + U(0, d/2) with d = min(max, initial * 2^n).
+    Every wait on something that is down (a stream, Kafka, Redis, the play log's database) uses it."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None):
+        self.initial, self.maximum, self.attempt = initial, maximum, 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return delay / 2 + self.rng.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0

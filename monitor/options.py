@@ -1,0 +1,53 @@
+"""The settings of the long-running commands with their defaults, each written once: the option dataclasses
+the runners take, and the defaults the CLI shows, read from here (this module loads no model, so neither
+does `airtrace --help`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from monitor.constants import SILENCE_DBFS
+
+if TYPE_CHECKING:
+    from monitor.stages.plays import PlayConfig
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_PREFIX = "airtrace:"  # every Redis key starts with it: give deployments that share a Redis their own
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    realtime: bool = False  # pace local files at real time (live streams pace themselves)
+    open_timeout: float = 10.0  # seconds to connect
+    read_timeout: float = 10.0  # a stream with no data for this long has stalled and is reopened
+    backoff_initial: float = 1.0  # first retry delay, doubled per failed attempt
+    backoff_max: float = 60.0
+    silence_dbfs: float = SILENCE_DBFS  # a window quieter than this (RMS, dB full scale) is silent
+    dead_air_seconds: float = 5.0  # silence this long is dead air: counted and logged
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    batch_size: int = 128  # windows per embedding batch, across streams
+    max_wait: float = 0.25  # seconds a batch may wait to fill
+    queue_windows: int = 4096  # ingest threads block when this many windows wait (files read ahead no further)
+    reload_seconds: float = 10.0
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    group: str = "airtrace"  # the Faust app id and Kafka consumer group: workers with the same group share the work
+    k: int = 10  # neighbours per window
+    batch_size: int = 64  # windows per embedding batch, across streams
+    batch_wait: float = 0.5  # seconds a batch may wait to fill
+    hits_batch_size: int = 256
+    hits_batch_wait: float = 0.2
+    session_timeout: float = 10.0  # seconds without heartbeats before a worker's partitions go to the others
+    reload_seconds: float = 10.0  # how often to look for a changed catalog
+    lag_seconds: float = 1.0  # how often to update airtrace_consumer_lag_messages
+    web_port: int | None = None  # Faust's own web server (None: off)
+    web_host: str = "127.0.0.1"
+    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop

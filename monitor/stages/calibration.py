@@ -1,0 +1,143 @@
+"""How sure a match is: the matcher's scores on audio certainly not in the catalog (its null clips), per
+query duration, so that a confidence (1 minus the false-match rate) means the same on a catalog of ten
+tracks and on one of a hundred thousand.
+
+A calibration is computed once per catalog generation (a few seconds) and cached in the generation's
+directory and in memory; the memory cache keeps the latest CACHED_CALIBRATIONS, so a long-running worker
+that loads generation after generation does not grow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from monitor.stages.matcher import DEFAULT_K, SPEED_RANGE, TOLERANCE, MatchError, align, hits_at
+
+if TYPE_CHECKING:
+    from monitor.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_VERSION = 1
+NULL_DURATIONS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
+NULL_SEGMENTS = 8  # null samples per clip and duration
+TAIL = 0.1  # fraction of null scores whose excess is modelled as exponential
+CACHED_CALIBRATIONS = 8  # (generation, k) pairs kept in memory
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The matcher's settings and the null: best-alignment scores of non-catalog queries, per query duration."""
+
+    k: int
+    speed_range: tuple[float, float]
+    tolerance: float
+    durations: tuple[float, ...]
+    null_scores: tuple[np.ndarray, ...]  # sorted, one array per duration
+
+    def false_match_rate(self, score: float, duration: float) -> float:
+        """How often audio not in the catalog scores at least `score`, interpolated in log duration."""
+        d = np.log(np.clip(duration, self.durations[0], self.durations[-1]))
+        logs = np.log(self.durations)
+        j = int(np.clip(np.searchsorted(logs, d), 1, len(logs) - 1)) if len(logs) > 1 else 0
+        i = max(j - 1, 0)
+        lo, hi = _survival(self.null_scores[i], score), _survival(self.null_scores[j], score)
+        t = 0.0 if j == i else float((d - logs[i]) / (logs[j] - logs[i]))
+        return float(np.exp((1 - t) * np.log(lo) + t * np.log(hi)))
+
+    def confidence(self, score: float, duration: float) -> float:
+        return 1.0 - self.false_match_rate(score, duration)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": CALIBRATION_VERSION, "k": self.k, "speed_range": list(self.speed_range), "tolerance": self.tolerance,
+            "durations": list(self.durations), "null_scores": [np.round(s, 5).tolist() for s in self.null_scores],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Calibration":
+        if data.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"calibration version {data.get('version')!r} is not {CALIBRATION_VERSION}")
+        return cls(int(data["k"]), tuple(data["speed_range"]), float(data["tolerance"]), tuple(data["durations"]),
+                   tuple(np.sort(np.asarray(s, dtype=np.float64)) for s in data["null_scores"]))
+
+
+def _survival(null: np.ndarray, score: float) -> float:
+    """P(null >= score): empirical in the bulk, an exponential tail fitted to the top TAIL beyond it."""
+    n = len(null)
+    if n == 0:
+        return 1.0
+    u = null[min(n - 1, int((1 - TAIL) * n))]
+    if score <= u:
+        return max(float(n - np.searchsorted(null, score, side="left")) / n, 1.0 / n)
+    excess = null[null > u] - u
+    scale = float(excess.mean()) if len(excess) else max(0.05 * abs(u), 0.05)
+    at_u = float(n - np.searchsorted(null, u, side="left")) / n
+    return max(at_u * math.exp(-(score - u) / scale), 1e-12)
+
+
+_calibrations: OrderedDict[tuple[Path, int], Calibration] = OrderedDict()
+
+
+def calibrate(catalog: "Catalog", k: int = DEFAULT_K) -> Calibration:
+    """The catalog's null score distribution: cached in memory and in the generation directory, and
+    computed (a few seconds) on first use after each catalog change."""
+    key = (catalog.generation_dir(), k)
+    if key in _calibrations:
+        _calibrations.move_to_end(key)
+        return _calibrations[key]
+    path = key[0] / f"calibration-k{k}.json"
+    calibration = None
+    if path.is_file():
+        try:
+            calibration = Calibration.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("recomputing %s: %s", path, exc)
+    if calibration is None:
+        calibration = null_calibration(catalog, k)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(calibration.to_json()))
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only catalog still works; it recalibrates per process
+            log.warning("cannot cache the calibration in %s: %s", path, exc)
+    _calibrations[key] = calibration
+    while len(_calibrations) > CACHED_CALIBRATIONS:
+        _calibrations.popitem(last=False)
+    return calibration
+
+
+def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[float, float] = SPEED_RANGE,
+                     tolerance: float = TOLERANCE) -> Calibration:
+    """Best-alignment scores of the catalog's null queries, cut into segments of each NULL_DURATIONS length
+    (a reversed excerpt's own track left out of its neighbours)."""
+    grid = catalog.grid
+    clips = catalog.null_queries()
+    samples: list[list[float]] = [[] for _ in NULL_DURATIONS]
+    if clips:
+        neighbours = catalog.search(np.concatenate([clip for clip, _ in clips]), 2 * k)  # an empty catalog: CatalogError
+        start = 0
+        for clip, source in clips:
+            found = neighbours[start : start + len(clip)]
+            start += len(clip)
+            hits = [hits_at(grid, i, tuple(n for n in nb if n.track_id != source)[:k]) for i, nb in enumerate(found)]
+            for d, duration in enumerate(NULL_DURATIONS):
+                size = grid.count(round(duration * grid.sample_rate))
+                if not size or size > len(hits):
+                    continue
+                for begin in np.linspace(0, len(hits) - size, min(NULL_SEGMENTS, len(hits) - size + 1)).astype(int):
+                    lines = align(hits[begin : begin + size], grid.window_seconds, speed_range, tolerance)
+                    samples[d].append(lines[0].score if lines else 0.0)
+    measured = [(d, np.sort(np.asarray(s, np.float64))) for d, s in zip(NULL_DURATIONS, samples) if s]
+    if not measured:
+        raise MatchError(f"{catalog.directory} has no null clips to calibrate on; rebuild the catalog")
+    return Calibration(k, speed_range, tolerance, tuple(d for d, _ in measured), tuple(s for _, s in measured))

@@ -1,0 +1,72 @@
+"""Embedding and search: audio windows in, each window's nearest reference windows out.
+
+`hits_for` is the step both modes run on streams: windows of many streams are embedded in one batch (the
+encoder is fastest on big batches) and searched in one call; each window keeps its stamps, so streams can
+be mixed freely within a batch. `embed_audible` is how a catalog's tracks and `identify`'s clips are cut,
+cleared of silent windows and embedded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from monitor.constants import SILENCE_RMS
+from monitor.metrics import Metrics
+from monitor.records import AudioWindow, Neighbour, WindowHits
+from monitor.stages.windows import WindowGrid
+
+EMBED_CHUNK = 1024  # windows cut and embedded at a time, so a long file never sits in memory as windows
+
+
+class Embeds(Protocol):
+    dim: int
+
+    def embed(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+class Searches(Protocol):
+    def search(self, embeddings: np.ndarray, k: int) -> list[tuple[Neighbour, ...]]: ...
+
+
+def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches, k: int, metrics: Metrics | None = None) -> list[WindowHits]:
+    """The k nearest reference windows of every window, in input order; times embedding and search."""
+    if not windows:
+        return []
+    began = time.perf_counter()
+    embeddings = encoder.embed(np.stack([w.samples for w in windows]))
+    embedded = time.perf_counter()
+    neighbours = catalog.search(embeddings, k)
+    searched = time.perf_counter()
+    if metrics is not None:
+        metrics.embedding_batch_size.observe(len(windows))
+        metrics.embedding_seconds.observe(embedded - began)
+        metrics.search_seconds.observe(searched - embedded)
+        for window in windows:
+            metrics.hits.labels(window.stream_id).inc()
+    return [WindowHits(w.stream_id, w.seq, w.offset, w.air_time, tuple(n), w.after_gap) for w, n in zip(windows, neighbours)]
+
+
+def audible(windows: np.ndarray) -> np.ndarray:
+    """Which windows are louder than the silence threshold; silence matches every silent stretch of every track."""
+    windows = np.asarray(windows, dtype=np.float32)
+    return np.sqrt(np.mean(np.square(windows), axis=1)) >= SILENCE_RMS
+
+
+def embed_audible(encoder: Embeds, grid: WindowGrid, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut `audio` on `grid`, keep the audible windows and embed them (in chunks: a long file never sits in memory
+    as windows); returns their embeddings and window numbers. Catalogs and `identify` go through here."""
+    windows = grid.cut(np.ascontiguousarray(audio, dtype=np.float32))
+    vectors, numbers = [], []
+    for begin in range(0, len(windows), EMBED_CHUNK):
+        chunk = windows[begin : begin + EMBED_CHUNK]
+        keep = np.flatnonzero(audible(chunk))
+        if len(keep):
+            vectors.append(encoder.embed(chunk[keep]))
+            numbers.append(keep + begin)
+    if not vectors:
+        return np.zeros((0, encoder.dim), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(vectors), np.concatenate(numbers)

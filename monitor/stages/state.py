@@ -1,0 +1,53 @@
+"""Where the tracking step keeps each stream's play state: the StateStore interface, and its in-memory form.
+
+The play state machine keeps all it knows of a stream in one `StreamState`. A store holds it per stream
+id and remembers which play events were already published, so that a replay after a crash or a rebalance
+republishes none of them. Embedded mode uses MemoryStateStore; workers share monitor.fleet.redis_state's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from monitor.stages.plays import StreamState
+
+
+class StateStore(Protocol):
+    """Where the play state machine's per-stream state and the published event keys live."""
+
+    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
+        """The saved state of each stream; streams never saved (or saved unreadably) are absent."""
+
+    def save(self, states: Mapping[str, StreamState]) -> None:
+        """Replace the saved state of these streams."""
+
+    def published(self, event_keys: Iterable[str]) -> set[str]:
+        """Those of `event_keys` already marked published."""
+
+    def mark_published(self, event_keys: Iterable[str]) -> None:
+        """Remember that these events are on the plays topic."""
+
+
+class MemoryStateStore:
+    """A StateStore in this process's memory, for embedded mode and tests; it ends with the process.
+    It remembers the latest `keep_published` event keys: a process replays nothing older than that."""
+
+    def __init__(self, keep_published: int = 100_000) -> None:
+        self._states: dict[str, StreamState] = {}
+        self._published: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        self._keep = keep_published
+
+    def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
+        return {s: self._states[s] for s in stream_ids if s in self._states}
+
+    def save(self, states: Mapping[str, StreamState]) -> None:
+        self._states.update(states)
+
+    def published(self, event_keys: Iterable[str]) -> set[str]:
+        return {k for k in event_keys if k in self._published}
+
+    def mark_published(self, event_keys: Iterable[str]) -> None:
+        self._published.update(dict.fromkeys(event_keys))
+        while len(self._published) > self._keep:
+            del self._published[next(iter(self._published))]
