@@ -311,3 +311,24 @@ def test_chance_neighbours_on_the_line_do_not_carry_a_play_past_its_end() -> Non
     _, events = run(hits)
     (ended,) = plays(events)
     assert ended.stream_end == pytest.approx(50.0, abs=1.0)
+
+
+class UngatedTracker(PlayTracker):
+    """The tracker without its cheap pre-check: it asks the matcher at every window."""
+
+    def _worth_matching(self, state: StreamState) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_matcher_gate_hides_no_run(seed: int) -> None:
+    """`_worth_matching` only saves work: with or without it, thinned-out plays at several speeds, dropouts
+    and a crossfade give the same events."""
+    segments = [Segment("track-1", 2.0, 40.0, speed=0.85), Segment("track-2", 38.0, 80.0, ref_start=30.0, speed=1.2),
+                Segment("track-3", 95.0, 130.0, speed=1.05)]
+    hits = broadcast(140, segments, seed=seed, dropouts=((50.0, 58.0),), found=0.6)
+    grid = PlayConfig.for_grid(WINDOW, HOP)
+    _, gated = run(hits, PlayTracker(grid))
+    _, ungated = run(hits, UngatedTracker(grid))
+    assert [e.event_id for e in gated] == [e.event_id for e in ungated]
+    assert len(plays(gated)) >= 2

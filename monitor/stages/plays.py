@@ -388,7 +388,8 @@ class PlayTracker:
 
         A run ends at the newest window or the one before, so one of their neighbours (t, r) is on the line,
         and every other support (t', r') lies within two tolerances of r + speed * (t' - t) for some speed
-        of the matcher's range. Count the windows that could be such supports, per anchor.
+        of the matcher's range; `_walk` also allows at most `max_hole_windows` between supports. So count,
+        per anchor, the windows that could be such supports in an unbroken chain back from it.
         """
         spent = dict(state.spent)
         low, high = SPEED_RANGE
@@ -403,14 +404,23 @@ class PlayTracker:
                     if h.seq >= newest - 1:
                         anchors.append((n.track_id, h.seq, h.offset, n.ref_time))
         for track, seq, t, r in anchors:
-            windows = set()
-            for other_seq, other_t, other_r in points[track]:
-                dt, dr = other_t - t, other_r - r
-                if other_seq != seq and min(low * dt, high * dt) - reach <= dr <= max(low * dt, high * dt) + reach:
-                    windows.add(other_seq)
-            if len(windows) + 1 >= self.config.min_windows:
+            reachable = sorted({
+                other_seq for other_seq, other_t, other_r in points[track]
+                if other_seq < seq and min(low * (other_t - t), high * (other_t - t)) - reach
+                <= other_r - r <= max(low * (other_t - t), high * (other_t - t)) + reach
+            }, reverse=True)
+            if self._chain(seq, reachable) + 1 >= self.config.min_windows:
                 return True
         return False
+
+    def _chain(self, seq: int, earlier: Sequence[int]) -> int:
+        """How many of `earlier` (newest first) follow `seq` back with holes `_walk` would cross."""
+        count = 0
+        for other in earlier:
+            if seq - other > self.config.max_hole_windows + 1:
+                break
+            count, seq = count + 1, other
+        return count
 
     def _run(self, history: Sequence[WindowHits], line: Line) -> Run | None:
         """The supports of `line` back from the newest (see `_walk`), with the line refitted to them twice."""
