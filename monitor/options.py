@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from monitor.constants import SILENCE_DBFS
 
 if TYPE_CHECKING:
-    from monitor.stages.plays import PlayConfig
+    from monitor.stages.play_state import PlayConfig
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REDIS_PREFIX = "airtrace:"  # every Redis key starts with it: give deployments that share a Redis their own

@@ -22,7 +22,7 @@ from monitor.events import schema
 from monitor.events import PlayEvent
 from monitor.health import problems
 from monitor.stages.ingest import StreamSource, read_windows
-from monitor.stages.plays import PlayConfig
+from monitor.stages.play_state import PlayConfig
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep

@@ -13,7 +13,8 @@ import pytest
 from monitor.events import PlayEvent, schema
 from monitor.stages.calibration import NULL_DURATIONS, Calibration
 from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, align
-from monitor.stages.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
+from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
+from monitor.stages.plays import PlayTracker
 from monitor.records import Neighbour, WindowHits
 
 HOP, WINDOW, REF_HOP = 0.5, 1.0, 0.5

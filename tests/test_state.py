@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from monitor.bench import servers
-from monitor.stages.plays import StreamState
+from monitor.stages.play_state import StreamState
 from monitor.records import Neighbour, WindowHits
 from monitor.fleet.redis_state import RedisSettings, RedisStateStore
 from monitor.stages.state import MemoryStateStore, StateStore

@@ -15,7 +15,7 @@ from redis.retry import Retry
 
 from monitor.constants import Backoff
 from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL
-from monitor.stages.plays import StreamState
+from monitor.stages.play_state import StreamState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from monitor.stages.plays import StreamState
+from monitor.stages.play_state import StreamState
 
 
 class StateStore(Protocol):

@@ -18,7 +18,8 @@ from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent
 from monitor.metrics import Metrics
 from monitor.stages.search import hits_for
-from monitor.stages.plays import CatalogInfo, PlayConfig, PlayTracker, StreamState
+from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
+from monitor.stages.plays import PlayTracker
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import StateStore
 
