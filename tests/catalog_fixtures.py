@@ -21,10 +21,13 @@ CATALOG_TRACKS = ("area1-game", "area2-game", "over-theme")  # the other demo tr
 SAMPLE_RATE = 8000
 
 
-def random_encoder(seed: int = 0) -> Encoder:
+def random_encoder(seed: int = 0, tracks: tuple[str, ...] = ("gardien-go",), hop_seconds: float | None = None) -> Encoder:
+    """Random weights, with batch-norm statistics measured on the windows of `tracks` (at the encoder's hop
+    unless `hop_seconds` is given), untouched every window would map to nearly one point."""
     torch.manual_seed(seed)
     encoder = Encoder(EncoderConfig.for_backbone("compact", backbone_args={"channels": [24, 48, 96, 160]}))
-    windows = WindowGrid.for_encoder(encoder).cut(music("gardien-go")).copy()
+    grid = WindowGrid.for_encoder(encoder, hop_seconds)
+    windows = np.concatenate([grid.cut(music(track)) for track in tracks])
     for module in encoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()

@@ -130,7 +130,7 @@ def test_monitor_exits_non_zero_when_every_input_failed(built_catalog: Path, tmp
 
 def test_monitor_hears_a_file_served_over_http_as_one_play(service_catalog: Path, tmp_path: Path) -> None:
     """Once reopened every second, each reopening a new play: 74 plays of one 10 s clip in 60 s."""
-    from live_audio import encode_mp3
+    from monitor.bench.servers import encode_mp3
 
     clip = tmp_path / "clip.flac"
     soundfile.write(clip, load_audio(MUSIC / "area2-game.opus", 22050)[22050 * 10 : 22050 * 30], 22050)
@@ -146,7 +146,7 @@ def test_a_play_on_air_across_a_short_drop_stays_one_play(service_catalog: Path,
     nothing was lost, so the airing is one play, not one before the drop and another after it."""
     import threading
 
-    from live_audio import LiveAudioServer, encode_mp3
+    from monitor.bench.servers import LiveAudioServer, encode_mp3
     from monitor.embedded import EmbeddedMonitor
     from monitor.options import IngestOptions, MonitorOptions
 

@@ -664,7 +664,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     encoder_dir = random_encoder().save(work / "encoder")
     catalog = Catalog.create(work / "catalog", load_encoder(encoder_dir), encoder_source=str(encoder_dir))
     catalog.add([MUSIC / f"{name}.opus" for name in CATALOG_TRACKS], progress=False)
-    stream = servers.LiveAudioServer(MUSIC / f"{STREAMED_TRACK}.opus").start()
+    stream = servers.LiveAudioServer.of_file(MUSIC / f"{STREAMED_TRACK}.opus", work, once=True).start()
     secret = "redis-secret-for-the-deploy-test"
     redis = servers.redis_server(work, password=secret) if request.param == "services" else None
     processes: list[tuple[subprocess.Popen, int, str]] = []
@@ -674,13 +674,13 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         processes.append((servers.airtrace([*args, "--metrics-port", str(port)], work / f"{role}.log"), port, role))
 
     if redis is None:
-        start("monitor", ["monitor", "--catalog", str(work / "catalog"), stream.url])
+        start("monitor", ["monitor", "--catalog", str(work / "catalog"), stream.url()])
     else:
         broker = request.getfixturevalue("kafka_broker")
         kafka = ["--broker", f"{servers.HOST}:{broker.port}", "--topic-prefix", "deploy-test", "--partitions", "2"]
         start("worker", ["worker", *kafka, "--group", "deploy-test", "--catalog", str(work / "catalog"), "--redis-url",
                          f"redis://:{secret}@{servers.HOST}:{redis.port}/0", "--session-timeout", "3", "--batch-wait", "0.2"])
-        start("ingest", ["ingest", *kafka, "--encoder", str(encoder_dir), stream.url])
+        start("ingest", ["ingest", *kafka, "--encoder", str(encoder_dir), stream.url()])
     prometheus = servers.Prometheus(work, [(f"{servers.HOST}:{port}", role) for _, port, role in processes], PROMETHEUS_INTERVAL)
     try:
         try:
@@ -692,7 +692,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         except (TimeoutError, RuntimeError) as exc:
             logs = "\n".join(f"{role}: {(work / f'{role}.log').read_text()[-2000:]}" for _, _, role in processes)
             pytest.fail(f"{exc}\n{logs}")
-        stream_id = Path(urllib.parse.urlparse(stream.url).path).stem
+        stream_id = Path(urllib.parse.urlparse(stream.url()).path).stem
         yield Live(prometheus, request.param, stream_id, STREAMED_TRACK, len(CATALOG_TRACKS), processes, work, secret if redis else None)
     finally:
         prometheus.server.stop()

@@ -64,8 +64,8 @@ def test_live_broadcast_through_two_workers_one_killed(kafka_broker: servers.Ser
     soundfile.write(wav, audio, SAMPLE_RATE)
     config = tmp_path / "streams.yaml"
     redis = servers.redis_server(tmp_path)
-    live = servers.LiveAudioServer(wav, pace=PACE).start()
-    config.write_text(f"- id: {STREAM}\n  url: {live.url}\n  name: airtrace test radio\n")
+    live = servers.LiveAudioServer.of_file(wav, tmp_path, speed=PACE, once=True).start()
+    config.write_text(f"- id: {STREAM}\n  url: {live.url()}\n  name: airtrace test radio\n")
     kafka = ["--broker", f"127.0.0.1:{kafka_broker.port}", "--topic-prefix", PREFIX, "--partitions", "4"]
     metrics_ports = [servers.free_port() for _ in range(2)]
     processes = [

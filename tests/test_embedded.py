@@ -9,10 +9,10 @@ import jsonschema
 import numpy as np
 import pytest
 import soundfile
-import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from encoders import Encoder, EncoderConfig, load_audio, synthesize_speech
+from encoders import Encoder, load_audio, synthesize_speech
+from catalog_fixtures import random_encoder
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
 from monitor.demo.broadcast import TruePlay, score_plays
@@ -39,21 +39,11 @@ def music() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def encoder(music: dict[str, np.ndarray]) -> Encoder:
-    """Random weights, with batch-norm statistics measured on the music (untouched, every window maps to
-    nearly one point). A window then gives the same embedding as the very same samples in the catalog
-    and a clearly different one elsewhere, so the broadcast below is cut from catalog audio on the
-    catalog's grid: there is no distortion for a random encoder to survive."""
-    torch.manual_seed(0)
-    encoder = Encoder(EncoderConfig.for_backbone("compact", backbone_args={"channels": [24, 48, 96, 160]}))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the batch below
-    grid_hop = encoder.window_samples // 4
-    windows = np.concatenate([np.lib.stride_tricks.sliding_window_view(a, encoder.window_samples)[::grid_hop] for a in music.values()])
-    with torch.no_grad():
-        encoder.train()(torch.from_numpy(np.ascontiguousarray(windows)))
-    return encoder.eval()
+    """Random weights, batch-norm statistics measured on the music every quarter window. A window then gives
+    the same embedding as the very same samples in the catalog and a clearly different one elsewhere, so
+    the broadcast below is cut from catalog audio on the catalog's grid: there is no distortion for a random
+    encoder to survive."""
+    return random_encoder(tracks=tuple(music), hop_seconds=0.25)
 
 
 @pytest.fixture(scope="module")

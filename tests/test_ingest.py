@@ -26,7 +26,7 @@ FAST_RETRY = IngestOptions(open_timeout=2.0, read_timeout=1.0, backoff_initial=0
 
 @pytest.fixture(scope="module")
 def mp3(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, float]:
-    from live_audio import encode_mp3
+    from monitor.bench.servers import encode_mp3
 
     path = encode_mp3(MUSIC / "area1-game.opus", tmp_path_factory.mktemp("live") / "area1.mp3")
     return path.read_bytes(), 50.0
@@ -34,7 +34,7 @@ def mp3(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, float]:
 
 @pytest.fixture()
 def server(mp3: tuple[bytes, float]):
-    from live_audio import LiveAudioServer
+    from monitor.bench.servers import LiveAudioServer
 
     with LiveAudioServer(*mp3, speed=2.0) as live:
         yield live

@@ -243,7 +243,7 @@ def test_a_program_that_leaves_is_reported_and_the_others_go_on(service_change: 
 def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, registry_metrics, caplog) -> None:
     """The service change looped over HTTP: 303 appears on a PID the open connection does not know, so the
     input is reopened and 303 monitored; 202, on air throughout, resumes after a gap."""
-    from live_audio import LiveAudioServer
+    from monitor.bench.servers import LiveAudioServer
 
     registry, metrics = registry_metrics
     caplog.set_level(logging.INFO, "monitor.stages.mux")
@@ -345,7 +345,7 @@ def test_multiplex_over_udp_finds_each_programs_plays_on_its_own_stream(multiple
 
 def test_multiplex_over_http_with_chosen_programs_and_tracks(multiplex: Path, service_catalog: Path) -> None:
     """Two programs by number and name; program 202's German track plays music that is not in the catalog."""
-    from live_audio import LiveAudioServer
+    from monitor.bench.servers import LiveAudioServer
 
     config_programs = [{"program": 101, "id": "alpha"}, {"program": "Gamma", "id": "gamma", "audio": {"disposition": "main"}}]
     with LiveAudioServer(multiplex.read_bytes(), 50.0, speed=3.0) as server:

@@ -212,67 +212,6 @@ def postgres_server(user: str = "nobody") -> PostgresServer:
     return postgres
 
 
-class LiveAudioServer:
-    """Serves one audio file as a live MP3 stream over HTTP, paced by ffmpeg's -readrate.
-
-    The first GET hears the broadcast from its start; once it has been played, the server answers 503,
-    like a station that went off air. `pace` 1.0 is real time; 2.0 plays twice as fast.
-    """
-
-    def __init__(self, audio: Path, pace: float = 1.0, bitrate: str = "128k"):
-        self.audio, self.pace, self.bitrate = audio, pace, bitrate
-        self.port = free_port()
-        self.played = threading.Event()
-        self._httpd = http.server.ThreadingHTTPServer((HOST, self.port), self._handler())
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/live.mp3"
-
-    def start(self) -> "LiveAudioServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def _ffmpeg(self) -> list[str]:
-        return [
-            "ffmpeg", "-nostdin", "-loglevel", "error", "-readrate", str(self.pace), "-i", str(self.audio),
-            "-ac", "1", "-c:a", "libmp3lame", "-b:a", self.bitrate, "-f", "mp3", "-flush_packets", "1", "pipe:1",
-        ]
-
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if server.played.is_set():
-                    self.send_error(503, "off air")
-                    return
-                server.played.set()
-                self.send_response(200)
-                self.send_header("Content-Type", "audio/mpeg")
-                self.end_headers()
-                encoder = subprocess.Popen(server._ffmpeg(), stdout=subprocess.PIPE)
-                try:
-                    while chunk := encoder.stdout.read1(4096):
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                finally:
-                    encoder.kill()
-                    encoder.wait()
-
-        return Handler
-
-
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"  # the rules and config of a source checkout
 
 
@@ -447,14 +386,20 @@ class LoopbackHttpServer:
     def port(self) -> int:
         return self.httpd.server_address[1]
 
-    def __enter__(self):  # the subclass, so `with Server(...) as s` keeps its type
+    def start(self):  # the subclass, so `with Server(...) as s` keeps its type
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class FileServer(LoopbackHttpServer):
@@ -479,3 +424,95 @@ class FileServer(LoopbackHttpServer):
 
     def url(self, name: str) -> str:
         return f"http://{HOST}:{self.port}/{name}"
+
+
+def encode_mp3(source: Path, target: Path, kbps: int = 64) -> Path:
+    """A constant-bitrate mono MP3 of `source`, so bytes map linearly to air time."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-ar", "22050",
+         "-c:a", "libmp3lame", "-b:a", f"{kbps}k", str(target)],
+        check=True,
+    )
+    return target
+
+
+class LiveAudioServer(LoopbackHttpServer):
+    """A real HTTP audio stream: an Icecast-like server that plays one encoded programme on air.
+
+    The server keeps a live clock: a listener who connects hears the programme from the current moment on,
+    paced at `speed` times real time, and the programme loops. `?drop=S` closes the first connection to
+    that URL after S seconds; `?stall=S` stops sending on the first connection after S seconds and holds
+    the socket open, as a stalled encoder does. Later connections to the same URL play normally, and with
+    `?burst=S` they start S seconds before the live position, sent at once (Icecast's burst-on-connect).
+    With `once`, the programme is on air once: the first listener hears it from its start to its end and
+    later ones get 503, like a station gone off air. `played` is set when the first listener connects.
+    """
+
+    CHUNK_SECONDS = 0.1
+
+    def __init__(self, audio: bytes, seconds: float, speed: float = 1.0, once: bool = False):
+        self.audio, self.byte_rate, self.once = audio, len(audio) / seconds * speed, once
+        self.started = time.monotonic()
+        self.connections: dict[str, int] = {}
+        self.played = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                query = {k: float(v[0]) for k, v in urllib.parse.parse_qs(url.query).items()}
+                server.connections[url.path] = server.connections.get(url.path, 0) + 1
+                first = server.connections[url.path] == 1
+                if server.once and server.played.is_set():
+                    self.send_error(503, "off air")
+                    return
+                server.played.set()
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/mpeg")
+                self.send_header("icy-name", "airtrace test stream")
+                self.end_headers()
+                server.play(self.wfile, query.get("drop") if first else None, query.get("stall") if first else None,
+                            0.0 if first else query.get("burst", 0.0))
+
+        super().__init__(Handler)
+
+    @classmethod
+    def of_file(cls, source: Path, workdir: Path, speed: float = 1.0, once: bool = False, kbps: int = 64) -> "LiveAudioServer":
+        """The programme of any audio file FFmpeg reads, as a constant-bitrate MP3 kept in `workdir`."""
+        mp3 = encode_mp3(source, workdir / f"{source.stem}-live.mp3", kbps).read_bytes()
+        return cls(mp3, len(mp3) * 8 / (kbps * 1000), speed, once)
+
+    def url(self, name: str = "live.mp3", **query: float) -> str:
+        suffix = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"http://{HOST}:{self.port}/{name}" + (f"?{suffix}" if suffix else "")
+
+    def play(self, out, drop: float | None, stall: float | None, burst: float = 0.0) -> None:
+        """Send the programme from the live position (less `burst` seconds, sent at once; from its start when
+        on air `once`) at the byte rate until the listener goes away, or the programme ends when `once`."""
+        position = 0 if self.once else int((time.monotonic() - self.started - burst) * self.byte_rate) % len(self.audio)
+        chunk = max(1, int(self.byte_rate * self.CHUNK_SECONDS))
+        begun = time.monotonic()
+        sent = 0
+        try:
+            while not self.release.is_set():
+                elapsed = time.monotonic() - begun
+                if drop is not None and elapsed >= drop:
+                    return
+                if stall is not None and elapsed >= stall:
+                    self.release.wait()
+                    return
+                if self.once and position >= len(self.audio):
+                    return
+                data = self.audio[position : position + chunk] or self.audio[:chunk]
+                position = position + len(data) if self.once else (position + len(data)) % len(self.audio)
+                out.write(data)
+                out.flush()
+                sent += len(data)
+                ahead = begun + sent / self.byte_rate - burst - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError):
+            return

@@ -1,6 +1,7 @@
 """The pipeline's steps, in the order data passes them, each handing the next small frozen records:
 
 ingest / mux (streams -> AudioWindow) -> windows (the window arithmetic) -> search (embed and FAISS search:
-WindowHits) -> tracking (the play state machine of plays, with matcher and calibration, over a StateStore:
-PlayEvent). Both runners (monitor.embedded, monitor.fleet.worker) wire the same steps.
+WindowHits) -> tracking (the step both runners call: the play state machine of plays, with its records in
+play_state and its geometry in play_runs, over a StateStore: PlayEvent). matcher and calibration fit and
+weigh alignments for the state machine and for identify (clips and files).
 """
