@@ -217,6 +217,29 @@ def bench_chaos(streams, minutes, workers, partitions, seed, encoder, broker_sto
     _bench_errors(lambda: run_chaos(streams, minutes, workers, seed, partitions, encoder, workdir, out, _command(), broker_storage == "s3"))
 
 
+@bench.command("fleet")
+@click.option("--streams", default=20, show_default=True, help="Live HTTP streams of synthetic broadcasts of the demo music.")
+@click.option("--minutes", default=3.0, show_default=True, help="Stream time of each broadcast.")
+@click.option("--workers", "worker_counts", default=[1, 2, 4], multiple=True, type=int, show_default=True,
+              help="Fleet sizes measured one after the other; repeatable.")
+@click.option("--partitions", default=4, show_default=True, help="Partitions of the run's topics (at least the largest fleet).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the broadcasts.")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog (a realistic catalog size); repeatable.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where the broadcasts, catalog and logs go (found there, they are reused) [a new temporary folder].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_fleet(streams, minutes, worker_counts, partitions, seed, encoder, distractors, workdir, out) -> None:
+    """Ingest, Tansu, 1/2/4 workers and Redis at real-time pace: streams per worker core, delays, lag, plays vs embedded mode."""
+    import tempfile
+
+    from monitor.bench.commands import _command
+    from monitor.bench.fleet import run_fleet
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="airtrace-fleet-"))
+    click.echo(f"working in {workdir}", err=True)
+    _bench_errors(lambda: run_fleet(streams, minutes, worker_counts, seed, partitions, encoder, distractors, workdir, out, _command()))
+
+
 @bench.command("streams")
 @click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder: the catalog, and the files monitored as streams; repeatable.")
 @click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")

@@ -405,15 +405,20 @@ def baseline_events(broadcasts: Sequence[Broadcast], catalog_dir: Path) -> list[
     return EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run()
 
 
-def build_catalog(workdir: Path, encoder: str) -> Path:
+def build_catalog(workdir: Path, encoder: str, distractors: Sequence[str] = ()) -> Path:
+    """The demo tracks the broadcasts play, and `distractors` (manifests or folders) only in the catalog,
+    so that search works at a realistic catalog size; a workdir that has the catalog already reuses it."""
     from monitor.catalog import Catalog
     from monitor.stages.calibration import calibrate
 
     directory = workdir / "catalog"
+    if (directory / "catalog.json").is_file():
+        return directory
     catalog = Catalog.create(directory, load_encoder(encoder), encoder_source=encoder)
-    report = catalog.add([DEMO_MUSIC / f"{name}.opus" for name in CATALOG_TRACKS], progress=False)
+    extra = [r.path for source in distractors for r in read_references(source)]
+    report = catalog.add([DEMO_MUSIC / f"{name}.opus" for name in CATALOG_TRACKS] + extra, progress=False)
     if report.skipped:
-        raise BenchError(f"the demo music could not be indexed: {report.skipped}")
+        raise BenchError(f"the catalog could not be built: {report.skipped}")
     calibrate(catalog)
     return directory
 
