@@ -27,7 +27,7 @@ from monitor.bench.references import BenchError
 from monitor.bench.report import Table, publish, verdict
 from monitor.events import PlayEvent
 from monitor.catalog import Catalog
-from monitor.windows import WindowGrid
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
