@@ -521,7 +521,8 @@ AUDIO_OPTIONS = _env_options(
 
 def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None) -> list:
     """The streams of a streams file and of the command line (its URLs with --audio and --programs)."""
-    from monitor.stages.ingest import load_sources, sources_from_urls
+    from monitor.stages.ingest import load_sources
+    from monitor.stages.sources import sources_from_urls
     from monitor.stages.mux import check_unique_ids, command_line_sources
 
     sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls), audio, programs)
@@ -546,7 +547,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     from encoders import EncoderError, load_encoder
     from monitor.fleet.broker import BrokerError
     from monitor.options import IngestOptions
-    from monitor.stages.ingest import ConfigError
+    from monitor.stages.sources import ConfigError
     from monitor.fleet.kafka_records import SampleFormat
     from monitor.fleet.publish import PublishOptions, publish_windows
     from monitor.stages.windows import WindowGrid
@@ -658,7 +659,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
     from monitor.catalog import CatalogError
     from monitor.embedded import NothingHeard, describe, run_embedded
     from monitor.options import IngestOptions
-    from monitor.stages.ingest import ConfigError
+    from monitor.stages.sources import ConfigError
 
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")

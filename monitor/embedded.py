@@ -27,7 +27,8 @@ from monitor.catalog import Catalog
 from monitor.events import PlayEvent
 from monitor.health import Heartbeat
 from monitor.options import MonitorOptions
-from monitor.stages.ingest import StreamSource, start_readers
+from monitor.stages.ingest import start_readers
+from monitor.stages.sources import StreamSource
 from monitor.metrics import Metrics, observe_play_events
 from monitor.stages.mux import MuxSource, StreamStarted
 from monitor.playlog.store import PlayLog, PlayLogError

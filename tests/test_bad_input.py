@@ -21,7 +21,8 @@ from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, music
 from encoders import load_audio
 from monitor.catalog import Catalog
 from monitor.cli import main
-from monitor.stages.ingest import ConfigError, StreamSource, load_sources, read_windows, sources_from_urls
+from monitor.stages.ingest import load_sources, read_windows
+from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
 from monitor.stages.identify import identify_file
 from monitor.stages.windows import WindowGrid
 

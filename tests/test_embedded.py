@@ -21,7 +21,8 @@ from monitor.options import MonitorOptions
 from monitor.events import schema
 from monitor.events import PlayEvent
 from monitor.health import problems
-from monitor.stages.ingest import StreamSource, read_windows
+from monitor.stages.ingest import read_windows
+from monitor.stages.sources import StreamSource
 from monitor.stages.play_state import PlayConfig
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.state import MemoryStateStore

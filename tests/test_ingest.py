@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor import metrics as metrics_module
 from monitor.options import IngestOptions
-from monitor.stages.ingest import ConfigError, StreamSource, load_sources, read_windows, sources_from_urls, start_readers
+from monitor.stages.ingest import load_sources, read_windows, start_readers
+from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
 from monitor.records import EndOfStream
 from monitor.stages.windows import WindowGrid
 

@@ -28,7 +28,8 @@ from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions
 from monitor.events import PlayEvent, schema
 from monitor.options import IngestOptions
-from monitor.stages.ingest import ConfigError, StreamSource, load_sources
+from monitor.stages.ingest import load_sources
+from monitor.stages.sources import ConfigError, StreamSource
 from monitor.stages.mux import (
     PROGRAM_CHECK_SECONDS,
     AudioSelection,

@@ -20,7 +20,8 @@ from monitor.catalog import Catalog
 from monitor.cli import main
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_broadcast
 from monitor.events import PlayEvent
-from monitor.stages.ingest import StreamSource, read_windows
+from monitor.stages.ingest import read_windows
+from monitor.stages.sources import StreamSource
 from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
 from monitor.stages.calibration import calibrate
 from monitor.fleet.publish import restamp

@@ -37,7 +37,7 @@ from monitor.bench.report import Table, publish, verdict
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
 from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions
-from monitor.stages.ingest import StreamSource
+from monitor.stages.sources import StreamSource
 
 log = logging.getLogger(__name__)
 

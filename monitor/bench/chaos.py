@@ -399,7 +399,7 @@ def baseline_events(broadcasts: Sequence[Broadcast], catalog_dir: Path) -> list[
     from monitor.catalog import Catalog
     from monitor.embedded import EmbeddedMonitor
     from monitor.options import MonitorOptions
-    from monitor.stages.ingest import StreamSource
+    from monitor.stages.sources import StreamSource
 
     catalog = Catalog.open(catalog_dir)
     return EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run()

@@ -23,7 +23,7 @@ from monitor.demo.broadcast import SAMPLE_RATE, Piece, Scorecard, compose, read_
 from monitor.embedded import EmbeddedMonitor, describe
 from monitor.events import PlayEvent
 from monitor.options import IngestOptions, MonitorOptions
-from monitor.stages.ingest import StreamSource
+from monitor.stages.sources import StreamSource
 from monitor.playlog.queries import TimeRange, report, write_rows
 from monitor.playlog.store import PlayLog, beside
 

@@ -23,7 +23,8 @@ from aiokafka.errors import KafkaError
 
 from monitor.fleet.broker import BrokerError, KafkaSettings, Topics, ensure_topics
 from monitor.options import IngestOptions
-from monitor.stages.ingest import StreamSource, start_readers
+from monitor.stages.ingest import start_readers
+from monitor.stages.sources import StreamSource
 from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, SampleFormat, encode_end, encode_window, stream_headers
 from monitor.constants import Backoff
 from monitor.metrics import Metrics

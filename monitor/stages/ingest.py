@@ -20,16 +20,13 @@ Contracts other processes rely on:
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import av
@@ -40,11 +37,11 @@ from encoders import AudioError, decode_chunks
 from monitor.constants import SILENCE_RMS, Backoff
 from monitor.metrics import Metrics
 from monitor.options import IngestOptions
-from monitor.records import AudioWindow, EndOfStream, check_id
+from monitor.records import AudioWindow, EndOfStream
+from monitor.stages.airtime import DeadAir, StreamClock
+from monitor.stages.mux import MuxSource, read_mux, source_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, check_unique, stream_from_entry
 from monitor.stages.windows import StreamWindower, WindowGrid
-
-if TYPE_CHECKING:
-    from monitor.stages.mux import MuxSource
 
 log = logging.getLogger(__name__)
 
@@ -56,33 +53,6 @@ RESUME_KEEP_SECONDS = 20.0
 RESUME_SETTLE_SECONDS = 0.25
 RESUME_MATCH_SECONDS = 1.0
 RESUME_MIN_CORRELATION = 0.9
-
-
-class ConfigError(ValueError):
-    """A streams config that cannot be used; the message names the file, the entry and the field."""
-
-
-@dataclass(frozen=True)
-class StreamSource:
-    """One stream to monitor. `options` are FFmpeg input options (e.g. {"rtsp_transport": "tcp"})."""
-
-    id: str
-    url: str
-    name: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_id(self.id, "stream id")
-
-    @property
-    def is_file(self) -> bool:
-        """A local file is read once to its end; everything else is a live stream, reopened forever."""
-        scheme = urlparse(self.url).scheme
-        return scheme == "file" or len(scheme) <= 1  # no scheme, or a Windows drive letter
-
-
-SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
 
 
 def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
@@ -98,158 +68,15 @@ def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{path}: expected a non-empty list of streams, each with id and url")
     sources = [_entry(entry, f"{path}: stream #{i + 1}") for i, entry in enumerate(raw)]
-    _check_unique(sources, str(path))
+    check_unique(sources, str(path))
     return sources
 
 
 def _entry(entry: Any, where: str) -> StreamSource | MuxSource:
     """A plain stream here; a multiplex (`mux`) or a stream with an `audio` selection in monitor.stages.mux."""
     if isinstance(entry, dict) and ("mux" in entry or "audio" in entry):
-        from monitor.stages.mux import source_from_entry
-
         return source_from_entry(entry, where)
-    return _source_from_entry(entry, where)
-
-
-def _source_from_entry(entry: Any, where: str) -> StreamSource:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected a mapping with id and url, got {entry!r}")
-    unknown = sorted(set(entry) - set(SOURCE_FIELDS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields are {', '.join(SOURCE_FIELDS)}")
-    for name in ("id", "url"):  # what makes a good id is StreamSource's to say
-        if not isinstance(entry.get(name), str) or (name == "url" and not entry[name].strip()):
-            raise ConfigError(f"{where}: field {name!r} is missing or not a string")
-    for name in ("metadata", "options"):
-        if not isinstance(entry.get(name, {}), dict):
-            raise ConfigError(f"{where}: field {name!r} must be a mapping")
-    options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
-    unknown = unknown_ffmpeg_options(options)
-    if unknown:
-        raise ConfigError(f"{where}: FFmpeg knows no input option {', '.join(map(repr, unknown))} and would ignore it; see the "
-                          "protocol and format options in https://ffmpeg.org/ffmpeg-protocols.html and ffmpeg-formats.html")
-    try:
-        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def unknown_ffmpeg_options(names: Iterable[str]) -> list[str]:
-    """Those of `names` that no part of FFmpeg's input side (format context, demuxers, protocols) knows.
-    FFmpeg ignores such options without a word, so a typo would silently change nothing. Asks the FFmpeg
-    that PyAV loaded, as the ffmpeg tool does: av_opt_find over the format context's class and its children."""
-    found = _ffmpeg_option_finder()
-    return [name for name in names if found is not None and not found(name)]
-
-
-@functools.cache
-def _ffmpeg_option_finder() -> Callable[[str], bool] | None:
-    """None where the loaded libavformat cannot be located (not Linux): options then go unchecked."""
-    try:
-        maps = Path("/proc/self/maps").read_text().split("\n")
-        paths = {lib: next(line.split()[-1] for line in maps if f"/lib{lib}" in line and ".so" in line) for lib in ("avformat", "avutil")}
-    except (OSError, StopIteration):
-        return None
-    avformat, avutil = ctypes.CDLL(paths["avformat"]), ctypes.CDLL(paths["avutil"])
-    avformat.avformat_get_class.restype = ctypes.c_void_p
-    avutil.av_opt_find.restype = ctypes.c_void_p
-    avutil.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
-    format_class = ctypes.c_void_p(avformat.avformat_get_class())
-    search_children_of_fake_object = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ
-    return lambda name: bool(avutil.av_opt_find(ctypes.byref(format_class), name.encode(), None, 0, search_children_of_fake_object))
-
-
-def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:
-    """Streams named on the command line; each id is the file or path name, made unique with a suffix."""
-    sources: list[StreamSource] = []
-    taken: set[str] = set()
-    for url in urls:
-        parsed = urlparse(url)
-        base = Path(parsed.path).stem or parsed.netloc or "stream"
-        stream_id, n = base, 2
-        while stream_id in taken:
-            stream_id, n = f"{base}-{n}", n + 1
-        taken.add(stream_id)
-        try:
-            sources.append(StreamSource(stream_id, url))
-        except ValueError as exc:
-            raise ConfigError(f"{url}: {exc}; put the stream in a --streams file with an id of its own") from None
-    return sources
-
-
-def _check_unique(sources: Sequence[StreamSource], where: str) -> None:
-    seen: set[str] = set()
-    for source in sources:
-        if source.id in seen:
-            raise ConfigError(f"{where}: stream id {source.id!r} appears twice; ids must be unique")
-        seen.add(source.id)
-
-
-class DeadAir:
-    """Counts and logs runs of silent windows that last at least `min_seconds`."""
-
-    def __init__(self, stream_id: str, options: IngestOptions, hop_seconds: float, metrics: Metrics | None):
-        self.stream_id, self.options, self.hop, self.metrics = stream_id, options, hop_seconds, metrics
-        self.run = 0.0  # seconds of the current silent run
-
-    def observe(self, window: np.ndarray, offset: float) -> None:
-        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
-        if 20 * np.log10(max(rms, 1e-10)) >= self.options.silence_dbfs:
-            self.end(offset)
-            return
-        self.run += self.hop
-        minimum = self.options.dead_air_seconds
-        if self.run >= minimum:
-            added = self.run if self.run - self.hop < minimum else self.hop  # the whole run once it qualifies
-            if self.metrics:
-                self.metrics.silence_seconds.labels(self.stream_id).inc(added)
-            if added > self.hop:
-                log.warning("dead air on %s since stream offset %.1f s", self.stream_id, offset - self.run + self.hop)
-
-    def end(self, offset: float) -> None:
-        if self.run >= self.options.dead_air_seconds:
-            log.info("dead air on %s ended at stream offset %.1f s after %.1f s", self.stream_id, offset, self.run)
-        self.run = 0.0
-
-
-class StreamClock:
-    """Maps a connection's samples to stream offsets and UTC air times.
-
-    A file read as fast as it decodes airs from the moment it was opened. A live (or paced) source is
-    anchored at the earliest moment consistent with when its samples arrived: sample s cannot have been
-    on air later than it reached us, so the anchor is the running minimum of (arrival - s / rate).
-    After a reconnect, the stream offset resumes at the wall-clock time elapsed since the stream began
-    (never less than the audio already delivered), so gaps show in offsets as they did on air.
-    """
-
-    def __init__(self, sample_rate: int, live: bool):
-        self.rate, self.live = sample_rate, live
-        self.first_anchor: float | None = None
-        self.end_offset = 0.0  # stream offset just after the last delivered sample
-        self.base = 0.0  # stream offset of this connection's sample 0
-        self.anchor = 0.0  # UTC epoch of this connection's sample 0
-        self.received = 0  # samples this connection delivered
-
-    def connect(self) -> None:
-        self.received = -1  # the first chunk sets base and anchor
-
-    def chunk(self, n_samples: int, now: float) -> None:
-        if self.received < 0:
-            self.received = 0
-            self.anchor = now - (n_samples / self.rate if self.live else 0.0)
-            if self.first_anchor is None:
-                self.first_anchor = self.anchor
-            self.base = max(self.end_offset, self.anchor - self.first_anchor)
-        self.received += n_samples
-        if self.live:
-            self.anchor = min(self.anchor, now - self.received / self.rate)
-        self.end_offset = self.base + self.received / self.rate
-
-    def offset(self, seconds_in_connection: float) -> float:
-        return self.base + seconds_in_connection
-
-    def air_time(self, seconds_in_connection: float) -> float:
-        return self.anchor + seconds_in_connection
+    return stream_from_entry(entry, where)
 
 
 def _paced(chunks: Iterator[np.ndarray], sample_rate: int, lead_seconds: float = 0.2) -> Iterator[np.ndarray]:
@@ -422,7 +249,6 @@ def start_readers(
 ) -> list[threading.Thread]:
     """One daemon thread per stream (or multiplex, see monitor.stages.mux) feeding `sink`; a stream that raises is
     logged and ends alone. Its last item is the EndOfStream of source.id."""
-    from monitor.stages.mux import MuxSource, read_mux
 
     stop = stop or threading.Event()
 

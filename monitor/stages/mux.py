@@ -37,7 +37,8 @@ import numpy as np
 from encoders.audio import downmix, downmix_surround
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
-from monitor.stages.ingest import ConfigError, DeadAir, StreamClock, StreamSource, _source_from_entry
+from monitor.stages.airtime import DeadAir, StreamClock
+from monitor.stages.sources import ConfigError, StreamSource, stream_from_entry
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.stages.windows import StreamWindower, WindowGrid
@@ -339,7 +340,7 @@ def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
     """A streams-file entry with `mux` (a multiplex) or with `audio` (one stream's track) as a MuxSource."""
     if "mux" not in entry:
         plain = {k: v for k, v in entry.items() if k != "audio"}
-        return MuxSource.single(_source_from_entry(plain, where), AudioSelection.parse(entry["audio"], where))
+        return MuxSource.single(stream_from_entry(plain, where), AudioSelection.parse(entry["audio"], where))
     unknown = sorted(set(entry) - set(MUX_FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; a mux has {', '.join(MUX_FIELDS)}")

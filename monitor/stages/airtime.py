@@ -1,0 +1,80 @@
+"""A live input's time, shared by single streams (monitor.stages.ingest) and multiplex programs
+(monitor.stages.mux): the clock that maps samples to stream offsets and UTC air times, and dead air."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from monitor.metrics import Metrics
+from monitor.options import IngestOptions
+
+log = logging.getLogger(__name__)
+
+
+class DeadAir:
+    """Counts and logs runs of silent windows that last at least `min_seconds`."""
+
+    def __init__(self, stream_id: str, options: IngestOptions, hop_seconds: float, metrics: Metrics | None):
+        self.stream_id, self.options, self.hop, self.metrics = stream_id, options, hop_seconds, metrics
+        self.run = 0.0  # seconds of the current silent run
+
+    def observe(self, window: np.ndarray, offset: float) -> None:
+        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
+        if 20 * np.log10(max(rms, 1e-10)) >= self.options.silence_dbfs:
+            self.end(offset)
+            return
+        self.run += self.hop
+        minimum = self.options.dead_air_seconds
+        if self.run >= minimum:
+            added = self.run if self.run - self.hop < minimum else self.hop  # the whole run once it qualifies
+            if self.metrics:
+                self.metrics.silence_seconds.labels(self.stream_id).inc(added)
+            if added > self.hop:
+                log.warning("dead air on %s since stream offset %.1f s", self.stream_id, offset - self.run + self.hop)
+
+    def end(self, offset: float) -> None:
+        if self.run >= self.options.dead_air_seconds:
+            log.info("dead air on %s ended at stream offset %.1f s after %.1f s", self.stream_id, offset, self.run)
+        self.run = 0.0
+
+
+class StreamClock:
+    """Maps a connection's samples to stream offsets and UTC air times.
+
+    A file read as fast as it decodes airs from the moment it was opened. A live (or paced) source is
+    anchored at the earliest moment consistent with when its samples arrived: sample s cannot have been
+    on air later than it reached us, so the anchor is the running minimum of (arrival - s / rate).
+    After a reconnect, the stream offset resumes at the wall-clock time elapsed since the stream began
+    (never less than the audio already delivered), so gaps show in offsets as they did on air.
+    """
+
+    def __init__(self, sample_rate: int, live: bool):
+        self.rate, self.live = sample_rate, live
+        self.first_anchor: float | None = None
+        self.end_offset = 0.0  # stream offset just after the last delivered sample
+        self.base = 0.0  # stream offset of this connection's sample 0
+        self.anchor = 0.0  # UTC epoch of this connection's sample 0
+        self.received = 0  # samples this connection delivered
+
+    def connect(self) -> None:
+        self.received = -1  # the first chunk sets base and anchor
+
+    def chunk(self, n_samples: int, now: float) -> None:
+        if self.received < 0:
+            self.received = 0
+            self.anchor = now - (n_samples / self.rate if self.live else 0.0)
+            if self.first_anchor is None:
+                self.first_anchor = self.anchor
+            self.base = max(self.end_offset, self.anchor - self.first_anchor)
+        self.received += n_samples
+        if self.live:
+            self.anchor = min(self.anchor, now - self.received / self.rate)
+        self.end_offset = self.base + self.received / self.rate
+
+    def offset(self, seconds_in_connection: float) -> float:
+        return self.base + seconds_in_connection
+
+    def air_time(self, seconds_in_connection: float) -> float:
+        return self.anchor + seconds_in_connection

@@ -1,0 +1,117 @@
+"""What to monitor: a stream's id, URL, metadata and FFmpeg input options, from a streams config entry
+or a command line's URLs, checked so that a bad entry is named with its fix (monitor.stages.ingest reads
+whole configs, monitor.stages.mux the multiplex entries)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from monitor.records import check_id
+
+
+class ConfigError(ValueError):
+    """A streams config that cannot be used; the message names the file, the entry and the field."""
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """One stream to monitor. `options` are FFmpeg input options (e.g. {"rtsp_transport": "tcp"})."""
+
+    id: str
+    url: str
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "stream id")
+
+    @property
+    def is_file(self) -> bool:
+        """A local file is read once to its end; everything else is a live stream, reopened forever."""
+        scheme = urlparse(self.url).scheme
+        return scheme == "file" or len(scheme) <= 1  # no scheme, or a Windows drive letter
+
+
+SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
+
+
+def stream_from_entry(entry: Any, where: str) -> StreamSource:
+    """A plain stream entry of a streams config, checked field by field."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping with id and url, got {entry!r}")
+    unknown = sorted(set(entry) - set(SOURCE_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields are {', '.join(SOURCE_FIELDS)}")
+    for name in ("id", "url"):  # what makes a good id is StreamSource's to say
+        if not isinstance(entry.get(name), str) or (name == "url" and not entry[name].strip()):
+            raise ConfigError(f"{where}: field {name!r} is missing or not a string")
+    for name in ("metadata", "options"):
+        if not isinstance(entry.get(name, {}), dict):
+            raise ConfigError(f"{where}: field {name!r} must be a mapping")
+    options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
+    unknown = unknown_ffmpeg_options(options)
+    if unknown:
+        raise ConfigError(f"{where}: FFmpeg knows no input option {', '.join(map(repr, unknown))} and would ignore it; see the "
+                          "protocol and format options in https://ffmpeg.org/ffmpeg-protocols.html and ffmpeg-formats.html")
+    try:
+        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def unknown_ffmpeg_options(names: Iterable[str]) -> list[str]:
+    """Those of `names` that no part of FFmpeg's input side (format context, demuxers, protocols) knows.
+    FFmpeg ignores such options without a word, so a typo would silently change nothing. Asks the FFmpeg
+    that PyAV loaded, as the ffmpeg tool does: av_opt_find over the format context's class and its children."""
+    found = _ffmpeg_option_finder()
+    return [name for name in names if found is not None and not found(name)]
+
+
+@functools.cache
+def _ffmpeg_option_finder() -> Callable[[str], bool] | None:
+    """None where the loaded libavformat cannot be located (not Linux): options then go unchecked."""
+    try:
+        maps = Path("/proc/self/maps").read_text().split("\n")
+        paths = {lib: next(line.split()[-1] for line in maps if f"/lib{lib}" in line and ".so" in line) for lib in ("avformat", "avutil")}
+    except (OSError, StopIteration):
+        return None
+    avformat, avutil = ctypes.CDLL(paths["avformat"]), ctypes.CDLL(paths["avutil"])
+    avformat.avformat_get_class.restype = ctypes.c_void_p
+    avutil.av_opt_find.restype = ctypes.c_void_p
+    avutil.av_opt_find.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    format_class = ctypes.c_void_p(avformat.avformat_get_class())
+    search_children_of_fake_object = 1 | 2  # AV_OPT_SEARCH_CHILDREN | AV_OPT_SEARCH_FAKE_OBJ
+    return lambda name: bool(avutil.av_opt_find(ctypes.byref(format_class), name.encode(), None, 0, search_children_of_fake_object))
+
+
+def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:
+    """Streams named on the command line; each id is the file or path name, made unique with a suffix."""
+    sources: list[StreamSource] = []
+    taken: set[str] = set()
+    for url in urls:
+        parsed = urlparse(url)
+        base = Path(parsed.path).stem or parsed.netloc or "stream"
+        stream_id, n = base, 2
+        while stream_id in taken:
+            stream_id, n = f"{base}-{n}", n + 1
+        taken.add(stream_id)
+        try:
+            sources.append(StreamSource(stream_id, url))
+        except ValueError as exc:
+            raise ConfigError(f"{url}: {exc}; put the stream in a --streams file with an id of its own") from None
+    return sources
+
+
+def check_unique(sources: Sequence[StreamSource], where: str) -> None:
+    seen: set[str] = set()
+    for source in sources:
+        if source.id in seen:
+            raise ConfigError(f"{where}: stream id {source.id!r} appears twice; ids must be unique")
+        seen.add(source.id)
