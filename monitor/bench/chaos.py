@@ -253,10 +253,16 @@ class Fleet:
             process.wait()
 
     def start(self) -> None:
+        self.start_workers()
+        self.start_ingest()
+
+    def start_workers(self) -> None:
         self.prometheus.start()
         for n in range(len(self.workers)):
             self.start_worker(n)
         self.wait_for_workers()
+
+    def start_ingest(self) -> None:
         self.ingest = servers.airtrace(["ingest", "--streams", str(self.streams_file), "--metrics-port", str(self.ingest_port), *self.kafka_args],
                                        self.workdir / "ingest.log", cwd=self.workdir)
 

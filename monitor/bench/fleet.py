@@ -2,10 +2,12 @@
 
 N live HTTP streams of synthetic broadcasts (the chaos run's stations, without faults) run at real-time
 pace through `airtrace ingest`, a Tansu broker and 1, 2, 4 ... `airtrace worker`s with redis-server. Per
-fleet size it reports stream-seconds per worker CPU-second (streams per worker core), ingest CPU per
-stream, the delay from air time to the play event on the plays topic, and consumer lag over the run; and
-it checks that the plays are those the embedded mode reports on the same broadcasts as files. CPU time is
-read from each process once the streams are on air and at the end (start-up does not count), so other load on the machine slows the run but does not count.
+fleet size it reports stream-seconds per worker CPU-second (streams per worker core) and how much of that
+CPU the workers spend with no stream at all (measured before ingest starts: few streams per worker leave
+it unamortised), ingest CPU per stream, the delay from air time to the play event on the plays topic, and
+consumer lag over the run; and it checks that the plays are those the embedded mode reports on the same
+broadcasts as files. CPU time is read from each process once the streams are on air and at the end
+(start-up does not count), so other load on the machine slows the run but does not count.
 Production code never imports this module.
 """
 
@@ -32,6 +34,7 @@ from monitor.stages.windows import WindowGrid
 log = logging.getLogger(__name__)
 
 TARGET_STREAMS_PER_CORE = 200.0
+IDLE_SECONDS = 20.0  # how long the workers' cost without streams is measured before ingest starts
 
 
 @dataclass
@@ -41,6 +44,7 @@ class FleetRun:
     workers: int
     stream_seconds: float
     worker_cpu: float
+    worker_idle_cpu: float  # of which the workers would have spent with no stream at all (polling, heartbeats, metrics)
     ingest_cpu: float
     detection_delays: list[float]  # air time of a play's start -> its started event on the plays topic
     pipeline_delays: list[float]  # air time of the window that decided it -> the event on the topic
@@ -57,8 +61,21 @@ class FleetRun:
         return self.stream_seconds / self.worker_cpu if self.worker_cpu else float("nan")
 
     @property
+    def marginal_streams_per_core(self) -> float:
+        """Streams per core that the streams themselves cost: what a worker adds per stream once it is busy."""
+        busy = self.worker_cpu - self.worker_idle_cpu
+        return self.stream_seconds / busy if busy > 0 else float("nan")
+
+    @property
     def ingest_core_per_stream(self) -> float:
         return self.ingest_cpu / self.stream_seconds if self.stream_seconds else float("nan")
+
+
+def idle_rate(workers: Sequence, seconds: float) -> float:
+    """CPU seconds per second that the workers spend with no stream at all, measured over `seconds`."""
+    before = sum(cpu_seconds(p.pid) for p in workers)
+    time.sleep(seconds)
+    return (sum(cpu_seconds(p.pid) for p in workers) - before) / seconds
 
 
 def cpu_seconds(pid: int) -> float:
@@ -115,7 +132,9 @@ def run_fleet_size(workers: int, broadcasts: Sequence[Broadcast], catalog: Path,
         streams_file.write_text("".join(f"- id: {b.stream_id}\n  url: {stations.url(b.stream_id)}\n" for b in broadcasts))
         fleet = Fleet(run_dir, catalog, streams_file, workers, partitions, durable_broker=False)
         try:
-            fleet.start()
+            fleet.start_workers()
+            idle_cpu = idle_rate(fleet.workers, IDLE_SECONDS)
+            fleet.start_ingest()
             servers.wait_until(lambda: stations.on_air_since, 120, "ingest tunes in")
             on_air = min(stations.on_air_since.values())
             started = {p.pid: cpu_seconds(p.pid) for p in [fleet.ingest, *fleet.workers]}  # start-up (imports, model) is not per stream
@@ -128,6 +147,7 @@ def run_fleet_size(workers: int, broadcasts: Sequence[Broadcast], catalog: Path,
             topic = f"{PREFIX}.plays"
             wait_for_quiet(fleet, topic)
             worker_cpu = sum(cpu_seconds(p.pid) - started[p.pid] for p in fleet.workers)
+            worker_seconds = time.monotonic() - on_air
             records = servers.read_topic(fleet.broker.port, topic)
             since = int(time.monotonic() - on_air) + 60
             lag = f"sum(airtrace_consumer_lag_messages{{topic='{PREFIX}.windows'}})"
@@ -142,7 +162,7 @@ def run_fleet_size(workers: int, broadcasts: Sequence[Broadcast], catalog: Path,
     audits = [audit(b.truth, sent[b.stream_id], [e for e in events if e.stream_id == b.stream_id],
                     [e for e in baseline if e.stream_id == b.stream_id]) for b in broadcasts]
     hop = WindowGrid.for_encoder(Catalog.open(catalog).encoder).hop_seconds  # the streams' hop, the encoder's
-    return FleetRun(workers, windows * hop, worker_cpu, ingest_cpu, detection, pipeline, max_lag, mean_lag,
+    return FleetRun(workers, windows * hop, worker_cpu, idle_cpu * worker_seconds, ingest_cpu, detection, pipeline, max_lag, mean_lag,
                     sum(e.state == "ended" for e in events), *compare_plays(events, baseline, hop),
                     sum(a.found_once for a in audits), sum(a.heard for a in audits))
 
@@ -188,6 +208,8 @@ def report(runs: Sequence[FleetRun], streams: int, minutes: float, seed: int, ou
         ("stream seconds monitored", [round(r.stream_seconds) for r in runs], ""),
         ("worker CPU seconds", [round(r.worker_cpu, 1) for r in runs], ""),
         ("streams per worker core", [verdict(r.streams_per_core, TARGET_STREAMS_PER_CORE, digits=0) for r in runs], f">= {TARGET_STREAMS_PER_CORE:.0f}"),
+        ("  of which idle workers (% of the worker CPU)", [round(100 * r.worker_idle_cpu / r.worker_cpu, 1) for r in runs], ""),
+        ("  streams per core without the idle cost", [round(r.marginal_streams_per_core) for r in runs], ""),
         ("ingest CPU per stream (% of a core)", [round(100 * r.ingest_core_per_stream, 2) for r in runs], ""),
         ("air start -> started event, median / p95 (s)", [_quantiles(r.detection_delays) for r in runs], ""),
         ("deciding window on air -> event, median / p95 (s)", [_quantiles(r.pipeline_delays) for r in runs], ""),
@@ -197,6 +219,6 @@ def report(runs: Sequence[FleetRun], streams: int, minutes: float, seed: int, ou
     ]
     for name, values, target in rows:
         table.add(name, *values, target)
-    publish([table], out, command, {"runs": [{"workers": r.workers, "streams_per_core": r.streams_per_core,
+    publish([table], out, command, {"runs": [{"workers": r.workers, "streams_per_core": r.streams_per_core, "marginal_streams_per_core": r.marginal_streams_per_core,
                                               "detection_delays": r.detection_delays, "pipeline_delays": r.pipeline_delays,
                                               "differences": r.differences} for r in runs]})
