@@ -1,0 +1,199 @@
+"""Content classes: what each encoder window holds (music, speech, speech over music, silence, other).
+
+The classifier rides on the fingerprint encoder's own pass: it reads the encoder's raw log-mel (before
+the per-window standardisation throws the level away) and its pooled backbone features, adds a few
+level, spectral-shape and modulation statistics, and a two-layer head maps them to the classes. So
+labelling a window costs a small fraction of embedding it, and `embed_and_classify` gives both from
+one pass. A classifier is tied to the exact encoder weights it was trained on (config.json records
+the encoder's fingerprint), and is saved like an encoder: config.json and model.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from encoders.frontend import LogMel
+from encoders.model import Encoder, EncoderError, load_encoder, resolve_encoder_path, save_model_dir
+
+CLASSES = ("music", "speech", "speech_over_music", "silence", "other")
+FORMAT_VERSION = 1
+DEFAULT_CLASSIFIER = "classes"
+LEVEL_FLOOR_DB = -100.0  # digital silence reads as this level, not as -inf
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """What the head was trained on: the encoder (shipped name or path, and its weights' fingerprint)
+    and the feature set, so a head never meets features it was not trained for."""
+
+    encoder: str
+    encoder_fingerprint: str
+    features: str  # "taps": level/shape/modulation statistics + backbone features; "embedding": the embedding alone
+    feature_dim: int
+    hidden: int = 64
+    classes: tuple[str, ...] = CLASSES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str) -> "ClassifierConfig":
+        data = {k: v for k, v in data.items() if k != "training"}
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise EncoderError(f"{source}: format_version {version!r} is not {FORMAT_VERSION}; retrain the classifier")
+        try:
+            return cls(**{**data, "classes": tuple(data.get("classes", CLASSES))})
+        except TypeError as exc:
+            raise EncoderError(f"{source}: {exc}; use the config saved with these weights") from exc
+
+
+FEATURE_SETS = ("taps", "embedding")
+
+
+class ContentHead(nn.Module):
+    """Standardised features -> hidden -> class logits; the standardisation is part of the weights."""
+
+    def __init__(self, feature_dim: int, hidden: int, classes: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(feature_dim))
+        self.register_buffer("scale", torch.ones(feature_dim))
+        self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(hidden, classes))
+
+    def fit_standardisation(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(dim=0))
+        self.scale.copy_(features.std(dim=0).clamp(min=1e-4))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features - self.mean) / self.scale)
+
+
+def level_db(wave: torch.Tensor) -> torch.Tensor:
+    """Each window's RMS level in dB full scale, floored at LEVEL_FLOOR_DB."""
+    return 10 * torch.log10(wave.square().mean(dim=1) + 10 ** (LEVEL_FLOOR_DB / 10))
+
+
+def mel_statistics(mel: torch.Tensor) -> torch.Tensor:
+    """(B, n_mels, T) natural-log mel power -> (B, 2 * n_mels + 6) level-free statistics.
+
+    The spectral envelope relative to its mean, each band's spread over time (syllables move bands at
+    4-8 Hz, sustained notes do not), and per-frame energy, flatness and flux statistics: tones are flat
+    in time and peaked in frequency, noise flat in both, speech has pauses and fast onsets.
+    """
+    envelope = mel.mean(dim=2)
+    envelope = envelope - envelope.mean(dim=1, keepdim=True)
+    band_spread = mel.std(dim=2)
+    frame_energy = torch.logsumexp(mel, dim=1)
+    flatness = mel.mean(dim=1) - frame_energy + np.log(mel.shape[1])
+    flux = (mel[:, :, 1:] - mel[:, :, :-1]).abs().mean(dim=1)
+    quiet = (frame_energy < frame_energy.amax(dim=1, keepdim=True) - np.log(100.0)).float().mean(dim=1)  # 20 dB down
+    scalars = torch.stack([frame_energy.std(dim=1), quiet, flatness.mean(dim=1), flatness.std(dim=1), flux.mean(dim=1), flux.std(dim=1)], dim=1)
+    return torch.cat([envelope, band_spread, scalars], dim=1)
+
+
+@contextmanager
+def _captured_log_mel(encoder: Encoder) -> Iterator[list[torch.Tensor]]:
+    """The raw log-mel the encoder's front end computes during the pass inside the block."""
+    front = getattr(encoder.backbone, "melspec", None)
+    if not isinstance(front, LogMel):
+        raise EncoderError(f"backbone {encoder.config.backbone!r} has no log-mel front end to share; the content classifier needs one (use compact)")
+    captured: list[torch.Tensor] = []
+    handle = front.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def encoder_pass(encoder: Encoder, wave: torch.Tensor, features: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the encoder over (B, samples): (embeddings, the classifier's features)."""
+    if features == "embedding":
+        embeddings = encoder(wave)
+        return embeddings, embeddings
+    with _captured_log_mel(encoder) as mel:
+        backbone = encoder.backbone(wave)
+    embeddings = nn.functional.normalize(encoder.head(backbone), dim=-1)
+    return embeddings, torch.cat([level_db(wave)[:, None] / 20, mel_statistics(mel[0]), backbone], dim=1)
+
+
+def _as_windows(encoder: Encoder, windows: np.ndarray) -> np.ndarray:
+    windows = np.asarray(windows, dtype=np.float32)
+    if windows.ndim == 1:
+        windows = windows[None]
+    if windows.ndim != 2 or windows.shape[1] != encoder.window_samples:
+        raise EncoderError(
+            f"expected windows of {encoder.window_samples} samples ({encoder.config.window_seconds} s at "
+            f"{encoder.sample_rate} Hz), got shape {windows.shape}; cut audio with the encoder's window"
+        )
+    return windows if windows.flags.writeable else windows.copy()
+
+
+class ContentClassifier:
+    """Labels encoder windows with CLASSES; use `embed_and_classify` beside fingerprinting."""
+
+    def __init__(self, config: ClassifierConfig, head: ContentHead, encoder: Encoder):
+        if config.features not in FEATURE_SETS:
+            raise EncoderError(f"unknown feature set {config.features!r}; choose one of {', '.join(FEATURE_SETS)}")
+        self.config, self.head, self.encoder = config, head.eval(), encoder.eval()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.config.classes
+
+    @classmethod
+    def load(cls, name_or_path: str | Path = DEFAULT_CLASSIFIER, encoder: Encoder | None = None) -> "ContentClassifier":
+        """A classifier directory (or a shipped name), with its encoder: the one given, else the one it names.
+        An encoder whose weights differ from those the classifier was trained on is refused."""
+        path = resolve_encoder_path(name_or_path)
+        config_file, weights_file = path / "config.json", path / "model.safetensors"
+        for needed in (config_file, weights_file):
+            if not needed.is_file():
+                raise EncoderError(f"{path} lacks {needed.name}; a classifier directory holds config.json and model.safetensors")
+        try:
+            config = ClassifierConfig.from_json(json.loads(config_file.read_text()), str(config_file))
+        except json.JSONDecodeError as exc:
+            raise EncoderError(f"{config_file} is not valid JSON ({exc}); restore it from the trained classifier") from exc
+        encoder = encoder if encoder is not None else load_encoder(config.encoder)
+        if encoder.fingerprint() != config.encoder_fingerprint:
+            raise EncoderError(
+                f"{path} was trained on encoder weights {config.encoder_fingerprint}, not these ({encoder.fingerprint()}); "
+                "retrain the classifier for this encoder (python -m encoders.content_train)"
+            )
+        head = ContentHead(config.feature_dim, config.hidden, len(config.classes))
+        try:
+            head.load_state_dict(load_file(str(weights_file)), strict=True)
+        except Exception as exc:  # safetensors' own errors for foreign files, RuntimeError for mismatched shapes
+            raise EncoderError(f"{weights_file} does not fit {config_file.name} ({str(exc).splitlines()[0]}); use the config saved with these weights") from exc
+        return cls(config, head, encoder)
+
+    @torch.inference_mode()
+    def embed_and_classify(self, windows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings (N, dim) as `Encoder.embed` gives them, labels (N,) of class names, probabilities (N, classes))."""
+        windows = _as_windows(self.encoder, windows)
+        embedded, probabilities = [], []
+        for i in range(0, len(windows), batch_size):
+            embeddings, features = encoder_pass(self.encoder, torch.from_numpy(windows[i : i + batch_size]), self.config.features)
+            embedded.append(embeddings)
+            probabilities.append(torch.softmax(self.head(features), dim=1))
+        if not embedded:
+            return np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, dtype=object), np.zeros((0, len(self.classes)), np.float32)
+        probs = torch.cat(probabilities).numpy()
+        return torch.cat(embedded).numpy(), np.array(self.classes, dtype=object)[probs.argmax(axis=1)], probs
+
+    def classify(self, windows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (N,), probabilities (N, classes)) for windows of the encoder's length."""
+        _, labels, probs = self.embed_and_classify(windows, batch_size)
+        return labels, probs
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        return save_model_dir(directory, {**self.config.to_json(), **(extra or {})}, self.head.state_dict())
