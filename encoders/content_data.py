@@ -23,7 +23,7 @@ from encoders.classes import CLASSES
 from encoders.speech import talk
 
 MUSIC_FLOOR_DB = -50.0  # a music excerpt quieter than this (a fade, a gap between movements) is not used
-PROGRAMME_LEVEL_DB = (-35.0, -8.0)  # RMS of music and speech examples, dBFS
+PROGRAMME_LEVEL_DB = (-45.0, -6.0)  # RMS of music and speech examples, dBFS
 SPEECH_OVER_MUSIC_DB = (-15.0, 0.0)  # music level relative to the voice: a bed ducked 15 dB under the talker, up to as loud
 SILENCE_FLOOR_DB = (-90.0, -60.0)  # near-silence: a noise floor no louder than this
 OTHER_LEVEL_DB = (-45.0, -3.0)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class ContentTrainConfig:
     encoder: str = "compact"
     features: str = "taps"
     hidden: int = 64
+    conv_channels: int = 16  # 0: a head on the pooled statistics alone
     examples_per_class: int = 600
     example_seconds: float = 4.0
     epochs: int = 40
@@ -105,39 +107,52 @@ def content_sources(music: str | Path, per_package: int, voices: list, sample_ra
     return ContentSources(music=tracks, voices=load_voices(voices, sample_rate))
 
 
+@dataclass
+class TrainingSet:
+    """The head's inputs for every window: features, standardised log-mel (float16; empty for "embedding"), class indices."""
+
+    features: np.ndarray
+    mel: np.ndarray
+    labels: np.ndarray
+
+
 @torch.inference_mode()
-def window_features(encoder: Encoder, windows: np.ndarray, features: str, batch_size: int = 256) -> np.ndarray:
+def window_taps(encoder: Encoder, windows: np.ndarray, labels: np.ndarray, features: str, batch_size: int = 256) -> TrainingSet:
     encoder.eval()
-    out = [encoder_pass(encoder, torch.from_numpy(windows[i : i + batch_size]), features)[1]
-           for i in tqdm(range(0, len(windows), batch_size), desc="encoder features", unit="batch", leave=False)]
-    return torch.cat(out).numpy()
+    taps = [encoder_pass(encoder, torch.from_numpy(windows[i : i + batch_size]), features)
+            for i in tqdm(range(0, len(windows), batch_size), desc="encoder features", unit="batch", leave=False)]
+    mel = torch.cat([t.mel for t in taps]).half().numpy() if features == "taps" else np.zeros((len(labels), 0, 0), np.float16)
+    return TrainingSet(torch.cat([t.features for t in taps]).numpy(), mel, labels)
 
 
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def training_set(cfg: ContentTrainConfig, encoder: Encoder, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of the training windows, computed once per data setting and encoder."""
+def training_set(cfg: ContentTrainConfig, encoder: Encoder, run_dir: Path) -> TrainingSet:
+    """The training windows' head inputs, computed once per data setting and encoder."""
     train_voices, _ = split_voices()
     key = _digest(cfg.music, data_digest(cfg.music), cfg.tracks_per_package, cfg.examples_per_class, cfg.example_seconds,
                   cfg.seed, cfg.features, encoder.fingerprint(), [v.name for v in train_voices])
     cache = run_dir / f"features-{key}.npz"
     if cache.exists():
         saved = np.load(cache)
-        return saved["features"], saved["labels"]
+        return TrainingSet(saved["features"], saved["mel"], saved["labels"])
     src = content_sources(cfg.music, cfg.tracks_per_package, train_voices, encoder.sample_rate, cfg.seed)
     windows, labels = labelled_windows(src, cfg.examples_per_class, cfg.example_seconds, encoder.window_samples, encoder.sample_rate, cfg.seed)
-    features = window_features(encoder, windows, cfg.features)
-    np.savez(cache, features=features, labels=labels)
-    return features, labels
+    data = window_taps(encoder, windows, labels, cfg.features)
+    partial = cache.with_suffix(".partial.npz")
+    np.savez(partial, **dataclasses.asdict(data))
+    os.replace(partial, cache)  # a killed run leaves no half-written cache behind
+    return data
 
 
-def fit_head(features: np.ndarray, labels: np.ndarray, cfg: ContentTrainConfig) -> ContentHead:
+def fit_head(data: TrainingSet, cfg: ContentTrainConfig) -> ContentHead:
     """Cross-entropy with classes weighted to equal total weight, AdamW, a cosine-decayed learning rate."""
     torch.manual_seed(cfg.seed)
-    x, y = torch.from_numpy(features).float(), torch.from_numpy(labels).long()
-    head = ContentHead(x.shape[1], cfg.hidden, len(CLASSES))
+    x, y = torch.from_numpy(data.features).float(), torch.from_numpy(data.labels).long()
+    mel = torch.from_numpy(data.mel) if data.mel.size else None
+    head = ContentHead(x.shape[1], cfg.hidden, len(CLASSES), cfg.conv_channels if mel is not None else 0)
     head.fit_standardisation(x)
     counts = torch.bincount(y, minlength=len(CLASSES)).float().clamp(min=1)
     loss_fn = torch.nn.CrossEntropyLoss(weight=counts.sum() / counts / len(CLASSES))
@@ -150,7 +165,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, cfg: ContentTrainConfig) 
         order, total = torch.randperm(len(x), generator=generator), 0.0
         for i in range(0, len(x), cfg.batch_size):
             batch = order[i : i + cfg.batch_size]
-            loss = loss_fn(head(x[batch]), y[batch])
+            loss = loss_fn(head(x[batch], None if mel is None else mel[batch].float()), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -167,12 +182,13 @@ def train_classifier(cfg: ContentTrainConfig, run_dir: str | Path) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = load_encoder(cfg.encoder)
-    features, labels = training_set(cfg, encoder, run_dir)
-    head = fit_head(features, labels, cfg)
+    data = training_set(cfg, encoder, run_dir)
+    head = fit_head(data, cfg)
     config = ClassifierConfig(encoder=portable_path(cfg.encoder) if Path(cfg.encoder).is_dir() else cfg.encoder,
-                              encoder_fingerprint=encoder.fingerprint(), features=cfg.features, feature_dim=features.shape[1], hidden=cfg.hidden)
+                              encoder_fingerprint=encoder.fingerprint(), features=cfg.features, feature_dim=data.features.shape[1],
+                              hidden=cfg.hidden, conv_channels=cfg.conv_channels if data.mel.size else 0)
     record = {**dataclasses.asdict(cfg), "music": portable_path(cfg.music), "music_sha256": data_digest(cfg.music),
-              "voices": [v.name for v in split_voices()[0]], "windows": int(len(labels))}
+              "voices": [v.name for v in split_voices()[0]], "windows": int(len(data.labels))}
     return ContentClassifier(config, head, encoder).save(run_dir / "classifier", extra={"training": record})
 
 
@@ -198,19 +214,34 @@ def held_out_windows(encoder: Encoder, music: str | Path, voice: str, examples_p
     """(windows, true class indices, settings): built like the training set, from other music, another voice, another seed."""
     src = content_sources(music, tracks_per_package, [get_voice(voice)], encoder.sample_rate, seed)
     windows, truth = labelled_windows(src, examples_per_class, example_seconds, encoder.window_samples, encoder.sample_rate, seed)
-    settings = {"music": portable_path(str(music)), "tracks": len(src.music), "voice": voice, "windows": int(len(truth)),
+    settings = {"music": str(music), "tracks": len(src.music), "voice": voice, "windows": int(len(truth)),
+                "windows_per_example": int(example_seconds * encoder.sample_rate) // encoder.window_samples,
                 "examples_per_class": examples_per_class, "example_seconds": example_seconds, "seed": seed}
     return windows, truth, settings
 
 
-def evaluate(classifier: ContentClassifier, windows: np.ndarray, truth: np.ndarray) -> Evaluation:
-    """Score `classifier` on labelled windows (class indices in CLASSES order)."""
+def moving_mean(probabilities: np.ndarray, per_example: int, span: int) -> np.ndarray:
+    """Each window's class probabilities averaged with its neighbours in a centred `span` inside its own
+    example (consecutive runs of `per_example` windows), as a stream could smooth its labels."""
+    runs = probabilities.reshape(-1, per_example, probabilities.shape[1])
+    padded = np.pad(runs, ((0, 0), (span // 2, span // 2), (0, 0)), mode="edge")
+    return np.mean([padded[:, i : i + per_example] for i in range(span)], axis=0).reshape(probabilities.shape)
+
+
+def _confusion(truth: np.ndarray, probabilities: np.ndarray) -> Evaluation:
+    confusion = np.zeros((len(CLASSES),) * 2, dtype=np.int64)
+    np.add.at(confusion, (truth, probabilities.argmax(axis=1)), 1)
+    return Evaluation(CLASSES, confusion)
+
+
+def evaluate(classifier: ContentClassifier, windows: np.ndarray, truth: np.ndarray, per_example: int,
+             span: int = 3) -> tuple[Evaluation, Evaluation]:
+    """Score `classifier` on labelled windows (class indices in CLASSES order), each window on its own
+    and with probabilities averaged over `span` consecutive windows of the same example."""
     if classifier.classes != CLASSES:
         raise ValueError(f"the classifier's classes {classifier.classes} are not {CLASSES}; retrain it")
     _, probs = classifier.classify(windows)
-    confusion = np.zeros((len(CLASSES),) * 2, dtype=np.int64)
-    np.add.at(confusion, (truth, probs.argmax(axis=1)), 1)
-    return Evaluation(CLASSES, confusion)
+    return _confusion(truth, probs), _confusion(truth, moving_mean(probs, per_example, span))
 
 
 @click.command()

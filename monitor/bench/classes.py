@@ -1,7 +1,8 @@
 """`airtrace bench classes`: the content classifier's accuracy on held-out sources, and its CPU cost.
 
 Windows are built as for training (encoders.content_data) from music and a voice the classifier never
-saw, 1 s each and non-overlapping, so per-window accuracy is per-second accuracy. Speed is windows per
+saw, 1 s each and non-overlapping, so per-window accuracy is per-second accuracy; a second table
+averages each window's probabilities with its neighbours in the same example, as a stream could. Speed is windows per
 second of process CPU time on one torch thread: the encoder alone against embedding and classifying
 in one pass, measured alternately (best of several rounds) so machine load hits both alike.
 """
@@ -20,6 +21,7 @@ from monitor.bench.report import Table, percent, publish
 
 SPEED_WINDOWS = 512
 SPEED_ROUNDS = 5
+SMOOTHING_SPAN = 3  # windows: a centred 3 s moving mean, inside each example
 
 
 def _windows_per_cpu_second(run: Callable[[], object], windows: int) -> float:
@@ -43,18 +45,22 @@ def speed(classifier: ContentClassifier, windows: np.ndarray) -> tuple[float, fl
         torch.set_num_threads(threads)
 
 
-def accuracy_tables(name: str, result: Evaluation, settings: dict) -> list[Table]:
-    per_class = Table(f"Content classes per second, held out: {name}", ["class", "windows", "accuracy %", "precision %"], settings=settings)
+def accuracy_table(title: str, result: Evaluation, settings: dict) -> Table:
+    table = Table(title, ["class", "windows", "accuracy %", "precision %"], settings=settings)
     for i, label in enumerate(CLASSES):
         labelled = int(result.confusion[:, i].sum())
-        per_class.add(label, int(result.confusion[i].sum()), percent(int(result.confusion[i, i]), int(result.confusion[i].sum())),
-                      percent(int(result.confusion[i, i]), labelled))
-    per_class.add("music vs speech", int(result.confusion[:2].sum()), f"{100 * result.accuracy(('music', 'speech')):.1f}", None)
-    per_class.add("all", int(result.confusion.sum()), f"{100 * result.accuracy():.1f}", None)
-    confusion = Table(f"Confusion (rows: truth, columns: label): {name}", ["truth", *CLASSES])
+        table.add(label, int(result.confusion[i].sum()), percent(int(result.confusion[i, i]), int(result.confusion[i].sum())),
+                  percent(int(result.confusion[i, i]), labelled))
+    table.add("music vs speech", int(result.confusion[:2].sum()), f"{100 * result.accuracy(('music', 'speech')):.1f}", None)
+    table.add("all", int(result.confusion.sum()), f"{100 * result.accuracy():.1f}", None)
+    return table
+
+
+def confusion_table(title: str, result: Evaluation) -> Table:
+    table = Table(title, ["truth", *CLASSES])
     for label, row in zip(CLASSES, result.confusion.tolist()):
-        confusion.add(label, *row)
-    return [per_class, confusion]
+        table.add(label, *row)
+    return table
 
 
 def run_classes(classifiers: Sequence[str], music: str, voice: str, examples: int, seconds: float, seed: int,
@@ -65,7 +71,10 @@ def run_classes(classifiers: Sequence[str], music: str, voice: str, examples: in
     tables: list[Table] = []
     cost = Table("CPU cost per window (one thread)", ["classifier", "features", "encoder windows/s", "encoder+classes windows/s", "extra cost %"])
     for name, classifier in loaded.items():
-        tables += accuracy_tables(name, evaluate(classifier, windows, truth), settings)
+        single, smoothed = evaluate(classifier, windows, truth, settings["windows_per_example"], SMOOTHING_SPAN)
+        tables += [accuracy_table(f"Content classes per 1 s window, held out: {name}", single, settings),
+                   confusion_table(f"Confusion (rows: truth, columns: label): {name}", single),
+                   accuracy_table(f"The same with probabilities averaged over {SMOOTHING_SPAN} windows: {name}", smoothed, {})]
         alone, both = speed(classifier, windows)
         cost.add(name, classifier.config.features, round(alone), round(both), f"{100 * (alone / both - 1):.1f}")
     publish([*tables, cost], out, command)
