@@ -2,8 +2,9 @@
 
 The classifier rides on the fingerprint encoder's own pass: it reads the encoder's raw log-mel (before
 the per-window standardisation throws the level away) and its pooled backbone features, adds a few
-level, spectral-shape and modulation statistics, and a two-layer head maps them to the classes. So
-labelling a window costs a small fraction of embedding it, and `embed_and_classify` gives both from
+level, spectral-shape and modulation statistics, and a small head (a strided CNN over the shared
+log-mel, then a two-layer MLP) maps them to the classes. So labelling a window costs a fraction
+(about a seventh) of embedding it, and `embed_and_classify` gives both from
 one pass. A classifier is tied to the exact encoder weights it was trained on (config.json records
 the encoder's fingerprint), and is saved like an encoder: config.json and model.safetensors.
 """

@@ -1,6 +1,6 @@
 """Train and evaluate the content classifier's head on frozen encoder features.
 
-    python -m encoders.content_train encoders/configs/classes.yaml --run-dir runs/classes
+    python -m encoders.content_train encoders/configs/classifiers/classes.yaml --run-dir runs/classes
 
 builds the labelled windows (encoders.content_data) from the training music and voices, runs the
 encoder over them once (features cached in RUN_DIR/features-*.npz), trains the small head in seconds,
@@ -209,15 +209,25 @@ class Evaluation:
         return float(sum(self.confusion[i, i] for i in rows) / max(sum(self.confusion[i].sum() for i in rows), 1))
 
 
+@dataclass
+class HeldOut:
+    """Labelled windows built like the training set from other music, another voice and another seed,
+    and the music tracks themselves (decoded at the encoder's rate)."""
+
+    windows: np.ndarray
+    truth: np.ndarray
+    settings: dict[str, Any]
+    music: list[np.ndarray]
+
+
 def held_out_windows(encoder: Encoder, music: str | Path, voice: str, examples_per_class: int, example_seconds: float,
-                     seed: int, tracks_per_package: int = 1000) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(windows, true class indices, settings): built like the training set, from other music, another voice, another seed."""
+                     seed: int, tracks_per_package: int = 1000) -> HeldOut:
     src = content_sources(music, tracks_per_package, [get_voice(voice)], encoder.sample_rate, seed)
     windows, truth = labelled_windows(src, examples_per_class, example_seconds, encoder.window_samples, encoder.sample_rate, seed)
     settings = {"music": str(music), "tracks": len(src.music), "voice": voice, "windows": int(len(truth)),
                 "windows_per_example": int(example_seconds * encoder.sample_rate) // encoder.window_samples,
                 "examples_per_class": examples_per_class, "example_seconds": example_seconds, "seed": seed}
-    return windows, truth, settings
+    return HeldOut(windows, truth, settings, list(src.music))
 
 
 def moving_mean(probabilities: np.ndarray, per_example: int, span: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from encoders import load_audio, load_encoder
 from encoders.classes import CLASSES, ContentClassifier
 from encoders.content_data import ContentSources, labelled_windows, rms_db
 from encoders.content_train import ContentTrainConfig, TrainingSet, fit_head, train_classifier
 from encoders.model import EncoderError
+from monitor.cli import main
 
 DEMO = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 SPEECH = Path(__file__).parent / "data" / "speech-june.opus"  # the held-out voice; see tests/data/LICENSE.md
@@ -138,3 +141,27 @@ def test_a_bad_training_config_is_named_before_any_work(tmp_path: Path) -> None:
     config.write_text("musik: data\n")
     with pytest.raises(ValueError, match="musik"):
         ContentTrainConfig.from_file(config)
+
+
+def test_the_shipped_training_config_reads_and_matches_the_shipped_weights() -> None:
+    config = Path(__file__).parents[1] / "encoders" / "configs" / "classifiers" / "classes.yaml"
+    cfg = ContentTrainConfig.from_file(config)
+    training = json.loads((Path(__file__).parents[1] / "encoders" / "models" / "classes" / "config.json").read_text())["training"]
+    assert {k: training[k] for k in dataclasses.asdict(cfg)} == dataclasses.asdict(cfg)
+
+
+def test_bench_classes_reports_accuracy_confusion_tracks_and_cost(tmp_path: Path) -> None:
+    out = tmp_path / "classes.json"
+    result = CliRunner().invoke(main, ["bench", "classes", "--music", str(DEMO), "--examples", "1", "--seconds", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tables = {t["title"].split(":")[0]: t for t in json.loads(out.read_text())["tables"]}
+    per_window = tables["Content classes per 1 s window, held out"]
+    assert [row[0] for row in per_window["rows"]] == [*CLASSES, "music vs speech", "all"]
+    assert sum(map(sum, (row[1:] for row in tables["Confusion (rows"]["rows"]))) == len(CLASSES) * 2
+    assert sum(row[1] for row in tables["Whole held-out tracks as released, audible seconds"]["rows"]) == 6 * 40
+    assert tables["CPU cost per window (one thread)"]["rows"][0][2] > 0
+
+
+def test_bench_classes_names_missing_music() -> None:
+    result = CliRunner().invoke(main, ["bench", "classes", "--music", "no/such/dir"])
+    assert result.exit_code != 0 and "does not exist" in result.output

@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from encoders.classes import CLASSES, ContentClassifier
+from encoders.content_data import rms_db
 from encoders.content_train import Evaluation, evaluate, held_out_windows
 from monitor.bench.report import Table, percent, publish
 
 SPEED_WINDOWS = 512
 SPEED_ROUNDS = 5
 SMOOTHING_SPAN = 3  # windows: a centred 3 s moving mean, inside each example
+TRACK_OFFSET_SECONDS, TRACK_SECONDS = 10, 60  # of each whole held-out track: past intros, a minute
+SILENCE_DB = -60.0  # quieter windows of a track are silence, not music, and are left out of its shares
 
 
 def _windows_per_cpu_second(run: Callable[[], object], windows: int) -> float:
@@ -63,18 +66,40 @@ def confusion_table(title: str, result: Evaluation) -> Table:
     return table
 
 
+def track_table(name: str, classifier: ContentClassifier, tracks: Sequence[np.ndarray]) -> Table:
+    """How whole held-out tracks, as released (no broadcast colouring), are labelled: the share of their
+    audible seconds (over SILENCE_DB) from TRACK_OFFSET_SECONDS for up to TRACK_SECONDS each."""
+    size = classifier.encoder.window_samples
+    rate = classifier.encoder.sample_rate
+    counts = dict.fromkeys(CLASSES, 0)
+    for track in tracks:
+        excerpt = np.asarray(track[TRACK_OFFSET_SECONDS * rate : (TRACK_OFFSET_SECONDS + TRACK_SECONDS) * rate], np.float32)
+        windows = excerpt[: len(excerpt) // size * size].reshape(-1, size)
+        audible = windows[[rms_db(w) > SILENCE_DB for w in windows]]
+        for label in classifier.classify(audible)[0] if len(audible) else ():
+            counts[label] += 1
+    total = sum(counts.values())
+    table = Table(f"Whole held-out tracks as released, audible seconds: {name}", ["label", "seconds", "share %"],
+                  settings={"tracks": len(tracks), "seconds_per_track": f"{TRACK_OFFSET_SECONDS}-{TRACK_OFFSET_SECONDS + TRACK_SECONDS}",
+                            "audible": f"over {SILENCE_DB:g} dBFS"})
+    for label, n in counts.items():
+        table.add(label, n, percent(n, total))
+    return table
+
+
 def run_classes(classifiers: Sequence[str], music: str, voice: str, examples: int, seconds: float, seed: int,
                 out: str | None, command: str) -> None:
     first = ContentClassifier.load(classifiers[0])
     loaded = {name: ContentClassifier.load(name, first.encoder) for name in classifiers}  # one encoder: a mismatch is refused
-    windows, truth, settings = held_out_windows(first.encoder, music, voice, examples, seconds, seed)
+    held_out = held_out_windows(first.encoder, music, voice, examples, seconds, seed)
     tables: list[Table] = []
     cost = Table("CPU cost per window (one thread)", ["classifier", "features", "encoder windows/s", "encoder+classes windows/s", "extra cost %"])
     for name, classifier in loaded.items():
-        single, smoothed = evaluate(classifier, windows, truth, settings["windows_per_example"], SMOOTHING_SPAN)
-        tables += [accuracy_table(f"Content classes per 1 s window, held out: {name}", single, settings),
+        single, smoothed = evaluate(classifier, held_out.windows, held_out.truth, held_out.settings["windows_per_example"], SMOOTHING_SPAN)
+        tables += [accuracy_table(f"Content classes per 1 s window, held out: {name}", single, held_out.settings),
                    confusion_table(f"Confusion (rows: truth, columns: label): {name}", single),
-                   accuracy_table(f"The same with probabilities averaged over {SMOOTHING_SPAN} windows: {name}", smoothed, {})]
-        alone, both = speed(classifier, windows)
+                   accuracy_table(f"The same with probabilities averaged over {SMOOTHING_SPAN} windows: {name}", smoothed, {}),
+                   track_table(name, classifier, held_out.music)]
+        alone, both = speed(classifier, held_out.windows)
         cost.add(name, classifier.config.features, round(alone), round(both), f"{100 * (alone / both - 1):.1f}")
     publish([*tables, cost], out, command)
