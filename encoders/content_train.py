@@ -30,7 +30,7 @@ from encoders.classes import CLASSES, FEATURE_SETS, ClassifierConfig, ContentCla
 from encoders.content_data import ContentSources, labelled_windows
 from encoders.audio import AudioError
 from encoders.data import list_audio, load_tracks
-from encoders.model import Encoder, load_encoder
+from encoders.model import Encoder, EncoderError, load_encoder
 from encoders.speech import get_voice, load_voices, split_voices
 from encoders.train import data_digest, portable_path
 
@@ -199,10 +199,6 @@ class Evaluation:
     classes: tuple[str, ...]
     confusion: np.ndarray
 
-    def recall(self, label: str) -> float:
-        i = self.classes.index(label)
-        return float(self.confusion[i, i] / max(self.confusion[i].sum(), 1))
-
     def accuracy(self, labels: tuple[str, ...] | None = None) -> float:
         """Exact-label accuracy over windows whose truth is one of `labels` (all classes when None)."""
         rows = [self.classes.index(label) for label in (labels or self.classes)]
@@ -249,7 +245,7 @@ def evaluate(classifier: ContentClassifier, windows: np.ndarray, truth: np.ndarr
     """Score `classifier` on labelled windows (class indices in CLASSES order), each window on its own
     and with probabilities averaged over `span` consecutive windows of the same example."""
     if classifier.classes != CLASSES:
-        raise ValueError(f"the classifier's classes {classifier.classes} are not {CLASSES}; retrain it")
+        raise EncoderError(f"the classifier's classes {classifier.classes} are not {CLASSES}; retrain it")
     _, probs = classifier.classify(windows)
     return _confusion(truth, probs), _confusion(truth, moving_mean(probs, per_example, span))
 
