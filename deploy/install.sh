@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-PACKAGES=(ffmpeg espeak-ng redis-server postgresql icecast2 prometheus docker-compose)
+PACKAGES=(ffmpeg espeak-ng redis-server postgresql icecast2 prometheus docker-compose
+  # recorded voices for real talk and babble in training and the benchmark (encoders/speech.py);
+  # never the English core sounds: they are kept for independent evaluation
+  asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav
+  asterisk-prompt-it-menardi-wav asterisk-prompt-fr-armelle asterisk-prompt-es-co)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

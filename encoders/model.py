@@ -160,20 +160,7 @@ class Encoder(nn.Module):
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write config.json and model.safetensors atomically (a temporary directory, then a rename)."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        (tmp / "config.json").write_text(json.dumps({**self.config.to_json(), **(extra or {})}, indent=2))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
-        return directory
+        return save_model_dir(directory, {**self.config.to_json(), **(extra or {})}, self.state_dict())
 
     def fingerprint(self) -> str:
         """A short hash of the weights: a catalog records it, so a catalog never meets a different model."""
@@ -182,6 +169,23 @@ class Encoder(nn.Module):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def save_model_dir(directory: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
+    """Write a model directory (config.json, model.safetensors) atomically: a temporary directory, then a rename."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+    return directory
 
 
 def resolve_encoder_path(name_or_path: str | Path) -> Path:

@@ -269,6 +269,23 @@ def bench_mux(programs: int, encoder: str, out: str | None) -> None:
     _bench_errors(lambda: run_mux(programs, grid_of.sample_rate, grid_of.window_samples, grid_of.hop_samples, out, click.echo))
 
 
+@bench.command("classes")
+@click.option("--music", required=True, help="Held-out music: a folder or a corpus manifest.csv (the dev split: data/corpus/dev/manifest.csv).")
+@click.option("--classifier", "classifiers", multiple=True, default=("classes",), show_default=True, help="Shipped name or directory; repeat to compare.")
+@click.option("--voice", default=None, help="Held-out voice [encoders.speech.HELD_OUT_VOICE].")
+@click.option("--examples", default=100, show_default=True, type=click.IntRange(1), help="Examples per class, each cut into 1 s windows.")
+@click.option("--seconds", default=4.0, show_default=True, type=click.FloatRange(1.0), help="Length of each example.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_classes(music, classifiers, voice, examples, seconds, seed, out) -> None:
+    """Content classes (music, speech, speech over music, silence, other): per-class accuracy on held-out music and voice, and CPU cost."""
+    from encoders.speech import HELD_OUT_VOICE
+    from monitor.bench.classes import run_classes
+    from monitor.bench.commands import _command
+
+    _bench_errors(lambda: run_classes(classifiers, music, voice or HELD_OUT_VOICE, examples, seconds, seed, out, _command()))
+
+
 @bench.command("playlog")
 @click.option("--playlog", required=True, help="An empty PostgreSQL database: postgresql://user@host:port/db (it is migrated, then filled).")
 @click.option("--stations", default=100, show_default=True, type=click.IntRange(1))
