@@ -39,6 +39,7 @@ class Metrics(NamedTuple):
     stream_reconnects: Counter
     decode_errors: Counter
     silence_seconds: Counter
+    content_seconds: Counter
     stream_info: Gauge
     embedding_batch_size: Histogram
     embedding_seconds: Histogram
@@ -75,6 +76,8 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         stream_reconnects=Counter("airtrace_stream_reconnects", "Times a stream was reopened after failing, dropping or stalling.", stream, registry=registry),
         decode_errors=Counter("airtrace_decode_errors", "Failures to open or decode a stream.", stream, registry=registry),
         silence_seconds=Counter("airtrace_silence_seconds", "Seconds of dead air (silence) on a stream.", stream, registry=registry),
+        content_seconds=Counter("airtrace_content_seconds", "Seconds of a stream by what they hold (music, speech, speech_over_music, silence, other), "
+                                "one hop per window as the content classifier labels it.", ["stream", "content"], registry=registry),
         stream_info=Gauge("airtrace_stream_info", "1 per stream: the program and audio track it monitors (service name and provider from the transport stream's tables).",
                           ["stream", "program", "service_name", "service_provider", "language"], registry=registry),
         embedding_batch_size=Histogram("airtrace_embedding_batch_size", "Windows per embedding batch.", buckets=BATCH_SIZE_BUCKETS, registry=registry),

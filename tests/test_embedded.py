@@ -182,3 +182,30 @@ def test_the_demo_never_takes_a_folder_of_the_users(tmp_path: Path) -> None:
     claim_workdir(tmp_path / "new")
     (tmp_path / "new" / "plays.jsonl").write_text("the demo's")
     claim_workdir(tmp_path / "new")  # the demo's own folder is reused
+
+
+SPEECH = Path(__file__).parent / "data" / "speech-june.opus"  # a held-out recorded voice (tests/data/LICENSE.md)
+
+
+def test_each_second_of_a_stream_is_counted_by_what_it_holds(service_catalog: Path) -> None:
+    """With the shipped encoder the content classifier rides on its pass: a music stream's seconds count
+    mostly as music, a talk stream's as speech, each window one hop."""
+    registry = CollectorRegistry()
+    sources = [StreamSource("music", str(MUSIC / "gardien-go.opus")), StreamSource("talk", str(SPEECH))]
+    EmbeddedMonitor(Catalog.open(service_catalog), sources, MonitorOptions(), metrics_module.create(registry)).run()
+
+    def seconds(stream: str) -> dict[str, float]:
+        return {content: registry.get_sample_value("airtrace_content_seconds_total", {"stream": stream, "content": content}) or 0.0
+                for content in ("music", "speech", "speech_over_music", "silence", "other")}
+
+    hop = 0.5
+    for stream in ("music", "talk"):
+        windows = registry.get_sample_value("airtrace_windows_ingested_total", {"stream": stream})
+        assert sum(seconds(stream).values()) == pytest.approx(windows * hop)
+    music, talk = seconds("music"), seconds("talk")
+    assert music["music"] >= 0.8 * sum(music.values()), music
+    assert max(talk, key=talk.get) == "speech", talk
+
+
+def test_an_encoder_the_classifier_was_not_trained_on_tracks_without_content_classes(catalog: Catalog) -> None:
+    assert LiveCatalog(catalog).content is None

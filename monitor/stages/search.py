@@ -2,7 +2,7 @@
 
 `hits_for` is the step both modes run on streams: windows of many streams are embedded in one batch (the
 encoder is fastest on big batches) and searched in one call; each window keeps its stamps, so streams can
-be mixed freely within a batch. `embed_audible` is how a catalog's tracks and `identify`'s clips are cut,
+be mixed freely within a batch. With a `ContentCount` the same pass also labels what each window holds. `embed_audible` is how a catalog's tracks and `identify`'s clips are cut,
 cleared of silent windows and embedded.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -32,12 +33,35 @@ class Searches(Protocol):
     def search(self, embeddings: np.ndarray, k: int) -> list[tuple[Neighbour, ...]]: ...
 
 
-def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches, k: int, metrics: Metrics | None = None) -> list[WindowHits]:
-    """The k nearest reference windows of every window, in input order; times embedding and search."""
+class Classifies(Protocol):
+    def embed_and_classify(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ContentCount:
+    """The content classifier (encoders.ContentClassifier) riding on the encoder's own pass: it gives the
+    encoder's embeddings, and each window's class counts one hop of its stream in airtrace_content_seconds."""
+
+    classifier: Classifies
+    hop_seconds: float
+
+    def embed(self, windows: Sequence[AudioWindow], samples: np.ndarray, metrics: Metrics | None) -> np.ndarray:
+        embeddings, labels, _ = self.classifier.embed_and_classify(samples)
+        if metrics is not None:
+            for window, label in zip(windows, labels):
+                metrics.content_seconds.labels(window.stream_id, str(label)).inc(self.hop_seconds)
+        return embeddings
+
+
+def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches, k: int, metrics: Metrics | None = None,
+             content: ContentCount | None = None) -> list[WindowHits]:
+    """The k nearest reference windows of every window, in input order; times embedding (with the content
+    classes, when given) and search."""
     if not windows:
         return []
     began = time.perf_counter()
-    embeddings = encoder.embed(np.stack([w.samples for w in windows]))
+    samples = np.stack([w.samples for w in windows])
+    embeddings = encoder.embed(samples) if content is None else content.embed(windows, samples, metrics)
     embedded = time.perf_counter()
     neighbours = catalog.search(embeddings, k)
     searched = time.perf_counter()

@@ -14,16 +14,29 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import PlayEvent
 from monitor.metrics import Metrics
-from monitor.stages.search import hits_for
+from monitor.stages.search import ContentCount, hits_for
 from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
 from monitor.stages.plays import PlayTracker
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import StateStore
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
+
+
+def content_count(encoder: Encoder) -> ContentCount | None:
+    """The shipped content classifier on `encoder`'s pass, or None (said once) where it was trained on
+    other encoder weights: streams are then tracked without content classes."""
+    try:
+        classifier = ContentClassifier.load(encoder=encoder)
+    except EncoderError as exc:
+        log.info("no content classes for this catalog's encoder: %s", exc)
+        return None
+    return ContentCount(classifier, WindowGrid.for_encoder(encoder).hop_seconds)
 
 
 class LiveCatalog:
@@ -33,13 +46,14 @@ class LiveCatalog:
     def __init__(self, catalog: Catalog, metrics: Metrics | None = None):
         self.catalog, self.metrics = catalog, metrics
         self.info = CatalogInfo.of(catalog)  # raises CatalogError for a catalog that cannot calibrate (empty)
+        self.content = content_count(catalog.encoder)
         self.searchable = True
         self._gauges()
 
     def search(self, windows: Sequence[AudioWindow], k: int) -> list[WindowHits] | None:
         """The windows' hits, or None while the catalog cannot be searched: those windows are not heard."""
         try:
-            hits = hits_for(windows, self.catalog.encoder, self.catalog, k, self.metrics)
+            hits = hits_for(windows, self.catalog.encoder, self.catalog, k, self.metrics, self.content)
         except CatalogError as exc:
             if self.searchable:
                 log.error("cannot search the catalog (%s); windows go unheard, no play ends or opens, until it is fixed", exc)
@@ -58,6 +72,7 @@ class LiveCatalog:
             if not self.catalog.reload_if_changed():
                 return False
             self.info = CatalogInfo.of(self.catalog)
+            self.content = content_count(self.catalog.encoder)
         except (CatalogError, OSError) as exc:
             log.error("cannot reload the catalog (%s); still tracking with generation %d's calibration", exc, self.catalog.generation)
             return False
