@@ -20,15 +20,21 @@ import av.filter
 import numpy as np
 
 from encoders.audio import AudioError, load_audio
+from encoders.speech import babble
 
 Apply = Callable[[np.ndarray, int, float, np.random.Generator, "Sources"], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Sources:
-    """Real recordings mixed in by the `speech` and `babble` distortions (each an array at the working rate)."""
+    """Real recordings mixed in by the `speech`, `babble` and `background` distortions, at the working rate.
+
+    `speech`: voice-over clips, one drawn per use; `talkers`: recorded prompts grouped by voice (see
+    encoders.speech), from which `babble` builds its crowd; `backgrounds`: other programmes (music, street).
+    """
 
     speech: tuple[np.ndarray, ...] = ()
+    talkers: tuple[tuple[np.ndarray, ...], ...] = ()
     backgrounds: tuple[np.ndarray, ...] = ()
 
 
@@ -191,8 +197,18 @@ def _speech(audio: np.ndarray, sr: int, snr_db: float, rng: np.random.Generator,
     return _mix_at_snr(audio, _excerpt(src.speech, len(audio), rng, "speech"), snr_db)
 
 
+BABBLE_TALKERS = 4
+
+
 def _babble(audio: np.ndarray, sr: int, snr_db: float, rng: np.random.Generator, src: Sources) -> np.ndarray:
-    """A real recording (crowd, street, other programme) under the music at `snr_db`."""
+    """BABBLE_TALKERS recorded people talking at once (a studio guest panel, a crowd) at `snr_db` music-to-babble."""
+    if not src.talkers:
+        raise AudioError("the babble distortion needs recorded voices; pass Sources(talkers=encoders.speech.load_voices(...))")
+    return _mix_at_snr(audio, babble(src.talkers, len(audio), sr, BABBLE_TALKERS, rng), snr_db)
+
+
+def _background(audio: np.ndarray, sr: int, snr_db: float, rng: np.random.Generator, src: Sources) -> np.ndarray:
+    """A real recording (another programme, a street) under the music at `snr_db`."""
     return _mix_at_snr(audio, _excerpt(src.backgrounds, len(audio), rng, "backgrounds"), snr_db)
 
 
@@ -226,6 +242,7 @@ DISTORTIONS: dict[str, Apply] = {
     "noise": _noise,
     "speech": _speech,
     "babble": _babble,
+    "background": _background,
     "gain": _gain,
     "compress": _compress,
     "clip": _clip,
@@ -233,7 +250,7 @@ DISTORTIONS: dict[str, Apply] = {
 UNITS = {
     "tempo": "factor", "pitch": "semitones", "speed": "factor", "mp3": "kbps", "aac": "kbps", "opus": "kbps",
     "highpass": "Hz", "lowpass": "Hz", "eq": "dB", "echo": "ms", "reverb": "RT60 s", "noise": "dB SNR",
-    "speech": "dB SNR", "babble": "dB SNR", "gain": "dB", "compress": "ratio", "clip": "fraction of peak",
+    "speech": "dB SNR", "babble": "dB SNR", "background": "dB SNR", "gain": "dB", "compress": "ratio", "clip": "fraction of peak",
 }
 
 
@@ -291,20 +308,46 @@ def parse_chain(text: str) -> Chain:
     return Chain(tuple(steps))
 
 
-def random_chain(rng: np.random.Generator, sources: Sources = Sources()) -> Chain:
-    """A training chain: one time-frequency change, then a few of the rest, at strengths beyond the benchmark's.
+@dataclass(frozen=True)
+class Recipe:
+    """How far training's distortions go, and whose voices talk over the music.
 
-    Training a little past the ranges we test (tempo and speed +-20 %, pitch +-2.5 semitones) keeps the
-    middle of the range well inside what the encoder has seen.
+    Training a little past the ranges we test keeps the middle of the range well inside what the encoder
+    has seen. Tempo and speed factors are drawn log-uniformly within their bounds, pitch uniformly within
+    +-`pitch` semitones; `voices` is "espeak" (synthetic voice-over) or "recorded" (encoders.speech's
+    training voices), and `babble` the chance of recorded multi-talker babble at 0-15 dB.
     """
+
+    tempo: tuple[float, float]
+    speed: tuple[float, float]
+    pitch: float
+    voices: str
+    babble: float = 0.0
+
+
+RECIPES = {
+    # the shipped `compact` model's: benchmark ranges +-10-20 %, +-2 semitones, espeak-ng voice-over
+    "v1": Recipe(tempo=(0.8, 1.25), speed=(0.85, 1.18), pitch=2.5, voices="espeak"),
+    # warps to +-25 % and +-3 semitones (the matcher's speed range is 0.8-1.25), real talk and babble
+    "v2": Recipe(tempo=(0.75, 1.33), speed=(0.75, 1.33), pitch=3.5, voices="recorded", babble=0.3),
+}
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
+def random_chain(rng: np.random.Generator, sources: Sources = Sources(), recipe: Recipe = RECIPES["v1"]) -> Chain:
+    """A training chain: one time-frequency change, then a few of the rest; voices and recordings only
+    where `sources` has them."""
     steps: list[Distortion] = []
     warp = rng.choice(["tempo", "speed", "pitch", "none"], p=[0.3, 0.3, 0.25, 0.15])
     if warp == "tempo":
-        steps.append(Distortion("tempo", float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))))
+        steps.append(Distortion("tempo", _log_uniform(rng, recipe.tempo)))
     elif warp == "speed":
-        steps.append(Distortion("speed", float(np.exp(rng.uniform(np.log(0.85), np.log(1.18))))))
+        steps.append(Distortion("speed", _log_uniform(rng, recipe.speed)))
     elif warp == "pitch":
-        steps.append(Distortion("pitch", float(rng.uniform(-2.5, 2.5))))
+        steps.append(Distortion("pitch", float(rng.uniform(-recipe.pitch, recipe.pitch))))
     optional: list[tuple[float, Callable[[], Distortion]]] = [
         (0.3, lambda: Distortion("eq", float(rng.uniform(3, 12)))),
         (0.2, lambda: Distortion("highpass", float(rng.uniform(100, 600)))),
@@ -318,7 +361,9 @@ def random_chain(rng: np.random.Generator, sources: Sources = Sources()) -> Chai
     if sources.speech:
         optional.append((0.3, lambda: Distortion("speech", float(rng.uniform(-3, 10)))))
     if sources.backgrounds:
-        optional.append((0.2, lambda: Distortion("babble", float(rng.uniform(0, 15)))))
+        optional.append((0.2, lambda: Distortion("background", float(rng.uniform(0, 15)))))
+    if sources.talkers and recipe.babble:
+        optional.append((recipe.babble, lambda: Distortion("babble", float(rng.uniform(0, 15)))))
     steps += [make() for p, make in optional if rng.random() < p]
     if rng.random() < 0.4:
         codec = str(rng.choice(["mp3", "aac", "opus"]))

@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from encoders.audio import AUDIO_SUFFIXES, AudioError, load_audio
-from encoders.augment import Chain, Sources, random_chain, synthesize_speech
+from encoders.augment import RECIPES, Chain, Recipe, Sources, random_chain, synthesize_speech
+from encoders.speech import load_voices, split_voices, talk
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> list
     return tracks
 
 
+TALK_STREAMS_PER_VOICE = 8
+TALK_STREAM_SECONDS = 30.0
+
+
 def speech_clips(sample_rate: int) -> tuple[np.ndarray, ...]:
     """Voice-over material from espeak-ng in several voices; none if espeak-ng is not installed."""
     try:
@@ -73,6 +78,20 @@ def speech_clips(sample_rate: int) -> tuple[np.ndarray, ...]:
     except AudioError as exc:
         log.warning("training without voice-over: %s", exc)
         return ()
+
+
+def voice_sources(recipe: Recipe, sample_rate: int, seed: int) -> Sources:
+    """The voices a recipe talks over the music with: espeak-ng lines, or the recorded training voices
+    (never the held-out one) as continuous talk for voice-over and as prompts for babble."""
+    if recipe.voices == "espeak":
+        return Sources(speech=speech_clips(sample_rate))
+    train_voices, held_out = split_voices()
+    log.info("recorded voices: %s (held out: %s)", ", ".join(map(str, train_voices)), held_out)
+    talkers = load_voices(train_voices, sample_rate)
+    rng = np.random.default_rng([seed, 5])
+    length = int(TALK_STREAM_SECONDS * sample_rate)
+    speech = tuple(talk(clips, length, sample_rate, rng) for clips in talkers for _ in range(TALK_STREAMS_PER_VOICE))
+    return Sources(speech=speech, talkers=talkers)
 
 
 @dataclass
@@ -95,12 +114,13 @@ class PairPool:
         chunk_seconds: float,
         max_shift: float,
         seed: int,
-        speech: tuple[np.ndarray, ...] = (),
+        voices: Sources = Sources(),
+        recipe: Recipe = RECIPES["v1"],
     ):
         self.tracks, self.sample_rate, self.window = tracks, sample_rate, window
         self.chunk = int(chunk_seconds * sample_rate)
         self.max_shift = int(max_shift * sample_rate)
-        self.seed, self.speech = seed, speech
+        self.seed, self.voices, self.recipe = seed, voices, recipe
         self.slots: list[PoolChunk | None] = [None] * size
 
     def _rng(self, *key: int) -> np.random.Generator:
@@ -113,8 +133,8 @@ class PairPool:
         start = rng.integers(0, len(track) - length + 1)
         clean = track[start : start + length].astype(np.float32)
         backgrounds = (self.tracks[rng.integers(len(self.tracks))][:length].astype(np.float32),)
-        sources = Sources(speech=self.speech, backgrounds=backgrounds)
-        chain = random_chain(rng, sources)
+        sources = Sources(speech=self.voices.speech, talkers=self.voices.talkers, backgrounds=backgrounds)
+        chain = random_chain(rng, sources, self.recipe)
         return PoolChunk(clean, chain.apply(clean, self.sample_rate, rng, sources), chain.rate, chain)
 
     def fill(self, step: int, refresh_per_step: int) -> None:

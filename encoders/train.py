@@ -20,9 +20,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from encoders.augment import RECIPES, Sources
 from encoders.backbones import backbone_class
-from encoders.data import PairPool, list_audio, load_tracks, speech_clips
-from encoders.model import Encoder, EncoderConfig
+from encoders.data import PairPool, list_audio, load_tracks, voice_sources
+from encoders.model import Encoder, EncoderConfig, EncoderError, load_encoder
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -36,6 +37,7 @@ class TrainConfig:
     backbone: str = "compact"
     backbone_args: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # local directory of pretrained MERT/MuQ weights
+    init: str | None = None  # fine-tune: start from this encoder's weights (a shipped name or a directory)
     frozen: bool = False
     dim: int = 128
     head: str = "mlp"
@@ -51,6 +53,7 @@ class TrainConfig:
     refresh_per_step: int = 8
     max_shift_seconds: float = 0.2
     voice_over: bool = True
+    augment: str = "v1"  # a recipe of encoders.augment.RECIPES: warp ranges and voices
     checkpoint_every: int = 50
     threads: int = 0  # 0: torch's default
     device: str = "cpu"  # "cuda" to train foundation models on a GPU
@@ -75,6 +78,8 @@ class TrainConfig:
         for f in dataclasses.fields(cls):
             if f.name in raw and not _has_type(raw[f.name], f.type):
                 raise ValueError(f"{path}: `{f.name}: {raw[f.name]!r}` must be {FIELD_TYPES[f.type][1]}")
+        if raw.get("augment", "v1") not in RECIPES:
+            raise ValueError(f"{path}: `augment: {raw['augment']!r}` is not a recipe; choose one of {', '.join(RECIPES)}")
         return cls(**raw)
 
 
@@ -123,6 +128,9 @@ def training_record(cfg: TrainConfig) -> dict[str, Any]:
     """The run's settings as written beside the exported encoder: every field, paths made portable."""
     record = dataclasses.asdict(cfg)
     record.update(data=portable_path(cfg.data), data_sha256=data_digest(cfg.data), weights=portable_path(cfg.weights))
+    if cfg.init:
+        record.update(init=portable_path(cfg.init) if Path(cfg.init).is_dir() else cfg.init,
+                      init_fingerprint=load_encoder(cfg.init).fingerprint())
     return record
 
 
@@ -137,7 +145,15 @@ def nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) 
 
 
 def build_encoder(cfg: TrainConfig) -> Encoder:
-    """A fresh encoder for `cfg`: random weights, or a pretrained foundation model from `cfg.weights`."""
+    """A fresh encoder for `cfg`: random weights, a pretrained foundation model from `cfg.weights`, or the
+    weights of the encoder `cfg.init` to fine-tune (its architecture must be the one `cfg` describes)."""
+    if cfg.init:
+        start = load_encoder(cfg.init)
+        wanted = EncoderConfig.for_backbone(cfg.backbone, dim=cfg.dim, head=cfg.head, frozen=cfg.frozen, backbone_args=cfg.backbone_args)
+        if start.config != wanted:
+            raise EncoderError(f"init encoder {cfg.init} is a {start.config}, but the config describes a {wanted}; "
+                               "make backbone, backbone_args, dim and head match it")
+        return start.train()
     cls = backbone_class(cfg.backbone)
     if cfg.weights:
         backbone = cls.from_pretrained(cfg.weights, **cfg.backbone_args)
@@ -199,8 +215,10 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
 
     sr = encoder.sample_rate
     tracks = load_tracks(list_audio(cfg.data), sr, min_seconds=2 * encoder.config.window_seconds)
-    speech = speech_clips(sr) if cfg.voice_over else ()
-    pool = PairPool(tracks, sr, encoder.window_samples, cfg.pool_chunks, cfg.chunk_seconds, cfg.max_shift_seconds, cfg.seed, speech)
+    recipe = RECIPES[cfg.augment]
+    voices = voice_sources(recipe, sr, cfg.seed) if cfg.voice_over else Sources()
+    pool = PairPool(tracks, sr, encoder.window_samples, cfg.pool_chunks, cfg.chunk_seconds, cfg.max_shift_seconds, cfg.seed,
+                    voices, recipe)
     pool.fill(start, cfg.refresh_per_step)
 
     encoder.train()

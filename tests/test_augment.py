@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from encoders import Sources, parse_chain, random_chain, synthesize_speech
-from encoders.augment import DISTORTIONS, UNITS
+from encoders.augment import BABBLE_TALKERS, DISTORTIONS, RECIPES, UNITS
+from encoders.speech import load_voices, split_voices
 
 SR = 8000
 STRENGTHS = {
     "tempo": 1.1, "pitch": 1, "speed": 0.95, "mp3": 64, "aac": 48, "opus": 24, "highpass": 500, "lowpass": 2000,
-    "eq": 6, "echo": 100, "reverb": 0.6, "noise": 5, "speech": 5, "babble": 5, "gain": -6, "compress": 4, "clip": 0.5,
+    "eq": 6, "echo": 100, "reverb": 0.6, "noise": 5, "speech": 5, "babble": 5, "background": 5, "gain": -6, "compress": 4, "clip": 0.5,
 }
 
 
@@ -27,7 +28,9 @@ def dominant_hz(audio: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def sources() -> Sources:
-    return Sources(speech=(synthesize_speech("the traffic news, after this", SR),), backgrounds=(tone(300),))
+    _, held_out = split_voices()
+    talkers = tuple(clips[:30] for clips in load_voices([held_out], SR))
+    return Sources(speech=(synthesize_speech("the traffic news, after this", SR),), talkers=talkers, backgrounds=(tone(300),))
 
 
 def test_every_distortion_has_a_strength_and_a_unit() -> None:
@@ -83,6 +86,35 @@ def test_bad_chain_says_how_to_write_one(bad: str) -> None:
 def test_speech_needs_recordings() -> None:
     with pytest.raises(ValueError, match="speech"):
         parse_chain("speech:5").apply(tone(440), SR, np.random.default_rng(0))
+
+
+def test_babble_is_recorded_talkers_at_the_requested_snr(sources: Sources) -> None:
+    clean = tone(440)
+    mixed = parse_chain("babble:0").apply(clean, SR, np.random.default_rng(0), sources)
+    crowd = mixed - clean
+    assert 10 * np.log10(np.mean(clean**2) / np.mean(crowd**2)) == pytest.approx(0, abs=0.1)
+    spectrum = np.abs(np.fft.rfft(crowd))
+    assert spectrum[: len(spectrum) // 2].sum() > 0.5 * spectrum.sum()  # speech, not a tone or white noise
+    with pytest.raises(ValueError, match="recorded voices"):
+        parse_chain("babble:0").apply(clean, SR, np.random.default_rng(0), Sources(speech=sources.speech))
+    assert BABBLE_TALKERS == 4  # the benchmark's rows and the independent evaluation's: four talkers
+
+
+def draws(recipe: str, sources: Sources, n: int = 400) -> list[str]:
+    return [str(step) for s in range(n) for step in random_chain(np.random.default_rng(s), sources, RECIPES[recipe]).steps]
+
+
+def test_recipes_set_warp_ranges_and_voices(sources: Sources) -> None:
+    def extremes(recipe: str, name: str) -> tuple[float, float]:
+        values = [float(d.split(":")[1]) for d in draws(recipe, sources) if d.startswith(name + ":")]
+        return min(values), max(values)
+
+    assert extremes("v1", "tempo")[0] >= 0.8 and extremes("v1", "pitch")[1] <= 2.5
+    assert not [d for d in draws("v1", sources) if d.startswith("babble")]  # the shipped compact's training
+    low, high = extremes("v2", "speed")
+    assert low < 0.78 and high > 1.28  # past the matcher's 0.8-1.25
+    assert max(map(abs, extremes("v2", "pitch"))) > 3
+    assert [d for d in draws("v2", sources) if d.startswith("babble")]
 
 
 def test_random_chains_are_seeded(sources: Sources) -> None:

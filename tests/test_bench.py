@@ -96,11 +96,14 @@ def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder
     common = ["--reference", str(MUSIC), "--encoder", str(encoder_dir), "--holdout", "1", "--cache-dir", str(tmp_path / "cache")]
     out = tmp_path / "tracks.json"
     result = CliRunner().invoke(main, ["bench", "tracks", *common, "--queries", "2", "--row", "clean", "--row", "tempo:1.1",
-                                       "--lengths", "3,10", "--negatives", "1", "--out", str(out)])
+                                       "--row", "babble:5", "--lengths", "3,10", "--negatives", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     tables = {t["title"]: t for t in json.loads(out.read_text())["tables"]}
     accuracy = tables["Track-level top-1 accuracy (%) by distortion and query length"]
-    assert [row[0] for row in accuracy["rows"]][:2] == ["clean", "tempo:1.1"]
+    assert [row[0] for row in accuracy["rows"]][:3] == ["clean", "tempo:1.1", "babble:5"]
+    assert "june" in accuracy["settings"]["babble"]  # the held-out voice talks in the babble rows
+    targets = tables["Targets (issues 2, 3 and 13)"]
+    assert [row[0] for row in targets["rows"]].count("10 s top-1, babble:5 (held-out talkers)") == 1
     landmark_clean_10s = accuracy["rows"][0][accuracy["columns"].index("landmark 10s")]
     assert landmark_clean_10s == "100.0"
     assert "False matches on non-catalog audio (% of queries with any match)" in tables

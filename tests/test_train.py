@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -103,3 +104,34 @@ def test_missing_pretrained_weights_are_a_message_not_a_traceback(tmp_path: Path
     result = CliRunner().invoke(main, ["train", str(config), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "no-mert" in result.output and "Traceback" not in result.output
+
+
+def test_fine_tuning_starts_from_the_init_encoder_and_records_it(tmp_path: Path) -> None:
+    start = train(TrainConfig(steps=1, **TINY), tmp_path / "start")
+    cfg = TrainConfig(steps=1, **{**TINY, "init": str(start)})
+    begun = build_encoder(cfg).state_dict()
+    assert all(torch.equal(begun[k], v) for k, v in weights(tmp_path / "start").items())
+    record = json.loads((train(cfg, tmp_path / "tuned") / "config.json").read_text())["training"]
+    assert record["init_fingerprint"] == load_encoder(start).fingerprint()
+    with pytest.raises(ValueError, match="backbone_args"):
+        build_encoder(TrainConfig(steps=1, **{**TINY, "init": str(start), "dim": 32}))
+
+
+def test_unknown_augmentation_recipe_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": str(DEMO), "augment": "v9"}))
+    with pytest.raises(ValueError, match="v9.*v1, v2"):
+        TrainConfig.from_file(config)
+
+
+def test_recorded_voices_train_without_the_held_out_voice(tmp_path: Path) -> None:
+    from encoders.augment import RECIPES
+    from encoders.data import voice_sources
+    from encoders.speech import load_voice, split_voices
+
+    train_voices, held_out = split_voices()
+    voices = voice_sources(RECIPES["v2"], 8000, seed=0)
+    assert len(voices.talkers) == len(train_voices) and len(voices.speech) >= len(train_voices)
+    held_out_first = load_voice(held_out, 8000)[0]
+    assert not any(len(c) == len(held_out_first) and np.array_equal(c, held_out_first) for clips in voices.talkers for c in clips)
+    train(TrainConfig(steps=1, **{**TINY, "voice_over": True, "augment": "v2"}), tmp_path / "run")

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from encoders import AudioError, Sources, coloured_noise, load_audio, parse_chain, synthesize_speech
+from encoders.speech import HELD_OUT_VOICE, SpeechError, get_voice, load_voices
 from monitor.bench.references import BenchError, Reference
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ TRACK_ROWS = (
     "speed:1.03+compress:4+aac:48",
     "speech:5+compress:6+opus:24",
     "tempo:0.95+reverb:0.5+noise:10+mp3:32",
+    # four recorded talkers of the held-out voice (last, so the rows above draw the queries they always did)
+    "babble:5", "babble:0",
 )
 
 # Voice-over and non-catalog speech; different lines from those the encoder was trained with.
@@ -74,6 +77,15 @@ def speech_clips(sample_rate: int = DECODE_RATE) -> tuple[np.ndarray, ...]:
         raise BenchError(f"{exc} (the benchmark needs it for voice-over and speech queries)") from exc
 
 
+@lru_cache(maxsize=1)
+def held_out_talkers() -> tuple[tuple[np.ndarray, ...], ...]:
+    """The recorded voice no encoder is trained on, for the babble rows."""
+    try:
+        return load_voices([get_voice(HELD_OUT_VOICE)], DECODE_RATE)
+    except SpeechError as exc:
+        raise BenchError(f"{exc} (the benchmark's babble rows need it)") from exc
+
+
 def needed_seconds(row: str, lengths: Sequence[float]) -> float:
     """Reference audio a query of this row needs for its longest length."""
     return max(lengths) * parse_chain(row).rate + MARGIN_SECONDS
@@ -101,7 +113,8 @@ def catalog_queries(references: Sequence[Reference], rows: Sequence[str], per_ro
     by_track: dict[Reference, list[tuple[int, int, float]]] = defaultdict(list)
     for r, i, ref, where in plan(references, rows, per_row, lengths, seed):
         by_track[ref].append((r, i, where))
-    sources = Sources(speech=speech_clips()) if any("speech" in row for row in rows) else Sources()
+    sources = Sources(speech=speech_clips() if any("speech" in row for row in rows) else (),
+                      talkers=held_out_talkers() if any("babble" in row for row in rows) else ())
     for ref, wanted in by_track.items():
         audio = load_audio(ref.path, DECODE_RATE)
         for r, i, where in wanted:
