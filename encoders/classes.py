@@ -166,18 +166,6 @@ def encoder_pass(encoder: Encoder, wave: torch.Tensor, features: str) -> Taps:
     return Taps(embeddings, statistics, standardised(mel[0]))
 
 
-def _as_windows(encoder: Encoder, windows: np.ndarray) -> np.ndarray:
-    windows = np.asarray(windows, dtype=np.float32)
-    if windows.ndim == 1:
-        windows = windows[None]
-    if windows.ndim != 2 or windows.shape[1] != encoder.window_samples:
-        raise EncoderError(
-            f"expected windows of {encoder.window_samples} samples ({encoder.config.window_seconds} s at "
-            f"{encoder.sample_rate} Hz), got shape {windows.shape}; cut audio with the encoder's window"
-        )
-    return windows if windows.flags.writeable else windows.copy()
-
-
 class ContentClassifier:
     """Labels encoder windows with CLASSES; use `embed_and_classify` beside fingerprinting."""
 
@@ -219,7 +207,7 @@ class ContentClassifier:
     @torch.inference_mode()
     def embed_and_classify(self, windows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings (N, dim) as `Encoder.embed` gives them, labels (N,) of class names, probabilities (N, classes))."""
-        windows = _as_windows(self.encoder, windows)
+        windows = self.encoder.as_windows(windows)
         embedded, probabilities = [], []
         for i in range(0, len(windows), batch_size):
             taps = encoder_pass(self.encoder, torch.from_numpy(windows[i : i + batch_size]), self.config.features)

@@ -23,7 +23,6 @@ from typing import Any
 import click
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from encoders.classes import CLASSES, FEATURE_SETS, ClassifierConfig, ContentClassifier, ContentHead, encoder_pass
@@ -32,7 +31,7 @@ from encoders.audio import AudioError
 from encoders.data import list_audio, load_tracks
 from encoders.model import Encoder, EncoderError, load_encoder
 from encoders.speech import get_voice, load_voices, split_voices
-from encoders.train import data_digest, portable_path
+from encoders.train import data_digest, portable_path, read_config
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +58,7 @@ class ContentTrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "ContentTrainConfig":
         """Read YAML; an unknown field or a value of the wrong type is an error naming it, before any work."""
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of field: value")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(fields)}")
-        if "music" not in raw:
-            raise ValueError(f"{path}: `music` is required (an audio folder or a corpus manifest.csv)")
-        for name, value in raw.items():
-            wanted = {"str": str, "int": int, "float": (int, float)}[str(fields[name].type)]
-            if isinstance(value, bool) or not isinstance(value, wanted):
-                raise ValueError(f"{path}: `{name}: {value!r}` must be {fields[name].type}")
+        raw = read_config(cls, path, overrides, "music", "an audio folder or a corpus manifest.csv")
         if raw.get("features", "taps") not in FEATURE_SETS:
             raise ValueError(f"{path}: `features: {raw['features']!r}` must be one of {', '.join(FEATURE_SETS)}")
         return cls(**raw)

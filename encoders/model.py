@@ -139,9 +139,9 @@ class Encoder(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.head(self.backbone(wave)), dim=-1)
 
-    @torch.inference_mode()
-    def embed(self, windows: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Embed windows of exactly `window_samples` each; (N, window_samples) or one (window_samples,)."""
+    def as_windows(self, windows: np.ndarray) -> np.ndarray:
+        """`windows` as a writable float32 (N, window_samples) array (one window may come alone), or an error
+        that says how to cut them; strided views of a signal are copied, since torch wants memory it may own."""
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim == 1:
             windows = windows[None]
@@ -150,8 +150,12 @@ class Encoder(nn.Module):
                 f"expected windows of {self.window_samples} samples ({self.config.window_seconds} s at "
                 f"{self.sample_rate} Hz), got shape {windows.shape}; cut audio with the encoder's window"
             )
-        if not windows.flags.writeable:  # strided views of a signal; torch wants memory it may own
-            windows = windows.copy()
+        return windows if windows.flags.writeable else windows.copy()
+
+    @torch.inference_mode()
+    def embed(self, windows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Embed windows of exactly `window_samples` each; (N, window_samples) or one (window_samples,)."""
+        windows = self.as_windows(windows)
         self.eval()
         out = [self(torch.from_numpy(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
         if not out:

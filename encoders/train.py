@@ -62,28 +62,35 @@ class TrainConfig:
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Read YAML or JSON; an unknown field or a value of the wrong type is an error that names it,
         before any training starts."""
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of field: value")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}")
-        if "data" not in raw:
-            raise ValueError(f"{path}: `data` is required (an audio folder or a manifest.csv)")
-        for f in dataclasses.fields(cls):
-            if f.name in raw and not _has_type(raw[f.name], f.type):
-                raise ValueError(f"{path}: `{f.name}: {raw[f.name]!r}` must be {FIELD_TYPES[f.type][1]}")
+        raw = read_config(cls, path, overrides, "data", "an audio folder or a manifest.csv")
         if raw.get("augment", "v1") not in RECIPES:
             raise ValueError(f"{path}: `augment: {raw['augment']!r}` is not a recipe; choose one of {', '.join(RECIPES)}")
         return cls(**raw)
 
 
-# The annotations TrainConfig uses: the Python types a value may have, and how to say so.
+def read_config(cls: type, path: str | Path, overrides: dict[str, Any], required: str, what: str) -> dict[str, Any]:
+    """The fields of a YAML (or JSON) config for dataclass `cls`, with `overrides` applied: an unknown field,
+    a value of the wrong type or a missing `required` field is an error that names it, before any work."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}")
+    if required not in raw:
+        raise ValueError(f"{path}: `{required}` is required ({what})")
+    for f in dataclasses.fields(cls):
+        if f.name in raw and not _has_type(raw[f.name], f.type):
+            raise ValueError(f"{path}: `{f.name}: {raw[f.name]!r}` must be {FIELD_TYPES[f.type][1]}")
+    return raw
+
+
+# The annotations the training configs use: the Python types a value may have, and how to say so.
 FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "str": ((str,), "text"),
     "str | None": ((str, type(None)), "text"),
