@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from encoders.frontend import LogMel, standardised
-from encoders.model import Encoder, EncoderError, load_encoder, resolve_encoder_path, save_model_dir
+from encoders.model import Encoder, EncoderError, load_encoder, model_files, save_model_dir
 
 CLASSES = ("music", "speech", "speech_over_music", "silence", "other")
 FORMAT_VERSION = 1
@@ -182,11 +182,7 @@ class ContentClassifier:
     def load(cls, name_or_path: str | Path = DEFAULT_CLASSIFIER, encoder: Encoder | None = None) -> "ContentClassifier":
         """A classifier directory (or a shipped name), with its encoder: the one given, else the one it names.
         An encoder whose weights differ from those the classifier was trained on is refused."""
-        path = resolve_encoder_path(name_or_path)
-        config_file, weights_file = path / "config.json", path / "model.safetensors"
-        for needed in (config_file, weights_file):
-            if not needed.is_file():
-                raise EncoderError(f"{path} lacks {needed.name}; a classifier directory holds config.json and model.safetensors")
+        path, config_file, weights_file = model_files(name_or_path, "a classifier")
         try:
             config = ClassifierConfig.from_json(json.loads(config_file.read_text()), str(config_file))
         except json.JSONDecodeError as exc:

@@ -204,13 +204,20 @@ def resolve_encoder_path(name_or_path: str | Path) -> Path:
     raise EncoderError(f"no encoder directory at {name_or_path}; give a path or one of the shipped names: {', '.join(names) or 'none'}")
 
 
-def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER) -> Encoder:
-    """Load an encoder directory (or a shipped name) for inference, on the CPU, in eval mode."""
+def model_files(name_or_path: str | Path, what: str) -> tuple[Path, Path, Path]:
+    """(directory, config.json, model.safetensors) of a saved model (a shipped name or a directory), or an
+    error that says which file is missing; `what` names the kind of model for the message."""
     path = resolve_encoder_path(name_or_path)
     config_file, weights_file = path / "config.json", path / "model.safetensors"
     for needed in (config_file, weights_file):
         if not needed.is_file():
-            raise EncoderError(f"{path} lacks {needed.name}; an encoder directory holds config.json and model.safetensors")
+            raise EncoderError(f"{path} lacks {needed.name}; {what} directory holds config.json and model.safetensors")
+    return path, config_file, weights_file
+
+
+def load_encoder(name_or_path: str | Path = DEFAULT_ENCODER) -> Encoder:
+    """Load an encoder directory (or a shipped name) for inference, on the CPU, in eval mode."""
+    path, config_file, weights_file = model_files(name_or_path, "an encoder")
     try:
         raw = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
