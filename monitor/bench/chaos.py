@@ -556,13 +556,14 @@ def wait_for_quiet(fleet: Fleet, topic: str, quiet: float = 20.0, timeout: float
     log.warning("the workers did not settle within %.0f s; scoring what is on the plays topic", timeout)
 
 
-def _value(prometheus: servers.Prometheus, expr: str) -> float:
+def query_value(prometheus: servers.Prometheus, expr: str) -> float:
+    """The single value of an instant query (0 when it returns nothing)."""
     result = prometheus.query(expr)
     return float(result[0]["value"][1]) if result else 0.0
 
 
 def _max_over_run(prometheus: servers.Prometheus, expr: str, seconds: float) -> float:
-    return _value(prometheus, f"max_over_time(({expr})[{int(seconds) + 60}s:5s])")
+    return query_value(prometheus, f"max_over_time(({expr})[{int(seconds) + 60}s:5s])")
 
 
 def alerts_fired(prometheus: servers.Prometheus, since_epoch: float, until_epoch: float) -> set[tuple[str, str]]:

@@ -24,7 +24,8 @@ import numpy as np
 import psutil
 
 from monitor.bench import servers
-from monitor.bench.chaos import PREFIX, Broadcast, Fleet, Stations, audit, baseline_events, build_catalog, make_broadcasts, wait_for_quiet
+from monitor.bench.chaos import (PREFIX, Broadcast, Fleet, Stations, audit, baseline_events, build_catalog, make_broadcasts, query_value,
+                                 wait_for_quiet)
 from monitor.bench.references import BenchError
 from monitor.bench.report import Table, publish, verdict
 from monitor.events import PlayEvent
@@ -151,9 +152,9 @@ def run_fleet_size(workers: int, broadcasts: Sequence[Broadcast], catalog: Path,
             records = servers.read_topic(fleet.broker.port, topic)
             since = int(time.monotonic() - on_air) + 60
             lag = f"sum(airtrace_consumer_lag_messages{{topic='{PREFIX}.windows'}})"
-            max_lag = _value(fleet.prometheus, f"max_over_time(({lag})[{since}s:5s])")
-            mean_lag = _value(fleet.prometheus, f"avg_over_time(({lag})[{since}s:5s])")
-            windows = _value(fleet.prometheus, f"max_over_time(sum(airtrace_windows_ingested_total)[{since}s:5s])")
+            max_lag = query_value(fleet.prometheus, f"max_over_time(({lag})[{since}s:5s])")
+            mean_lag = query_value(fleet.prometheus, f"avg_over_time(({lag})[{since}s:5s])")
+            windows = query_value(fleet.prometheus, f"max_over_time(sum(airtrace_windows_ingested_total)[{since}s:5s])")
         finally:
             fleet.stop()
         sent = stations.sent
@@ -173,11 +174,6 @@ def _check_alive(fleet: Fleet) -> None:
             raise BenchError(f"worker {n} exited with {process.returncode}; see {fleet.workdir / f'worker{n}.log'}")
     if fleet.ingest.poll() is not None:
         raise BenchError(f"ingest exited with {fleet.ingest.returncode}; see {fleet.workdir / 'ingest.log'}")
-
-
-def _value(prometheus: servers.Prometheus, expr: str) -> float:
-    result = prometheus.query(expr)
-    return float(result[0]["value"][1]) if result else 0.0
 
 
 def run_fleet(streams: int, minutes: float, worker_counts: Sequence[int], seed: int, partitions: int, encoder: str,
