@@ -1,9 +1,15 @@
-"""Play events: the product's output, one `started` and one `ended` event per play, as versioned JSON.
+"""Events: the product's output, as versioned JSON lines on one topic, one events file and one play log.
 
-The JSON layout is documented by monitor/schemas/play_event.v1.json. Ids are deterministic: a play's id
-is a UUID5 of (stream id, track id, the seq of the play's first window), and an event's id is a UUID5 of
-(play id, state), so reprocessing the same windows (a replay, a restarted or rebalanced worker) yields
-the very same ids and consumers drop the duplicate instead of counting a second play.
+Play events (one `started` and one `ended` per play) keep schema version 1, documented by
+monitor/schemas/play_event.v1.json, so every consumer written for them reads them unchanged. Version 2
+(monitor/schemas/event.v2.json) adds kinds beside plays, told apart by `kind`: `unknown` (a stretch of
+music no catalog play covered) and `airtime` (seconds of each content class a stream aired in one UTC
+hour). A consumer skips a schema version it does not know.
+
+Ids are deterministic: a play's id is a UUID5 of (stream id, track id, the seq of the play's first
+window), and an event's id is a UUID5 of (play id, state); unknowns and airtime are keyed by their
+stream and first window the same way. Reprocessing the same windows (a replay, a restarted or rebalanced
+worker) yields the very same ids, and consumers drop the duplicate instead of counting it twice.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # play events
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"play_event.v{SCHEMA_VERSION}.json"
+KINDS_SCHEMA_VERSION = 2  # the kinds beside plays
+KINDS_SCHEMA_PATH = Path(__file__).parent / "schemas" / f"event.v{KINDS_SCHEMA_VERSION}.json"
 ID_NAMESPACE = uuid.UUID("5d9e1c43-5b8e-4f0a-9a55-2f6a8e0c7b31")  # fixed forever: ids must never change
 
 State = Literal["started", "ended"]
@@ -89,7 +97,97 @@ class PlayEvent:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
 
+def unknown_id(stream_id: str, start_seq: int) -> str:
+    """The id of the unknown stretch of a stream that begins at window `start_seq`."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"unknown\x1f{stream_id}\x1f{start_seq}"))
+
+
+def cluster_id(first_unknown_id: str) -> str:
+    """A cluster's id, named after its earliest occurrence: workers that find the same repeat at once agree on it."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"cluster\x1f{first_unknown_id}"))
+
+
+@dataclass(frozen=True)
+class UnknownEvent:
+    """A stretch of music on a stream that no catalog play covered, decided once it ended (one event, no
+    started/ended pair: it is only known to be unknown afterwards). Talk over the music counts as music;
+    pauses of talk or silence up to the tracker's tolerance are inside the stretch. When the same content
+    aired before (on any stream, within the retention window), `matched_unknown_id` names that earlier
+    stretch and `cluster_id` the repeated content both belong to; `ref_start` and `speed` place this
+    airing on the earlier one (its position heard at stream_start, and the speed against it)."""
+
+    unknown_id: str
+    stream_id: str
+    started_at: float
+    ended_at: float
+    stream_start: float
+    stream_end: float
+    music_seconds: float  # seconds labelled music (or talk over music) within the stretch
+    decided_offset: float
+    cluster_id: str | None = None
+    matched_unknown_id: str | None = None
+    ref_start: float | None = None
+    speed: float | None = None
+    score: float | None = None
+    stream: dict[str, Any] = field(default_factory=dict)
+
+    kind = "unknown"
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(uuid.UUID(self.unknown_id), self.kind))
+
+    @property
+    def duration(self) -> float:
+        return self.stream_end - self.stream_start
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"], data["ended_at"] = iso_utc(self.started_at), iso_utc(self.ended_at)
+        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data, "duration": self.duration}
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class AirtimeEvent:
+    """Seconds of each content class (encoders.CLASSES) one stream aired in one UTC hour, counted from the
+    window `first_seq`: an hour a stream aired whole is one event, sent once the next hour begins; a stream
+    that ends or restarts within an hour gives one event per part, and reports add them up."""
+
+    stream_id: str
+    hour: float  # UTC epoch seconds of the hour's start
+    first_seq: int
+    seconds: dict[str, float]
+    decided_offset: float
+    stream: dict[str, Any] = field(default_factory=dict)
+
+    kind = "airtime"
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(ID_NAMESPACE, f"airtime\x1f{self.stream_id}\x1f{self.first_seq}"))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hour"] = iso_utc(self.hour)
+        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data}
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
+
+Event = PlayEvent | UnknownEvent | AirtimeEvent
+
+
 @cache
 def schema() -> dict[str, Any]:
-    """The JSON Schema of the current version, for validating events in tests and consumers."""
+    """The JSON Schema of play events, for validating them in tests and consumers."""
     return json.loads(SCHEMA_PATH.read_text())
+
+
+@cache
+def kinds_schema() -> dict[str, Any]:
+    """The JSON Schema of the events beside plays (schema version 2)."""
+    return json.loads(KINDS_SCHEMA_PATH.read_text())

@@ -1,4 +1,4 @@
-"""Play events: deterministic ids, UTC times, and the published JSON Schema."""
+"""Events: deterministic ids, UTC times, and the published JSON Schemas of plays (v1) and the kinds beside them (v2)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import jsonschema
 import pytest
 
-from monitor.events import SCHEMA_PATH, PlayEvent, iso_utc, play_id, schema
+from monitor.events import KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, iso_utc, kinds_schema, play_id, schema, unknown_id
 
 VALIDATOR = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
+KINDS_VALIDATOR = jsonschema.Draft202012Validator(kinds_schema(), format_checker=jsonschema.FormatChecker())
 
 
 def started(**changes) -> PlayEvent:
@@ -71,3 +72,36 @@ def test_unknown_schema_version_is_refused_when_read() -> None:
 
 def test_the_schema_file_is_itself_valid() -> None:
     jsonschema.Draft202012Validator.check_schema(json.loads(SCHEMA_PATH.read_text()))
+
+
+def unknown(**changes) -> UnknownEvent:
+    fields = dict(unknown_id=unknown_id("radio-1", 400), stream_id="radio-1", started_at=1_795_000_200.0, ended_at=1_795_000_380.5,
+                  stream_start=200.0, stream_end=380.5, music_seconds=171.0, decided_offset=392.0)
+    return UnknownEvent(**{**fields, **changes})
+
+
+def test_kinds_beside_plays_follow_their_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(json.loads(KINDS_SCHEMA_PATH.read_text()))
+    first = unknown()
+    repeat = unknown(unknown_id=unknown_id("radio-2", 77), stream_id="radio-2", cluster_id=cluster_id(first.unknown_id),
+                     matched_unknown_id=first.unknown_id, ref_start=3.5, speed=1.05, score=40.2)
+    hour = AirtimeEvent("radio-1", 1_794_999_600.0, 0, {"music": 2400.0, "speech": 1100.5, "silence": 99.5}, 3601.0)
+    for event in (first, repeat, hour):
+        data = event.to_json()
+        KINDS_VALIDATOR.validate(data)
+        assert data["schema_version"] == 2 and data["kind"] == event.kind
+        assert not VALIDATOR.is_valid(data)  # a consumer of play events (v1) cannot take them for plays
+    assert first.to_json()["duration"] == first.stream_end - first.stream_start
+    assert hour.to_json()["hour"] == "2026-11-18T11:00:00.000Z"
+
+
+def test_kinds_beside_plays_have_deterministic_ids() -> None:
+    assert unknown().event_id == unknown().event_id != unknown(unknown_id=unknown_id("radio-1", 401)).event_id
+    assert cluster_id(unknown_id("radio-1", 400)) == cluster_id(unknown_id("radio-1", 400)) != cluster_id(unknown_id("radio-1", 401))
+    assert AirtimeEvent("a", 0.0, 5, {}, 1.0).event_id != AirtimeEvent("a", 0.0, 6, {}, 1.0).event_id
+
+
+def test_a_kind_beside_plays_with_a_missing_field_is_invalid() -> None:
+    data = unknown().to_json()
+    del data["stream_end"]
+    assert not KINDS_VALIDATOR.is_valid(data)
