@@ -674,7 +674,8 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                     metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
-    from monitor.embedded import NothingHeard, describe, run_embedded
+    from monitor.embedded import NothingHeard, run_embedded
+    from monitor.events import describe, plays_in
     from monitor.options import IngestOptions
     from monitor.stages.sources import ConfigError
 
@@ -696,7 +697,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events, plays_log)
     except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
+    click.echo(f"{sum(e.state == 'ended' for e in plays_in(found))} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
                + (f"; play log in {plays_log.where}" if plays_log else ""))
 
 

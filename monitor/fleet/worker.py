@@ -30,6 +30,7 @@ from faust.types import EventT
 
 from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog
+from monitor.events import describe
 from monitor.health import BEAT_SECONDS, Heartbeat
 from monitor.fleet.kafka_records import (
     DEAD_LETTER_KEEP_BYTES,
@@ -42,7 +43,7 @@ from monitor.fleet.kafka_records import (
     read_stream_headers,
     stream_headers,
 )
-from monitor.metrics import Metrics, observe_play_events
+from monitor.metrics import Metrics, observe_events
 from monitor.options import WorkerOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.state import StateStore
@@ -134,9 +135,9 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics:
                 deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in fresh]
                 await asyncio.gather(*deliveries)
                 await in_thread(step.commit, states, fresh)
-                observe_play_events(metrics, fresh)
+                observe_events(metrics, fresh)
                 for event in fresh:
-                    log.info("play %s: %s on %s at %.1f s", event.state, event.track_id, event.stream_id, event.stream_start)
+                    log.info("%s", describe(event))
 
     @app.timer(options.reload_seconds)
     async def look_for_catalog_changes() -> None:
