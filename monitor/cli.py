@@ -11,7 +11,7 @@ import click
 
 from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.health import STALE_SECONDS
-from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, WorkerOptions
+from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, UnknownConfig, WorkerOptions
 
 
 @click.group()
@@ -490,6 +490,18 @@ KAFKA_OPTIONS = _env_options(
     _env("--startup-timeout", type=click.FloatRange(0, min_open=True),
          help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15]."),  # broker.STARTUP_TIMEOUT_SECONDS
 )
+UNKNOWN_OPTIONS = _env_options(
+    _env("--min-unknown-seconds", type=click.FloatRange(1), default=UnknownConfig.min_seconds, show_default=True,
+         help="Music no catalog play covers is an unknown stretch from this long (lower it to find jingles and ads)."),
+    _env("--unknown-retention-days", type=click.FloatRange(0, min_open=True), default=UnknownConfig.retention_days, show_default=True,
+         help="Unknown stretches are kept and searched for repeats this long after they aired."),
+)
+
+
+def _unknown_config(min_unknown_seconds: float, unknown_retention_days: float) -> UnknownConfig:
+    return UnknownConfig(min_seconds=min_unknown_seconds, retention_days=unknown_retention_days)
+
+
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
     _env("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server binds."),
@@ -600,11 +612,15 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
 @_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
 @_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
+@_env("--playlog", help="The play log's database (postgresql://...): unknown stretches are kept there, shared by all workers "
+      "[default: each worker keeps its own in memory, and repeats heard by different workers are not found].")
+@UNKNOWN_OPTIONS
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
 def worker(catalog: str, redis_url: str, redis_username: str | None, redis_password: str | None, redis_tls_ca_file: str | None,
            redis_tls_cert_file: str | None, redis_tls_key_file: str | None, redis_prefix: str, group: str, batch_size: int,
            batch_wait: float, neighbours: int, session_timeout: float, reload_seconds: float, web_port: int | None,
+           playlog: str | None, min_unknown_seconds: float, unknown_retention_days: float,
            metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
     import redis
@@ -628,7 +644,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
-                            reload_seconds=reload_seconds, web_port=web_port)
+                            reload_seconds=reload_seconds, web_port=web_port, unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     if web_port is not None:  # Faust would find out after starting, with a traceback
         _check_port_free(options.web_host, web_port, "--web-port")
     try:
@@ -668,10 +684,11 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @AUDIO_OPTIONS
 @_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
+@UNKNOWN_OPTIONS
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, metrics_port: int | None,
-                    metrics_host: str) -> None:
+                    audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, min_unknown_seconds: float,
+                    unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import NothingHeard, run_embedded
@@ -690,7 +707,8 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
             open(events, "a", encoding="utf-8").close()
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
-    options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime))
+    options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime),
+                             unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None
     try:

@@ -34,6 +34,7 @@ from monitor.stages.mux import MuxSource, StreamStarted
 from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import MemoryStateStore
+from monitor.stages.unknown_store import UnknownStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 from monitor.stages.windows import WindowGrid
 
@@ -49,14 +50,14 @@ class EmbeddedMonitor:
 
     def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
-                 events_file: str | Path | None = None, playlog: PlayLog | None = None):
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None, unknowns: UnknownStore | None = None):
         self.playlog = playlog
         self.sources, self.options, self.metrics = list(sources), options, metrics
         self.on_event = on_event
         self.events_path = Path(events_file) if events_file else None
         self.grid = WindowGrid.for_encoder(catalog.encoder)
         self.catalog = LiveCatalog(catalog, metrics)
-        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays)
+        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns)
         self.heartbeat = Heartbeat("embedded", metrics)
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
         self.events: list[Event] = []

@@ -13,7 +13,8 @@ from encoders import load_audio, load_encoder, resample
 from monitor.catalog import Catalog
 from monitor.events import AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, play_id
 from monitor.records import AudioWindow, EndOfStream, WindowHits
-from monitor.stages.airing import Airing, AiringTracker, UnknownConfig
+from monitor.options import UnknownConfig
+from monitor.stages.airing import Airing, AiringTracker
 from monitor.stages.play_state import StreamState
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
@@ -184,3 +185,14 @@ def test_catalog_music_is_a_play_not_an_unknown_stretch(live: LiveCatalog) -> No
     assert [e.state for e in events if isinstance(e, PlayEvent)] == ["started", "ended"]
     assert unknowns(events) == []
     assert sum(sum(e.seconds.values()) for e in events if isinstance(e, AirtimeEvent)) == pytest.approx(len(grid.cut(audio)) * grid.hop_seconds)
+
+
+def test_a_repeat_after_the_retention_window_is_new_content(live: LiveCatalog) -> None:
+    grid = WindowGrid.for_encoder(live.catalog.encoder)
+    song = load_audio(MUSIC / "termigator_reg-zbb.opus", grid.sample_rate)
+    store = MemoryUnknownStore()
+    step = TrackingStep(live, MemoryStateStore(), unknowns=store, unknown_config=UnknownConfig(retention_days=7.0))
+    (first,) = unknowns(monitor(step, live, windows_of("radio-1", song, grid)))
+    (late,) = unknowns(monitor(step, live, windows_of("radio-2", song, grid, air=AIR + 8 * 86400)))
+    assert late.cluster_id is None and late.matched_unknown_id is None
+    assert [s.unknown_id for s in store.added_since(0, 0.0)] == [late.unknown_id]  # the first one expired

@@ -47,6 +47,7 @@ from monitor.metrics import Metrics, observe_events
 from monitor.options import WorkerOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.state import StateStore
+from monitor.stages.unknown_store import UnknownStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 
 log = logging.getLogger(__name__)
@@ -176,12 +177,14 @@ def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metric
 
 
 def run_worker(
-    catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info"
+    catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info",
+    unknowns: UnknownStore | None = None,
 ) -> None:
     """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up,
-    a CatalogError if the catalog cannot calibrate the matcher (it is empty)."""
+    a CatalogError if the catalog cannot calibrate the matcher (it is empty). Unknown stretches are kept in
+    `unknowns`, which all workers must share to find repeats across them (the play log's database)."""
     live = LiveCatalog(catalog, metrics)
-    step = TrackingStep(live, store, options.plays)
+    step = TrackingStep(live, store, options.plays, unknowns, options.unknowns)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
     asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
     with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder

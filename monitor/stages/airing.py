@@ -19,24 +19,11 @@ from dataclasses import dataclass, replace
 
 from encoders import CLASSES
 from monitor.events import AirtimeEvent, PlayEvent, UnknownEvent, unknown_id
+from monitor.options import UnknownConfig
 from monitor.records import WindowHits
 from monitor.stages.search import MUSIC_CLASSES
 
 HOUR = 3600.0
-
-
-@dataclass(frozen=True)
-class UnknownConfig:
-    """Settings of unknown stretches and their search; the one place their defaults are written."""
-
-    min_seconds: float = 20.0  # an unknown stretch is reported from this long
-    gap_seconds: float = 5.0  # talk or silence this long inside music ends the stretch
-    retention_days: float = 7.0  # kept stretches are searched this long after they aired
-    excerpt_seconds: float = 300.0  # audio kept of a stretch, for a person to hear and to promote into the catalog
-    buffer_seconds: float = 900.0  # embeddings (and audio) a process holds per stream while a stretch is open
-    min_match_windows: int = 8  # windows on one line for a repeat ...
-    min_confidence: float = 0.999  # ... at this confidence (the catalog's calibration, stricter than the matcher's)
-    neighbours: int = 5  # kept windows searched per window of a new stretch
 
 
 @dataclass(frozen=True)

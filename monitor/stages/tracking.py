@@ -18,7 +18,8 @@ from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import Event, UnknownEvent
 from monitor.metrics import Metrics
-from monitor.stages.airing import AiringTracker, UnknownConfig
+from monitor.options import UnknownConfig
+from monitor.stages.airing import AiringTracker
 from monitor.stages.search import ContentCount, hits_for
 from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
 from monitor.stages.plays import PlayTracker
@@ -108,10 +109,11 @@ class TrackingStep:
     tracking process must share for repeats across them to be found (a MemoryUnknownStore by default)."""
 
     def __init__(self, catalog: LiveCatalog, store: StateStore, config: PlayConfig | None = None,
-                 unknowns: UnknownStore | None = None, unknown_config: UnknownConfig = UnknownConfig()):
+                 unknowns: UnknownStore | None = None, unknown_config: UnknownConfig | None = None):
         grid = catalog.catalog.grid
         config = config or PlayConfig.for_grid(grid.window_seconds, grid.hop_seconds)
         self.tracker = PlayTracker(config)
+        unknown_config = unknown_config or UnknownConfig()
         self.airing = AiringTracker(unknown_config, config.window_seconds, config.hop_seconds)
         self.unknowns = UnknownSearch(unknowns or MemoryUnknownStore(), unknown_config, config.window_seconds, config.hop_seconds,
                                       catalog.catalog.encoder.sample_rate)

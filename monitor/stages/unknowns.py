@@ -12,6 +12,7 @@ whose windows this process never held (it was heard before a restart) is reporte
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -22,13 +23,14 @@ import numpy as np
 from encoders import encode_ogg
 from monitor.events import UnknownEvent, cluster_id
 from monitor.records import Neighbour, WindowHits
-from monitor.stages.airing import UnknownConfig
+from monitor.options import UnknownConfig
 from monitor.stages.matcher import Confidence, match_hits
 from monitor.stages.unknown_store import KeptStretch, UnknownStore
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+EXPIRY_EVERY = 3600.0  # seconds of air time between expiries (the local index is rebuilt from the store then)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class UnknownSearch:
         self.heard: dict[str, deque[Heard]] = defaultdict(lambda: deque(maxlen=max(1, round(config.buffer_seconds / hop_seconds))))
         self.excerpt_windows = max(1, round(config.excerpt_seconds / hop_seconds))
         self.kept = KeptIndex()
+        self.expired_at = -math.inf  # air time of the last expiry
 
     def hear(self, hits: Iterable[WindowHits]) -> None:
         """Hold the windows' embeddings while a stretch of them may be decided unknown, and the audio of the
@@ -121,6 +124,9 @@ class UnknownSearch:
         offsets = np.array([w.offset - event.stream_start for w in music], np.float32)
         embeddings = np.stack([w.embedding for w in music])
         aired_after = event.started_at - self.config.retention_days * DAY
+        if event.started_at - self.expired_at >= EXPIRY_EVERY:  # forget what aired before the retention window
+            self.store.expire(aired_after)
+            self.kept, self.expired_at = KeptIndex(), event.started_at
         self.kept.add(self.store.added_since(self.kept.row, aired_after))
         event = self._match(event, offsets, embeddings, calibration, aired_after)
         kept = KeptStretch(event.unknown_id, event.stream_id, event.started_at, event.duration, offsets,
