@@ -83,8 +83,9 @@ plays = Table(
 
 # Content classes of airtime events (encoders.CLASSES, which a test checks; the play log does not load the encoders).
 CONTENT_CLASSES = ("music", "speech", "speech_over_music", "silence", "other")
-# Stretch durations that make a repeated piece a jingle (ads, idents) rather than a song: [low, high) seconds.
-JINGLE_SECONDS = (5.0, 60.0)
+# A repeated piece whose typical (median) airing lasts this long or longer is a song; shorter ones are
+# jingles (ads, idents, station sounders: 5-60 s).
+SONG_SECONDS = 60.0
 
 unknowns = Table(
     "unknowns",
