@@ -31,6 +31,8 @@ REPORT_COLUMNS = ["timestamp_utc", "played_duration", "station", "title", "artis
 CUESHEET_COLUMNS = ["cue", "start_utc", "end_utc", "duration", "title", "artist", "isrc", "album", "track_id"]
 TOTALS_COLUMNS = ["station", "track_id", "title", "artist", "isrc", "plays", "seconds"]
 AIRTIME_COLUMNS = ["station", "hour_utc", "catalog_music", "unknown_music", *CONTENT_CLASSES]
+# No play or unknown stretch lasts longer: what lets a range's overlapping airings be found by their start (indexed).
+LONGEST_AIRING = timedelta(days=1)
 # Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
 DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3, "confidence": 4}
 
@@ -129,7 +131,7 @@ def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) ->
             if station is not None:
                 condition &= table.c.stream_id == station
             if span.start is not None:
-                condition &= table.c.ended_at > span.start
+                condition &= (table.c.started_at > span.start - LONGEST_AIRING) & (table.c.ended_at > span.start)
             if span.end is not None:
                 condition &= table.c.started_at < span.end
             for stream_id, start, end in connection.execute(select(table.c.stream_id, table.c.started_at, table.c.ended_at).where(condition)):
