@@ -915,11 +915,24 @@ def plays_totals(playlog, start, end, station, fmt, out) -> None:
     write_rows(*totals(_open_playlog(playlog), _span(start, end), station), fmt, out)
 
 
+@plays.command("airtime")
+@PLAYLOG_OPTION
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to).")
+@RANGE_OPTIONS
+@click.option("--station", help="Only this station (stream id) [all].")
+@OUTPUT_OPTIONS
+def plays_airtime(playlog, day, start, end, station, fmt, out) -> None:
+    """Seconds per station and UTC hour: catalog music, unknown music, and each content class (music, speech, ...)."""
+    from monitor.playlog.queries import airtime_report, write_rows
+
+    write_rows(*airtime_report(_open_playlog(playlog), _span(start, end, day), station), fmt, out)
+
+
 @plays.command("import")
 @PLAYLOG_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def plays_import(playlog: str, files: tuple[str, ...]) -> None:
-    """Add the play events of JSON-lines FILES (airtrace monitor --events); events already there change nothing."""
+    """Add the events of JSON-lines FILES (airtrace monitor --events): plays, unknown stretches, airtime; events already there change nothing."""
     from monitor.playlog.store import import_lines
 
     log = _open_playlog(playlog, migrate=True)
@@ -928,7 +941,8 @@ def plays_import(playlog: str, files: tuple[str, ...]) -> None:
             stored, skipped = import_lines(log, lines)
         for number, reason in skipped:
             click.echo(f"skipped {path}:{number}: {reason}", err=True)
-        click.echo(f"{path}: {stored} play events into the play log at {log.where}")
+        click.echo(f"{path}: {stored['play']} play events, {stored['unknown']} unknown stretches, {stored['airtime']} airtime events "
+                   f"into the play log at {log.where}")
 
 
 @plays.command("consume")
@@ -949,3 +963,93 @@ def plays_consume(playlog: str, playlog_group: str, metrics_port: int | None, me
         asyncio.run(consume_plays(log, settings, topics, ConsumerOptions(group=playlog_group), _metrics(metrics_port, metrics_host)))
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# ---- unknown music: `airtrace unknowns ...` -------------------------------------------------------
+
+
+@main.group()
+def unknowns() -> None:
+    """Music no catalog track covered, from the play log: clusters of repeated pieces, their airings, their audio."""
+
+
+def _cluster_filter(start, end, stream, kind, min_plays):
+    from monitor.playlog.unknowns import ClusterFilter
+
+    return ClusterFilter(_span(start, end), stream, kind, min_plays)
+
+
+CLUSTER_OPTIONS = _env_options(
+    RANGE_OPTIONS,
+    click.option("--stream", help="Only airings on this stream (station)."),
+    click.option("--kind", type=click.Choice(["jingle", "song"]), help="Only jingles (typical airing under 60 s) or songs."),
+    click.option("--min-plays", type=click.IntRange(1), default=1, show_default=True, help="Only clusters aired at least this often."),
+)
+
+
+@unknowns.command("list")
+@PLAYLOG_OPTION
+@CLUSTER_OPTIONS
+@click.option("--stretches", is_flag=True, help="List the unknown stretches themselves, clustered or not, instead of the clusters.")
+@OUTPUT_OPTIONS
+def unknowns_list(playlog, start, end, stream, kind, min_plays, stretches, fmt, out) -> None:
+    """Clusters of repeated unknown music, most aired first (counting airings in the range and on the stream)."""
+    from monitor.playlog.queries import write_rows
+    from monitor.playlog.unknowns import list_clusters, list_stretches
+
+    log = _open_playlog(playlog)
+    if stretches:
+        if kind or min_plays > 1:
+            raise click.UsageError("--kind and --min-plays choose clusters; leave them out with --stretches")
+        write_rows(*list_stretches(log, _span(start, end), stream), fmt, out)
+    else:
+        write_rows(*list_clusters(log, _cluster_filter(start, end, stream, kind, min_plays)), fmt, out)
+
+
+@unknowns.command("show")
+@PLAYLOG_OPTION
+@click.argument("cluster")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a summary line, then the airings as CSV; json: one object {cluster, occurrences}.")
+@click.option("--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here instead of stdout.")
+def unknowns_show(playlog, cluster, fmt, out) -> None:
+    """The cluster CLUSTER and every airing of it: stream, air start and end, duration, speed, the stretch it matched."""
+    import json
+
+    from monitor.playlog.queries import write_rows
+    from monitor.playlog.store import PlayLogError
+    from monitor.playlog.unknowns import show_cluster
+
+    try:
+        summary, (columns, rows) = show_cluster(_open_playlog(playlog), cluster)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if fmt == "json":
+        json.dump({"cluster": summary, "occurrences": rows}, out, indent=1)
+        out.write("\n")
+        return
+    out.write(f"cluster {summary['cluster_id']}: {summary['kind']}, {summary['plays']} airings on {summary['streams']}, "
+              f"{summary['first_seen']} to {summary['last_seen']}, typically {summary['typical_duration']:.1f} s, "
+              f"{'excerpt saved' if summary['excerpt'] else 'no excerpt'}\n")
+    write_rows(columns, rows, "csv", out)
+
+
+@unknowns.command("export")
+@PLAYLOG_OPTION
+@CLUSTER_OPTIONS
+@click.option("--out", "directory", required=True, type=click.Path(file_okay=False, writable=True), help="The directory to write into.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True, help="Format of clusters and occurrences.")
+@click.option("--overwrite", is_flag=True, help="Replace files of an earlier export there (else nothing is written if one exists).")
+def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt, overwrite) -> None:
+    """Clusters and their airings as CSV or JSON, and each saved excerpt as CLUSTER_ID.ogg, into a directory."""
+    from pathlib import Path
+
+    from monitor.playlog.store import PlayLogError
+    from monitor.playlog.unknowns import export
+
+    try:
+        written = export(_open_playlog(playlog), Path(directory), fmt, _cluster_filter(start, end, stream, kind, min_plays), overwrite)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    excerpts = sum(path.suffix == ".ogg" for path in written)
+    click.echo(f"{len(written) - excerpts} tables and {excerpts} excerpts written to {directory}")

@@ -70,7 +70,7 @@ def test_the_migrations_build_the_declared_schema(playlog: PlayLog) -> None:
     with playlog.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
-    assert PlayLog.open(playlog.url.render_as_string(hide_password=False)).revision() == "0002"  # opens without migrating
+    assert PlayLog.open(playlog.url.render_as_string(hide_password=False)).revision() == "0003"  # opens without migrating
 
 
 def test_duplicated_and_reordered_events_leave_the_rows_of_one_clean_pass(playlog: PlayLog, tmp_path: Path) -> None:
