@@ -647,8 +647,9 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
                             reload_seconds=reload_seconds, web_port=web_port, unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     if web_port is not None:  # Faust would find out after starting, with a traceback
         _check_port_free(options.web_host, web_port, "--web-port")
+    unknowns = _open_playlog(playlog).unknown_store() if playlog else None
     try:
-        run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
+        run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host), unknowns=unknowns)
     except (CatalogError, BrokerError) as exc:  # an empty catalog cannot calibrate the matcher
         raise click.ClickException(str(exc)) from exc
 

@@ -57,6 +57,8 @@ class EmbeddedMonitor:
         self.events_path = Path(events_file) if events_file else None
         self.grid = WindowGrid.for_encoder(catalog.encoder)
         self.catalog = LiveCatalog(catalog, metrics)
+        if unknowns is None and playlog is not None:  # kept beside the plays, so repeats are found across runs too
+            unknowns = playlog.unknown_store()
         self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns)
         self.heartbeat = Heartbeat("embedded", metrics)
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
