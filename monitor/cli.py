@@ -1054,3 +1054,33 @@ def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt
         raise click.ClickException(str(exc)) from exc
     excerpts = sum(path.suffix == ".ogg" for path in written)
     click.echo(f"{len(written) - excerpts} tables and {excerpts} excerpts written to {directory}")
+
+
+@unknowns.command("promote")
+@PLAYLOG_OPTION
+@click.argument("cluster")
+@click.option("--catalog", "catalog_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The catalog the track joins.")
+@click.option("--track-id", required=True, help="The catalog id the cluster's music gets.")
+@click.option("--title", help="The track's title (catalog metadata).")
+@click.option("--artist", help="The track's artist (catalog metadata).")
+@click.option("--audio", "audio_file", type=click.Path(exists=True, dir_okay=False),
+              help="A recording of the music to add instead of the cluster's saved excerpt (workers keep none).")
+@click.option("--events", type=click.Path(dir_okay=False), help="Also append the new plays' events to this file as JSON lines.")
+def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, audio_file, events) -> None:
+    """Add CLUSTER's music to the catalog as --track-id and turn each of its airings into a play in the play log."""
+    from pathlib import Path
+
+    from monitor.catalog import Catalog, CatalogError
+    from monitor.playlog.store import PlayLogError
+    from monitor.promote import promote
+
+    metadata = {key: value for key, value in (("title", title), ("artist", artist)) if value}
+    try:
+        done = promote(_open_playlog(playlog), Catalog.open(catalog_dir), cluster, track_id, metadata, Path(audio_file) if audio_file else None)
+    except (PlayLogError, CatalogError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if events:
+        with open(events, "a", encoding="utf-8") as out:
+            out.writelines(event.to_line() + "\n" for event in done.plays)
+    added = f"added {track_id} to the catalog" if done.added else f"{track_id} was already in the catalog"
+    click.echo(f"{added}; {len(done.plays) // 2} airings of cluster {cluster} are now plays of it in the play log")

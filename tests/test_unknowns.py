@@ -4,14 +4,23 @@ and repeats of unknown content found across streams with the shipped encoder and
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from catalog_fixtures import MUSIC
 from encoders import load_audio, load_encoder, resample
-from monitor.catalog import Catalog
+from monitor.catalog import Catalog, CatalogError
+from monitor.cli import main
 from monitor.events import AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, play_id
+from monitor.playlog.queries import TimeRange, airtime_report, list_plays
+from monitor.playlog.schema import cluster_excerpts
+from monitor.playlog.store import PlayLog, PlayLogError
+from monitor.promote import promote
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.options import UnknownConfig
 from monitor.stages.airing import Airing, AiringTracker
@@ -196,3 +205,72 @@ def test_a_repeat_after_the_retention_window_is_new_content(live: LiveCatalog) -
     (late,) = unknowns(monitor(step, live, windows_of("radio-2", song, grid, air=AIR + 8 * 86400)))
     assert late.cluster_id is None and late.matched_unknown_id is None
     assert [s.unknown_id for s in store.added_since(0, 0.0)] == [late.unknown_id]  # the first one expired
+
+
+# ---- promoting a cluster into the catalog ----------------------------------------------------------
+
+
+@pytest.fixture
+def aired_twice(live: LiveCatalog, tmp_path: Path) -> tuple[PlayLog, Path, list[UnknownEvent]]:
+    """A play log where the same non-catalog song aired on two stations (the second 5 % fast), kept in the
+    play log's database as embedded mode keeps it, and a catalog of our own to promote it into."""
+    catalog_dir = Path(shutil.copytree(live.catalog.directory, tmp_path / "catalog"))
+    log = PlayLog.open(tmp_path / "plays.sqlite", migrate=True)
+    mine = LiveCatalog(Catalog.open(catalog_dir))
+    grid = WindowGrid.for_encoder(mine.catalog.encoder)
+    song = load_audio(MUSIC / "termigator_reg-zbb.opus", grid.sample_rate)
+    step = TrackingStep(mine, MemoryStateStore(), unknowns=log.unknown_store())
+    events = monitor(step, mine, windows_of("radio-1", song, grid))
+    events += monitor(step, mine, windows_of("radio-2", resample(song, round(grid.sample_rate * 1.05), grid.sample_rate), grid, air=AIR + 3600))
+    log.apply(e.to_json() for e in events)
+    return log, catalog_dir, unknowns(events)
+
+
+def test_a_promoted_cluster_becomes_a_track_and_its_airings_plays(aired_twice, tmp_path: Path) -> None:
+    log, catalog_dir, (first, repeat) = aired_twice
+    cluster = repeat.cluster_id
+    catalog = Catalog.open(catalog_dir)
+    done = promote(log, catalog, cluster, "termigator", {"title": "Termigator"})
+    assert done.added and catalog.track("termigator").metadata == {"title": "Termigator", "promoted_from_cluster": cluster}
+    _, rows = list_plays(log)
+    assert sorted((r["stream_id"], r["track_id"], r["state"]) for r in rows) == [("radio-1", "termigator", "ended"), ("radio-2", "termigator", "ended")]
+    played = {r["stream_id"]: r for r in rows}
+    # placed on the recording (one airing's excerpt) through the match: the second station played it 5 % faster
+    assert played["radio-2"]["speed"] / played["radio-1"]["speed"] == pytest.approx(1.05, abs=0.02)
+    assert played["radio-2"]["duration"] == pytest.approx(repeat.duration)
+    _, hours = airtime_report(log, TimeRange())
+    assert sum(h["unknown_music"] for h in hours) == 0.0  # counted once, as catalog music now
+    assert sum(h["catalog_music"] for h in hours) == pytest.approx(first.duration + repeat.duration)
+
+    again = promote(log, Catalog.open(catalog_dir), cluster, "termigator", {"title": "Termigator"})
+    assert not again.added and [e.event_id for e in again.plays] == [e.event_id for e in done.plays]
+    assert len(list_plays(log)[1]) == 2
+
+    # the next airing is a catalog play of the promoted track
+    live = LiveCatalog(Catalog.open(catalog_dir))
+    grid = WindowGrid.for_encoder(live.catalog.encoder)
+    later = monitor(TrackingStep(live, MemoryStateStore()), live, windows_of("radio-3", load_audio(MUSIC / "termigator_reg-zbb.opus", grid.sample_rate), grid))
+    assert [(e.state, e.track_id) for e in later if isinstance(e, PlayEvent)] == [("started", "termigator"), ("ended", "termigator")]
+
+
+def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
+    log, catalog_dir, (_, repeat) = aired_twice
+    before = Catalog.open(catalog_dir).stats()
+    with pytest.raises(PlayLogError, match="no cluster .* `airtrace unknowns list`"):
+        promote(log, Catalog.open(catalog_dir), str(uuid.uuid4()), "x", {})
+    with pytest.raises(PlayLogError, match="not a cluster id"):
+        promote(log, Catalog.open(catalog_dir), "cluster-7", "x", {})
+    with pytest.raises(CatalogError, match="already in the catalog"):
+        promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "over-theme", {})
+    with log.engine.begin() as connection:  # as when its airings were heard by workers, which keep no audio
+        connection.execute(cluster_excerpts.delete())
+    with pytest.raises(PlayLogError, match="no saved audio.*--audio FILE"):
+        promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "x", {})
+    result = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"),
+                                       "--catalog", str(catalog_dir), "--track-id", "x", "--audio", str(tmp_path / "plays.sqlite")])
+    assert result.exit_code == 1 and "cannot read the audio" in result.output
+    assert Catalog.open(catalog_dir).stats() == before and list_plays(log)[1] == []
+    result = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"), "--catalog",
+                                       str(catalog_dir), "--track-id", "termigator", "--audio", str(MUSIC / "termigator_reg-zbb.opus")])
+    assert result.exit_code == 0, result.output
+    assert "added termigator to the catalog; 2 airings" in result.output and len(list_plays(log)[1]) == 2

@@ -125,7 +125,7 @@ def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) ->
     The range is taken in whole hours; hours without any of them have no row."""
     span = span.whole_hours()
     seconds: dict[tuple[str, datetime], dict[str, float]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
-    aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, true())]
+    aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, unknowns.c.promoted_play_id.is_(None))]
     with log.connect() as connection:
         for column, table, condition in aired:
             if station is not None:

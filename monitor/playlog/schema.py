@@ -106,6 +106,7 @@ unknowns = Table(
     Column("speed", Float),
     Column("score", Float),
     Column("stream", JSON, nullable=False),
+    Column("promoted_play_id", String(36)),  # the play it became when its cluster was promoted into the catalog
     Index("ix_unknowns_stream_started", "stream_id", "started_at"),
     Index("ix_unknowns_started", "started_at"),
     Index("ix_unknowns_cluster_started", "cluster_id", "started_at"),

@@ -88,14 +88,14 @@ def occurrences(log: PlayLog, cluster_ids: Sequence[str] | None = None) -> Rows:
 
 def show_cluster(log: PlayLog, cluster_id: str) -> tuple[dict[str, Any], Rows]:
     """A cluster's summary over all its airings, and each airing."""
-    cluster = _cluster_id(cluster_id)
+    cluster = parse_cluster_id(cluster_id)
     summaries = _summaries(log, unknowns.c.cluster_id == cluster)
     if not summaries:
         raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
     return summaries[0], occurrences(log, [cluster])
 
 
-def _cluster_id(text: str) -> str:
+def parse_cluster_id(text: str) -> str:
     try:
         return str(uuid.UUID(text))
     except ValueError:
