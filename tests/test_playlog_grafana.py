@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from monitor.bench import servers
 from monitor.playlog import queries
 from monitor.playlog.queries import TimeRange
+from monitor.events import plays_in
 from monitor.playlog.store import PlayLog
 from test_playlog import DAY, synthetic_plays
 from test_playlog_unknowns import synthetic_airtime, synthetic_unknowns
@@ -88,7 +89,7 @@ def grafana_db(postgres: servers.PostgresServer, demo_run) -> tuple[str, list, s
     (the role is the cluster's, so it is made once, for this module's database)."""
     _, _, demo_events = demo_run
     log = PlayLog.open(postgres.create_database("grafana_dashboards"), migrate=True)
-    events = demo_events + synthetic_plays(40, streams=3)
+    events = plays_in(demo_events) + synthetic_plays(40, streams=3)
     log.apply(e.to_json() for e in events + synthetic_unknowns() + synthetic_airtime())
     ended = [e for e in events if e.state == "ended"]
     log.reject(ended[-1].play_id, "a jingle", "tester")
