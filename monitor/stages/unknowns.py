@@ -7,6 +7,8 @@ retention window, refreshed from the store before each search. When a new stretc
 a kept one, the new one joins that stretch's cluster; the cluster is named after its earliest occurrence
 (`monitor.events.cluster_id`), so two workers that find the same repeat at once name it alike. A stretch
 whose windows this process never held (it was heard before a restart) is reported but cannot be kept.
+Audio is encoded and kept for repeats only (the airing that forms or joins a cluster): a cluster gets
+its excerpt from its second airing, and first airings, most of which never repeat, cost no encoding.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class UnknownSearch:
             self.kept, self.expired_at = KeptIndex(), event.started_at
         self.kept.add(self.store.added_since(self.kept.row, aired_after))
         event = self._match(event, offsets, embeddings, calibration, aired_after)
+        excerpt = self._excerpt(windows) if event.cluster_id is not None else None  # only a repeat's audio is worth its CPU and bytes
         kept = KeptStretch(event.unknown_id, event.stream_id, event.started_at, event.duration, offsets,
-                           embeddings.astype(np.float16), event.cluster_id, self._excerpt(windows))
+                           embeddings.astype(np.float16), event.cluster_id, excerpt)
         return Resolved(event, kept)
 
     def _match(self, event: UnknownEvent, offsets: np.ndarray, embeddings: np.ndarray, calibration: Confidence,
