@@ -149,6 +149,7 @@ def test_a_play_on_air_across_a_short_drop_stays_one_play(service_catalog: Path,
 
     from monitor.bench.servers import LiveAudioServer, encode_mp3
     from monitor.embedded import EmbeddedMonitor
+    from monitor.events import plays_in
     from monitor.options import IngestOptions, MonitorOptions
 
     mp3 = encode_mp3(MUSIC / "area2-game.opus", tmp_path / "area2.mp3").read_bytes()
@@ -157,7 +158,7 @@ def test_a_play_on_air_across_a_short_drop_stays_one_play(service_catalog: Path,
         source = StreamSource("radio", live.url(drop=8.0, burst=3.0))  # drops 16 s into the 50 s track
         stop = threading.Event()
         threading.Timer(20.0, stop.set).start()  # 40 s of the track, past the drop
-        events = EmbeddedMonitor(Catalog.open(service_catalog), [source], options).run(stop)
+        events = plays_in(EmbeddedMonitor(Catalog.open(service_catalog), [source], options).run(stop))
         assert live.connections["/live.mp3"] == 2
     assert [(e.state, e.track_id) for e in events] == [("started", "area2-game"), ("ended", "area2-game")]
     assert events[1].duration > 25.0

@@ -26,7 +26,7 @@ import soundfile
 from monitor.bench import servers
 from encoders import load_audio, synthesize_speech
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays
-from monitor.events import PlayEvent
+from monitor.events import PlayEvent, plays_in, read_event
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 PACE = 1.0  # real time
@@ -53,7 +53,7 @@ def programme() -> list[Piece]:
 
 
 def events_on(broker: servers.ServerProcess) -> list[PlayEvent]:
-    return [PlayEvent.from_json(json.loads(r.value)) for r in servers.read_topic(broker.port, f"{PREFIX}.plays")]
+    return plays_in(read_event(json.loads(r.value)) for r in servers.read_topic(broker.port, f"{PREFIX}.plays"))
 
 
 @pytest.mark.slow
