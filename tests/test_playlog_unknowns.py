@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from monitor.cli import main
-from monitor.events import AirtimeEvent, UnknownEvent, cluster_id, unknown_id
+from monitor.events import AirtimeEvent, UnknownEvent, cluster_id, iso_utc, unknown_id
 from monitor.playlog import queries, unknowns
 from monitor.playlog.queries import TimeRange
 from monitor.playlog.schema import CONTENT_CLASSES, airtime, cluster_excerpts
@@ -245,14 +245,18 @@ def filled(playlog: PlayLog) -> PlayLog:
     return playlog
 
 
+def address(log: PlayLog) -> str:
+    """What --playlog takes for this log."""
+    return log.url.database if log.is_sqlite else log.url.render_as_string(hide_password=False)
+
+
 def test_clusters_are_listed_with_their_kind_airings_and_excerpt(filled: PlayLog) -> None:
     columns, rows = unknowns.list_clusters(filled)
     assert columns == ["cluster_id", "kind", "plays", "first_seen", "last_seen", "streams", "typical_duration", "excerpt"]
-    iso = lambda seconds: queries._iso(datetime.fromtimestamp(DAY + seconds, timezone.utc))  # noqa: E731
     assert rows == [  # most aired first, then first aired first
-        {"cluster_id": JINGLE, "kind": "jingle", "plays": 3, "first_seen": iso(2000), "last_seen": iso(4000), "streams": "radio-1",
+        {"cluster_id": JINGLE, "kind": "jingle", "plays": 3, "first_seen": iso_utc(DAY + 2000), "last_seen": iso_utc(DAY + 4000), "streams": "radio-1",
          "typical_duration": 10.0, "excerpt": False},
-        {"cluster_id": SONG, "kind": "song", "plays": 3, "first_seen": iso(3500), "last_seen": iso(10000), "streams": "radio-0,radio-1",
+        {"cluster_id": SONG, "kind": "song", "plays": 3, "first_seen": iso_utc(DAY + 3500), "last_seen": iso_utc(DAY + 10000), "streams": "radio-0,radio-1",
          "typical_duration": 200.0, "excerpt": True},
     ]
     choose = unknowns.ClusterFilter
@@ -261,7 +265,7 @@ def test_clusters_are_listed_with_their_kind_airings_and_excerpt(filled: PlayLog
     assert unknowns.list_clusters(filled, choose(stream="radio-0", min_plays=3))[1] == []
     hour = datetime.fromtimestamp(DAY + 3600, timezone.utc)
     later = unknowns.list_clusters(filled, choose(span=TimeRange(hour)))[1]
-    assert [(row["cluster_id"], row["plays"], row["first_seen"]) for row in later] == [(SONG, 2, iso(7300)), (JINGLE, 1, iso(4000))]
+    assert [(row["cluster_id"], row["plays"], row["first_seen"]) for row in later] == [(SONG, 2, iso_utc(DAY + 7300)), (JINGLE, 1, iso_utc(DAY + 4000))]
     stretches = unknowns.list_stretches(filled)[1]
     assert len(stretches) == 7 and sum(row["cluster_id"] is None for row in stretches) == 1
 
@@ -270,21 +274,19 @@ def test_airtime_per_station_and_hour_clips_plays_and_stretches_to_the_hour(fill
     columns, rows = queries.airtime_report(filled, TimeRange(), "radio-0")
     assert columns == ["station", "hour_utc", "catalog_music", "unknown_music", "music", "speech", "speech_over_music", "silence", "other"]
     by_hour = {row["hour_utc"]: row for row in rows}
-    hour = lambda n: queries._iso(datetime.fromtimestamp(DAY + 3600 * n, timezone.utc))  # noqa: E731
-    assert by_hour[hour(0)]["unknown_music"] == 100.0 and by_hour[hour(1)]["unknown_music"] == 100.0  # the song crosses the hour
-    assert by_hour[hour(2)]["unknown_music"] == 201.0
-    assert by_hour[hour(1)]["music"] == 2500.0 and by_hour[hour(1)]["speech"] == 1000.0  # two parts of the hour add up
+    assert by_hour[iso_utc(DAY)]["unknown_music"] == 100.0 and by_hour[iso_utc(DAY + 3600)]["unknown_music"] == 100.0  # the song crosses the hour
+    assert by_hour[iso_utc(DAY + 7200)]["unknown_music"] == 201.0
+    assert by_hour[iso_utc(DAY + 3600)]["music"] == 2500.0 and by_hour[iso_utc(DAY + 3600)]["speech"] == 1000.0  # two parts of the hour add up
     plays = [e for e in synthetic_plays(12) if e.state == "ended" and e.stream_id == "radio-0"]
     assert sum(row["catalog_music"] for row in rows) == pytest.approx(sum(e.duration for e in plays), abs=0.001 * len(plays))
     for row in rows:
         assert row["catalog_music"] <= 3600 and row["unknown_music"] <= 3600
     one_hour = TimeRange(datetime.fromtimestamp(DAY + 3700, timezone.utc), datetime.fromtimestamp(DAY + 3800, timezone.utc))
-    assert [row["hour_utc"] for row in queries.airtime_report(filled, one_hour)[1]] == [hour(1)] * 3  # whole hours, every station
+    assert [row["hour_utc"] for row in queries.airtime_report(filled, one_hour)[1]] == [iso_utc(DAY + 3600)] * 3  # whole hours, every station
 
 
 def test_the_cli_lists_shows_and_exports_clusters(filled: PlayLog, tmp_path: Path) -> None:
-    where = filled.url.render_as_string(hide_password=False)
-    where = filled.url.database if filled.is_sqlite else where
+    where = address(filled)
     runner = CliRunner()
     listed = runner.invoke(main, ["unknowns", "list", "--playlog", where, "--kind", "song", "--format", "json"])
     assert listed.exit_code == 0, listed.output
@@ -324,9 +326,36 @@ def test_the_cli_lists_shows_and_exports_clusters(filled: PlayLog, tmp_path: Pat
 
 
 def test_the_cli_writes_the_airtime_report(filled: PlayLog, tmp_path: Path) -> None:
-    where = filled.url.database if filled.is_sqlite else filled.url.render_as_string(hide_password=False)
+    where = address(filled)
     day = datetime.fromtimestamp(DAY, timezone.utc).date().isoformat()
     out = tmp_path / "airtime.json"
     result = CliRunner().invoke(main, ["plays", "airtime", "--playlog", where, "--day", day, "--station", "radio-0", "--format", "json", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == queries.airtime_report(filled, TimeRange.day(datetime.fromtimestamp(DAY, timezone.utc).date()), "radio-0")[1]
+
+
+def test_a_reader_of_the_shared_store_misses_no_stretch_kept_concurrently(postgres_url: str) -> None:
+    """Row numbers follow commit order, so polling `added_since(last row seen)` while four processes keep
+    stretches at once sees every stretch exactly once (without the row lock, a row numbered before another
+    but committed after it is skipped: this fails when an insert is slowed before its commit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = PlayLog.open(postgres_url, migrate=True)
+    writers = [PlayLog.open(postgres_url).unknown_store() for _ in range(4)]
+
+    def keep_many(index: int) -> None:
+        for n in range(25):
+            writers[index].keep(kept(index * 100 + n, DAY + n))
+
+    seen: list[str] = []
+    reader, last = log.unknown_store(), 0
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(keep_many, i) for i in range(4)]
+        while not all(future.done() for future in futures):
+            for found in reader.added_since(last, 0.0):
+                seen.append(found.unknown_id)
+                last = found.row
+        for future in futures:
+            future.result()
+    seen += [found.unknown_id for found in reader.added_since(last, 0.0)]
+    assert sorted(seen) == sorted(unknown_id("radio", i * 100 + n) for i in range(4) for n in range(25))

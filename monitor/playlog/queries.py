@@ -77,7 +77,7 @@ def list_plays(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None =
     if not include_hidden:
         condition &= visible()
     query = select(*(plays.c[name] for name in LIST_COLUMNS)).where(condition).order_by(plays.c.started_at, plays.c.play_id).limit(limit)
-    return LIST_COLUMNS, _fetch(log, query)
+    return LIST_COLUMNS, fetch_rows(log, query)
 
 
 def report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
@@ -90,7 +90,7 @@ def report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
         plays.c.title, plays.c.artist, plays.c.isrc, plays.c.album, plays.c.ref_start, plays.c.ref_end, plays.c.speed,
         plays.c.score, plays.c.confidence, plays.c.track_id, plays.c.play_id,
     ).where(condition).order_by(plays.c.stream_id, plays.c.started_at, plays.c.play_id)
-    return REPORT_COLUMNS, _fetch(log, query)
+    return REPORT_COLUMNS, fetch_rows(log, query)
 
 
 def cuesheet(log: PlayLog, station: str, span: TimeRange) -> Rows:
@@ -98,7 +98,7 @@ def cuesheet(log: PlayLog, station: str, span: TimeRange) -> Rows:
     query = select(plays.c.started_at.label("start_utc"), plays.c.ended_at.label("end_utc"), plays.c.duration, plays.c.title,
                    plays.c.artist, plays.c.isrc, plays.c.album, plays.c.track_id
                    ).where(span.where() & visible() & (plays.c.stream_id == station)).order_by(plays.c.started_at, plays.c.play_id)
-    rows = _fetch(log, query)
+    rows = fetch_rows(log, query)
     for cue, row in enumerate(rows, 1):
         row["cue"] = cue
         row["duration"] = None if row["duration"] is None else _clock(row["duration"])
@@ -116,7 +116,7 @@ def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
         func.max(plays.c.artist).label("artist"), func.max(plays.c.isrc).label("isrc"), count,
         func.coalesce(func.sum(plays.c.duration), 0.0).label("seconds"),
     ).where(condition).group_by(plays.c.stream_id, plays.c.track_id).order_by(plays.c.stream_id, count.desc(), plays.c.track_id)
-    return TOTALS_COLUMNS, _fetch(log, query)
+    return TOTALS_COLUMNS, fetch_rows(log, query)
 
 
 def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
@@ -143,7 +143,7 @@ def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) ->
         query = select(airtime.c.stream_id, airtime.c.hour, *(func.sum(airtime.c[name]) for name in CONTENT_CLASSES)).where(condition)
         for stream_id, hour, *classes in connection.execute(query.group_by(airtime.c.stream_id, airtime.c.hour)):
             seconds[stream_id, hour].update(zip(CONTENT_CLASSES, classes))
-    rows = [{"station": stream_id, "hour_utc": _iso(hour), **{name: round(value, 3) for name, value in figures.items()}}
+    rows = [{"station": stream_id, "hour_utc": iso_time(hour), **{name: round(value, 3) for name, value in figures.items()}}
             for (stream_id, hour), figures in sorted(seconds.items())]
     return AIRTIME_COLUMNS, rows
 
@@ -161,7 +161,7 @@ def _split_by_hour(start: datetime, end: datetime) -> Iterator[tuple[datetime, f
         hour = following
 
 
-def _fetch(log: PlayLog, query: Any) -> list[dict[str, Any]]:
+def fetch_rows(log: PlayLog, query: Any) -> list[dict[str, Any]]:
     """Rows as dicts of plain values; the conversions are chosen once per column (reports run to 10^4-10^5 rows)."""
     with log.connect() as connection:
         result = connection.execute(query)
@@ -176,14 +176,14 @@ def _fetch(log: PlayLog, query: Any) -> list[dict[str, Any]]:
 def _plain(name: str, kind: Any) -> Callable[[Any], Any] | None:
     """How a column's values become plain output values: times as ISO 8601 UTC strings, figures rounded."""
     if isinstance(kind, UTCDateTime):
-        return _iso
+        return iso_time
     if name in DECIMALS:
         digits = DECIMALS[name]
         return lambda value: round(value, digits)
     return None
 
 
-def _iso(value: datetime) -> str:
+def iso_time(value: datetime) -> str:
     """2026-11-24T23:31:03.250Z, as in play events (values are UTC already: UTCDateTime)."""
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, select
 
-from monitor.playlog.queries import Rows, TimeRange, _fetch, _iso, write_rows
+from monitor.playlog.queries import Rows, TimeRange, fetch_rows, iso_time, write_rows
 from monitor.playlog.schema import SONG_SECONDS, cluster_excerpts, unknowns
 from monitor.playlog.store import PlayLog, PlayLogError
 
@@ -63,8 +63,8 @@ def _summaries(log: PlayLog, condition: ColumnElement[bool]) -> list[dict[str, A
     summaries = []
     for cluster, found in airings.items():
         typical = statistics.median(row.duration for row in found)
-        summaries.append({"cluster_id": cluster, "kind": cluster_kind(typical), "plays": len(found), "first_seen": _iso(found[0].started_at),
-                          "last_seen": _iso(found[-1].started_at), "streams": ",".join(sorted({row.stream_id for row in found})),
+        summaries.append({"cluster_id": cluster, "kind": cluster_kind(typical), "plays": len(found), "first_seen": iso_time(found[0].started_at),
+                          "last_seen": iso_time(found[-1].started_at), "streams": ",".join(sorted({row.stream_id for row in found})),
                           "typical_duration": round(typical, 3), "excerpt": cluster in saved})
     return summaries
 
@@ -75,7 +75,7 @@ def list_stretches(log: PlayLog, span: TimeRange = TimeRange(), stream: str | No
     if stream is not None:
         condition &= unknowns.c.stream_id == stream
     query = select(*(unknowns.c[name] for name in STRETCH_COLUMNS)).where(condition).order_by(unknowns.c.started_at, unknowns.c.unknown_id)
-    return STRETCH_COLUMNS, _fetch(log, query)
+    return STRETCH_COLUMNS, fetch_rows(log, query)
 
 
 def occurrences(log: PlayLog, cluster_ids: Sequence[str] | None = None) -> Rows:
@@ -83,7 +83,7 @@ def occurrences(log: PlayLog, cluster_ids: Sequence[str] | None = None) -> Rows:
     condition = unknowns.c.cluster_id.is_not(None) if cluster_ids is None else unknowns.c.cluster_id.in_(cluster_ids)
     query = (select(*(unknowns.c[name] for name in OCCURRENCE_COLUMNS)).where(condition)
              .order_by(unknowns.c.cluster_id, unknowns.c.started_at, unknowns.c.unknown_id))
-    return OCCURRENCE_COLUMNS, _fetch(log, query)
+    return OCCURRENCE_COLUMNS, fetch_rows(log, query)
 
 
 def show_cluster(log: PlayLog, cluster_id: str) -> tuple[dict[str, Any], Rows]:
