@@ -1064,7 +1064,7 @@ def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt
 @click.option("--title", help="The track's title (catalog metadata).")
 @click.option("--artist", help="The track's artist (catalog metadata).")
 @click.option("--audio", "audio_file", type=click.Path(exists=True, dir_okay=False),
-              help="A recording of the music to add instead of the cluster's saved excerpt (workers keep none).")
+              help="A recording of the music to add instead of the cluster's saved excerpt (or where none was saved).")
 @click.option("--events", type=click.Path(dir_okay=False), help="Also append the new plays' events to this file as JSON lines.")
 def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, audio_file, events) -> None:
     """Add CLUSTER's music to the catalog as --track-id and turn each of its airings into a play in the play log."""

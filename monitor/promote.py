@@ -92,8 +92,8 @@ def _audio(log: PlayLog, cluster: str, audio_file: Path | None, sample_rate: int
             saved = connection.execute(select(cluster_excerpts.c.unknown_id, cluster_excerpts.c.excerpt)
                                        .where(cluster_excerpts.c.cluster_id == cluster)).first()
         if saved is None:
-            raise PlayLogError(f"cluster {cluster} has no saved audio (its airings were heard by workers, which keep none); "
-                               f"give --audio FILE with a recording of it")
+            raise PlayLogError(f"cluster {cluster} has no saved audio (the process that heard its repeat did not hold it: a restart "
+                               f"or a rebalance); give --audio FILE with a recording of it")
         return saved.unknown_id, load_audio(io.BytesIO(saved.excerpt), sample_rate)
     except AudioError as exc:
         raise PlayLogError(f"cannot read the audio for cluster {cluster}: {exc}; give --audio FILE with a readable recording") from None

@@ -262,7 +262,7 @@ def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
         promote(log, Catalog.open(catalog_dir), "cluster-7", "x", {})
     with pytest.raises(CatalogError, match="already in the catalog"):
         promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "over-theme", {})
-    with log.engine.begin() as connection:  # as when its airings were heard by workers, which keep no audio
+    with log.engine.begin() as connection:  # as when the worker that decided the repeat had just taken its stream over
         connection.execute(cluster_excerpts.delete())
     with pytest.raises(PlayLogError, match="no saved audio.*--audio FILE"):
         promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "x", {})

@@ -221,6 +221,13 @@ def test_workers_find_repeated_unknown_music_through_the_shared_play_log(service
     assert first.cluster_id is None and first.duration >= 40.0 and service.plays("fleet-1") == []
     assert repeat.matched_unknown_id == first.unknown_id and repeat.cluster_id == cluster_id(first.unknown_id)
     assert repeat.speed == pytest.approx(1.05, abs=0.02)
+    # the repeat's audio, embedded by the worker that tracked it, is the cluster's excerpt: it is promoted as is
+    events = service.workdir / "events.jsonl"
+    events.write_text("".join(e.to_line() + "\n" for s in ("fleet-1", "fleet-2") for e in service.events(s)))
+    assert CliRunner().invoke(main, ["plays", "import", "--playlog", str(playlog), str(events)]).exit_code == 0  # as `plays consume` does
+    promoted = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(playlog), "--catalog",
+                                         str(service.catalog_dir), "--track-id", "termigator"])
+    assert promoted.exit_code == 0 and "added termigator to the catalog; 2 airings" in promoted.output, promoted.output
 
 
 def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path) -> None:

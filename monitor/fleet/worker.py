@@ -117,6 +117,8 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics:
                 items = await decoded(events, decode_for_encoder)
                 windows = [item for item, _ in items if isinstance(item, AudioWindow)]
                 found = await in_thread(catalog.search, windows, options.k, executor=compute)
+                step.unknowns.hear_audio(found or ())  # Faust co-partitions the windows and hits topics: a stream's
+                # hits come to this worker's track agent, which makes its unknown stretches' excerpts of this audio
                 hits = iter(found or ())  # None: the catalog cannot be searched, the windows go unheard
                 for item, metadata in items:  # in the order read, so a stream's end follows its last hits
                     if isinstance(item, AudioWindow) and found is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -40,7 +41,6 @@ class Heard:
     seq: int
     offset: float
     embedding: np.ndarray | None
-    audio: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -101,20 +101,28 @@ class UnknownSearch:
         self.window_seconds, self.hop, self.rate = window_seconds, hop_seconds, sample_rate
         self.centre = (window_seconds - hop_seconds) / 2
         self.heard: dict[str, deque[Heard]] = defaultdict(lambda: deque(maxlen=max(1, round(config.buffer_seconds / hop_seconds))))
-        self.excerpt_windows = max(1, round(config.excerpt_seconds / hop_seconds))
+        # the first hop of audio of the latest `excerpt_seconds` of windows (what memory per stream is spent on);
+        # a worker's embed agent fills it from another thread than the track agent's, hence the lock
+        self.audio: dict[str, deque[tuple[int, np.ndarray]]] = defaultdict(lambda: deque(maxlen=max(1, round(config.excerpt_seconds / hop_seconds))))
+        self.audio_lock = threading.Lock()
         self.kept = KeptIndex()
         self.expired_at = -math.inf  # air time of the last expiry
 
     def hear(self, hits: Iterable[WindowHits]) -> None:
-        """Hold the windows' embeddings while a stretch of them may be decided unknown, and the audio of the
-        latest `excerpt_seconds` (it is what memory per stream is spent on)."""
+        """Hold the windows' embeddings while a stretch of them may be decided unknown (and their audio, where
+        the hits carry it: embedded mode)."""
+        hits = [h for h in hits if h.content is not None]
         for h in hits:
-            if h.content is None:
-                continue
-            held = self.heard[h.stream_id]
-            held.append(Heard(h.seq, h.offset, h.embedding, h.audio))
-            if len(held) > self.excerpt_windows and (old := held[-self.excerpt_windows - 1]).audio is not None:
-                held[-self.excerpt_windows - 1] = replace(old, audio=None)
+            self.heard[h.stream_id].append(Heard(h.seq, h.offset, h.embedding))
+        self.hear_audio(hits)
+
+    def hear_audio(self, hits: Iterable[WindowHits]) -> None:
+        """Hold the windows' audio for excerpts: a worker's embed agent calls this with the hits it has just
+        made, since audio does not travel to the track agent with them."""
+        with self.audio_lock:
+            for h in hits:
+                if h.audio is not None:
+                    self.audio[h.stream_id].append((h.seq, h.audio))
 
     def resolve(self, event: UnknownEvent, calibration: Confidence) -> Resolved:
         """The stretch with its repeat found (cluster, matched stretch, where and how fast), and what to keep."""
@@ -131,7 +139,8 @@ class UnknownSearch:
             self.kept, self.expired_at = KeptIndex(), event.started_at
         self.kept.add(self.store.added_since(self.kept.row, aired_after))
         event = self._match(event, offsets, embeddings, calibration, aired_after)
-        excerpt = self._excerpt(windows) if event.cluster_id is not None else None  # only a repeat's audio is worth its CPU and bytes
+        excerpt = self._excerpt(event.stream_id, windows[0].seq, windows[-1].seq) if event.cluster_id is not None else None  # only a
+        # repeat's audio is worth its CPU and bytes
         kept = KeptStretch(event.unknown_id, event.stream_id, event.started_at, event.duration, offsets,
                            embeddings.astype(np.float16), event.cluster_id, excerpt)
         return Resolved(event, kept)
@@ -148,17 +157,17 @@ class UnknownSearch:
         return replace(event, cluster_id=cluster, matched_unknown_id=best.track_id, score=best.score, speed=best.speed,
                        ref_start=best.ref_start - best.speed * best.query_start)
 
-    def _excerpt(self, windows: list[Heard]) -> bytes | None:
-        """The stretch's audio (its latest `excerpt_seconds` held), silence where a window is missing."""
-        windows = [w for w in windows if w.audio is not None]
-        if not windows:
+    def _excerpt(self, stream_id: str, first: int, last: int) -> bytes | None:
+        """The audio of windows `first` to `last` (the latest `excerpt_seconds` of them held), silence where
+        a window is missing; None where this process held none of it (another worker embedded it)."""
+        with self.audio_lock:
+            held = [(seq, audio) for seq, audio in self.audio.get(stream_id, ()) if first <= seq <= last]
+        if not held:
             return None
-        hop = len(windows[0].audio)
-        first = max(windows[0].seq, windows[-1].seq + 1 - round(self.config.excerpt_seconds / self.hop))
-        pcm = np.zeros((windows[-1].seq + 1 - first) * hop, np.int16)
-        for w in windows:
-            if w.seq >= first:
-                pcm[(w.seq - first) * hop : (w.seq - first) * hop + len(w.audio)] = w.audio
+        first, hop = held[0][0], len(held[0][1])
+        pcm = np.zeros((held[-1][0] + 1 - first) * hop, np.int16)
+        for seq, audio in held:
+            pcm[(seq - first) * hop : (seq - first) * hop + len(audio)] = audio
         return encode_ogg(pcm, self.rate)
 
     def keep(self, resolved: Iterable[Resolved]) -> None:
@@ -172,3 +181,5 @@ class UnknownSearch:
     def forget(self, stream_id: str) -> None:
         """A stream ended: its held windows go."""
         self.heard.pop(stream_id, None)
+        with self.audio_lock:
+            self.audio.pop(stream_id, None)
