@@ -42,8 +42,9 @@ def run(refs: ReferenceSet, counts: Sequence[int | None], open_engines: OpenEngi
         sized = refs.with_distractors(count)
         engines = open_engines(sized, engines)
         _, extra = tracks.run(sized, engines, rows, per_row, lengths, negatives, seed)
-        size = {"distractors": len(sized.distractors), "catalog_tracks": len(sized.catalog),
-                "catalog_hours": round(sum(r.seconds for r in sized.catalog) / 3600, 2),
+        size = {"distractors": len(sized.distractors),
+                "tracks": {e.name: len(e.track_ids) for e in engines},  # what each index holds: unreadable files drop out
+                "hours": {e.name: round(sum(r.seconds for r in sized.catalog if r.track_id in e.track_ids) / 3600, 2) for e in engines},
                 "index_bytes": {e.name: e.index_bytes for e in engines},
                 "settings": {k: v for e in engines for k, v in _engine_settings(e).items()}}
         sizes.append(size)
@@ -76,7 +77,7 @@ def _curve_table(sizes: list[dict], records: list[list], names: Sequence[str], l
             mine = [r for r in records if r[0] == size["distractors"] and r[1] == name]
             asked = [[r for r in mine if r[3] == n and r[6] is not None] for n in lengths]
             negative = [r[8] is not None for r in mine if r[6] is None]
-            table.add(size["distractors"], f"{size['catalog_tracks']} tracks, {size['catalog_hours']:.1f} h", name,
+            table.add(size["distractors"], f"{size['tracks'][name]} tracks, {size['hours'][name]:.1f} h", name,
                       f"{size['index_bytes'][name] / 1e6:.1f}",
                       *(percent(sum(r[6] for r in a), len(a)) for a in asked),
                       *(percent(sum(not r[6] and r[8] is not None for r in a), len(a)) for a in asked),
