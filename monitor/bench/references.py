@@ -85,7 +85,6 @@ class ReferenceSet:
                              f"{len(self.distractors)} distractors; {len(self.holdout)} held out of the catalog",
         }
 
-
     def with_distractors(self, count: int | None) -> "ReferenceSet":
         """The set with `count` of its distractors (all with None): a stable sample that holds every smaller
         one, so catalogs of growing counts grow by adding tracks, as a real catalog does."""
