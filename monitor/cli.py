@@ -97,7 +97,7 @@ def _track_queries(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _run_track_queries(summary: bool, reference, distractors, encoders, landmark, holdout, limit, hop, seed, cache_dir, out,
-                       queries, negatives, lengths, rows) -> None:
+                       queries, negatives, lengths, rows, distractor_counts: str | None = None) -> None:
     from monitor.bench.commands import default_cache_dir, run_tracks
     from monitor.bench.queries import TRACK_ROWS
 
@@ -106,12 +106,14 @@ def _run_track_queries(summary: bool, reference, distractors, encoders, landmark
     except ValueError:
         raise click.UsageError(f"--lengths {lengths!r}: give seconds separated by commas, e.g. 1,3,5,10") from None
     _bench_errors(lambda: run_tracks(reference, distractors, encoders, landmark, queries, negatives, parsed, rows or TRACK_ROWS,
-                                     holdout, limit, hop, seed, cache_dir or default_cache_dir(), out, summary))
+                                     holdout, limit, hop, seed, cache_dir or default_cache_dir(), out, summary, distractor_counts))
 
 
 @bench.command("tracks")
 @_bench_inputs
 @_track_queries
+@click.option("--distractor-counts", help="Run once per count of distractor tracks in the catalog (e.g. 100,300,all; "
+              "each a stable sample holding the smaller ones) and print accuracy as the catalog grows.")
 def bench_tracks(**options: Any) -> None:
     """Top-1 accuracy per distortion and query length, and false matches on non-catalog audio."""
     _run_track_queries(False, **options)

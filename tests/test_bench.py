@@ -169,3 +169,50 @@ def test_broadcast_scoring_tells_fragments_from_phantoms() -> None:
     assert kinds == [(10.2, "matched"), (44.0, "fragment"), (60.1, "matched"), (100.0, "phantom"), (125.0, "phantom"), (130.0, "missed")]
     fragment = next(p for p in card.pairings if p.detected and p.detected.stream_start == 44.0)
     assert _airing(fragment, truth) == 0
+
+
+def _manifest(path: Path, names: list[str]) -> Path:
+    path.write_text("track_id,path\n" + "".join(f"{name},{MUSIC / name}.opus\n" for name in names))
+    return path
+
+
+def test_distractor_counts_grow_one_catalog_and_report_each_size(tmp_path: Path, encoder_dir: Path) -> None:  # noqa: F811
+    from monitor.bench.engines import NeuralEngine
+    from monitor.catalog import Catalog
+
+    names = sorted(p.stem for p in MUSIC.glob("*.opus"))
+    inputs = ["--reference", str(_manifest(tmp_path / "refs.csv", names[:3])), "--distractors",
+              str(_manifest(tmp_path / "distractors.csv", names[3:])), "--encoder", str(encoder_dir), "--holdout", "1",
+              "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "growth.json"
+    result = CliRunner().invoke(main, ["bench", "tracks", *inputs, "--distractor-counts", "all,0,2", "--queries", "1",
+                                       "--row", "clean", "--lengths", "10", "--negatives", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    curve = written["tables"][0]
+    column = {name: curve["columns"].index(name) for name in ("distractors", "catalog", "engine", "top-1 10s")}
+    assert [(row[column["distractors"]], row[column["engine"]]) for row in curve["rows"]] == [
+        (count, engine) for count in (0, 2, 3) for engine in (encoder_dir.name, "landmark")]
+    assert [row[column["catalog"]].split(" tracks")[0] for row in curve["rows"][::2]] == ["2", "4", "5"]
+    assert all(row[column["top-1 10s"]] == "100.0" for row in curve["rows"] if row[column["engine"]] == "landmark")
+    index_bytes = [size["index_bytes"][encoder_dir.name] for size in written["sizes"]]
+    assert index_bytes[0] < index_bytes[1] < index_bytes[2]
+    assert written["tables"][1]["columns"][1:] == [f"{engine} 10s +{count}" for engine in (encoder_dir.name, "landmark") for count in (0, 2, 3)]
+    assert {r[0] for r in written["per_query"]} == {0, 2, 3}
+
+    grown = [Catalog.open(d) for d in (tmp_path / "cache").glob("catalog-*")]  # one per size, each grown from the one before
+    assert sorted(c.stats()["tracks"] for c in grown) == [2, 4, 5]
+    largest = max(grown, key=lambda c: c.stats()["tracks"])
+    refs = reference_set([inputs[1]], [inputs[3]], holdout=1)
+    fresh = NeuralEngine.open_or_build(str(encoder_dir), refs.catalog, tmp_path / "fresh", largest.stats()["hop_seconds"])
+    assert {t.track_id for t in largest.tracks()} == fresh.track_ids
+    assert largest.stats()["windows"] == fresh.catalog.stats()["windows"]
+
+
+def test_distractor_counts_name_what_cannot_be_measured(tmp_path: Path) -> None:
+    inputs = ["--reference", str(_manifest(tmp_path / "refs.csv", ["over-theme", "gardien-go"])), "--distractors",
+              str(_manifest(tmp_path / "distractors.csv", ["area1-game"])), "--holdout", "1", "--no-landmark"]
+    result = CliRunner().invoke(main, ["bench", "tracks", *inputs, "--distractor-counts", "1,many"])
+    assert result.exit_code == 2 and "e.g. 100,300,all" in result.output
+    result = CliRunner().invoke(main, ["bench", "tracks", *inputs, "--distractor-counts", "2"])
+    assert result.exit_code == 2 and "2 distractors asked for, 1 given" in result.output

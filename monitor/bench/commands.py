@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor.bench import backbones, compare, engines, segments, speed, tracks
+from monitor.bench import backbones, compare, engines, growth, segments, speed, tracks
 from monitor.bench.references import read_references, reference_set
 from monitor.bench.report import publish
 
@@ -26,11 +26,18 @@ def _command() -> str:
 
 def run_tracks(reference: Sequence[str], distractors: Sequence[str], encoders: Sequence[str], landmark: bool,
                queries: int, negatives: int, lengths: Sequence[float], rows: Sequence[str], holdout: int,
-               limit: int | None, hop: float, seed: int, cache_dir: Path, out: str | None, summary: bool = False) -> None:
-    """`bench tracks`; with `summary`, `bench compare` (the same queries, one cost-and-accuracy row per engine first)."""
+               limit: int | None, hop: float, seed: int, cache_dir: Path, out: str | None, summary: bool = False,
+               distractor_counts: str | None = None) -> None:
+    """`bench tracks`; with `summary`, `bench compare` (the same queries, one cost-and-accuracy row per engine first);
+    with `distractor_counts`, the tracks bench at each count as one curve."""
     refs = reference_set(list(reference), list(distractors), holdout, limit)
-    opened = engines.open_engines(encoders, landmark, refs.catalog, cache_dir, hop)
-    tables, extra = (compare.run if summary else tracks.run)(refs, opened, rows, queries, lengths, negatives, seed)
+    if distractor_counts is not None:
+        counts = growth.parse_counts(distractor_counts)
+        tables, extra = growth.run(refs, counts, lambda sized, smaller: engines.open_engines(
+            encoders, landmark, sized.catalog, cache_dir, hop, smaller), rows, queries, lengths, negatives, seed)
+    else:
+        opened = engines.open_engines(encoders, landmark, refs.catalog, cache_dir, hop)
+        tables, extra = (compare.run if summary else tracks.run)(refs, opened, rows, queries, lengths, negatives, seed)
     publish(tables, out, _command(), extra)
 
 

@@ -30,7 +30,7 @@ def footprint(engine: Engine, audio_seconds: float) -> dict[str, Any]:
         rate = windows_per_cpu_second(encoder)
         return {"parameters": sum(p.numel() for p in encoder.parameters()), "windows_per_cpu_second": rate,
                 "realtime_factor": rate * encoder.config.hop_seconds,
-                "index_bytes_per_second": stats["index_bytes"] / stats["seconds"]}
+                "index_bytes_per_second": engine.index_bytes / stats["seconds"]}
     if isinstance(engine, LandmarkEngine):
         index = engine.index
         probe = np.random.default_rng(0).standard_normal(int(PROBE_SECONDS * engine.sample_rate)).astype(np.float32) * 0.1
@@ -38,7 +38,7 @@ def footprint(engine: Engine, audio_seconds: float) -> dict[str, Any]:
         landmarks(probe, index.params)
         return {"parameters": 0, "windows_per_cpu_second": None,
                 "realtime_factor": PROBE_SECONDS / (time.process_time() - started),
-                "index_bytes_per_second": (index.hashes.nbytes + index.tracks.nbytes + index.times.nbytes) / audio_seconds}
+                "index_bytes_per_second": engine.index_bytes / audio_seconds}
     raise TypeError(f"no footprint for engine {engine.name!r}")
 
 

@@ -34,6 +34,7 @@ class Engine(Protocol):
     sample_rate: int
     settings: dict[str, Any]  # printed with every table the engine appears in
     track_ids: frozenset[str]  # what its index actually holds (unreadable files and duplicates drop out)
+    index_bytes: int  # what its index takes on disk, about what it takes in memory
 
     def identify(self, audio: np.ndarray) -> list[Match]: ...
 
@@ -59,6 +60,7 @@ class NeuralEngine:
         self.sample_rate = catalog.encoder.sample_rate
         self.track_ids = frozenset(t.track_id for t in catalog.tracks())
         stats = catalog.stats()
+        self.index_bytes = stats["index_bytes"]
         self.settings = {
             "catalog": f"{stats['tracks']} tracks, {stats['seconds'] / 3600:.1f} h, {stats['windows']:,} windows",
             "encoder": f"{stats['encoder']} ({stats['encoder_fingerprint']}, {stats['window_seconds']} s windows, "
@@ -68,8 +70,10 @@ class NeuralEngine:
         }
 
     @classmethod
-    def open_or_build(cls, encoder_name: str, references: Sequence[Reference], cache_dir: Path, hop_seconds: float) -> "NeuralEngine":
-        """Reuse a catalog cached for exactly this encoder, hop and reference files; else build it."""
+    def open_or_build(cls, encoder_name: str, references: Sequence[Reference], cache_dir: Path, hop_seconds: float,
+                      base: Catalog | None = None) -> "NeuralEngine":
+        """Reuse a catalog cached for exactly this encoder, hop and reference files; else build it, from a copy
+        of `base` (a catalog of some of the references, same encoder and hop) plus the references it lacks."""
         encoder = load_encoder(encoder_name)
         key = _cache_key(encoder.fingerprint(), hop_seconds, _signatures(references))
         name = Path(encoder_name).name
@@ -79,13 +83,19 @@ class NeuralEngine:
         building = cache_dir / f".building-{name}-{key}"
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
+        started = time.perf_counter()
+        if base is None:
+            catalog = Catalog.create(building / "catalog", encoder, hop_seconds=hop_seconds, encoder_source=encoder_name)
+        else:
+            shutil.copytree(base.directory, building / "catalog")
+            catalog = Catalog.open(building / "catalog", encoder)
+            held = {t.track_id for t in catalog.tracks()}
+            references = [r for r in references if r.track_id not in held]
         manifest = building / "references.csv"
         with manifest.open("w", newline="") as f:  # absolute paths: the catalog reads them as given
             writer = csv.writer(f)
             writer.writerow(["track_id", "path"])
             writer.writerows((r.track_id, str(r.path.resolve())) for r in references)
-        started = time.perf_counter()
-        catalog = Catalog.create(building / "catalog", encoder, hop_seconds=hop_seconds, encoder_source=encoder_name)
         report = catalog.add([manifest])
         elapsed = time.perf_counter() - started
         log.info("catalog for %s: %s in %.0f s", name, report.summary(), elapsed)
@@ -108,6 +118,7 @@ class LandmarkEngine:
         self.index = index
         self.sample_rate = index.params.sample_rate
         self.track_ids = frozenset(index.track_ids)
+        self.index_bytes = index.hashes.nbytes + index.tracks.nbytes + index.times.nbytes
         p = index.params
         self.settings = {
             "catalog": f"{len(index.track_ids)} tracks, {len(index.hashes):,} landmarks",
@@ -141,11 +152,14 @@ def _decoded(references: Sequence[Reference], sample_rate: int) -> Iterator[tupl
 
 
 def open_engines(encoders: Sequence[str], landmark: bool, references: Sequence[Reference], cache_dir: Path,
-                 hop_seconds: float) -> list[Engine]:
-    """One engine per encoder (airtrace), then the landmark baseline; at least one is needed."""
+                 hop_seconds: float, smaller: Sequence[Engine] = ()) -> list[Engine]:
+    """One engine per encoder (airtrace), then the landmark baseline; at least one is needed. Catalogs not
+    cached grow from those of `smaller` engines (of some of the references) rather than start empty."""
     if not encoders and not landmark:
         raise BenchError("nothing to benchmark: give --encoder (repeatable) or keep --landmark")
-    engines: list[Engine] = [NeuralEngine.open_or_build(e, references, cache_dir, hop_seconds) for e in encoders]
+    bases = {e.name: e.catalog for e in smaller if isinstance(e, NeuralEngine)}
+    engines: list[Engine] = [NeuralEngine.open_or_build(e, references, cache_dir, hop_seconds, bases.get(Path(e).name))
+                             for e in encoders]
     if landmark:
         engines.append(LandmarkEngine.open_or_build(references, cache_dir))
     return engines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -85,6 +85,15 @@ class ReferenceSet:
                              f"{len(self.distractors)} distractors; {len(self.holdout)} held out of the catalog",
         }
 
+    def with_distractors(self, count: int | None) -> "ReferenceSet":
+        """The set with `count` of its distractors (all with None): a stable sample that holds every smaller
+        one, so catalogs of growing counts grow by adding tracks, as a real catalog does."""
+        if count is None:
+            return self
+        if count > len(self.distractors):
+            raise BenchError(f"{count} distractors asked for, {len(self.distractors)} given; ask for fewer, or 'all'")
+        return replace(self, distractors=tuple(sorted(self.distractors, key=_stable_order)[:count]))
+
 
 def _unique(references: list[Reference], taken: set[str]) -> list[Reference]:
     """The first reference of each track id; a repeated id (a manifest listing one file twice) is dropped with a warning."""
@@ -97,8 +106,8 @@ def _unique(references: list[Reference], taken: set[str]) -> list[Reference]:
     return kept
 
 
-def _holdout_order(reference: Reference) -> str:
-    """A stable, seed-independent shuffle, so the held-out tracks (and the cached catalog) never change."""
+def _stable_order(reference: Reference) -> str:
+    """A stable, seed-independent shuffle, so the held-out tracks and distractor samples (and their cached catalogs) never change."""
     return hashlib.sha256(reference.track_id.encode()).hexdigest()
 
 
@@ -109,7 +118,7 @@ def reference_set(reference: list[str], distractors: list[str], holdout: int, li
     queried = _unique([r for source in reference for r in read_references(source, limit)], set())
     if holdout >= len(queried):
         raise BenchError(f"--holdout {holdout} leaves none of the {len(queried)} reference tracks to query; hold out fewer")
-    held = set(sorted(queried, key=_holdout_order)[:holdout])
+    held = set(sorted(queried, key=_stable_order)[:holdout])
     extra = _unique([r for source in distractors for r in read_references(source, limit)], {r.track_id for r in queried})
     return ReferenceSet(
         queried=tuple(r for r in queried if r not in held),
