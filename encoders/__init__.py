@@ -3,7 +3,7 @@
 This package knows audio and models and nothing of streams; `monitor` uses it through these names.
 """
 
-from encoders.audio import AUDIO_SUFFIXES, AudioError, decode_chunks, load_audio
+from encoders.audio import AUDIO_SUFFIXES, AudioError, decode_chunks, encode_ogg, load_audio
 from encoders.augment import Chain, Distortion, Sources, coloured_noise, parse_chain, random_chain, resample, synthesize_speech
 from encoders.classes import CLASSES, ContentClassifier
 from encoders.model import DEFAULT_ENCODER, Encoder, EncoderConfig, EncoderError, load_encoder
@@ -22,6 +22,7 @@ __all__ = [
     "Sources",
     "coloured_noise",
     "decode_chunks",
+    "encode_ogg",
     "load_audio",
     "load_encoder",
     "parse_chain",

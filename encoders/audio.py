@@ -5,6 +5,7 @@ Stereo is folded to mono by `downmix`, which never lets channels in opposite pha
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -140,3 +141,24 @@ def downmix_surround(channels: np.ndarray, names: list[str]) -> np.ndarray:
     ambience = sum((downmix(pair) for pair in surrounds), zero) * SURROUND_GAIN
     centre = by_name.get("FC", zero) * CENTRE_GAIN
     return downmix(np.stack([left + centre + ambience, right + centre + ambience]))
+
+
+OPUS_FRAME = 960  # samples per frame handed to the encoder (120 ms at 8 kHz)
+
+
+def encode_ogg(samples: np.ndarray, sample_rate: int, bit_rate: int = 16_000) -> bytes:
+    """Mono audio (float in [-1, 1] or int16) as Ogg/Opus: small enough to keep minutes of it per stretch,
+    readable by any player and by `load_audio`."""
+    pcm = samples if samples.dtype == np.int16 else np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=sample_rate, layout="mono")
+        stream.bit_rate = bit_rate
+        for begin in range(0, len(pcm), OPUS_FRAME):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[None, begin : begin + OPUS_FRAME]), format="s16", layout="mono")
+            frame.sample_rate = sample_rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()

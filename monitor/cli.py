@@ -11,7 +11,7 @@ import click
 
 from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.health import STALE_SECONDS
-from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, WorkerOptions
+from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, UnknownConfig, WorkerOptions
 
 
 @click.group()
@@ -205,7 +205,7 @@ def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed
 @click.option("--jingle-minutes", default=10.0, show_default=True, type=click.FloatRange(0.5), help="Stream minutes between a jingle's airings (at least 3 airings each).")
 @click.option("--fill", default=16, show_default=True, type=click.IntRange(1), help="Non-catalog tracks that air once each.")
 @click.option("--min-unknown-seconds", default=5.0, show_default=True, type=click.FloatRange(1.0),
-              help="Shortest unknown stretch the monitor reports (its own default is 20 s; jingles need less).")
+              help=f"Shortest unknown stretch the monitor reports (`airtrace monitor` reports from {UnknownConfig.min_seconds:g} s; jingles need less).")
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
@@ -518,6 +518,18 @@ KAFKA_OPTIONS = _env_options(
     _env("--startup-timeout", type=click.FloatRange(0, min_open=True),
          help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15]."),  # broker.STARTUP_TIMEOUT_SECONDS
 )
+UNKNOWN_OPTIONS = _env_options(
+    _env("--min-unknown-seconds", type=click.FloatRange(1), default=UnknownConfig.min_seconds, show_default=True,
+         help="Music no catalog play covers is an unknown stretch from this long (lower it to find jingles and ads)."),
+    _env("--unknown-retention-days", type=click.FloatRange(0, min_open=True), default=UnknownConfig.retention_days, show_default=True,
+         help="Unknown stretches are kept and searched for repeats this long after they aired."),
+)
+
+
+def _unknown_config(min_unknown_seconds: float, unknown_retention_days: float) -> UnknownConfig:
+    return UnknownConfig(min_seconds=min_unknown_seconds, retention_days=unknown_retention_days)
+
+
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
     _env("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server binds."),
@@ -628,11 +640,15 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
 @_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
 @_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
+@_env("--playlog", help="The play log's database (postgresql://...): unknown stretches are kept there, shared by all workers "
+      "[default: each worker keeps its own in memory, and repeats heard by different workers are not found].")
+@UNKNOWN_OPTIONS
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
 def worker(catalog: str, redis_url: str, redis_username: str | None, redis_password: str | None, redis_tls_ca_file: str | None,
            redis_tls_cert_file: str | None, redis_tls_key_file: str | None, redis_prefix: str, group: str, batch_size: int,
            batch_wait: float, neighbours: int, session_timeout: float, reload_seconds: float, web_port: int | None,
+           playlog: str | None, min_unknown_seconds: float, unknown_retention_days: float,
            metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
     import redis
@@ -656,11 +672,12 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
-                            reload_seconds=reload_seconds, web_port=web_port)
+                            reload_seconds=reload_seconds, web_port=web_port, unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     if web_port is not None:  # Faust would find out after starting, with a traceback
         _check_port_free(options.web_host, web_port, "--web-port")
+    unknowns = _open_playlog(playlog).unknown_store() if playlog else None
     try:
-        run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host))
+        run_worker(cat, store, settings, topics, options, _metrics(metrics_port, metrics_host), unknowns=unknowns)
     except (CatalogError, BrokerError) as exc:  # an empty catalog cannot calibrate the matcher
         raise click.ClickException(str(exc)) from exc
 
@@ -696,13 +713,15 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @AUDIO_OPTIONS
 @_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
+@UNKNOWN_OPTIONS
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, metrics_port: int | None,
-                    metrics_host: str) -> None:
+                    audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, min_unknown_seconds: float,
+                    unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
-    from monitor.embedded import NothingHeard, describe, run_embedded
+    from monitor.embedded import NothingHeard, run_embedded
+    from monitor.events import describe, plays_in
     from monitor.options import IngestOptions
     from monitor.stages.sources import ConfigError
 
@@ -717,14 +736,15 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
             open(events, "a", encoding="utf-8").close()
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
-    options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime))
+    options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime),
+                             unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None
     try:
         found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events, plays_log)
     except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{sum(e.state == 'ended' for e in found)} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
+    click.echo(f"{sum(e.state == 'ended' for e in plays_in(found))} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
                + (f"; play log in {plays_log.where}" if plays_log else ""))
 
 
@@ -924,11 +944,24 @@ def plays_totals(playlog, start, end, station, fmt, out) -> None:
     write_rows(*totals(_open_playlog(playlog), _span(start, end), station), fmt, out)
 
 
+@plays.command("airtime")
+@PLAYLOG_OPTION
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to).")
+@RANGE_OPTIONS
+@click.option("--station", help="Only this station (stream id) [all].")
+@OUTPUT_OPTIONS
+def plays_airtime(playlog, day, start, end, station, fmt, out) -> None:
+    """Seconds per station and UTC hour: catalog music, unknown music, and each content class (music, speech, ...)."""
+    from monitor.playlog.queries import airtime_report, write_rows
+
+    write_rows(*airtime_report(_open_playlog(playlog), _span(start, end, day), station), fmt, out)
+
+
 @plays.command("import")
 @PLAYLOG_OPTION
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def plays_import(playlog: str, files: tuple[str, ...]) -> None:
-    """Add the play events of JSON-lines FILES (airtrace monitor --events); events already there change nothing."""
+    """Add the events of JSON-lines FILES (airtrace monitor --events): plays, unknown stretches, airtime; events already there change nothing."""
     from monitor.playlog.store import import_lines
 
     log = _open_playlog(playlog, migrate=True)
@@ -937,7 +970,8 @@ def plays_import(playlog: str, files: tuple[str, ...]) -> None:
             stored, skipped = import_lines(log, lines)
         for number, reason in skipped:
             click.echo(f"skipped {path}:{number}: {reason}", err=True)
-        click.echo(f"{path}: {stored} play events into the play log at {log.where}")
+        click.echo(f"{path}: {stored['play']} play events, {stored['unknown']} unknown stretches, {stored['airtime']} airtime events "
+                   f"into the play log at {log.where}")
 
 
 @plays.command("consume")
@@ -958,3 +992,123 @@ def plays_consume(playlog: str, playlog_group: str, metrics_port: int | None, me
         asyncio.run(consume_plays(log, settings, topics, ConsumerOptions(group=playlog_group), _metrics(metrics_port, metrics_host)))
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# ---- unknown music: `airtrace unknowns ...` -------------------------------------------------------
+
+
+@main.group()
+def unknowns() -> None:
+    """Music no catalog track covered, from the play log: clusters of repeated pieces, their airings, their audio."""
+
+
+def _cluster_filter(start, end, stream, kind, min_plays):
+    from monitor.playlog.unknowns import ClusterFilter
+
+    return ClusterFilter(_span(start, end), stream, kind, min_plays)
+
+
+CLUSTER_OPTIONS = _env_options(
+    RANGE_OPTIONS,
+    click.option("--stream", help="Only airings on this stream (station)."),
+    click.option("--kind", type=click.Choice(["jingle", "song"]), help="Only jingles (typical airing under 60 s) or songs."),
+    click.option("--min-plays", type=click.IntRange(1), default=1, show_default=True, help="Only clusters aired at least this often."),
+)
+
+
+@unknowns.command("list")
+@PLAYLOG_OPTION
+@CLUSTER_OPTIONS
+@click.option("--stretches", is_flag=True, help="List the unknown stretches themselves, clustered or not, instead of the clusters.")
+@OUTPUT_OPTIONS
+def unknowns_list(playlog, start, end, stream, kind, min_plays, stretches, fmt, out) -> None:
+    """Clusters of repeated unknown music, most aired first (counting airings in the range and on the stream)."""
+    from monitor.playlog.queries import write_rows
+    from monitor.playlog.unknowns import list_clusters, list_stretches
+
+    log = _open_playlog(playlog)
+    if stretches:
+        if kind or min_plays > 1:
+            raise click.UsageError("--kind and --min-plays choose clusters; leave them out with --stretches")
+        write_rows(*list_stretches(log, _span(start, end), stream), fmt, out)
+    else:
+        write_rows(*list_clusters(log, _cluster_filter(start, end, stream, kind, min_plays)), fmt, out)
+
+
+@unknowns.command("show")
+@PLAYLOG_OPTION
+@click.argument("cluster")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a summary line, then the airings as CSV; json: one object {cluster, occurrences}.")
+@click.option("--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here instead of stdout.")
+def unknowns_show(playlog, cluster, fmt, out) -> None:
+    """The cluster CLUSTER and every airing of it: stream, air start and end, duration, speed, the stretch it matched."""
+    import json
+
+    from monitor.playlog.queries import write_rows
+    from monitor.playlog.store import PlayLogError
+    from monitor.playlog.unknowns import show_cluster
+
+    try:
+        summary, (columns, rows) = show_cluster(_open_playlog(playlog), cluster)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if fmt == "json":
+        json.dump({"cluster": summary, "occurrences": rows}, out, indent=1)
+        out.write("\n")
+        return
+    out.write(f"cluster {summary['cluster_id']}: {summary['kind']}, {summary['plays']} airings on {summary['streams']}, "
+              f"{summary['first_seen']} to {summary['last_seen']}, typically {summary['typical_duration']:.1f} s, "
+              f"{'excerpt saved' if summary['excerpt'] else 'no excerpt'}\n")
+    write_rows(columns, rows, "csv", out)
+
+
+@unknowns.command("export")
+@PLAYLOG_OPTION
+@CLUSTER_OPTIONS
+@click.option("--out", "directory", required=True, type=click.Path(file_okay=False, writable=True), help="The directory to write into.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True, help="Format of clusters and occurrences.")
+@click.option("--overwrite", is_flag=True, help="Replace files of an earlier export there (else nothing is written if one exists).")
+def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt, overwrite) -> None:
+    """Clusters and their airings as CSV or JSON, and each saved excerpt as CLUSTER_ID.ogg, into a directory."""
+    from pathlib import Path
+
+    from monitor.playlog.store import PlayLogError
+    from monitor.playlog.unknowns import export
+
+    try:
+        written = export(_open_playlog(playlog), Path(directory), fmt, _cluster_filter(start, end, stream, kind, min_plays), overwrite)
+    except PlayLogError as exc:
+        raise click.ClickException(str(exc)) from exc
+    excerpts = sum(path.suffix == ".ogg" for path in written)
+    click.echo(f"{len(written) - excerpts} tables and {excerpts} excerpts written to {directory}")
+
+
+@unknowns.command("promote")
+@PLAYLOG_OPTION
+@click.argument("cluster")
+@click.option("--catalog", "catalog_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The catalog the track joins.")
+@click.option("--track-id", required=True, help="The catalog id the cluster's music gets.")
+@click.option("--title", help="The track's title (catalog metadata).")
+@click.option("--artist", help="The track's artist (catalog metadata).")
+@click.option("--audio", "audio_file", type=click.Path(exists=True, dir_okay=False),
+              help="A recording of the music to add instead of the cluster's saved excerpt (workers keep none).")
+@click.option("--events", type=click.Path(dir_okay=False), help="Also append the new plays' events to this file as JSON lines.")
+def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, audio_file, events) -> None:
+    """Add CLUSTER's music to the catalog as --track-id and turn each of its airings into a play in the play log."""
+    from pathlib import Path
+
+    from monitor.catalog import Catalog, CatalogError
+    from monitor.playlog.store import PlayLogError
+    from monitor.promote import promote
+
+    metadata = {key: value for key, value in (("title", title), ("artist", artist)) if value}
+    try:
+        done = promote(_open_playlog(playlog), Catalog.open(catalog_dir), cluster, track_id, metadata, Path(audio_file) if audio_file else None)
+    except (PlayLogError, CatalogError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if events:
+        with open(events, "a", encoding="utf-8") as out:
+            out.writelines(event.to_line() + "\n" for event in done.plays)
+    added = f"added {track_id} to the catalog" if done.added else f"{track_id} was already in the catalog"
+    click.echo(f"{added}; {len(done.plays) // 2} airings of cluster {cluster} are now plays of it in the play log")

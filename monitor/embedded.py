@@ -24,16 +24,17 @@ from typing import IO
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.catalog import Catalog
-from monitor.events import PlayEvent
+from monitor.events import Event
 from monitor.health import Heartbeat
 from monitor.options import MonitorOptions
 from monitor.stages.ingest import start_readers
 from monitor.stages.sources import StreamSource
-from monitor.metrics import Metrics, observe_play_events
+from monitor.metrics import Metrics, observe_events
 from monitor.stages.mux import MuxSource, StreamStarted
 from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import MemoryStateStore
+from monitor.stages.unknown_store import UnknownStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 from monitor.stages.windows import WindowGrid
 
@@ -48,21 +49,23 @@ class EmbeddedMonitor:
     """Runs until every stream has ended (files) or `stop` is set (live streams run forever)."""
 
     def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
-                 metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
-                 events_file: str | Path | None = None, playlog: PlayLog | None = None):
+                 metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None, unknowns: UnknownStore | None = None):
         self.playlog = playlog
         self.sources, self.options, self.metrics = list(sources), options, metrics
         self.on_event = on_event
         self.events_path = Path(events_file) if events_file else None
         self.grid = WindowGrid.for_encoder(catalog.encoder)
         self.catalog = LiveCatalog(catalog, metrics)
-        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays)
+        if unknowns is None and playlog is not None:  # kept beside the plays, so repeats are found across runs too
+            unknowns = playlog.unknown_store()
+        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns)
         self.heartbeat = Heartbeat("embedded", metrics)
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
-        self.events: list[PlayEvent] = []
+        self.events: list[Event] = []
         self.heard: set[str] = set()  # streams that delivered at least one window
 
-    def run(self, stop: threading.Event | None = None) -> list[PlayEvent]:
+    def run(self, stop: threading.Event | None = None) -> list[Event]:
         stop = stop or threading.Event()
         inbox: queue.Queue[AudioWindow | EndOfStream] = queue.Queue(self.options.queue_windows)
         readers = start_readers(self.sources, self.grid, inbox.put, self.options.ingest, self.metrics, stop)
@@ -116,11 +119,11 @@ class EmbeddedMonitor:
         self._emit(fresh, out)
         self.step.commit(states, fresh)
 
-    def _emit(self, events: list[PlayEvent], out: IO[str] | None) -> None:
+    def _emit(self, events: list[Event], out: IO[str] | None) -> None:
         if not events:
             return
         if self.metrics:
-            observe_play_events(self.metrics, events)
+            observe_events(self.metrics, events)
         for event in events:
             event = replace(event, stream=self.stream_metadata.get(event.stream_id, {}))
             self.events.append(event)
@@ -132,7 +135,7 @@ class EmbeddedMonitor:
         if self.playlog:
             self._log_plays(events)
 
-    def _log_plays(self, events: list[PlayEvent]) -> None:
+    def _log_plays(self, events: list[Event]) -> None:
         """Into the play log; a failing database is reported and monitoring goes on (the events file has them)."""
         try:
             self.playlog.apply(event.to_json() for event in events)
@@ -141,24 +144,9 @@ class EmbeddedMonitor:
                       len(events), self.playlog.where, exc)
 
 
-def describe(event: PlayEvent) -> str:
-    """One human line per event, as `airtrace monitor` prints them."""
-    title = event.track.get("title") or event.track_id
-    where = f"{_clock(event.stream_start)}"
-    if event.state == "ended":
-        where += f"-{_clock(event.stream_end or 0.0)} ({event.duration:.1f} s)"
-    return (f"{event.stream_id}  {event.state:<7}  {title}  at {where}  ref {event.ref_start:.1f} s  "
-            f"speed {event.speed:.3f}  confidence {event.confidence:.2f}")
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(seconds, 60.0)
-    return f"{int(minutes)}:{rest:04.1f}"
-
-
 def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
-                 metrics: Metrics | None = None, on_event: Callable[[PlayEvent], None] | None = None,
-                 events_file: str | Path | None = None, playlog: PlayLog | None = None) -> list[PlayEvent]:
+                 metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None) -> list[Event]:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file
     has ended, Ctrl-C or SIGTERM (a container stopping); plays still open at the end get their ended events.
     Raises NothingHeard when not one stream delivered audio."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
@@ -67,6 +68,8 @@ class PlayEvent:
     ref_end: float | None = None
     track: dict[str, Any] = field(default_factory=dict)  # the catalog's metadata for the track
     stream: dict[str, Any] = field(default_factory=dict)  # the stream's metadata (a TV program's service name and provider, ...)
+
+    kind = "play"
 
     @property
     def event_id(self) -> str:
@@ -146,6 +149,12 @@ class UnknownEvent:
         data["started_at"], data["ended_at"] = iso_utc(self.started_at), iso_utc(self.ended_at)
         return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data, "duration": self.duration}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "UnknownEvent":
+        data = _fields(cls, data)
+        data["started_at"], data["ended_at"] = from_iso(data["started_at"]), from_iso(data["ended_at"])
+        return cls(**data)
+
     def to_line(self) -> str:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
@@ -174,11 +183,60 @@ class AirtimeEvent:
         data["hour"] = iso_utc(self.hour)
         return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "AirtimeEvent":
+        data = _fields(cls, data)
+        data["hour"] = from_iso(data["hour"])
+        return cls(**data)
+
     def to_line(self) -> str:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
 
 Event = PlayEvent | UnknownEvent | AirtimeEvent
+KINDS: dict[str, type[UnknownEvent] | type[AirtimeEvent]] = {"unknown": UnknownEvent, "airtime": AirtimeEvent}
+
+
+def read_event(data: dict[str, Any]) -> Event:
+    """Any event back from its JSON object; raises ValueError for a schema version or kind this code does not know."""
+    if data.get("schema_version") == KINDS_SCHEMA_VERSION:
+        kind = KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+        if kind is None:
+            raise ValueError(f"event kind {data.get('kind')!r} is not one of {', '.join(KINDS)}")
+        return kind.from_json(data)
+    return PlayEvent.from_json(data)
+
+
+def plays_in(events: Iterable[Event]) -> list[PlayEvent]:
+    """The play events among events of every kind."""
+    return [e for e in events if isinstance(e, PlayEvent)]
+
+
+def _fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def describe(event: Event) -> str:
+    """One human line per event, as `airtrace monitor` prints them."""
+    if isinstance(event, UnknownEvent):
+        repeat = f"  repeats {event.matched_unknown_id} (cluster {event.cluster_id}) at speed {event.speed:.3f}" if event.cluster_id else ""
+        return (f"{event.stream_id}  unknown  music not in the catalog at {_clock(event.stream_start)}-{_clock(event.stream_end)} "
+                f"({event.duration:.1f} s)  id {event.unknown_id}{repeat}")
+    if isinstance(event, AirtimeEvent):
+        seconds = ", ".join(f"{name} {value:.0f} s" for name, value in sorted(event.seconds.items(), key=lambda kv: -kv[1]))
+        return f"{event.stream_id}  airtime  hour of {iso_utc(event.hour)}: {seconds}"
+    title = event.track.get("title") or event.track_id
+    where = f"{_clock(event.stream_start)}"
+    if event.state == "ended":
+        where += f"-{_clock(event.stream_end or 0.0)} ({event.duration:.1f} s)"
+    return (f"{event.stream_id}  {event.state:<7}  {title}  at {where}  ref {event.ref_start:.1f} s  "
+            f"speed {event.speed:.3f}  confidence {event.confidence:.2f}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)}:{rest:04.1f}"
 
 
 @cache

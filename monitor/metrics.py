@@ -23,7 +23,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from monitor.events import PlayEvent
+    from monitor.events import Event
 
 # Embedding batches, in windows: one stream's single window up to a full cross-stream batch.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -48,6 +48,8 @@ class Metrics(NamedTuple):
     hits: Counter
     plays_started: Counter
     plays_ended: Counter
+    music_seconds: Counter
+    unknown_stretches: Counter
     now_playing: Gauge
     last_play_timestamp: Gauge
     detection_latency: Histogram
@@ -87,6 +89,10 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         hits=Counter("airtrace_hits", "Windows searched in the catalog (one hit record each).", stream, registry=registry),
         plays_started=Counter("airtrace_plays_started", "Play events in state started.", stream, registry=registry),
         plays_ended=Counter("airtrace_plays_ended", "Play events in state ended.", stream, registry=registry),
+        music_seconds=Counter("airtrace_music_seconds", "Seconds of music on a stream by source: catalog (plays) or unknown (stretches no catalog "
+                              "play covered); counted when a play ends or a stretch is decided.", ["stream", "source"], registry=registry),
+        unknown_stretches=Counter("airtrace_unknown_stretches", "Unknown stretches decided, by whether they repeat content kept from an earlier airing.",
+                                  ["stream", "repeat"], registry=registry),
         now_playing=Gauge("airtrace_now_playing", "1 while a track plays on a stream; the series is removed when it ends.", ["stream", "track_id"], registry=registry),
         last_play_timestamp=Gauge("airtrace_last_play_timestamp_seconds", "Unix time of the last play event on a stream.", stream, registry=registry),
         detection_latency=Histogram("airtrace_detection_latency_seconds", "Air time of a play's start to its started event.", buckets=LATENCY_SECONDS_BUCKETS, registry=registry),
@@ -101,8 +107,8 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
     )
 
 
-def observe_play_events(metrics: Metrics, events: Iterable["PlayEvent"], now: float | None = None) -> None:
-    """Count play events and keep now-playing current; every process that emits plays calls this.
+def observe_events(metrics: Metrics, events: Iterable["Event"], now: float | None = None) -> None:
+    """Count events and keep now-playing current; every process that emits events calls this.
 
     Detection latency is the larger of the stream-time delay (how much audio after the play's start the
     decision needed) and the wall-clock delay since the start went on air: the first is what a file read
@@ -110,6 +116,11 @@ def observe_play_events(metrics: Metrics, events: Iterable["PlayEvent"], now: fl
     """
     now = time.time() if now is None else now
     for event in events:
+        if event.kind == "unknown":
+            metrics.music_seconds.labels(event.stream_id, "unknown").inc(event.duration)
+            metrics.unknown_stretches.labels(event.stream_id, "yes" if event.cluster_id else "no").inc()
+        if event.kind != "play":
+            continue
         labels = (event.stream_id, event.track_id)
         if event.state == "started":
             metrics.plays_started.labels(event.stream_id).inc()
@@ -117,6 +128,7 @@ def observe_play_events(metrics: Metrics, events: Iterable["PlayEvent"], now: fl
             metrics.detection_latency.observe(max(event.decided_offset - event.stream_start, now - event.started_at))
         else:
             metrics.plays_ended.labels(event.stream_id).inc()
+            metrics.music_seconds.labels(event.stream_id, "catalog").inc(event.duration or 0.0)
             try:
                 metrics.now_playing.remove(*labels)
             except KeyError:  # a play whose started event another process emitted

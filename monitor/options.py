@@ -28,6 +28,20 @@ class IngestOptions:
 
 
 @dataclass(frozen=True)
+class UnknownConfig:
+    """Settings of unknown stretches and their search; the one place their defaults are written."""
+
+    min_seconds: float = 20.0  # an unknown stretch is reported from this long
+    gap_seconds: float = 5.0  # talk or silence this long inside music ends the stretch
+    retention_days: float = 7.0  # kept stretches are searched this long after they aired
+    excerpt_seconds: float = 300.0  # audio kept of a stretch, for a person to hear and to promote into the catalog
+    buffer_seconds: float = 900.0  # embeddings (and audio) a process holds per stream while a stretch is open
+    min_match_windows: int = 8  # windows on one line for a repeat ...
+    min_confidence: float = 0.999  # ... at this confidence (the catalog's calibration, stricter than the matcher's)
+    neighbours: int = 5  # kept windows searched per window of a new stretch
+
+
+@dataclass(frozen=True)
 class MonitorOptions:
     batch_size: int = 128  # windows per embedding batch, across streams
     max_wait: float = 0.25  # seconds a batch may wait to fill
@@ -35,6 +49,7 @@ class MonitorOptions:
     reload_seconds: float = 10.0
     ingest: IngestOptions = field(default_factory=IngestOptions)
     plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
+    unknowns: UnknownConfig = field(default_factory=UnknownConfig)
 
 
 @dataclass(frozen=True)
@@ -51,3 +66,4 @@ class WorkerOptions:
     web_port: int | None = None  # Faust's own web server (None: off)
     web_host: str = "127.0.0.1"
     plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
+    unknowns: UnknownConfig = field(default_factory=UnknownConfig)

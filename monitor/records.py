@@ -64,6 +64,11 @@ class WindowHits:
     air_time: float
     neighbours: tuple[Neighbour, ...]
     after_gap: bool = False
+    content: str | None = None  # the content class the classifier heard (encoders.CLASSES); None without one
+    # The window's embedding and its first hop of audio (int16), kept for music windows: what an unknown
+    # stretch is searched and kept with. Audio stays in the process (it is not sent between workers).
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    audio: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

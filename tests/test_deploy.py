@@ -43,6 +43,7 @@ DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 RULE_FILE = PROMETHEUS_DIR / "alerts.yml"
 DATASOURCE_UID = "airtrace-prometheus"
 PLAYLOG_UID = "airtrace-playlog"  # the play log in PostgreSQL; its SQL runs in tests/test_playlog_grafana.py
+PLAYLOG_PANELS = {("stream", "Airtime per hour")}  # panels of the Prometheus dashboards that read the play log
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}
 
 # Series that are rightly absent on a short clean run, with the reason. A query may come back empty only
@@ -144,7 +145,8 @@ def test_dashboards_are_complete_grafana_models() -> None:
             assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{name} / {panel['title']} is wider than the grid"
             if panel["type"] == "row":
                 continue
-            uid = PLAYLOG_UID if name == "playlog" else DATASOURCE_UID  # plays from PostgreSQL, the rest from Prometheus
+            # plays from PostgreSQL, the rest from Prometheus
+            uid = PLAYLOG_UID if name == "playlog" or (name, panel["title"]) in PLAYLOG_PANELS else DATASOURCE_UID
             assert panel["datasource"]["uid"] == uid, f"{name} / {panel['title']}"
             assert panel["targets"], f"{name} / {panel['title']} has no query"
             refs = [target["refId"] for target in panel["targets"]]
@@ -163,6 +165,7 @@ def test_dashboards_show_what_the_issue_asks_for() -> None:
     assert stream["Plays timeline"]["type"] == "state-timeline"
     assert "airtrace_now_playing" in stream["Plays timeline"]["targets"][0]["expr"]
     assert {"Silence", "Outages"} <= set(stream)
+    assert "FROM airtime" in stream["Airtime per hour"]["targets"][0]["rawSql"]
     for title in ("Tracks", "Reference windows", "Index memory", "Search latency per batch"):
         assert title in titles["catalog"], title
     (variable,) = dashboards()["stream"]["templating"]["list"]

@@ -7,7 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from monitor.events import KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, iso_utc, kinds_schema, play_id, schema, unknown_id
+from monitor.events import (KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, describe, iso_utc, kinds_schema,
+                            play_id, plays_in, read_event, schema, unknown_id)
 
 VALIDATOR = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
 KINDS_VALIDATOR = jsonschema.Draft202012Validator(kinds_schema(), format_checker=jsonschema.FormatChecker())
@@ -105,3 +106,18 @@ def test_a_kind_beside_plays_with_a_missing_field_is_invalid() -> None:
     data = unknown().to_json()
     del data["stream_end"]
     assert not KINDS_VALIDATOR.is_valid(data)
+
+
+def test_every_kind_reads_back_and_reads_as_one_line() -> None:
+    first = unknown()
+    repeat = unknown(unknown_id=unknown_id("radio-2", 77), cluster_id=cluster_id(first.unknown_id), matched_unknown_id=first.unknown_id,
+                     ref_start=3.5, speed=1.05, score=40.2)
+    hour = AirtimeEvent("radio-1", 1_794_999_600.0, 0, {"music": 2400.0, "speech": 1100.5}, 3601.0)
+    for event in (started(), ended(), first, repeat, hour):
+        assert read_event(json.loads(event.to_line())) == event
+        assert "\n" not in describe(event) and event.stream_id in describe(event)
+    assert "3:20.0-6:20.5 (180.5 s)" in describe(first) and f"cluster {repeat.cluster_id}" in describe(repeat)
+    assert describe(hour) == "radio-1  airtime  hour of 2026-11-18T11:00:00.000Z: music 2400 s, speech 1100 s"
+    with pytest.raises(ValueError, match="kind 'chart'"):
+        read_event({**hour.to_json(), "kind": "chart"})
+    assert plays_in([started(), first, hour, ended()]) == [started(), ended()]

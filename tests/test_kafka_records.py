@@ -82,6 +82,17 @@ def test_hits_round_trip() -> None:
     assert decode_hits(encode_hits(empty)) == empty
 
 
+def test_hits_carry_the_content_class_and_a_music_window_s_embedding() -> None:
+    embedding = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    embedding /= np.linalg.norm(embedding)
+    sent = WindowHits("radio", 14, 7.0, 1_790_000_007.0, (Neighbour("t1", 1.0, 0.5),), False, "music", embedding, np.ones(4, np.int16))
+    got = decode_hits(encode_hits(sent))
+    assert got == sent and got.content == "music" and got.audio is None  # audio stays in the process that has it
+    np.testing.assert_allclose(got.embedding, embedding, atol=float(np.finfo(np.float16).eps) * np.abs(embedding).max())
+    talk = WindowHits("radio", 15, 7.5, 1_790_000_007.5, (), False, "speech")
+    assert decode_hits(encode_hits(talk)).content == "speech" and decode_hits(encode_hits(talk)).embedding is None
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -91,6 +102,8 @@ def test_hits_round_trip() -> None:
         (json.dumps({"v": 1, "stream": "s", "seq": 1}).encode(), Reason.MALFORMED),
         (json.dumps({"v": 1, "stream": "s", "seq": "x", "offset": 0, "air_time": 0, "gap": False, "n": []}).encode(), Reason.MALFORMED),
         (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [["t", 1]]}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [], "e": "not base64!"}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [], "e": "AHw="}).encode(), Reason.MALFORMED),
     ],
 )
 def test_bad_hits_are_named(data: bytes, reason: Reason) -> None:

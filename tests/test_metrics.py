@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.events import PlayEvent, play_id
-from monitor.metrics import create, observe_play_events, serve
+from monitor.metrics import create, observe_events, serve
 
 NAMES = {
     "airtrace_windows_ingested", "airtrace_stream_up", "airtrace_stream_reconnects", "airtrace_decode_errors",
@@ -61,16 +61,16 @@ def test_metrics_are_served_over_http_with_the_agreed_names() -> None:
 def test_play_events_drive_counters_now_playing_and_latency() -> None:
     registry = CollectorRegistry()
     metrics = create(registry)
-    observe_play_events(metrics, [play("started")], now=1004.5)
+    observe_events(metrics, [play("started")], now=1004.5)
     get = registry.get_sample_value
     assert get("airtrace_now_playing", {"stream": "radio", "track_id": "t1"}) == 1
     assert get("airtrace_plays_started_total", {"stream": "radio"}) == 1
     per_track = {family.name for family in registry.collect() for sample in family.samples if "track_id" in sample.labels}
     assert per_track == {"airtrace_now_playing"}, "plays per track belong in the play log, not in a series per (stream, track)"
     assert get("airtrace_detection_latency_seconds_sum") == 4.5  # wall clock beat the stream-time delay (3 s)
-    observe_play_events(metrics, [play("ended")], now=1070.0)
+    observe_events(metrics, [play("ended")], now=1070.0)
     assert get("airtrace_now_playing", {"stream": "radio", "track_id": "t1"}) is None  # removed, not zero
     assert get("airtrace_plays_ended_total", {"stream": "radio"}) == 1
     assert get("airtrace_last_play_timestamp_seconds", {"stream": "radio"}) == 1070.0
-    observe_play_events(metrics, [play("started", started_at=5000.0)], now=1000.0)  # a file read faster than real time
+    observe_events(metrics, [play("started", started_at=5000.0)], now=1000.0)  # a file read faster than real time
     assert get("airtrace_detection_latency_seconds_sum") == 4.5 + 3.0

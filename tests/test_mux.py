@@ -26,7 +26,7 @@ from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
 from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions
-from monitor.events import PlayEvent, schema
+from monitor.events import Event, PlayEvent, plays_in, read_event, schema
 from monitor.options import IngestOptions
 from monitor.stages.ingest import load_sources
 from monitor.stages.sources import ConfigError, StreamSource
@@ -191,7 +191,7 @@ def test_the_command_line_probes_and_monitors_a_multiplex(multiplex: Path, servi
         assert process.wait(120) == 0, log.read_text()
     finally:
         servers.stop(process)
-    found = [PlayEvent.from_json(json.loads(line)) for line in events.read_text().splitlines()]
+    found = plays_in(read_event(json.loads(line)) for line in events.read_text().splitlines())
     assert plays_on(found) == {"tv-101": {"area1-game"}, "tv-Beta": {"gardien-go"}}
     assert {e.stream["service_name"] for e in found if e.stream_id == "tv-Beta"} == {"Beta"}
 
@@ -284,8 +284,8 @@ def monitor_until_found(catalog_dir: Path, sources: list, expected: dict[str, st
     stop = threading.Event()
     seen: set[str] = set()
 
-    def on_event(event: PlayEvent) -> None:
-        if expected.get(event.stream_id) == event.track_id:
+    def on_event(event: Event) -> None:
+        if isinstance(event, PlayEvent) and expected.get(event.stream_id) == event.track_id:
             seen.add(event.stream_id)
         if seen == set(expected):
             stop.set()
@@ -296,7 +296,7 @@ def monitor_until_found(catalog_dir: Path, sources: list, expected: dict[str, st
     try:
         if start_input:
             threading.Timer(1.0, start_input).start()  # once the reader listens
-        return monitor.run(stop)
+        return plays_in(monitor.run(stop))
     finally:
         timer.cancel()
 

@@ -1,5 +1,6 @@
 """`airtrace plays consume` on a real Kafka-protocol broker (Tansu) and PostgreSQL: duplicates and a
-PostgreSQL restart mid-stream leave exactly one row per play; a malformed event becomes a dead letter."""
+PostgreSQL restart mid-stream leave exactly one row per play; a malformed event becomes a dead letter,
+and so does one of a schema version this version does not know, while every kind it knows is written."""
 
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ from test_playlog import synthetic_plays
 PREFIX = "playlog-test"
 
 
-def publish(port: int, messages: list[bytes]) -> None:
+def publish(port: int, messages: list[bytes], topic: str = f"{PREFIX}.plays") -> None:
     async def send() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=f"{servers.HOST}:{port}", acks="all")
         await producer.start()
         try:
             for message in messages:
-                await producer.send_and_wait(f"{PREFIX}.plays", message, key=b"radio")
+                await producer.send_and_wait(topic, message, key=b"radio")
         finally:
             await producer.stop()
 
@@ -83,3 +84,32 @@ def test_consume_refuses_to_start_without_its_database() -> None:
     url = f"postgresql://airtrace@{servers.HOST}:{servers.free_port()}/plays"
     result = CliRunner().invoke(main, ["plays", "consume", "--playlog", url, "--broker", f"{servers.HOST}:{servers.free_port()}"])
     assert result.exit_code == 1 and "cannot use the play log" in result.output and "Connection refused" in result.output
+
+
+def test_consume_writes_every_kind_and_sets_aside_one_it_does_not_know(kafka_broker: servers.ServerProcess, postgres_url: str,
+                                                                       tmp_path: Path) -> None:
+    from test_playlog_unknowns import synthetic_airtime, synthetic_unknowns, table
+
+    from monitor.playlog.schema import airtime, unknowns
+
+    log = PlayLog.open(postgres_url, migrate=True)
+    events = synthetic_plays(3) + synthetic_unknowns() + synthetic_airtime()
+    lines = [e.to_line().encode() for e in events]
+    future = json.dumps({**json.loads(lines[7]), "schema_version": 3}).encode()
+    prefix = "kinds-test"
+    publish(kafka_broker.port, lines[:7] + [future] + lines[7:] + lines[-3:], topic=f"{prefix}.plays")
+    metrics_port = servers.free_port()
+    kafka = ["--broker", f"{servers.HOST}:{kafka_broker.port}", "--topic-prefix", prefix]
+    consumer = servers.airtrace(["plays", "consume", "--playlog", postgres_url, *kafka, "--metrics-port", str(metrics_port)], tmp_path / "consume.log")
+    try:
+        servers.wait_until(lambda: servers.metric(metrics_port, "airtrace_dead_letters_total", reason="unsupported_version") == 1, 60,
+                           "the event of schema version 3 set aside")
+        servers.wait_until(lambda: len(table(log, airtime)) == 4, 60, "every airtime event in the play log")
+    finally:
+        servers.stop(consumer)
+    clean = PlayLog.open(tmp_path / "clean.sqlite", migrate=True)
+    clean.apply(e.to_json() for e in events)
+    assert table(log, unknowns) == table(clean, unknowns) and table(log, airtime) == table(clean, airtime)
+    assert queries.list_plays(log, include_hidden=True)[1] == queries.list_plays(clean, include_hidden=True)[1]
+    (dead,) = servers.read_topic(kafka_broker.port, f"{prefix}.dead-letters")
+    assert dict(dead.headers)["reason"] == b"unsupported_version" and dead.value == future

@@ -1,4 +1,4 @@
-"""Every SQL query of the play log dashboard, run on PostgreSQL as Grafana runs it: template variables
+"""Every SQL query of the play log dashboard (and the stream dashboard's airtime panel), run on PostgreSQL as Grafana runs it: template variables
 interpolated and macros ($__timeFilter, $__timeGroupAlias, ...) expanded the way Grafana's PostgreSQL
 data source expands them, as the read-only role that deploy/postgres/grafana-reader.sh creates. Each
 panel must get the columns it shows, and the numbers must add up to the plays in the log."""
@@ -18,11 +18,16 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from monitor.bench import servers
+from monitor.playlog import queries
+from monitor.playlog.queries import TimeRange
+from monitor.events import plays_in
 from monitor.playlog.store import PlayLog
-from test_playlog import synthetic_plays
+from test_playlog import DAY, synthetic_plays
+from test_playlog_unknowns import synthetic_airtime, synthetic_unknowns
 
 ROOT = Path(__file__).parents[1]
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "playlog.json").read_text())
+STREAM_DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "stream.json").read_text())
 # What each panel shows, in order: tables their columns, time series "time", "metric" (the series) and values.
 PANEL_COLUMNS = {
     "Plays": ["time", "station", "title", "artist", "isrc", "track_id", "seconds", "confidence", "state", "play_id"],
@@ -50,10 +55,12 @@ def expand(sql: str, start: datetime, end: datetime, variables: dict[str, list[s
     joined by commas), then its PostgreSQL back end expands the macros (pkg/tsdb/grafana-postgresql-datasource/macros.go)."""
 
     def variable(match: re.Match) -> str:
-        name = match.group(1) or match.group(2)
+        name, form = match.group(1) or match.group(3), match.group(2)
+        if form not in (None, "sqlstring"):
+            raise AssertionError(f"format :{form} is not one this test interpolates; add it as Grafana does")
         return ",".join("'" + value.replace("'", "''") + "'" for value in variables[name])
 
-    sql = re.sub(r"\$\{(?!__)(\w+)\}|\$(?!__)(\w+)", variable, sql)
+    sql = re.sub(r"\$\{(?!__)(\w+)(?::(\w+))?\}|\$(?!__)(\w+)", variable, sql)
 
     def macro(match: re.Match) -> str:
         name, args = match.group(1), [arg.strip() for arg in match.group(2).split(",")] if match.group(2).strip() else []
@@ -82,8 +89,8 @@ def grafana_db(postgres: servers.PostgresServer, demo_run) -> tuple[str, list, s
     (the role is the cluster's, so it is made once, for this module's database)."""
     _, _, demo_events = demo_run
     log = PlayLog.open(postgres.create_database("grafana_dashboards"), migrate=True)
-    events = demo_events + synthetic_plays(40, streams=3)
-    log.apply(e.to_json() for e in events)
+    events = plays_in(demo_events) + synthetic_plays(40, streams=3)
+    log.apply(e.to_json() for e in events + synthetic_unknowns() + synthetic_airtime())
     ended = [e for e in events if e.state == "ended"]
     log.reject(ended[-1].play_id, "a jingle", "tester")
     database = make_url(log.url).database
@@ -150,3 +157,25 @@ def test_the_panels_follow_the_station_and_the_time_range(grafana_db) -> None:
     assert sum(row[2] for row in rows) == len(inside) and {row[1] for row in rows} == {"radio-1"}
     _, rows = run(url, expand(sql["Music share"], start, end, {"stream": ["radio-1", "it's"]}))
     assert len(rows) == 2 and all(row[1] == "radio-1" for row in rows)  # one row per hour of the range
+
+
+def test_the_airtime_panel_shows_the_airtime_report_of_its_stream(grafana_db) -> None:
+    """The stream dashboard's one play-log panel: for its stream (a single-valued Prometheus variable), the
+    same seconds per hour as `airtrace plays airtime`, over the whole hours the range touches."""
+    url, _, _ = grafana_db
+    (panel,) = [panel for panel in STREAM_DASHBOARD["panels"] if panel["title"] == "Airtime per hour"]
+    start, end = datetime.fromtimestamp(DAY + 1800, timezone.utc), datetime.fromtimestamp(DAY + 3 * 3600 + 60, timezone.utc)
+    log = PlayLog.open(url)  # as the read-only role
+    columns_of = {"catalog music": "catalog_music", "unknown music": "unknown_music"}
+    for station in ("radio-0", "radio-1"):
+        columns, rows = run(url, expand(panel["targets"][0]["rawSql"], start, end, {"stream": [station]}))
+        assert columns == ["time", "metric", "seconds"]
+        shown = {(time.isoformat(timespec="milliseconds").replace("+00:00", "Z"), columns_of.get(metric, metric)): seconds
+                 for time, metric, seconds in rows if seconds}
+        report = {(row["hour_utc"], column): row[column] for row in queries.airtime_report(log, TimeRange(start, end), station)[1]
+                  for column in queries.AIRTIME_COLUMNS[2:] if row[column]}
+        assert shown.keys() == report.keys() and shown, station
+        for key, seconds in report.items():
+            assert shown[key] == pytest.approx(seconds, abs=0.001), key
+    assert {metric for _, metric, _ in run(url, expand(panel["targets"][0]["rawSql"], start, end, {"stream": ["radio-0"]}))[1]} == {
+        "catalog music", "unknown music", "music", "speech", "speech_over_music", "silence", "other"}

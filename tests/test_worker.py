@@ -19,7 +19,7 @@ from encoders import load_audio
 from monitor.catalog import Catalog
 from monitor.cli import main
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_broadcast
-from monitor.events import PlayEvent
+from monitor.events import Event, PlayEvent, cluster_id, plays_in, read_event
 from monitor.stages.ingest import read_windows
 from monitor.stages.sources import StreamSource
 from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
@@ -40,17 +40,20 @@ class Service:
 
     def __init__(self, broker: servers.ServerProcess, redis: servers.ServerProcess, catalog: Path, workdir: Path, prefix: str):
         self.broker, self.redis, self.catalog_dir, self.workdir, self.prefix = broker, redis, catalog, workdir, prefix
-        self.metrics_port = servers.free_port()
         self.log = workdir / "worker.log"
-        self.process = servers.airtrace(
-            ["worker", "--catalog", str(catalog), "--broker", f"127.0.0.1:{broker.port}", "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
-             "--topic-prefix", prefix, "--group", prefix, "--partitions", str(PARTITIONS), "--session-timeout", "3", "--reload-seconds", "1",
-             "--batch-wait", "0.2", "--metrics-port", str(self.metrics_port)],
-            self.log,
-        )
+        self.start_worker()
         catalog_handle = Catalog.open(catalog)
         self.encoder = catalog_handle.encoder
         self.grid = WindowGrid.for_encoder(self.encoder)
+
+    def start_worker(self, *extra: str) -> None:
+        self.metrics_port = servers.free_port()
+        self.process = servers.airtrace(
+            ["worker", "--catalog", str(self.catalog_dir), "--broker", f"127.0.0.1:{self.broker.port}", "--redis-url",
+             f"redis://127.0.0.1:{self.redis.port}/0", "--topic-prefix", self.prefix, "--group", self.prefix, "--partitions", str(PARTITIONS),
+             "--session-timeout", "3", "--reload-seconds", "1", "--batch-wait", "0.2", "--metrics-port", str(self.metrics_port), *extra],
+            self.log,
+        )
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}.{name}"
@@ -79,20 +82,19 @@ class Service:
     def lag(self, topic: str) -> float | None:
         return servers.metric(self.metrics_port, "airtrace_consumer_lag_messages", topic=self.topic(topic))
 
-    def plays(self, stream_id: str) -> list[PlayEvent]:
-        return [
-            PlayEvent.from_json(json.loads(r.value))
-            for r in servers.read_topic(self.broker.port, self.topic("plays"))
-            if r.key == stream_id.encode()
-        ]
+    def events(self, stream_id: str) -> list[Event]:
+        return [read_event(json.loads(r.value)) for r in servers.read_topic(self.broker.port, self.topic("plays")) if r.key == stream_id.encode()]
 
-    def wait_for_plays(self, stream_id: str, count: int, timeout: float = 90.0) -> list[PlayEvent]:
-        def enough() -> list[PlayEvent] | None:
+    def plays(self, stream_id: str) -> list[PlayEvent]:
+        return plays_in(self.events(stream_id))
+
+    def wait_for_plays(self, stream_id: str, count: int, timeout: float = 90.0, kind: str = "play") -> list[Event]:
+        def enough() -> list[Event] | None:
             assert self.process.poll() is None, f"the worker died; see {self.log}"
-            events = self.plays(stream_id)
+            events = [e for e in self.events(stream_id) if e.kind == kind]
             return events if len(events) >= count else None
 
-        return servers.wait_until(enough, timeout, f"{count} play events on {stream_id}")  # type: ignore[return-value]
+        return servers.wait_until(enough, timeout, f"{count} {kind} events on {stream_id}")  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -199,6 +201,28 @@ def test_stream_metadata_from_ingest_reaches_the_play_events(service: Service) -
     assert [e.stream for e in events] == [{"country": "FR", "audio_stream": 0}] * 2
 
 
+def test_workers_find_repeated_unknown_music_through_the_shared_play_log(service: Service) -> None:
+    """Non-catalog music heard by one worker, then again (5 % fast) by another after the first stopped: the
+    second finds the first through the play log's database they share, its embeddings having come over Kafka."""
+    from encoders import resample
+
+    playlog = service.workdir / "shared.sqlite"
+    assert CliRunner().invoke(main, ["plays", "migrate", "--playlog", str(playlog)]).exit_code == 0
+    Catalog.open(service.catalog_dir).remove("gardien-go")  # termigator_reg-zbb quotes it; nothing else here
+    servers.stop(service.process)
+    song = load_audio(MUSIC / "termigator_reg-zbb.opus", SAMPLE_RATE)
+    for stream_id, audio in (("fleet-1", song), ("fleet-2", resample(song, round(SAMPLE_RATE * 1.05), SAMPLE_RATE))):
+        service.start_worker("--playlog", str(playlog))
+        path = write_broadcast(service.workdir / f"{stream_id}.mp3", audio, [])
+        service.send_windows(windows_of(path, stream_id, service.grid))
+        service.wait_for_plays(stream_id, 1, kind="unknown")
+        servers.stop(service.process)
+    (first,), (repeat,) = ([e for e in service.events(s) if e.kind == "unknown"] for s in ("fleet-1", "fleet-2"))
+    assert first.cluster_id is None and first.duration >= 40.0 and service.plays("fleet-1") == []
+    assert repeat.matched_unknown_id == first.unknown_id and repeat.cluster_id == cluster_id(first.unknown_id)
+    assert repeat.speed == pytest.approx(1.05, abs=0.02)
+
+
 def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path) -> None:
     """A worker publishes the first half's events and dies before saving its state; the next one replays
     the whole stream; a third replays again after the state was saved."""
@@ -217,8 +241,9 @@ def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path
     states, caused = stage.advance(hits)
     second = stage.unpublished(caused)
     stage.commit(states, second)
-    assert [e.state for e in first] == ["started"] and [e.state for e in second] == ["ended"], (first, second)
-    assert_one_play([*first, *second], truth)
+    assert [e.state for e in plays_in(first)] == ["started"] and [e.state for e in plays_in(second)] == ["ended"], (first, second)
+    assert_one_play(plays_in([*first, *second]), truth)
+    assert len({e.event_id for e in [*first, *second]}) == len(first) + len(second)  # airtime too is published once
     assert stage.advance(hits[len(hits) // 2 :]) == (store.load(["replay"]), [])
 
 

@@ -39,7 +39,7 @@ from monitor.bench.references import BenchError, Reference, read_references, ref
 from monitor.bench.report import Table, publish, verdict
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
 from monitor.embedded import EmbeddedMonitor
-from monitor.events import PlayEvent
+from monitor.events import PlayEvent, plays_in
 from monitor.options import IngestOptions, MonitorOptions
 from monitor.stages.sources import StreamSource
 
@@ -156,7 +156,7 @@ def run_broadcast(reference: Sequence[str], distractors: Sequence[str], encoder:
         write_broadcast(path, audio, truth)
     truth = read_truth(path)
     began = time.perf_counter()
-    events = EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run()
+    events = plays_in(EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run())
     elapsed = time.perf_counter() - began
     figures = PlayFigures.of(truth, events)
     print(table(figures.card), "\n")
@@ -266,7 +266,8 @@ def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int
     result.add("wall seconds", round(wall, 1), "")
     result.add("  of which embedding (s)", round(get("airtrace_embedding_seconds_sum"), 1), "")
     result.add("  of which search (s)", round(get("airtrace_search_seconds_sum"), 1), "")
-    result.add("play events", len(events), "")
+    result.add("play events", len(plays_in(events)), "")
+    result.add("unknown stretches", sum(e.kind == "unknown" for e in events), "")
     result.add("streams per core", verdict(per_core, 100.0, digits=0), ">= 100")
     publish([result], out, command)
     return per_core

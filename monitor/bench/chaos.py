@@ -41,7 +41,7 @@ from monitor.bench.queries import speech_clips
 from monitor.bench.references import BenchError, Reference, read_references
 from monitor.bench.report import Table, publish
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays, truth_path
-from monitor.events import PlayEvent
+from monitor.events import PlayEvent, plays_in, read_event
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def baseline_events(broadcasts: Sequence[Broadcast], catalog_dir: Path) -> list[
     from monitor.stages.sources import StreamSource
 
     catalog = Catalog.open(catalog_dir)
-    return EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run()
+    return plays_in(EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run())
 
 
 def build_catalog(workdir: Path, encoder: str, distractors: Sequence[str] = ()) -> Path:
@@ -496,7 +496,7 @@ def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions:
         finally:
             fleet.stop()
         sent = stations.sent
-    events = [PlayEvent.from_json(json.loads(r.value)) for r in records]
+    events = plays_in(read_event(json.loads(r.value)) for r in records)
     ids = Counter(e.event_id for e in events)
     unique = list({e.event_id: e for e in events}.values())
     baseline = baseline_events(broadcasts, catalog)

@@ -28,7 +28,7 @@ from monitor.bench.chaos import (PREFIX, Broadcast, Fleet, Stations, audit, base
                                  wait_for_quiet)
 from monitor.bench.references import BenchError
 from monitor.bench.report import Table, publish, verdict
-from monitor.events import PlayEvent
+from monitor.events import PlayEvent, plays_in, read_event
 from monitor.catalog import Catalog
 from monitor.stages.windows import WindowGrid
 
@@ -90,8 +90,8 @@ def delays(records: Sequence) -> tuple[list[float], list[float]]:
     broker timestamp; the deciding window's audio ends one window after its start."""
     detection, pipeline = [], []
     for record in records:
-        event = PlayEvent.from_json(json.loads(record.value))
-        if event.state != "started":
+        event = read_event(json.loads(record.value))
+        if not isinstance(event, PlayEvent) or event.state != "started":
             continue
         published = record.timestamp / 1000
         detection.append(published - event.started_at)
@@ -158,7 +158,7 @@ def run_fleet_size(workers: int, broadcasts: Sequence[Broadcast], catalog: Path,
         finally:
             fleet.stop()
         sent = stations.sent
-    events = list({e.event_id: e for e in (PlayEvent.from_json(json.loads(r.value)) for r in records)}.values())
+    events = plays_in({e.event_id: e for e in (read_event(json.loads(r.value)) for r in records)}.values())
     detection, pipeline = delays(records)
     audits = [audit(b.truth, sent[b.stream_id], [e for e in events if e.stream_id == b.stream_id],
                     [e for e in baseline if e.stream_id == b.stream_id]) for b in broadcasts]

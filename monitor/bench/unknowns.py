@@ -41,8 +41,8 @@ from monitor.bench.references import BenchError, Reference, reference_set
 from monitor.bench.report import Table, percent, publish, verdict
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, arrange
 from monitor.embedded import EmbeddedMonitor
-from monitor.events import PlayEvent, UnknownEvent, from_iso, iso_utc
-from monitor.options import MonitorOptions
+from monitor.events import UnknownEvent, from_iso, iso_utc, plays_in
+from monitor.options import MonitorOptions, UnknownConfig
 from monitor.stages.sources import StreamSource
 
 log = logging.getLogger(__name__)
@@ -454,9 +454,7 @@ def found_share(found: Sequence[Repeat], by_airing: int) -> tuple[int, int]:
 
 def monitor_options(min_unknown_seconds: float) -> MonitorOptions:
     """The monitor's defaults, with unknown stretches reported from `min_unknown_seconds` on (jingles are shorter than the default)."""
-    from monitor.options import UnknownOptions
-
-    return MonitorOptions(unknowns=UnknownOptions(min_seconds=min_unknown_seconds))
+    return MonitorOptions(unknowns=UnknownConfig(min_seconds=min_unknown_seconds))
 
 
 def _talk_clips() -> tuple[np.ndarray, ...]:
@@ -502,7 +500,7 @@ def run_unknowns(reference: Sequence[str], distractors: Sequence[str], encoder: 
 def report(airings: Sequence[Airing], events: Sequence[object], stations: Sequence[str], cpu: float, wall: float,
            settings: dict[str, str], out: str | None, command: str) -> dict[str, object]:
     """Score the events against the day and publish the table and the JSON; returns the figures."""
-    plays = [e for e in events if isinstance(e, PlayEvent)]
+    plays = plays_in(events)
     unknowns = latest_unknowns(events)
     figures = PlayFigures.summed([PlayFigures.of([a.true_play() for a in airings if a.station == s and a.kind == "catalog"],
                                                  [e for e in plays if e.stream_id == s]) for s in stations])

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile
 
 from encoders import Sources, parse_chain
-from monitor.events import PlayEvent
+from monitor.events import Event, PlayEvent
 
 SAMPLE_RATE = 16000
 LEVEL_DBFS = {"track": -20.0, "music": -20.0, "talk": -18.0}  # loudness each piece is brought to (RMS)
@@ -156,11 +156,12 @@ class Scorecard:
         return float(np.percentile(values, 95)) if values else None
 
 
-def score_plays(truth: Sequence[TruePlay], events: Sequence[PlayEvent]) -> Scorecard:
+def score_plays(truth: Sequence[TruePlay], events: Sequence[Event]) -> Scorecard:
     """Pair each detected play with a true play of the same track that it overlaps (largest overlap
-    first, each at most once); the rest are false plays and missed plays."""
-    ended = [e for e in events if e.state == "ended"]
-    decided = {e.play_id: e.decided_offset for e in events if e.state == "started"}
+    first, each at most once); the rest are false plays and missed plays. Other kinds of event are not plays."""
+    plays = [e for e in events if isinstance(e, PlayEvent)]
+    ended = [e for e in plays if e.state == "ended"]
+    decided = {e.play_id: e.decided_offset for e in plays if e.state == "started"}
     candidates = sorted(
         ((_overlap(t, e), i, j) for i, t in enumerate(truth) for j, e in enumerate(ended) if t.track_id == e.track_id),
         reverse=True,

@@ -20,8 +20,8 @@ import numpy as np
 from encoders import DEFAULT_ENCODER, Encoder, Sources, load_audio, load_encoder, synthesize_speech
 from monitor.catalog import Catalog, CatalogError
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, Scorecard, compose, read_truth, score_plays, table, write_broadcast
-from monitor.embedded import EmbeddedMonitor, describe
-from monitor.events import PlayEvent
+from monitor.embedded import EmbeddedMonitor
+from monitor.events import Event, describe
 from monitor.options import IngestOptions, MonitorOptions
 from monitor.stages.sources import StreamSource
 from monitor.playlog.queries import TimeRange, report, write_rows
@@ -103,7 +103,7 @@ def demo_broadcast(path: Path) -> Path:
 
 
 def run_demo(workdir: str | Path, encoder: Encoder | None = None, realtime: bool = False,
-             on_event: Callable[[PlayEvent], None] | None = None) -> Scorecard:
+             on_event: Callable[[Event], None] | None = None) -> Scorecard:
     """Build what is missing under `workdir`, monitor the broadcast, and score the plays against the truth."""
     workdir = Path(workdir)
     claim_workdir(workdir)

@@ -1,7 +1,9 @@
 """The wire format of windows and hits on Kafka: compact, versioned and size-checked; a bad message is a dead letter.
 
 A window is binary: a fixed little-endian header, the stream id, then the samples as int16 (default)
-or float16, 16 KB for one second at 8 kHz. Hits are compact JSON, small and readable with any Kafka tool.
+or float16, 16 KB for one second at 8 kHz. Hits are compact JSON, small and readable with any Kafka tool;
+they carry the window's content class and, for music, its embedding (float16, base64), which unknown
+stretches are searched and kept with (the audio stays with the process that has it).
 Both topics also carry an `EndOfStream` after a stream's last window (a file's end, or ingest stopping),
 so that the play it leaves open is closed, as embedded mode does at a stream's end.
 Decoding never trusts the bytes: any message that is too big, of another version, cut short, or not for
@@ -10,6 +12,8 @@ this encoder raises `BadMessage` with a `reason`, which names the dead-letter co
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -154,6 +158,10 @@ def encode_hits(hits: WindowHits | EndOfStream) -> bytes:
         "gap": hits.after_gap,
         "n": [[n.track_id, round(n.ref_time, 4), round(n.similarity, 5)] for n in hits.neighbours],
     }
+    if hits.content is not None:
+        record["c"] = hits.content
+    if hits.embedding is not None:
+        record["e"] = base64.b64encode(np.asarray(hits.embedding, "<f2").tobytes()).decode()
     return json.dumps(record, separators=(",", ":")).encode()
 
 
@@ -172,11 +180,22 @@ def decode_hits(data: bytes) -> WindowHits | EndOfStream:
         if record.get("end") is True:
             return EndOfStream(str(record["stream"]), int(record["seq"]))
         neighbours = tuple(Neighbour(str(track), float(ref_time), float(similarity)) for track, ref_time, similarity in record["n"])
+        content = None if record.get("c") is None else str(record["c"])
         return WindowHits(
-            str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"])
+            str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"]),
+            content, _embedding(record.get("e")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BadMessage(Reason.MALFORMED, f"hits record lacks or garbles a field: {exc!r}") from None
+
+
+def _embedding(text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    vector = np.frombuffer(base64.b64decode(text, validate=True), "<f2").astype(np.float32)
+    if not np.isfinite(vector).all():
+        raise ValueError("embedding holds NaN or infinity")
+    return vector
 
 
 STREAM_HEADER = "airtrace-stream"  # a window's (and its hits') stream metadata as JSON: what play events carry in `stream`

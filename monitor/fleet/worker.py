@@ -30,6 +30,7 @@ from faust.types import EventT
 
 from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog
+from monitor.events import describe
 from monitor.health import BEAT_SECONDS, Heartbeat
 from monitor.fleet.kafka_records import (
     DEAD_LETTER_KEEP_BYTES,
@@ -42,10 +43,11 @@ from monitor.fleet.kafka_records import (
     read_stream_headers,
     stream_headers,
 )
-from monitor.metrics import Metrics, observe_play_events
+from monitor.metrics import Metrics, observe_events
 from monitor.options import WorkerOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.state import StateStore
+from monitor.stages.unknown_store import UnknownStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 
 log = logging.getLogger(__name__)
@@ -134,9 +136,9 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics:
                 deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in fresh]
                 await asyncio.gather(*deliveries)
                 await in_thread(step.commit, states, fresh)
-                observe_play_events(metrics, fresh)
+                observe_events(metrics, fresh)
                 for event in fresh:
-                    log.info("play %s: %s on %s at %.1f s", event.state, event.track_id, event.stream_id, event.stream_start)
+                    log.info("%s", describe(event))
 
     @app.timer(options.reload_seconds)
     async def look_for_catalog_changes() -> None:
@@ -175,12 +177,14 @@ def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metric
 
 
 def run_worker(
-    catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info"
+    catalog: Catalog, store: StateStore, kafka: KafkaSettings, topics: Topics, options: WorkerOptions, metrics: Metrics, loglevel: str = "info",
+    unknowns: UnknownStore | None = None,
 ) -> None:
     """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up,
-    a CatalogError if the catalog cannot calibrate the matcher (it is empty)."""
+    a CatalogError if the catalog cannot calibrate the matcher (it is empty). Unknown stretches are kept in
+    `unknowns`, which all workers must share to find repeats across them (the play log's database)."""
     live = LiveCatalog(catalog, metrics)
-    step = TrackingStep(live, store, options.plays)
+    step = TrackingStep(live, store, options.plays, unknowns, options.unknowns)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
     asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
     with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder

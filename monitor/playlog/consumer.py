@@ -5,7 +5,10 @@ play log in one transaction, and only then commits the batch's offsets. Kafka de
 (a consumer that dies before committing gets its batch again), and the upsert keyed by play and state
 (monitor.playlog.store) makes a second delivery change nothing: exactly-once rows. While the database
 cannot be reached the batch is retried with backoff and nothing is committed, so plays wait in Kafka.
-A message that is not a play event goes to the dead-letter topic, like the worker's, and is counted.
+The topic carries the kinds beside plays as well (unknown stretches, hourly airtime), written the same way.
+A message that is not an event goes to the dead-letter topic, like the worker's, and is counted; so does
+an event of a kind or schema version this version does not know (reason unsupported_version), where a
+newer consumer can take it up again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
 from monitor.fleet.kafka_records import DEAD_LETTER_KEEP_BYTES, Reason, dead_letter_headers
 from monitor.constants import Backoff
 from monitor.metrics import Metrics
-from monitor.playlog.store import MalformedPlay, PlayLog, play_row
+from monitor.playlog.store import EventRow, PlayLog, UnsupportedEvent, event_row
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class ConsumerOptions:
 
 async def consume_plays(playlog: PlayLog, kafka: KafkaSettings, topics: Topics, options: ConsumerOptions = ConsumerOptions(),
                         metrics: Metrics | None = None, stop: asyncio.Event | None = None) -> None:
-    """Write every play event of the plays topic into `playlog` until stopped (SIGINT, SIGTERM or `stop`)."""
+    """Write every event of the plays topic into `playlog` until stopped (SIGINT, SIGTERM or `stop`)."""
     stop = stop or asyncio.Event()
     await ensure_topics(kafka, [topics.plays, topics.dead_letters], topics)
     consumer = AIOKafkaConsumer(topics.plays, **kafka.client_kwargs(), group_id=options.group, enable_auto_commit=False,
@@ -78,20 +81,21 @@ async def consume_plays(playlog: PlayLog, kafka: KafkaSettings, topics: Topics, 
         await asyncio.gather(consumer.stop(), producer.stop())
 
 
-async def _row_or_dead_letter(record: Any, producer: AIOKafkaProducer, topics: Topics, metrics: Metrics | None) -> dict | None:
+async def _row_or_dead_letter(record: Any, producer: AIOKafkaProducer, topics: Topics, metrics: Metrics | None) -> EventRow | None:
     value = record.value or b""
     try:
-        return play_row(json.loads(value))
-    except (ValueError, MalformedPlay) as exc:  # JSON and UTF-8 errors are ValueErrors too
+        return event_row(json.loads(value))
+    except ValueError as exc:  # MalformedEvent, UnsupportedEvent, JSON and UTF-8 errors
+        reason = Reason.VERSION if isinstance(exc, UnsupportedEvent) else Reason.MALFORMED
         log.warning("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-        headers = dead_letter_headers(Reason.MALFORMED, str(exc), record.topic, record.partition, record.offset, len(value))
+        headers = dead_letter_headers(reason, str(exc), record.topic, record.partition, record.offset, len(value))
         await producer.send_and_wait(topics.dead_letters, value[:DEAD_LETTER_KEEP_BYTES], key=record.key, headers=headers)
         if metrics:
-            metrics.dead_letters.labels(Reason.MALFORMED.value).inc()
+            metrics.dead_letters.labels(reason.value).inc()
         return None
 
 
-async def _write_until_done(playlog: PlayLog, rows: list[dict], options: ConsumerOptions, stop: asyncio.Event,
+async def _write_until_done(playlog: PlayLog, rows: list[EventRow], options: ConsumerOptions, stop: asyncio.Event,
                             waiting: Callable[[], Awaitable[None]]) -> bool:
     """Write the rows, retrying with backoff while the database fails (calling `waiting` each time); False if stopped first."""
     backoff = Backoff(options.retry_first_seconds, options.retry_cap_seconds)

@@ -2,21 +2,23 @@
 
 Each returns (columns, rows) with rows as dicts of plain values (times as ISO 8601 UTC strings), ready
 for `write_rows` as CSV or JSON. Time ranges are half-open [start, end) on the play's air start, and
-per-day reports take UTC days. Rejected plays are left out unless asked for.
+per-day reports take UTC days. Rejected plays are left out unless asked for. The unknown stretches and
+their clusters have their queries in monitor.playlog.unknowns.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
 from sqlalchemy import ColumnElement, func, select, true
 
-from monitor.playlog.schema import UTCDateTime, plays, visible
+from monitor.playlog.schema import CONTENT_CLASSES, UTCDateTime, airtime, plays, unknowns, visible
 from monitor.playlog.store import PlayLog
 
 Rows = tuple[list[str], list[dict[str, Any]]]
@@ -28,6 +30,9 @@ REPORT_COLUMNS = ["timestamp_utc", "played_duration", "station", "title", "artis
                   "speed", "score", "confidence", "track_id", "play_id"]
 CUESHEET_COLUMNS = ["cue", "start_utc", "end_utc", "duration", "title", "artist", "isrc", "album", "track_id"]
 TOTALS_COLUMNS = ["station", "track_id", "title", "artist", "isrc", "plays", "seconds"]
+AIRTIME_COLUMNS = ["station", "hour_utc", "catalog_music", "unknown_music", *CONTENT_CLASSES]
+# No play or unknown stretch lasts longer: what lets a range's overlapping airings be found by their start (indexed).
+LONGEST_AIRING = timedelta(days=1)
 # Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
 DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3, "confidence": 4}
 
@@ -44,13 +49,19 @@ class TimeRange:
         start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
         return cls(start, start + timedelta(days=1))
 
-    def where(self) -> ColumnElement[bool]:
+    def where(self, column: ColumnElement[datetime] = plays.c.started_at) -> ColumnElement[bool]:
         condition: ColumnElement[bool] = true()
         if self.start is not None:
-            condition &= plays.c.started_at >= self.start
+            condition &= column >= self.start
         if self.end is not None:
-            condition &= plays.c.started_at < self.end
+            condition &= column < self.end
         return condition
+
+    def whole_hours(self) -> "TimeRange":
+        """The range widened to whole UTC hours."""
+        start = None if self.start is None else self.start.replace(minute=0, second=0, microsecond=0)
+        end = None if self.end is None else _hour_of(self.end - timedelta(microseconds=1)) + timedelta(hours=1)
+        return TimeRange(start, end)
 
 
 def list_plays(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None = None, track: str | None = None,
@@ -106,6 +117,48 @@ def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
         func.coalesce(func.sum(plays.c.duration), 0.0).label("seconds"),
     ).where(condition).group_by(plays.c.stream_id, plays.c.track_id).order_by(plays.c.stream_id, count.desc(), plays.c.track_id)
     return TOTALS_COLUMNS, _fetch(log, query)
+
+
+def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
+    """Per station and UTC hour: seconds of catalog music (visible, ended plays), of unknown music (unknown
+    stretches), each clipped to the hour, and of each content class (the airtime events' parts added up).
+    The range is taken in whole hours; hours without any of them have no row."""
+    span = span.whole_hours()
+    seconds: dict[tuple[str, datetime], dict[str, float]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
+    aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, unknowns.c.promoted_play_id.is_(None))]
+    with log.connect() as connection:
+        for column, table, condition in aired:
+            if station is not None:
+                condition &= table.c.stream_id == station
+            if span.start is not None:
+                condition &= (table.c.started_at > span.start - LONGEST_AIRING) & (table.c.ended_at > span.start)
+            if span.end is not None:
+                condition &= table.c.started_at < span.end
+            for stream_id, start, end in connection.execute(select(table.c.stream_id, table.c.started_at, table.c.ended_at).where(condition)):
+                for hour, part in _split_by_hour(max(start, span.start or start), min(end, span.end or end)):
+                    seconds[stream_id, hour][column] += part
+        condition = span.where(airtime.c.hour)
+        if station is not None:
+            condition &= airtime.c.stream_id == station
+        query = select(airtime.c.stream_id, airtime.c.hour, *(func.sum(airtime.c[name]) for name in CONTENT_CLASSES)).where(condition)
+        for stream_id, hour, *classes in connection.execute(query.group_by(airtime.c.stream_id, airtime.c.hour)):
+            seconds[stream_id, hour].update(zip(CONTENT_CLASSES, classes))
+    rows = [{"station": stream_id, "hour_utc": _iso(hour), **{name: round(value, 3) for name, value in figures.items()}}
+            for (stream_id, hour), figures in sorted(seconds.items())]
+    return AIRTIME_COLUMNS, rows
+
+
+def _hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _split_by_hour(start: datetime, end: datetime) -> Iterator[tuple[datetime, float]]:
+    """(UTC hour, seconds of [start, end) within it) for each hour the span touches."""
+    hour = _hour_of(start)
+    while hour < end:
+        following = hour + timedelta(hours=1)
+        yield hour, (min(end, following) - max(start, hour)).total_seconds()
+        hour = following
 
 
 def _fetch(log: PlayLog, query: Any) -> list[dict[str, Any]]:

@@ -1,4 +1,6 @@
-"""The `plays` table: one row per play, keyed by play_id, with the catalog metadata copied in.
+"""The play log's tables: `plays` (one row per play, keyed by play_id, with the catalog metadata copied in),
+`unknowns` and `airtime` (one row per event of those kinds), and `kept_unknowns` / `cluster_excerpts`
+(the UnknownStore: embeddings of recent unknown stretches, and the excerpt each repeated piece keeps).
 
 The table is declared once here (SQLAlchemy Core) and used by the queries; the migrations under
 migrations/versions create and change it in the database, and a test checks that the two agree.
@@ -9,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Index, MetaData, String, Table, TypeDecorator, case, false
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary, MetaData, String, Table,
+                        TypeDecorator, case, false)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -75,6 +78,80 @@ plays = Table(
     Index("ix_plays_track_started", "track_id", "started_at"),
     Index("ix_plays_started", "started_at"),
     Index("ix_plays_rejected_at", "rejected_at"),
+)
+
+
+# Content classes of airtime events (encoders.CLASSES, which a test checks; the play log does not load the encoders).
+CONTENT_CLASSES = ("music", "speech", "speech_over_music", "silence", "other")
+# A repeated piece whose typical (median) airing lasts this long or longer is a song; shorter ones are
+# jingles (ads, idents, station sounders: 5-60 s).
+SONG_SECONDS = 60.0
+
+unknowns = Table(
+    "unknowns",
+    metadata,
+    Column("unknown_id", String(36), primary_key=True),
+    Column("event_id", String(36), nullable=False),
+    Column("stream_id", String, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("stream_start", Float, nullable=False),
+    Column("stream_end", Float, nullable=False),
+    Column("music_seconds", Float, nullable=False),
+    Column("decided_offset", Float, nullable=False),
+    Column("cluster_id", String(36)),  # set by the event, or by a later stretch that matched this one
+    Column("matched_unknown_id", String(36)),
+    Column("ref_start", Float),
+    Column("speed", Float),
+    Column("score", Float),
+    Column("stream", JSON, nullable=False),
+    Column("promoted_play_id", String(36)),  # the play it became when its cluster was promoted into the catalog
+    Index("ix_unknowns_stream_started", "stream_id", "started_at"),
+    Index("ix_unknowns_started", "started_at"),
+    Index("ix_unknowns_cluster_started", "cluster_id", "started_at"),
+    Index("ix_unknowns_matched", "matched_unknown_id"),
+)
+
+airtime = Table(
+    "airtime",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("stream_id", String, nullable=False),
+    Column("hour", UTCDateTime, nullable=False),  # the UTC hour's start
+    Column("first_seq", BigInteger, nullable=False),
+    *(Column(name, Float, nullable=False) for name in CONTENT_CLASSES),  # seconds of each class in the hour, from first_seq on
+    Column("decided_offset", Float, nullable=False),
+    Column("stream", JSON, nullable=False),
+    Index("ix_airtime_stream_hour", "stream_id", "hour"),
+    Index("ix_airtime_hour", "hour"),
+)
+
+# The UnknownStore's stretches: `row` orders arrivals (a process reads the rows above the last it saw).
+kept_unknowns = Table(
+    "kept_unknowns",
+    metadata,
+    Column("row", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("unknown_id", String(36), nullable=False, unique=True),
+    Column("stream_id", String, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("duration", Float, nullable=False),
+    Column("offsets", LargeBinary, nullable=False),  # float64, seconds from the stretch's start
+    Column("embeddings", LargeBinary, nullable=False),  # float16, windows x dimensions
+    Column("dimensions", Integer, nullable=False),
+    Column("cluster_id", String(36)),
+    Column("excerpt", LargeBinary),  # Ogg/Opus audio
+    Index("ix_kept_unknowns_started", "started_at"),
+)
+
+# One excerpt per cluster, saved when a stretch with audio is kept in or joins the cluster: it outlives the
+# retention window that drops the stretches themselves.
+cluster_excerpts = Table(
+    "cluster_excerpts",
+    metadata,
+    Column("cluster_id", String(36), primary_key=True),
+    Column("unknown_id", String(36), nullable=False),  # the stretch the audio is of
+    Column("excerpt", LargeBinary, nullable=False),
 )
 
 

@@ -6,6 +6,12 @@ row holds the values of the latest state seen (playing < ended), `first_event_id
 of the earliest state seen, and an event of the state already stored changes nothing. So a replayed,
 duplicated or reordered stream of events (Kafka's at-least-once delivery) leaves the same rows as one
 clean pass, and a user's rejection survives any replay.
+
+Beside plays the log stores the kinds of schema version 2: an `unknown` event is one row per stretch
+(a duplicate changes nothing but a cluster the row lacked), and when it names the earlier stretch it
+repeats, that row joins its cluster too, whichever of the two arrives first; an `airtime` event is one
+row, written once. An event of a kind or version this code does not know is skipped and reported
+(UnsupportedEvent), never stored half-understood, and the rest of its batch is stored.
 """
 
 from __future__ import annotations
@@ -14,22 +20,26 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, case, create_engine, event, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from monitor.events import from_iso
-from monitor.playlog.schema import ROW_STATE, plays, state_rank
+from monitor.events import KINDS_SCHEMA_VERSION, SCHEMA_VERSION, from_iso
+from monitor.playlog.schema import CONTENT_CLASSES, ROW_STATE, airtime, plays, state_rank, unknowns
+
+if TYPE_CHECKING:
+    from monitor.playlog.unknown_store import SqlUnknownStore
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +56,21 @@ class PlayLogUnavailable(PlayLogError):
     """The database cannot be reached (down, wrong address or credentials); retrying may help."""
 
 
-class MalformedPlay(ValueError):
+class MalformedEvent(ValueError):
+    """An event the log cannot store (a missing or mistyped field)."""
+
+
+class MalformedPlay(MalformedEvent):
     """A play event the log cannot store (a missing or mistyped field, an unknown state)."""
+
+
+class UnsupportedEvent(ValueError):
+    """An event of a kind or schema version this version of airtrace does not know: skipped, not stored."""
+
+
+# What `event_row` tells apart; a row is written to the table of its kind.
+KINDS = ("play", "unknown", "airtime")
+EventRow = tuple[str, dict[str, Any]]
 
 
 def default_location() -> Path:
@@ -125,18 +148,33 @@ class PlayLog:
         return head_revision()
 
     def apply(self, events: Iterable[Mapping[str, Any]]) -> int:
-        """Store play events given as their JSON objects (PlayEvent.to_json()); returns how many were given.
-        Raises MalformedPlay, before writing anything, if one of them cannot be stored."""
-        rows = [play_row(data) for data in events]
+        """Store events given as their JSON objects (PlayEvent.to_json(), UnknownEvent.to_json(), ...); returns
+        how many were stored. An event of a kind or version this code does not know is logged and skipped;
+        MalformedEvent (MalformedPlay for a play) is raised, before writing anything, if one cannot be stored."""
+        rows = []
+        for data in events:
+            try:
+                rows.append(event_row(data))
+            except UnsupportedEvent as exc:
+                log.warning("not stored in the play log: %s", exc)
         self.write(rows)
         return len(rows)
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert rows from `play_row` in one transaction (all or none)."""
-        statement = _upsert(self.engine.dialect.name)
+    def write(self, rows: Sequence[EventRow]) -> None:
+        """Write rows from `event_row` in one transaction (all or none)."""
+        by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        for kind, row in rows:
+            by_kind[kind].append(row)
+        dialect = self.engine.dialect.name
         with self.engine.begin() as connection:
-            for round_ in _rounds(rows):
-                connection.execute(statement, round_)
+            for round_ in _rounds(by_kind["play"]):
+                connection.execute(_upsert(dialect), round_)
+            if by_kind["unknown"]:
+                for round_ in _rounds(by_kind["unknown"], key="unknown_id"):
+                    connection.execute(_unknowns_upsert(dialect), round_)
+                _join_matched(connection, by_kind["unknown"])
+            if by_kind["airtime"]:
+                connection.execute(_insert(dialect, airtime).on_conflict_do_nothing(index_elements=[airtime.c.event_id]), by_kind["airtime"])
 
     def reject(self, play_id: str, reason: str, by: str) -> None:
         """Mark a play wrong: lists and reports leave it out until it is restored."""
@@ -153,23 +191,34 @@ class PlayLog:
     def connect(self) -> Connection:
         return self.engine.connect()
 
+    def unknown_store(self) -> "SqlUnknownStore":
+        """The kept unknown stretches in this play log's database, shared by every process that tracks streams."""
+        from monitor.playlog.unknown_store import SqlUnknownStore
 
-def import_lines(playlog: PlayLog, lines: Iterable[str], batch: int = 1000) -> tuple[int, list[tuple[int, str]]]:
-    """Store the play events of JSON lines (an events file), a batch per transaction; returns how many were
-    stored and (line number, reason) for each line that is not a play event, which is left out."""
-    rows, skipped, stored = [], [], 0
+        return SqlUnknownStore(self.engine)
+
+
+def import_lines(playlog: PlayLog, lines: Iterable[str], batch: int = 1000) -> tuple[Counter[str], list[tuple[int, str]]]:
+    """Store the events of JSON lines (an events file), a batch per transaction; returns how many of each
+    kind were stored and (line number, reason) for each line left out: not an event, malformed, or of a
+    kind or version this code does not know."""
+    rows: list[EventRow] = []
+    skipped: list[tuple[int, str]] = []
+    stored: Counter[str] = Counter()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(play_row(json.loads(line)))
-        except ValueError as exc:  # MalformedPlay and JSON errors
+            rows.append(event_row(json.loads(line)))
+        except ValueError as exc:  # MalformedEvent, UnsupportedEvent and JSON errors
             skipped.append((number, str(exc)))
         if len(rows) == batch:
             playlog.write(rows)
-            stored, rows = stored + len(rows), []
+            stored.update(kind for kind, _ in rows)
+            rows = []
     playlog.write(rows)
-    return stored + len(rows), skipped
+    stored.update(kind for kind, _ in rows)
+    return stored, skipped
 
 
 def head_revision() -> str:
@@ -191,10 +240,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _insert(dialect: str, table: Any) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
 def _upsert(dialect: str):
     """INSERT ... ON CONFLICT (play_id) DO UPDATE, taking the values of whichever state ranks higher."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(plays)
+    statement = _insert(dialect, plays)
     new, old = statement.excluded, plays.c
     newer = state_rank(new.state) > state_rank(old.state)
     values = {name: _pick(newer, new[name], old[name]) for name in EVENT_COLUMNS}
@@ -203,22 +255,110 @@ def _upsert(dialect: str):
                                            where=state_rank(new.state) != state_rank(old.state))
 
 
+def _unknowns_upsert(dialect: str):
+    """A stretch's row is written once; a duplicate only gives it a cluster it lacks (the smaller id if two
+    disagree, so the order of arrival does not matter)."""
+    statement = _insert(dialect, unknowns)
+    new, old = statement.excluded.cluster_id, unknowns.c.cluster_id
+    merged = case((old.is_(None), new), (new.is_(None), old), (new < old, new), else_=old)
+    return statement.on_conflict_do_update(index_elements=[unknowns.c.unknown_id], set_={"cluster_id": merged},
+                                           where=new.is_not(None) & (old.is_(None) | (new < old)))
+
+
+def _join_matched(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """A stretch that repeats an earlier one puts the earlier one into its cluster too, if it has none:
+    for the rows just written that name an earlier stretch, and for those that an already stored later one named."""
+    earlier = [{"target": row["matched_unknown_id"], "cluster": row["cluster_id"]} for row in rows
+               if row["matched_unknown_id"] is not None and row["cluster_id"] is not None]
+    if earlier:
+        connection.execute(update(unknowns).where(and_(unknowns.c.unknown_id == bindparam("target"), unknowns.c.cluster_id.is_(None)))
+                           .values(cluster_id=bindparam("cluster")), earlier)
+    later = unknowns.alias("later")
+    from_later = (select(func.min(later.c.cluster_id)).where(and_(later.c.matched_unknown_id == unknowns.c.unknown_id, later.c.cluster_id.is_not(None)))
+                  .scalar_subquery())
+    unclustered = [{"target": row["unknown_id"]} for row in rows if row["cluster_id"] is None]
+    if unclustered:
+        connection.execute(update(unknowns).where(and_(unknowns.c.unknown_id == bindparam("target"), unknowns.c.cluster_id.is_(None)))
+                           .values(cluster_id=func.coalesce(from_later, unknowns.c.cluster_id)), unclustered)
+
+
 def _pick(condition: Any, then: Any, otherwise: Any) -> Any:
     return case((condition, then), else_=otherwise)
 
 
-def _rounds(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The rows in rounds in which each play appears once: one statement may not upsert a row twice."""
+def _rounds(rows: Sequence[dict[str, Any]], key: str = "play_id") -> list[list[dict[str, Any]]]:
+    """The rows in rounds in which each key appears once: one statement may not upsert a row twice."""
     rounds: list[list[dict[str, Any]]] = []
     seen: list[set[str]] = []
     for row in rows:
-        index = next((i for i, ids in enumerate(seen) if row["play_id"] not in ids), len(rounds))
+        index = next((i for i, ids in enumerate(seen) if row[key] not in ids), len(rounds))
         if index == len(rounds):
             rounds.append([])
             seen.append(set())
         rounds[index].append(row)
-        seen[index].add(row["play_id"])
+        seen[index].add(row[key])
     return rounds
+
+
+def event_row(data: Any) -> EventRow:
+    """(kind, row) for an event's JSON object: plays of any schema version (version 1, or a `state` and no
+    `kind`), and the kinds of version 2. UnsupportedEvent for a kind or version this code does not know,
+    MalformedEvent (MalformedPlay) for one it knows with a field that is wrong."""
+    if not isinstance(data, Mapping):
+        raise MalformedEvent(f"an event is a JSON object, not {type(data).__name__}")
+    version, kind = data.get("schema_version"), data.get("kind")
+    if version == SCHEMA_VERSION or (kind is None and ("state" in data or not _is_count(version) or version < SCHEMA_VERSION)):
+        return "play", play_row(data)
+    if kind in KIND_ROWS and version == KINDS_SCHEMA_VERSION:
+        return kind, KIND_ROWS[kind](data)
+    raise UnsupportedEvent(f"event {_name(data)} is of kind {kind!r} at schema_version {version!r}, which this version of airtrace "
+                           f"does not store (plays, and unknown and airtime at version {KINDS_SCHEMA_VERSION}); upgrade airtrace and import it again")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def unknown_row(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of an `unknown` event (UnknownEvent.to_json()); MalformedEvent names the field that is wrong."""
+    try:
+        stream_start, stream_end = _number(data, "stream_start"), _number(data, "stream_end")
+        return {
+            "unknown_id": _uuid(data, "unknown_id"), "event_id": _uuid(data, "event_id"), "stream_id": _text(data, "stream_id"),
+            "started_at": _time(data, "started_at"), "ended_at": _time(data, "ended_at"), "duration": stream_end - stream_start,
+            "stream_start": stream_start, "stream_end": stream_end, "music_seconds": _number(data, "music_seconds"),
+            "decided_offset": _number(data, "decided_offset"),
+            "cluster_id": _uuid(data, "cluster_id", optional=True), "matched_unknown_id": _uuid(data, "matched_unknown_id", optional=True),
+            **{key: _number(data, key, optional=True) for key in ("ref_start", "speed", "score")},
+            "stream": _object(data, "stream"),
+        }
+    except KeyError as exc:
+        raise MalformedEvent(f"unknown event {_name(data)} has no {exc.args[0]!r} field") from None
+    except MalformedEvent as exc:
+        raise MalformedEvent(f"unknown event {_name(data)}: {exc}") from None
+
+
+def airtime_row(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of an `airtime` event (AirtimeEvent.to_json()): a class it leaves out aired 0 s."""
+    try:
+        seconds = data["seconds"]
+        if not isinstance(seconds, Mapping) or set(seconds) - set(CONTENT_CLASSES):
+            raise MalformedEvent(f"seconds {seconds!r} is not an object of content classes ({', '.join(CONTENT_CLASSES)})")
+        first_seq = data["first_seq"]
+        if not _is_count(first_seq) or first_seq < 0:
+            raise MalformedEvent(f"first_seq {first_seq!r} is not a window number")
+        return {
+            "event_id": _uuid(data, "event_id"), "stream_id": _text(data, "stream_id"), "hour": _time(data, "hour"), "first_seq": first_seq,
+            **{name: _number(seconds, name, optional=True) or 0.0 for name in CONTENT_CLASSES},
+            "decided_offset": _number(data, "decided_offset"), "stream": _object(data, "stream"),
+        }
+    except KeyError as exc:
+        raise MalformedEvent(f"airtime event {_name(data)} has no {exc.args[0]!r} field") from None
+    except MalformedEvent as exc:
+        raise MalformedEvent(f"airtime event {_name(data)}: {exc}") from None
+
+
+KIND_ROWS = {"unknown": unknown_row, "airtime": airtime_row}
 
 
 def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,7 +391,7 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
         }
     except KeyError as exc:
         raise MalformedPlay(f"play event {_name(data)} has no {exc.args[0]!r} field") from None
-    except MalformedPlay as exc:
+    except MalformedEvent as exc:
         raise MalformedPlay(f"play event {_name(data)}: {exc}") from None
 
 
@@ -262,16 +402,25 @@ def _name(data: Any) -> str:
 def _text(data: Mapping[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str) or not value:
-        raise MalformedPlay(f"{key} {value!r} is not a non-empty string")
+        raise MalformedEvent(f"{key} {value!r} is not a non-empty string")
     return value
 
 
-def _uuid(data: Mapping[str, Any], key: str) -> str:
+def _uuid(data: Mapping[str, Any], key: str, optional: bool = False) -> str | None:
+    if optional and data.get(key) is None:
+        return None
     value = _text(data, key)
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise MalformedPlay(f"{key} {value!r} is not a UUID") from None
+        raise MalformedEvent(f"{key} {value!r} is not a UUID") from None
+
+
+def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = {} if data.get(key) is None else data[key]
+    if not isinstance(value, dict):
+        raise MalformedEvent(f"{key} is not an object")
+    return value
 
 
 def _number(data: Mapping[str, Any], key: str, optional: bool = False) -> float | None:
@@ -279,7 +428,7 @@ def _number(data: Mapping[str, Any], key: str, optional: bool = False) -> float 
     if value is None and optional:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        raise MalformedPlay(f"{key} {value!r} is not a number")
+        raise MalformedEvent(f"{key} {value!r} is not a number")
     return float(value)
 
 
@@ -290,4 +439,4 @@ def _time(data: Mapping[str, Any], key: str, optional: bool = False) -> datetime
     try:
         return datetime.fromtimestamp(from_iso(value), timezone.utc)
     except (TypeError, ValueError, AttributeError):
-        raise MalformedPlay(f"{key} {value!r} is not an ISO 8601 UTC time") from None
+        raise MalformedEvent(f"{key} {value!r} is not an ISO 8601 UTC time") from None

@@ -12,13 +12,14 @@ from typing import Any, Protocol
 from monitor.catalog import Catalog, CatalogError
 from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.records import Neighbour, WindowHits
+from monitor.stages.airing import Airing
 from monitor.stages.calibration import Calibration, calibrate
 from monitor.stages.matcher import Match
 
 RECENT_WINDOWS = 4  # OpenPlay.recent remembers the support of this many latest windows
 
 
-STATE_VERSION = 2  # 2 added OpenPlay.first_support_offset and .published; version 1 states are still read
+STATE_VERSION = 3  # 2 added OpenPlay.first_support_offset and .published, 3 the airing; older states are still read
 
 
 class TrackLike(Protocol):
@@ -135,6 +136,7 @@ class StreamState:
     play: OpenPlay | None = None
     spent: tuple[tuple[str, int], ...] = ()  # (track, seq): that track's hits up to seq belong to a closed play
     pending: tuple[str, float, float, int] | None = None  # (track, speed, intercept, times found) of a line not yet confirmed
+    airing: Airing = Airing()  # its music stretch and hourly content counts (monitor.stages.airing)
 
     def to_json(self) -> str:
         play = None
@@ -153,6 +155,7 @@ class StreamState:
                 "play": play,
                 "spent": self.spent,
                 "pending": self.pending,
+                "airing": self.airing.to_json(),
             },
             separators=(",", ":"),
         )
@@ -160,7 +163,7 @@ class StreamState:
     @classmethod
     def from_json(cls, text: str) -> "StreamState":
         data = json.loads(text)
-        if data.get("v") not in (1, STATE_VERSION):
+        if data.get("v") not in (1, 2, STATE_VERSION):
             raise ValueError(f"play state version {data.get('v')!r} is not {STATE_VERSION}; it was saved by another release")
         stream_id = data["stream_id"]
         history = tuple(
@@ -174,7 +177,8 @@ class StreamState:
             play = OpenPlay(**{**play, "line": Line(**play["line"]), "fit": tuple(play["fit"])})
         spent = tuple((track, seq) for track, seq in data["spent"])
         pending = None if data["pending"] is None else tuple(data["pending"])
-        return cls(stream_id, data["last_seq"], data["floor_offset"], history, play, spent, pending)
+        airing = Airing.from_json(data["airing"]) if "airing" in data else Airing()
+        return cls(stream_id, data["last_seq"], data["floor_offset"], history, play, spent, pending, airing)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 `hits_for` is the step both modes run on streams: windows of many streams are embedded in one batch (the
 encoder is fastest on big batches) and searched in one call; each window keeps its stamps, so streams can
-be mixed freely within a batch. With a `ContentCount` the same pass also labels what each window holds. `embed_audible` is how a catalog's tracks and `identify`'s clips are cut,
-cleared of silent windows and embedded.
+be mixed freely within a batch. With a `ContentCount` the same pass also labels what each window holds,
+and music windows keep their embedding and first hop of audio, which unknown stretches are made of.
+`embed_audible` is how a catalog's tracks and `identify`'s clips are cut, cleared of silent windows and
+embedded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from monitor.constants import SILENCE_RMS
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, Neighbour, WindowHits
 from monitor.stages.windows import WindowGrid
+
+MUSIC_CLASSES = frozenset({"music", "speech_over_music"})  # content that can be a catalog track or an unknown stretch
 
 EMBED_CHUNK = 1024  # windows cut and embedded at a time, so a long file never sits in memory as windows
 
@@ -43,14 +47,16 @@ class ContentCount:
     encoder's embeddings, and each window's class counts one hop of its stream in airtrace_content_seconds."""
 
     classifier: Classifies
-    hop_seconds: float
+    grid: WindowGrid  # the stream's windows
 
-    def embed(self, windows: Sequence[AudioWindow], samples: np.ndarray, metrics: Metrics | None) -> np.ndarray:
+    def embed(self, windows: Sequence[AudioWindow], samples: np.ndarray, metrics: Metrics | None) -> tuple[np.ndarray, list[str]]:
+        """The windows' embeddings and content classes."""
         embeddings, labels, _ = self.classifier.embed_and_classify(samples)
+        labels = [str(label) for label in labels]
         if metrics is not None:
             for window, label in zip(windows, labels):
-                metrics.content_seconds.labels(window.stream_id, str(label)).inc(self.hop_seconds)
-        return embeddings
+                metrics.content_seconds.labels(window.stream_id, label).inc(self.grid.hop_seconds)
+        return embeddings, labels
 
 
 def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches, k: int, metrics: Metrics | None = None,
@@ -61,7 +67,10 @@ def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches,
         return []
     began = time.perf_counter()
     samples = np.stack([w.samples for w in windows])
-    embeddings = encoder.embed(samples) if content is None else content.embed(windows, samples, metrics)
+    if content is None:
+        embeddings, labels = encoder.embed(samples), [None] * len(windows)
+    else:
+        embeddings, labels = content.embed(windows, samples, metrics)
     embedded = time.perf_counter()
     neighbours = catalog.search(embeddings, k)
     searched = time.perf_counter()
@@ -71,7 +80,18 @@ def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches,
         metrics.search_seconds.observe(searched - embedded)
         for window in windows:
             metrics.hits.labels(window.stream_id).inc()
-    return [WindowHits(w.stream_id, w.seq, w.offset, w.air_time, tuple(n), w.after_gap) for w, n in zip(windows, neighbours)]
+    hop = None if content is None else content.grid.hop
+    return [_hits(w, tuple(n), label, vector, hop) for w, n, label, vector in zip(windows, neighbours, labels, embeddings)]
+
+
+def _hits(window: AudioWindow, neighbours: tuple[Neighbour, ...], label: str | None, embedding: np.ndarray, hop: int | None) -> WindowHits:
+    """The window's hits; a labelled window keeps its first hop of audio (an unknown stretch's excerpt is made
+    of them, talk inside it included), a music window its embedding too."""
+    if label is None:
+        return WindowHits(window.stream_id, window.seq, window.offset, window.air_time, neighbours, window.after_gap)
+    audio = np.round(np.clip(window.samples[:hop], -1.0, 1.0) * 32767.0).astype(np.int16)
+    vector = np.asarray(embedding, np.float32) if label in MUSIC_CLASSES else None
+    return WindowHits(window.stream_id, window.seq, window.offset, window.air_time, neighbours, window.after_gap, label, vector, audio)
 
 
 def audible(windows: np.ndarray) -> np.ndarray:

@@ -16,13 +16,17 @@ from dataclasses import replace
 
 from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
-from monitor.events import PlayEvent
+from monitor.events import Event, UnknownEvent
 from monitor.metrics import Metrics
+from monitor.options import UnknownConfig
+from monitor.stages.airing import AiringTracker
 from monitor.stages.search import ContentCount, hits_for
 from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
 from monitor.stages.plays import PlayTracker
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import StateStore
+from monitor.stages.unknown_store import MemoryUnknownStore, UnknownStore
+from monitor.stages.unknowns import Resolved, UnknownSearch
 from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ def content_count(encoder: Encoder) -> ContentCount | None:
     except EncoderError as exc:
         log.info("no content classes for this catalog's encoder: %s", exc)
         return None
-    return ContentCount(classifier, WindowGrid.for_encoder(encoder).hop_seconds)
+    return ContentCount(classifier, WindowGrid.for_encoder(encoder))
 
 
 class LiveCatalog:
@@ -95,21 +99,32 @@ class LiveCatalog:
 
 
 class TrackingStep:
-    """The play state machine over batches of hits and stream ends from many streams, state in a StateStore.
+    """The play state machine, and after it the airing tracker (unknown stretches, hourly airtime), over
+    batches of hits and stream ends from many streams, state in a StateStore.
 
-    One step is `advance` (new states and the events they caused; nothing saved), `unpublished` (the events
-    no one published yet: a replay re-derives published ones with the same ids), publishing them, then
-    `commit`. A process that dies before `commit` redoes the step from the same saved states."""
+    One step is `advance` (new states and the events they caused, unknown stretches searched among the
+    kept ones; nothing saved), `unpublished` (the events no one published yet: a replay re-derives
+    published ones with the same ids), publishing them, then `commit`. A process that dies before `commit`
+    redoes the step from the same saved states. Unknown stretches are kept in `unknowns`, which every
+    tracking process must share for repeats across them to be found (a MemoryUnknownStore by default)."""
 
-    def __init__(self, catalog: LiveCatalog, store: StateStore, config: PlayConfig | None = None):
+    def __init__(self, catalog: LiveCatalog, store: StateStore, config: PlayConfig | None = None,
+                 unknowns: UnknownStore | None = None, unknown_config: UnknownConfig | None = None):
         grid = catalog.catalog.grid
-        self.tracker = PlayTracker(config or PlayConfig.for_grid(grid.window_seconds, grid.hop_seconds))
+        config = config or PlayConfig.for_grid(grid.window_seconds, grid.hop_seconds)
+        self.tracker = PlayTracker(config)
+        unknown_config = unknown_config or UnknownConfig()
+        self.airing = AiringTracker(unknown_config, config.window_seconds, config.hop_seconds)
+        self.unknowns = UnknownSearch(unknowns or MemoryUnknownStore(), unknown_config, config.window_seconds, config.hop_seconds,
+                                      catalog.catalog.encoder.sample_rate)
         self.catalog, self.store = catalog, store
+        self._resolved: dict[str, Resolved] = {}  # by event id: decided stretches to keep once published
 
-    def advance(self, items: Sequence[WindowHits | EndOfStream]) -> tuple[dict[str, StreamState], list[PlayEvent]]:
+    def advance(self, items: Sequence[WindowHits | EndOfStream]) -> tuple[dict[str, StreamState], list[Event]]:
         by_stream: dict[str, list[WindowHits | EndOfStream]] = defaultdict(list)
         for item in items:
             by_stream[item.stream_id].append(item)
+        self.unknowns.hear(item for item in items if isinstance(item, WindowHits))
         saved = self.store.load(by_stream)
         states, events = {}, []
         for stream_id, stream_items in by_stream.items():
@@ -119,22 +134,46 @@ class TrackingStep:
                 events += caused
             if state is not None:
                 states[stream_id] = state
+        events = [self._resolve(e) if isinstance(e, UnknownEvent) else e for e in events]
+        for end in (item for item in items if isinstance(item, EndOfStream)):
+            self.unknowns.forget(end.stream_id)
         return states, events
 
-    def _step(self, state: StreamState | None, stream_id: str, item: WindowHits | EndOfStream) -> tuple[StreamState | None, list[PlayEvent]]:
+    def _step(self, state: StreamState | None, stream_id: str, item: WindowHits | EndOfStream) -> tuple[StreamState | None, list[Event]]:
         info = self.catalog.info
         if isinstance(item, WindowHits):
-            return self.tracker.update(state or StreamState(stream_id), item, info)
+            state = state or StreamState(stream_id)
+            if item.seq <= state.last_seq:  # a replayed window
+                return state, []
+            state, plays = self.tracker.update(state, item, info)
+            airing, found = self.airing.update(stream_id, state.airing, item, plays, _provisional_start(state))
+            return replace(state, airing=airing), [*plays, *found]
         if state is None or item.seq <= state.last_seq:  # nothing heard of the stream, or a replayed end
             return state, []
-        state, events = self.tracker.close(state, info)
-        return replace(state, last_seq=item.seq), events
+        seen = state.history[-1].offset + self.tracker.config.window_seconds if state.history else state.airing.music_last
+        state, plays = self.tracker.close(state, info)
+        airing, found = self.airing.close(stream_id, state.airing, plays, _provisional_start(state), seen)
+        return replace(state, last_seq=item.seq, airing=airing), [*plays, *found]
 
-    def unpublished(self, events: Sequence[PlayEvent]) -> list[PlayEvent]:
+    def _resolve(self, event: UnknownEvent) -> UnknownEvent:
+        resolved = self.unknowns.resolve(event, self.catalog.info.calibration)
+        self._resolved[resolved.event.event_id] = resolved
+        return resolved.event
+
+    def unpublished(self, events: Sequence[Event]) -> list[Event]:
         published = self.store.published(e.event_id for e in events)
         return [e for e in events if e.event_id not in published]
 
-    def commit(self, states: dict[str, StreamState], published: Iterable[PlayEvent]) -> None:
-        """After the events are out: remember them, then save the states that caused them."""
+    def commit(self, states: dict[str, StreamState], published: Iterable[Event]) -> None:
+        """After the events are out: remember them, keep the unknown stretches among them, then save the
+        states that caused them."""
+        published = list(published)
         self.store.mark_published(e.event_id for e in published)
+        self.unknowns.keep(self._resolved[e.event_id] for e in published if e.event_id in self._resolved)
+        self._resolved.clear()
         self.store.save(states)
+
+
+def _provisional_start(state: StreamState) -> float | None:
+    """Where the play that is still provisional starts: its started event, if it comes, is dated there."""
+    return state.play.stream_start if state.play is not None and not state.play.published else None

@@ -1,0 +1,124 @@
+"""Unknown stretches and the clusters of repeated ones, as the play log lists, shows and exports them.
+
+A cluster is the unknown stretches that share a cluster_id: the same piece of music, not in the catalog,
+aired more than once. Its kind follows its typical (median) airing: a song from SONG_SECONDS up, a jingle
+(ads, idents) below. Lists and reports count the occurrences in the asked range and on the asked stream;
+the rows are plain values ready for `write_rows`, as in monitor.playlog.queries.
+"""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, select
+
+from monitor.playlog.queries import Rows, TimeRange, _fetch, _iso, write_rows
+from monitor.playlog.schema import SONG_SECONDS, cluster_excerpts, unknowns
+from monitor.playlog.store import PlayLog, PlayLogError
+
+KINDS = ("jingle", "song")
+CLUSTER_COLUMNS = ["cluster_id", "kind", "plays", "first_seen", "last_seen", "streams", "typical_duration", "excerpt"]
+STRETCH_COLUMNS = ["unknown_id", "stream_id", "started_at", "ended_at", "duration", "music_seconds", "cluster_id", "matched_unknown_id",
+                   "ref_start", "speed", "score"]
+OCCURRENCE_COLUMNS = ["cluster_id", "unknown_id", "stream_id", "started_at", "ended_at", "duration", "speed", "ref_start", "matched_unknown_id",
+                      "score"]
+
+
+def cluster_kind(typical_duration: float) -> str:
+    return "song" if typical_duration >= SONG_SECONDS else "jingle"
+
+
+@dataclass(frozen=True)
+class ClusterFilter:
+    """Which clusters to list: occurrences in `span` on `stream` count; then kind and plays select."""
+
+    span: TimeRange = TimeRange()
+    stream: str | None = None
+    kind: str | None = None
+    min_plays: int = 1
+
+
+def list_clusters(log: PlayLog, chosen: ClusterFilter = ClusterFilter()) -> Rows:
+    """Clusters, most played first: plays, first and last airing, streams, typical duration, whether an excerpt is saved."""
+    condition = unknowns.c.cluster_id.is_not(None) & chosen.span.where(unknowns.c.started_at)
+    if chosen.stream is not None:
+        condition &= unknowns.c.stream_id == chosen.stream
+    rows = [row for row in _summaries(log, condition) if row["plays"] >= chosen.min_plays and chosen.kind in (None, row["kind"])]
+    return CLUSTER_COLUMNS, sorted(rows, key=lambda row: (-row["plays"], row["first_seen"], row["cluster_id"]))
+
+
+def _summaries(log: PlayLog, condition: ColumnElement[bool]) -> list[dict[str, Any]]:
+    """One summary per cluster of the stretches that meet `condition` (the median is taken here: SQLite has none)."""
+    query = select(unknowns.c.cluster_id, unknowns.c.stream_id, unknowns.c.started_at, unknowns.c.duration).where(condition)
+    airings: dict[str, list[Any]] = {}
+    with log.connect() as connection:
+        for row in connection.execute(query.order_by(unknowns.c.cluster_id, unknowns.c.started_at)):
+            airings.setdefault(row.cluster_id, []).append(row)
+        saved = set(connection.execute(select(cluster_excerpts.c.cluster_id)).scalars())  # one small row per cluster
+    summaries = []
+    for cluster, found in airings.items():
+        typical = statistics.median(row.duration for row in found)
+        summaries.append({"cluster_id": cluster, "kind": cluster_kind(typical), "plays": len(found), "first_seen": _iso(found[0].started_at),
+                          "last_seen": _iso(found[-1].started_at), "streams": ",".join(sorted({row.stream_id for row in found})),
+                          "typical_duration": round(typical, 3), "excerpt": cluster in saved})
+    return summaries
+
+
+def list_stretches(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None = None) -> Rows:
+    """Every unknown stretch, clustered or not, oldest first."""
+    condition = span.where(unknowns.c.started_at)
+    if stream is not None:
+        condition &= unknowns.c.stream_id == stream
+    query = select(*(unknowns.c[name] for name in STRETCH_COLUMNS)).where(condition).order_by(unknowns.c.started_at, unknowns.c.unknown_id)
+    return STRETCH_COLUMNS, _fetch(log, query)
+
+
+def occurrences(log: PlayLog, cluster_ids: Sequence[str] | None = None) -> Rows:
+    """The airings of clusters (all of them without `cluster_ids`), by cluster and air time."""
+    condition = unknowns.c.cluster_id.is_not(None) if cluster_ids is None else unknowns.c.cluster_id.in_(cluster_ids)
+    query = (select(*(unknowns.c[name] for name in OCCURRENCE_COLUMNS)).where(condition)
+             .order_by(unknowns.c.cluster_id, unknowns.c.started_at, unknowns.c.unknown_id))
+    return OCCURRENCE_COLUMNS, _fetch(log, query)
+
+
+def show_cluster(log: PlayLog, cluster_id: str) -> tuple[dict[str, Any], Rows]:
+    """A cluster's summary over all its airings, and each airing."""
+    cluster = parse_cluster_id(cluster_id)
+    summaries = _summaries(log, unknowns.c.cluster_id == cluster)
+    if not summaries:
+        raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
+    return summaries[0], occurrences(log, [cluster])
+
+
+def parse_cluster_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise PlayLogError(f"{text!r} is not a cluster id (a UUID such as 0f9e...-...); `airtrace unknowns list` shows the cluster ids") from None
+
+
+def export(log: PlayLog, directory: Path, fmt: str, chosen: ClusterFilter = ClusterFilter(), overwrite: bool = False) -> list[Path]:
+    """Write clusters.{fmt}, occurrences.{fmt} and each saved excerpt as CLUSTER_ID.ogg into `directory`;
+    returns the files written. Refuses, before writing anything, to replace a file unless `overwrite`."""
+    columns, clusters = list_clusters(log, chosen)
+    ids = [row["cluster_id"] for row in clusters]
+    with log.connect() as connection:
+        excerpts = dict(connection.execute(select(cluster_excerpts.c.cluster_id, cluster_excerpts.c.excerpt)
+                                           .where(cluster_excerpts.c.cluster_id.in_(ids))).all()) if ids else {}
+    tables = {directory / f"clusters.{fmt}": (columns, clusters), directory / f"occurrences.{fmt}": occurrences(log, ids)}
+    audio = {directory / f"{cluster}.ogg": excerpts[cluster] for cluster in ids if cluster in excerpts}
+    existing = [str(path) for path in [*tables, *audio] if path.exists()]
+    if existing and not overwrite:
+        raise PlayLogError(f"{len(existing)} file(s) already exist, e.g. {existing[0]}; export into another directory, or give --overwrite to replace them")
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, (table_columns, rows) in tables.items():
+        with path.open("w", encoding="utf-8", newline="") as out:
+            write_rows(table_columns, rows, fmt, out)
+    for path, data in audio.items():
+        path.write_bytes(data)
+    return [*tables, *audio]

@@ -1,0 +1,152 @@
+"""`airtrace unknowns promote`: a cluster of repeated unknown music, named by a person, becomes a catalog
+track, and every airing of it the play log holds becomes a play of that track, retroactively.
+
+The cluster's saved excerpt (or a recording the person gives) is added to the catalog, so monitors find
+the track from their next catalog reload on. Each airing becomes a play with a deterministic id
+(`promoted_play_id`), dated where the unknown stretch was, placed in the recording by composing the
+matches that linked the airings (each stretch knows where it lies on the one it matched, and at which
+speed), with `track.promoted_from_cluster` saying where it came from; its unknown stretch names the play,
+so reports count those seconds once, as catalog music. Promoting the same cluster again changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import bindparam, select, update
+
+from encoders import AudioError, load_audio
+from monitor.catalog import Catalog, CatalogError
+from monitor.events import ID_NAMESPACE, PlayEvent
+from monitor.playlog.schema import cluster_excerpts, unknowns
+from monitor.playlog.store import PlayLog, PlayLogError
+from monitor.playlog.unknowns import parse_cluster_id
+
+
+@dataclass(frozen=True)
+class Airing:
+    unknown_id: str
+    stream_id: str
+    started_at: float
+    stream_start: float
+    stream_end: float
+    matched_unknown_id: str | None
+    ref_start: float | None
+    speed: float | None
+    score: float | None
+    stream: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    track_id: str
+    added: bool  # False: the track was already in the catalog from an earlier promotion of this cluster
+    plays: list[PlayEvent]  # started and ended event of each airing
+
+
+def promoted_play_id(unknown_id: str, track_id: str) -> str:
+    """The play an unknown stretch becomes when its cluster is promoted to `track_id`."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"promoted\x1f{unknown_id}\x1f{track_id}"))
+
+
+def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadata: dict[str, str], audio_file: Path | None = None) -> Promotion:
+    """Add the cluster's audio to `catalog` as `track_id` and its airings to `log` as plays. Raises PlayLogError
+    or CatalogError, having changed nothing, for a cluster that does not exist, audio that cannot be had, or
+    a track id the catalog holds for something else."""
+    cluster = parse_cluster_id(cluster)
+    airings = _airings(log, cluster)
+    if not airings:
+        raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
+    source, audio = _audio(log, cluster, audio_file, catalog.encoder.sample_rate)
+    metadata = {**metadata, "promoted_from_cluster": cluster}
+    added = _add_track(catalog, track_id, audio, metadata)
+    plays = _plays(airings, source, len(audio) / catalog.encoder.sample_rate, track_id, metadata)
+    log.apply(event.to_json() for event in plays)
+    with log.engine.begin() as connection:
+        connection.execute(update(unknowns).where(unknowns.c.unknown_id == bindparam("target")).values(promoted_play_id=bindparam("play")),
+                           [{"target": a.unknown_id, "play": promoted_play_id(a.unknown_id, track_id)} for a in airings])
+    return Promotion(track_id, added, plays)
+
+
+def _airings(log: PlayLog, cluster: str) -> list[Airing]:
+    columns = [unknowns.c[name] for name in ("unknown_id", "stream_id", "started_at", "stream_start", "stream_end", "matched_unknown_id",
+                                             "ref_start", "speed", "score", "stream")]
+    with log.connect() as connection:
+        rows = connection.execute(select(*columns).where(unknowns.c.cluster_id == cluster).order_by(unknowns.c.started_at)).all()
+    return [Airing(r.unknown_id, r.stream_id, r.started_at.timestamp(), r.stream_start, r.stream_end, r.matched_unknown_id,
+                   r.ref_start, r.speed, r.score, r.stream or {}) for r in rows]
+
+
+def _audio(log: PlayLog, cluster: str, audio_file: Path | None, sample_rate: int) -> tuple[str | None, np.ndarray]:
+    """(the stretch the audio is of, None for a person's recording; the samples)."""
+    try:
+        if audio_file is not None:
+            return None, load_audio(audio_file, sample_rate)
+        with log.connect() as connection:
+            saved = connection.execute(select(cluster_excerpts.c.unknown_id, cluster_excerpts.c.excerpt)
+                                       .where(cluster_excerpts.c.cluster_id == cluster)).first()
+        if saved is None:
+            raise PlayLogError(f"cluster {cluster} has no saved audio (its airings were heard by workers, which keep none); "
+                               f"give --audio FILE with a recording of it")
+        return saved.unknown_id, load_audio(io.BytesIO(saved.excerpt), sample_rate)
+    except AudioError as exc:
+        raise PlayLogError(f"cannot read the audio for cluster {cluster}: {exc}; give --audio FILE with a readable recording") from None
+
+
+def _add_track(catalog: Catalog, track_id: str, audio: np.ndarray, metadata: dict[str, str]) -> bool:
+    """Add the track; False when an earlier promotion of this cluster added it already."""
+    try:
+        known = catalog.track(track_id)
+    except CatalogError:
+        catalog.add_audio(track_id, audio, metadata)
+        return True
+    if known.metadata.get("promoted_from_cluster") != metadata["promoted_from_cluster"]:
+        raise CatalogError(f"track id {track_id!r} is already in the catalog for other audio; give another --track-id")
+    return False
+
+
+def _plays(airings: list[Airing], source: str | None, seconds: float, track_id: str, metadata: dict[str, str]) -> list[PlayEvent]:
+    placed = _placements(airings, source, seconds)
+    plays = []
+    for a in airings:
+        speed, ref_start = placed.get(a.unknown_id, (1.0, 0.0))
+        duration = a.stream_end - a.stream_start
+        ended = PlayEvent(
+            play_id=promoted_play_id(a.unknown_id, track_id), state="ended", stream_id=a.stream_id, track_id=track_id,
+            started_at=a.started_at, stream_start=a.stream_start, ref_start=max(0.0, ref_start), speed=speed, score=a.score or 0.0,
+            confidence=1.0, decided_offset=a.stream_end, ended_at=a.started_at + duration, stream_end=a.stream_end,
+            ref_end=max(0.0, ref_start + speed * duration), track=metadata, stream=a.stream,
+        )
+        started = PlayEvent(**{**ended.__dict__, "state": "started", "ended_at": None, "stream_end": None, "ref_end": None})
+        plays += [started, ended]
+    return plays
+
+
+def _placements(airings: list[Airing], source: str | None, seconds: float) -> dict[str, tuple[float, float]]:
+    """(speed, position in the recording at the airing's start) of each airing the matches link to the
+    stretch the recording is of; the recording is that stretch's latest `seconds` (how excerpts are cut).
+    A person's recording is taken to start where the earliest airing does."""
+    by_id = {a.unknown_id: a for a in airings}
+    links: dict[str, list[tuple[str, float, float]]] = defaultdict(list)  # id -> (other, a, b): other's time = a * own time + b
+    for a in airings:
+        if a.matched_unknown_id in by_id and a.speed and a.ref_start is not None:
+            links[a.unknown_id].append((a.matched_unknown_id, a.speed, a.ref_start))
+            links[a.matched_unknown_id].append((a.unknown_id, 1.0 / a.speed, -a.ref_start / a.speed))
+    root = source if source in by_id else airings[0].unknown_id
+    root_start = max(0.0, by_id[root].stream_end - by_id[root].stream_start - seconds) if source in by_id else 0.0
+    to_root = {root: (1.0, -root_start)}  # own time -> recording time
+    queue = deque([root])
+    while queue:
+        here = queue.popleft()
+        a_here, b_here = to_root[here]
+        for other, a, b in links[here]:  # here = (t_other - b) / a, so recording = a_here * (t_other - b) / a + b_here
+            if other not in to_root:
+                to_root[other] = (a_here / a, b_here - a_here * b / a)
+                queue.append(other)
+    return to_root
