@@ -199,11 +199,11 @@ def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed
 @click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")
 @click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
 @click.option("--stations", default=4, show_default=True, type=click.IntRange(1), help="Synthetic stations, monitored at once.")
-@click.option("--hours", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Stream per station: the simulated day compressed into this.")
+@click.option("--hours", default=3.0, show_default=True, type=click.FloatRange(0.05), help="Stream per station: the simulated day compressed into this.")
 @click.option("--songs", default=12, show_default=True, type=click.IntRange(1), help="Non-catalog songs that air 2-5 times across stations.")
 @click.option("--jingles", default=2, show_default=True, type=click.IntRange(0), help="Jingles (5-15 s) per station.")
 @click.option("--jingle-minutes", default=10.0, show_default=True, type=click.FloatRange(0.5), help="Stream minutes between a jingle's airings (at least 3 airings each).")
-@click.option("--fill", default=16, show_default=True, type=click.IntRange(1), help="Non-catalog tracks that air once each.")
+@click.option("--fill", default=24, show_default=True, type=click.IntRange(1), help="Held-out tracks for non-catalog music aired once each (fewer where the catalog finds something of a held-out track).")
 @click.option("--min-unknown-seconds", default=5.0, show_default=True, type=click.FloatRange(1.0),
               help=f"Shortest unknown stretch the monitor reports (`airtrace monitor` reports from {UnknownConfig.min_seconds:g} s; jingles need less).")
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
