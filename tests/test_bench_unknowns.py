@@ -16,7 +16,7 @@ from monitor.bench.broadcast import PlayFigures, decoded, readable
 from monitor.bench.references import read_references
 from monitor.catalog import Catalog
 from monitor.bench.unknowns import (Airing, DaySettings, DaySources, _talk_clips, cluster_truths, clusters,
-                                    compose_day, found_share, not_in_catalog, plan_day, purity, read_day, repeats,
+                                    compose_day, found_share, not_in_catalog, piece_of, plan_day, purity, read_day, repeats,
                                     split_held_out)
 from monitor.demo.broadcast import SAMPLE_RATE
 from monitor.events import PlayEvent, UnknownEvent, unknown_id
@@ -106,6 +106,13 @@ def test_purity_and_mixed_clusters(day_events: list[UnknownEvent]) -> None:
     assert [t.cluster_id for t in truths.values() if t.mixed] == ["c3"]
     assert purity(list(truths.values())) == pytest.approx((3 + 3 + 1) / (3 + 3 + 2))
     assert purity([]) is None
+
+
+def test_an_occurrence_is_the_music_it_overlaps_not_the_talk_beside_it() -> None:
+    day = [aired("A", "talk", "talk", 0, 15), aired("A", "jingle", "J", 15, 25), aired("A", "talk", "talk", 40, 60),
+           aired("A", "catalog", "t1", 25, 40)]
+    events = events_named(("k1", "A", 2, 25), ("k2", "A", 41, 59), ("k3", "A", 30, 50))
+    assert [piece_of(e, day).piece for e in events] == ["jingle:J", "talk:talk", "catalog:t1"]
 
 
 def test_catalog_plays_are_scored_per_station_and_summed() -> None:

@@ -135,12 +135,12 @@ class DaySources:
 
 
 def split_held_out(held_out: Sequence[Reference], settings: DaySettings) -> tuple[list[Reference], list[Reference], list[Reference]]:
-    """(songs, jingle sources, filler music) from the readable held-out tracks, a seeded draw."""
+    """(songs, jingle sources, filler music: what is left, maybe none) from the readable held-out tracks, a seeded draw."""
     usable = readable(held_out)
     needed = settings.songs + settings.jingles * settings.stations
-    if len(usable) < needed + 1:
-        raise BenchError(f"{len(usable)} readable held-out tracks are too few for {settings.songs} songs, "
-                         f"{settings.jingles * settings.stations} jingles and filler music: give more references or ask for fewer")
+    if len(usable) < needed:
+        raise BenchError(f"{len(usable)} readable held-out tracks that the catalog finds nothing of are too few for {settings.songs} "
+                         f"songs and {settings.jingles * settings.stations} jingles: give more references, or more --fill, or ask for fewer")
     order = [usable[i] for i in np.random.default_rng(settings.seed).permutation(len(usable))]
     jingles_end = settings.songs + settings.jingles * settings.stations
     return order[: settings.songs], order[settings.songs : jingles_end], order[jingles_end:]
@@ -373,10 +373,15 @@ def covering(airing: Airing, unknowns: Sequence[UnknownEvent]) -> UnknownEvent |
 
 
 def piece_of(event: UnknownEvent, airings: Sequence[Airing]) -> Airing | None:
-    """The airing an unknown event overlaps most (on its own station), if any."""
-    overlaps = [(a.overlap(event.stream_start, event.stream_end), i) for i, a in enumerate(airings) if a.station == event.stream_id]
-    best = max(overlaps, default=(0.0, -1))
-    return airings[best[1]] if best[0] > 0 else None
+    """The airing of music an unknown event overlaps most (on its own station), else the talk it overlaps
+    most, if any: a stretch of a jingle and the words before it is that jingle (the tracker may well hear
+    talk as music at a stretch's edge), but a stretch on talk alone is talk."""
+    mine = [a for a in airings if a.station == event.stream_id]
+    for candidates in ([a for a in mine if a.kind != "talk"], [a for a in mine if a.kind == "talk"]):
+        overlap, best = max(((a.overlap(event.stream_start, event.stream_end), i) for i, a in enumerate(candidates)), default=(0.0, -1))
+        if overlap > 0:
+            return candidates[best]
+    return None
 
 
 @dataclass(frozen=True)
@@ -438,7 +443,8 @@ class ClusterTruth:
 
     @property
     def repeated_content(self) -> bool:
-        """Its majority is a piece that really aired repeatedly (a song or a jingle)."""
+        """Its majority is non-catalog music that really aired repeatedly (a song or a jingle), not the
+        part of a catalog airing its play left uncovered, talk, or music aired once."""
         return Counter(self.pieces).most_common(1)[0][0].split(":")[0] in ("song", "jingle")
 
 
@@ -543,7 +549,7 @@ def report(airings: Sequence[Airing], events: Sequence[object], stations: Sequen
     table.add("later airings clustered with an earlier one (%)", percent(sum(later), len(later)), "")
     table.add("cluster purity", None if pure is None else verdict(pure, 0.98, digits=3), ">= 0.98")
     table.add("clusters mixing pieces", verdict(sum(t.mixed for t in truths), 0, below=True, digits=0), "0")
-    table.add("clusters of content that did not repeat", sum(not t.repeated_content for t in truths), "")
+    table.add("clusters of no repeated song or jingle (catalog music, talk)", sum(not t.repeated_content for t in truths), "")
     table.add("stream seconds (all stations)", round(stream_seconds), "")
     table.add("process CPU seconds per stream second", round(cpu / stream_seconds, 4) if stream_seconds else None, "")
     table.add("streams per core (bench streams: same measure, real-time paced)", round(stream_seconds / cpu) if cpu else None, "")
