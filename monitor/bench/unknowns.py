@@ -2,9 +2,10 @@
 simulated day of several stations.
 
 The day is built from reference tracks (the dev split): part of them form the catalog and air as catalog
-plays the way `bench broadcast` plays them; of the rest, some are songs that air 2-5 times across
-stations (whole or in part), some give each station its jingles (5-15 s excerpts aired again and again),
-and the others air once each as filler music. Talk is recorded speech of the voice no model trained on
+plays the way `bench broadcast` plays them; of the rest (less those the catalog finds anything of: a
+corpus holds the same music under two names), some are songs that air 2-5 times across stations (whole
+or in part), some give each station its jingles (5-15 s excerpts aired again and again), and the others
+air once each as filler music. Talk is recorded speech of the voice no model trained on
 (encoders.speech.HELD_OUT_VOICE). Every airing goes through a distortion chain of `bench broadcast`
 (tempo, speed, pitch, noise, compression), and every non-catalog piece has a catalog track or talk on
 either side, so that where one unknown stretch ends is a fact of the programme. A day is compressed into
