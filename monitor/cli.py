@@ -196,6 +196,34 @@ def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed
     _bench_errors(lambda: run_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir or default_cache_dir(), out, _command()))
 
 
+@bench.command("unknowns")
+@click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of tracks (the dev split): the catalog, and the non-catalog songs, jingles and filler; repeatable.")
+@click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--stations", default=4, show_default=True, type=click.IntRange(1), help="Synthetic stations, monitored at once.")
+@click.option("--hours", default=3.0, show_default=True, type=click.FloatRange(0.05), help="Stream per station: the simulated day compressed into this.")
+@click.option("--songs", default=12, show_default=True, type=click.IntRange(1), help="Non-catalog songs that air 2-5 times across stations.")
+@click.option("--jingles", default=2, show_default=True, type=click.IntRange(0), help="Jingles (5-15 s) per station.")
+@click.option("--jingle-minutes", default=10.0, show_default=True, type=click.FloatRange(0.5), help="Stream minutes between a jingle's airings (at least 3 airings each).")
+@click.option("--fill", default=24, show_default=True, type=click.IntRange(1), help="Held-out tracks for non-catalog music aired once each (fewer where the catalog finds something of a held-out track).")
+@click.option("--min-unknown-seconds", default=5.0, show_default=True, type=click.FloatRange(1.0),
+              help=f"Shortest unknown stretch the monitor reports (`airtrace monitor` reports from {UnknownConfig.min_seconds:g} s; jingles need less).")
+@click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog and the day's audio are kept [~/.cache/airtrace/bench].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results and every pairing as JSON here.")
+def bench_unknowns(reference, distractors, encoder, stations, hours, songs, jingles, jingle_minutes, fill, min_unknown_seconds,
+                   limit, seed, hop, cache_dir, out) -> None:
+    """Unknown music on a simulated day of several stations: repeats clustered, cluster purity, jingles, catalog plays, CPU."""
+    from monitor.bench.commands import _command, default_cache_dir
+    from monitor.bench.unknowns import DaySettings, run_unknowns
+
+    settings = DaySettings(stations, hours, songs, jingles, jingle_minutes, fill, seed)
+    _bench_errors(lambda: run_unknowns(reference, distractors, encoder, settings, limit, min_unknown_seconds, hop,
+                                       cache_dir or default_cache_dir(), out, _command()))
+
+
 @bench.command("chaos")
 @click.option("--streams", default=20, show_default=True, help="Live HTTP streams of synthetic broadcasts of the demo music.")
 @click.option("--minutes", default=10.0, show_default=True, help="Stream time of each broadcast; 10 or more also makes the worker-down and stream-down alerts fire.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -38,7 +39,7 @@ from monitor.bench.references import BenchError, Reference, read_references, ref
 from monitor.bench.report import Table, publish, verdict
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
 from monitor.embedded import EmbeddedMonitor
-from monitor.events import plays_in
+from monitor.events import PlayEvent, plays_in
 from monitor.options import IngestOptions, MonitorOptions
 from monitor.stages.sources import StreamSource
 
@@ -61,7 +62,8 @@ def _warp(rng: np.random.Generator) -> str:
     return "clean"
 
 
-def _chain(rng: np.random.Generator) -> str:
+def distortion_chain(rng: np.random.Generator) -> str:
+    """A warp, often noise, sometimes compression: how one airing of a piece differs from its recording."""
     steps = [_warp(rng)]
     if rng.random() < 0.7:
         steps.append(f"noise:{rng.uniform(5, 20):.0f}")
@@ -73,7 +75,7 @@ def _chain(rng: np.random.Generator) -> str:
 def programme(catalog: Sequence[Reference], holdout: Sequence[Reference], plays: int, seed: int) -> list[Piece]:
     """`plays` plays of `catalog` tracks (each at most once while others remain), `holdout` music between."""
     rng = np.random.default_rng(seed)
-    catalog, holdout = _readable(catalog), _readable(holdout)
+    catalog, holdout = readable(catalog), readable(holdout)
     if not holdout or not catalog:
         raise BenchError("the broadcast needs catalog tracks and non-catalog music: give readable tracks and --holdout 1 or more")
     talk = speech_clips(SAMPLE_RATE)
@@ -87,19 +89,19 @@ def programme(catalog: Sequence[Reference], holdout: Sequence[Reference], plays:
             pieces.append(Piece("talk", "talk", talk[rng.integers(len(talk))], overlap=0.5))
         elif transition == "non-catalog":
             other = _decoded[holdout[rng.integers(len(holdout))].path]
-            first, last = _audible(other)
+            first, last = audible_span(other)
             seconds = min(float(rng.uniform(15, 30)), last - first)
             start = float(rng.uniform(first, last - seconds))
-            pieces.append(Piece("music", "non-catalog", other, ref_start=start, seconds=seconds, chain=_chain(rng), overlap=2.0))
+            pieces.append(Piece("music", "non-catalog", other, ref_start=start, seconds=seconds, chain=distortion_chain(rng), overlap=2.0))
         voice = talk[rng.integers(len(talk))]
         if transition == "voice-over":
             pieces.append(Piece("talk", "voice-over", voice))
-        first, last = _audible(audio)
+        first, last = audible_span(audio)
         cut_in = rng.random() < 0.35 and last - first > 60
         ref_start = float(rng.uniform(first + 10, last - 45)) if cut_in else first
         seconds = min(last - ref_start, float(rng.uniform(30, 75)))
         overlap = {"crossfade": float(rng.uniform(2, 5)), "voice-over": len(voice) / SAMPLE_RATE}.get(transition, 0.0)
-        pieces.append(Piece("track", ref.track_id, audio, ref_start=ref_start, seconds=seconds, chain=_chain(rng),
+        pieces.append(Piece("track", ref.track_id, audio, ref_start=ref_start, seconds=seconds, chain=distortion_chain(rng),
                             overlap=overlap, crossfade=transition != "voice-over"))
     return pieces
 
@@ -107,7 +109,12 @@ def programme(catalog: Sequence[Reference], holdout: Sequence[Reference], plays:
 _decoded: dict[Path, np.ndarray] = {}
 
 
-def _audible(audio: np.ndarray, floor_dbfs: float = -50.0) -> tuple[float, float]:
+def decoded(ref: Reference) -> np.ndarray:
+    """A track that `readable` kept, at SAMPLE_RATE."""
+    return _decoded[ref.path]
+
+
+def audible_span(audio: np.ndarray, floor_dbfs: float = -50.0) -> tuple[float, float]:
     """The span from the first to the last audible second: silence at either end would be a play no one
     hears (some game tracks are a few seconds of music and a minute of nothing)."""
     seconds = len(audio) // SAMPLE_RATE
@@ -118,7 +125,7 @@ def _audible(audio: np.ndarray, floor_dbfs: float = -50.0) -> tuple[float, float
     return (0.0 if loud[0] == 0 else float(loud[0])), float(loud[-1] + 1)
 
 
-def _readable(refs: Sequence[Reference]) -> list[Reference]:
+def readable(refs: Sequence[Reference]) -> list[Reference]:
     """The tracks that decode to 20 s or more of sound (kept decoded); the others are left out, with a reason."""
     kept = []
     for ref in refs:
@@ -128,7 +135,7 @@ def _readable(refs: Sequence[Reference]) -> list[Reference]:
             except AudioError as exc:
                 log.warning("not in the broadcast: %s", exc)
                 continue
-        first, last = _audible(_decoded[ref.path])
+        first, last = audible_span(_decoded[ref.path])
         if last - first < 20:
             log.warning("not in the broadcast: %s has only %.0f s of sound", ref.track_id, last - first)
             continue
@@ -151,28 +158,59 @@ def run_broadcast(reference: Sequence[str], distractors: Sequence[str], encoder:
     began = time.perf_counter()
     events = plays_in(EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run())
     elapsed = time.perf_counter() - began
-    card = score_plays(truth, events)
-    print(table(card), "\n")
+    figures = PlayFigures.of(truth, events)
+    print(table(figures.card), "\n")
     stream_seconds = max(t.stream_end for t in truth)
     summary = Table("Play events on a synthetic broadcast (embedded mode)", ["measure", "value", "target"], settings={
         **engine.settings, "broadcast": f"{path.name}: {stream_seconds / 60:.1f} min, {len(truth)} catalog plays, "
         f"holdout (non-catalog) tracks {len(refs.holdout)}", "monitored": f"in {elapsed:.0f} s wall"})
-    start, end, latency = card.median_abs("start_error"), card.median_abs("end_error"), card.p95("latency")
-    kinds = [_kind(p, truth) for p in card.pairings]
-    fragmented = len({_airing(p, truth) for p, kind in zip(card.pairings, kinds) if kind == "fragment"})
-    phantoms = kinds.count("phantom")
-    summary.add("recall", verdict(card.recall, 0.99, digits=3), ">= 0.99")
-    summary.add("fragmented airings (a second play of one airing)", verdict(fragmented, 0, below=True, digits=0), "0")
-    summary.add("phantoms per 400 true plays", verdict(400 * phantoms / len(truth), 1.0, below=True, digits=1), "<= 1")
-    summary.add("precision", round(card.precision, 3), "")
-    summary.add("median |start error| (s)", None if start is None else verdict(start, 0.5, below=True, digits=2), "<= 0.5")
-    summary.add("median |end error| (s)", None if end is None else verdict(end, 0.5, below=True, digits=2), "<= 0.5")
-    summary.add("detection latency p95 (s)", None if latency is None else verdict(latency, 8.0, below=True), "<= 8")
-    summary.add("true plays / detected / matched / fragments / phantoms / missed",
-                f"{len(truth)} / {sum(e.state == 'ended' for e in events)} / {kinds.count('matched')} / "
-                f"{kinds.count('fragment')} / {phantoms} / {kinds.count('missed')}", "")
-    publish([summary], out, command, {"pairings": [{**_pairing_json(p), "kind": kind} for p, kind in zip(card.pairings, kinds)]})
-    return card
+    figures.add_rows(summary)
+    publish([summary], out, command, {"pairings": figures.pairings_json()})
+    return figures.card
+
+
+@dataclass(frozen=True)
+class PlayFigures:
+    """Detected plays scored against the truth (one stream's, or several streams' summed), with each
+    pairing's kind and the airings fragmented: what `bench broadcast` reports, and `bench unknowns` as well."""
+
+    card: Scorecard
+    kinds: tuple[str, ...]
+    fragmented: int
+    detected: int
+
+    @classmethod
+    def of(cls, truth: Sequence[TruePlay], events: Sequence[PlayEvent]) -> "PlayFigures":
+        """One stream's plays: `truth` and `events` of the same stream."""
+        card = score_plays(truth, events)
+        kinds = tuple(_kind(p, truth) for p in card.pairings)
+        fragmented = len({_airing(p, truth) for p, kind in zip(card.pairings, kinds) if kind == "fragment"})
+        return cls(card, kinds, fragmented, sum(e.state == "ended" for e in events))
+
+    @classmethod
+    def summed(cls, parts: Sequence["PlayFigures"]) -> "PlayFigures":
+        """Several streams' figures as one."""
+        return cls(Scorecard(tuple(p for part in parts for p in part.card.pairings)), tuple(k for part in parts for k in part.kinds),
+                   sum(part.fragmented for part in parts), sum(part.detected for part in parts))
+
+    def add_rows(self, summary: Table) -> None:
+        card, kinds = self.card, self.kinds
+        true_plays = sum(p.truth is not None for p in card.pairings)
+        start, end, latency = card.median_abs("start_error"), card.median_abs("end_error"), card.p95("latency")
+        phantoms = kinds.count("phantom")
+        summary.add("recall", verdict(card.recall, 0.99, digits=3), ">= 0.99")
+        summary.add("fragmented airings (a second play of one airing)", verdict(self.fragmented, 0, below=True, digits=0), "0")
+        summary.add("phantoms per 400 true plays", verdict(400 * phantoms / max(true_plays, 1), 1.0, below=True, digits=1), "<= 1")
+        summary.add("precision", round(card.precision, 3), "")
+        summary.add("median |start error| (s)", None if start is None else verdict(start, 0.5, below=True, digits=2), "<= 0.5")
+        summary.add("median |end error| (s)", None if end is None else verdict(end, 0.5, below=True, digits=2), "<= 0.5")
+        summary.add("detection latency p95 (s)", None if latency is None else verdict(latency, 8.0, below=True), "<= 8")
+        summary.add("true plays / detected / matched / fragments / phantoms / missed",
+                    f"{true_plays} / {self.detected} / {kinds.count('matched')} / "
+                    f"{kinds.count('fragment')} / {phantoms} / {kinds.count('missed')}", "")
+
+    def pairings_json(self) -> list[dict[str, object]]:
+        return [{**_pairing_json(p), "kind": kind} for p, kind in zip(self.card.pairings, self.kinds)]
 
 
 def _kind(pairing: Pairing, truth: Sequence[TruePlay]) -> str:

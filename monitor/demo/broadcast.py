@@ -50,8 +50,15 @@ class TruePlay:
 
 def compose(pieces: Sequence[Piece], rng: np.random.Generator, sources: Sources = Sources()) -> tuple[np.ndarray, list[TruePlay]]:
     """The broadcast's audio at SAMPLE_RATE and the true plays of its catalog tracks."""
+    audio, aired = arrange(pieces, rng, sources)
+    return audio, [where for piece, where in aired if piece.kind == "track"]
+
+
+def arrange(pieces: Sequence[Piece], rng: np.random.Generator, sources: Sources = Sources()) -> tuple[np.ndarray, list[tuple[Piece, TruePlay]]]:
+    """The broadcast's audio at SAMPLE_RATE and where every piece landed on it (its `track_id` is the
+    piece's name): catalog tracks for the play truth, and the rest for benchmarks of what is not in the catalog."""
     placed: list[tuple[int, np.ndarray]] = []
-    truth: list[TruePlay] = []
+    aired: list[tuple[Piece, TruePlay]] = []
     end = 0
     for piece in pieces:
         begin = int(round(piece.ref_start * SAMPLE_RATE))
@@ -64,16 +71,15 @@ def compose(pieces: Sequence[Piece], rng: np.random.Generator, sources: Sources 
             _fade_tail(placed[-1], start, overlap)
             audio[:overlap] *= np.linspace(0.0, 1.0, overlap, dtype=np.float32)
         placed.append((start, audio))
-        if piece.kind == "track":
-            way_in = "" if not overlap else " crossfade" if piece.crossfade else " voice-over"
-            truth.append(TruePlay(piece.name, start / SAMPLE_RATE, (start + len(audio)) / SAMPLE_RATE,
-                                  begin / SAMPLE_RATE, stop / SAMPLE_RATE, chain.rate, f"{chain}{way_in}"))
+        way_in = "" if not overlap else " crossfade" if piece.crossfade else " voice-over"
+        aired.append((piece, TruePlay(piece.name, start / SAMPLE_RATE, (start + len(audio)) / SAMPLE_RATE,
+                                      begin / SAMPLE_RATE, stop / SAMPLE_RATE, chain.rate, f"{chain}{way_in}")))
         end = max(end, start + len(audio))
     out = np.zeros(end, np.float32)
     for start, audio in placed:
         out[start : start + len(audio)] += audio
     peak = float(np.abs(out).max(initial=0.0))
-    return (out / peak * 0.9 if peak > 0.9 else out), truth
+    return (out / peak * 0.9 if peak > 0.9 else out), aired
 
 
 def _at_level(audio: np.ndarray, dbfs: float) -> np.ndarray:
