@@ -837,6 +837,10 @@ RANGE_OPTIONS = _env_options(
     click.option("--from", "start", type=UTC_TIME, help="From this UTC time (inclusive), e.g. 2026-11-24 or 2026-11-24T06:00:00."),
     click.option("--to", "end", type=UTC_TIME, help="Up to this UTC time (exclusive)."),
 )
+STATION_OPTION = click.option("--station", help="Only this station (stream id) [all].")
+STATION_DAY_OPTIONS = _env_options(
+    click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to)."), RANGE_OPTIONS, STATION_OPTION,
+)
 
 
 @main.group()
@@ -911,9 +915,7 @@ def plays_restore(playlog: str, play_id: str) -> None:
 
 @plays.command("report")
 @PLAYLOG_OPTION
-@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to).")
-@RANGE_OPTIONS
-@click.option("--station", help="Only this station (stream id) [all].")
+@STATION_DAY_OPTIONS
 @OUTPUT_OPTIONS
 def plays_report(playlog, day, start, end, station, fmt, out) -> None:
     """Play log report per station: timestamp_utc, played_duration, station, title, artist, isrc, ref offsets, speed, score."""
@@ -937,7 +939,7 @@ def plays_cuesheet(playlog, station, day, fmt, out) -> None:
 @plays.command("totals")
 @PLAYLOG_OPTION
 @RANGE_OPTIONS
-@click.option("--station", help="Only this station (stream id) [all].")
+@STATION_OPTION
 @OUTPUT_OPTIONS
 def plays_totals(playlog, start, end, station, fmt, out) -> None:
     """Airplay per track per station over a range: plays and seconds."""
@@ -948,9 +950,7 @@ def plays_totals(playlog, start, end, station, fmt, out) -> None:
 
 @plays.command("airtime")
 @PLAYLOG_OPTION
-@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to).")
-@RANGE_OPTIONS
-@click.option("--station", help="Only this station (stream id) [all].")
+@STATION_DAY_OPTIONS
 @OUTPUT_OPTIONS
 def plays_airtime(playlog, day, start, end, station, fmt, out) -> None:
     """Seconds per station and UTC hour: catalog music, unknown music, and each content class (music, speech, ...)."""
