@@ -23,8 +23,8 @@ from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.promote import promote
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.options import UnknownConfig
-from monitor.stages.airing import Airing, AiringTracker
-from monitor.stages.play_state import StreamState
+from monitor.stages.airing import AiringTracker
+from monitor.stages.play_state import Airing, StreamState
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 from monitor.stages.unknown_store import MemoryUnknownStore

@@ -15,40 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from encoders import CLASSES
 from monitor.events import AirtimeEvent, PlayEvent, UnknownEvent, unknown_id
 from monitor.options import UnknownConfig
 from monitor.records import WindowHits
+from monitor.stages.play_state import Airing
 from monitor.stages.search import MUSIC_CLASSES
 
 HOUR = 3600.0
-
-
-@dataclass(frozen=True)
-class Airing:
-    """One stream's music stretch and hourly content counts (part of its StreamState)."""
-
-    music_seq: int = -1  # first window of the current music stretch; -1: none
-    music_start: float = 0.0  # its offset
-    music_last: float = 0.0  # offset of the stretch's newest music window
-    music_windows: int = 0
-    air_minus_offset: float = 0.0  # maps the stretch's stream time to UTC
-    catalog_open: bool = False  # a published catalog play is open: nothing here is unknown
-    catalog_until: float = 0.0  # where the last catalog play ended: no unknown stretch starts before
-    hour: float = -1.0  # the UTC hour counted, -1: none yet
-    hour_seq: int = -1  # the first window counted in it
-    counts: tuple[int, ...] = (0,) * len(CLASSES)  # windows of each class, in CLASSES order
-
-    def to_json(self) -> list:
-        return [self.music_seq, self.music_start, self.music_last, self.music_windows, self.air_minus_offset,
-                self.catalog_open, self.catalog_until, self.hour, self.hour_seq, list(self.counts)]
-
-    @classmethod
-    def from_json(cls, data: list) -> "Airing":
-        *fields, counts = data
-        return cls(*fields, tuple(counts))
 
 
 class AiringTracker:

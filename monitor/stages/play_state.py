@@ -1,4 +1,4 @@
-"""The play state machine's records: its settings, what it needs of the catalog, alignments, the open play
+"""The play state machine's records: its settings, what it needs of the catalog, alignments, the open play, the airing
 and a stream's whole state, which round-trips through JSON so that a worker can keep it in Redis and
 another carry on from it (monitor.stages.plays decides, monitor.stages.play_runs measures runs)."""
 
@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from encoders import CLASSES
 from monitor.catalog import Catalog, CatalogError
 from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.records import Neighbour, WindowHits
-from monitor.stages.airing import Airing
 from monitor.stages.calibration import Calibration, calibrate
 from monitor.stages.matcher import Match
 
@@ -125,6 +125,31 @@ class OpenPlay:
     recent: int  # support of the latest RECENT_WINDOWS windows as bits, newest in bit 0
     fit: tuple[float, float, float, float, float]  # n, sum t, sum r, sum t*t, sum t*r of confirmed supports,
     # t counted from stream_start (hours of stream time would drown a least-squares fit in rounding)
+
+
+@dataclass(frozen=True)
+class Airing:
+    """One stream's music stretch and hourly content counts, which monitor.stages.airing decides on."""
+
+    music_seq: int = -1  # first window of the current music stretch; -1: none
+    music_start: float = 0.0  # its offset
+    music_last: float = 0.0  # offset of the stretch's newest music window
+    music_windows: int = 0
+    air_minus_offset: float = 0.0  # maps the stretch's stream time to UTC
+    catalog_open: bool = False  # a published catalog play is open: nothing here is unknown
+    catalog_until: float = 0.0  # where the last catalog play ended: no unknown stretch starts before
+    hour: float = -1.0  # the UTC hour counted, -1: none yet
+    hour_seq: int = -1  # the first window counted in it
+    counts: tuple[int, ...] = (0,) * len(CLASSES)  # windows of each class, in CLASSES order
+
+    def to_json(self) -> list:
+        return [self.music_seq, self.music_start, self.music_last, self.music_windows, self.air_minus_offset,
+                self.catalog_open, self.catalog_until, self.hour, self.hour_seq, list(self.counts)]
+
+    @classmethod
+    def from_json(cls, data: list) -> "Airing":
+        *fields, counts = data
+        return cls(*fields, tuple(counts))
 
 
 @dataclass(frozen=True)
