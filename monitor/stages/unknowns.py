@@ -33,6 +33,7 @@ from monitor.stages.unknown_store import KeptStretch, UnknownStore
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+SPEED_EDGE = 0.005  # a fitted speed this near an end of the matcher's range was stopped there
 EXPIRY_EVERY = 3600.0  # seconds of air time between expiries (the local index is rebuilt from the store then)
 
 
@@ -149,13 +150,21 @@ class UnknownSearch:
                aired_after: float) -> UnknownEvent:
         hits = self.kept.hits(offsets, embeddings, self.config.neighbours, event.unknown_id, aired_after)
         matches = [m for m in match_hits(hits, self.window_seconds, calibration=calibration, min_confidence=self.config.min_confidence)
-                   if m.query_end - m.query_start >= self.config.min_match_windows * self.hop] if hits else []
+                   if m.query_end - m.query_start >= self.config.min_match_windows * self.hop
+                   and self._inside(m.speed, calibration.speed_range)] if hits else []
         if not matches:
             return event
         best = matches[0]
         cluster = self.store.clusters_of([best.track_id]).get(best.track_id) or cluster_id(best.track_id)
         return replace(event, cluster_id=cluster, matched_unknown_id=best.track_id, score=best.score, speed=best.speed,
                        ref_start=best.ref_start - best.speed * best.query_start)
+
+    @staticmethod
+    def _inside(speed: float, speed_range: tuple[float, float]) -> bool:
+        """Whether a fitted speed lies inside the matcher's range: the fit stops at its ends, so a line there
+        wanted a speed beyond it, which chance lines among short stretches do and real repeats do not
+        (`bench unknowns`: a jingle joined 12 s of other music at 0.80)."""
+        return speed_range[0] + SPEED_EDGE < speed < speed_range[1] - SPEED_EDGE
 
     def _excerpt(self, stream_id: str, first: int, last: int) -> bytes | None:
         """The audio of windows `first` to `last` (the latest `excerpt_seconds` of them held), silence where
