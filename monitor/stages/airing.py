@@ -53,8 +53,8 @@ class AiringTracker:
 
     def close(self, stream_id: str, airing: Airing, plays: Sequence[PlayEvent], provisional_start: float | None,
               decided_offset: float) -> tuple[Airing, list[UnknownEvent | AirtimeEvent]]:
-        """The stream ended (or was cut by a gap) and the play state machine closed it with `plays`: decide
-        the open stretch and send the hour so far."""
+        """The stream ended and the play state machine closed it with `plays`: decide the open stretch and
+        send the hour so far."""
         airing, events = self._after_plays(stream_id, airing, plays, provisional_start, decided_offset)
         events += self._unknown(stream_id, airing, math.inf, provisional_start, decided_offset)
         if any(airing.counts):
