@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ def _plays(airings: list[Airing], source: str | None, seconds: float, track_id: 
             confidence=1.0, decided_offset=a.stream_end, ended_at=a.started_at + duration, stream_end=a.stream_end,
             ref_end=max(0.0, ref_start + speed * duration), track=metadata, stream=a.stream,
         )
-        started = PlayEvent(**{**ended.__dict__, "state": "started", "ended_at": None, "stream_end": None, "ref_end": None})
+        started = replace(ended, state="started", ended_at=None, stream_end=None, ref_end=None)
         plays += [started, ended]
     return plays
 

@@ -3,6 +3,7 @@ and repeats of unknown content found across streams with the shipped encoder and
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import uuid
@@ -181,8 +182,6 @@ def test_non_catalog_music_aired_twice_forms_one_cluster_across_streams(live: Li
 
 
 def load_audio_bytes(data: bytes | None, rate: int) -> np.ndarray:
-    import io
-
     assert data is not None
     return load_audio(io.BytesIO(data), rate)
 
