@@ -29,7 +29,7 @@ from monitor.stages.play_state import Airing, StreamState
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 from monitor.stages.unknown_store import MemoryUnknownStore
-from monitor.stages.windows import WindowGrid
+from monitor.stages.windows import WindowGrid, hop_start_in_window
 
 HOP, WINDOW = 0.5, 1.0
 AIR = 1_795_001_200.0  # an hour's start plus 1600 s: with streams starting at AIR, hours turn at offset 2000 s
@@ -70,7 +70,7 @@ def test_music_no_play_covers_is_one_unknown_stretch_with_talk_holes_inside() ->
     events = unknowns(track(labelled([("speech", 10), ("music", 40), ("speech", 4), ("speech_over_music", 30), ("speech", 20)]))[1])
     assert len(events) == 1
     stretch = events[0]
-    centre = (WINDOW - HOP) / 2
+    centre = hop_start_in_window(WINDOW, HOP)
     assert stretch.stream_start == pytest.approx(10 + centre) and stretch.stream_end == pytest.approx(84 + centre)
     assert stretch.music_seconds == pytest.approx(70.0) and stretch.started_at == pytest.approx(AIR + stretch.stream_start)
     assert stretch.decided_offset > stretch.stream_end + CONFIG.gap_seconds  # decided once the talk outlasted the gap

@@ -23,6 +23,7 @@ from monitor.options import UnknownConfig
 from monitor.records import WindowHits
 from monitor.stages.play_state import Airing
 from monitor.stages.search import MUSIC_CLASSES
+from monitor.stages.windows import hop_start_in_window
 
 HOUR = 3600.0
 
@@ -30,7 +31,7 @@ HOUR = 3600.0
 class AiringTracker:
     def __init__(self, config: UnknownConfig, window_seconds: float, hop_seconds: float):
         self.config, self.hop, self.window = config, hop_seconds, window_seconds
-        self.centre = (window_seconds - hop_seconds) / 2  # a window stands for the hop around its centre
+        self.centre = hop_start_in_window(window_seconds, hop_seconds)
 
     def update(self, stream_id: str, airing: Airing, hits: WindowHits, plays: Sequence[PlayEvent],
                provisional_start: float | None) -> tuple[Airing, list[UnknownEvent | AirtimeEvent]]:

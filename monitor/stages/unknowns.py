@@ -29,6 +29,7 @@ from monitor.records import Neighbour, WindowHits
 from monitor.options import UnknownConfig
 from monitor.stages.matcher import Confidence, match_hits
 from monitor.stages.unknown_store import KeptStretch, UnknownStore
+from monitor.stages.windows import hop_start_in_window
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class UnknownSearch:
     def __init__(self, store: UnknownStore, config: UnknownConfig, window_seconds: float, hop_seconds: float, sample_rate: int):
         self.store, self.config = store, config
         self.window_seconds, self.hop, self.rate = window_seconds, hop_seconds, sample_rate
-        self.centre = (window_seconds - hop_seconds) / 2
+        self.centre = hop_start_in_window(window_seconds, hop_seconds)
         self.heard: dict[str, deque[Heard]] = defaultdict(lambda: deque(maxlen=max(1, round(config.buffer_seconds / hop_seconds))))
         # the first hop of audio of the latest `excerpt_seconds` of windows (what memory per stream is spent on);
         # a worker's embed agent fills it from another thread than the track agent's, hence the lock

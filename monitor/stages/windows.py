@@ -53,6 +53,12 @@ class WindowGrid:
         return np.lib.stride_tricks.as_strided(audio, (n, self.window), (self.hop * step, step), writeable=False)
 
 
+def hop_start_in_window(window_seconds: float, hop_seconds: float) -> float:
+    """Seconds from a window's start to the hop its embedding stands for: the hop around the window's centre,
+    so that consecutive windows tile the stream hop by hop."""
+    return (window_seconds - hop_seconds) / 2
+
+
 class StreamWindower:
     """Cuts an endless stream, fed in chunks of any size, into the grid's windows as soon as each is whole."""
 
