@@ -36,6 +36,32 @@ def test_state_round_trip(store: StateStore) -> None:
     assert store.load([]) == {}
 
 
+def test_a_save_never_moves_a_stream_back(store: StateStore) -> None:
+    """A worker that lost a stream in a rebalance while still working on it saves an older state after the
+    new owner saved a newer one: the newer one stays, and the other streams of that save are saved."""
+    store.save({"rebalanced": state("rebalanced", 110)})
+    store.save({"rebalanced": state("rebalanced", 105), "other": state("other", 7)})
+    assert store.load(["rebalanced", "other"]) == {"rebalanced": state("rebalanced", 110), "other": state("other", 7)}
+    store.save({"rebalanced": state("rebalanced", 111)})
+    assert store.load(["rebalanced"]) == {"rebalanced": state("rebalanced", 111)}
+
+
+def test_workers_saving_one_stream_at_once_leave_the_newest_state(redis_server: servers.ServerProcess) -> None:
+    """Concurrent saves from several clients (workers) are compared and written atomically."""
+    import random
+
+    seqs = list(range(400))
+    random.Random(0).shuffle(seqs)
+    stores = [RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0")) for _ in range(4)]
+    threads = [threading.Thread(target=lambda st=st, part=seqs[n::4]: [st.save({"raced": state("raced", q)}) for q in part])
+               for n, st in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stores[0].load(["raced"]) == {"raced": state("raced", max(seqs))}
+
+
 def test_an_unreadable_saved_state_starts_its_stream_afresh(redis_server: servers.ServerProcess, caplog: pytest.LogCaptureFixture) -> None:
     store = RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0"))
     store.save({"good": state("good", 3)})
@@ -65,7 +91,7 @@ def test_prefixes_keep_deployments_apart(redis_server: servers.ServerProcess) ->
     blue.mark_published(["e"])
     assert green.load(["s"]) == {} and green.published(["e"]) == set()
     keys = redis.Redis(port=redis_server.port, decode_responses=True).keys("*")
-    assert sorted(keys) == ["blue:emitted:e", "blue:state:s"]
+    assert sorted(keys) == ["blue:emitted:e", "blue:state-seq:s", "blue:state:s"]
 
 
 def test_state_survives_a_redis_restart_and_waits_out_the_outage(redis_server: servers.ServerProcess) -> None:

@@ -21,9 +21,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Redis keys, all under one prefix per deployment (give deployments that share a Redis their own prefix):
-#   {prefix}state:{stream_id}    string  the stream's play state (JSON); never expires: a stream resumes after any pause
-#   {prefix}emitted:{event_key}  string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS
+#   {prefix}state:{stream_id}      string  the stream's play state (JSON); never expires: a stream resumes after any pause
+#   {prefix}state-seq:{stream_id}  string  that state's last_seq, so that a save can be refused without parsing the state
+#   {prefix}emitted:{event_key}    string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS
 STATE_KEY = "{prefix}state:{stream_id}"
+SEQ_KEY = "{prefix}state-seq:{stream_id}"
+# KEYS: state key, seq key per stream; ARGV: state, last_seq per stream. Atomic: two workers saving one stream
+# at once (one of them about to learn it lost the stream in a rebalance) cannot interleave.
+SAVE_UNLESS_NEWER = """
+local refused = 0
+for i = 1, #KEYS, 2 do
+  local saved = tonumber(redis.call('GET', KEYS[i + 1]))
+  if saved == nil or saved <= tonumber(ARGV[i + 1]) then
+    redis.call('SET', KEYS[i], ARGV[i])
+    redis.call('SET', KEYS[i + 1], ARGV[i + 1])
+  else
+    refused = refused + 1
+  end
+end
+return refused
+"""
 EMITTED_KEY = "{prefix}emitted:{event_key}"
 # Longer than Kafka's default retention (7 days), the furthest back a replay can reach.
 EMITTED_TTL_SECONDS = 8 * 24 * 3600
@@ -83,6 +100,7 @@ class RedisStateStore:
     def __init__(self, settings: RedisSettings, sleep: Callable[[float], None] = time.sleep):
         self.settings = settings
         self._client = settings.client()
+        self._save_unless_newer = self._client.register_script(SAVE_UNLESS_NEWER)
         self._sleep = sleep
 
     def _state_key(self, stream_id: str) -> str:
@@ -122,8 +140,13 @@ class RedisStateStore:
         return {s: state for s, v in zip(ids, values) if v is not None and (state := _readable(s, v)) is not None}
 
     def save(self, states: Mapping[str, StreamState]) -> None:
-        if states:
-            self._retrying("save play state", lambda: self._client.mset({self._state_key(s): v.to_json() for s, v in states.items()}))
+        if not states:
+            return
+        keys = [key for s in states for key in (self._state_key(s), SEQ_KEY.format(prefix=self.settings.prefix, stream_id=s))]
+        values = [value for v in states.values() for value in (v.to_json(), str(v.last_seq))]
+        refused = self._retrying("save play state", lambda: self._save_unless_newer(keys=keys, args=values))
+        if refused:
+            log.info("kept the newer saved state of %d stream(s): another worker got further with them (a rebalance)", refused)
 
     def published(self, event_keys: Iterable[str]) -> set[str]:
         keys = list(event_keys)
