@@ -294,7 +294,7 @@ def test_a_worker_that_takes_partitions_over_counts_lag_from_the_groups_commits(
 
     first, port = start_worker("first")
     try:
-        servers.wait_until(lambda: lag(port) is not None, 120, "the first worker reports lag")
+        servers.wait_until(lambda: servers.metric(port, "airtrace_heartbeat_timestamp_seconds"), 120, "the first worker runs its agents")
         produce(kafka_broker.port, f"{prefix}.windows", silent_windows(grid, range(windows)))
         servers.wait_until(lambda: servers.metric(port, "airtrace_hits_total", stream="quiet") == windows and lag(port) == 0, 120,
                            "the first worker handles and commits every window")
@@ -302,8 +302,9 @@ def test_a_worker_that_takes_partitions_over_counts_lag_from_the_groups_commits(
         servers.stop(first)
     second, port = start_worker("second")
     try:
-        servers.wait_until(lambda: lag(port) is not None, 120, "the second worker reports lag")
+        servers.wait_until(lambda: servers.metric(port, "airtrace_heartbeat_timestamp_seconds"), 120, "the second worker runs its agents")
         produce(kafka_broker.port, f"{prefix}.windows", silent_windows(grid, range(windows, windows + 10)))  # the stream goes on
+        servers.wait_until(lambda: lag(port) is not None, 120, "the second worker reports lag")  # once a fetch told it where the topic ends
         seen = [lag(port) for _ in range(40) if time.sleep(0.25) is None]
     finally:
         servers.stop(second)

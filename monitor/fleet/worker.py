@@ -18,6 +18,7 @@ A message that cannot be read goes to the dead-letter topic and is counted; the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -167,15 +168,21 @@ def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metric
     """Messages between the group's committed offset (what it has handled, to within a commit interval) and
     the end of each partition this worker holds, per topic; a partition the group never committed counts from 0.
     The consumer reads the committed offsets from Kafka when partitions are assigned: the monitor's own record
-    holds only this process's commits, so a worker that took partitions over showed their whole length as lag."""
+    holds only this process's commits, so a worker that took partitions over showed their whole length as lag.
+    A worker that holds none of a topic's partitions, or knows the end of none of them yet (just started or
+    rebalanced: ends are learnt from fetches, so an empty partition's may never be), reports no lag for the
+    topic rather than 0: workers restarted behind a backlog read as caught up."""
     assigned = app.consumer.assignment()
     committed = app.consumer._committed_offset  # Faust offers no public view of it
-    lag = dict.fromkeys(topic_names, 0)
-    for tp, end in app.monitor.tp_end_offsets.items():
-        if tp in assigned and tp.topic in lag:
-            lag[tp.topic] += max(0, end - (committed.get(tp) or 0))
-    for name, value in lag.items():
-        metrics.consumer_lag.labels(name).set(value)
+    ends = app.monitor.tp_end_offsets
+    for name in topic_names:
+        held = [tp for tp in assigned if tp.topic == name]
+        known = [tp for tp in held if tp in ends]
+        if known:
+            metrics.consumer_lag.labels(name).set(sum(max(0, ends[tp] - (committed.get(tp) or 0)) for tp in known))
+        else:
+            with contextlib.suppress(KeyError):  # older prometheus_client raise for a label set never set
+                metrics.consumer_lag.remove(name)
 
 
 def run_worker(
