@@ -226,7 +226,7 @@ def bench_unknowns(reference, distractors, encoder, stations, hours, songs, jing
 
 @bench.command("chaos")
 @click.option("--streams", default=20, show_default=True, help="Live HTTP streams of synthetic broadcasts of the demo music.")
-@click.option("--minutes", default=10.0, show_default=True, help="Stream time of each broadcast; 10 or more also makes the worker-down and stream-down alerts fire.")
+@click.option("--minutes", default=16.0, show_default=True, help="Stream time of each broadcast; 10 or more also makes the worker-down and stream-down alerts fire, about 15 or more starves the workers until the lag alert fires.")
 @click.option("--workers", default=2, show_default=True, help="airtrace worker processes.")
 @click.option("--partitions", default=4, show_default=True, help="Partitions of the run's topics.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the broadcasts and the fault schedule.")

@@ -2,7 +2,8 @@
 
 The default suite runs a short schedule (5 streams, 2 minutes: a worker SIGKILLed and restarted, Redis and
 the broker restarted, streams off air, a partition replayed); the slow run is the full one (20 streams,
-10 minutes, the broker paused rather than restarted), where the worker-down and stream-down alerts must also fire.
+16 minutes, the broker paused rather than restarted, the workers starved of CPU for 13 minutes), where the
+worker-down, stream-down and lag alerts must also fire, and the lag alert must be over once they catch up.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest
 
 import numpy as np
 
-from monitor.bench.chaos import PROCESS_DOWN_FOR, STREAM_DOWN_FOR, ChaosResult, Stations, heard_plays, run_chaos, schedule
+from monitor.bench.chaos import (LAG_GROWING_FOR, PROCESS_DOWN_FOR, STREAM_DOWN_FOR, ChaosResult, Stations, Starver, heard_plays, run_chaos,
+                                 schedule)
 from monitor.demo.broadcast import TruePlay
 
 
@@ -45,6 +47,46 @@ def test_the_schedule_has_every_fault_and_long_runs_outlast_the_alerts() -> None
     assert "pause-broker" in {f.kind for f in full} and "restart-broker" not in {f.kind for f in full}
     assert max(f.seconds for f in full if f.kind == "kill-worker") > PROCESS_DOWN_FOR
     assert max(f.seconds for f in full if f.kind == "off-air") > STREAM_DOWN_FOR
+    assert "starve-workers" not in {f.kind for f in full}, "10 minutes leave no room for lag to grow 10 minutes"
+    (starved,) = [f for f in schedule(960, streams, 2, np.random.default_rng(0)) if f.kind == "starve-workers"]
+    assert starved.seconds > LAG_GROWING_FOR and starved.at + starved.seconds < 960
+
+
+def test_starved_processes_are_stopped_most_of_the_time_and_continued_at_the_end() -> None:
+    """The starver stops and continues whatever its list holds now, including a process started meanwhile,
+    lets them run at full speed while paused, and continues them all when it stops."""
+    import subprocess
+    import sys
+    import time
+
+    def state(process: subprocess.Popen) -> str:
+        return Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    def seen_stopped(process: subprocess.Popen) -> bool:
+        for _ in range(2000):
+            if state(process) == "T":
+                return True
+            time.sleep(0.01)
+        return False
+
+    busy = [sys.executable, "-c", "while True: pass"]
+    processes = [subprocess.Popen(busy)]
+    starver = Starver(lambda: processes)
+    try:
+        starver.start()
+        assert seen_stopped(processes[0])
+        processes.append(subprocess.Popen(busy))
+        assert seen_stopped(processes[1])
+        with starver.paused():
+            assert all(state(p) != "T" for p in processes), "full speed while paused"
+        assert seen_stopped(processes[0])
+        starver.stop()
+        assert all(state(p) != "T" for p in processes), "continued once the starving is over"
+    finally:
+        starver.stop()
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 def test_a_play_counts_only_when_the_station_sent_it_whole() -> None:
@@ -87,7 +129,8 @@ def test_short_chaos_run_loses_and_doubles_no_play(tmp_path: Path) -> None:
 @pytest.mark.timeout(3600)
 def test_full_chaos_run_loses_and_doubles_no_play_and_alerts(tmp_path: Path) -> None:
     needs_servers()
-    result = run_chaos(streams=20, minutes=10.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test",
+    result = run_chaos(streams=20, minutes=16.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test",
                        durable_broker=False)  # the local S3 server cannot carry 20 streams on 2 cores (README, Faults)
     check(result)
-    assert result.alerts_expected, "a 10-minute schedule keeps a worker and a stream down long enough to alert"
+    alerted = {name for name, _ in result.alerts_expected}
+    assert alerted == {"AirtraceProcessDown", "AirtraceStreamDown", "AirtraceConsumerLagGrowing"}, "a 16-minute schedule outlasts every alert"

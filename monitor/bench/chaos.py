@@ -4,20 +4,23 @@ N live HTTP streams of synthetic broadcasts (monitor.bench.broadcast's programme
 with exact truth) run at real-time pace through `airtrace ingest`, a Tansu broker (its topics on a local S3
 server, so that a restart is a restart), two or more `airtrace worker`s and redis-server, while a seeded
 schedule SIGKILLs a worker and starts it again, restarts redis-server and the broker, takes streams off air
-and back, and replays a partition of the windows topic from an earlier offset (the fleet is stopped, the
-group's offset moved back, the fleet started again, as `kafka-consumer-groups --reset-offsets` does it).
+and back, replays a partition of the windows topic from an earlier offset (the fleet is stopped, the
+group's offset moved back, the fleet started again, as `kafka-consumer-groups --reset-offsets` does it), and
+in runs long enough starves the workers of CPU (as cpulimit does it, with SIGSTOP and SIGCONT) until they
+fall behind the streams for longer than the lag alert waits.
 Prometheus scrapes every process with deploy/prometheus's rules loaded.
 
 The play events on the plays topic are then compared with the truth: a true play that was on air whole
 (the station logs what it sent) must be found exactly once: no lost play, no event id twice, no second play
 for one airing. The same broadcasts monitored as files by the embedded mode, without faults, give the
-boundary errors to compare with. The alerts that should fire (a stream down 5 min, a worker down 2 min)
-must fire, and lag must not alert once the workers catch up. Production code never imports this module.
+boundary errors to compare with. The alerts that should fire (a stream down 5 min, a worker down 2 min,
+lag growing 10 min) must fire, and none may still fire once the workers have caught up. Production code never imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +29,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -51,10 +55,13 @@ HOLDOUT_TRACKS = ("termigator_reg-zbb",)  # area3-game stays out: it shares mate
 PREFIX = "chaos"
 GROUP = "chaos"
 SESSION_TIMEOUT = 3.0
-SCRAPE = "5s"
+SCRAPE_SECONDS = 5.0  # Prometheus scrapes and evaluates its rules this often
 MP3_KBPS = 64
 HEARD_MARGIN = 0.5  # a play counts as on air whole when the station sent it, give or take this (MP3 frames)
-PROCESS_DOWN_FOR, STREAM_DOWN_FOR = 120.0, 300.0  # the `for:` of AirtraceProcessDown and AirtraceStreamDown
+PROCESS_DOWN_FOR, STREAM_DOWN_FOR, LAG_GROWING_FOR = 120.0, 300.0, 600.0  # `for:` of AirtraceProcessDown, ...StreamDown, ...ConsumerLagGrowing
+LAG_BUILD_UP = 120.0  # how long starved workers take to fall the alert's 1000 messages behind 20 streams, with room
+STARVED_SHARE = 0.05  # of each 0.2 s a starved worker may run: far less than 20 streams need (at 0.1 they kept
+# up on this machine while both ran); they may miss scrapes for minutes, so AirtraceProcessDown may fire for them
 ALERT_MARGIN = 30.0  # scrape and evaluation delays: a fault this much longer than `for:` must fire, this much shorter must not
 
 
@@ -187,7 +194,7 @@ class Stations(servers.LoopbackHttpServer):
 @dataclass(frozen=True)
 class Fault:
     at: float  # seconds after the streams went on air
-    kind: str  # kill-worker, restart-redis, restart-broker, pause-broker, off-air, replay
+    kind: str  # kill-worker, restart-redis, restart-broker, pause-broker, off-air, replay, starve-workers
     target: str = ""  # the worker number or stream id
     seconds: float = 0.0  # how long a worker, the broker or a stream stays down
 
@@ -197,7 +204,8 @@ class Fault:
 
 def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.random.Generator, durable_broker: bool = True) -> list[Fault]:
     """A seeded fault schedule over a run of `seconds`: every kind of fault at least once. Runs of 10 min or
-    more also keep a worker down past AirtraceProcessDown's 2 min and a stream past AirtraceStreamDown's 5 min.
+    more also keep a worker down past AirtraceProcessDown's 2 min and a stream past AirtraceStreamDown's 5 min;
+    runs with room for it (about 15 min) starve the workers past AirtraceConsumerLagGrowing's 10 min.
     A broker that keeps its topics in memory is paused (SIGSTOP, 20 s) rather than restarted, which would wipe them."""
     pick = [str(s) for s in rng.permutation(list(streams))]
     def at(fraction: float) -> float:
@@ -215,7 +223,59 @@ def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.rando
     ]
     if long_run:
         faults += [Fault(at(0.38), "off-air", pick[2 % len(pick)], 20.0), Fault(at(0.85), "restart-redis"), Fault(at(0.9), "off-air", pick[3 % len(pick)], 8.0)]
+    starved = LAG_BUILD_UP + LAG_GROWING_FOR + 2 * ALERT_MARGIN
+    if seconds >= starved / 0.85:  # starved from about 8 % of the run, with time left to catch up before the end
+        faults.append(Fault(at(0.1), "starve-workers", "", starved))
     return sorted(faults, key=lambda f: f.at)
+
+
+class Starver:
+    """Lets processes run only `share` of each `period`, stopping and continuing them as cpulimit does: the
+    workers stay in their group and keep answering scrapes, only too slowly for the streams. A process that
+    `processes` starts listing meanwhile (a worker restarted) is starved too."""
+
+    def __init__(self, processes: Callable[[], list[subprocess.Popen]], share: float = STARVED_SHARE, period: float = 0.2):
+        self.processes, self.share, self.period = processes, share, period
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.done.clear()
+        self.thread = threading.Thread(target=self._run, name="starve-workers", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.done.set()
+            self.thread.join()
+            self.thread = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Full speed meanwhile, if starving: an operator stops overloaded workers gracefully, which stopped
+        processes cannot do (they would be killed, and the group would wait out their sessions)."""
+        starving = self.thread is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if starving:
+                self.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            self._signal(signal.SIGCONT)
+            time.sleep(self.share * self.period)
+            self._signal(signal.SIGSTOP)
+            self.done.wait((1 - self.share) * self.period)
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        for process in self.processes():
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:  # killed by another fault meanwhile
+                pass
 
 
 class Fleet:
@@ -229,9 +289,10 @@ class Fleet:
         self.worker_ports = [servers.free_port() for _ in range(workers)]
         self.ingest_port = servers.free_port()
         self.workers: list[subprocess.Popen | None] = [None] * workers
+        self.starve = Starver(lambda: [p for p in self.workers if p is not None and p.poll() is None])
         self.ingest: subprocess.Popen | None = None
         targets = [(f"{servers.HOST}:{self.ingest_port}", "ingest")] + [(f"{servers.HOST}:{p}", "worker") for p in self.worker_ports]
-        self.prometheus = servers.Prometheus(workdir, targets, SCRAPE)
+        self.prometheus = servers.Prometheus(workdir, targets, f"{SCRAPE_SECONDS:.0f}s")
 
     @property
     def kafka_args(self) -> list[str]:
@@ -267,6 +328,7 @@ class Fleet:
                                        self.workdir / "ingest.log", cwd=self.workdir)
 
     def stop(self) -> None:
+        self.starve.stop()
         for process in [self.ingest, *self.workers]:
             if process is not None:
                 servers.stop(process)
@@ -316,6 +378,9 @@ def inject(fault: Fault, fleet: Fleet, stations: Stations) -> tuple[str, Callabl
     if fault.kind == "kill-worker":
         fleet.kill_worker(int(fault.target))
         return "SIGKILL", lambda: fleet.start_worker(int(fault.target))
+    if fault.kind == "starve-workers":
+        fleet.starve.start()
+        return f"workers run {STARVED_SHARE:.0%} of the time (SIGSTOP/SIGCONT)", fleet.starve.stop
     if fault.kind == "pause-broker":
         fleet.broker.process.send_signal(signal.SIGSTOP)
         return "Tansu stopped with SIGSTOP, then SIGCONT", lambda: fleet.broker.process.send_signal(signal.SIGCONT)
@@ -333,11 +398,12 @@ def _inject_at_once(fault: Fault, fleet: Fleet, stations: Stations) -> str:
         stations.off_air(fault.target, fault.seconds)
         return "connection closed, 503 until back"
     if fault.kind == "replay":
-        for process in fleet.workers:  # stopped, they leave the group, which the offset reset needs
-            servers.stop(process)
-        moved = fleet.rewind(60.0)
-        for n in range(len(fleet.workers)):
-            fleet.start_worker(n)
+        with fleet.starve.paused():
+            for process in fleet.workers:  # stopped, they leave the group, which the offset reset needs
+                servers.stop(process)
+            moved = fleet.rewind(60.0)
+            for n in range(len(fleet.workers)):
+                fleet.start_worker(n)
         return f"workers stopped, {moved}, workers started again"
     raise ValueError(f"unknown fault {fault.kind}")
 
@@ -401,14 +467,21 @@ def audit(truth: Sequence[TruePlay], sent: Sequence[tuple[float, float]], events
 
 
 def baseline_events(broadcasts: Sequence[Broadcast], catalog_dir: Path) -> list[PlayEvent]:
-    """The same broadcasts as files through the embedded mode, without faults."""
+    """The same broadcasts as files through the embedded mode, without faults; kept beside the broadcasts and
+    the catalog, which a later run in the same workdir reuses, so that it is computed once."""
     from monitor.catalog import Catalog
     from monitor.embedded import EmbeddedMonitor
     from monitor.options import MonitorOptions
     from monitor.stages.sources import StreamSource
 
+    which = hashlib.sha256("\n".join(b.path.name for b in broadcasts).encode()).hexdigest()[:16]
+    kept = catalog_dir.parent / f"baseline-{which}.jsonl"
+    if kept.is_file():
+        return plays_in(read_event(json.loads(line)) for line in kept.read_text().splitlines())
     catalog = Catalog.open(catalog_dir)
-    return plays_in(EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run())
+    events = plays_in(EmbeddedMonitor(catalog, [StreamSource(b.stream_id, str(b.path)) for b in broadcasts], MonitorOptions()).run())
+    kept.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
+    return events
 
 
 def build_catalog(workdir: Path, encoder: str, distractors: Sequence[str] = ()) -> Path:
@@ -444,6 +517,7 @@ class ChaosResult:
     alerts_fired: set[tuple[str, str]]
     alerts_expected: set[tuple[str, str]]
     alerts_not_expected: set[tuple[str, str]]
+    alerts_at_end: set[tuple[str, str]]  # lag alerts still firing once the workers had caught up
     max_lag: float
     windows: float
 
@@ -465,7 +539,7 @@ class ChaosResult:
 
     @property
     def alerts_ok(self) -> bool:
-        return self.alerts_expected <= self.alerts_fired and not (self.alerts_fired & self.alerts_not_expected)
+        return self.alerts_expected <= self.alerts_fired and not (self.alerts_fired & self.alerts_not_expected) and not self.alerts_at_end
 
 
 def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions: int, encoder: str, workdir: Path,
@@ -489,6 +563,7 @@ def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions:
             servers.stop(fleet.ingest)  # the streams are over: ingest ends them on Kafka, which closes their open plays
             topic = f"{PREFIX}.plays"
             wait_for_quiet(fleet, topic)
+            lag_alerts = lag_alerts_firing(fleet.prometheus)
             records = servers.read_topic(fleet.broker.port, topic)
             fired = alerts_fired(fleet.prometheus, time.time() - (time.monotonic() - on_air), air_ended)
             max_lag = _max_over_run(fleet.prometheus, "sum(airtrace_consumer_lag_messages)", time.monotonic() - on_air)
@@ -508,7 +583,7 @@ def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions:
         base_audits[b.stream_id] = audit(b.truth, sent[b.stream_id], base, base)  # the same plays, so errors compare
     expected, not_expected = expected_alerts(injected, fleet)
     result = ChaosResult(streams, sum(b.seconds for b in broadcasts), injected, audits, base_audits, sum(c - 1 for c in ids.values()),
-                         len(records), fired, expected, not_expected, max_lag, windows)
+                         len(records), fired, expected, not_expected, lag_alerts, max_lag, windows)
     report(result, workers, seed, out, command)
     return result
 
@@ -577,17 +652,33 @@ def alerts_fired(prometheus: servers.Prometheus, since_epoch: float, until_epoch
     return fired
 
 
+def lag_alerts_firing(prometheus: servers.Prometheus) -> set[tuple[str, str]]:
+    """Lag alerts firing now, once the workers have caught up: after two rule evaluations there must be none."""
+    time.sleep(2 * SCRAPE_SECONDS)
+    return {("AirtraceConsumerLagGrowing", s["metric"].get("topic", "")) for s in prometheus.query('ALERTS{alertname="AirtraceConsumerLagGrowing", alertstate="firing"}')}
+
+
+def overlap(a: Fault, b: Fault) -> bool:
+    return a.at < b.at + b.seconds and b.at < a.at + a.seconds
+
+
 def expected_alerts(injected: Sequence[tuple[Fault, str]], fleet: Fleet) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """(alerts that must have fired, alerts that must not have) for the faults injected; between the two, either."""
     must, must_not = set(), set()
+    starved = [fault for fault, _ in injected if fault.kind == "starve-workers"]
     for fault, _ in injected:
         if fault.kind == "kill-worker":
             key = ("AirtraceProcessDown", f"{servers.HOST}:{fleet.worker_ports[int(fault.target)]}")
-            (must if fault.seconds >= PROCESS_DOWN_FOR + ALERT_MARGIN else must_not if fault.seconds <= PROCESS_DOWN_FOR - ALERT_MARGIN else set()).add(key)
+            short = fault.seconds <= PROCESS_DOWN_FOR - ALERT_MARGIN and not any(overlap(fault, s) for s in starved)  # a starved worker may miss scrapes
+            (must if fault.seconds >= PROCESS_DOWN_FOR + ALERT_MARGIN else must_not if short else set()).add(key)
         if fault.kind == "off-air":
             key = ("AirtraceStreamDown", fault.target)
             (must if fault.seconds >= STREAM_DOWN_FOR + ALERT_MARGIN else must_not if fault.seconds <= STREAM_DOWN_FOR - ALERT_MARGIN else set()).add(key)
-    must_not |= {("AirtraceConsumerLagGrowing", f"{PREFIX}.{t}") for t in ("windows", "hits")}
+    lag = {("AirtraceConsumerLagGrowing", f"{PREFIX}.{t}") for t in ("windows", "hits")}
+    if not starved:
+        must_not |= lag
+    elif max(fault.seconds for fault in starved) >= LAG_BUILD_UP + LAG_GROWING_FOR + ALERT_MARGIN:
+        must.add(("AirtraceConsumerLagGrowing", f"{PREFIX}.windows"))  # the hits topic may or may not: its rate falls with the windows'
     return must, must_not - must
 
 
@@ -611,6 +702,7 @@ def report(result: ChaosResult, workers: int, seed: int, out: str | None, comman
     table.add("alerts fired", ", ".join(sorted(f"{a} {t}" for a, t in result.alerts_fired)) or "none", "")
     table.add("alerts that had to fire / must not", ", ".join(sorted(f"{a} {t}" for a, t in result.alerts_expected)) or "none",
               "met" if result.alerts_ok else "MISSED")
+    table.add("lag alerts still firing once caught up", ", ".join(sorted(t for _, t in result.alerts_at_end)) or "none", "")
     problems = {stream: a.problems for stream, a in result.audits.items() if a.problems}
     for stream, found in problems.items():
         print(f"{stream}: " + "; ".join(found))

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -232,8 +233,10 @@ class Prometheus:
         config["scrape_configs"] = [job]
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
+        # a storage of its own: series a run in the same workdir left would read as current for 5 minutes
+        storage = tempfile.mkdtemp(prefix="tsdb-", dir=workdir)
         args = [
-            shutil.which("prometheus") or "prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            shutil.which("prometheus") or "prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={storage}",
             f"--web.listen-address={HOST}:{self.port}", "--log.level=warn",
         ]
         self.server = ServerProcess(args, self.port, workdir / "prometheus.log")
