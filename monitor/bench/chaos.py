@@ -45,7 +45,7 @@ from monitor.bench.queries import speech_clips
 from monitor.bench.references import BenchError, Reference, read_references
 from monitor.bench.report import Table, publish
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, score_plays, truth_path
-from monitor.events import PlayEvent, plays_in, read_event
+from monitor.events import PlayEvent, describe, plays_in, read_event
 
 log = logging.getLogger(__name__)
 
@@ -580,6 +580,7 @@ def run_chaos(streams: int, minutes: float, workers: int, seed: int, partitions:
         mine = [e for e in unique if e.stream_id == b.stream_id]
         base = [e for e in baseline if e.stream_id == b.stream_id]
         audits[b.stream_id] = audit(b.truth, sent[b.stream_id], mine, base)
+        audits[b.stream_id].problems += [f"published {ids[e.event_id]} times: {describe(e)}" for e in mine if ids[e.event_id] > 1]
         base_audits[b.stream_id] = audit(b.truth, sent[b.stream_id], base, base)  # the same plays, so errors compare
     expected, not_expected = expected_alerts(injected, fleet)
     result = ChaosResult(streams, sum(b.seconds for b in broadcasts), injected, audits, base_audits, sum(c - 1 for c in ids.values()),
