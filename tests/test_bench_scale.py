@@ -7,10 +7,12 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from catalog_fixtures import MUSIC
 from encoders import load_encoder
+from monitor.bench import scale
 from monitor.bench.scale import STREAMS, Mixture, exact_top1, recall_at_1, windows
 from monitor.cli import main
 from monitor.stages.windows import WindowGrid
@@ -23,7 +25,8 @@ def unit(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_exact_top1_over_chunks_is_flat_search_over_all_of_them() -> None:
+def test_exact_top1_over_chunks_is_flat_search_over_all_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scale, "EXACT_BLOCK", 50 * 300)  # blocks of 300 windows inside the chunks of 1000
     rng = np.random.default_rng(0)
     vectors, queries = unit(3000, 32, rng), unit(50, 32, rng)
     ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids unlike positions: a mix-up shows

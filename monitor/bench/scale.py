@@ -48,6 +48,7 @@ POINTS_PER_COMPONENT = 4  # real embeddings per mixture component, in multiples 
 ASSIGN_LISTS = 256  # lists of the IVF that finds each window's inverted list
 ASSIGN_PROBE = 8
 AGREEMENT_SAMPLE = 4000
+EXACT_BLOCK = 25_000_000  # query-window similarities computed at a time in exact search (100 MB)
 TRAIN_DRAW, QUERY_DRAW = 1 << 31, (1 << 31) + 1  # random streams apart from the chunks' (chunk i draws from [seed, i])
 
 
@@ -117,9 +118,15 @@ def exact_top1(queries: np.ndarray, chunks: Iterator[tuple[np.ndarray, np.ndarra
 
 
 def update_top1(queries: np.ndarray, vectors: np.ndarray, chunk_ids: np.ndarray, best: np.ndarray, ids: np.ndarray) -> None:
-    sims, found = faiss.knn(queries, vectors, 1, metric=faiss.METRIC_INNER_PRODUCT)
-    better = sims[:, 0] > best
-    best[better], ids[better] = sims[better, 0], chunk_ids[found[better, 0]]
+    """Fold `vectors` into each query's best (similarity, id) so far; one matrix product per block (BLAS: about
+    10x faster than FAISS's k=1 scan), blocks small enough that the similarities take ~100 MB."""
+    step = max(1, EXACT_BLOCK // max(1, len(queries)))
+    for begin in range(0, len(vectors), step):
+        sims = queries @ vectors[begin : begin + step].T
+        found = sims.argmax(axis=1)
+        top = sims[np.arange(len(queries)), found]
+        better = top > best
+        best[better], ids[better] = top[better], chunk_ids[begin + found[better]]
 
 
 def recall_at_1(found: np.ndarray, exact: np.ndarray) -> float:
