@@ -1,10 +1,10 @@
 """Speed on one CPU core: indexing references, embedding windows, searching catalogs of 10 k to 40 M windows.
 
-A 40 M-window catalog (100,000 tracks) is too big to build on a small machine, so its IVF index is
+A 40 M-window catalog (100,000 tracks) takes about an hour to build on 2 cores, so here its IVF index is
 measured at 1 M windows with lists of the size it would have at 40 M (the vectors scanned per search
 are then the same), and the only part that grows, the coarse search over all list centroids, is timed
 at its 40 M size and added. Memory is bytes per vector (codes and ids, measured) times 40 M plus the
-centroids.
+centroids. `bench scale` (monitor/bench/scale.py) builds one of 40 M windows and measures it instead.
 """
 
 from __future__ import annotations
