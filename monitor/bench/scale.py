@@ -5,9 +5,11 @@ them (spherical k-means clusters of the real embeddings, each with its own mean 
 L2-normalised like the encoder's output. The index is the one `catalog add` would choose for that many
 windows (`auto_factory`). Two build steps are sped up so that 40 M windows build on a small machine, and
 both are reported: the coarse centroids are trained by FAISS's two-level k-means on the catalog's training
-sample size, and each window's inverted list is found through an IVF over the centroids rather than by
-scanning all of them (the agreement with exact assignment is measured on a sample and printed). The
-searched index is the catalog's: its flat coarse quantizer, codes and search parameters.
+sample size, and each window's inverted list is found among the centroids of its nearest groups of
+centroids rather than among all of them (the agreement with exact assignment, and what exact assignment
+would cost, are measured on a sample and printed). The searched index is the catalog's: its flat coarse
+quantizer, codes and search parameters. Set OMP_NUM_THREADS=1 on a shared machine: FAISS's and BLAS's
+threads spin while they wait for a core (most of the CPU of a loaded 2-core machine, measured).
 
 A worker holds the index as a catalog does (`VectorIndex.load` in a fresh process): its resident memory,
 the reload time, and search in batches of one second of `STREAMS` streams' windows are measured there.
