@@ -21,6 +21,9 @@ AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".
 # (-20 dB). Ordinary stereo never comes near (uncorrelated channels give equal energies); L = -R gives ~0.
 ANTI_PHASE_ENERGY_RATIO = 0.01
 SQRT_HALF = np.float32(np.sqrt(0.5))  # FFmpeg's stereo-to-mono gain, kept so levels match its downmix
+# Decoded frames are a few milliseconds each (80-100 a second of audio); every chunk costs each stream's reader
+# its share of Python work (pacing, windowing, clocks), so they are joined into chunks of about this many seconds.
+CHUNK_SECONDS = 0.1
 
 
 class AudioError(ValueError):
@@ -36,7 +39,8 @@ def decode_chunks(
 ) -> Iterator[np.ndarray]:
     """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
 
-    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts. `opened` is
+    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts; a chunk joins
+    decoded frames until it holds CHUNK_SECONDS (each frame is folded to mono on its own, as before). `opened` is
     called with the open container before the first chunk, for callers that need what the source says
     about itself (its size, its duration, its headers).
     """
@@ -60,12 +64,19 @@ def decode_chunks(
             opened(container)
         stream = container.streams.audio[0]
         resampler = _resampler(stream.layout.nb_channels, sample_rate)
+        pending: list[np.ndarray] = []
+        size, chunk = 0, max(1, int(CHUNK_SECONDS * sample_rate))
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    yield downmix(out.to_ndarray())
-            for out in resampler.resample(None):
-                yield downmix(out.to_ndarray())
+                    pending.append(downmix(_planes(out)))
+                    size += out.samples
+                if size >= chunk:
+                    yield np.concatenate(pending)
+                    pending, size = [], 0
+            pending += [downmix(_planes(out)) for out in resampler.resample(None)]
+            if pending:
+                yield np.concatenate(pending)
         except av.FFmpegError as exc:
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
 
@@ -76,7 +87,12 @@ def _resampler(channels: int, sample_rate: int) -> av.AudioResampler:
     return av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=sample_rate)
 
 
-def downmix(channels: np.ndarray) -> np.ndarray:
+def _planes(frame: av.AudioFrame) -> list[np.ndarray]:
+    """A planar float frame's channels: `frame.to_ndarray()` without its stacking, read per frame."""
+    return [np.frombuffer(plane, np.float32, frame.samples) for plane in frame.planes]
+
+
+def downmix(channels: np.ndarray | list[np.ndarray]) -> np.ndarray:
     """Mono from planar (1 or 2, n) samples. Stereo becomes the channels' sum, as FFmpeg's downmix does,
     unless they are in opposite phase (a reversed wire, a pseudo-stereo effect: L close to -R), where the
     sum cancels to near silence; then it is their difference, which carries the programme."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from monitor.constants import DEFAULT_HOP_SECONDS
+from monitor.constants import DEFAULT_HOP_SECONDS, SCALE_WINDOWS
 from monitor.health import STALE_SECONDS
 from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, UnknownConfig, WorkerOptions
 
@@ -160,6 +160,28 @@ def bench_speed(encoders, reference, index_seconds, hop, sizes, queries, landmar
     except ValueError:
         raise click.UsageError(f"--sizes {sizes!r}: give window counts separated by commas, e.g. 10000,1000000") from None
     _bench_errors(lambda: run_speed(encoders, reference, index_seconds, hop, parsed, queries, landmark, scale_up, out))
+
+
+@bench.command("scale")
+@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory whose embeddings are real.")
+@click.option("--reference", default=None, help="Manifest.csv or folder whose windows are the real embeddings [the demo music].")
+@click.option("--windows", "total", default=SCALE_WINDOWS, show_default=True, help="Windows in the index: real ones plus synthetic.")
+@click.option("--factory", default=None, help="FAISS index factory [what `catalog add` would choose for --windows].")
+@click.option("--search-params", multiple=True, help="Also search with these FAISS parameters (e.g. nprobe=16); repeatable. The catalog's own come first.")
+@click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
+@click.option("--recall-queries", default=500, show_default=True, help="Queries whose first result is checked against exact search.")
+@click.option("--batches", default=100, show_default=True, help="Search batches timed (one second of 200 streams' windows each).")
+@click.option("--threads", default=1, show_default=True, help="FAISS threads of the worker that searches.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the embeddings and the index (while measured) are kept [~/.cache/airtrace/bench].")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+def bench_scale(encoder, reference, total, factory, search_params, hop, recall_queries, batches, threads, seed, cache_dir, out) -> None:
+    """Build an index of --windows windows (40 M: about 1 h and 8 GB on 2 cores), hold it in a worker process and
+    report its memory, reload time, search latency per batch and recall@1 against exact search."""
+    from monitor.bench.commands import default_cache_dir, run_scale
+
+    _bench_errors(lambda: run_scale(encoder, reference, total, factory, search_params, hop, recall_queries, batches, threads, seed,
+                                    cache_dir or default_cache_dir(), out))
 
 
 @bench.command("backbones")

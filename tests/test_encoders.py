@@ -133,3 +133,31 @@ def test_max_relative_graph_conv_ignores_the_order_of_nodes() -> None:
     order = torch.randperm(20)
     with torch.no_grad():
         torch.testing.assert_close(conv(nodes)[..., order], conv(nodes[..., order]))
+
+
+def test_decoded_chunks_are_joined_frames_each_folded_to_mono_on_its_own(tmp_path: Path) -> None:
+    """decode_chunks joins decoded frames into chunks of CHUNK_SECONDS (fewer, larger chunks for the stream
+    readers) without changing a sample: each frame is still folded to mono on its own, so stereo that turns
+    to opposite phase every few frames comes out exactly as frame-by-frame decoding gives it."""
+    import av
+    import soundfile
+
+    from encoders.audio import CHUNK_SECONDS, _resampler, decode_chunks, downmix
+
+    rate, rng = 44100, np.random.default_rng(0)
+    left = rng.normal(0, 0.1, 2 * rate).astype(np.float32)
+    # FFmpeg decodes a WAV file in frames of 4096 samples and a chunk joins two of them: in phase one frame in
+    # three, opposite the others, so some chunks join a frame in opposite phase to one in phase
+    right = left * np.where(np.arange(len(left)) // 4096 % 3 == 2, 1.0, -1.0).astype(np.float32)
+    path = tmp_path / "phases.wav"
+    soundfile.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    frame_by_frame = []
+    with av.open(str(path)) as container:
+        resampler = _resampler(2, 8000)
+        for frame in container.decode(container.streams.audio[0]):
+            frame_by_frame += [downmix(out.to_ndarray()) for out in resampler.resample(frame)]
+        frame_by_frame += [downmix(out.to_ndarray()) for out in resampler.resample(None)]
+    chunks = list(decode_chunks(path, 8000))
+    assert len(chunks) < len(frame_by_frame)
+    assert all(len(c) >= CHUNK_SECONDS * 8000 for c in chunks[:-1])
+    assert np.array_equal(np.concatenate(chunks), np.concatenate(frame_by_frame))

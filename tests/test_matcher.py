@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from monitor.stages.calibration import NULL_DURATIONS, Calibration
-from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits
+from monitor.stages import matcher
+from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits, score_bound
 from monitor.records import Neighbour, WindowHits
 
 HOP, WINDOW, REF_HOP, K = 0.5, 1.0, 0.5, 10
@@ -137,3 +138,40 @@ def test_confidence_falls_with_false_match_rate_and_is_stable_across_json(calibr
 def test_match_json_has_the_stable_fields() -> None:
     match = Match("t", 0.0, 10.0, 5.0, 15.5, 1.0, 9.123456, 0.99999)
     assert list(match.to_json()) == ["track_id", "query_start", "query_end", "ref_start", "ref_end", "speed", "score", "confidence"]
+
+
+def bound_cases() -> list[list[WindowHits]]:
+    """Stretches of 1-12 s of chance alone, faint plays, plays at the ends of the speed range, two songs
+    and loops: where the bound is loose and where a line takes the best hit of nearly every window."""
+    cases = []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        speed = float(rng.choice([0.8, 0.9, 1.0, 1.1, 1.25]))
+        similarity = float(rng.uniform(0.45, 0.9))
+        plays = [Play("song", 0.0, 30.0, 40.0, speed, similarity), Play("next", 9.0, 30.0, 0.0, 1.0, similarity)]
+        loop = Play("song", 0.0, 30.0, 52.0, speed, similarity) if seed % 3 == 0 else None
+        hits = query(30.0, plays if seed % 4 else [], seed=seed, misses=float(rng.uniform(0.0, 0.6)), loop=loop)
+        for size in (1, 2, 4, 6, 12, 24):
+            cases += [hits[begin : begin + size] for begin in range(0, len(hits) - size + 1, 5)]
+    return cases
+
+
+def test_no_line_scores_above_the_bound() -> None:
+    """`score_bound` is what lets `match_hits` skip the alignment: it must hold for every line `align` finds."""
+    for hits in bound_cases():
+        lines = align(hits, WINDOW, SPEED_RANGE, TOLERANCE)
+        assert max((line.score for line in lines), default=0.0) <= score_bound(hits, WINDOW)
+
+
+@pytest.mark.parametrize("min_confidence", [0.0, 0.9, 0.99, 0.999])
+def test_skipping_hopeless_queries_changes_no_match(min_confidence: float, calibration: Calibration, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the bound and without it (every query aligned), the same matches; and some queries are skipped."""
+    cases = bound_cases()
+    with_bound = [match_hits(hits, WINDOW, calibration=calibration, min_confidence=min_confidence) for hits in cases]
+    skipped = sum(calibration.confidence(score_bound(hits, WINDOW), hits[-1].offset - hits[0].offset + WINDOW) < min_confidence
+                  for hits in cases)
+    monkeypatch.setattr(matcher, "score_bound", lambda *args: float("inf"))
+    without = [match_hits(hits, WINDOW, calibration=calibration, min_confidence=min_confidence) for hits in cases]
+    assert with_bound == without
+    assert any(with_bound)
+    assert skipped > 0 or min_confidence == 0.0

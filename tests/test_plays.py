@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from monitor.events import PlayEvent, schema
+from monitor.stages import matcher
 from monitor.stages.calibration import NULL_DURATIONS, Calibration
 from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, align
+from monitor.stages.play_runs import Runs
 from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
 from monitor.stages.plays import PlayTracker
 from monitor.records import Neighbour, WindowHits
@@ -314,22 +316,29 @@ def test_chance_neighbours_on_the_line_do_not_carry_a_play_past_its_end() -> Non
     assert ended.stream_end == pytest.approx(50.0, abs=1.0)
 
 
-class UngatedTracker(PlayTracker):
-    """The tracker without its cheap pre-check: it asks the matcher at every window."""
+class UngatedRuns(Runs):
+    """The run search without its cheap pre-check: it asks the matcher at every window."""
 
-    def _worth_matching(self, state: StreamState) -> bool:
+    def worth_matching(self, state: StreamState) -> bool:
         return True
 
 
+class UngatedTracker(PlayTracker):
+    def __init__(self, config: PlayConfig):
+        super().__init__(config)
+        self.runs = UngatedRuns(config)
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_the_matcher_gate_hides_no_run(seed: int) -> None:
-    """`_worth_matching` only saves work: with or without it, thinned-out plays at several speeds, dropouts
-    and a crossfade give the same events."""
+def test_the_matcher_gate_hides_no_run(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gates only save work: with `Runs.worth_matching` and the matcher's score bound or without them,
+    thinned-out plays at several speeds, dropouts, a crossfade and chance in between give the same events."""
     segments = [Segment("track-1", 2.0, 40.0, speed=0.85), Segment("track-2", 38.0, 80.0, ref_start=30.0, speed=1.2),
                 Segment("track-3", 95.0, 130.0, speed=1.05)]
-    hits = broadcast(140, segments, seed=seed, dropouts=((50.0, 58.0),), found=0.6)
+    hits = broadcast(160, segments, seed=seed, dropouts=((50.0, 58.0),), found=0.6)
     grid = PlayConfig.for_grid(WINDOW, HOP)
     _, gated = run(hits, PlayTracker(grid))
+    monkeypatch.setattr(matcher, "score_bound", lambda *args: float("inf"))
     _, ungated = run(hits, UngatedTracker(grid))
-    assert [e.event_id for e in gated] == [e.event_id for e in ungated]
+    assert [e.to_json() for e in gated] == [e.to_json() for e in ungated]
     assert len(plays(gated)) >= 2

@@ -268,6 +268,6 @@ def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int
     result.add("  of which search (s)", round(get("airtrace_search_seconds_sum"), 1), "")
     result.add("play events", len(plays_in(events)), "")
     result.add("unknown stretches", sum(e.kind == "unknown" for e in events), "")
-    result.add("streams per core", verdict(per_core, 100.0, digits=0), ">= 100")
+    result.add("streams per core", verdict(per_core, 200.0, digits=0), ">= 200")
     publish([result], out, command)
     return per_core

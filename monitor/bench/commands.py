@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor.bench import backbones, compare, engines, growth, segments, speed, tracks
+from monitor.bench import backbones, compare, engines, growth, scale, segments, speed, tracks
 from monitor.bench.references import read_references, reference_set
 from monitor.bench.report import publish
 
@@ -59,4 +59,12 @@ def run_speed(encoders: Sequence[str], reference: Sequence[str], index_seconds: 
 
 def run_backbones(models: Sequence[str], out: str | None) -> None:
     tables, extra = backbones.run(models)
+    publish(tables, out, _command(), extra)
+
+
+def run_scale(encoder: str, reference: str | None, windows: int, factory: str | None, search_params: Sequence[str],
+              hop: float, recall_queries: int, batches: int, threads: int, seed: int, cache_dir: Path, out: str | None) -> None:
+    source = reference or str(DEMO_MUSIC)
+    tables, extra = scale.run(encoder, read_references(source), source, cache_dir, hop, windows, factory, search_params,
+                              recall_queries, batches, threads, seed)
     publish(tables, out, _command(), extra)

@@ -1,10 +1,10 @@
 """Speed on one CPU core: indexing references, embedding windows, searching catalogs of 10 k to 40 M windows.
 
-A 40 M-window catalog (100,000 tracks) is too big to build on a small machine, so its IVF index is
+A 40 M-window catalog (100,000 tracks) takes about an hour to build on 2 cores, so here its IVF index is
 measured at 1 M windows with lists of the size it would have at 40 M (the vectors scanned per search
 are then the same), and the only part that grows, the coarse search over all list centroids, is timed
 at its 40 M size and added. Memory is bytes per vector (codes and ids, measured) times 40 M plus the
-centroids.
+centroids. `bench scale` (monitor/bench/scale.py) builds one of 40 M windows and measures it instead.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import BenchError, Reference
 from monitor.bench.report import Table, verdict
 from monitor.catalog.index import VectorIndex, auto_factory
+from monitor.constants import SCALE_WINDOWS
 
 TARGET_INDEX_RATE = 200.0  # seconds of audio indexed per second, one core
 TARGET_WINDOWS = 400.0  # windows embedded per second, one core
-SCALE_WINDOWS = 40_000_000  # 100,000 tracks
 MEASURED_WINDOWS = 1_000_000
 
 
@@ -195,6 +195,13 @@ def synthetic_vectors(n: int, dim: int, rng: np.random.Generator, tracks: int | 
     return out
 
 
+def distorted(vectors: np.ndarray, picks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors at cosine ~0.8 to `vectors[picks]`, like distorted broadcast windows to their reference's."""
+    dim = vectors.shape[1]
+    noisy = vectors[picks] + 0.75 / math.sqrt(dim) * rng.standard_normal((len(picks), dim)).astype(np.float32)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
 def measure_index(n_vectors: int, dim: int = 128, factory: str | None = None, queries: int = 1000, k: int = 10,
                   search_params: str | None = None, seed: int = 0) -> dict[str, float | str]:
     """Build an index of synthetic fingerprint-like vectors and report its cost and quality.
@@ -208,9 +215,7 @@ def measure_index(n_vectors: int, dim: int = 128, factory: str | None = None, qu
     rng = np.random.default_rng(seed)
     vectors = synthetic_vectors(n_vectors, dim, rng)
     ids = np.arange(n_vectors, dtype=np.int64)
-    picks = rng.integers(0, n_vectors, queries)
-    noisy = vectors[picks] + 0.75 / math.sqrt(dim) * rng.standard_normal((queries, dim)).astype(np.float32)
-    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    noisy = distorted(vectors, rng.integers(0, n_vectors, queries), rng)
 
     index = VectorIndex.empty(factory, dim, search_params)
     started = time.perf_counter()

@@ -424,18 +424,18 @@ class Catalog:
 
     def _rebuilt(self, factory: str) -> VectorIndex:
         log.info("building a %s index over %d tracks", factory, len(self._tracks))
-        live = np.fromiter(self._ords.values(), dtype=np.int64)
         search_params = None if factory != self._index.factory else self._index.search_params
-
-        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for name in self._shards:
-                vectors, ids = read_shard(self.directory, name)
-                keep = np.isin(split_ids(ids)[0], live)
-                yield vectors[keep], ids[keep]
-
-        if not len(live):
+        if not self._ords:
             return VectorIndex.empty(factory, self.encoder.dim, search_params)
-        return VectorIndex.build(factory, self.encoder.dim, chunks, search_params)
+        return VectorIndex.build(factory, self.encoder.dim, self.stored_windows, search_params)
+
+    def stored_windows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(embeddings, window ids) of the catalog's tracks, shard by shard from disk (removed tracks left out)."""
+        live = np.fromiter(self._ords.values(), dtype=np.int64)
+        for name in self._shards:
+            vectors, ids = read_shard(self.directory, name)
+            keep = np.isin(split_ids(ids)[0], live)
+            yield vectors[keep], ids[keep]
 
     def _tracks_with_ords(self) -> dict[int, TrackInfo]:
         return {self._ords[t]: info for t, info in self._tracks.items()}

@@ -42,7 +42,10 @@ class Confidence(Protocol):
     speed_range: tuple[float, float]
     tolerance: float
 
-    def confidence(self, score: float, duration: float) -> float: ...
+    def confidence(self, score: float, duration: float) -> float:
+        """Never lower for a higher score at one duration: `match_hits` skips queries that no score they
+        could reach makes confident enough."""
+        ...
 
 
 class MatchError(ValueError):
@@ -242,6 +245,8 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     if not hits:
         return []
     duration = hits[-1].offset - hits[0].offset + window_seconds
+    if min_confidence > 0 and calibration.confidence(score_bound(hits, window_seconds), duration) < min_confidence:
+        return []  # no line can be credible: a stream with nothing playing asks at every window, so spare the alignment
     matches = []
     for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance):
         confidence = calibration.confidence(line.score, duration)
@@ -254,6 +259,24 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
             line.speed, line.score, confidence,
         ))
     return matches
+
+
+def score_bound(hits: Sequence[WindowHits], window_seconds: float) -> float:
+    """No line through `hits` scores more: a line takes at most one hit per window, so its score is at most
+    the hop times the sum, over windows, of the best similarity of one track there, for the best track.
+    It mirrors how `align` scores (the hop and the floor under similarities as `_Flat` takes them); the
+    tiny margin covers the other order in which `_assign` adds the same similarities up. (A bound that also
+    asks the hits to lie on one line is tighter but costs about what it saves.)"""
+    offsets = [h.offset for h in hits]
+    hop = max(float(np.median(np.diff(offsets))), 1e-6) if len(hits) > 1 else window_seconds
+    sums: dict[str, float] = {}
+    for h in hits:
+        best: dict[str, float] = {}
+        for nb in h.neighbours:
+            best[nb.track_id] = max(best.get(nb.track_id, 1e-6), nb.similarity)
+        for track, similarity in best.items():
+            sums[track] = sums.get(track, 0.0) + similarity
+    return max(sums.values(), default=0.0) * hop * (1 + 1e-9)
 
 
 def hits_at(grid: WindowGrid, index: int, neighbours: tuple[Neighbour, ...]) -> WindowHits:

@@ -49,6 +49,7 @@ class Runs:
             return None
         history = self.usable(state)
         newest, tried = history[-1], 0
+        runs: dict[str, Run | None] = {}  # each track's best run: the same whichever stretch found the track
         for seconds in self.config.match_seconds:
             recent = [h for h in history if h.offset > newest.offset - seconds]
             if len(recent) < self.config.min_windows or len(recent) == tried:
@@ -58,7 +59,9 @@ class Runs:
                                  min_confidence=min(self.config.min_confidence, self.config.patient_confidence))
             for match in matches:
                 sure = match.confidence >= self.config.min_confidence
-                run = self.best(history, match.track_id, catalog)
+                if match.track_id not in runs:
+                    runs[match.track_id] = self.best(history, match.track_id, catalog)
+                run = runs[match.track_id]
                 if run is not None and (sure or self.count(history, run.line) >= self.config.patient_windows):
                     return replace(run, line=replace(run.line, confidence=match.confidence))  # the confidence that found it
         return None
