@@ -255,7 +255,7 @@ def bench_unknowns(reference, distractors, encoder, stations, hours, songs, jing
 @click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
 @click.option("--broker-storage", type=click.Choice(["s3", "memory"]), default="s3", show_default=True,
               help="Tansu's topics on a local S3 server (the broker fault is a restart) or in its memory (a restart would wipe them, so the fault is a 20 s SIGSTOP).")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where the broadcasts, catalog and logs go (broadcasts found there are reused) [a new temporary folder].")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where the broadcasts, catalog, fault-free baseline and logs go (the first three are reused when found there: a new folder after changing the pipeline) [a new temporary folder].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def bench_chaos(streams, minutes, workers, partitions, seed, encoder, broker_storage, workdir, out) -> None:
     """Ingest, Tansu, workers and Redis under a seeded fault schedule: plays lost, doubled, boundary errors, alerts."""

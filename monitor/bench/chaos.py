@@ -231,8 +231,8 @@ def schedule(seconds: float, streams: Sequence[str], workers: int, rng: np.rando
 
 class Starver:
     """Lets processes run only `share` of each `period`, stopping and continuing them as cpulimit does: the
-    workers stay in their group and keep answering scrapes, only too slowly for the streams. A process that
-    `processes` starts listing meanwhile (a worker restarted) is starved too."""
+    workers go on, too slowly for the streams (and, stopped most of the time, may miss heartbeats and
+    scrapes). A process that `processes` starts listing meanwhile (a worker restarted) is starved too."""
 
     def __init__(self, processes: Callable[[], list[subprocess.Popen]], share: float = STARVED_SHARE, period: float = 0.2):
         self.processes, self.share, self.period = processes, share, period
