@@ -57,25 +57,25 @@ def test_windows_are_the_real_ones_then_unit_draws_of_their_mixture_again_by_see
     assert np.array_equal(vectors, again)
 
 
-def test_bench_scale_reports_every_figure_at_200k_windows(tmp_path: Path, encoder_dir: Path) -> None:
+def test_bench_scale_reports_every_figure_at_50k_windows(tmp_path: Path, encoder_dir: Path) -> None:
     """An IVF index over exact vectors searched in all its lists finds the exact nearest window: recall@1 is 1."""
     out = tmp_path / "scale.json"
     result = CliRunner().invoke(main, ["bench", "scale", "--reference", str(MUSIC), "--encoder", str(encoder_dir),
-                                       "--windows", "200000", "--factory", "IVF256,Flat", "--search-params", "nprobe=256",
+                                       "--windows", "50000", "--factory", "IVF128,Flat", "--search-params", "nprobe=128",
                                        "--recall-queries", "100", "--batches", "3", "--cache-dir", str(tmp_path / "cache"),
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     scale = report["scale"]
-    assert scale["real_windows"] + scale["synthetic_windows"] == scale["windows"] == scale["worker"]["ntotal"] == 200_000
+    assert scale["real_windows"] + scale["synthetic_windows"] == scale["windows"] == scale["worker"]["ntotal"] == 50_000
     grid = WindowGrid.for_encoder(load_encoder(encoder_dir), 0.5)
     assert scale["batch_windows"] == round(STREAMS * grid.sample_rate / grid.hop)
-    assert [s["search_params"] for s in scale["search"]] == ["nprobe=64", "nprobe=256"]
+    assert [s["search_params"] for s in scale["search"]] == ["nprobe=64", "nprobe=128"]
     exhaustive = scale["search"][1]
     assert exhaustive["recall_at_1"] == 1.0
     assert 0 < exhaustive["batch_p50_seconds"] <= exhaustive["batch_p99_seconds"]
     assert scale["worker"]["rss_loaded"] > scale["worker"]["rss_before_load"] > 0
     assert scale["assignment"]["sample"] > 0 and 0 <= scale["assignment"]["agreement"] <= 1
-    assert {t["title"] for t in report["tables"]} == {"An index of 200,000 windows, built and held by a worker process",
-                                                      "Search at 200,000 windows, one batch = one second of 200 streams"}
+    assert {t["title"] for t in report["tables"]} == {"An index of 50,000 windows, built and held by a worker process",
+                                                      "Search at 50,000 windows, one batch = one second of 200 streams"}
     assert "Gaussian mixture" in report["tables"][0]["settings"]["windows"]
