@@ -106,6 +106,9 @@ class RedisStateStore:
     def _state_key(self, stream_id: str) -> str:
         return STATE_KEY.format(prefix=self.settings.prefix, stream_id=stream_id)
 
+    def _seq_key(self, stream_id: str) -> str:
+        return SEQ_KEY.format(prefix=self.settings.prefix, stream_id=stream_id)
+
     def _emitted_key(self, event_key: str) -> str:
         return EMITTED_KEY.format(prefix=self.settings.prefix, event_key=event_key)
 
@@ -142,7 +145,7 @@ class RedisStateStore:
     def save(self, states: Mapping[str, StreamState]) -> None:
         if not states:
             return
-        keys = [key for s in states for key in (self._state_key(s), SEQ_KEY.format(prefix=self.settings.prefix, stream_id=s))]
+        keys = [key for s in states for key in (self._state_key(s), self._seq_key(s))]
         values = [value for v in states.values() for value in (v.to_json(), str(v.last_seq))]
         refused = self._retrying("save play state", lambda: self._save_unless_newer(keys=keys, args=values))
         if refused:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_K = 10  # neighbours searched per query window
 SPEED_RANGE = (0.8, 1.25)
+SIMILARITY_FLOOR = 1e-6  # a dissimilar neighbour is no evidence, never negative
 TOLERANCE = 0.5  # seconds a hit may lie off its line: half a reference hop plus the encoder's jitter
 MIN_CONFIDENCE = 0.99
 MAX_SPEEDS = 63  # Hough speed bins at most (odd, so 1.0 is one); the least-squares refit recovers what coarser bins lose
@@ -128,13 +129,17 @@ class _Flat:
         window = np.repeat(np.arange(len(hits)), [len(h.neighbours) for h in hits])
         offsets = np.array([h.offset for h in hits], np.float64)
         origin = float(offsets.min() + offsets.max()) / 2 + window_seconds / 2
-        hop = float(np.median(np.diff(offsets))) if len(hits) > 1 else window_seconds
         return cls(
             tracks.tolist(), track, window, offsets[window] + window_seconds / 2 - origin,
             np.array([nb.ref_time for nb in neighbours]) + window_seconds / 2,
-            np.maximum([nb.similarity for nb in neighbours], 1e-6),  # a dissimilar neighbour is no evidence, never negative
-            origin, float(offsets.max() - offsets.min()), max(hop, 1e-6), len(hits),
+            np.maximum([nb.similarity for nb in neighbours], SIMILARITY_FLOOR),
+            origin, float(offsets.max() - offsets.min()), _hop(offsets, window_seconds), len(hits),
         )
+
+
+def _hop(offsets: np.ndarray, window_seconds: float) -> float:
+    """The query's hop, which weighs each window's similarity in a line's score."""
+    return max(float(np.median(np.diff(offsets))) if len(offsets) > 1 else window_seconds, 1e-6)
 
 
 def _speed_grid(span: float, speed_range: tuple[float, float], tolerance: float) -> np.ndarray:
@@ -267,13 +272,12 @@ def score_bound(hits: Sequence[WindowHits], window_seconds: float) -> float:
     It mirrors how `align` scores (the hop and the floor under similarities as `_Flat` takes them); the
     tiny margin covers the other order in which `_assign` adds the same similarities up. (A bound that also
     asks the hits to lie on one line is tighter but costs about what it saves.)"""
-    offsets = [h.offset for h in hits]
-    hop = max(float(np.median(np.diff(offsets))), 1e-6) if len(hits) > 1 else window_seconds
+    hop = _hop(np.array([h.offset for h in hits], np.float64), window_seconds)
     sums: dict[str, float] = {}
     for h in hits:
         best: dict[str, float] = {}
         for nb in h.neighbours:
-            best[nb.track_id] = max(best.get(nb.track_id, 1e-6), nb.similarity)
+            best[nb.track_id] = max(best.get(nb.track_id, SIMILARITY_FLOOR), nb.similarity)
         for track, similarity in best.items():
             sums[track] = sums.get(track, 0.0) + similarity
     return max(sums.values(), default=0.0) * hop * (1 + 1e-9)
