@@ -12,7 +12,7 @@ from monitor.bench import servers
 from monitor.stages.play_state import StreamState
 from monitor.records import Neighbour, WindowHits
 from monitor.fleet.redis_state import RedisSettings, RedisStateStore
-from monitor.stages.state import MemoryStateStore, StateStore
+from monitor.stages.state import Claims, MemoryStateStore, StateStore
 
 
 def state(stream_id: str, last_seq: int) -> StreamState:
@@ -74,14 +74,57 @@ def test_memory_store_remembers_the_latest_published_events_only() -> None:
     store = MemoryStateStore(keep_published=2)
     store.mark_published(["e1", "e2"])
     store.mark_published(["e3"])
-    assert store.published(["e1", "e2", "e3"]) == {"e2", "e3"}
+    assert store.claim(["e1", "e2", "e3"]) == Claims(mine={"e1"})
 
 
 def test_published_events_are_remembered(store: StateStore) -> None:
-    assert store.published(["e1", "e2"]) == set()
+    assert store.claim(["e1", "e2"]) == Claims(mine={"e1", "e2"})
     store.mark_published(["e1"])
     store.mark_published([])
-    assert store.published(["e1", "e2"]) == {"e1"}
+    assert store.claim(["e1", "e2"]) == Claims(mine={"e2"})  # a store's own claim stays its own
+    assert store.claim([]) == Claims()
+
+
+def redis_stores(server: servers.ServerProcess, count: int, claim_seconds: float = 30.0) -> list[RedisStateStore]:
+    """Stores as `count` workers hold them: one Redis, a claim token each."""
+    return [RedisStateStore(RedisSettings(f"redis://127.0.0.1:{server.port}/0"), claim_seconds=claim_seconds) for _ in range(count)]
+
+
+def test_an_event_one_worker_claimed_is_not_another_workers_to_publish(redis_server: servers.ServerProcess) -> None:
+    """Two workers derive the same events at once (one lost their stream in a rebalance mid-batch): the one
+    that claimed first publishes; the other gets those it published as published, those it gave up as its own."""
+    first, second = redis_stores(redis_server, 2)
+    assert first.claim(["sent", "failed"]) == Claims(mine={"sent", "failed"})
+    assert second.claim(["sent", "failed", "new"]) == Claims(mine={"new"}, held={"sent", "failed"})
+    first.mark_published(["sent"])
+    first.release(["failed", "new"])  # "new" is the second's: a release gives up only the store's own claims
+    assert second.claim(["sent", "failed", "new"]) == Claims(mine={"failed", "new"})
+    assert first.claim(["failed", "new"]) == Claims(held={"failed", "new"})
+
+
+def test_the_claim_of_a_worker_that_died_publishing_lapses(redis_server: servers.ServerProcess) -> None:
+    dead, heir = redis_stores(redis_server, 2, claim_seconds=0.5)
+    assert dead.claim(["e"]) == Claims(mine={"e"})
+    assert heir.claim(["e"]) == Claims(held={"e"})
+    servers.wait_until(lambda: heir.claim(["e"]) == Claims(mine={"e"}), timeout=30.0, what="the dead worker's claim to lapse")
+
+
+def test_workers_claiming_at_once_get_each_event_exactly_once(redis_server: servers.ServerProcess) -> None:
+    keys = [f"e{n}" for n in range(300)]
+    stores = redis_stores(redis_server, 4)
+    won: list[set[str]] = [set() for _ in stores]
+
+    def claim_all(store: RedisStateStore, mine: set[str], order: int) -> None:
+        for start in range(0, len(keys), 7):
+            part = keys[start : start + 7][:: 1 if order % 2 else -1]
+            mine |= store.claim(part).mine
+
+    threads = [threading.Thread(target=claim_all, args=(st, mine, n)) for n, (st, mine) in enumerate(zip(stores, won))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(mine) for mine in won) == len(keys) and set().union(*won) == set(keys)
 
 
 def test_prefixes_keep_deployments_apart(redis_server: servers.ServerProcess) -> None:
@@ -89,9 +132,9 @@ def test_prefixes_keep_deployments_apart(redis_server: servers.ServerProcess) ->
     blue, green = RedisStateStore(RedisSettings(url, prefix="blue:")), RedisStateStore(RedisSettings(url, prefix="green:"))
     blue.save({"s": state("s", 1)})
     blue.mark_published(["e"])
-    assert green.load(["s"]) == {} and green.published(["e"]) == set()
     keys = redis.Redis(port=redis_server.port, decode_responses=True).keys("*")
     assert sorted(keys) == ["blue:emitted:e", "blue:state-seq:s", "blue:state:s"]
+    assert green.load(["s"]) == {} and green.claim(["e"]) == Claims(mine={"e"})
 
 
 def test_state_survives_a_redis_restart_and_waits_out_the_outage(redis_server: servers.ServerProcess) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_wi
 from monitor.stages.calibration import calibrate
 from monitor.fleet.publish import restamp
 from monitor.records import AudioWindow, EndOfStream
+from monitor.fleet.redis_state import RedisSettings, RedisStateStore
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
 from monitor.stages.windows import WindowGrid
@@ -252,6 +254,42 @@ def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path
     assert_one_play(plays_in([*first, *second]), truth)
     assert len({e.event_id for e in [*first, *second]}) == len(first) + len(second)  # airtime too is published once
     assert stage.advance(hits[len(hits) // 2 :]) == (store.load(["replay"]), [])
+
+
+def test_a_worker_that_lost_a_stream_mid_batch_and_its_heir_publish_each_event_once(
+        service_catalog: Path, tmp_path: Path, redis_server: servers.ServerProcess) -> None:
+    """Two workers derive the same events at once (a rebalance gave the stream to the second while the first
+    was publishing): the second waits until the first published and committed them, and publishes none; when
+    the first fails to publish, the second publishes them all."""
+    catalog = Catalog.open(service_catalog)
+    path, _ = broadcast(tmp_path, "handover", "gardien-go", 20.0)
+    live = LiveCatalog(catalog)
+    windows = windows_of(path, "handover", WindowGrid.for_encoder(catalog.encoder))
+    hits = [*live.search(windows, 10), EndOfStream("handover", windows[-1].seq + 1)]
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    losing, heir = (TrackingStep(live, RedisStateStore(RedisSettings(url))) for _ in range(2))
+
+    def heir_publishes(caused: list[Event]) -> tuple[threading.Thread, list[Event]]:
+        found: list[Event] = []
+        thread = threading.Thread(target=lambda: found.extend(heir.unpublished(caused)))
+        thread.start()
+        return thread, found
+
+    states, caused = losing.advance(hits[: len(hits) // 2])
+    claimed = losing.unpublished(caused)
+    assert [e.state for e in plays_in(claimed)] == ["started"]
+    thread, found = heir_publishes(heir.advance(hits[: len(hits) // 2])[1])
+    losing.commit(states, claimed)
+    thread.join()
+    assert found == []
+
+    states, caused = losing.advance(hits)
+    claimed = losing.unpublished(caused)
+    assert [e.state for e in plays_in(claimed)] == ["ended"]
+    thread, found = heir_publishes(heir.advance(hits)[1])
+    losing.release(claimed)
+    thread.join()
+    assert found == claimed
 
 
 def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -16,6 +17,7 @@ from redis.retry import Retry
 from monitor.constants import Backoff
 from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL
 from monitor.stages.play_state import StreamState
+from monitor.stages.state import Claims
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,7 +25,8 @@ T = TypeVar("T")
 # Redis keys, all under one prefix per deployment (give deployments that share a Redis their own prefix):
 #   {prefix}state:{stream_id}      string  the stream's play state (JSON); never expires: a stream resumes after any pause
 #   {prefix}state-seq:{stream_id}  string  that state's last_seq, so that a save can be refused without parsing the state
-#   {prefix}emitted:{event_key}    string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS
+#   {prefix}emitted:{event_key}    string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS.
+#                                          Before: the claim of the worker publishing it, expiring after CLAIM_SECONDS
 STATE_KEY = "{prefix}state:{stream_id}"
 SEQ_KEY = "{prefix}state-seq:{stream_id}"
 # KEYS: state key, seq key per stream; ARGV: state, last_seq per stream. Atomic: two workers saving one stream
@@ -42,8 +45,39 @@ end
 return refused
 """
 EMITTED_KEY = "{prefix}emitted:{event_key}"
+PUBLISHED = "1"
+# KEYS: emitted keys; ARGV: this store's claim token, the claim's lifetime in ms. Returns the 1-based
+# positions of the keys now claimed by this store and of those another store claimed, in two lists.
+CLAIM = """
+local mine, held = {}, {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if not value then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    mine[#mine + 1] = i
+  elseif value == ARGV[1] then
+    mine[#mine + 1] = i
+  elseif value ~= '1' then
+    held[#held + 1] = i
+  end
+end
+return {mine, held}
+"""
+# KEYS: emitted keys; ARGV: this store's claim token. Only this store's own claims are given up.
+RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+  end
+end
+return 0
+"""
 # Longer than Kafka's default retention (7 days), the furthest back a replay can reach.
 EMITTED_TTL_SECONDS = 8 * 24 * 3600
+# How long a claim holds when its worker neither publishes nor releases (killed while publishing): the next
+# owner of the stream publishes those events this much later. Longer than a batch's publishing takes even on
+# a starved worker, so that a slow worker's claim does not lapse while its events are on their way.
+CLAIM_SECONDS = 30.0
 # Waits between attempts while Redis is unreachable: doubling from the first to the cap, with jitter.
 RETRY_FIRST_SECONDS = 0.1
 RETRY_CAP_SECONDS = 5.0
@@ -97,10 +131,14 @@ class RedisSettings:
 class RedisStateStore:
     """A StateStore in Redis, shared by all workers; waits out a Redis outage (backoff, forever) rather than lose a play."""
 
-    def __init__(self, settings: RedisSettings, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: RedisSettings, sleep: Callable[[float], None] = time.sleep, claim_seconds: float = CLAIM_SECONDS):
         self.settings = settings
         self._client = settings.client()
         self._save_unless_newer = self._client.register_script(SAVE_UNLESS_NEWER)
+        self._claim = self._client.register_script(CLAIM)
+        self._release = self._client.register_script(RELEASE)
+        self._token = f"claim:{uuid.uuid4()}"  # never PUBLISHED
+        self._claim_ms = int(claim_seconds * 1000)
         self._sleep = sleep
 
     def _state_key(self, stream_id: str) -> str:
@@ -151,12 +189,18 @@ class RedisStateStore:
         if refused:
             log.info("kept the newer saved state of %d stream(s): another worker got further with them (a rebalance)", refused)
 
-    def published(self, event_keys: Iterable[str]) -> set[str]:
+    def claim(self, event_keys: Iterable[str]) -> Claims:
         keys = list(event_keys)
         if not keys:
-            return set()
-        values = self._retrying("check published events", lambda: self._client.mget([self._emitted_key(k) for k in keys]))
-        return {k for k, v in zip(keys, values) if v is not None}
+            return Claims()
+        redis_keys = [self._emitted_key(k) for k in keys]
+        mine, held = self._retrying("claim events", lambda: self._claim(keys=redis_keys, args=[self._token, self._claim_ms]))
+        return Claims(mine={keys[i - 1] for i in mine}, held={keys[i - 1] for i in held})
+
+    def release(self, event_keys: Iterable[str]) -> None:
+        keys = [self._emitted_key(k) for k in event_keys]
+        if keys:
+            self._retrying("release claimed events", lambda: self._release(keys=keys, args=[self._token]))
 
     def mark_published(self, event_keys: Iterable[str]) -> None:
         keys = list(event_keys)
@@ -166,7 +210,7 @@ class RedisStateStore:
         def mark() -> None:
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.set(self._emitted_key(key), "1", ex=EMITTED_TTL_SECONDS)
+                pipe.set(self._emitted_key(key), PUBLISHED, ex=EMITTED_TTL_SECONDS)
             pipe.execute()
 
         self._retrying("mark events published", mark)

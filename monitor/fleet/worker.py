@@ -6,12 +6,13 @@ Two agents, each a short loop over batches that calls plain functions:
   publishes each window's hits, keyed by stream id (and a stream's EndOfStream after its last hits);
   windows that the catalog could not search are not heard, as in embedded mode.
 - `track` runs the tracking step that embedded mode runs too (monitor.stages.tracking.TrackingStep) on batches
-  of hits, with each stream's state in Redis, and publishes the events not yet published as JSON lines
-  to the plays topic before it commits them and the new states.
+  of hits, with each stream's state in Redis, claims the events not yet published, publishes them as JSON
+  lines to the plays topic and then commits them and the new states (a worker being stopped finishes that).
 Each agent's heartbeat (monitor.health) shows whether it is stuck.
 Both ack a batch only after it is handled, so a worker that dies hands its partitions and unacked
 messages to the others: windows are embedded again, the state machine skips hits it has seen (by seq),
-and events it emits again carry the same ids and are dropped (StateStore.published) before publishing.
+and events it emits again carry the same ids: it publishes none already published, and waits for those
+another worker is publishing (StateStore.claim), which become its own if that one dies first.
 A message that cannot be read goes to the dead-letter topic and is counted; the worker keeps going.
 """
 
@@ -31,7 +32,7 @@ from faust.types import EventT
 
 from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog
-from monitor.events import describe
+from monitor.events import Event, describe
 from monitor.health import BEAT_SECONDS, Heartbeat
 from monitor.fleet.kafka_records import (
     DEAD_LETTER_KEEP_BYTES,
@@ -47,6 +48,7 @@ from monitor.fleet.kafka_records import (
 from monitor.metrics import Metrics, observe_events
 from monitor.options import WorkerOptions
 from monitor.records import AudioWindow, EndOfStream
+from monitor.stages.play_state import StreamState
 from monitor.stages.state import StateStore
 from monitor.stages.unknown_store import UnknownStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
@@ -136,12 +138,25 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics:
                 states, caused = await in_thread(step.advance, [item for item, _ in items])
                 fresh = await in_thread(step.unpublished, caused) if caused else []
                 fresh = [replace(e, stream=metadata.get(e.stream_id, {})) for e in fresh]
-                deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in fresh]
-                await asyncio.gather(*deliveries)
-                await in_thread(step.commit, states, fresh)
-                observe_events(metrics, fresh)
-                for event in fresh:
-                    log.info("%s", describe(event))
+                publishing = asyncio.ensure_future(publish(fresh, states))
+                try:
+                    await asyncio.shield(publishing)
+                except asyncio.CancelledError:  # stopping: events sent must be marked, or the next owner sends them again
+                    await publishing
+                    raise
+
+    async def publish(events: list[Event], states: dict[str, StreamState]) -> None:
+        """Send the claimed events, then commit them and the states; claims are given up if sending fails."""
+        try:
+            deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in events]
+            await asyncio.gather(*deliveries)
+        except Exception:
+            await in_thread(step.release, events)
+            raise
+        await in_thread(step.commit, states, events)
+        observe_events(metrics, events)
+        for event in events:
+            log.info("%s", describe(event))
 
     @app.timer(options.reload_seconds)
     async def look_for_catalog_changes() -> None:

@@ -2,15 +2,27 @@
 
 The play state machine keeps all it knows of a stream in one `StreamState`. A store holds it per stream
 id and remembers which play events were already published, so that a replay after a crash or a rebalance
-republishes none of them. Embedded mode uses MemoryStateStore; workers share monitor.fleet.redis_state's.
+republishes none of them. Before publishing, a process claims the events: two workers that derive the same
+event at once (one of them about to learn in a rebalance that it lost the stream) cannot both publish it.
+Embedded mode uses MemoryStateStore; workers share monitor.fleet.redis_state's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from monitor.stages.play_state import StreamState
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a claim on event keys found: `mine` to publish now, `held` by another process that is publishing
+    them (each until its claim lapses, if that process dies first); the other keys were published."""
+
+    mine: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
 
 
 class StateStore(Protocol):
@@ -24,16 +36,20 @@ class StateStore(Protocol):
         worker that lost its streams in a rebalance while still working on them must not move them back,
         or their next windows would apply to a state that misses the windows in between."""
 
-    def published(self, event_keys: Iterable[str]) -> set[str]:
-        """Those of `event_keys` already marked published."""
+    def claim(self, event_keys: Iterable[str]) -> Claims:
+        """Claim the keys that are neither published nor claimed by another live process."""
+
+    def release(self, event_keys: Iterable[str]) -> None:
+        """Give up this process's claims (publishing failed): another may publish them at once."""
 
     def mark_published(self, event_keys: Iterable[str]) -> None:
-        """Remember that these events are on the plays topic."""
+        """Remember that these events are on the plays topic (which ends their claims)."""
 
 
 class MemoryStateStore:
     """A StateStore in this process's memory, for embedded mode and tests; it ends with the process.
-    It remembers the latest `keep_published` event keys: a process replays nothing older than that."""
+    It remembers the latest `keep_published` event keys: a process replays nothing older than that. It has
+    no other process to share with: every key not published is this process's to publish."""
 
     def __init__(self, keep_published: int = 100_000) -> None:
         self._states: dict[str, StreamState] = {}
@@ -46,8 +62,11 @@ class MemoryStateStore:
     def save(self, states: Mapping[str, StreamState]) -> None:
         self._states.update({s: v for s, v in states.items() if s not in self._states or self._states[s].last_seq <= v.last_seq})
 
-    def published(self, event_keys: Iterable[str]) -> set[str]:
-        return {k for k in event_keys if k in self._published}
+    def claim(self, event_keys: Iterable[str]) -> Claims:
+        return Claims(mine={k for k in event_keys if k not in self._published})
+
+    def release(self, event_keys: Iterable[str]) -> None:
+        """Nothing to give up: claims of one process are never held against it."""
 
     def mark_published(self, event_keys: Iterable[str]) -> None:
         self._published.update(dict.fromkeys(event_keys))

@@ -10,6 +10,7 @@ or opens on them; `airtrace_catalog_outage` is 1, which the health check and an 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -30,6 +31,7 @@ from monitor.stages.unknowns import Resolved, UnknownSearch
 from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
+CLAIM_POLL_SECONDS = 0.2  # how often to look again at events another process is publishing
 
 
 def content_count(encoder: Encoder) -> ContentCount | None:
@@ -103,8 +105,8 @@ class TrackingStep:
     batches of hits and stream ends from many streams, state in a StateStore.
 
     One step is `advance` (new states and the events they caused, unknown stretches searched among the
-    kept ones; nothing saved), `unpublished` (the events no one published yet: a replay re-derives
-    published ones with the same ids), publishing them, then `commit`. A process that dies before `commit`
+    kept ones; nothing saved), `unpublished` (the events no one published yet, claimed: a replay re-derives
+    published ones with the same ids), publishing them (`release` if that fails), then `commit`. A process that dies before `commit`
     redoes the step from the same saved states. Unknown stretches are kept in `unknowns`, which every
     tracking process must share for repeats across them to be found (a MemoryUnknownStore by default)."""
 
@@ -161,8 +163,20 @@ class TrackingStep:
         return resolved.event
 
     def unpublished(self, events: Sequence[Event]) -> list[Event]:
-        published = self.store.published(e.event_id for e in events)
-        return [e for e in events if e.event_id not in published]
+        """The events this process must publish now, claimed: none published, none another process is
+        publishing. While another holds some (it took them a moment ago and lost their stream in a rebalance),
+        wait until it has published them or its claim lapsed (it died): they are then this one's to publish."""
+        claims = self.store.claim(e.event_id for e in events)
+        mine = set(claims.mine)
+        while claims.held:
+            time.sleep(CLAIM_POLL_SECONDS)
+            claims = self.store.claim(claims.held)
+            mine |= claims.mine
+        return [e for e in events if e.event_id in mine]
+
+    def release(self, events: Iterable[Event]) -> None:
+        """Publishing these failed: give up their claims, so that whoever redoes the step publishes them."""
+        self.store.release(e.event_id for e in events)
 
     def commit(self, states: dict[str, StreamState], published: Iterable[Event]) -> None:
         """After the events are out: remember them, keep the unknown stretches among them, then save the
