@@ -13,7 +13,8 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from encoders import load_encoder
+from encoders import coloured_noise, load_audio, load_encoder
+from encoders.model import MODELS_DIR
 from encoders.train import TrainConfig, build_encoder, data_digest, nt_xent, train
 from monitor.cli import main
 
@@ -60,9 +61,28 @@ def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, m
     assert data_digest(elsewhere) != inside["data_sha256"]
 
 
-def test_shipped_model_records_no_machine_path() -> None:
-    training = json.loads((Path(__file__).parents[1] / "encoders" / "models" / "compact" / "config.json").read_text())["training"]
+SHIPPED_ENCODERS = ("compact", "nafp")
+
+
+@pytest.mark.parametrize("name", SHIPPED_ENCODERS)
+def test_shipped_model_records_no_machine_path(name: str) -> None:
+    training = json.loads((MODELS_DIR / name / "config.json").read_text())["training"]
     assert not Path(training["data"]).is_absolute()
+
+
+@pytest.mark.parametrize("name", SHIPPED_ENCODERS)
+def test_shipped_encoders_find_music_under_noise_among_its_neighbours(name: str) -> None:
+    """Trained weights: each 1 s window of demo music (never trained on) under pink noise at 5 dB SNR is
+    nearest its own clean window among 24: its track's other windows and another track's. Measured: 92-100 %
+    trained, 8-50 % with random weights."""
+    encoder = load_encoder(name)
+    rate, count = encoder.sample_rate, 12
+    clean, other = (load_audio(DEMO / f"{track}.opus", rate)[5 * rate : (5 + count) * rate] for track in ("area1-game", "gardien-go"))
+    noise = coloured_noise(len(clean), 1.0, np.random.default_rng(0))
+    noisy = clean + noise * np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (5 / 10))
+    clean_e, noisy_e, other_e = (encoder.embed(audio.reshape(count, rate).astype(np.float32)) for audio in (clean, noisy, other))
+    nearest = (noisy_e @ np.concatenate([clean_e, other_e]).T).argmax(axis=1)
+    assert np.mean(nearest == np.arange(count)) >= 0.75, nearest
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "encoders" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
