@@ -193,11 +193,11 @@ def save_model_dir(directory: str | Path, config: dict[str, Any], state: dict[st
 
 
 def resolve_encoder_path(name_or_path: str | Path) -> Path:
-    """A directory path as given, or the name of a model shipped under encoders/models/."""
-    path = Path(name_or_path)
-    if path.is_dir():
+    """A directory path as given, or the name of a model shipped under encoders/models/. A folder that holds
+    no model (a training run's, named after the encoder it trains) does not hide the shipped model of its name."""
+    path, shipped = Path(name_or_path), MODELS_DIR / str(name_or_path)
+    if path.is_dir() and ((path / "config.json").is_file() or not shipped.is_dir()):
         return path
-    shipped = MODELS_DIR / str(name_or_path)
     if shipped.is_dir():
         return shipped
     names = sorted(p.name for p in MODELS_DIR.iterdir() if p.is_dir()) if MODELS_DIR.is_dir() else []

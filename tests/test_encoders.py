@@ -67,6 +67,15 @@ def test_missing_encoder_directory_lists_shipped_names(tmp_path: Path) -> None:
         load_encoder(tmp_path / "absent")
 
 
+def test_a_run_folder_named_after_a_shipped_encoder_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "compact").mkdir()  # what `airtrace train ... --run-dir compact` leaves before it exports
+    assert load_encoder("compact").config.backbone == "compact"
+    (tmp_path / "compact" / "config.json").write_text("{}")
+    with pytest.raises(EncoderError, match="lacks model.safetensors"):  # a model folder is taken as given
+        load_encoder("compact")
+
+
 def test_corrupt_weights_are_reported(encoder: Encoder, tmp_path: Path) -> None:
     encoder.save(tmp_path / "enc")
     (tmp_path / "enc" / "model.safetensors").write_bytes(b"not safetensors")
