@@ -36,15 +36,23 @@ def standardised(mel: torch.Tensor) -> torch.Tensor:
 
 
 class LogMel(nn.Module):
-    """Waveform (B, samples) -> log-mel (B, n_mels, frames)."""
+    """Waveform (B, samples) -> log-mel (B, n_mels, frames); `floor` is the power added before the log."""
 
-    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int, fmin: float, fmax: float):
+    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int, fmin: float, fmax: float, floor: float = 1e-6):
         super().__init__()
-        self.n_fft, self.hop = n_fft, hop
+        self.n_fft, self.hop, self.floor = n_fft, hop, floor
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
         power = spec.real.square() + spec.imag.square()
-        return torch.log(torch.matmul(self.filters, power) + 1e-6)
+        return torch.log(torch.matmul(self.filters, power) + self.floor)
+
+
+def max_referenced(log_mel: torch.Tensor, dynamic_range_db: float = 80.0) -> torch.Tensor:
+    """Each (B, F, T) natural-log spectrogram relative to its own peak, the `dynamic_range_db` below it
+    scaled to [-1, 1] and anything quieter clipped: a gain change does not move it (NAFP's input)."""
+    span = dynamic_range_db / 10.0 * math.log(10.0)
+    relative = log_mel - log_mel.amax(dim=(1, 2), keepdim=True)
+    return relative.clamp(min=-span) / (span / 2) + 1.0

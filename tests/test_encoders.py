@@ -121,6 +121,19 @@ def test_nafp_baseline_builds_and_embeds() -> None:
     assert out.shape == (2, 128)
 
 
+def test_nafp_hears_each_window_relative_to_its_peak_so_gain_does_not_move_it() -> None:
+    """As published: the log-mel is referenced to the window's peak. Weights trained before that (the
+    shipped `nafp`) load with `peak_reference: false` and keep the raw log-mel they learned on."""
+    torch.manual_seed(0)
+    wave = torch.from_numpy(load_audio(DEMO / "area1-game.opus", 8000)[40_000:56_000].reshape(2, 8000).copy())
+    for peak_reference, moves in ((True, False), (False, True)):
+        nafp = Encoder(EncoderConfig.for_backbone("nafp", backbone_args={"width": 8, "hidden": 64, "peak_reference": peak_reference})).eval()
+        with torch.no_grad():
+            loud, quiet = nafp.backbone(wave), nafp.backbone(wave * 0.01)
+        # float32: the log-mel's relative error is about 1e-6 after the STFT; a raw log-mel shifts by ln(1e-4)
+        assert (not torch.allclose(loud, quiet, rtol=1e-3, atol=1e-3)) == moves
+
+
 def test_grafprint_builds_its_sizes_and_embeds_on_the_unit_sphere() -> None:
     torch.manual_seed(0)
     encoder = Encoder(EncoderConfig.for_backbone("grafprint", backbone_args={"size": "cpu"})).eval()
