@@ -1,5 +1,6 @@
-"""NAFP (Chang et al. 2021) as published: 256-band log-mel referenced to each window's peak (80 dB scaled
-to [-1, 1]), eight separable conv blocks, a divide-and-encode head.
+"""NAFP (Chang et al. 2021) as published: 256-band log-mel referenced to its peak (as the authors' code does,
+which takes the peak over the batch; here each window's own, so an embedding does not depend on its batch),
+eight separable conv blocks, a divide-and-encode head.
 
 Kept as the baseline the compact default is measured against.
 """
