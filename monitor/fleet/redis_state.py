@@ -46,7 +46,7 @@ return refused
 """
 EMITTED_KEY = "{prefix}emitted:{event_key}"
 PUBLISHED = "1"
-# KEYS: emitted keys; ARGV: this store's claim token, the claim's lifetime in ms. Returns the 1-based
+# KEYS: emitted keys; ARGV: this store's claim token, the claim's lifetime in ms, PUBLISHED. Returns the 1-based
 # positions of the keys now claimed by this store and of those another store claimed, in two lists.
 CLAIM = """
 local mine, held = {}, {}
@@ -57,7 +57,7 @@ for i, key in ipairs(KEYS) do
     mine[#mine + 1] = i
   elseif value == ARGV[1] then
     mine[#mine + 1] = i
-  elseif value ~= '1' then
+  elseif value ~= ARGV[3] then
     held[#held + 1] = i
   end
 end
@@ -194,7 +194,7 @@ class RedisStateStore:
         if not keys:
             return Claims()
         redis_keys = [self._emitted_key(k) for k in keys]
-        mine, held = self._retrying("claim events", lambda: self._claim(keys=redis_keys, args=[self._token, self._claim_ms]))
+        mine, held = self._retrying("claim events", lambda: self._claim(keys=redis_keys, args=[self._token, self._claim_ms, PUBLISHED]))
         return Claims(mine={keys[i - 1] for i in mine}, held={keys[i - 1] for i in held})
 
     def release(self, event_keys: Iterable[str]) -> None:
