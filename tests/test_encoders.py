@@ -122,8 +122,8 @@ def test_nafp_baseline_builds_and_embeds() -> None:
 
 
 def test_nafp_hears_each_window_relative_to_its_peak_so_gain_does_not_move_it() -> None:
-    """As published: the log-mel is referenced to the window's peak. Weights trained before that (the
-    shipped `nafp`) load with `peak_reference: false` and keep the raw log-mel they learned on."""
+    """As published: the log-mel is referenced to the window's peak. Weights trained before that load with
+    `peak_reference: false` and keep the raw log-mel they learned on."""
     torch.manual_seed(0)
     wave = torch.from_numpy(load_audio(DEMO / "area1-game.opus", 8000)[40_000:56_000].reshape(2, 8000).copy())
     for peak_reference, moves in ((True, False), (False, True)):
