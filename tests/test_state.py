@@ -52,7 +52,7 @@ def test_workers_saving_one_stream_at_once_leave_the_newest_state(redis_server: 
 
     seqs = list(range(400))
     random.Random(0).shuffle(seqs)
-    stores = [RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0")) for _ in range(4)]
+    stores = redis_stores(redis_server, 4)
     threads = [threading.Thread(target=lambda st=st, part=seqs[n::4]: [st.save({"raced": state("raced", q)}) for q in part])
                for n, st in enumerate(stores)]
     for thread in threads:
