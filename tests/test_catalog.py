@@ -35,8 +35,10 @@ def test_a_folder_is_added_with_bad_files_reported_and_every_window_found(tmp_pa
     assert report.added == list(CATALOG_TRACKS[:2])
     assert sorted(Path(p).name for p, _ in report.skipped) == ["broken.mp3", "missing.wav"]
     assert catalog.stats()["tracks"] == 2 and catalog.stats()["windows"] == sum(t.windows for t in catalog.tracks())
-    sources = [source for _, source in catalog.null_queries()]  # noise, speech, and each track reversed
+    nulls = catalog.null_queries()  # noise, speech, and each track's middle windows
+    sources = [null.source for null in nulls]
     assert sources.count(None) >= 3 and sorted(s for s in sources if s) == list(CATALOG_TRACKS[:2])
+    assert not any(null.reversed for null in nulls)
 
     neighbours = catalog.search(exact_windows(catalog, CATALOG_TRACKS[1], 20.0, 3.0), k=3)
     assert [(n[0].track_id, n[0].ref_time) for n in neighbours] == [(CATALOG_TRACKS[1], 20.0 + 0.5 * i) for i in range(5)]

@@ -48,9 +48,9 @@ def assert_same_catalog(one: Catalog, other: Catalog) -> None:
     other_ids, other_vectors = shard_rows(other)
     np.testing.assert_array_equal(ids, other_ids)
     np.testing.assert_allclose(vectors, other_vectors, rtol=0, atol=F16_TOLERANCE)
-    assert [s for _, s in one.null_queries()] == [s for _, s in other.null_queries()]
-    for (clip, _), (other_clip, _) in zip(one.null_queries(), other.null_queries()):
-        np.testing.assert_allclose(clip, other_clip, rtol=0, atol=F16_TOLERANCE)
+    assert [(q.source, q.reversed) for q in one.null_queries()] == [(q.source, q.reversed) for q in other.null_queries()]
+    for query, other_query in zip(one.null_queries(), other.null_queries()):
+        np.testing.assert_allclose(query.vectors, other_query.vectors, rtol=0, atol=F16_TOLERANCE)
     sr = one.encoder.sample_rate
     for name in CATALOG_TRACKS:
         queries = one.encoder.embed(one.grid.cut(music(name)[10 * sr : 14 * sr]).copy())

@@ -21,6 +21,7 @@ from encoders import AudioError, load_audio, load_encoder
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import BenchError, Reference
 from monitor.catalog import Catalog
+from monitor.catalog.nulls import NULL_FORMAT
 from monitor.stages.identify import identify
 from monitor.stages.matcher import Match
 
@@ -75,7 +76,7 @@ class NeuralEngine:
         """Reuse a catalog cached for exactly this encoder, hop and reference files; else build it, from a copy
         of `base` (a catalog of some of the references, same encoder and hop) plus the references it lacks."""
         encoder = load_encoder(encoder_name)
-        key = _cache_key(encoder.fingerprint(), hop_seconds, _signatures(references))
+        key = _cache_key(encoder.fingerprint(), hop_seconds, _signatures(references), NULL_FORMAT)
         name = Path(encoder_name).name
         directory = cache_dir / f"catalog-{name}-{key}"
         if directory.is_dir():

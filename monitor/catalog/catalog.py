@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
 from monitor.catalog.index import VectorIndex, VectorIndexError, auto_factory, split_ids, window_ids
-from monitor.catalog.nulls import NullClips, null_excerpt
+from monitor.catalog.nulls import NullClips, NullQuery, null_windows
 from monitor.catalog.sources import AddReport, Source, expand_sources
 from monitor.catalog.store import (CONFIG_FILE, FORMAT_VERSION, CatalogError, TrackInfo, check_new_catalog_folder, config_signature, gen_dir,
                                    read_config, read_shard, read_tracks, write_generation, write_shard, writer_lock)
@@ -39,7 +39,6 @@ class EmbeddedAudio(NamedTuple):
     seconds: float
     vectors: np.ndarray | None  # audible windows' embeddings; None: not embedded (a copy), decoded again if it must be added
     numbers: np.ndarray | None  # their window numbers on the catalog grid
-    null_vectors: np.ndarray | None  # embeddings of null_excerpt(audio), for the null clips
 
 
 def check_hop(encoder: Encoder, hop_seconds: float) -> None:
@@ -232,13 +231,11 @@ class Catalog:
             for row_ords, row_times, row_sims in zip(ords.tolist(), times, sims.tolist())
         ]
 
-    def null_queries(self) -> list[tuple[np.ndarray, str | None]]:
-        """Audio certainly not in the catalog, for the matcher to calibrate its confidence on: runs of
-        consecutive window embeddings on the catalog grid (noise, speech, reversed excerpts of tracks),
-        each with the track it was reversed from, whose hits do not count (None for noise and speech)."""
-        names = {track_ord: track_id for track_id, track_ord in self._ords.items()}
-        return [(clip.astype(np.float32), names.get(source, f"#{source}") if source >= 0 else None)
-                for clip, source in zip(self._null.clips, self._null.sources)]
+    def null_queries(self) -> list[NullQuery]:
+        """Audio the catalog does not hold, for the matcher to calibrate its confidence on: runs of consecutive
+        window embeddings on the catalog grid (noise, speech, excerpts of tracks), each with the track it is
+        from, whose hits do not count (None for noise and speech)."""
+        return self._null.queries({track_ord: track_id for track_id, track_ord in self._ords.items()})
 
     def generation_dir(self) -> Path:
         """Where this generation's files lie; derived data (the matcher's calibration) may be cached here."""
@@ -330,20 +327,19 @@ class Catalog:
             digest = content_hash(audio)
             self.check_new(track_id, digest)
             vectors, numbers = self._embed(audio)
-            null_vectors = lambda: self._embed(null_excerpt(audio, self.encoder.sample_rate))[0]  # noqa: E731
-            self._stage(track_id, digest, len(audio) / self.encoder.sample_rate, vectors, numbers, null_vectors, metadata)
+            self._stage(track_id, digest, len(audio) / self.encoder.sample_rate, vectors, numbers, metadata)
 
     def add_embedded(self, track_id: str, audio: EmbeddedAudio, metadata: dict | None = None) -> None:
         """Add one track that was embedded elsewhere with this catalog's encoder and grid, as `add_audio`."""
         with self.transaction():
             self.check_new(track_id, audio.digest)
-            self._stage(track_id, audio.digest, audio.seconds, audio.vectors, audio.numbers, lambda: audio.null_vectors, metadata)
+            self._stage(track_id, audio.digest, audio.seconds, audio.vectors, audio.numbers, metadata)
 
     def check_new(self, track_id: str, digest: str | None = None) -> None:
         check_new_track(track_id, digest, self._tracks, self._hashes)
 
     def _stage(self, track_id: str, digest: str, seconds: float, vectors: np.ndarray, numbers: np.ndarray,
-               null_vectors: Callable[[], np.ndarray], metadata: dict | None) -> None:
+               metadata: dict | None) -> None:
         if not len(vectors):
             raise CatalogError(f"track {track_id!r} has no audible window of {self.grid.window_seconds} s; it is too short or silent")
         track_ord = self._next_ord()
@@ -357,7 +353,7 @@ class Catalog:
         self._tracks[track_id] = TrackInfo(track_id, seconds, len(ids), digest, meta)
         self._hashes[digest] = track_id
         self._ords[track_id] = track_ord
-        self._null.offer(track_ord, digest, null_vectors)
+        self._null.offer(track_ord, digest, null_windows(vectors, numbers, seconds, self.grid))
         self._dirty = True
 
     def remove(self, track_id: str) -> None:

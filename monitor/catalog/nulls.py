@@ -1,11 +1,11 @@
-"""Embedded audio certainly not in the catalog, kept with each generation: what the matcher's confidence
-is calibrated on (monitor.stages.calibration)."""
+"""Embedded audio that is not in the catalog, kept with each generation: what the matcher's confidence is
+calibrated on (monitor.stages.calibration)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from monitor.stages.windows import WindowGrid
 log = logging.getLogger(__name__)
 
 NULL_CLIP_SECONDS = 30.0
-NULL_CLIPS = 64  # reversed excerpts kept, a uniform sample over all tracks ever added
+NULL_CLIPS = 64  # track excerpts kept, a uniform sample over all tracks ever added
+NULL_FORMAT = 2  # 2: a track's own middle windows (1: time-reversed excerpts)
 SPEECH_NULL = (
     "Good evening and welcome back. Here are the headlines at the top of the hour.",
     "The council met today to discuss the new budget for schools and roads in the region.",
@@ -25,14 +26,24 @@ SPEECH_NULL = (
 )
 
 
-class NullClips:
-    """Embedded audio that is certainly not in the catalog: noise and speech, plus time-reversed excerpts
-    of a uniform sample (reservoir) of the tracks ever added, each with the ordinal of its source track
-    (-1 for noise and speech). A reversed excerpt still resembles its own track, so calibration ignores
-    that track's hits: against every other track it is music the catalog does not hold."""
+class NullQuery(NamedTuple):
+    vectors: np.ndarray  # consecutive windows' embeddings
+    source: str | None  # the track the excerpt is from (its hits do not count); None for noise and speech
+    reversed: bool  # a time-reversed excerpt, as older catalogs kept (see NullClips)
 
-    def __init__(self, clips: list[np.ndarray], sources: list[int], offered: int):
+
+class NullClips:
+    """Embedded audio the catalog does not hold: noise and speech, plus the middle windows of a uniform
+    sample (reservoir) of the tracks ever added, each with the ordinal of its source track (-1 for noise and
+    speech). Calibration queries an excerpt with its own track left out, and any duplicate of it: against
+    the rest it is real music of the catalog's kind that the catalog does not hold, which is what a stream
+    carries between plays. Older catalogs kept time-reversed excerpts instead, flagged in `reversed` and
+    replaced as the reservoir turns over: reversed music resembles the catalog's less than real music does,
+    so it set the threshold too low on some catalogs, and its duplicates too high on others."""
+
+    def __init__(self, clips: list[np.ndarray], sources: list[int], offered: int, reversed_: list[bool] | None = None):
         self.clips, self.sources, self.offered = clips, sources, offered
+        self.reversed = reversed_ if reversed_ is not None else [False] * len(clips)
 
     @classmethod
     def noise_and_speech(cls, encoder: Encoder, grid: WindowGrid) -> "NullClips":
@@ -52,9 +63,9 @@ class NullClips:
                 clips.append(encoder.embed(windows).astype(np.float16))
         return cls(clips, [-1] * len(clips), 0)
 
-    def offer(self, track_ord: int, digest: str, null_vectors: Callable[[], np.ndarray]) -> None:
+    def offer(self, track_ord: int, digest: str, vectors: np.ndarray) -> None:
         """Reservoir sampling: the n-th track replaces a kept excerpt with probability NULL_CLIPS / n.
-        `null_vectors` gives the embedded null_excerpt of the track, computed only if it is kept."""
+        `vectors`: the track's null windows (`null_windows`)."""
         self.offered += 1
         kept = [i for i, source in enumerate(self.sources) if source >= 0]
         if len(kept) < NULL_CLIPS:
@@ -64,14 +75,19 @@ class NullClips:
             if pick >= NULL_CLIPS:
                 return
             slot = kept[pick]
-        vectors = null_vectors()
         if not len(vectors):
             return
         if slot is None:
             self.clips.append(vectors.astype(np.float16))
             self.sources.append(track_ord)
+            self.reversed.append(False)
         else:
-            self.clips[slot], self.sources[slot] = vectors.astype(np.float16), track_ord
+            self.clips[slot], self.sources[slot], self.reversed[slot] = vectors.astype(np.float16), track_ord, False
+
+    def queries(self, names: dict[int, str]) -> list[NullQuery]:
+        """The clips as float32 queries, each named by its source track (`names`: ordinal -> track id)."""
+        return [NullQuery(clip.astype(np.float32), names.get(source, f"#{source}") if source >= 0 else None, was_reversed)
+                for clip, source, was_reversed in zip(self.clips, self.sources, self.reversed)]
 
     def save(self, path: Path) -> None:
         np.savez(
@@ -79,6 +95,7 @@ class NullClips:
             vectors=np.concatenate(self.clips) if self.clips else np.zeros((0, 0), np.float16),
             lengths=np.array([len(c) for c in self.clips], np.int64),
             sources=np.array(self.sources, np.int64),
+            reversed=np.array(self.reversed, bool),
             offered=np.int64(self.offered),
         )
 
@@ -88,13 +105,15 @@ class NullClips:
             with np.load(path) as data:
                 lengths = data["lengths"]
                 clips = np.split(data["vectors"], np.cumsum(lengths)[:-1]) if len(lengths) else []
-                return cls(list(clips), data["sources"].tolist(), int(data["offered"]))
+                sources = data["sources"].tolist()
+                was_reversed = data["reversed"].tolist() if "reversed" in data else [source >= 0 for source in sources]
+                return cls(list(clips), sources, int(data["offered"]), was_reversed)
         except (OSError, ValueError, KeyError) as exc:
             raise CatalogError(f"{path} cannot be read ({exc}); the catalog is corrupt, rebuild it") from exc
 
 
-def null_excerpt(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The middle NULL_CLIP_SECONDS of a track, time-reversed: music like the catalog's but not in it."""
-    length = int(NULL_CLIP_SECONDS * sample_rate)
-    start = max(0, (len(audio) - length) // 2)
-    return audio[start : start + length][::-1].copy()
+def null_windows(vectors: np.ndarray, numbers: np.ndarray, seconds: float, grid: WindowGrid) -> np.ndarray:
+    """A track's audible windows in its middle NULL_CLIP_SECONDS (already embedded for the index)."""
+    first = (seconds - NULL_CLIP_SECONDS) / 2.0
+    starts = grid.start(np.asarray(numbers))
+    return vectors[(starts >= first) & (starts + grid.window_seconds <= first + NULL_CLIP_SECONDS)]

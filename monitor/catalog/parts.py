@@ -5,7 +5,7 @@ process or pod given the same PATHS computes the same slices. `write_part` embed
 catalog folder's staging area and writes no generation:
 
     parts/<build>/part-0002-of-0008/   entries.json (written last: a folder without it is incomplete),
-                                        vectors.f16, numbers.i64, null.f16 (raw rows, in entry order)
+                                        vectors.f16, numbers.i64 (raw rows, in entry order)
 
 `merge_parts` then feeds every part's tracks, in source order, to Catalog.add_items under the writer
 lock and commits them as one generation: the same ids, duplicates, ordinals and null clips as one
@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from encoders import DEFAULT_ENCODER, AudioError, Encoder, EncoderError, load_audio, load_encoder
 from monitor.catalog.catalog import Catalog, EmbeddedAudio, check_hop, check_new_track, content_hash, read_settings
-from monitor.catalog.nulls import null_excerpt
 from monitor.catalog.sources import AddReport, Source, expand_sources
 from monitor.catalog.store import CONFIG_FILE, PARTS_DIR, CatalogError, TrackInfo, committed_tracks
 from monitor.constants import DEFAULT_HOP_SECONDS
@@ -41,10 +40,10 @@ from monitor.records import check_id
 from monitor.stages.search import embed_audible
 from monitor.stages.windows import WindowGrid
 
-PART_FORMAT = 1
+PART_FORMAT = 2  # 2: no null.f16 (a track's null windows are taken from its own)
 PART_NAME = re.compile(r"\.?part-\d{4}-of-\d{4}(-\w+)?")  # a part, or one a crash left half written
 ENTRIES_FILE = "entries.json"
-ARRAYS = {"vectors.f16": np.float16, "numbers.i64": np.int64, "null.f16": np.float16}
+ARRAYS = {"vectors.f16": np.float16, "numbers.i64": np.int64}
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -144,15 +143,14 @@ def _embed_entry(source: Source, held: dict[str, TrackInfo], held_hashes: dict[s
     except (ValueError, CatalogError, AudioError) as exc:
         return {**entry, "skipped": str(exc)}
     digest = content_hash(audio)
-    entry.update(digest=digest, seconds=len(audio) / encoder.sample_rate, windows=None, null_windows=0)
+    entry.update(digest=digest, seconds=len(audio) / encoder.sample_rate, windows=None)
     if digest in held_hashes or digest in embedded:
         return entry
     embedded.add(digest)
     vectors, numbers = embed_audible(encoder, grid, audio)
-    null = embed_audible(encoder, grid, null_excerpt(audio, encoder.sample_rate))[0] if len(vectors) else vectors
-    for name, array in zip(ARRAYS, (vectors, numbers, null)):
+    for name, array in zip(ARRAYS, (vectors, numbers)):
         files[name].write(np.ascontiguousarray(array, dtype=ARRAYS[name]).tobytes())
-    return {**entry, "windows": len(numbers), "null_windows": len(null)}
+    return {**entry, "windows": len(numbers)}
 
 
 class PartEntry(NamedTuple):
@@ -217,8 +215,7 @@ def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, 
         wrong.append("its tracks are not this build's slice")
     if not wrong:
         windows = sum(entry.get("windows") or 0 for entry in info["entries"])
-        nulls = sum(entry.get("null_windows", 0) for entry in info["entries"])
-        if (arrays["vectors.f16"].size, arrays["numbers.i64"].size, arrays["null.f16"].size) != (windows * dim, windows, nulls * dim):
+        if (arrays["vectors.f16"].size, arrays["numbers.i64"].size) != (windows * dim, windows):
             wrong.append("its embedding files are truncated")
     if wrong:
         raise CatalogError(f"{folder} does not belong to this build or is damaged ({'; '.join(wrong)}); write it again with "
@@ -228,17 +225,17 @@ def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, 
 
 
 def _entries(entries: list[dict[str, Any]], arrays: dict[str, np.ndarray], dim: int, plan: PartPlan) -> Iterator[PartEntry]:
-    vectors, numbers, null = arrays["vectors.f16"].reshape(-1, dim), arrays["numbers.i64"], arrays["null.f16"].reshape(-1, dim)
-    at = null_at = 0
+    vectors, numbers = arrays["vectors.f16"].reshape(-1, dim), arrays["numbers.i64"]
+    at = 0
     for entry in entries:
         source = plan.sources[entry["position"]]
         if "skipped" in entry:
             yield PartEntry(entry["position"], source, None, entry["skipped"])
             continue
-        n, m = entry["windows"] or 0, entry["null_windows"]
-        embedded = None if entry["windows"] is None else (vectors[at : at + n], numbers[at : at + n], null[null_at : null_at + m].astype(np.float32))
-        yield PartEntry(entry["position"], source, EmbeddedAudio(entry["digest"], entry["seconds"], *(embedded or (None, None, None))), None)
-        at, null_at = at + n, null_at + m
+        n = entry["windows"] or 0
+        embedded = None if entry["windows"] is None else (vectors[at : at + n], numbers[at : at + n])
+        yield PartEntry(entry["position"], source, EmbeddedAudio(entry["digest"], entry["seconds"], *(embedded or (None, None))), None)
+        at += n
 
 
 def build_in_parallel(directory: str | Path, paths: Sequence[str | Path], jobs: int, encoder_source: str | None = None,
