@@ -138,6 +138,26 @@ def test_a_removed_track_is_gone_for_readers_that_reload(catalog_copy: Path) -> 
     assert reader.stats()["windows"] == sum(t.windows for t in reader.tracks())
 
 
+def test_the_reversed_null_excerpts_of_an_older_catalog_are_renewed_at_its_next_commit(catalog_copy: Path) -> None:
+    """Catalogs built before NULL_FORMAT 2 kept time-reversed excerpts (null.npz without `reversed`)."""
+    fresh = {q.source: q.vectors for q in Catalog.open(catalog_copy).null_queries()}
+    null_file = store.gen_dir(catalog_copy, Catalog.open(catalog_copy).generation) / "null.npz"
+    with np.load(null_file) as data:
+        sources, lengths, offered = data["sources"], data["lengths"], data["offered"]
+        clips = np.split(data["vectors"], np.cumsum(lengths)[:-1])
+    older = [clip[::-1] if source >= 0 else clip for clip, source in zip(clips, sources)]
+    np.savez(null_file, vectors=np.concatenate(older), lengths=lengths, sources=sources, offered=offered)
+
+    catalog = Catalog.open(catalog_copy)
+    assert {q.source for q in catalog.null_queries() if q.reversed} == set(CATALOG_TRACKS)
+    catalog.add_audio("gardien-go", music("gardien-go"))
+    renewed = Catalog.open(catalog_copy).null_queries()
+    assert not any(q.reversed for q in renewed) and {q.source for q in renewed if q.source} == {*CATALOG_TRACKS, "gardien-go"}
+    for query in renewed:
+        if query.source in CATALOG_TRACKS:
+            np.testing.assert_array_equal(query.vectors, fresh[query.source])
+
+
 def test_an_ivf_pq_refine_index_is_trained_and_rebuilt_on_removal(tmp_path: Path, encoder_dir: Path) -> None:
     """Refine indexes cannot remove in place; the catalog rebuilds them from its shards."""
     catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir), index_factory="IVF8,PQ16x4,Refine(Flat)")

@@ -406,6 +406,7 @@ class Catalog:
             return
         generation = self.generation + 1
         self._flush_pending()
+        self._renew_reversed_nulls()
         factory = self._factory()
         index_cfg = self._config["index"]
         if factory != self._index.factory or self._rebuild or not self._index.faiss.is_trained:
@@ -417,6 +418,24 @@ class Catalog:
                   "index": {**index_cfg, "factory": factory, "search_params": self._index.search_params}}
         write_generation(self.directory, config, self._index, self._tracks_with_ords(), self._shards, self._null)
         self._install(config, self._index, self._tracks, self._ords, self._shards, self._null)
+
+    def _renew_reversed_nulls(self) -> None:
+        """Replace the time-reversed null excerpts of a catalog built before NULL_FORMAT 2 by their tracks' own
+        middle windows, read from the shards (once, at its first commit since)."""
+        tracks = {self._ords[t]: info for t, info in self._tracks.items()}
+        wanted = {source for source, was_reversed in zip(self._null.sources, self._null.reversed) if was_reversed and source in tracks}
+        if not wanted:
+            return
+        log.info("renewing the null clips of %d tracks (this catalog was built before they were taken from its tracks)", len(wanted))
+        rows: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {source: [] for source in wanted}
+        for vectors, ids in self.stored_windows():
+            ords, numbers = split_ids(ids)
+            for source in wanted.intersection(ords.tolist()):
+                rows[source].append((vectors[ords == source], numbers[ords == source]))
+        for source, parts in rows.items():
+            vectors, numbers = np.concatenate([v for v, _ in parts]), np.concatenate([n for _, n in parts])
+            order = np.argsort(numbers)
+            self._null.renew(source, null_windows(vectors[order], numbers[order], tracks[source].seconds, self.grid))
 
     def _rebuilt(self, factory: str) -> VectorIndex:
         log.info("building a %s index over %d tracks", factory, len(self._tracks))

@@ -29,7 +29,7 @@ SPEECH_NULL = (
 class NullQuery(NamedTuple):
     vectors: np.ndarray  # consecutive windows' embeddings
     source: str | None  # the track the excerpt is from (its hits do not count); None for noise and speech
-    reversed: bool  # a time-reversed excerpt, as older catalogs kept (see NullClips)
+    reversed: bool  # a time-reversed excerpt, as older catalogs kept (see NullClips): only its own track left out
 
 
 class NullClips:
@@ -38,7 +38,7 @@ class NullClips:
     speech). Calibration queries an excerpt with its own track left out, and any duplicate of it: against
     the rest it is real music of the catalog's kind that the catalog does not hold, which is what a stream
     carries between plays. Older catalogs kept time-reversed excerpts instead, flagged in `reversed` and
-    replaced as the reservoir turns over: reversed music resembles the catalog's less than real music does,
+    replaced at their next commit (Catalog._renew_reversed_nulls): reversed music resembles the catalog's less than real music does,
     so it set the threshold too low on some catalogs, and its duplicates too high on others."""
 
     def __init__(self, clips: list[np.ndarray], sources: list[int], offered: int, reversed_: list[bool] | None = None):
@@ -83,6 +83,12 @@ class NullClips:
             self.reversed.append(False)
         else:
             self.clips[slot], self.sources[slot], self.reversed[slot] = vectors.astype(np.float16), track_ord, False
+
+    def renew(self, track_ord: int, vectors: np.ndarray) -> None:
+        """Replace the reversed excerpt of `track_ord` by its null windows."""
+        slot = self.sources.index(track_ord)
+        if len(vectors):
+            self.clips[slot], self.reversed[slot] = vectors.astype(np.float16), False
 
     def queries(self, names: dict[int, str]) -> list[NullQuery]:
         """The clips as float32 queries, each named by its source track (`names`: ordinal -> track id)."""
