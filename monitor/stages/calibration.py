@@ -41,8 +41,9 @@ NULL_DURATIONS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 NULL_SEGMENTS = 8  # null samples per clip and duration
 TAIL = 0.1  # fraction of null scores whose excess is modelled as exponential
 CACHED_CALIBRATIONS = 8  # (generation, k) pairs kept in memory
-SAME_MUSIC_RATIO = 0.5  # another track matching a whole null excerpt at this fraction of its own track's score
-# holds the same recording: measured 0.89-1.06 for the corpus's duplicates, at most 0.22 for any other pair
+PASSAGE_SECONDS = 10.0  # another track matching some passage this long of a null excerpt at SAME_MUSIC_RATIO of the
+SAME_MUSIC_RATIO = 0.6  # excerpt's own track holds that music too: measured 0.81-1.06 for the corpus's duplicates and
+# shared passages, at most 0.4 for any other pair (arrangements of one tune included) and 0.37 for chance lines
 
 
 @dataclass(frozen=True)
@@ -157,16 +158,20 @@ def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[
 
 def same_music(found: Sequence[tuple[Neighbour, ...]], source: str | None, grid: "WindowGrid", k: int) -> set[str]:
     """The tracks holding the music of a null excerpt from `source`, given its windows' neighbours: the
-    track itself and each track whose best line over the excerpt scores SAME_MUSIC_RATIO of its own."""
+    track itself and each track whose best line over some PASSAGE_SECONDS of the excerpt scores
+    SAME_MUSIC_RATIO of the track's own line there (a duplicate, or a version sharing that passage)."""
     if source is None:
         return set()
     same = {source}
+    size = min(len(found), grid.count(round(PASSAGE_SECONDS * grid.sample_rate)))
+    for begin in range(0, len(found) - size + 1, max(1, size // 2)):
+        passage = found[begin : begin + size]
 
-    def best(keep: Callable[[str], bool]) -> Alignment | None:
-        lines = align([hits_at(grid, i, tuple(n for n in nb if keep(n.track_id))[:k]) for i, nb in enumerate(found)], grid.window_seconds)
-        return lines[0] if lines else None
+        def best(keep: Callable[[str], bool]) -> Alignment | None:
+            lines = align([hits_at(grid, i, tuple(n for n in nb if keep(n.track_id))[:k]) for i, nb in enumerate(passage)], grid.window_seconds)
+            return lines[0] if lines else None
 
-    own = best(lambda track: track == source)
-    while own is not None and (other := best(lambda track: track not in same)) is not None and other.score >= SAME_MUSIC_RATIO * own.score:
-        same.add(other.track_id)
+        own = best(lambda track: track == source)
+        while own is not None and (other := best(lambda track: track not in same)) is not None and other.score >= SAME_MUSIC_RATIO * own.score:
+            same.add(other.track_id)
     return same
