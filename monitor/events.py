@@ -3,8 +3,9 @@
 Play events (one `started` and one `ended` per play) keep schema version 1, documented by
 monitor/schemas/play_event.v1.json, so every consumer written for them reads them unchanged. Version 2
 (monitor/schemas/event.v2.json) adds kinds beside plays, told apart by `kind`: `unknown` (a stretch of
-music no catalog play covered) and `airtime` (seconds of each content class a stream aired in one UTC
-hour). A consumer skips a schema version it does not know.
+music no catalog play covered), `airtime` (seconds of each content class a stream aired in one UTC
+hour), and `provisional` / `withdrawn` (a play heard before it is sure, and its withdrawal if it never
+becomes one: the play's `started` event confirms it). A consumer skips a schema version it does not know.
 
 Ids are deterministic: a play's id is a UUID5 of (stream id, track id, the seq of the play's first
 window), and an event's id is a UUID5 of (play id, state); unknowns and airtime are keyed by their
@@ -193,8 +194,59 @@ class AirtimeEvent:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
 
-Event = PlayEvent | UnknownEvent | AirtimeEvent
-KINDS: dict[str, type[UnknownEvent] | type[AirtimeEvent]] = {"unknown": UnknownEvent, "airtime": AirtimeEvent}
+@dataclass(frozen=True)
+class ProvisionalEvent:
+    """A play heard but not yet sure: published the moment the state machine opens it, seconds before its
+    evidence rules out a phantom (when the play's `started` event comes). Exactly one of the two follows it,
+    with the same play_id: that `started` event, or a WithdrawnEvent. Times as in PlayEvent."""
+
+    play_id: str
+    stream_id: str
+    track_id: str
+    started_at: float
+    stream_start: float
+    ref_start: float
+    speed: float
+    score: float
+    confidence: float
+    decided_offset: float
+    track: dict[str, Any] = field(default_factory=dict)
+    stream: dict[str, Any] = field(default_factory=dict)
+
+    kind = "provisional"
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(uuid.UUID(self.play_id), self.kind))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = iso_utc(self.started_at)
+        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ProvisionalEvent":
+        data = _fields(cls, data)
+        data["started_at"] = from_iso(data["started_at"])
+        return cls(**data)
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class WithdrawnEvent(ProvisionalEvent):
+    """A provisional play that never became one (its evidence stopped short: talk or other music resembling
+    the track for a few seconds); `decided_offset` is when it was withdrawn. It was never started, so it
+    never ends: nothing about it is left open."""
+
+    kind = "withdrawn"
+
+
+Event = PlayEvent | UnknownEvent | AirtimeEvent | ProvisionalEvent
+PlayNotice = PlayEvent | ProvisionalEvent  # what the play state machine emits (a WithdrawnEvent is a ProvisionalEvent)
+KINDS: dict[str, type[UnknownEvent] | type[AirtimeEvent] | type[ProvisionalEvent]] = {
+    "unknown": UnknownEvent, "airtime": AirtimeEvent, "provisional": ProvisionalEvent, "withdrawn": WithdrawnEvent}
 
 
 def read_event(data: dict[str, Any]) -> Event:
@@ -226,6 +278,11 @@ def describe(event: Event) -> str:
     if isinstance(event, AirtimeEvent):
         seconds = ", ".join(f"{name} {value:.0f} s" for name, value in sorted(event.seconds.items(), key=lambda kv: -kv[1]))
         return f"{event.stream_id}  airtime  hour of {iso_utc(event.hour)}: {seconds}"
+    if isinstance(event, ProvisionalEvent):
+        title = event.track.get("title") or event.track_id
+        state = "maybe" if event.kind == "provisional" else "not"
+        return (f"{event.stream_id}  {state:<7}  {title}  at {_clock(event.stream_start)}  ({event.kind}: "
+                f"{'not sure yet' if event.kind == 'provisional' else 'it was not this track'})")
     title = event.track.get("title") or event.track_id
     where = f"{_clock(event.stream_start)}"
     if event.state == "ended":

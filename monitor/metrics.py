@@ -48,6 +48,8 @@ class Metrics(NamedTuple):
     hits: Counter
     plays_started: Counter
     plays_ended: Counter
+    plays_provisional: Counter
+    plays_withdrawn: Counter
     music_seconds: Counter
     unknown_stretches: Counter
     now_playing: Gauge
@@ -89,6 +91,9 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         hits=Counter("airtrace_hits", "Windows searched in the catalog (one hit record each).", stream, registry=registry),
         plays_started=Counter("airtrace_plays_started", "Play events in state started.", stream, registry=registry),
         plays_ended=Counter("airtrace_plays_ended", "Play events in state ended.", stream, registry=registry),
+        plays_provisional=Counter("airtrace_plays_provisional", "Plays heard before they were sure (provisional events).", stream, registry=registry),
+        plays_withdrawn=Counter("airtrace_plays_withdrawn", "Provisional plays withdrawn: never started (their share of provisional ones: "
+                                "how often a first notice was wrong).", stream, registry=registry),
         music_seconds=Counter("airtrace_music_seconds", "Seconds of music on a stream by source: catalog (plays) or unknown (stretches no catalog "
                               "play covered); counted when a play ends or a stretch is decided.", ["stream", "source"], registry=registry),
         unknown_stretches=Counter("airtrace_unknown_stretches", "Unknown stretches decided, by whether they repeat content kept from an earlier airing.",
@@ -119,6 +124,10 @@ def observe_events(metrics: Metrics, events: Iterable["Event"], now: float | Non
         if event.kind == "unknown":
             metrics.music_seconds.labels(event.stream_id, "unknown").inc(event.duration)
             metrics.unknown_stretches.labels(event.stream_id, "yes" if event.cluster_id else "no").inc()
+        if event.kind == "provisional":
+            metrics.plays_provisional.labels(event.stream_id).inc()
+        if event.kind == "withdrawn":
+            metrics.plays_withdrawn.labels(event.stream_id).inc()
         if event.kind != "play":
             continue
         labels = (event.stream_id, event.track_id)

@@ -18,7 +18,7 @@ from monitor.catalog import Catalog
 from monitor.demo.broadcast import TruePlay, score_plays
 from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions, UnknownConfig
-from monitor.events import PlayEvent, plays_in, schema
+from monitor.events import PlayEvent, ProvisionalEvent, kinds_schema, plays_in, schema
 from monitor.health import problems
 from monitor.stages.ingest import read_windows
 from monitor.stages.sources import StreamSource
@@ -87,22 +87,27 @@ def test_plays_of_two_streams_are_found_bounded_and_written(catalog: Catalog, br
     assert printed == events
     for stream in ("radio-a", "radio-b"):
         mine = [e for e in events if e.stream_id == stream]
-        assert [(e.state, e.track_id) for e in mine] == [
+        plays = plays_in(mine)
+        assert [(e.state, e.track_id) for e in plays] == [
             ("started", "area1-game"), ("ended", "area1-game"), ("started", "gardien-go"), ("ended", "gardien-go")]
+        started = [e for e in plays if e.state == "started"]
+        heard = [e for e in mine if isinstance(e, ProvisionalEvent)]  # each play heard first, nothing withdrawn
+        assert [(e.kind, e.play_id) for e in heard] == [("provisional", e.play_id) for e in started]
+        assert all(h.decided_offset < s.decided_offset for h, s in zip(heard, started))
         card = score_plays(truth, mine)
         assert card.precision == card.recall == 1.0
         assert max(abs(p.start_error) for p in card.pairings) <= 0.5
         assert max(abs(p.end_error) for p in card.pairings) <= 0.5
         assert max(p.latency for p in card.pairings) <= PlayConfig().min_play_seconds + 1.5  # reported once it cannot be a phantom
-        assert mine[1].track == {"title": "Area 1"}
-        assert mine[3].ref_start == pytest.approx(10.0, abs=0.5)
+        assert plays[1].track == {"title": "Area 1"}
+        assert plays[3].ref_start == pytest.approx(10.0, abs=0.5)
     assert len({e.play_id for e in events}) == 4  # the same music on two streams is two plays each
 
     lines = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert [line["event_id"] for line in lines] == [e.event_id for e in events]
-    validator = jsonschema.Draft202012Validator(schema())
+    validator, notices = jsonschema.Draft202012Validator(schema()), jsonschema.Draft202012Validator(kinds_schema())
     for line in lines:
-        validator.validate(line)
+        (notices if line.get("kind") else validator).validate(line)
 
     get = registry.get_sample_value
     windows = get("airtrace_windows_ingested_total", {"stream": "radio-a"})
@@ -141,7 +146,7 @@ def test_a_catalog_that_cannot_be_searched_neither_ends_nor_opens_plays(encoder:
     catalog.remove("area1-game")
     catalog.remove("gardien-go")
     run(outage)
-    assert [e.state for e in events] == ["started"]
+    assert [e.state for e in plays_in(events)] == ["started"]
     assert registry.get_sample_value("airtrace_catalog_outage") == 1
     assert registry.get_sample_value("airtrace_windows_unheard_total") == len(outage)
     assert any("catalog cannot be searched" in p for p in problems(generate_latest(registry).decode(), now=0.0))
@@ -150,7 +155,7 @@ def test_a_catalog_that_cannot_be_searched_neither_ends_nor_opens_plays(encoder:
         catalog.add_audio("gardien-go", music["gardien-go"])
     run([w for w in windows if w.offset >= 40.0] + [EndOfStream("radio", windows[-1].seq + 1)])
     assert registry.get_sample_value("airtrace_catalog_outage") == 0
-    assert [(e.state, e.track_id) for e in events] == [
+    assert [(e.state, e.track_id) for e in plays_in(events)] == [
         ("started", "area1-game"), ("ended", "area1-game"), ("started", "gardien-go"), ("ended", "gardien-go")]
     card = score_plays(truth, events)
     assert card.precision == card.recall == 1.0

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from monitor.events import (KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, describe, iso_utc, kinds_schema,
+from monitor.events import (KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, ProvisionalEvent, UnknownEvent, WithdrawnEvent, cluster_id, describe, iso_utc, kinds_schema,
                             play_id, plays_in, read_event, schema, unknown_id)
 
 VALIDATOR = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
@@ -113,11 +113,18 @@ def test_every_kind_reads_back_and_reads_as_one_line() -> None:
     repeat = unknown(unknown_id=unknown_id("radio-2", 77), cluster_id=cluster_id(first.unknown_id), matched_unknown_id=first.unknown_id,
                      ref_start=3.5, speed=1.05, score=40.2)
     hour = AirtimeEvent("radio-1", 1_794_999_600.0, 0, {"music": 2400.0, "speech": 1100.5}, 3601.0)
-    for event in (started(), ended(), first, repeat, hour):
+    play = started()
+    heard = ProvisionalEvent(play.play_id, play.stream_id, play.track_id, play.started_at, play.stream_start, play.ref_start,
+                             play.speed, play.score, play.confidence, play.decided_offset - 2.0, track=play.track)
+    withdrawn = WithdrawnEvent(**{**vars(heard), "decided_offset": heard.decided_offset + 15.0})
+    for event in (play, ended(), first, repeat, hour, heard, withdrawn):
+        assert KINDS_VALIDATOR.is_valid(event.to_json()) or isinstance(event, PlayEvent)
         assert read_event(json.loads(event.to_line())) == event
         assert "\n" not in describe(event) and event.stream_id in describe(event)
     assert "3:20.0-6:20.5 (180.5 s)" in describe(first) and f"cluster {repeat.cluster_id}" in describe(repeat)
     assert describe(hour) == "radio-1  airtime  hour of 2026-11-18T11:00:00.000Z: music 2400 s, speech 1100 s"
+    assert "maybe" in describe(heard) and "not sure yet" in describe(heard) and "it was not this track" in describe(withdrawn)
+    assert heard.event_id != withdrawn.event_id != play.event_id
     with pytest.raises(ValueError, match="kind 'chart'"):
         read_event({**hour.to_json(), "kind": "chart"})
     assert plays_in([started(), first, hour, ended()]) == [started(), ended()]

@@ -7,13 +7,14 @@ import urllib.request
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.events import PlayEvent, play_id
+from monitor.events import PlayEvent, ProvisionalEvent, WithdrawnEvent, play_id
 from monitor.metrics import create, observe_events, serve
 
 NAMES = {
     "airtrace_windows_ingested", "airtrace_stream_up", "airtrace_stream_reconnects", "airtrace_decode_errors",
     "airtrace_silence_seconds", "airtrace_embedding_batch_size", "airtrace_embedding_seconds", "airtrace_search_seconds",
     "airtrace_consumer_lag_messages", "airtrace_hits", "airtrace_plays_started", "airtrace_plays_ended",
+    "airtrace_plays_provisional", "airtrace_plays_withdrawn",
     "airtrace_now_playing", "airtrace_last_play_timestamp_seconds", "airtrace_detection_latency_seconds", "airtrace_dead_letters",
     "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes", "airtrace_catalog_outage", "airtrace_windows_unheard",
     "airtrace_heartbeat_timestamp_seconds",
@@ -74,3 +75,13 @@ def test_play_events_drive_counters_now_playing_and_latency() -> None:
     assert get("airtrace_last_play_timestamp_seconds", {"stream": "radio"}) == 1070.0
     observe_events(metrics, [play("started", started_at=5000.0)], now=1000.0)  # a file read faster than real time
     assert get("airtrace_detection_latency_seconds_sum") == 4.5 + 3.0
+
+
+def test_provisional_plays_are_counted_with_their_withdrawals_and_never_play() -> None:
+    registry = CollectorRegistry()
+    metrics = create(registry)
+    heard = ProvisionalEvent(play_id("radio", "t2", 40), "radio", "t2", 1000.0, 20.0, 3.0, 1.0, 4.0, 0.999, 22.5)
+    observe_events(metrics, [heard, WithdrawnEvent(**{**vars(heard), "decided_offset": 38.0})], now=1040.0)
+    get = registry.get_sample_value
+    assert get("airtrace_plays_provisional_total", {"stream": "radio"}) == get("airtrace_plays_withdrawn_total", {"stream": "radio"}) == 1
+    assert get("airtrace_plays_started_total", {"stream": "radio"}) is None and get("airtrace_now_playing", {"stream": "radio", "track_id": "t2"}) is None

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from monitor.cli import main
-from monitor.events import AirtimeEvent, UnknownEvent, cluster_id, iso_utc, unknown_id
+from monitor.events import AirtimeEvent, ProvisionalEvent, UnknownEvent, WithdrawnEvent, cluster_id, iso_utc, play_id, unknown_id
 from monitor.playlog import queries, unknowns
 from monitor.playlog.queries import TimeRange
-from monitor.playlog.schema import CONTENT_CLASSES, airtime, cluster_excerpts
+from monitor.playlog.schema import CONTENT_CLASSES, airtime, cluster_excerpts, plays
 from monitor.playlog.schema import unknowns as unknowns_table
 from monitor.playlog.store import MalformedEvent, PlayLog, event_row
 from monitor.playlog.unknown_store import SqlUnknownStore
@@ -152,6 +152,20 @@ def test_import_stores_every_kind_once_and_names_the_lines_it_skips(tmp_path: Pa
         assert f"skipped {events_file}:6: event {json.loads(lines[5])['event_id']} is of kind 'unknown' at schema_version 3" in result.output
     log = PlayLog.open(location)
     assert len(table(log, unknowns_table)) == 7 and len(table(log, airtime)) == 4
+
+
+def test_provisional_and_withdrawn_plays_stay_out_of_the_log_without_complaint(tmp_path: Path, location: str) -> None:
+    """The log holds plays once started: a provisional one enters it with its started event, a withdrawn one never."""
+    started, ended = synthetic_plays(1)
+    heard = ProvisionalEvent(started.play_id, started.stream_id, started.track_id, started.started_at, started.stream_start,
+                             started.ref_start, started.speed, started.score, started.confidence, started.decided_offset - 2.0)
+    phantom = replace(heard, play_id=play_id(started.stream_id, "quoted", 999), track_id="quoted")
+    events_file = tmp_path / "events.jsonl"
+    lines = [heard, started, ended, phantom, WithdrawnEvent(**{**vars(phantom), "decided_offset": heard.decided_offset + 15.0})]
+    events_file.write_text("".join(e.to_line() + "\n" for e in lines))
+    result = CliRunner().invoke(main, ["plays", "import", "--playlog", location, str(events_file)])
+    assert result.exit_code == 0 and "skipped" not in result.output, result.output
+    assert [(row["play_id"], row["state"]) for row in table(PlayLog.open(location), plays)] == [(started.play_id, "ended")]
 
 
 # ----------------------------------------------------------------------------- the UnknownStore's contract

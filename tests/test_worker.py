@@ -148,6 +148,8 @@ def test_bad_messages_become_dead_letters_and_the_worker_goes_on(service: Servic
     service.send("hits", [(b"x", b'{"v": 1, "stream": "x"}')])
     service.send_windows(good)
     assert_one_play(service.wait_for_plays("dead-letters", 2), truth)
+    heard = [e for e in service.events("dead-letters") if e.kind in ("provisional", "withdrawn")]
+    assert [(e.kind, e.play_id) for e in heard] == [("provisional", service.plays("dead-letters")[0].play_id)]  # heard first, as embedded
 
     letters = servers.read_topic(service.broker.port, service.topic("dead-letters"))
     reasons = sorted(dict(letter.headers)["reason"].decode() for letter in letters)

@@ -8,7 +8,8 @@ detected play counts when it overlaps a true play of the same track. The other d
 apart, since they cost differently: a fragment is a second play of one airing (the same track over a true
 play of it: paid twice), a phantom is a play of a track that was not on air. Targets (issue 17): no
 fragmented airing, at most 1 phantom per 400 true plays, recall >= 0.99, median start and end error
-<= 0.5 s, detection latency p95 <= 8 s (stream time from the true start to the started event).
+<= 0.5 s, detection latency p95 <= 8 s (stream time from the true start to the started event); the first
+notice of a play (its provisional event) and the provisional plays withdrawn are reported beside it.
 
 streams: how many streams one CPU core monitors in real time: the embedded mode reads many files at
 once, each at real-time pace as a live stream arrives (read as fast as they decode, fifty reader threads
@@ -39,7 +40,7 @@ from monitor.bench.references import BenchError, Reference, read_references, ref
 from monitor.bench.report import Table, publish, verdict
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
 from monitor.embedded import EmbeddedMonitor
-from monitor.events import PlayEvent, plays_in
+from monitor.events import Event, plays_in
 from monitor.options import IngestOptions, MonitorOptions
 from monitor.stages.sources import StreamSource
 
@@ -156,7 +157,7 @@ def run_broadcast(reference: Sequence[str], distractors: Sequence[str], encoder:
         write_broadcast(path, audio, truth)
     truth = read_truth(path)
     began = time.perf_counter()
-    events = plays_in(EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run())
+    events = EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run()
     elapsed = time.perf_counter() - began
     figures = PlayFigures.of(truth, events)
     print(table(figures.card), "\n")
@@ -178,20 +179,21 @@ class PlayFigures:
     kinds: tuple[str, ...]
     fragmented: int
     detected: int
+    withdrawn: int  # provisional plays withdrawn: first notices that were wrong
 
     @classmethod
-    def of(cls, truth: Sequence[TruePlay], events: Sequence[PlayEvent]) -> "PlayFigures":
-        """One stream's plays: `truth` and `events` of the same stream."""
+    def of(cls, truth: Sequence[TruePlay], events: Sequence[Event]) -> "PlayFigures":
+        """One stream's plays: `truth` and `events` (of every kind) of the same stream."""
         card = score_plays(truth, events)
         kinds = tuple(_kind(p, truth) for p in card.pairings)
         fragmented = len({_airing(p, truth) for p, kind in zip(card.pairings, kinds) if kind == "fragment"})
-        return cls(card, kinds, fragmented, sum(e.state == "ended" for e in events))
+        return cls(card, kinds, fragmented, sum(e.state == "ended" for e in plays_in(events)), sum(e.kind == "withdrawn" for e in events))
 
     @classmethod
     def summed(cls, parts: Sequence["PlayFigures"]) -> "PlayFigures":
         """Several streams' figures as one."""
         return cls(Scorecard(tuple(p for part in parts for p in part.card.pairings)), tuple(k for part in parts for k in part.kinds),
-                   sum(part.fragmented for part in parts), sum(part.detected for part in parts))
+                   sum(part.fragmented for part in parts), sum(part.detected for part in parts), sum(part.withdrawn for part in parts))
 
     def add_rows(self, summary: Table) -> None:
         card, kinds = self.card, self.kinds
@@ -205,6 +207,10 @@ class PlayFigures:
         summary.add("median |start error| (s)", None if start is None else verdict(start, 0.5, below=True, digits=2), "<= 0.5")
         summary.add("median |end error| (s)", None if end is None else verdict(end, 0.5, below=True, digits=2), "<= 0.5")
         summary.add("detection latency p95 (s)", None if latency is None else verdict(latency, 8.0, below=True), "<= 8")
+        heard, heard_median = card.p95("heard"), card.median_abs("heard")
+        summary.add("first notice (provisional event) latency median / p95 (s)",
+                    None if heard is None else f"{heard_median:.1f} / {heard:.1f}", "")
+        summary.add("provisional plays withdrawn per 400 true plays", round(400 * self.withdrawn / max(true_plays, 1), 1), "")
         summary.add("true plays / detected / matched / fragments / phantoms / missed",
                     f"{true_plays} / {self.detected} / {kinds.count('matched')} / "
                     f"{kinds.count('fragment')} / {phantoms} / {kinds.count('missed')}", "")
@@ -236,7 +242,7 @@ def _pairing_json(pairing: Pairing) -> dict[str, object]:
         "track_id": (pairing.truth or pairing.detected).track_id,
         "true": None if pairing.truth is None else [pairing.truth.stream_start, pairing.truth.stream_end],
         "detected": None if pairing.detected is None else [pairing.detected.stream_start, pairing.detected.stream_end],
-        "start_error": pairing.start_error, "end_error": pairing.end_error, "latency": pairing.latency,
+        "start_error": pairing.start_error, "end_error": pairing.end_error, "latency": pairing.latency, "heard": pairing.heard,
     }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile
 
 from encoders import Sources, parse_chain
-from monitor.events import Event, PlayEvent
+from monitor.events import Event, PlayEvent, ProvisionalEvent
 
 SAMPLE_RATE = 16000
 LEVEL_DBFS = {"track": -20.0, "music": -20.0, "talk": -18.0}  # loudness each piece is brought to (RMS)
@@ -115,6 +115,7 @@ class Pairing:
     truth: TruePlay | None  # None: a detected play with no true play (a false play)
     detected: PlayEvent | None  # the ended event; None: a missed play
     latency: float | None = None  # stream seconds from the true start to the started event's decision
+    heard: float | None = None  # ... to the first notice of the play: its provisional event, or its started one
 
     @property
     def start_error(self) -> float | None:
@@ -147,11 +148,11 @@ class Scorecard:
     def _values(self, name: str) -> list[float]:
         return [v for p in self.pairings if (v := getattr(p, name)) is not None]
 
-    def median_abs(self, name: Literal["start_error", "end_error", "latency"]) -> float | None:
+    def median_abs(self, name: Literal["start_error", "end_error", "latency", "heard"]) -> float | None:
         values = self._values(name)
         return float(np.median(np.abs(values))) if values else None
 
-    def p95(self, name: Literal["start_error", "end_error", "latency"]) -> float | None:
+    def p95(self, name: Literal["start_error", "end_error", "latency", "heard"]) -> float | None:
         values = self._values(name)
         return float(np.percentile(values, 95)) if values else None
 
@@ -162,6 +163,7 @@ def score_plays(truth: Sequence[TruePlay], events: Sequence[Event]) -> Scorecard
     plays = [e for e in events if isinstance(e, PlayEvent)]
     ended = [e for e in plays if e.state == "ended"]
     decided = {e.play_id: e.decided_offset for e in plays if e.state == "started"}
+    heard = {**decided, **{e.play_id: e.decided_offset for e in events if isinstance(e, ProvisionalEvent) and e.kind == "provisional"}}
     candidates = sorted(
         ((_overlap(t, e), i, j) for i, t in enumerate(truth) for j, e in enumerate(ended) if t.track_id == e.track_id),
         reverse=True,
@@ -171,8 +173,10 @@ def score_plays(truth: Sequence[TruePlay], events: Sequence[Event]) -> Scorecard
         if overlap > 0 and i not in used_t and j not in used_e:
             used_t.add(i)
             used_e.add(j)
-            latency = decided[ended[j].play_id] - truth[i].stream_start if ended[j].play_id in decided else None
-            pairings.append(Pairing(truth[i], ended[j], latency))
+            since = truth[i].stream_start
+            play = ended[j].play_id
+            pairings.append(Pairing(truth[i], ended[j], decided[play] - since if play in decided else None,
+                                    heard[play] - since if play in heard else None))
     pairings += [Pairing(t, None) for i, t in enumerate(truth) if i not in used_t]
     pairings += [Pairing(None, e) for j, e in enumerate(ended) if j not in used_e]
     pairings.sort(key=lambda p: (p.truth or p.detected).stream_start)  # type: ignore[union-attr]

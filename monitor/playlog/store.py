@@ -70,6 +70,8 @@ class UnsupportedEvent(ValueError):
 
 # What `event_row` tells apart; a row is written to the table of its kind.
 KINDS = ("play", "unknown", "airtime")
+# Kinds the log does not keep: a provisional play enters it with its started event, so a withdrawn one never did.
+NOT_KEPT = ("provisional", "withdrawn")
 EventRow = tuple[str, dict[str, Any]]
 
 
@@ -154,9 +156,12 @@ class PlayLog:
         rows = []
         for data in events:
             try:
-                rows.append(event_row(data))
+                row = event_row(data)
             except UnsupportedEvent as exc:
                 log.warning("not stored in the play log: %s", exc)
+                continue
+            if row is not None:
+                rows.append(row)
         self.write(rows)
         return len(rows)
 
@@ -209,9 +214,12 @@ def import_lines(playlog: PlayLog, lines: Iterable[str], batch: int = 1000) -> t
         if not line.strip():
             continue
         try:
-            rows.append(event_row(json.loads(line)))
+            row = event_row(json.loads(line))
         except ValueError as exc:  # MalformedEvent, UnsupportedEvent and JSON errors
             skipped.append((number, str(exc)))
+            continue
+        if row is not None:
+            rows.append(row)
         if len(rows) == batch:
             playlog.write(rows)
             stored.update(kind for kind, _ in rows)
@@ -300,10 +308,11 @@ def _rounds(rows: Sequence[dict[str, Any]], key: str = "play_id") -> list[list[d
     return rounds
 
 
-def event_row(data: Any) -> EventRow:
+def event_row(data: Any) -> EventRow | None:
     """(kind, row) for an event's JSON object: plays of any schema version (version 1, or a `state` and no
-    `kind`), and the kinds of version 2. UnsupportedEvent for a kind or version this code does not know,
-    MalformedEvent (MalformedPlay) for one it knows with a field that is wrong."""
+    `kind`), and the kinds of version 2; None for a kind the log does not keep (NOT_KEPT). UnsupportedEvent
+    for a kind or version this code does not know, MalformedEvent (MalformedPlay) for one it knows with a
+    field that is wrong."""
     if not isinstance(data, Mapping):
         raise MalformedEvent(f"an event is a JSON object, not {type(data).__name__}")
     version, kind = data.get("schema_version"), data.get("kind")
@@ -311,6 +320,8 @@ def event_row(data: Any) -> EventRow:
         return "play", play_row(data)
     if kind in KIND_ROWS and version == KINDS_SCHEMA_VERSION:
         return kind, KIND_ROWS[kind](data)
+    if kind in NOT_KEPT and version == KINDS_SCHEMA_VERSION:
+        return None
     raise UnsupportedEvent(f"event {_name(data)} is of kind {kind!r} at schema_version {version!r}, which this version of airtrace "
                            f"does not store (plays, and unknown and airtime at version {KINDS_SCHEMA_VERSION}); upgrade airtrace and import it again")
 

@@ -23,8 +23,10 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   track elsewhere may move the play to a better-supported alignment of the same track.
 - A play is provisional until its support spans `min_play_seconds`: only then is its `started` event
   published (back-dated: its boundaries come from the evidence, so the rule costs latency, not accuracy).
-  Non-catalog music that quotes a catalog track, or talk, lands on a line for a few seconds; a provisional
-  play that ends leaves no event at all, so no play is ever withdrawn and consumers need no such event.
+  Non-catalog music that quotes a catalog track, or talk, lands on a line for a few seconds. So that a
+  consumer hears of a play without that wait, a `provisional` event (monitor.events) is published the
+  moment a play opens unconfirmed, and a `withdrawn` event if it ends before it is confirmed: a started
+  play is never withdrawn, and a provisional one is never left open.
 - One airing, one play: a play survives `dropout_seconds` without support (a DJ over the intro, a noise
   burst, lost hits) and carries on when its line is heard again; the ended event is decided only once that
   gap has passed. Another line of its track found meanwhile is the same airing (a line refitted a little
@@ -44,7 +46,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from monitor.events import PlayEvent, play_id
+from monitor.events import PlayEvent, PlayNotice, ProvisionalEvent, WithdrawnEvent, play_id
 from monitor.records import WindowHits
 from monitor.stages.play_runs import Runs, fit_sums, refit
 from monitor.stages.play_state import RECENT_WINDOWS, CatalogInfo, OpenPlay, PlayConfig, Run, StreamState, TrackLike
@@ -58,11 +60,11 @@ class PlayTracker:
         self.config = config
         self.runs = Runs(config)
 
-    def update(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
+    def update(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """Feed one window's hits (in seq order); returns the new state and the events it caused."""
         if hits.seq <= state.last_seq:
             return state, []
-        events: list[PlayEvent] = []
+        events: list[PlayNotice] = []
         if hits.after_gap:
             state, events = self.close(state, catalog)
             state = replace(state, floor_offset=hits.offset)
@@ -80,12 +82,12 @@ class PlayTracker:
             events += started
         return state, events
 
-    def close(self, state: StreamState, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
+    def close(self, state: StreamState, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """End the open play (at a gap or the end of the stream) and forget the history."""
         events = [] if state.play is None else self._ending(state, state.play, catalog)
         return replace(state, history=(), play=None, spent=(), pending=None), events
 
-    def _follow(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
+    def _follow(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """Extend the open play with this window, or end it after a dropout or a takeover."""
         play = state.play
         assert play is not None
@@ -122,9 +124,12 @@ class PlayTracker:
         play = replace(play, published=True)
         return replace(state, play=play), [self._started(state, play, hits, catalog)]
 
-    def _ending(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> list[PlayEvent]:
-        """The ended event of a published play; a provisional one ends unheard of (it was never reported)."""
-        return [self._ended(state, play, catalog)] if play.published else []
+    def _ending(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> list[PlayNotice]:
+        """The ended event of a published play; a provisional one is withdrawn."""
+        if play.published:
+            return [self._ended(state, play, catalog)]
+        seen_until = state.history[-1].offset + self.config.window_seconds if state.history else play.last_support_offset
+        return [self._notice(WithdrawnEvent, state, play, seen_until, catalog)]
 
     def _extend(self, play: OpenPlay, hits: WindowHits, support: tuple[float, float]) -> OpenPlay:
         similarity, ref = support
@@ -154,7 +159,7 @@ class PlayTracker:
     def _end(self, state: StreamState, play: OpenPlay) -> StreamState:
         return replace(state, play=None, spent=state.spent + ((play.line.track_id, state.last_seq),))
 
-    def _open(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
+    def _open(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         first, last = run.supports[0][0], run.supports[-1][0]
         start, snapped = self._start(state, run, catalog)
         play = OpenPlay(
@@ -172,7 +177,20 @@ class PlayTracker:
             recent=0b1 if last.seq == hits.seq else 0b10,
             fit=fit_sums([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
-        return self._announce(state, play, hits, catalog)
+        state, started = self._announce(state, play, hits, catalog)
+        if started:
+            return state, started
+        return state, [self._notice(ProvisionalEvent, state, play, hits.offset + self.config.window_seconds, catalog)]
+
+    def _notice(self, kind: type[ProvisionalEvent], state: StreamState, play: OpenPlay, decided: float,
+                catalog: CatalogInfo) -> ProvisionalEvent:
+        """A provisional play heard, or withdrawn, at stream offset `decided`."""
+        line, start = play.line, self._play_start(state, play)
+        return kind(
+            play_id=play.play_id, stream_id=state.stream_id, track_id=line.track_id, started_at=play.air_minus_offset + start,
+            stream_start=start, ref_start=max(0.0, line.ref(start)), speed=line.speed, score=play.score, confidence=line.confidence,
+            decided_offset=decided, track=_metadata(catalog.track(line.track_id)),
+        )
 
     def _started(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> PlayEvent:
         """The started event of `play`, decided at the window `hits`."""

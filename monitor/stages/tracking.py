@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
-from monitor.events import Event, UnknownEvent
+from monitor.events import Event, UnknownEvent, plays_in
 from monitor.metrics import Metrics
 from monitor.options import UnknownConfig
 from monitor.stages.airing import AiringTracker
@@ -148,13 +148,13 @@ class TrackingStep:
             if item.seq <= state.last_seq:  # a replayed window
                 return state, []
             state, plays = self.tracker.update(state, item, info)
-            airing, found = self.airing.update(stream_id, state.airing, item, plays, _provisional_start(state))
+            airing, found = self.airing.update(stream_id, state.airing, item, plays_in(plays), _provisional_start(state))
             return replace(state, airing=airing), [*plays, *found]
         if state is None or item.seq <= state.last_seq:  # nothing heard of the stream, or a replayed end
             return state, []
         seen = state.history[-1].offset + self.tracker.config.window_seconds if state.history else state.airing.music_last
         state, plays = self.tracker.close(state, info)
-        airing, found = self.airing.close(stream_id, state.airing, plays, _provisional_start(state), seen)
+        airing, found = self.airing.close(stream_id, state.airing, plays_in(plays), _provisional_start(state), seen)
         return replace(state, last_seq=item.seq, airing=airing), [*plays, *found]
 
     def _resolve(self, event: UnknownEvent) -> UnknownEvent:
