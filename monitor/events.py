@@ -101,6 +101,32 @@ class PlayEvent:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
 
+class KindEvent:
+    """JSON for the kinds of schema version 2: their fields, `TIMES` among them as UTC ISO 8601, and `derived`."""
+
+    TIMES: tuple[str, ...] = ()
+    kind: str
+    event_id: str
+
+    def derived(self) -> dict[str, Any]:
+        """Values computed from the fields that the JSON carries too."""
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        data.update((name, iso_utc(data[name])) for name in self.TIMES)
+        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data, **self.derived()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any:
+        data = _fields(cls, data)
+        data.update((name, from_iso(data[name])) for name in cls.TIMES)
+        return cls(**data)
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
+
 def unknown_id(stream_id: str, start_seq: int) -> str:
     """The id of the unknown stretch of a stream that begins at window `start_seq`."""
     return str(uuid.uuid5(ID_NAMESPACE, f"unknown\x1f{stream_id}\x1f{start_seq}"))
@@ -112,7 +138,7 @@ def cluster_id(first_unknown_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class UnknownEvent:
+class UnknownEvent(KindEvent):
     """A stretch of music on a stream that no catalog play covered, decided once it ended (one event, no
     started/ended pair: it is only known to be unknown afterwards). Talk over the music counts as music;
     pauses of talk or silence up to the tracker's tolerance are inside the stretch. When the same content
@@ -136,6 +162,7 @@ class UnknownEvent:
     stream: dict[str, Any] = field(default_factory=dict)
 
     kind = "unknown"
+    TIMES = ("started_at", "ended_at")
 
     @property
     def event_id(self) -> str:
@@ -145,23 +172,12 @@ class UnknownEvent:
     def duration(self) -> float:
         return self.stream_end - self.stream_start
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["started_at"], data["ended_at"] = iso_utc(self.started_at), iso_utc(self.ended_at)
-        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data, "duration": self.duration}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "UnknownEvent":
-        data = _fields(cls, data)
-        data["started_at"], data["ended_at"] = from_iso(data["started_at"]), from_iso(data["ended_at"])
-        return cls(**data)
-
-    def to_line(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+    def derived(self) -> dict[str, Any]:
+        return {"duration": self.duration}
 
 
 @dataclass(frozen=True)
-class AirtimeEvent:
+class AirtimeEvent(KindEvent):
     """Seconds of each content class (encoders.CLASSES) one stream aired in one UTC hour, counted from the
     window `first_seq`: an hour a stream aired whole is one event, sent once the next hour begins; a stream
     that ends or restarts within an hour gives one event per part, and reports add them up."""
@@ -174,28 +190,15 @@ class AirtimeEvent:
     stream: dict[str, Any] = field(default_factory=dict)
 
     kind = "airtime"
+    TIMES = ("hour",)
 
     @property
     def event_id(self) -> str:
         return str(uuid.uuid5(ID_NAMESPACE, f"airtime\x1f{self.stream_id}\x1f{self.first_seq}"))
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["hour"] = iso_utc(self.hour)
-        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "AirtimeEvent":
-        data = _fields(cls, data)
-        data["hour"] = from_iso(data["hour"])
-        return cls(**data)
-
-    def to_line(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
-
 
 @dataclass(frozen=True)
-class ProvisionalEvent:
+class ProvisionalEvent(KindEvent):
     """A play heard but not yet sure: published the moment the state machine opens it, seconds before its
     evidence rules out a phantom (when the play's `started` event comes). Exactly one of the two follows it,
     with the same play_id: that `started` event, or a WithdrawnEvent. Times as in PlayEvent."""
@@ -214,24 +217,11 @@ class ProvisionalEvent:
     stream: dict[str, Any] = field(default_factory=dict)
 
     kind = "provisional"
+    TIMES = ("started_at",)
 
     @property
     def event_id(self) -> str:
         return str(uuid.uuid5(uuid.UUID(self.play_id), self.kind))
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["started_at"] = iso_utc(self.started_at)
-        return {"schema_version": KINDS_SCHEMA_VERSION, "kind": self.kind, "event_id": self.event_id, **data}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ProvisionalEvent":
-        data = _fields(cls, data)
-        data["started_at"] = from_iso(data["started_at"])
-        return cls(**data)
-
-    def to_line(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(frozen=True)
