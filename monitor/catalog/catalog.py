@@ -431,7 +431,8 @@ class Catalog:
         for vectors, ids in self.stored_windows():
             ords, numbers = split_ids(ids)
             for source in wanted.intersection(ords.tolist()):
-                rows[source].append((vectors[ords == source], numbers[ords == source]))
+                mine = ords == source
+                rows[source].append((vectors[mine], numbers[mine]))
         for source, parts in rows.items():
             vectors, numbers = np.concatenate([v for v, _ in parts]), np.concatenate([n for _, n in parts])
             order = np.argsort(numbers)

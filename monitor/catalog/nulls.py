@@ -35,11 +35,11 @@ class NullQuery(NamedTuple):
 class NullClips:
     """Embedded audio the catalog does not hold: noise and speech, plus the middle windows of a uniform
     sample (reservoir) of the tracks ever added, each with the ordinal of its source track (-1 for noise and
-    speech). Calibration queries an excerpt with its own track left out, and any duplicate of it: against
-    the rest it is real music of the catalog's kind that the catalog does not hold, which is what a stream
-    carries between plays. Older catalogs kept time-reversed excerpts instead, flagged in `reversed` and
-    replaced at their next commit (Catalog._renew_reversed_nulls): reversed music resembles the catalog's less than real music does,
-    so it set the threshold too low on some catalogs, and its duplicates too high on others."""
+    speech). Calibration queries an excerpt with its own track left out, and any track sharing its music
+    (monitor.stages.calibration.same_music): against the rest it is real music of the catalog's kind that
+    the catalog does not hold, which is what a stream carries between plays. Older catalogs kept
+    time-reversed excerpts instead, flagged in `reversed` and replaced at their next commit
+    (Catalog._renew_reversed_nulls): reversed music resembles the catalog's less than real music does."""
 
     def __init__(self, clips: list[np.ndarray], sources: list[int], offered: int, reversed_: list[bool] | None = None):
         self.clips, self.sources, self.offered = clips, sources, offered

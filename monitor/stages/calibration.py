@@ -3,10 +3,10 @@ query duration, so that a confidence (1 minus the false-match rate) means the sa
 tracks and on one of a hundred thousand.
 
 The null's music is the catalog's own: an excerpt of a track, queried with that track left out, is real
-music of the catalog's kind that the catalog does not hold. A catalog may hold a recording twice (a
-duplicate file, a remaster, an edit, a game's loop of one tune): such a track matches the excerpt as well
-as its own track does, which is a true match, not chance, so it is left out too; left in, a few of them set
-the tail, and with it the threshold, of a whole catalog (measured in README, issue 13).
+music of the catalog's kind that the catalog does not hold. A catalog may hold a recording twice, or a
+passage of it (a duplicate file, a remaster, an edit, a game's loop of one tune): such a track matches the
+excerpt there as well as its own track does, which is a true match, not chance, so it is left out too;
+left in, a few of them set the tail, and with it the threshold, of a whole catalog (README, issue 13).
 
 A calibration is computed once per catalog generation (a few seconds) and cached in the generation's
 directory and in memory; the memory cache keeps the latest CACHED_CALIBRATIONS, so a long-running worker
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2  # 2: a null excerpt's duplicates in the catalog left out
+CALIBRATION_VERSION = 2  # 2: the tracks sharing a null excerpt's music left out
 NULL_DURATIONS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 NULL_SEGMENTS = 8  # null samples per clip and duration
 TAIL = 0.1  # fraction of null scores whose excess is modelled as exponential
@@ -131,7 +131,7 @@ def calibrate(catalog: "Catalog", k: int = DEFAULT_K) -> Calibration:
 def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[float, float] = SPEED_RANGE,
                      tolerance: float = TOLERANCE) -> Calibration:
     """Best-alignment scores of the catalog's null queries, cut into segments of each NULL_DURATIONS length
-    (an excerpt's own track and its duplicates left out of its neighbours)."""
+    (an excerpt's own track and the tracks sharing its music left out of its neighbours)."""
     grid = catalog.grid
     clips = catalog.null_queries()
     samples: list[list[float]] = [[] for _ in NULL_DURATIONS]
@@ -166,12 +166,14 @@ def same_music(found: Sequence[tuple[Neighbour, ...]], source: str | None, grid:
     size = min(len(found), grid.count(round(PASSAGE_SECONDS * grid.sample_rate)))
     for begin in range(0, len(found) - size + 1, max(1, size // 2)):
         passage = found[begin : begin + size]
-
-        def best(keep: Callable[[str], bool]) -> Alignment | None:
-            lines = align([hits_at(grid, i, tuple(n for n in nb if keep(n.track_id))[:k]) for i, nb in enumerate(passage)], grid.window_seconds)
-            return lines[0] if lines else None
-
-        own = best(lambda track: track == source)
-        while own is not None and (other := best(lambda track: track not in same)) is not None and other.score >= SAME_MUSIC_RATIO * own.score:
+        own = _best_line(passage, lambda track: track == source, grid, k)
+        while own is not None and (other := _best_line(passage, lambda track: track not in same, grid, k)) is not None \
+                and other.score >= SAME_MUSIC_RATIO * own.score:
             same.add(other.track_id)
     return same
+
+
+def _best_line(found: Sequence[tuple[Neighbour, ...]], keep: Callable[[str], bool], grid: "WindowGrid", k: int) -> Alignment | None:
+    """The best line through the neighbours of the tracks `keep` accepts."""
+    lines = align([hits_at(grid, i, tuple(n for n in nb if keep(n.track_id))[:k]) for i, nb in enumerate(found)], grid.window_seconds)
+    return lines[0] if lines else None
