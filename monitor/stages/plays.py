@@ -128,8 +128,7 @@ class PlayTracker:
         """The ended event of a published play; a provisional one is withdrawn."""
         if play.published:
             return [self._ended(state, play, catalog)]
-        seen_until = state.history[-1].offset + self.config.window_seconds if state.history else play.last_support_offset
-        return [self._notice(WithdrawnEvent, state, play, seen_until, catalog)]
+        return [WithdrawnEvent(**self._heard(state, play, catalog), decided_offset=self._seen_until(state, play))]
 
     def _extend(self, play: OpenPlay, hits: WindowHits, support: tuple[float, float]) -> OpenPlay:
         similarity, ref = support
@@ -180,27 +179,25 @@ class PlayTracker:
         state, started = self._announce(state, play, hits, catalog)
         if started:
             return state, started
-        return state, [self._notice(ProvisionalEvent, state, play, hits.offset + self.config.window_seconds, catalog)]
+        return state, [ProvisionalEvent(**self._heard(state, play, catalog), decided_offset=hits.offset + self.config.window_seconds)]
 
-    def _notice(self, kind: type[ProvisionalEvent], state: StreamState, play: OpenPlay, decided: float,
-                catalog: CatalogInfo) -> ProvisionalEvent:
-        """A provisional play heard, or withdrawn, at stream offset `decided`."""
+    def _heard(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> dict[str, Any]:
+        """What every event of `play` says of it as known now: its id, track, start, alignment and evidence."""
         line, start = play.line, self._play_start(state, play)
-        return kind(
+        return dict(
             play_id=play.play_id, stream_id=state.stream_id, track_id=line.track_id, started_at=play.air_minus_offset + start,
             stream_start=start, ref_start=max(0.0, line.ref(start)), speed=line.speed, score=play.score, confidence=line.confidence,
-            decided_offset=decided, track=_metadata(catalog.track(line.track_id)),
+            track=_metadata(catalog.track(line.track_id)),
         )
+
+    def _seen_until(self, state: StreamState, play: OpenPlay) -> float:
+        """The end of the newest window heard: when an ending or a withdrawal is decided."""
+        newest = state.history[-1].offset if state.history else play.last_support_offset
+        return newest + self.config.window_seconds
 
     def _started(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> PlayEvent:
         """The started event of `play`, decided at the window `hits`."""
-        line, start = play.line, self._play_start(state, play)
-        return PlayEvent(
-            play_id=play.play_id, state="started", stream_id=state.stream_id, track_id=line.track_id,
-            started_at=play.air_minus_offset + start, stream_start=start, ref_start=max(0.0, line.ref(start)),
-            speed=line.speed, score=play.score, confidence=line.confidence,
-            decided_offset=hits.offset + self.config.window_seconds, track=_metadata(catalog.track(line.track_id)),
-        )
+        return PlayEvent(**self._heard(state, play, catalog), state="started", decided_offset=hits.offset + self.config.window_seconds)
 
     def _play_start(self, state: StreamState, play: OpenPlay) -> float:
         """Where the play starts, with a snapped start refined by the line as it is known now."""
@@ -276,8 +273,8 @@ class PlayTracker:
     def _ended(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> PlayEvent:
         """The ended event of `play`, as of the newest window in `state`."""
         line, config = play.line, self.config
-        seen_until = state.history[-1].offset + config.window_seconds if state.history else play.last_support_offset + config.window_seconds
-        start = self._play_start(state, play)
+        seen_until, heard = self._seen_until(state, play), self._heard(state, play, catalog)
+        start = heard["stream_start"]
         end = play.last_support_offset + config.window_seconds - config.end_edge_seconds
         info = catalog.track(line.track_id)
         if info is not None:
@@ -286,13 +283,7 @@ class PlayTracker:
                 end = track_end
         end = max(min(end, seen_until), start)
         ref_end = line.ref(end) if info is None else min(line.ref(end), info.seconds)
-        return PlayEvent(
-            play_id=play.play_id, state="ended", stream_id=state.stream_id, track_id=line.track_id,
-            started_at=play.air_minus_offset + start, stream_start=start,
-            ref_start=max(0.0, line.ref(start)), speed=line.speed, score=play.score,
-            confidence=line.confidence, decided_offset=seen_until, ended_at=play.air_minus_offset + end,
-            stream_end=end, ref_end=ref_end, track=_metadata(info),
-        )
+        return PlayEvent(**heard, state="ended", decided_offset=seen_until, ended_at=play.air_minus_offset + end, stream_end=end, ref_end=ref_end)
 
 
 def _metadata(info: TrackLike | None) -> dict[str, Any]:
