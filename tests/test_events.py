@@ -7,8 +7,9 @@ import json
 import jsonschema
 import pytest
 
-from monitor.events import (KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, ProvisionalEvent, UnknownEvent, WithdrawnEvent, cluster_id, describe, iso_utc, kinds_schema,
+from monitor.events import (KINDS_SCHEMA_PATH, SCHEMA_PATH, AirtimeEvent, PlayEvent, UnknownEvent, WithdrawnEvent, cluster_id, describe, iso_utc, kinds_schema,
                             play_id, plays_in, read_event, schema, unknown_id)
+from test_playlog import heard_before
 
 VALIDATOR = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
 KINDS_VALIDATOR = jsonschema.Draft202012Validator(kinds_schema(), format_checker=jsonschema.FormatChecker())
@@ -114,8 +115,7 @@ def test_every_kind_reads_back_and_reads_as_one_line() -> None:
                      ref_start=3.5, speed=1.05, score=40.2)
     hour = AirtimeEvent("radio-1", 1_794_999_600.0, 0, {"music": 2400.0, "speech": 1100.5}, 3601.0)
     play = started()
-    heard = ProvisionalEvent(play.play_id, play.stream_id, play.track_id, play.started_at, play.stream_start, play.ref_start,
-                             play.speed, play.score, play.confidence, play.decided_offset - 2.0, track=play.track)
+    heard = heard_before(play)
     withdrawn = WithdrawnEvent(**{**vars(heard), "decided_offset": heard.decided_offset + 15.0})
     for event in (play, ended(), first, repeat, hour, heard, withdrawn):
         assert KINDS_VALIDATOR.is_valid(event.to_json()) or isinstance(event, PlayEvent)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 from monitor.bench import servers
 
 from monitor.cli import main
-from monitor.events import PlayEvent, play_id, plays_in
+from monitor.events import PlayEvent, ProvisionalEvent, play_id, plays_in
 from monitor.playlog import queries
 from monitor.playlog.queries import TimeRange
 from monitor.playlog.schema import metadata
@@ -31,6 +32,12 @@ from monitor.playlog.store import MalformedPlay, PlayLog, PlayLogError, head_rev
 
 DAY = 1_795_000_000.0 - 1_795_000_000.0 % 86400  # a UTC midnight in 2026
 TRACKS = {f"t{i}": {"title": f"Title {i}", "artist": f"Artist {i % 3}", "isrc": f"QZ0000000{i:03d}", "album": "Album"} for i in range(6)}
+
+
+def heard_before(started: PlayEvent, seconds: float = 2.0) -> ProvisionalEvent:
+    """The provisional event that announced `started`'s play `seconds` of stream earlier."""
+    fields = {k: v for k, v in vars(started).items() if k in {f.name for f in dataclass_fields(ProvisionalEvent)}}
+    return ProvisionalEvent(**{**fields, "decided_offset": started.decided_offset - seconds})
 
 
 def synthetic_plays(count: int, streams: int = 3, seed: int = 0) -> list[PlayEvent]:

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from monitor.bench import servers
 from monitor.cli import main
-from monitor.events import ProvisionalEvent, WithdrawnEvent, play_id
+from monitor.events import WithdrawnEvent, play_id
 from monitor.playlog import queries
 from monitor.playlog.store import PlayLog
-from test_playlog import synthetic_plays
+from test_playlog import heard_before, synthetic_plays
 
 PREFIX = "playlog-test"
 
@@ -95,8 +95,7 @@ def test_consume_writes_every_kind_and_sets_aside_one_it_does_not_know(kafka_bro
 
     log = PlayLog.open(postgres_url, migrate=True)
     played = synthetic_plays(3)
-    heard = ProvisionalEvent(played[0].play_id, played[0].stream_id, played[0].track_id, played[0].started_at, played[0].stream_start,
-                             played[0].ref_start, played[0].speed, played[0].score, played[0].confidence, played[0].decided_offset - 2.0)
+    heard = heard_before(played[0])
     withdrawn = WithdrawnEvent(**{**vars(heard), "play_id": play_id("radio-9", "quoted", 1)})
     events = [heard, *played, withdrawn] + synthetic_unknowns() + synthetic_airtime()  # notices: not kept, not set aside either
     lines = [e.to_line().encode() for e in events]

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from monitor.cli import main
-from monitor.events import AirtimeEvent, ProvisionalEvent, UnknownEvent, WithdrawnEvent, cluster_id, iso_utc, play_id, unknown_id
+from monitor.events import AirtimeEvent, UnknownEvent, WithdrawnEvent, cluster_id, iso_utc, play_id, unknown_id
 from monitor.playlog import queries, unknowns
 from monitor.playlog.queries import TimeRange
 from monitor.playlog.schema import CONTENT_CLASSES, airtime, cluster_excerpts, plays
@@ -28,7 +28,7 @@ from monitor.playlog.schema import unknowns as unknowns_table
 from monitor.playlog.store import MalformedEvent, PlayLog, event_row
 from monitor.playlog.unknown_store import SqlUnknownStore
 from monitor.stages.unknown_store import KeptStretch, MemoryUnknownStore, UnknownStore
-from test_playlog import DAY, everything, location, playlog, synthetic_plays  # noqa: F401 (fixtures)
+from test_playlog import DAY, everything, heard_before, location, playlog, synthetic_plays  # noqa: F401 (fixtures)
 
 SONG = cluster_id(unknown_id("radio-0", 350))
 JINGLE = cluster_id(unknown_id("radio-1", 200))
@@ -157,8 +157,7 @@ def test_import_stores_every_kind_once_and_names_the_lines_it_skips(tmp_path: Pa
 def test_provisional_and_withdrawn_plays_stay_out_of_the_log_without_complaint(tmp_path: Path, location: str) -> None:
     """The log holds plays once started: a provisional one enters it with its started event, a withdrawn one never."""
     started, ended = synthetic_plays(1)
-    heard = ProvisionalEvent(started.play_id, started.stream_id, started.track_id, started.started_at, started.stream_start,
-                             started.ref_start, started.speed, started.score, started.confidence, started.decided_offset - 2.0)
+    heard = heard_before(started)
     phantom = replace(heard, play_id=play_id(started.stream_id, "quoted", 999), track_id="quoted")
     events_file = tmp_path / "events.jsonl"
     lines = [heard, started, ended, phantom, WithdrawnEvent(**{**vars(phantom), "decided_offset": heard.decided_offset + 15.0})]
