@@ -314,8 +314,9 @@ class Recipe:
 
     Training a little past the ranges we test keeps the middle of the range well inside what the encoder
     has seen. Tempo and speed factors are drawn log-uniformly within their bounds, pitch uniformly within
-    +-`pitch` semitones; `voices` is "espeak" (synthetic voice-over) or "recorded" (encoders.speech's
-    training voices), and `babble` the chance of recorded multi-talker babble at 0-15 dB.
+    +-`pitch` semitones; `voices` names who talks over the music: "espeak" (synthetic voice-over),
+    "recorded" (encoders.speech's training voices) or "espeak+recorded" (both, in one pool), and `babble`
+    is the chance of recorded multi-talker babble at 0-15 dB.
     """
 
     tempo: tuple[float, float]
@@ -330,6 +331,8 @@ RECIPES = {
     "v1": Recipe(tempo=(0.8, 1.25), speed=(0.85, 1.18), pitch=2.5, voices="espeak"),
     # warps to +-25 % and +-3 semitones (the matcher's speed range is 0.8-1.25), real talk and babble
     "v2": Recipe(tempo=(0.75, 1.33), speed=(0.75, 1.33), pitch=3.5, voices="recorded", babble=0.3),
+    # v1's warps and synthetic voice-over (what v2 lost ground on) with the recorded talk and babble of v2
+    "v3": Recipe(tempo=(0.8, 1.25), speed=(0.85, 1.18), pitch=2.5, voices="espeak+recorded", babble=0.3),
 }
 
 

@@ -81,16 +81,18 @@ def speech_clips(sample_rate: int) -> tuple[np.ndarray, ...]:
 
 
 def voice_sources(recipe: Recipe, sample_rate: int, seed: int) -> Sources:
-    """The voices a recipe talks over the music with: espeak-ng lines, or the recorded training voices
+    """The voices a recipe talks over the music with: espeak-ng lines and/or the recorded training voices
     (never the held-out one) as continuous talk for voice-over and as prompts for babble."""
-    if recipe.voices == "espeak":
-        return Sources(speech=speech_clips(sample_rate))
+    kinds = set(recipe.voices.split("+"))
+    speech = speech_clips(sample_rate) if "espeak" in kinds else ()
+    if "recorded" not in kinds:
+        return Sources(speech=speech)
     train_voices, held_out = split_voices()
     log.info("recorded voices: %s (held out: %s)", ", ".join(map(str, train_voices)), held_out)
     talkers = load_voices(train_voices, sample_rate)
     rng = np.random.default_rng([seed, 5])
     length = int(TALK_STREAM_SECONDS * sample_rate)
-    speech = tuple(talk(clips, length, sample_rate, rng) for clips in talkers for _ in range(TALK_STREAMS_PER_VOICE))
+    speech += tuple(talk(clips, length, sample_rate, rng) for clips in talkers for _ in range(TALK_STREAMS_PER_VOICE))
     return Sources(speech=speech, talkers=talkers)
 
 

@@ -155,3 +155,13 @@ def test_recorded_voices_train_without_the_held_out_voice(tmp_path: Path) -> Non
     held_out_first = load_voice(held_out, 8000)[0]
     assert not any(len(c) == len(held_out_first) and np.array_equal(c, held_out_first) for clips in voices.talkers for c in clips)
     train(TrainConfig(steps=1, **{**TINY, "voice_over": True, "augment": "v2"}), tmp_path / "run")
+
+
+def test_recipe_v3_talks_with_the_synthetic_and_the_recorded_voices_in_one_pool() -> None:
+    from encoders.augment import RECIPES
+    from encoders.data import speech_clips, voice_sources
+
+    both, synthetic, recorded = (voice_sources(RECIPES[r], 8000, seed=0) for r in ("v3", "v1", "v2"))
+    assert synthetic.speech and not synthetic.talkers
+    assert len(both.speech) == len(synthetic.speech) + len(recorded.speech) and len(both.talkers) == len(recorded.talkers)
+    assert all(np.array_equal(a, b) for a, b in zip(both.speech, speech_clips(8000) + recorded.speech))
