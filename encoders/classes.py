@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from encoders.frontend import LogMel, standardised
-from encoders.model import Encoder, EncoderError, load_encoder, model_files, save_model_dir
+from encoders.model import MODELS_DIR, Encoder, EncoderError, load_encoder, model_files, save_model_dir
 
 CLASSES = ("music", "speech", "speech_over_music", "silence", "other")
 FORMAT_VERSION = 1
@@ -213,6 +213,19 @@ class ContentClassifier:
             return np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, dtype=object), np.zeros((0, len(self.classes)), np.float32)
         probs = torch.cat(probabilities).numpy()
         return torch.cat(embedded).numpy(), np.array(self.classes, dtype=object)[probs.argmax(axis=1)], probs
+
+    @classmethod
+    def for_encoder(cls, encoder: Encoder) -> "ContentClassifier":
+        """The shipped classifier trained on `encoder`'s weights: each shipped encoder has its own, so a
+        catalog built with any of them keeps its content classes."""
+        fingerprint = encoder.fingerprint()
+        for config_file in sorted(MODELS_DIR.glob("*/config.json")):
+            if json.loads(config_file.read_text()).get("encoder_fingerprint") == fingerprint:
+                return cls.load(config_file.parent, encoder)
+        raise EncoderError(
+            f"no shipped classifier was trained on encoder weights {fingerprint}; train one for this encoder "
+            "(python -m encoders.content_train CONFIG, with `encoder:` naming it) and load it by its directory"
+        )
 
     def classify(self, windows: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(labels (N,), probabilities (N, classes)) for windows of the encoder's length."""

@@ -23,9 +23,12 @@ DEMO = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 SPEECH = Path(__file__).parent / "data" / "speech-june.opus"  # the held-out voice; see tests/data/LICENSE.md
 
 
-@pytest.fixture(scope="module")
-def classifier() -> ContentClassifier:
-    return ContentClassifier.load()
+SHIPPED_CLASSIFIERS = ("classes", "classes-compact3")  # one per shipped encoder that monitors (encoders/configs/classifiers)
+
+
+@pytest.fixture(scope="module", params=SHIPPED_CLASSIFIERS)
+def classifier(request: pytest.FixtureRequest) -> ContentClassifier:
+    return ContentClassifier.load(request.param)
 
 
 def windows_of(audio: np.ndarray, classifier: ContentClassifier) -> np.ndarray:
@@ -118,6 +121,16 @@ def test_a_classifier_refuses_an_encoder_it_was_not_trained_on() -> None:
         ContentClassifier.load("classes", other)
 
 
+@pytest.mark.parametrize("encoder_name, name", [("compact", "classes"), ("compact3", "classes-compact3")])
+def test_each_shipped_encoder_finds_the_classifier_trained_on_its_weights(encoder_name: str, name: str) -> None:
+    encoder = load_encoder(encoder_name)
+    assert ContentClassifier.for_encoder(encoder).config == ContentClassifier.load(name).config
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1.0)
+    with pytest.raises(EncoderError, match="no shipped classifier was trained on encoder weights"):
+        ContentClassifier.for_encoder(encoder)
+
+
 def test_a_damaged_classifier_directory_is_named(tmp_path: Path) -> None:
     shipped = ContentClassifier.load().config
     broken = tmp_path / "broken"
@@ -143,10 +156,11 @@ def test_a_bad_training_config_is_named_before_any_work(tmp_path: Path) -> None:
         ContentTrainConfig.from_file(config)
 
 
-def test_the_shipped_training_config_reads_and_matches_the_shipped_weights() -> None:
-    config = Path(__file__).parents[1] / "encoders" / "configs" / "classifiers" / "classes.yaml"
+@pytest.mark.parametrize("name", SHIPPED_CLASSIFIERS)
+def test_the_shipped_training_config_reads_and_matches_the_shipped_weights(name: str) -> None:
+    config = Path(__file__).parents[1] / "encoders" / "configs" / "classifiers" / f"{name}.yaml"
     cfg = ContentTrainConfig.from_file(config)
-    training = json.loads((Path(__file__).parents[1] / "encoders" / "models" / "classes" / "config.json").read_text())["training"]
+    training = json.loads((Path(__file__).parents[1] / "encoders" / "models" / name / "config.json").read_text())["training"]
     assert {k: training[k] for k in dataclasses.asdict(cfg)} == dataclasses.asdict(cfg)
 
 

@@ -61,13 +61,21 @@ def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, m
     assert data_digest(elsewhere) != inside["data_sha256"]
 
 
-SHIPPED_ENCODERS = ("compact", "nafp")
+SHIPPED_ENCODERS = ("compact", "compact3", "nafp")
 
 
 @pytest.mark.parametrize("name", SHIPPED_ENCODERS)
 def test_shipped_model_records_no_machine_path(name: str) -> None:
     training = json.loads((MODELS_DIR / name / "config.json").read_text())["training"]
     assert not Path(training["data"]).is_absolute()
+
+
+def test_the_shipped_compact3_records_exactly_what_its_config_asks() -> None:
+    """`airtrace train encoders/configs/compact3.yaml` reproduces the shipped weights' recipe, step for step."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "encoders" / "configs" / "compact3.yaml").read_text())
+    training = json.loads((MODELS_DIR / "compact3" / "config.json").read_text())["training"]
+    assert {key: training[key] for key in config} == config
+    assert training["init_fingerprint"] == load_encoder("compact").fingerprint()
 
 
 @pytest.mark.parametrize("name", SHIPPED_ENCODERS)

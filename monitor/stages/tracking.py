@@ -35,10 +35,10 @@ CLAIM_POLL_SECONDS = 0.2  # how often to look again at events another process is
 
 
 def content_count(encoder: Encoder) -> ContentCount | None:
-    """The shipped content classifier on `encoder`'s pass, or None (said once) where it was trained on
-    other encoder weights: streams are then tracked without content classes."""
+    """The shipped content classifier trained on `encoder`'s weights, riding on its pass, or None (said
+    once) where no shipped classifier was: streams are then tracked without content classes."""
     try:
-        classifier = ContentClassifier.load(encoder=encoder)
+        classifier = ContentClassifier.for_encoder(encoder)
     except EncoderError as exc:
         log.info("no content classes for this catalog's encoder: %s", exc)
         return None
