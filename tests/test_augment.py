@@ -115,7 +115,7 @@ def test_recipes_set_warp_ranges_and_voices(sources: Sources) -> None:
     assert low < 0.78 and high > 1.28  # past the matcher's 0.8-1.25
     assert max(map(abs, extremes("v2", "pitch"))) > 3
     assert [d for d in draws("v2", sources) if d.startswith("babble")]
-    assert extremes("v3", "tempo") >= extremes("v1", "tempo")[:1] and extremes("v3", "pitch")[1] <= 2.5
+    assert extremes("v3", "tempo")[0] >= 0.8 and extremes("v3", "pitch")[1] <= 2.5  # v1's warps
     assert [d for d in draws("v3", sources) if d.startswith("babble")]
 
 
