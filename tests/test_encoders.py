@@ -157,6 +157,23 @@ def test_max_relative_graph_conv_ignores_the_order_of_nodes() -> None:
         torch.testing.assert_close(conv(nodes)[..., order], conv(nodes[..., order]))
 
 
+def test_max_relative_aggregation_is_its_definition_in_value_and_gradient() -> None:
+    """The one-gather form equals max_j (x_j - x_i) over each node's k nearest nodes, gradient included."""
+    from encoders.backbones.grafprint import nearest_neighbours, strongest_neighbour
+
+    torch.manual_seed(0)
+    nodes = torch.randn(3, 8, 25, dtype=torch.float64, requires_grad=True)
+    b, c, n = nodes.shape
+    index = nearest_neighbours(nodes.detach(), 5).reshape(b, 1, -1).expand(b, c, -1)
+    by_definition = (nodes.gather(2, index).reshape(b, c, n, -1) - nodes.unsqueeze(-1)).amax(dim=-1)
+    one_gather = nodes.gather(2, strongest_neighbour(nodes, 5)) - nodes
+    torch.testing.assert_close(one_gather, by_definition, rtol=0, atol=0)
+    weights = torch.randn(b, c, n, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((by_definition * weights).sum(), nodes)
+    (got,) = torch.autograd.grad((one_gather * weights).sum(), nodes)
+    torch.testing.assert_close(got, expected)
+
+
 def test_decoded_chunks_are_joined_frames_each_folded_to_mono_on_its_own(tmp_path: Path) -> None:
     """decode_chunks joins decoded frames into chunks of CHUNK_SECONDS (fewer, larger chunks for the stream
     readers) without changing a sample: each frame is still folded to mono on its own, so stereo that turns
