@@ -107,6 +107,12 @@ def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder
     landmark_clean_10s = accuracy["rows"][0][accuracy["columns"].index("landmark 10s")]
     assert landmark_clean_10s == "100.0"
     assert "False matches on non-catalog audio (% of queries with any match)" in tables
+    strict = tables["Top-1 / false matches (%) at stricter minimum confidences (identify --min-confidence)"]
+    assert strict["columns"] == ["min confidence", f"{encoder_dir.name} 3s", f"{encoder_dir.name} 10s"]  # no landmark: no confidence
+    top1 = [[float(cell.split(" / ")[0]) for cell in row[1:]] for row in strict["rows"]]
+    overall = next(row for row in accuracy["rows"] if row[0] == "overall")
+    assert top1[0] == [float(overall[accuracy["columns"].index(c)]) for c in strict["columns"][1:]]  # the default is the run's
+    assert all(a >= b for before, after in zip(top1, top1[1:]) for a, b in zip(before, after))  # stricter never finds more
 
     out = tmp_path / "segments.json"
     result = CliRunner().invoke(main, ["bench", "segments", *common, "--preset", "easy", "--queries", "1", "--out", str(out)])

@@ -36,6 +36,7 @@ class Engine(Protocol):
     settings: dict[str, Any]  # printed with every table the engine appears in
     track_ids: frozenset[str]  # what its index actually holds (unreadable files and duplicates drop out)
     index_bytes: int  # what its index takes on disk, about what it takes in memory
+    calibrated: bool  # whether a match's confidence is 1 - its false-match rate (the matcher's calibration)
 
     def identify(self, audio: np.ndarray) -> list[Match]: ...
 
@@ -55,6 +56,8 @@ def _signatures(references: Sequence[Reference]) -> list[tuple[str, str, int]]:
 
 class NeuralEngine:
     """airtrace itself: a catalog of the references under one encoder, queried through the matcher."""
+
+    calibrated = True
 
     def __init__(self, name: str, catalog: Catalog, build_seconds: float | None):
         self.name, self.catalog = name, catalog
@@ -114,6 +117,7 @@ class LandmarkEngine:
     """The classical baseline: peak-pair landmarks and offset voting."""
 
     name = "landmark"
+    calibrated = False  # its matches carry vote counts, not a confidence
 
     def __init__(self, index: LandmarkIndex, build_seconds: float | None):
         self.index = index

@@ -23,8 +23,10 @@ from monitor.bench.engines import Engine, warm_up
 from monitor.bench.queries import DECODE_RATE, Query, catalog_queries, noncatalog_queries
 from monitor.bench.references import BenchError, ReferenceSet
 from monitor.bench.report import Table, percent, verdict
+from monitor.stages.matcher import MIN_CONFIDENCE
 
 LOCATE_TOLERANCE = 1.0  # seconds
+CONFIDENCE_STEPS = (MIN_CONFIDENCE, 0.995, 0.998, 0.999)  # the matcher's default, then stricter ones a user may choose
 
 # Targets of issues 2 and 3 on dev with the shipped model, checked against the rows that measure them.
 WARP_ROWS_10PCT = ("tempo:0.9", "tempo:1.1", "pitch:-1", "pitch:1", "speed:0.9", "speed:0.95", "speed:1.05", "speed:1.1")
@@ -84,7 +86,7 @@ def run(refs: ReferenceSet, engines: Sequence[Engine], rows: Sequence[str], per_
                 tallies[engine.name, query.row, length].add(right, right and abs(error) <= LOCATE_TOLERANCE, seconds)
                 records.append([engine.name, query.row, length, query.track_id, round(query.ref_start, 2), right,
                                 None if error is None else round(error, 2), best.track_id if best else None,
-                                round(best.confidence, 3) if best else None])
+                                round(best.confidence, 5) if best else None])
     false_tallies: dict[tuple[str, str, float], Tally] = defaultdict(Tally)
     for query in tqdm(noncatalog_queries(refs.holdout, negatives, lengths, seed), total=negatives * (3 if refs.holdout else 2),
                       desc="non-catalog", unit="query"):
@@ -94,7 +96,7 @@ def run(refs: ReferenceSet, engines: Sequence[Engine], rows: Sequence[str], per_
                 false_tallies[engine.name, query.kind, length].add(bool(matches), False, seconds)
                 records.append([engine.name, f"{query.kind}/{query.row}", length, query.track_id, round(query.ref_start, 2),
                                 None, None, matches[0].track_id if matches else None,
-                                round(matches[0].confidence, 3) if matches else None])
+                                round(matches[0].confidence, 5) if matches else None])
     settings = {
         **refs.describe(),
         "queried tracks in every catalog": len(queried),
@@ -107,6 +109,7 @@ def run(refs: ReferenceSet, engines: Sequence[Engine], rows: Sequence[str], per_
     tables = [
         _accuracy_table(tallies, engines, rows, lengths, settings),
         _false_table(false_tallies, engines, lengths, refs, negatives),
+        _threshold_table(records, engines, lengths),
         _timing_table(tallies, false_tallies, engines, lengths),
         _targets_table(tallies, false_tallies, engines, rows, lengths),
     ]
@@ -149,6 +152,28 @@ def _false_table(false_tallies: dict, engines: Sequence[Engine], lengths: Sequen
     table.add("all", *(percent(_overall(false_tallies, e.name, kinds, n).right, _overall(false_tallies, e.name, kinds, n).total)
                        for e in engines for n in lengths))
     return table
+
+
+def _threshold_table(records: list[list[Any]], engines: Sequence[Engine], lengths: Sequence[float]) -> Table:
+    """Top-1 and false matches had the matcher asked for more confidence: what raising `--min-confidence` above
+    the default buys (fewer false answers) and costs (right answers that were less sure), from the same queries."""
+    calibrated = [e for e in engines if e.calibrated]
+    table = Table("Top-1 / false matches (%) at stricter minimum confidences (identify --min-confidence)", ["min confidence"]
+                  + [f"{e.name} {length:g}s" for e in calibrated for length in lengths])
+    for threshold in CONFIDENCE_STEPS:
+        cells = []
+        for e in calibrated:
+            for n in lengths:
+                mine = [r for r in records if r[0] == e.name and r[2] == n]
+                right = [r[5] and r[8] >= threshold for r in mine if r[5] is not None]
+                false = [r[7] is not None and r[8] >= threshold for r in mine if r[5] is None]
+                cells.append(f"{_percent_of(right)} / {_percent_of(false)}")
+        table.add(f"{threshold:g}", *cells)
+    return table
+
+
+def _percent_of(flags: list[bool]) -> str:
+    return f"{100 * sum(flags) / len(flags):.1f}" if flags else "-"
 
 
 def _timing_table(tallies: dict, false_tallies: dict, engines: Sequence[Engine], lengths: Sequence[float]) -> Table:
