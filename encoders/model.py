@@ -48,8 +48,11 @@ class EncoderConfig:
 
     @classmethod
     def for_backbone(cls, backbone: str, **overrides: Any) -> "EncoderConfig":
-        """A config with the backbone's own defaults for sample rate, window and hop."""
+        """A config with the backbone's own defaults for sample rate, window and hop; a backbone built for
+        another sample rate (`backbone_args: {sample_rate: ...}`) is fed audio at that rate."""
         defaults = dict(backbone_class(backbone).defaults)
+        if "sample_rate" in (overrides.get("backbone_args") or {}):
+            defaults["sample_rate"] = overrides["backbone_args"]["sample_rate"]
         defaults.update({k: v for k, v in overrides.items() if v is not None})
         return cls(backbone=backbone, **defaults)
 

@@ -101,6 +101,17 @@ def test_unknown_config_field_is_named(encoder: Encoder, tmp_path: Path) -> None
         load_encoder(tmp_path / "enc")
 
 
+def test_a_backbone_built_for_another_rate_is_fed_audio_at_that_rate() -> None:
+    """compact16.yaml's front end: a 16 kHz backbone cuts 16,000-sample windows, with the same spectrogram shape."""
+    args = {"channels": [8, 16], "sample_rate": 16000, "n_fft": 1024, "hop": 256, "fmax": 7800.0}
+    wide = Encoder(EncoderConfig.for_backbone("compact", backbone_args=args)).eval()
+    assert (wide.sample_rate, wide.window_samples, wide.hop_samples) == (16000, 16000, 8000)
+    narrow = Encoder(EncoderConfig.for_backbone("compact", backbone_args={"channels": [8, 16]}))
+    wave = torch.zeros(1, 16000) + 0.01
+    assert wide.backbone.melspec(wave).shape == narrow.backbone.melspec(wave[:, :8000]).shape
+    assert wide.embed(np.full((2, 16000), 0.01, np.float32)).shape == (2, 128)
+
+
 def test_unknown_backbone_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="compact"):
         EncoderConfig.for_backbone("resnet")
