@@ -21,8 +21,9 @@ AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".
 # (-20 dB). Ordinary stereo never comes near (uncorrelated channels give equal energies); L = -R gives ~0.
 ANTI_PHASE_ENERGY_RATIO = 0.01
 SQRT_HALF = np.float32(np.sqrt(0.5))  # FFmpeg's stereo-to-mono gain, kept so levels match its downmix
-# Decoded frames are a few milliseconds each (80-100 a second of audio); every chunk costs each stream's reader
-# its share of Python work (pacing, windowing, clocks), so they are joined into chunks of about this many seconds.
+# Decoded frames are a few milliseconds each (40-100 a second of audio); every chunk costs each stream's reader
+# its share of Python work (pacing, windowing, clocks, the downmix), so FFmpeg's resampler hands them on in
+# frames of exactly this many seconds.
 CHUNK_SECONDS = 0.1
 
 
@@ -39,8 +40,8 @@ def decode_chunks(
 ) -> Iterator[np.ndarray]:
     """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
 
-    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts; a chunk joins
-    decoded frames until it holds CHUNK_SECONDS (each frame is folded to mono on its own, as before). `opened` is
+    Streams are read chunk by chunk, so this serves both whole files and endless broadcasts; every chunk but
+    the last holds exactly CHUNK_SECONDS and is folded to mono on its own. `opened` is
     called with the open container before the first chunk, for callers that need what the source says
     about itself (its size, its duration, its headers).
     """
@@ -63,33 +64,26 @@ def decode_chunks(
         if opened is not None:
             opened(container)
         stream = container.streams.audio[0]
-        resampler = _resampler(stream.layout.nb_channels, sample_rate)
-        pending: list[np.ndarray] = []
-        size, chunk = 0, max(1, int(CHUNK_SECONDS * sample_rate))
+        resampler = _resampler(stream.layout.nb_channels, sample_rate, frame_size=max(1, int(CHUNK_SECONDS * sample_rate)))
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    pending.append(downmix(_planes(out)))
-                    size += out.samples
-                if size >= chunk:
-                    yield np.concatenate(pending)
-                    pending, size = [], 0
-            pending += [downmix(_planes(out)) for out in resampler.resample(None)]
-            if pending:
-                yield np.concatenate(pending)
+                    yield downmix(_planes(out))
+            for out in resampler.resample(None):
+                yield downmix(_planes(out))
         except av.FFmpegError as exc:
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
 
 
-def _resampler(channels: int, sample_rate: int) -> av.AudioResampler:
+def _resampler(channels: int, sample_rate: int, frame_size: int | None = None) -> av.AudioResampler:
     """To planar float at `sample_rate`: mono stays mono, anything wider becomes stereo (FFmpeg folds
-    surround channels in) for `downmix` to fold."""
-    return av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=sample_rate)
+    surround channels in) for `downmix` to fold; in frames of `frame_size` samples where given."""
+    return av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=sample_rate, frame_size=frame_size)
 
 
 def _planes(frame: av.AudioFrame) -> list[np.ndarray]:
-    """A planar float frame's channels: `frame.to_ndarray()` without its stacking, read per frame."""
-    return [np.frombuffer(plane, np.float32, frame.samples) for plane in frame.planes]
+    """A planar float frame's channels: `frame.to_ndarray()` without its stacking, copied out of the frame."""
+    return [np.frombuffer(plane, np.float32, frame.samples).copy() for plane in frame.planes]
 
 
 def downmix(channels: np.ndarray | list[np.ndarray]) -> np.ndarray:

@@ -185,29 +185,27 @@ def test_max_relative_aggregation_is_its_definition_in_value_and_gradient() -> N
     torch.testing.assert_close(got, expected)
 
 
-def test_decoded_chunks_are_joined_frames_each_folded_to_mono_on_its_own(tmp_path: Path) -> None:
-    """decode_chunks joins decoded frames into chunks of CHUNK_SECONDS (fewer, larger chunks for the stream
-    readers) without changing a sample: each frame is still folded to mono on its own, so stereo that turns
-    to opposite phase every few frames comes out exactly as frame-by-frame decoding gives it."""
+def test_decoded_chunks_are_exact_and_each_folded_to_mono_on_its_own(tmp_path: Path) -> None:
+    """decode_chunks hands the stream readers chunks of exactly CHUNK_SECONDS (FFmpeg's resampler cuts them),
+    each the downmix of its own resampled stereo: stereo that turns to opposite phase every few frames is
+    folded chunk by chunk, and no sample is lost, added or changed on the way."""
     import av
     import soundfile
 
-    from encoders.audio import CHUNK_SECONDS, _resampler, decode_chunks, downmix
+    from encoders.audio import CHUNK_SECONDS, SQRT_HALF, _resampler, decode_chunks, downmix
 
     rate, rng = 44100, np.random.default_rng(0)
     left = rng.normal(0, 0.1, 2 * rate).astype(np.float32)
-    # FFmpeg decodes a WAV file in frames of 4096 samples and a chunk joins two of them: in phase one frame in
-    # three, opposite the others, so some chunks join a frame in opposite phase to one in phase
-    right = left * np.where(np.arange(len(left)) // 4096 % 3 == 2, 1.0, -1.0).astype(np.float32)
+    right = left * np.where(np.arange(len(left)) // 4096 % 3 == 2, 1.0, -1.0).astype(np.float32)  # phase turns
     path = tmp_path / "phases.wav"
     soundfile.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
-    frame_by_frame = []
     with av.open(str(path)) as container:
         resampler = _resampler(2, 8000)
-        for frame in container.decode(container.streams.audio[0]):
-            frame_by_frame += [downmix(out.to_ndarray()) for out in resampler.resample(frame)]
-        frame_by_frame += [downmix(out.to_ndarray()) for out in resampler.resample(None)]
+        frames = [out.to_ndarray() for frame in container.decode(container.streams.audio[0]) for out in resampler.resample(frame)]
+        stereo = np.concatenate(frames + [out.to_ndarray() for out in resampler.resample(None)], axis=1)
     chunks = list(decode_chunks(path, 8000))
-    assert len(chunks) < len(frame_by_frame)
-    assert all(len(c) >= CHUNK_SECONDS * 8000 for c in chunks[:-1])
-    assert np.array_equal(np.concatenate(chunks), np.concatenate(frame_by_frame))
+    assert [len(c) for c in chunks[:-1]] == [round(CHUNK_SECONDS * 8000)] * (len(chunks) - 1)
+    assert sum(map(len, chunks)) == stereo.shape[1]
+    pieces = np.split(stereo, np.cumsum([len(c) for c in chunks[:-1]]), axis=1)
+    assert all(np.array_equal(chunk, downmix(piece)) for chunk, piece in zip(chunks, pieces))
+    assert any(np.array_equal(chunk, (piece[0] - piece[1]) * SQRT_HALF) for chunk, piece in zip(chunks, pieces))  # some in opposite phase
