@@ -61,7 +61,7 @@ def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, m
     assert data_digest(elsewhere) != inside["data_sha256"]
 
 
-SHIPPED_ENCODERS = ("compact", "compact3", "nafp")
+SHIPPED_ENCODERS = ("compact", "compact3", "grafprint", "nafp")
 
 
 @pytest.mark.parametrize("name", SHIPPED_ENCODERS)
@@ -70,11 +70,16 @@ def test_shipped_model_records_no_machine_path(name: str) -> None:
     assert not Path(training["data"]).is_absolute()
 
 
-def test_the_shipped_compact3_records_exactly_what_its_config_asks() -> None:
-    """`airtrace train encoders/configs/compact3.yaml` reproduces the shipped weights' recipe, step for step."""
-    config = yaml.safe_load((Path(__file__).parents[1] / "encoders" / "configs" / "compact3.yaml").read_text())
-    training = json.loads((MODELS_DIR / "compact3" / "config.json").read_text())["training"]
+@pytest.mark.parametrize("name", ["compact3", "grafprint"])
+def test_a_shipped_encoder_records_exactly_what_its_config_asks(name: str) -> None:
+    """`airtrace train encoders/configs/NAME.yaml` reproduces the shipped weights' recipe, step for step."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "encoders" / "configs" / f"{name}.yaml").read_text())
+    training = json.loads((MODELS_DIR / name / "config.json").read_text())["training"]
     assert {key: training[key] for key in config} == config
+
+
+def test_the_shipped_compact3_is_fine_tuned_from_the_shipped_compact() -> None:
+    training = json.loads((MODELS_DIR / "compact3" / "config.json").read_text())["training"]
     assert training["init_fingerprint"] == load_encoder("compact").fingerprint()
 
 
