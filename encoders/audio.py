@@ -82,7 +82,8 @@ def _resampler(channels: int, sample_rate: int, frame_size: int | None = None) -
 
 
 def _planes(frame: av.AudioFrame) -> list[np.ndarray]:
-    """A planar float frame's channels: `frame.to_ndarray()` without its stacking, copied out of the frame."""
+    """A planar float frame's channels: `frame.to_ndarray()` without its stacking, copied out of the frame
+    (a mono chunk is its one plane, and it outlives the frame it came in)."""
     return [np.frombuffer(plane, np.float32, frame.samples).copy() for plane in frame.planes]
 
 
