@@ -75,7 +75,6 @@ def test_bench_scale_reports_every_figure_at_50k_windows(tmp_path: Path, encoder
     assert exhaustive["recall_at_1"] == 1.0
     assert 0 < exhaustive["batch_p50_seconds"] <= exhaustive["batch_p99_seconds"]
     assert scale["worker"]["rss_loaded"] > scale["worker"]["rss_before_load"] > 0
-    assert scale["assignment"]["sample"] > 0 and 0 <= scale["assignment"]["agreement"] <= 1
     assert {t["title"] for t in report["tables"]} == {"An index of 50,000 windows, built and held by a worker process",
                                                       "Search at 50,000 windows, one batch = one second of 200 streams"}
     assert "Gaussian mixture" in report["tables"][0]["settings"]["windows"]

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -13,8 +14,12 @@ from catalog_fixtures import CATALOG_TRACKS, MUSIC, music, random_encoder
 from encoders import load_encoder
 from monitor.catalog import store
 from monitor.catalog import Catalog, CatalogError
-from monitor.bench.speed import measure_index
-from monitor.catalog.index import VectorIndex, auto_factory, split_ids, window_ids
+from monitor.bench.speed import distorted, measure_index, synthetic_vectors
+from monitor.catalog import index as index_module
+from monitor.catalog.index import VectorIndex, auto_factory, ivf_factory, split_ids, window_ids
+
+
+FLOAT32_DOT = 4 * 32 * float(np.finfo(np.float32).eps)  # a 32-dim inner product of unit vectors, summed in any order
 
 
 def exact_windows(catalog: Catalog, name: str, start: float, seconds: float) -> np.ndarray:
@@ -191,9 +196,34 @@ def test_silence_is_never_indexed(tmp_path: Path, encoder_dir: Path) -> None:
 def test_window_ids_round_trip_and_the_index_grows_from_exact_to_ivf() -> None:
     ords, windows = split_ids(window_ids(123_456, np.array([0, 7, (1 << 20) - 1])))
     assert ords.tolist() == [123_456] * 3 and windows.tolist() == [0, 7, (1 << 20) - 1]
-    assert auto_factory(10_000) == "Flat"
-    assert auto_factory(1_000_000) == "IVF4096,SQ8" and auto_factory(40_000_000) == "IVF32768,SQ8"
+    assert auto_factory(10_000, 128) == "Flat"
+    assert auto_factory(1_000_000, 128) == "IVF4096(IVF64,Flat),PQ64x4fs,Refine(SQ8)"
+    assert auto_factory(40_000_000, 128) == "IVF32768(IVF181,Flat),PQ64x4fs,Refine(SQ8)"
     assert isinstance(VectorIndex.empty("Flat", 8), VectorIndex)
+
+
+@pytest.mark.parametrize("two_level", [False, True])
+def test_the_large_catalog_index_finds_what_exact_search_finds(monkeypatch: pytest.MonkeyPatch, two_level: bool) -> None:
+    """The IVF choice for large catalogs, at a small size: its fast-scan candidates re-ranked by SQ8 codes
+    give the exact nearest window, with the SQ8 codes' similarities; its coarse centroids come from
+    FAISS's k-means or, for many lists, from two-level k-means (forced here by lowering the threshold)."""
+    if two_level:
+        monkeypatch.setattr(index_module, "TWO_LEVEL_LISTS", 64)
+    rng = np.random.default_rng(0)
+    vectors = synthetic_vectors(20_000, 32, rng)
+    index = VectorIndex.build(ivf_factory(64, 32), 32, lambda: [(vectors, np.arange(len(vectors)) * 3)])
+    assert index.search_params == "nprobe=64,quantizer_nprobe=16,k_factor_rf=16"
+    assert faiss.try_extract_index_ivf(index.faiss).quantizer.ntotal == 64
+    queries = distorted(vectors, rng.integers(0, len(vectors), 200), rng)
+    exact = faiss.IndexFlatIP(32)
+    exact.add(vectors)
+    truth_sims, truth = exact.search(queries, 10)
+    sims, ids = index.search(queries, 10)
+    assert np.mean(ids[:, 0] == truth[:, 0] * 3) >= 0.98
+    refine = faiss.downcast_index(faiss.downcast_index(index.faiss).index).refine_index
+    decoded = refine.reconstruct_n(0, len(vectors))  # windows were added in order: position = id / 3
+    expected = np.einsum("qd,qkd->qk", queries, decoded[ids // 3])
+    np.testing.assert_allclose(sims, expected, rtol=0, atol=FLOAT32_DOT)  # the SQ8 similarities, not the PQ estimates
 
 
 def test_measure_index_reports_memory_speed_and_recall() -> None:

@@ -51,9 +51,9 @@ def run_segments(reference: Sequence[str], distractors: Sequence[str], encoders:
 
 
 def run_speed(encoders: Sequence[str], reference: Sequence[str], index_seconds: float, hop: float, sizes: Sequence[int],
-              queries: int, landmark: bool, scale_up: bool, out: str | None) -> None:
+              queries: int, landmark: bool, out: str | None) -> None:
     refs = [r for source in (reference or [str(DEMO_MUSIC)]) for r in read_references(source)]
-    tables, extra = speed.run(encoders, refs, index_seconds, hop, sizes, queries, landmark, scale_up)
+    tables, extra = speed.run(encoders, refs, index_seconds, hop, sizes, queries, landmark)
     publish(tables, out, _command(), extra)
 
 

@@ -1,10 +1,6 @@
-"""Speed on one CPU core: indexing references, embedding windows, searching catalogs of 10 k to 40 M windows.
+"""Speed on one CPU core: indexing references, embedding windows, searching catalogs of 10 k to 1 M windows.
 
-A 40 M-window catalog (100,000 tracks) takes about an hour to build on 2 cores, so here its IVF index is
-measured at 1 M windows with lists of the size it would have at 40 M (the vectors scanned per search
-are then the same), and the only part that grows, the coarse search over all list centroids, is timed
-at its 40 M size and added. Memory is bytes per vector (codes and ids, measured) times 40 M plus the
-centroids. `bench scale` (monitor/bench/scale.py) builds one of 40 M windows and measures it instead.
+Larger catalogs are measured by `bench scale` (monitor/bench/scale.py), which builds one of 40 M windows.
 """
 
 from __future__ import annotations
@@ -26,11 +22,9 @@ from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import BenchError, Reference
 from monitor.bench.report import Table, verdict
 from monitor.catalog.index import VectorIndex, auto_factory
-from monitor.constants import SCALE_WINDOWS
 
 TARGET_INDEX_RATE = 200.0  # seconds of audio indexed per second, one core
 TARGET_WINDOWS = 400.0  # windows embedded per second, one core
-MEASURED_WINDOWS = 1_000_000
 
 
 def single_core() -> None:
@@ -100,54 +94,15 @@ def landmark_rate(references: Sequence[Reference], seconds: float) -> dict[str, 
     return _rate("landmark", len(picked), sum(len(a) for _, a in decoded) / params.sample_rate, wall, cpu)
 
 
-def _coarse_seconds(nlist: int, dim: int, queries: int = 1000) -> float:
-    """Time per query of the coarse step: inner products with every list centroid."""
-    rng = np.random.default_rng(1)
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(rng.standard_normal((nlist, dim)).astype(np.float32))
-    q = rng.standard_normal((queries, dim)).astype(np.float32)
-    flat.search(q[:100], 32)
-    started = time.perf_counter()
-    for i in range(0, queries, 100):
-        flat.search(q[i : i + 100], 32)
-    return (time.perf_counter() - started) / queries
-
-
-def _nlist(factory: str) -> int:
-    return int(factory.split(",")[0].removeprefix("IVF"))
-
-
-def extrapolate(dim: int, queries: int) -> list[dict[str, Any]]:
-    """IVF indexes for SCALE_WINDOWS (the catalog's choice, and IVF-PQ), measured at MEASURED_WINDOWS."""
-    target_factory = auto_factory(SCALE_WINDOWS)
-    target_nlist = _nlist(target_factory)
-    small_nlist = 2 ** round(np.log2(MEASURED_WINDOWS * target_nlist / SCALE_WINDOWS))  # same list size as at 40 M
-    codes = target_factory.split(",", 1)[1]
-    extrapolated = []
-    for code in dict.fromkeys([codes, "PQ32"]):  # the catalog's choice, then IVF-PQ (32-byte codes)
-        small = measure_index(MEASURED_WINDOWS, dim, f"IVF{small_nlist},{code}", queries=queries)
-        per_query = 1 / small["searches_per_second"] - _coarse_seconds(small_nlist, dim) + _coarse_seconds(target_nlist, dim)
-        extrapolated.append({
-            "factory": f"IVF{target_nlist},{code}", "search_params": small["search_params"],
-            "measured_as": f"IVF{small_nlist},{code} at {MEASURED_WINDOWS:,} windows",
-            "bytes_per_vector": small["bytes_per_vector"],
-            "memory_gb": (small["bytes_per_vector"] * SCALE_WINDOWS + target_nlist * dim * 4) / 1e9,
-            "searches_per_second": 1 / per_query,
-            "recall_at_1_measured": small["recall_at_1"],
-        })
-    return extrapolated
-
-
 def run(encoders: Sequence[str], references: Sequence[Reference], index_seconds: float, hop_seconds: float,
-        sizes: Sequence[int], queries: int, landmark: bool, scale_up: bool) -> tuple[list[Table], dict[str, Any]]:
+        sizes: Sequence[int], queries: int, landmark: bool) -> tuple[list[Table], dict[str, Any]]:
     single_core()
     embed = [encoder_rate(e) for e in encoders]
     index = [indexing_rate(e, references, index_seconds, hop_seconds) for e in encoders]
     if landmark:
         index.append(landmark_rate(references, index_seconds))
     dim = load_encoder(encoders[0]).dim if encoders else 128
-    measured = [measure_index(n, dim, auto_factory(n), queries=queries) for n in sizes]
-    extrapolated = extrapolate(dim, queries) if scale_up else []
+    measured = [measure_index(n, dim, queries=queries) for n in sizes]
 
     t_index = Table("Reference indexing on one core (catalog add: decode, embed, index, commit)",
                     ["engine", "tracks", "audio s", "wall s", "CPU s", "audio s per wall s", "audio s per CPU s",
@@ -169,13 +124,7 @@ def run(encoders: Sequence[str], references: Sequence[Reference], index_seconds:
     for r in measured:
         t_search.add(f"{r['vectors']:,}", f"{r['factory']} {r['search_params']}".strip(), round(r["bytes_per_vector"], 1),
                      round(r["searches_per_second"]), round(r["recall_at_1"], 3))
-    for r in extrapolated:
-        t_search.add(f"{SCALE_WINDOWS:,} (extrapolated)", f"{r['factory']} {r['search_params']}".strip(),
-                     round(r["bytes_per_vector"], 1), round(r["searches_per_second"]), round(r["recall_at_1_measured"], 3))
-    if extrapolated:
-        t_search.settings["40 M windows"] = "; ".join(
-            f"{r['factory']}: {r['memory_gb']:.1f} GB, measured as {r['measured_as']}" for r in extrapolated)
-    return [t_index, t_embed, t_search], {"embedding": embed, "indexing": index, "search": measured, "extrapolated": extrapolated}
+    return [t_index, t_embed, t_search], {"embedding": embed, "indexing": index, "search": measured}
 
 
 def synthetic_vectors(n: int, dim: int, rng: np.random.Generator, tracks: int | None = None) -> np.ndarray:
@@ -211,7 +160,7 @@ def measure_index(n_vectors: int, dim: int = 128, factory: str | None = None, qu
     and recall@1 / recall@k against exact search. Queries are catalog vectors plus noise (cosine ~0.8
     to their source), like distorted broadcast windows.
     """
-    factory = factory or auto_factory(n_vectors)
+    factory = factory or auto_factory(n_vectors, dim)
     rng = np.random.default_rng(seed)
     vectors = synthetic_vectors(n_vectors, dim, rng)
     ids = np.arange(n_vectors, dtype=np.int64)

@@ -77,7 +77,7 @@ class Catalog:
             raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
         check_new_catalog_folder(directory)
         check_hop(encoder, hop_seconds)
-        factory = index_factory or auto_factory(0)
+        factory = index_factory or auto_factory(0, encoder.dim)
         try:
             index = VectorIndex.empty(factory, encoder.dim)
         except VectorIndexError as exc:
@@ -380,7 +380,9 @@ class Catalog:
     def _factory(self) -> str:
         """The index the staged tracks call for: the one requested, or the auto choice for their size."""
         index_cfg = self._config["index"]
-        return index_cfg["factory"] if index_cfg["requested"] != "auto" else auto_factory(sum(t.windows for t in self._tracks.values()))
+        if index_cfg["requested"] != "auto":
+            return index_cfg["factory"]
+        return auto_factory(sum(t.windows for t in self._tracks.values()), self.encoder.dim)
 
     def _flush_pending(self) -> None:
         """Move staged windows into a shard that no generation lists yet (so cleaned up unless committed)

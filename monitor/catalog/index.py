@@ -7,6 +7,8 @@ with two shifts, so the index needs no per-window lookup table beside it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +19,9 @@ import numpy as np
 WINDOW_BITS = 20  # up to 1,048,576 windows per track: 145 h at a 0.5 s hop
 EXACT_LIMIT = 500_000  # exact search up to here (~1,300 tracks); IVF above
 TRAIN_PER_LIST = 64  # k-means sample per inverted list (FAISS warns below 39)
+# From this many lists the coarse centroids come from two-level k-means: one-level k-means costs
+# TRAIN_PER_LIST * nlist^2 * dim multiply-adds per iteration, over an hour at 32,768 lists on 2 cores.
+TWO_LEVEL_LISTS = 4096
 # Batches of at least this many queries are searched as one matrix product (BLAS) rather than one scan of the
 # index per query. FAISS as shipped sets 128,000, so a monitor's batches (a few dozen windows of many streams)
 # scanned the whole index once per window: exact search of a 22,500-window catalog took 0.7 ms per window,
@@ -42,19 +47,26 @@ def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ids < 0, -1, ids >> WINDOW_BITS), ids & ((1 << WINDOW_BITS) - 1)
 
 
-def auto_factory(n_vectors: int) -> str:
-    """The FAISS guidelines' choice by size: exact below EXACT_LIMIT, then IVF with 8-bit scalar codes.
+def auto_factory(n_vectors: int, dim: int) -> str:
+    """The FAISS guidelines' choice by size: exact below EXACT_LIMIT, then IVF with 4-bit PQ fast-scan codes
+    re-ranked by 8-bit scalar codes.
 
-    IVF-SQ8 keeps similarities within ~0.003 of exact ones (the matcher's scores and calibration rely on
-    them) at 138 bytes per vector with its id: 40 M windows take 5.5 GB. Measured at 1 M synthetic
-    vectors on one core (`measure_index`): IVF4096,SQ8 trains in 67 s, adds in 33 s, answers 2,070
-    searches/s at nprobe=64 with recall@1 1.000 against exact search; IVF4096,PQ32 takes 42 bytes but
-    its recall@10 falls to 0.58; an HNSW coarse quantizer (quantizer_efSearch=64) added slower and
-    lost recall (0.993). nlist ~ 4 sqrt(n), a power of 2.
+    The fast-scan codes (dim/2 bytes) only pick candidates; their top `k_factor_rf` x k are re-ranked by
+    the SQ8 codes, which keep similarities within ~0.003 of exact ones (the matcher's scores and
+    calibration rely on them). The coarse quantizer is itself an IVF over the list centroids, so finding
+    a window's lists does not cost an inner product with every centroid. Measured at 40 M windows on one
+    core (README, "Search at 40 M windows"): IVF32768,SQ8 spent 1.4 s per batch of 400 windows, most of
+    it scanning SQ8 codes and a quarter in the flat coarse quantizer. nlist ~ 4 sqrt(n), a power of 2.
     """
     if n_vectors < EXACT_LIMIT:
         return "Flat"
-    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n_vectors)))},SQ8"
+    return ivf_factory(2 ** round(math.log2(4 * math.sqrt(n_vectors))), dim)
+
+
+def ivf_factory(nlist: int, dim: int) -> str:
+    """`auto_factory`'s IVF index with `nlist` lists: sqrt(nlist) groups of centroids, 2 dimensions per PQ code."""
+    sub = dim // 2 if dim % 2 == 0 else dim
+    return f"IVF{nlist}(IVF{math.isqrt(nlist)},Flat),PQ{sub}x4fs,Refine(SQ8)"
 
 
 def default_search_params(factory: str) -> str:
@@ -62,8 +74,10 @@ def default_search_params(factory: str) -> str:
     params = []
     if "IVF" in factory:
         params.append("nprobe=64")
+    if "(IVF" in factory:  # an IVF coarse quantizer: lists of list centroids searched
+        params.append("quantizer_nprobe=16")
     if "Refine" in factory or factory.endswith(",RFlat"):
-        params.append("k_factor_rf=4")
+        params.append("k_factor_rf=16")
     return ",".join(params)
 
 
@@ -114,7 +128,10 @@ class VectorIndex:
                 f"{self.factory} needs at least {ivf.nlist} vectors to train its {ivf.nlist} lists, got {len(vectors)}; "
                 "add more audio at once or use a smaller factory (Flat, or let the catalog choose)"
             )
-        self.faiss.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if ivf is not None and ivf.nlist >= TWO_LEVEL_LISTS and ivf.quantizer.ntotal == 0:
+            _train_coarse(ivf, vectors)
+        self.faiss.train(vectors)  # the codes (and the coarse centroids unless already in place)
 
     @property
     def ntotal(self) -> int:
@@ -147,6 +164,17 @@ class VectorIndex:
         except RuntimeError as exc:
             raise VectorIndexError(f"{path} cannot be read ({_first_line(exc)})") from exc
         return cls(index, factory, search_params)
+
+
+def _train_coarse(ivf: faiss.IndexIVF, vectors: np.ndarray) -> None:
+    """Put an IVF's list centroids into its coarse quantizer, found by two-level spherical k-means
+    (FAISS's recipe for large nlist: sqrt(nlist) clusters, then each split in proportion to its size)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # the module prints a notice about scipy when imported
+        from faiss.contrib.clustering import two_level_clustering
+    centroids, _ = two_level_clustering(vectors, math.isqrt(ivf.nlist), ivf.nlist, spherical=True, seed=0)
+    if not ivf.quantizer.is_trained:
+        ivf.quantizer.train(centroids)
+    ivf.quantizer.add(centroids)
 
 
 def _sample(chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, seed: int) -> np.ndarray:
