@@ -212,7 +212,7 @@ def test_the_large_catalog_index_finds_what_exact_search_finds(monkeypatch: pyte
     rng = np.random.default_rng(0)
     vectors = synthetic_vectors(20_000, 32, rng)
     index = VectorIndex.build(ivf_factory(64, 32), 32, lambda: [(vectors, np.arange(len(vectors)) * 3)])
-    assert index.search_params == "nprobe=64,quantizer_nprobe=16,k_factor_rf=16"
+    assert index.search_params == "nprobe=64,quantizer_nprobe=32,k_factor_rf=32"
     assert faiss.try_extract_index_ivf(index.faiss).quantizer.ntotal == 64
     queries = distorted(vectors, rng.integers(0, len(vectors), 200), rng)
     exact = faiss.IndexFlatIP(32)
