@@ -97,15 +97,18 @@ class EmbeddedMonitor:
         return self.events
 
     def _next_batch(self, inbox: queue.Queue) -> list[AudioWindow | EndOfStream]:
-        """Block for the first item (briefly, to notice a stop), then gather what arrives within max_wait."""
+        """Block for the first item (briefly, to notice a stop); then, unless a full batch is already waiting,
+        let `max_wait` pass and take what came meanwhile: one wake a batch, not one a window (see
+        monitor.stages.ingest._gathered for what a wake costs)."""
         try:
             batch = [inbox.get(timeout=0.5)]
         except queue.Empty:
             return []
-        deadline = time.monotonic() + self.options.max_wait
+        if inbox.qsize() < self.options.batch_size - 1:
+            time.sleep(self.options.max_wait)
         while len(batch) < self.options.batch_size:
             try:
-                batch.append(inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                batch.append(inbox.get_nowait())
             except queue.Empty:
                 break
         return batch

@@ -25,6 +25,7 @@ class IngestOptions:
     backoff_max: float = 60.0
     silence_dbfs: float = SILENCE_DBFS  # a window quieter than this (RMS, dB full scale) is silent
     dead_air_seconds: float = 5.0  # silence this long is dead air: counted and logged
+    gather_seconds: float = 0.5  # a reader at the live edge sleeps this long, then takes what came in one go
 
 
 @dataclass(frozen=True)

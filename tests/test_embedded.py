@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import numpy as np
@@ -16,6 +18,7 @@ from catalog_fixtures import random_encoder
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
 from monitor.demo.broadcast import TruePlay, score_plays
+from monitor import embedded
 from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions, UnknownConfig
 from monitor.events import PlayEvent, ProvisionalEvent, kinds_schema, plays_in, schema
@@ -218,3 +221,18 @@ def test_each_second_of_a_stream_is_counted_by_what_it_holds(service_catalog: Pa
 
 def test_an_encoder_the_classifier_was_not_trained_on_tracks_without_content_classes(catalog: Catalog) -> None:
     assert LiveCatalog(catalog).content is None
+
+
+def test_the_main_loop_wakes_once_a_batch_and_never_waits_on_a_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch waits max_wait for the windows that arrive meanwhile (one wake, not one a window); a full batch
+    already waiting (the loop is behind) is taken at once."""
+    slept: list[float] = []
+    monkeypatch.setattr(embedded, "time", SimpleNamespace(sleep=slept.append, monotonic=lambda: 0.0))
+    loop = SimpleNamespace(options=MonitorOptions(batch_size=4, max_wait=0.25))
+    inbox: queue.Queue = queue.Queue()
+    for seq in range(6):
+        inbox.put(EndOfStream("s", seq))
+    assert [item.seq for item in EmbeddedMonitor._next_batch(loop, inbox)] == [0, 1, 2, 3]
+    assert slept == []
+    assert [item.seq for item in EmbeddedMonitor._next_batch(loop, inbox)] == [4, 5]
+    assert slept == [0.25]

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor import metrics as metrics_module
 from monitor.options import IngestOptions
-from monitor.stages.ingest import load_sources, read_windows, start_readers
+from monitor.stages import ingest
+from monitor.stages.ingest import _gathered, _paced, load_sources, read_windows, start_readers
 from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
 from monitor.records import EndOfStream
 from monitor.stages.windows import WindowGrid
@@ -152,6 +153,67 @@ def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
     registry, metrics = registry_metrics
     assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []
     assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "gone"}) == 1
+
+
+class FakeClock:
+    """`time` for the pacing code: sleeping moves the clock, and the test reads every wake."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class FakeStop(threading.Event):
+    """A stop event that is never set; waiting on it moves the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.clock.sleep(timeout or 0.0)
+        return False
+
+
+def test_a_paced_file_is_released_in_bursts_and_never_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader wakes once per gather_seconds, not once per 0.1 s chunk (a wake costs more than the chunk's
+    decoding), and releases no chunk more than the lead before it would air."""
+    clock = FakeClock()
+    monkeypatch.setattr(ingest, "time", clock)
+    chunk, lead, gather = np.zeros(800, np.float32), 0.2, 0.5  # 0.1 s at 8 kHz
+    released = [clock.now for _ in _paced(iter([chunk] * 100), 8000, gather, lead)]  # 10 s of audio
+    due = np.arange(100) * 0.1 - lead
+    assert np.all(np.array(released) >= due - 1e-9)
+    assert np.max(np.array(released) - due) <= gather + 0.1 + 1e-9
+    assert len(clock.sleeps) <= 10 / gather + 1
+
+
+def test_a_live_reader_at_the_live_edge_gathers_audio_between_wakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live stream's connect burst is read at once; past it, every read that had to wait for the network
+    is followed by one gather_seconds sleep, after which the audio that came meanwhile is read in one go."""
+    clock = FakeClock()
+    monkeypatch.setattr(ingest, "time", clock)
+    burst, gather = 10, 0.5
+
+    def network():  # 3 s of audio in 0.1 s chunks: the first `burst` waiting at connect, then as it airs
+        for i in range(30):
+            clock.now = max(clock.now, (i - burst) * 0.1)  # a read blocks until its chunk has aired
+            yield np.full(800, i, np.float32)
+
+    stop = FakeStop(clock)
+    read = []
+    for chunk in _gathered(network(), gather, stop):
+        read.append((int(chunk[0]), len(clock.sleeps)))
+    assert [i for i, _ in read] == list(range(30))
+    assert all(wakes == 0 for i, wakes in read if i <= burst)  # the connect burst: no sleeping
+    assert 1 <= len(clock.sleeps) <= 2.0 / gather + 1  # 2 s aired after the burst: 1 wake per gather_seconds
+    assert set(clock.sleeps) == {gather}
 
 
 def test_realtime_paces_a_file(tmp_path: Path) -> None:
