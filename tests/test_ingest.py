@@ -208,12 +208,32 @@ def test_a_live_reader_at_the_live_edge_gathers_audio_between_wakes(monkeypatch:
 
     stop = FakeStop(clock)
     read = []
-    for chunk in _gathered(network(), gather, stop):
+    for chunk in _gathered(network(), 8000, gather, stop):
         read.append((int(chunk[0]), len(clock.sleeps)))
     assert [i for i, _ in read] == list(range(30))
     assert all(wakes == 0 for i, wakes in read if i <= burst)  # the connect burst: no sleeping
     assert 1 <= len(clock.sleeps) <= 2.0 / gather + 1  # 2 s aired after the burst: 1 wake per gather_seconds
     assert set(clock.sleeps) == {gather}
+
+
+def test_a_live_reader_on_a_busy_machine_never_falls_behind_by_more_than_two_gathers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the machine gets busy every read is slow (here 50 ms for 0.1 s of audio) even with audio waiting,
+    so every read looks like one at the live edge. A reader that slept after each would fall further behind
+    with every sleep; it reads on instead whenever it is more than a gather behind the furthest it got."""
+    clock = FakeClock()
+    monkeypatch.setattr(ingest, "time", clock)
+    burst, gather = 4.0, 0.5
+    lags = []
+
+    def network():  # 0.1 s chunks, `burst` seconds waiting at connect; from chunk 100 on a read takes 50 ms
+        for i in range(600):
+            clock.now = max(clock.now + (0.05 if i >= 100 else 0.001), i * 0.1 - burst)
+            yield np.zeros(800, np.float32)
+
+    for i, _ in enumerate(_gathered(network(), 8000, gather, FakeStop(clock))):
+        lags.append(clock.now + burst - (i + 1) * 0.1)  # seconds of audio on the server not yet read
+    assert max(lags[100:]) <= min(lags[:100]) + 2 * gather + 0.05 + 1e-9
+    assert len(clock.sleeps) >= 20  # and it still gathers: about once per gather and a half of stream time
 
 
 def test_realtime_paces_a_file(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,7 +93,7 @@ def _paced(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: float
         yield chunk
 
 
-def _gathered(chunks: Iterator[np.ndarray], gather_seconds: float, stop: threading.Event) -> Iterator[np.ndarray]:
+def _gathered(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: float, stop: threading.Event) -> Iterator[np.ndarray]:
     """A live stream's chunks, taken in bursts: once a read had to wait for the network (the reader is at
     the live edge), sleep `gather_seconds` so that the next reads find that much audio already waiting.
 
@@ -100,15 +101,26 @@ def _gathered(chunks: Iterator[np.ndarray], gather_seconds: float, stop: threadi
     took 0.12 ms of CPU in a loop and 0.6 ms right after a 0.1 s sleep (cold caches, an idle core
     waking). A reader that wakes for every packet spends most of its CPU waking; in bursts of 0.5 s,
     about 2 wakes a second. The windows reach the monitor up to `gather_seconds` later; their air times
-    do not move (StreamClock anchors on the earliest arrival)."""
+    do not move (StreamClock anchors on the earliest arrival).
+
+    A read can also be slow because the machine is busy, with audio waiting. So the reader keeps how far
+    the audio it read runs ahead of the wall clock since it connected (the server's connect burst, at
+    most, once it has read all there was) and sleeps only within one gather of the furthest ahead it has
+    been: one that fell behind reads on until it has caught up, and never lags by more than two gathers.
+    (A server slower than real time drifts that mark away; gathering then stops, reading does not.)
+    """
+    connected, read_seconds, furthest = time.monotonic(), 0.0, -math.inf
     while True:
         began = time.monotonic()
         chunk = next(chunks, None)
         if chunk is None:
             return
         waited = time.monotonic() - began
+        read_seconds += len(chunk) / sample_rate
+        ahead = read_seconds - (time.monotonic() - connected)
+        furthest = max(furthest, ahead)
         yield chunk
-        if waited > EDGE_WAIT_SECONDS:
+        if waited > EDGE_WAIT_SECONDS and ahead >= furthest - gather_seconds:
             stop.wait(gather_seconds)
 
 
@@ -195,7 +207,7 @@ def read_windows(
 
         decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open)
         if live:
-            chunks = _gathered(decoded, options.gather_seconds, stop)
+            chunks = _gathered(decoded, grid.sample_rate, options.gather_seconds, stop)
         else:
             chunks = _paced(decoded, grid.sample_rate, options.gather_seconds) if options.realtime else decoded
         first = True
