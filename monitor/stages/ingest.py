@@ -115,12 +115,12 @@ def _gathered(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: fl
         chunk = next(chunks, None)
         if chunk is None:
             return
-        waited = time.monotonic() - began
+        read_at = time.monotonic()
         read_seconds += len(chunk) / sample_rate
-        ahead = read_seconds - (time.monotonic() - connected)
+        ahead = read_seconds - (read_at - connected)
         furthest = max(furthest, ahead)
         yield chunk
-        if waited > EDGE_WAIT_SECONDS and ahead >= furthest - gather_seconds:
+        if read_at - began > EDGE_WAIT_SECONDS and ahead >= furthest - gather_seconds:
             stop.wait(gather_seconds)
 
 
