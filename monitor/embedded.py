@@ -118,7 +118,7 @@ class EmbeddedMonitor:
         state machine over their hits and the streams' ends, emit the events, commit the states."""
         hits: list[WindowHits] = self.catalog.search(windows, self.catalog.info.calibration.k) or []
         states, events = self.step.advance([*hits, *ends])
-        fresh = self.step.unpublished(events)
+        fresh = self.step.unpublished(events).events  # no other process: nothing claimed by another
         self._emit(fresh, out)
         self.step.commit(states, fresh)
 

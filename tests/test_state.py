@@ -102,11 +102,28 @@ def test_an_event_one_worker_claimed_is_not_another_workers_to_publish(redis_ser
     assert first.claim(["failed", "new"]) == Claims(held={"failed", "new"})
 
 
-def test_the_claim_of_a_worker_that_died_publishing_lapses(redis_server: servers.ServerProcess) -> None:
+def test_the_claim_of_a_worker_that_died_publishing_lapses_and_says_since_when_its_events_may_be_out(redis_server: servers.ServerProcess) -> None:
+    """The heir gets the events, told that the dead worker may have sent them, and since when (Redis's
+    clock, here this machine's: bracketed by reading it before and after, to the millisecond kept)."""
     dead, heir = redis_stores(redis_server, 2, claim_seconds=0.5)
-    assert dead.claim(["e"]) == Claims(mine={"e"})
-    assert heir.claim(["e"]) == Claims(held={"e"})
-    servers.wait_until(lambda: heir.claim(["e"]) == Claims(mine={"e"}), timeout=30.0, what="the dead worker's claim to lapse")
+    before = time.time()
+    assert dead.claim(["e", "f"]) == Claims(mine={"e", "f"})
+    after = time.time()
+    dead.mark_published(["f"])
+    assert heir.claim(["e", "f"]) == Claims(held={"e"})
+    claims = servers.wait_until(lambda: (c := heir.claim(["e", "f"])).mine and c, timeout=30.0, what="the dead worker's claim to lapse")
+    assert claims.mine == {"e"} and not claims.held and set(claims.lapsed) == {"e"}
+    assert before - 0.001 <= claims.lapsed["e"] <= after
+    assert heir.claim(["e"]) == Claims(mine={"e"})  # its own claim now: no longer lapsed
+
+
+def test_a_claim_written_before_claims_carried_their_time_is_held_until_it_expires(redis_server: servers.ServerProcess) -> None:
+    """During an upgrade an older worker's claim ("claim:<uuid>", expiring after 30 s) holds as it did."""
+    (store,) = redis_stores(redis_server, 1)
+    client = redis.Redis(port=redis_server.port)
+    client.set("airtrace:emitted:e", "claim:older-worker", px=300)
+    assert store.claim(["e"]) == Claims(held={"e"})
+    servers.wait_until(lambda: store.claim(["e"]) == Claims(mine={"e"}), timeout=30.0, what="the old claim to expire")
 
 
 def test_workers_claiming_at_once_get_each_event_exactly_once(redis_server: servers.ServerProcess) -> None:

@@ -140,12 +140,12 @@ def monitor(step: TrackingStep, catalog: LiveCatalog, windows: list[AudioWindow]
     for begin in range(0, len(windows), batch):
         hits = catalog.search(windows[begin : begin + batch], catalog.info.calibration.k)
         states, caused = step.advance(hits)
-        fresh = step.unpublished(caused)
+        fresh = step.unpublished(caused).events
         step.commit(states, fresh)
         events += fresh
     ends = [EndOfStream(s, max(w.seq for w in windows if w.stream_id == s) + 1) for s in {w.stream_id for w in windows}]
     states, caused = step.advance(ends)
-    step.commit(states, step.unpublished(caused))
+    step.commit(states, step.unpublished(caused).events)
     return events + caused
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from click.testing import CliRunner
 
 from monitor.bench import servers
@@ -247,10 +248,10 @@ def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path
     stage = TrackingStep(live, store)
 
     _, caused = stage.advance(hits[: len(hits) // 2])
-    first = stage.unpublished(caused)
+    first = stage.unpublished(caused).events
     store.mark_published(e.event_id for e in first)
     states, caused = stage.advance(hits)
-    second = stage.unpublished(caused)
+    second = stage.unpublished(caused).events
     stage.commit(states, second)
     assert [e.state for e in plays_in(first)] == ["started"] and [e.state for e in plays_in(second)] == ["ended"], (first, second)
     assert_one_play(plays_in([*first, *second]), truth)
@@ -273,12 +274,12 @@ def test_a_worker_that_lost_a_stream_mid_batch_and_its_heir_publish_each_event_o
 
     def heir_publishes(caused: list[Event]) -> tuple[threading.Thread, list[Event]]:
         found: list[Event] = []
-        thread = threading.Thread(target=lambda: found.extend(heir.unpublished(caused)))
+        thread = threading.Thread(target=lambda: found.extend(heir.unpublished(caused).events))
         thread.start()
         return thread, found
 
     states, caused = losing.advance(hits[: len(hits) // 2])
-    claimed = losing.unpublished(caused)
+    claimed = losing.unpublished(caused).events
     assert [e.state for e in plays_in(claimed)] == ["started"]
     thread, found = heir_publishes(heir.advance(hits[: len(hits) // 2])[1])
     losing.commit(states, claimed)
@@ -286,7 +287,7 @@ def test_a_worker_that_lost_a_stream_mid_batch_and_its_heir_publish_each_event_o
     assert found == []
 
     states, caused = losing.advance(hits)
-    claimed = losing.unpublished(caused)
+    claimed = losing.unpublished(caused).events
     assert [e.state for e in plays_in(claimed)] == ["ended"]
     thread, found = heir_publishes(heir.advance(hits)[1])
     losing.release(claimed)
@@ -369,3 +370,61 @@ def produce(port: int, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
             await producer.stop()
 
     asyncio.run(send())
+
+
+def test_events_already_out_reads_each_partition_back_to_the_claim(kafka_broker: servers.ServerProcess) -> None:
+    """A dead worker's events among more records than one step back reads, on several partitions: those it
+    sent are found, one it never sent is not; a broker that never answers finds none (they are all sent)."""
+    from aiokafka import AIOKafkaProducer
+
+    from monitor.fleet.already_out import READ_BACK_RECORDS, events_already_out
+    from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+
+    kafka, topic = KafkaSettings(f"127.0.0.1:{kafka_broker.port}"), "already-out.plays"
+    claimed_at = time.time()
+
+    async def dead_worker_sends() -> None:
+        await ensure_topics(kafka, [topic], Topics(partitions=3))
+        producer = AIOKafkaProducer(**kafka.client_kwargs())
+        await producer.start()
+        try:
+            lines = [("sent-first", 0), *((f"other-{n}", n % 3) for n in range(2 * READ_BACK_RECORDS * 3)), ("sent-last", 2)]
+            for event_id, partition in lines:
+                await producer.send(topic, json.dumps({"event_id": event_id}).encode(), partition=partition)
+            await producer.send(topic, b"not an event", partition=1)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(dead_worker_sends())
+    maybe_out = dict.fromkeys(["sent-first", "sent-last", "never-sent"], claimed_at)
+    assert asyncio.run(events_already_out(kafka, topic, maybe_out)) == {"sent-first", "sent-last"}
+    with servers.SilentServer() as silent:
+        assert asyncio.run(events_already_out(KafkaSettings(f"127.0.0.1:{silent.port}"), topic, maybe_out, timeout=2.0)) == set()
+
+
+def test_a_worker_sends_again_none_of_the_events_a_dead_worker_sent_before_marking_them(service: Service) -> None:
+    """A worker was SIGKILLed after the broker took the play's started event and before it marked it
+    published, and before it sent the ended event: both claims lapsed in Redis. The next worker on the
+    stream derives both again; it finds the started event on the plays topic and sends only the ended one."""
+    path, truth = broadcast(service.workdir, "killed-sending", "gardien-go", 20.0)
+    windows = windows_of(path, "killed-sending", service.grid)
+    catalog = LiveCatalog(Catalog.open(service.catalog_dir))
+    _, events = TrackingStep(catalog, MemoryStateStore()).advance(
+        [*catalog.search(windows, catalog.info.calibration.k), EndOfStream("killed-sending", windows[-1].seq + 1)])
+    started, ended = plays_in(events)
+    claim = f"claim:dead-worker {int((time.time() - 60) * 1000)}"  # a minute ago: lapsed
+    client = redis.Redis(port=service.redis.port)
+    for event in (started, ended):
+        client.set(f"airtrace:emitted:{event.event_id}", claim)
+    from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+
+    asyncio.run(ensure_topics(KafkaSettings(f"127.0.0.1:{service.broker.port}"), [service.topic("plays")], Topics(partitions=PARTITIONS)))
+    service.send("plays", [(b"killed-sending", started.to_line().encode())])
+
+    service.send_windows(windows)
+    plays = service.wait_for_plays("killed-sending", 2)
+    time.sleep(2.0)  # nothing more may follow
+    assert [e.event_id for e in service.plays("killed-sending")] == [started.event_id, ended.event_id]
+    assert_one_play(plays, truth)
+    assert "1 event(s) of a worker that died publishing are on" in service.log.read_text()

@@ -25,8 +25,9 @@ T = TypeVar("T")
 # Redis keys, all under one prefix per deployment (give deployments that share a Redis their own prefix):
 #   {prefix}state:{stream_id}      string  the stream's play state (JSON); never expires: a stream resumes after any pause
 #   {prefix}state-seq:{stream_id}  string  that state's last_seq, so that a save can be refused without parsing the state
-#   {prefix}emitted:{event_key}    string  "1" once that event is on the plays topic; expires after EMITTED_TTL_SECONDS.
-#                                          Before: the claim of the worker publishing it, expiring after CLAIM_SECONDS
+#   {prefix}emitted:{event_key}    string  "1" once that event is on the plays topic. Before: "{token} {ms}", the claim
+#                                          of the worker publishing it, made at {ms} (Redis's clock, Unix ms); the
+#                                          claim lapses after CLAIM_SECONDS. Both expire after EMITTED_TTL_SECONDS.
 STATE_KEY = "{prefix}state:{stream_id}"
 SEQ_KEY = "{prefix}state-seq:{stream_id}"
 # KEYS: state key, seq key per stream; ARGV: state, last_seq per stream. Atomic: two workers saving one stream
@@ -46,27 +47,40 @@ return refused
 """
 EMITTED_KEY = "{prefix}emitted:{event_key}"
 PUBLISHED = "1"
-# KEYS: emitted keys; ARGV: this store's claim token, the claim's lifetime in ms, PUBLISHED. Returns the 1-based
-# positions of the keys now claimed by this store and of those another store claimed, in two lists.
+# KEYS: emitted keys; ARGV: this store's claim token, the claim's lifetime in ms, PUBLISHED, the keys' TTL in ms.
+# Returns the 1-based positions of the keys now claimed by this store, of those another store holds, and of
+# those whose claim by another store lapsed (now this store's too), with the lapsed claims' times, in four lists.
+# A claim's time is kept in it rather than in an expiry: the store that takes a lapsed claim over must know
+# that the events may already be on the plays topic, and since when.
 CLAIM = """
-local mine, held = {}, {}
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local claim = ARGV[1] .. ' ' .. now_ms
+local mine, held, lapsed, lapsed_at = {}, {}, {}, {}
 for i, key in ipairs(KEYS) do
   local value = redis.call('GET', key)
-  if not value then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-    mine[#mine + 1] = i
-  elseif value == ARGV[1] then
-    mine[#mine + 1] = i
-  elseif value ~= ARGV[3] then
-    held[#held + 1] = i
+  if value ~= ARGV[3] then
+    local owner, at = nil, nil
+    if value then owner, at = string.match(value, '^(%S+) (%d+)$') end
+    if value and owner ~= ARGV[1] and (not at or now_ms - tonumber(at) < tonumber(ARGV[2])) then
+      held[#held + 1] = i
+    else
+      if owner and owner ~= ARGV[1] then
+        lapsed[#lapsed + 1] = i
+        lapsed_at[#lapsed_at + 1] = at
+      end
+      redis.call('SET', key, claim, 'PX', ARGV[4])
+      mine[#mine + 1] = i
+    end
   end
 end
-return {mine, held}
+return {mine, held, lapsed, lapsed_at}
 """
 # KEYS: emitted keys; ARGV: this store's claim token. Only this store's own claims are given up.
 RELEASE = """
 for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
+  local value = redis.call('GET', key)
+  if value and string.match(value, '^(%S+) ') == ARGV[1] then
     redis.call('DEL', key)
   end
 end
@@ -74,8 +88,9 @@ return 0
 """
 # Longer than Kafka's default retention (7 days), the furthest back a replay can reach.
 EMITTED_TTL_SECONDS = 8 * 24 * 3600
-# How long a claim holds when its worker neither publishes nor releases (killed while publishing): the next
-# owner of the stream publishes those events this much later. Longer than a batch's publishing takes even on
+# How long a claim holds when its worker neither marks its events published nor releases them (killed while
+# publishing): the next owner of the stream takes them over this much later, sending those it does not find
+# on the plays topic (the dead worker may have sent them and died before marking them). Longer than a batch's publishing takes even on
 # a starved worker, so that a slow worker's claim does not lapse while its events are on their way.
 CLAIM_SECONDS = 30.0
 # Waits between attempts while Redis is unreachable: doubling from the first to the cap, with jitter.
@@ -194,8 +209,10 @@ class RedisStateStore:
         if not keys:
             return Claims()
         redis_keys = [self._emitted_key(k) for k in keys]
-        mine, held = self._retrying("claim events", lambda: self._claim(keys=redis_keys, args=[self._token, self._claim_ms, PUBLISHED]))
-        return Claims(mine={keys[i - 1] for i in mine}, held={keys[i - 1] for i in held})
+        args = [self._token, self._claim_ms, PUBLISHED, EMITTED_TTL_SECONDS * 1000]
+        mine, held, lapsed, lapsed_at = self._retrying("claim events", lambda: self._claim(keys=redis_keys, args=args))
+        return Claims(mine={keys[i - 1] for i in mine}, held={keys[i - 1] for i in held},
+                      lapsed={keys[i - 1]: int(at) / 1000 for i, at in zip(lapsed, lapsed_at)})
 
     def release(self, event_keys: Iterable[str]) -> None:
         keys = [self._emitted_key(k) for k in event_keys]

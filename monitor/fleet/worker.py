@@ -12,7 +12,8 @@ Each agent's heartbeat (monitor.health) shows whether it is stuck.
 Both ack a batch only after it is handled, so a worker that dies hands its partitions and unacked
 messages to the others: windows are embedded again, the state machine skips hits it has seen (by seq),
 and events it emits again carry the same ids: it publishes none already published, and waits for those
-another worker is publishing (StateStore.claim), which become its own if that one dies first.
+another worker is publishing (StateStore.claim), which become its own if that one dies first; it then sends
+only those it does not find on the plays topic (monitor.fleet.already_out: the dead one may have sent them).
 A message that cannot be read goes to the dead-letter topic and is counted; the worker keeps going.
 """
 
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import faust
 from faust.types import EventT
 
+from monitor.fleet.already_out import events_already_out
 from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog
 from monitor.events import Event, describe
@@ -51,7 +53,7 @@ from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.play_state import StreamState
 from monitor.stages.state import StateStore
 from monitor.stages.unknown_store import UnknownStore
-from monitor.stages.tracking import LiveCatalog, TrackingStep
+from monitor.stages.tracking import LiveCatalog, TrackingStep, Unpublished
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,7 +81,8 @@ def create_app(kafka: KafkaSettings, topics: Topics, options: WorkerOptions, dat
     )
 
 
-def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics: Topics, options: WorkerOptions, metrics: Metrics) -> None:
+def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: KafkaSettings, topics: Topics, options: WorkerOptions,
+               metrics: Metrics) -> None:
     """Declare the topics (with their partition counts) and wire the agents and timers into `app`."""
     encoder = catalog.catalog.encoder
     embed_beat, track_beat = Heartbeat("embed", metrics), Heartbeat("track", metrics)
@@ -136,19 +139,23 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, topics:
                 items = await decoded(events, decode_hits)
                 metadata = {item.stream_id: meta for item, meta in items if meta is not None}
                 states, caused = await in_thread(step.advance, [item for item, _ in items])
-                fresh = await in_thread(step.unpublished, caused) if caused else []
-                fresh = [replace(e, stream=metadata.get(e.stream_id, {})) for e in fresh]
-                publishing = asyncio.ensure_future(publish(fresh, states))
+                claimed = await in_thread(step.unpublished, caused) if caused else Unpublished([])
+                out = await events_already_out(kafka, topics.plays, claimed.maybe_out)
+                fresh = [replace(e, stream=metadata.get(e.stream_id, {})) for e in claimed.events]
+                publishing = asyncio.ensure_future(publish(fresh, states, out))
                 try:
                     await asyncio.shield(publishing)
                 except asyncio.CancelledError:  # stopping: events sent must be marked, or the next owner sends them again
                     await publishing
                     raise
 
-    async def publish(events: list[Event], states: dict[str, StreamState]) -> None:
-        """Send the claimed events, then commit them and the states; claims are given up if sending fails."""
+    async def publish(events: list[Event], states: dict[str, StreamState], already_out: set[str]) -> None:
+        """Send the claimed events not `already_out`, then commit them all and the states; claims are given up
+        if sending fails."""
+        if already_out:
+            log.info("%d event(s) of a worker that died publishing are on %s already; not sending them again", len(already_out), topics.plays)
         try:
-            deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in events]
+            deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in events if e.event_id not in already_out]
             await asyncio.gather(*deliveries)
         except Exception:
             await in_thread(step.release, events)
@@ -213,5 +220,5 @@ def run_worker(
     asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
     with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder
         app = create_app(kafka, topics, options, datadir)
-        add_agents(app, live, step, topics, options, metrics)
+        add_agents(app, live, step, kafka, topics, options, metrics)
         faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -19,10 +19,13 @@ from monitor.stages.play_state import StreamState
 @dataclass(frozen=True)
 class Claims:
     """What a claim on event keys found: `mine` to publish now, `held` by another process that is publishing
-    them (each until its claim lapses, if that process dies first); the other keys were published."""
+    them (each until its claim lapses, if that process dies first); the other keys were published. Of
+    `mine`, `lapsed` are those whose claim by another process lapsed, with when that one claimed them (Unix
+    seconds): it may have sent them before it died, so they may already be out."""
 
     mine: set[str] = field(default_factory=set)
     held: set[str] = field(default_factory=set)
+    lapsed: dict[str, float] = field(default_factory=dict)
 
 
 class StateStore(Protocol):

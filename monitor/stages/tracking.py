@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
@@ -100,6 +100,15 @@ class LiveCatalog:
             self.metrics.catalog_outage.set(int(not self.searchable))
 
 
+@dataclass(frozen=True)
+class Unpublished:
+    """Events claimed for publishing. `maybe_out`: those a process that then died had claimed, by event id,
+    with when it claimed them (Unix seconds): it may have sent them and died before marking them published."""
+
+    events: list[Event]
+    maybe_out: dict[str, float] = field(default_factory=dict)
+
+
 class TrackingStep:
     """The play state machine, and after it the airing tracker (unknown stretches, hourly airtime), over
     batches of hits and stream ends from many streams, state in a StateStore.
@@ -162,17 +171,19 @@ class TrackingStep:
         self._resolved[resolved.event.event_id] = resolved
         return resolved.event
 
-    def unpublished(self, events: Sequence[Event]) -> list[Event]:
+    def unpublished(self, events: Sequence[Event]) -> Unpublished:
         """The events this process must publish now, claimed: none published, none another process is
         publishing. While another holds some (it took them a moment ago and lost their stream in a rebalance),
-        wait until it has published them or its claim lapsed (it died): they are then this one's to publish."""
+        wait until it has published them or its claim lapsed (it died): they are then this one's to publish,
+        once it has looked for them where they go (`Unpublished.maybe_out`)."""
         claims = self.store.claim(e.event_id for e in events)
-        mine = set(claims.mine)
+        mine, lapsed = set(claims.mine), dict(claims.lapsed)
         while claims.held:
             time.sleep(CLAIM_POLL_SECONDS)
             claims = self.store.claim(claims.held)
             mine |= claims.mine
-        return [e for e in events if e.event_id in mine]
+            lapsed.update(claims.lapsed)
+        return Unpublished([e for e in events if e.event_id in mine], lapsed)
 
     def release(self, events: Iterable[Event]) -> None:
         """Publishing these failed: give up their claims, so that whoever redoes the step publishes them."""
