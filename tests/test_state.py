@@ -62,6 +62,21 @@ def test_workers_saving_one_stream_at_once_leave_the_newest_state(redis_server: 
     assert stores[0].load(["raced"]) == {"raced": state("raced", max(seqs))}
 
 
+def test_a_worker_reuses_the_state_it_saved_until_another_worker_saves_a_newer_one(redis_server: servers.ServerProcess) -> None:
+    """A worker's own last state is taken as is while Redis holds its last_seq (no parsing); another
+    worker's newer save, a state refused as older, and a Redis that lost its data are all read from Redis."""
+    mine, other = redis_stores(redis_server, 2)
+    saved = state("s", 3)
+    mine.save({"s": saved})
+    assert mine.load(["s"])["s"] is saved
+    other.save({"s": state("s", 5)})
+    mine.save({"s": state("s", 4)})  # refused: Redis holds 5
+    assert mine.load(["s"]) == {"s": state("s", 5)}
+    assert other.load(["s", "never"]) == {"s": state("s", 5)}
+    redis.Redis(port=redis_server.port).flushall()
+    assert mine.load(["s"]) == {}
+
+
 def test_an_unreadable_saved_state_starts_its_stream_afresh(redis_server: servers.ServerProcess, caplog: pytest.LogCaptureFixture) -> None:
     store = RedisStateStore(RedisSettings(f"redis://127.0.0.1:{redis_server.port}/0"))
     store.save({"good": state("good", 3)})
