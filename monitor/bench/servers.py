@@ -369,6 +369,7 @@ class SilentServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept(), which close() alone does not
         self.sock.close()
         for conn in self.accepted:
             conn.close()
