@@ -90,8 +90,9 @@ return 0
 EMITTED_TTL_SECONDS = 8 * 24 * 3600
 # How long a claim holds when its worker neither marks its events published nor releases them (killed while
 # publishing): the next owner of the stream takes them over this much later, sending those it does not find
-# on the plays topic (the dead worker may have sent them and died before marking them). Longer than a batch's publishing takes even on
-# a starved worker, so that a slow worker's claim does not lapse while its events are on their way.
+# on the plays topic (the dead worker may have sent them and died before marking them). Longer than a
+# batch's publishing takes even on a starved worker, so that a slow worker's claim does not lapse while its
+# events are on their way.
 CLAIM_SECONDS = 30.0
 # Waits between attempts while Redis is unreachable: doubling from the first to the cap, with jitter.
 RETRY_FIRST_SECONDS = 0.1
