@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
@@ -233,6 +233,54 @@ def test_another_track_takes_over() -> None:
     assert first.stream_end == pytest.approx(45.0, abs=0.5)
     assert second.stream_start == pytest.approx(45.0, abs=0.5)
     assert events[2].decided_offset - 45.0 <= PlayConfig().min_play_seconds + 1.5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_track_that_follows_another_is_heard_before_it_can_take_over(seed: int) -> None:
+    """Back to back (a few seconds between, or none): the newcomer is announced provisionally once its run is
+    sure and the ending play has fallen silent, while that play still holds the stream, and is confirmed under
+    the same play id. In a crossfade the newcomer's run may span `min_play_seconds` by then: it starts at once."""
+    takeover = PlayConfig().takeover_seconds
+    for overlap in (-3.0, 0.0, 2.0):
+        _, events = run(broadcast(110, [Segment("track-1", 5.0, 45.0 + overlap, ref_start=20), Segment("track-2", 45.0, 100.0, ref_start=30)],
+                                  seed=seed))
+        assert [(e.track_id, e.state) for e in plays_in(events)] == [
+            ("track-1", "started"), ("track-1", "ended"), ("track-2", "started"), ("track-2", "ended")]
+        first, *_ = notices = [e for e in events if e.track_id == "track-2"]
+        assert first.decided_offset - max(45.0, 45.0 + overlap) <= takeover + 1.5, (overlap, notices)
+        assert first.stream_start == pytest.approx(45.0, abs=0.6) and len({e.play_id for e in notices}) == 1
+        if overlap <= 0:
+            assert isinstance(first, ProvisionalEvent) and first.kind == "provisional", (overlap, notices)
+
+
+@pytest.mark.parametrize("seconds", [2.5, 3.5, 4.5])
+def test_a_newcomer_heard_during_a_dropout_of_the_play_is_withdrawn_and_the_play_stays_one(seconds: float) -> None:
+    """Another track quoted for a few seconds while the play's own line is silent (a jingle over a noise
+    burst): it may be announced, but it is withdrawn, and the airing stays one play."""
+    for seed in range(3):
+        airing = [Segment("track-1", 5.0, 36.0, ref_start=20), Segment("track-1", 48.0, 100.0, ref_start=63)]  # silent on its line 36-48 s
+        _, events = run(broadcast(110, [*airing, Segment("track-11", 40.0, 40.0 + seconds, ref_start=60)], seed=seed))
+        (ended,) = plays(events)
+        assert ended.track_id == "track-1" and ended.stream_start == pytest.approx(5.0, abs=0.6) and ended.stream_end == pytest.approx(100.0, abs=0.6)
+        assert [e.kind for e in events if isinstance(e, ProvisionalEvent) and e.track_id == "track-11"] == ["provisional", "withdrawn"]
+
+
+def test_a_herald_round_trips_through_json_and_is_withdrawn_at_a_gap() -> None:
+    hits = broadcast(90, [Segment("track-1", 5.0, 45.0, ref_start=20), Segment("track-2", 45.0, 90.0, ref_start=30)],
+                     gaps=((49.0, 60.0),))
+    tracker, state = PlayTracker(PlayConfig.for_grid(WINDOW, HOP)), StreamState("radio")
+    for h in hits:
+        if h.offset >= 49.0:
+            break
+        state, _ = tracker.update(state, h, CATALOG_INFO)
+    assert state.herald is not None and state.herald.line.track_id == "track-2" and state.play is not None
+    text = state.to_json()
+    assert StreamState.from_json(text) == state and StreamState.from_json(text).to_json() == text
+    older = {k: v for k, v in json.loads(text).items() if k != "herald"} | {"v": 3}  # saved by the previous release
+    assert StreamState.from_json(json.dumps(older)) == replace(state, herald=None)
+    closed, events = tracker.close(state, CATALOG_INFO)
+    assert [(e.track_id, getattr(e, "state", None) or e.kind) for e in events] == [("track-1", "ended"), ("track-2", "withdrawn")]
+    assert events[1].play_id == state.herald.play_id and closed.herald is None
 
 
 def test_a_gap_closes_the_play() -> None:

@@ -20,7 +20,7 @@ from monitor.stages.matcher import Match
 RECENT_WINDOWS = 4  # OpenPlay.recent remembers the support of this many latest windows
 
 
-STATE_VERSION = 3  # 2 added OpenPlay.first_support_offset and .published, 3 the airing; older states are still read
+STATE_VERSION = 4  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald; older states are still read
 
 
 class TrackLike(Protocol):
@@ -163,11 +163,9 @@ class StreamState:
     spent: tuple[tuple[str, int], ...] = ()  # (track, seq): that track's hits up to seq belong to a closed play
     pending: tuple[str, float, float, int] | None = None  # (track, speed, intercept, times found) of a line not yet confirmed
     airing: Airing = Airing()  # its music stretch and hourly content counts (monitor.stages.airing)
+    herald: OpenPlay | None = None  # a newcomer announced provisionally while `play` still held the stream
 
     def to_json(self) -> str:
-        play = None
-        if self.play is not None:
-            play = {**asdict(self.play), "line": asdict(self.play.line)}
         # orjson: a worker saves every stream's state at every batch, and the standard library's float
         # formatting took a tenth of its CPU. The text is the standard library's; NumPy scalars are written as numbers.
         return orjson.dumps(
@@ -180,7 +178,8 @@ class StreamState:
                     [h.seq, h.offset, h.air_time, h.after_gap, [[n.track_id, n.ref_time, n.similarity] for n in h.neighbours]]
                     for h in self.history
                 ],
-                "play": play,
+                "play": _play_json(self.play),
+                "herald": _play_json(self.herald),
                 "spent": self.spent,
                 "pending": self.pending,
                 "airing": self.airing.to_json(),
@@ -191,7 +190,7 @@ class StreamState:
     @classmethod
     def from_json(cls, text: str) -> "StreamState":
         data = orjson.loads(text)
-        if data.get("v") not in (1, 2, STATE_VERSION):
+        if data.get("v") not in (1, 2, 3, STATE_VERSION):
             raise ValueError(f"play state version {data.get('v')!r} is not {STATE_VERSION}; it was saved by another release")
         stream_id = data["stream_id"]
         history = tuple(
@@ -199,14 +198,20 @@ class StreamState:
             for seq, offset, air, gap, neighbours in data["history"]
         )
         play = data["play"]
-        if play is not None:
-            if data["v"] == 1:  # version 1 announced every play as it opened
-                play = {**play, "first_support_offset": play["stream_start"], "published": True}
-            play = OpenPlay(**{**play, "line": Line(**play["line"]), "fit": tuple(play["fit"])})
+        if play is not None and data["v"] == 1:  # version 1 announced every play as it opened
+            play = {**play, "first_support_offset": play["stream_start"], "published": True}
         spent = tuple((track, seq) for track, seq in data["spent"])
         pending = None if data["pending"] is None else tuple(data["pending"])
         airing = Airing.from_json(data["airing"]) if "airing" in data else Airing()
-        return cls(stream_id, data["last_seq"], data["floor_offset"], history, play, spent, pending, airing)
+        return cls(stream_id, data["last_seq"], data["floor_offset"], history, _play_of(play), spent, pending, airing, _play_of(data.get("herald")))
+
+
+def _play_json(play: OpenPlay | None) -> dict[str, Any] | None:
+    return None if play is None else {**asdict(play), "line": asdict(play.line)}
+
+
+def _play_of(data: dict[str, Any] | None) -> OpenPlay | None:
+    return None if data is None else OpenPlay(**{**data, "line": Line(**data["line"]), "fit": tuple(data["fit"])})
 
 
 @dataclass(frozen=True)

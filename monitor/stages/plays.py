@@ -26,7 +26,11 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   Non-catalog music that quotes a catalog track, or talk, lands on a line for a few seconds. So that a
   consumer hears of a play without that wait, a `provisional` event (monitor.events) is published the
   moment a play opens unconfirmed, and a `withdrawn` event if it ends before it is confirmed: a started
-  play is never withdrawn, and a provisional one is never left open.
+  play is never withdrawn, and a provisional one is never left open. A newcomer found while a play still
+  holds the stream (the play silent for `takeover_seconds`, the newcomer's run too short yet to end it: a
+  track that follows another) is announced the same way, as the stream's herald; the play that later
+  opens on its track is that play (same id), and a herald whose line falls silent for `dropout_seconds`
+  is withdrawn.
 - One airing, one play: a play survives `dropout_seconds` without support (a DJ over the intro, a noise
   burst, lost hits) and carries on when its line is heard again; the ended event is decided only once that
   gap has passed. Another line of its track found meanwhile is the same airing (a line refitted a little
@@ -71,6 +75,8 @@ class PlayTracker:
         history = tuple(h for h in state.history if h.offset > hits.offset - self.config.history_seconds) + (hits,)
         spent = tuple((track, seq) for track, seq in state.spent if seq >= history[0].seq)
         state = replace(state, history=history, last_seq=hits.seq, spent=spent)
+        if state.herald is not None:
+            state, events = self._follow_herald(state, hits, catalog, events)
         if state.play is not None:
             state, ended = self._follow(state, hits, catalog)
             events += ended
@@ -84,16 +90,14 @@ class PlayTracker:
 
     def close(self, state: StreamState, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """End the open play (at a gap or the end of the stream) and forget the history."""
-        events = [] if state.play is None else self._ending(state, state.play, catalog)
-        return replace(state, history=(), play=None, spent=(), pending=None), events
+        events = [self._ending(state, p, catalog)[0] for p in (state.play, state.herald) if p is not None]
+        return replace(state, history=(), play=None, spent=(), pending=None, herald=None), events
 
     def _follow(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """Extend the open play with this window, or end it after a dropout or a takeover."""
         play = state.play
         assert play is not None
-        support = self.runs.support(hits, play.line)
-        if support is not None and support[0] < self.config.level_ratio * play.score / play.fit[0]:
-            support = None  # a chance neighbour on the line, well below the play's level
+        support = self._support(play, hits)
         recent = ((play.recent << 1) | (support is not None)) & RECENT_MASK
         if support is not None and recent & EARLIER_MASK:  # lone supports do not extend a play
             play = self._extend(play, hits, support)
@@ -115,7 +119,43 @@ class PlayTracker:
                 ended = self._ending(state, play, catalog)  # only a newcomer that cannot be a phantom ends our play
                 state, opened = self._open(self._end(state, play), run, hits, catalog)
                 return state, [*started, *ended, *opened]
+            if run is not None:
+                state, heard = self._herald(state, run, hits, catalog)
+                return state, started + heard
         return state, started
+
+    def _support(self, play: OpenPlay, hits: WindowHits) -> tuple[float, float] | None:
+        """The window's support of the play's line, unless it is a chance neighbour well below the play's level."""
+        support = self.runs.support(hits, play.line)
+        if support is not None and support[0] < self.config.level_ratio * play.score / play.fit[0]:
+            return None
+        return support
+
+    def _herald(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
+        """Announce a newcomer provisionally while the play it may take over still holds the stream. Its run is
+        as sure as one that opens a play after silence, only too short yet to end another play: without this,
+        a track that follows another (a crossfade, a jingle between) was heard only once its run spanned
+        `min_play_seconds`. A run of another track replaces the herald (which is withdrawn) only once the
+        herald's line has been silent for `takeover_seconds`: similar tracks take turns on a line."""
+        herald = state.herald
+        if herald is not None and (herald.line.track_id == run.line.track_id
+                                   or state.history[-1].offset - herald.last_support_offset < self.config.takeover_seconds):
+            return state, []
+        withdrawn = [] if state.herald is None else self._ending(state, state.herald, catalog)
+        newcomer = self._newcomer(state, run, hits, catalog)
+        return replace(state, herald=newcomer), [*withdrawn, self._provisional(state, newcomer, hits, catalog)]
+
+    def _follow_herald(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo,
+                       events: list[PlayNotice]) -> tuple[StreamState, list[PlayNotice]]:
+        """Keep the herald while its line is heard; withdraw it after `dropout_seconds` without, as an
+        unconfirmed play would be."""
+        herald = state.herald
+        assert herald is not None
+        if self._support(herald, hits) is not None:
+            return replace(state, herald=replace(herald, last_support_seq=hits.seq, last_support_offset=hits.offset)), events
+        if hits.offset - herald.last_support_offset >= self.config.dropout_seconds:
+            return replace(state, herald=None), events + self._ending(state, herald, catalog)
+        return state, events
 
     def _announce(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
         """Publish the started event of a provisional play once its support spans `min_play_seconds`."""
@@ -159,9 +199,26 @@ class PlayTracker:
         return replace(state, play=None, spent=state.spent + ((play.line.track_id, state.last_seq),))
 
     def _open(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
+        """Open a play on `run`: the herald's play if it is of the run's track (heard already, perhaps on a line
+        one loop away: the play's events carry the line it settles on)."""
+        play, herald = self._newcomer(state, run, hits, catalog), state.herald
+        heard = herald is not None and herald.line.track_id == run.line.track_id
+        if heard:
+            assert herald is not None
+            play, state = replace(play, play_id=herald.play_id), replace(state, herald=None)
+        state, started = self._announce(state, play, hits, catalog)
+        if started or heard:
+            return state, started
+        return state, [self._provisional(state, play, hits, catalog)]
+
+    def _provisional(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> ProvisionalEvent:
+        return ProvisionalEvent(**self._heard(state, play, catalog), decided_offset=hits.offset + self.config.window_seconds)
+
+    def _newcomer(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> OpenPlay:
+        """An unconfirmed play on `run`, as it would open at the window `hits`."""
         first, last = run.supports[0][0], run.supports[-1][0]
         start, snapped = self._start(state, run, catalog)
-        play = OpenPlay(
+        return OpenPlay(
             play_id=play_id(state.stream_id, run.line.track_id, first.seq),
             line=run.line,
             start_seq=first.seq,
@@ -176,10 +233,6 @@ class PlayTracker:
             recent=0b1 if last.seq == hits.seq else 0b10,
             fit=fit_sums([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
-        state, started = self._announce(state, play, hits, catalog)
-        if started:
-            return state, started
-        return state, [ProvisionalEvent(**self._heard(state, play, catalog), decided_offset=hits.offset + self.config.window_seconds)]
 
     def _heard(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> dict[str, Any]:
         """What every event of `play` says of it as known now: its id, track, start, alignment and evidence."""

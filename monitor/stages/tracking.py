@@ -200,5 +200,7 @@ class TrackingStep:
 
 
 def _provisional_start(state: StreamState) -> float | None:
-    """Where the play that is still provisional starts: its started event, if it comes, is dated there."""
-    return state.play.stream_start if state.play is not None and not state.play.published else None
+    """Where the earliest play that is still provisional starts (the open play or a herald): its started
+    event, if it comes, is dated there."""
+    starts = [p.stream_start for p in (state.play, state.herald) if p is not None and not p.published]
+    return min(starts, default=None)
