@@ -10,6 +10,7 @@ fades included. The demo and `airtrace bench broadcast` build theirs here and sc
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,9 +97,15 @@ def _fade_tail(placed: tuple[int, np.ndarray], from_sample: int, length: int) ->
 
 
 def write_broadcast(path: Path, audio: np.ndarray, truth: Sequence[TruePlay]) -> Path:
-    """The audio as MP3 (as a station would stream it) and the truth beside it as JSON."""
-    soundfile.write(path, audio, SAMPLE_RATE, format="MP3")
-    truth_path(path).write_text(json.dumps([asdict(p) for p in truth], indent=1))
+    """The audio as MP3 (as a station would stream it) and the truth beside it as JSON. Both are written
+    under names of this process and renamed, the MP3 last: benchmarks keep broadcasts in a shared cache and
+    take one whose MP3 is there, so two runs composing the same broadcast must never show a half-written one."""
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    soundfile.write(part, audio, SAMPLE_RATE, format="MP3")
+    truth_part = part.with_suffix(".truth")
+    truth_part.write_text(json.dumps([asdict(p) for p in truth], indent=1))
+    truth_part.replace(truth_path(path))
+    part.replace(path)
     return path
 
 
