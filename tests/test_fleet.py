@@ -44,8 +44,8 @@ def test_delays_run_from_air_time_to_the_record_on_the_topic() -> None:
 def test_plays_compare_by_stream_track_and_boundaries_not_ids() -> None:
     embedded = [event("started", 5.0), event("ended", 5.0, 55.0), event("ended", 60.0, 90.0, track="t2"), event("ended", 100.0, 130.0)]
     fleet = [replace_id(event("ended", 5.2, 54.9)), replace_id(event("ended", 61.0, 90.0, track="t2")), event("ended", 100.0, 130.0, stream="s2")]
-    same, differences = compare_plays(fleet, embedded, tolerance=0.5)
-    assert same == 1
+    same, differences, drift = compare_plays(fleet, embedded, tolerance=0.5)
+    assert same == 1 and drift == pytest.approx(0.2)  # the start of the play paired, 5.2 against 5.0
     assert sorted(differences) == sorted([
         "fleet only: s1 t2 61.00-90.00 s", "fleet only: s2 t1 100.00-130.00 s",
         "embedded only: s1 t2 60.00-90.00 s", "embedded only: s1 t1 100.00-130.00 s"])

@@ -159,6 +159,7 @@ class Stations(servers.LoopbackHttpServer):
             handler.send_error(404)
             return
         with self.lock:
+            first_listener = stream_id not in self.on_air_since
             self.on_air_since.setdefault(stream_id, time.monotonic())
         if not self._on_air(stream_id):
             handler.send_error(503, "off air")
@@ -166,12 +167,15 @@ class Stations(servers.LoopbackHttpServer):
         handler.send_response(200)
         handler.send_header("Content-Type", "audio/mpeg")
         handler.end_headers()
-        self._play(stream_id, handler.wfile)
+        self._play(stream_id, handler.wfile, from_start=first_listener)
 
-    def _play(self, stream_id: str, out) -> None:
+    def _play(self, stream_id: str, out, from_start: bool) -> None:
+        """Send the programme from where it is now on air; the listener that put it on air hears it from its
+        first byte (the moments spent answering would otherwise cut into its first MP3 frame, and the decoder,
+        skipping to the next one, would put every window 26 ms off the file's)."""
         broadcast = self.broadcasts[stream_id]
         byte_rate = len(broadcast.mp3) / broadcast.seconds
-        first = self.position(stream_id)
+        first = 0.0 if from_start else self.position(stream_id)
         position = int(first * byte_rate)
         try:
             while self._on_air(stream_id) and not self.release.is_set():
