@@ -57,7 +57,8 @@ class PlayConfig:
     # finds a new play soonest, a long one finds a weak (noisy, talked-over) play that a short one cannot
     min_windows: int = 4  # supporting windows that open a play (about 2 s at a 0.5 s hop) ...
     confirm_windows: int = 2  # consecutive windows that must find the same line before a play opens
-    max_hole_windows: int = 1  # windows without support inside a run (noise thins a play's support out)
+    max_hole_windows: int = 2  # windows without support inside a run: noise thins a play's support out (2 rather than 1:
+    # on the broadcasts, plays under noise open sooner, with the same phantoms and withdrawals)
     # ... at this calibrated confidence (1 - the false-match rate of one query). A stream asks the matcher
     # again at every window, so it needs a stricter one than a single query (the matcher's 0.99).
     min_confidence: float = 0.999
