@@ -76,7 +76,8 @@ class PlayTracker:
         spent = tuple((track, seq) for track, seq in state.spent if seq >= history[0].seq)
         state = replace(state, history=history, last_seq=hits.seq, spent=spent)
         if state.herald is not None:
-            state, events = self._follow_herald(state, hits, catalog, events)
+            state, withdrawn = self._follow_herald(state, hits, catalog)
+            events += withdrawn
         if state.play is not None:
             state, ended = self._follow(state, hits, catalog)
             events += ended
@@ -141,21 +142,20 @@ class PlayTracker:
         if herald is not None and (herald.line.track_id == run.line.track_id
                                    or state.history[-1].offset - herald.last_support_offset < self.config.takeover_seconds):
             return state, []
-        withdrawn = [] if state.herald is None else self._ending(state, state.herald, catalog)
+        withdrawn = [] if herald is None else self._ending(state, herald, catalog)
         newcomer = self._newcomer(state, run, hits, catalog)
         return replace(state, herald=newcomer), [*withdrawn, self._provisional(state, newcomer, hits, catalog)]
 
-    def _follow_herald(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo,
-                       events: list[PlayNotice]) -> tuple[StreamState, list[PlayNotice]]:
+    def _follow_herald(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """Keep the herald while its line is heard; withdraw it after `dropout_seconds` without, as an
         unconfirmed play would be."""
         herald = state.herald
         assert herald is not None
         if self._support(herald, hits) is not None:
-            return replace(state, herald=replace(herald, last_support_seq=hits.seq, last_support_offset=hits.offset)), events
+            return replace(state, herald=replace(herald, last_support_seq=hits.seq, last_support_offset=hits.offset)), []
         if hits.offset - herald.last_support_offset >= self.config.dropout_seconds:
-            return replace(state, herald=None), events + self._ending(state, herald, catalog)
-        return state, events
+            return replace(state, herald=None), self._ending(state, herald, catalog)
+        return state, []
 
     def _announce(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
         """Publish the started event of a provisional play once its support spans `min_play_seconds`."""
@@ -201,11 +201,9 @@ class PlayTracker:
     def _open(self, state: StreamState, run: Run, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """Open a play on `run`: the herald's play if it is of the run's track (heard already, perhaps on a line
         one loop away: the play's events carry the line it settles on)."""
-        play, herald = self._newcomer(state, run, hits, catalog), state.herald
-        heard = herald is not None and herald.line.track_id == run.line.track_id
-        if heard:
-            assert herald is not None
-            play, state = replace(play, play_id=herald.play_id), replace(state, herald=None)
+        play, heard = self._newcomer(state, run, hits, catalog), False
+        if state.herald is not None and state.herald.line.track_id == run.line.track_id:
+            play, state, heard = replace(play, play_id=state.herald.play_id), replace(state, herald=None), True
         state, started = self._announce(state, play, hits, catalog)
         if started or heard:
             return state, started
