@@ -171,8 +171,8 @@ class Stations(servers.LoopbackHttpServer):
 
     def _play(self, stream_id: str, out, from_start: bool) -> None:
         """Send the programme from where it is now on air; the listener that put it on air hears it from its
-        first byte (the moments spent answering would otherwise cut into its first MP3 frame, and the decoder,
-        skipping to the next one, would put every window 26 ms off the file's)."""
+        first byte (the moments spent answering would otherwise cut into its first MP3 frame: the decoder, losing
+        the LAME header, would keep the encoder's delay and put every window 1,105 samples, 25 ms, off the file's)."""
         broadcast = self.broadcasts[stream_id]
         byte_rate = len(broadcast.mp3) / broadcast.seconds
         first = 0.0 if from_start else self.position(stream_id)
