@@ -62,6 +62,20 @@ def test_save_and_load_give_identical_embeddings(encoder: Encoder, tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_inference_holds_convolutions_channels_last_and_embeds_as_the_default_layout(encoder: Encoder) -> None:
+    """Eval mode switches the layout (faster on CPU), training switches back; only float32 summation order
+    differs, so embeddings agree to a few hundred ulps of a unit vector's components."""
+    conv = encoder.backbone.convs[1][0].weight  # 8 input channels (with one, both layouts are the same)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    windows = np.random.default_rng(2).standard_normal((4, encoder.window_samples)).astype(np.float32)
+    fast = encoder.embed(windows)
+    with torch.inference_mode():
+        default = torch.nn.functional.normalize(encoder.head(encoder.backbone.to(memory_format=torch.contiguous_format)(torch.from_numpy(windows))), dim=-1)
+    np.testing.assert_allclose(fast, default.numpy(), rtol=0, atol=256 * np.finfo(np.float32).eps)
+    encoder.train()
+    assert encoder.backbone.convs[1][0].weight.is_contiguous()
+
+
 def test_missing_encoder_directory_lists_shipped_names(tmp_path: Path) -> None:
     with pytest.raises(EncoderError, match="no encoder directory"):
         load_encoder(tmp_path / "absent")
