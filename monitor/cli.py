@@ -11,7 +11,7 @@ import click
 
 from monitor.constants import DEFAULT_HOP_SECONDS, SCALE_WINDOWS
 from monitor.health import STALE_SECONDS
-from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, MonitorOptions, UnknownConfig, WorkerOptions
+from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, THREADS, MonitorOptions, UnknownConfig, WorkerOptions
 
 
 @click.group()
@@ -553,6 +553,9 @@ def _unknown_config(min_unknown_seconds: float, unknown_retention_days: float) -
     return UnknownConfig(min_seconds=min_unknown_seconds, retention_days=unknown_retention_days)
 
 
+THREADS_OPTION = _env("--threads", type=click.IntRange(1), default=THREADS, show_default=True,
+                      help="CPU threads that embed and search. One spends the least CPU per stream; for more cores run more workers.")
+
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
     _env("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server binds."),
@@ -660,6 +663,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @_env("--batch-size", type=click.IntRange(1), default=WorkerOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
 @_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=WorkerOptions.batch_wait, show_default=True, help="Seconds a batch waits to fill.")
 @_env("--neighbours", type=click.IntRange(1), default=WorkerOptions.k, show_default=True, help="Catalog neighbours searched per window.")
+@THREADS_OPTION
 @_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
 @_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
 @_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
@@ -670,7 +674,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @METRICS_OPTIONS
 def worker(catalog: str, redis_url: str, redis_username: str | None, redis_password: str | None, redis_tls_ca_file: str | None,
            redis_tls_cert_file: str | None, redis_tls_key_file: str | None, redis_prefix: str, group: str, batch_size: int,
-           batch_wait: float, neighbours: int, session_timeout: float, reload_seconds: float, web_port: int | None,
+           batch_wait: float, neighbours: int, threads: int, session_timeout: float, reload_seconds: float, web_port: int | None,
            playlog: str | None, min_unknown_seconds: float, unknown_retention_days: float,
            metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
@@ -694,7 +698,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
         cat = Catalog.open(catalog)
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
-    options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, session_timeout=session_timeout,
+    options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, threads=threads, session_timeout=session_timeout,
                             reload_seconds=reload_seconds, web_port=web_port, unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     if web_port is not None:  # Faust would find out after starting, with a traceback
         _check_port_free(options.web_host, web_port, "--web-port")
@@ -733,13 +737,14 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=MonitorOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
+@THREADS_OPTION
 @AUDIO_OPTIONS
 @_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
 @UNKNOWN_OPTIONS
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, min_unknown_seconds: float,
+                    threads: int, audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, min_unknown_seconds: float,
                     unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
@@ -759,7 +764,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
             open(events, "a", encoding="utf-8").close()
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
-    options = MonitorOptions(batch_size=batch_size, ingest=IngestOptions(realtime=realtime),
+    options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=IngestOptions(realtime=realtime),
                              unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None

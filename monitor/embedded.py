@@ -35,7 +35,7 @@ from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.unknown_store import UnknownStore
-from monitor.stages.tracking import LiveCatalog, TrackingStep
+from monitor.stages.tracking import LiveCatalog, TrackingStep, use_threads
 from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class EmbeddedMonitor:
 
     def run(self, stop: threading.Event | None = None) -> list[Event]:
         stop = stop or threading.Event()
+        use_threads(self.options.threads)
         inbox: queue.Queue[AudioWindow | EndOfStream] = queue.Queue(self.options.queue_windows)
         readers = start_readers(self.sources, self.grid, inbox.put, self.options.ingest, self.metrics, stop)
         live = {s.id for s in self.sources}

@@ -7,10 +7,12 @@ import queue
 from pathlib import Path
 from types import SimpleNamespace
 
+import faiss
 import jsonschema
 import numpy as np
 import pytest
 import soundfile
+import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
 from encoders import Encoder, load_audio, synthesize_speech
@@ -236,3 +238,19 @@ def test_the_main_loop_wakes_once_a_batch_and_never_waits_on_a_backlog(monkeypat
     assert slept == []
     assert [item.seq for item in EmbeddedMonitor._next_batch(loop, inbox)] == [4, 5]
     assert slept == [0.25]
+
+
+def test_the_monitor_embeds_and_searches_on_its_own_threads(catalog: Catalog, music: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """torch and FAISS would use every core, spinning between a live stream's small batches: the monitor
+    holds them to `threads` (one by default)."""
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, music["area1-game"][: 3 * RATE], RATE)
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    try:
+        EmbeddedMonitor(catalog, [StreamSource("clip", str(path))], MonitorOptions()).run()
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])

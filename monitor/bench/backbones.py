@@ -25,7 +25,8 @@ from encoders import Encoder, EncoderConfig
 from encoders.backbones import PUBLISHED, backbone_class, published_config
 from encoders.train import nt_xent
 from monitor.bench.report import Table
-from monitor.bench.speed import single_core, windows_per_cpu_second
+from monitor.bench.speed import windows_per_cpu_second
+from monitor.stages.tracking import use_threads
 
 PAIRS_PER_STEP = 8  # contrastive pairs in one measured training step (16 windows)
 
@@ -63,7 +64,7 @@ def resident_gb() -> float:
 
 def measure(backbone: str, config: dict[str, Any]) -> dict[str, Any]:
     """Every figure of one model; run in its own process (see `run`)."""
-    single_core()
+    use_threads(1)  # every figure is per core
     cls = backbone_class(backbone)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(cls(config), config, Path(tmp) / "weights")

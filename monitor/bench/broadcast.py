@@ -15,8 +15,8 @@ streams: how many streams one CPU core monitors in real time: the embedded mode 
 once, each at real-time pace as a live stream arrives (read as fast as they decode, fifty reader threads
 race for the interpreter lock and the CPU they burn on it grows with the machine's load: 16-150 streams
 per core were measured so on one machine); streams per core = stream seconds monitored per CPU second
-of the process (decoding, embedding, search and the state machine together; torch and FAISS on one
-thread each).
+of the process (decoding, embedding, search and the state machine together; one thread embeds and
+searches, `airtrace monitor`'s default).
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
-import torch
 from prometheus_client import CollectorRegistry
 
 from encoders import AudioError, Sources, load_audio
@@ -248,12 +246,10 @@ def _pairing_json(pairing: Pairing) -> dict[str, object]:
 
 def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int | None, hop: float, cache_dir: Path,
                 out: str | None, command: str) -> float:
-    """Monitor `streams` files at once, each at real-time pace, with torch and FAISS on one thread each
-    (their idle worker threads would otherwise spin and count); returns streams per core."""
+    """Monitor `streams` files at once, each at real-time pace, as `airtrace monitor` does by default (one
+    thread embeds and searches); returns streams per core."""
     refs = [r for source in reference for r in read_references(source, limit)]
     engine = NeuralEngine.open_or_build(encoder, refs, cache_dir, hop)
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
     sources = [StreamSource(f"stream-{i}", str(refs[i % len(refs)].path)) for i in range(streams)]
     registry = CollectorRegistry()
     metrics = metrics_module.create(registry)
@@ -266,7 +262,7 @@ def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int
     per_core = stream_seconds / cpu
     get = registry.get_sample_value
     result = Table("Streams monitored in real time per CPU core (embedded mode)", ["measure", "value", "target"], settings={
-        **engine.settings, "streams": f"{streams} files at once, each at real-time pace, torch and FAISS on 1 thread"})
+        **engine.settings, "streams": f"{streams} files at once, each at real-time pace, one thread embeds and searches"})
     result.add("stream seconds monitored", round(stream_seconds), "")
     result.add("process CPU seconds (all threads)", round(cpu, 1), "")
     result.add("wall seconds", round(wall, 1), "")

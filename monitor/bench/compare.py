@@ -18,7 +18,8 @@ from monitor.bench.engines import Engine, LandmarkEngine, NeuralEngine
 from monitor.bench.landmark import landmarks
 from monitor.bench.references import ReferenceSet
 from monitor.bench.report import Table, percent
-from monitor.bench.speed import single_core, windows_per_cpu_second
+from monitor.bench.speed import windows_per_cpu_second
+from monitor.stages.tracking import use_threads
 
 PROBE_SECONDS = 60.0  # of random audio, to time the landmark hasher
 
@@ -49,7 +50,7 @@ def summary_table(engines: Sequence[Engine], records: Sequence[list[Any]], lengt
                    "windows/CPU-s (1 core)", "x real time (1 core)", "index bytes per audio s"],
                   settings={"false matches": "non-catalog music, speech and noise, all lengths together",
                             "x real time": "audio seconds fingerprinted per CPU second: streams one core carries"})
-    single_core()
+    use_threads(1)  # every figure is per core
     for engine in engines:
         mine = [r for r in records if r[0] == engine.name]
         top1 = [[r[5] for r in mine if r[2] == n and r[5] is not None] for n in lengths]

@@ -15,22 +15,16 @@ from typing import Any
 
 import faiss
 import numpy as np
-import torch
 
 from encoders import Encoder, load_audio, load_encoder
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import BenchError, Reference
 from monitor.bench.report import Table, verdict
 from monitor.catalog.index import VectorIndex, auto_factory
+from monitor.stages.tracking import use_threads
 
 TARGET_INDEX_RATE = 200.0  # seconds of audio indexed per second, one core
 TARGET_WINDOWS = 400.0  # windows embedded per second, one core
-
-
-def single_core() -> None:
-    """Pin torch and FAISS to one thread: every figure here is per core."""
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
 
 
 def windows_per_cpu_second(encoder: Encoder, windows: int = 2048) -> float:
@@ -96,7 +90,7 @@ def landmark_rate(references: Sequence[Reference], seconds: float) -> dict[str, 
 
 def run(encoders: Sequence[str], references: Sequence[Reference], index_seconds: float, hop_seconds: float,
         sizes: Sequence[int], queries: int, landmark: bool) -> tuple[list[Table], dict[str, Any]]:
-    single_core()
+    use_threads(1)  # every figure here is per core
     embed = [encoder_rate(e) for e in encoders]
     index = [indexing_rate(e, references, index_seconds, hop_seconds) for e in encoders]
     if landmark:

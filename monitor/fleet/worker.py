@@ -53,7 +53,7 @@ from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.play_state import StreamState
 from monitor.stages.state import StateStore
 from monitor.stages.unknown_store import UnknownStore
-from monitor.stages.tracking import LiveCatalog, TrackingStep, Unpublished
+from monitor.stages.tracking import LiveCatalog, TrackingStep, Unpublished, use_threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -214,6 +214,7 @@ def run_worker(
     """Run one worker until it is stopped (SIGINT or SIGTERM); a BrokerError if Kafka does not answer at start-up,
     a CatalogError if the catalog cannot calibrate the matcher (it is empty). Unknown stretches are kept in
     `unknowns`, which all workers must share to find repeats across them (the play log's database)."""
+    use_threads(options.threads)
     live = LiveCatalog(catalog, metrics)
     step = TrackingStep(live, store, options.plays, unknowns, options.unknowns)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]

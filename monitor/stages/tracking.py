@@ -15,6 +15,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+import faiss
+import torch
+
 from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import Event, UnknownEvent, plays_in
@@ -32,6 +35,13 @@ from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 CLAIM_POLL_SECONDS = 0.2  # how often to look again at events another process is publishing
+
+
+def use_threads(threads: int) -> None:
+    """Embed and search on `threads` CPU threads in this process (torch's pool and FAISS's), not on every core
+    of the machine as both would by default: see monitor.options.THREADS."""
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
 
 
 def content_count(encoder: Encoder) -> ContentCount | None:
