@@ -22,6 +22,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +63,17 @@ class Calibration:
         logs = np.log(self.durations)
         j = int(np.clip(np.searchsorted(logs, d), 1, len(logs) - 1)) if len(logs) > 1 else 0
         i = max(j - 1, 0)
-        lo, hi = _survival(self.null_scores[i], score), _survival(self.null_scores[j], score)
+        lo, hi = _survival(self.null_scores[i], self._tails[i], score), _survival(self.null_scores[j], self._tails[j], score)
         t = 0.0 if j == i else float((d - logs[i]) / (logs[j] - logs[i]))
         return float(np.exp((1 - t) * np.log(lo) + t * np.log(hi)))
 
     def confidence(self, score: float, duration: float) -> float:
         return 1.0 - self.false_match_rate(score, duration)
+
+    @cached_property
+    def _tails(self) -> tuple[tuple[float, float, float] | None, ...]:
+        """Each null's exponential tail, fitted once: a live stream asks for confidences at every window."""
+        return tuple(_tail(null) for null in self.null_scores)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,17 +89,24 @@ class Calibration:
                    tuple(np.sort(np.asarray(s, dtype=np.float64)) for s in data["null_scores"]))
 
 
-def _survival(null: np.ndarray, score: float) -> float:
-    """P(null >= score): empirical in the bulk, an exponential tail fitted to the top TAIL beyond it."""
+def _tail(null: np.ndarray) -> tuple[float, float, float] | None:
+    """(u, scale, P(null >= u)) of the exponential fitted to the top TAIL of `null`; None for an empty null."""
     n = len(null)
     if n == 0:
-        return 1.0
+        return None
     u = null[min(n - 1, int((1 - TAIL) * n))]
-    if score <= u:
-        return max(float(n - np.searchsorted(null, score, side="left")) / n, 1.0 / n)
     excess = null[null > u] - u
     scale = float(excess.mean()) if len(excess) else max(0.05 * abs(u), 0.05)
-    at_u = float(n - np.searchsorted(null, u, side="left")) / n
+    return u, scale, float(n - np.searchsorted(null, u, side="left")) / n
+
+
+def _survival(null: np.ndarray, tail: tuple[float, float, float] | None, score: float) -> float:
+    """P(null >= score): empirical in the bulk, the exponential `tail` beyond it."""
+    if tail is None:
+        return 1.0
+    n, (u, scale, at_u) = len(null), tail
+    if score <= u:
+        return max(float(n - np.searchsorted(null, score, side="left")) / n, 1.0 / n)
     return max(at_u * math.exp(-(score - u) / scale), 1e-12)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -139,7 +140,7 @@ class _Flat:
 
 def _hop(offsets: np.ndarray, window_seconds: float) -> float:
     """The query's hop, which weighs each window's similarity in a line's score."""
-    return max(float(np.median(np.diff(offsets))) if len(offsets) > 1 else window_seconds, 1e-6)
+    return max(statistics.median(np.diff(offsets).tolist()) if len(offsets) > 1 else window_seconds, 1e-6)  # numpy's: 10x the time
 
 
 def _speed_grid(span: float, speed_range: tuple[float, float], tolerance: float) -> np.ndarray:
@@ -204,7 +205,7 @@ def _refine(flat: _Flat, peak: tuple[int, float, float], speed_range: tuple[floa
         near = np.flatnonzero(np.abs(ref - (speed * x + offset)) <= tolerance)
         if not len(near):
             return None
-        previous, chosen = chosen, near[np.r_[True, window[near][1:] != window[near][:-1]]]
+        previous, chosen = chosen, near[np.concatenate(([True], window[near][1:] != window[near][:-1]))]
         if np.array_equal(previous, chosen):
             break
         speed, offset = _fit(x[chosen], ref[chosen], sim[chosen], speed, speed_range)
