@@ -662,7 +662,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @_env("--group", default=WorkerOptions.group, show_default=True, help="Kafka consumer group: workers of one group share the streams.")
 @_env("--batch-size", type=click.IntRange(1), default=WorkerOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
 @_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=WorkerOptions.batch_wait, show_default=True, help="Seconds a batch waits to fill.")
-@_env("--neighbours", type=click.IntRange(1), default=WorkerOptions.k, show_default=True, help="Catalog neighbours searched per window.")
+@_env("--neighbours", type=click.IntRange(1), default=WorkerOptions.k, show_default=True, help="Catalog neighbours searched per window; the matcher is calibrated for as many.")
 @THREADS_OPTION
 @_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
 @_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from monitor.constants import SILENCE_DBFS
+from monitor.constants import DEFAULT_K, SILENCE_DBFS
 
 if TYPE_CHECKING:
     from monitor.stages.play_state import PlayConfig
@@ -61,7 +61,7 @@ class MonitorOptions:
 @dataclass(frozen=True)
 class WorkerOptions:
     group: str = "airtrace"  # the Faust app id and Kafka consumer group: workers with the same group share the work
-    k: int = 10  # neighbours per window
+    k: int = DEFAULT_K  # neighbours per window (the matcher is calibrated for as many)
     batch_size: int = 64  # windows per embedding batch, across streams
     batch_wait: float = 0.5  # seconds a batch may wait to fill
     threads: int = THREADS

@@ -19,6 +19,7 @@ from encoders import Encoder, load_audio, synthesize_speech
 from catalog_fixtures import random_encoder
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
+from monitor.constants import DEFAULT_K
 from monitor.demo.broadcast import TruePlay, score_plays
 from monitor import embedded
 from monitor.embedded import EmbeddedMonitor
@@ -223,6 +224,22 @@ def test_each_second_of_a_stream_is_counted_by_what_it_holds(service_catalog: Pa
 
 def test_an_encoder_the_classifier_was_not_trained_on_tracks_without_content_classes(catalog: Catalog) -> None:
     assert LiveCatalog(catalog).content is None
+
+
+def test_the_matcher_is_calibrated_for_the_neighbours_a_window_is_searched_for(encoder: Encoder, music: dict[str, np.ndarray],
+                                                                                 tmp_path: Path) -> None:
+    """A worker's --neighbours searches more hits a window: the chance scores they give are what the null
+    must hold, or a confidence would mean more false matches than it says; so after a reload too."""
+    catalog = Catalog.create(tmp_path / "catalog", encoder)
+    with catalog.transaction():
+        catalog.add_audio("area1-game", music["area1-game"], {})
+    assert LiveCatalog(catalog).info.calibration.k == DEFAULT_K
+    wider = LiveCatalog(catalog, k=2 * DEFAULT_K)
+    assert wider.info.calibration.k == 2 * DEFAULT_K
+    elsewhere = Catalog.open(tmp_path / "catalog")  # another process adds a track
+    with elsewhere.transaction():
+        elsewhere.add_audio("gardien-go", music["gardien-go"], {})
+    assert wider.reload() and wider.info.calibration.k == 2 * DEFAULT_K
 
 
 def test_the_main_loop_wakes_once_a_batch_and_never_waits_on_a_backlog(monkeypatch: pytest.MonkeyPatch) -> None:

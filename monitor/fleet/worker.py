@@ -215,7 +215,7 @@ def run_worker(
     a CatalogError if the catalog cannot calibrate the matcher (it is empty). Unknown stretches are kept in
     `unknowns`, which all workers must share to find repeats across them (the play log's database)."""
     use_threads(options.threads)
-    live = LiveCatalog(catalog, metrics)
+    live = LiveCatalog(catalog, metrics, options.k)
     step = TrackingStep(live, store, options.plays, unknowns, options.unknowns)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
     asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent

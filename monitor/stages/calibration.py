@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.records import Neighbour
-from monitor.stages.matcher import DEFAULT_K, SPEED_RANGE, TOLERANCE, Alignment, MatchError, align, hits_at
+from monitor.constants import DEFAULT_K
+from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Alignment, MatchError, align, hits_at
 
 if TYPE_CHECKING:
     from monitor.catalog import Catalog

@@ -26,7 +26,6 @@ from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
-DEFAULT_K = 10  # neighbours searched per query window
 SPEED_RANGE = (0.8, 1.25)
 SIMILARITY_FLOOR = 1e-6  # a dissimilar neighbour is no evidence, never negative
 TOLERANCE = 0.5  # seconds a hit may lie off its line: half a reference hop plus the encoder's jitter

@@ -12,7 +12,7 @@ import orjson
 
 from encoders import CLASSES
 from monitor.catalog import Catalog, CatalogError
-from monitor.constants import DEFAULT_HOP_SECONDS
+from monitor.constants import DEFAULT_HOP_SECONDS, DEFAULT_K
 from monitor.records import Neighbour, WindowHits
 from monitor.stages.calibration import Calibration, calibrate
 from monitor.stages.matcher import Match
@@ -38,14 +38,15 @@ class CatalogInfo:
     track: Callable[[str], TrackLike | None]
 
     @classmethod
-    def of(cls, catalog: Catalog) -> "CatalogInfo":
+    def of(cls, catalog: Catalog, k: int = DEFAULT_K) -> "CatalogInfo":
+        """The catalog's calibration for `k` neighbours a window (what its windows are searched for)."""
         def track(track_id: str) -> TrackLike | None:
             try:
                 return catalog.track(track_id)
             except CatalogError:  # removed from the catalog since it was matched
                 return None
 
-        return cls(calibrate(catalog), track)
+        return cls(calibrate(catalog, k), track)
 
 
 @dataclass(frozen=True)

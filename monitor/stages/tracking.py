@@ -20,6 +20,7 @@ import torch
 
 from encoders import ContentClassifier, Encoder, EncoderError
 from monitor.catalog import Catalog, CatalogError
+from monitor.constants import DEFAULT_K
 from monitor.events import Event, UnknownEvent, plays_in
 from monitor.metrics import Metrics
 from monitor.options import UnknownConfig
@@ -59,9 +60,9 @@ class LiveCatalog:
     """The catalog a running monitor searches: reloaded when another process commits a generation, its
     size and whether it can be searched shown in metrics, and what the state machine needs of it in `info`."""
 
-    def __init__(self, catalog: Catalog, metrics: Metrics | None = None):
-        self.catalog, self.metrics = catalog, metrics
-        self.info = CatalogInfo.of(catalog)  # raises CatalogError for a catalog that cannot calibrate (empty)
+    def __init__(self, catalog: Catalog, metrics: Metrics | None = None, k: int = DEFAULT_K):
+        self.catalog, self.metrics, self.k = catalog, metrics, k  # k: neighbours searched a window, calibrated for
+        self.info = CatalogInfo.of(catalog, k)  # raises CatalogError for a catalog that cannot calibrate (empty)
         self.content = content_count(catalog.encoder)
         self.searchable = True
         self._gauges()
@@ -87,7 +88,7 @@ class LiveCatalog:
         try:
             if not self.catalog.reload_if_changed():
                 return False
-            self.info = CatalogInfo.of(self.catalog)
+            self.info = CatalogInfo.of(self.catalog, self.k)
             self.content = content_count(self.catalog.encoder)
         except (CatalogError, OSError) as exc:
             log.error("cannot reload the catalog (%s); still tracking with generation %d's calibration", exc, self.catalog.generation)
