@@ -1,6 +1,6 @@
 """`airtrace bench chaos`: the distributed mode under faults loses no play and doubles none.
 
-The default suite runs a short schedule (5 streams, 2 minutes: a worker SIGKILLed and restarted, Redis and
+The default suite runs a short schedule (5 streams, 1.5 minutes: a worker SIGKILLed and restarted, Redis and
 the broker restarted, streams off air, a partition replayed); the slow run is the full one (20 streams,
 16 minutes, the broker paused rather than restarted, the workers starved of CPU for 13 minutes), where the
 worker-down, stream-down and lag alerts must also fire, and the lag alert must be over once they catch up.
@@ -127,7 +127,7 @@ def test_a_station_goes_off_air_and_resumes_at_the_live_position(tmp_path: Path)
 @pytest.mark.timeout(900)
 def test_short_chaos_run_loses_and_doubles_no_play(tmp_path: Path) -> None:
     needs_servers()
-    check(run_chaos(streams=5, minutes=2.0, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test"))
+    check(run_chaos(streams=5, minutes=1.5, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test"))
 
 
 @pytest.mark.slow
