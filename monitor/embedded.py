@@ -117,7 +117,7 @@ class EmbeddedMonitor:
     def _track(self, windows: list[AudioWindow], ends: list[EndOfStream], out: IO[str] | None) -> None:
         """One tracking step: search the windows (unheard while the catalog cannot be searched), run the
         state machine over their hits and the streams' ends, emit the events, commit the states."""
-        hits: list[WindowHits] = self.catalog.search(windows, self.catalog.info.calibration.k) or []
+        hits: list[WindowHits] = self.catalog.search(windows) or []
         states, events = self.step.advance([*hits, *ends])
         fresh = self.step.unpublished(events).events  # no other process: nothing claimed by another
         self._emit(fresh, out)

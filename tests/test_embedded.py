@@ -142,7 +142,7 @@ def test_a_catalog_that_cannot_be_searched_neither_ends_nor_opens_plays(encoder:
     def run(batch: list[AudioWindow | EndOfStream]) -> None:
         for start in range(0, len(batch), 16):
             part = batch[start : start + 16]
-            hits = live.search([w for w in part if isinstance(w, AudioWindow)], 10) or []
+            hits = live.search([w for w in part if isinstance(w, AudioWindow)]) or []
             states, caused = step.advance([*hits, *(end for end in part if isinstance(end, EndOfStream))])
             step.commit(states, caused)
             events.extend(caused)

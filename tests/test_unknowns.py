@@ -138,7 +138,7 @@ def monitor(step: TrackingStep, catalog: LiveCatalog, windows: list[AudioWindow]
     """Feed windows through search and the tracking step as a runner does, then end their streams."""
     events = []
     for begin in range(0, len(windows), batch):
-        hits = catalog.search(windows[begin : begin + batch], catalog.info.calibration.k)
+        hits = catalog.search(windows[begin : begin + batch])
         states, caused = step.advance(hits)
         fresh = step.unpublished(caused).events
         step.commit(states, fresh)

@@ -243,7 +243,7 @@ def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path
     path, truth = broadcast(tmp_path, "replay", "gardien-go", 20.0)
     windows = windows_of(path, "replay", grid)
     live = LiveCatalog(catalog)
-    hits = [*live.search(windows, 10), EndOfStream("replay", windows[-1].seq + 1)]
+    hits = [*live.search(windows), EndOfStream("replay", windows[-1].seq + 1)]
     store = MemoryStateStore()
     stage = TrackingStep(live, store)
 
@@ -268,7 +268,7 @@ def test_a_worker_that_lost_a_stream_mid_batch_and_its_heir_publish_each_event_o
     path, _ = broadcast(tmp_path, "handover", "gardien-go", 20.0)
     live = LiveCatalog(catalog)
     windows = windows_of(path, "handover", WindowGrid.for_encoder(catalog.encoder))
-    hits = [*live.search(windows, 10), EndOfStream("handover", windows[-1].seq + 1)]
+    hits = [*live.search(windows), EndOfStream("handover", windows[-1].seq + 1)]
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     losing, heir = (TrackingStep(live, RedisStateStore(RedisSettings(url))) for _ in range(2))
 
@@ -411,7 +411,7 @@ def test_a_worker_sends_again_none_of_the_events_a_dead_worker_sent_before_marki
     windows = windows_of(path, "killed-sending", service.grid)
     catalog = LiveCatalog(Catalog.open(service.catalog_dir))
     _, events = TrackingStep(catalog, MemoryStateStore()).advance(
-        [*catalog.search(windows, catalog.info.calibration.k), EndOfStream("killed-sending", windows[-1].seq + 1)])
+        [*catalog.search(windows), EndOfStream("killed-sending", windows[-1].seq + 1)])
     started, ended = plays_in(events)
     claim = f"claim:dead-worker {int((time.time() - 60) * 1000)}"  # a minute ago: lapsed
     client = redis.Redis(port=service.redis.port)

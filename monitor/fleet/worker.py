@@ -122,7 +122,7 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: 
             with embed_beat.busy():
                 items = await decoded(events, decode_for_encoder)
                 windows = [item for item, _ in items if isinstance(item, AudioWindow)]
-                found = await in_thread(catalog.search, windows, options.k, executor=compute)
+                found = await in_thread(catalog.search, windows, executor=compute)
                 step.unknowns.hear_audio(found or ())  # Faust co-partitions the windows and hits topics: a stream's
                 # hits come to this worker's track agent, which makes its unknown stretches' excerpts of this audio
                 hits = iter(found or ())  # None: the catalog cannot be searched, the windows go unheard

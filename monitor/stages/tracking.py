@@ -67,10 +67,10 @@ class LiveCatalog:
         self.searchable = True
         self._gauges()
 
-    def search(self, windows: Sequence[AudioWindow], k: int) -> list[WindowHits] | None:
-        """The windows' hits, or None while the catalog cannot be searched: those windows are not heard."""
+    def search(self, windows: Sequence[AudioWindow]) -> list[WindowHits] | None:
+        """The windows' `k` nearest hits, or None while the catalog cannot be searched: those windows are not heard."""
         try:
-            hits = hits_for(windows, self.catalog.encoder, self.catalog, k, self.metrics, self.content)
+            hits = hits_for(windows, self.catalog.encoder, self.catalog, self.k, self.metrics, self.content)
         except CatalogError as exc:
             if self.searchable:
                 log.error("cannot search the catalog (%s); windows go unheard, no play ends or opens, until it is fixed", exc)
