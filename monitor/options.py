@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REDIS_PREFIX = "airtrace:"  # every Redis key starts with it: give deployments that share a Redis their own
 # CPU threads a monitoring process embeds and searches with. At a live batch's size (8-128 windows) a second
-# thread spends 15-40 % more CPU per window on an idle machine and 3-5 times more on a busy one (it spins
+# thread spends 15-37 % more CPU per window on an idle machine and 3-5 times more on a busy one (it spins
 # waiting for work, which counts as CPU): one thread per process, and more processes for more cores.
 THREADS = 1
 
