@@ -98,6 +98,7 @@ def test_published_events_are_remembered(store: StateStore) -> None:
     store.mark_published([])
     assert store.claim(["e1", "e2"]) == Claims(mine={"e2"})  # a store's own claim stays its own
     assert store.claim([]) == Claims()
+    assert store.renew(["e1", "e2"]) == {"e2"} and store.renew([]) == set()
 
 
 def redis_stores(server: servers.ServerProcess, count: int, claim_seconds: float = 30.0) -> list[RedisStateStore]:
@@ -130,6 +131,25 @@ def test_the_claim_of_a_worker_that_died_publishing_lapses_and_says_since_when_i
     assert claims.mine == {"e"} and not claims.held and set(claims.lapsed) == {"e"}
     assert before - 0.001 <= claims.lapsed["e"] <= after
     assert heir.claim(["e"]) == Claims(mine={"e"})  # its own claim now: no longer lapsed
+
+
+def test_a_worker_renews_only_the_claims_no_other_worker_took_over(redis_server: servers.ServerProcess) -> None:
+    """A worker held its claims longer than they hold (starved, paused, reading the plays topic back) and another
+    took some over: just before sending it renews those still its own (dated now, Redis's clock, here this
+    machine's), and a claim Redis lost (restarted without persistence) is its own again."""
+    slow, heir = redis_stores(redis_server, 2, claim_seconds=0.5)
+    assert slow.claim(["taken", "published", "kept"]).mine == {"taken", "published", "kept"}
+    claims = servers.wait_until(lambda: (c := heir.claim(["taken", "published"])).mine and c, timeout=30.0, what="the claims to lapse")
+    assert claims.mine == {"taken", "published"}
+    heir.mark_published(["published"])
+    before = time.time()
+    assert slow.renew(["taken", "published", "kept", "lost"]) == {"kept", "lost"}
+    after = time.time()
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    for key in ("kept", "lost"):
+        token, at = client.get(f"airtrace:emitted:{key}").split()
+        assert token == slow._token and before - 0.001 <= int(at) / 1000 <= after
+    assert slow.renew(["taken", "published"]) == set() and heir.renew(["taken", "published"]) == {"taken"}
 
 
 def test_a_claim_written_before_claims_carried_their_time_is_held_until_it_expires(redis_server: servers.ServerProcess) -> None:

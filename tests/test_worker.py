@@ -295,6 +295,36 @@ def test_a_worker_that_lost_a_stream_mid_batch_and_its_heir_publish_each_event_o
     assert found == claimed
 
 
+def test_a_worker_whose_claims_lapsed_while_it_held_them_sends_none_that_its_heir_took_over(
+        service_catalog: Path, tmp_path: Path, redis_server: servers.ServerProcess) -> None:
+    """A worker claimed a play's started event and then held it past its claim (starved, paused, or reading the
+    plays topic back); the stream's new owner took the lapsed claim over and published it. Renewing its claims
+    just before sending, the first worker finds it has none, and leaves the stream's state to the heir. A
+    claim that lapsed with no one taking it over is still its own."""
+    catalog = Catalog.open(service_catalog)
+    path, _ = broadcast(tmp_path, "paused", "gardien-go", 20.0)
+    live = LiveCatalog(catalog)
+    windows = windows_of(path, "paused", WindowGrid.for_encoder(catalog.encoder))
+    hits = [*live.search(windows), EndOfStream("paused", windows[-1].seq + 1)]
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    paused, heir = (TrackingStep(live, RedisStateStore(RedisSettings(url), claim_seconds=0.5)) for _ in range(2))
+
+    states, caused = paused.advance(hits[: len(hits) // 2])
+    claimed = paused.unpublished(caused).events
+    assert [e.state for e in plays_in(claimed)] == ["started"] and set(states) == {"paused"}
+    heir_states, heir_caused = heir.advance(hits[: len(hits) // 2])
+    taken = heir.unpublished(heir_caused)  # waits until the paused worker's claim lapses
+    assert taken.events == claimed and set(taken.maybe_out) == {e.event_id for e in claimed}
+    heir.commit(heir_states, taken.events)
+    assert paused.renew(states, claimed) == ({}, [])
+
+    states, caused = paused.advance(hits)
+    claimed = paused.unpublished(caused).events
+    assert [e.state for e in plays_in(claimed)] == ["ended"]
+    time.sleep(0.6)  # its claim lapses, and no one takes it over
+    assert paused.renew(states, claimed) == (states, claimed)
+
+
 def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) -> None:
     runner = CliRunner()
     config = tmp_path / "streams.yaml"

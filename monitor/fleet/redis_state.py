@@ -76,6 +76,23 @@ for i, key in ipairs(KEYS) do
 end
 return {mine, held, lapsed, lapsed_at}
 """
+# KEYS: emitted keys; ARGV: this store's claim token, the keys' TTL in ms. Returns the 1-based positions of the keys
+# this store still claims, each claim made afresh (now, Redis's clock). A key published, or claimed by another store
+# (which took this store's claim over after it lapsed), is left alone; a key that is gone (a Redis restart without
+# persistence lost it) is claimed again, as CLAIM would.
+RENEW = """
+local now = redis.call('TIME')
+local claim = ARGV[1] .. ' ' .. (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local kept = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if not value or string.match(value, '^(%S+) ') == ARGV[1] then
+    redis.call('SET', key, claim, 'PX', ARGV[2])
+    kept[#kept + 1] = i
+  end
+end
+return kept
+"""
 # KEYS: emitted keys; ARGV: this store's claim token. Only this store's own claims are given up.
 RELEASE = """
 for _, key in ipairs(KEYS) do
@@ -152,6 +169,7 @@ class RedisStateStore:
         self._client = settings.client()
         self._save_unless_newer = self._client.register_script(SAVE_UNLESS_NEWER)
         self._claim = self._client.register_script(CLAIM)
+        self._renew = self._client.register_script(RENEW)
         self._release = self._client.register_script(RELEASE)
         self._token = f"claim:{uuid.uuid4()}"  # never PUBLISHED
         self._claim_ms = int(claim_seconds * 1000)
@@ -225,6 +243,14 @@ class RedisStateStore:
         mine, held, lapsed, lapsed_at = self._retrying("claim events", lambda: self._claim(keys=redis_keys, args=args))
         return Claims(mine={keys[i - 1] for i in mine}, held={keys[i - 1] for i in held},
                       lapsed={keys[i - 1]: int(at) / 1000 for i, at in zip(lapsed, lapsed_at)})
+
+    def renew(self, event_keys: Iterable[str]) -> set[str]:
+        keys = list(event_keys)
+        if not keys:
+            return set()
+        args = [self._token, EMITTED_TTL_SECONDS * 1000]
+        kept = self._retrying("renew claims", lambda: self._renew(keys=[self._emitted_key(k) for k in keys], args=args))
+        return {keys[i - 1] for i in kept}
 
     def release(self, event_keys: Iterable[str]) -> None:
         keys = [self._emitted_key(k) for k in event_keys]

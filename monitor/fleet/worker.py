@@ -151,7 +151,8 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: 
 
     async def publish(events: list[Event], states: dict[str, StreamState], already_out: set[str]) -> None:
         """Send the claimed events not `already_out`, then commit them all and the states; claims are given up
-        if sending fails."""
+        if sending fails. Only events whose claims still hold now are sent (see TrackingStep.renew)."""
+        states, events = await in_thread(step.renew, states, events)
         if already_out:
             log.info("%d event(s) of a worker that died publishing are on %s already; not sending them again", len(already_out), topics.plays)
         try:

@@ -42,6 +42,11 @@ class StateStore(Protocol):
     def claim(self, event_keys: Iterable[str]) -> Claims:
         """Claim the keys that are neither published nor claimed by another live process."""
 
+    def renew(self, event_keys: Iterable[str]) -> set[str]:
+        """The keys this process still holds the claims of, each claim made afresh, just before it sends them.
+        A process can be starved, paused or reading the plays topic back for longer than a claim holds; another
+        may then have taken the lapsed claim over and sent the event: the keys it lost are not its to send."""
+
     def release(self, event_keys: Iterable[str]) -> None:
         """Give up this process's claims (publishing failed): another may publish them at once."""
 
@@ -67,6 +72,9 @@ class MemoryStateStore:
 
     def claim(self, event_keys: Iterable[str]) -> Claims:
         return Claims(mine={k for k in event_keys if k not in self._published})
+
+    def renew(self, event_keys: Iterable[str]) -> set[str]:
+        return {k for k in event_keys if k not in self._published}
 
     def release(self, event_keys: Iterable[str]) -> None:
         """Nothing to give up: claims of one process are never held against it."""

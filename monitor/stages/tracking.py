@@ -126,7 +126,8 @@ class TrackingStep:
 
     One step is `advance` (new states and the events they caused, unknown stretches searched among the
     kept ones; nothing saved), `unpublished` (the events no one published yet, claimed: a replay re-derives
-    published ones with the same ids), publishing them (`release` if that fails), then `commit`. A process that dies before `commit`
+    published ones with the same ids), `renew` (a fleet's worker, just before it sends), publishing them
+    (`release` if that fails), then `commit`. A process that dies before `commit`
     redoes the step from the same saved states. Unknown stretches are kept in `unknowns`, which every
     tracking process must share for repeats across them to be found (a MemoryUnknownStore by default)."""
 
@@ -195,6 +196,18 @@ class TrackingStep:
             mine |= claims.mine
             lapsed.update(claims.lapsed)
         return Unpublished([e for e in events if e.event_id in mine], lapsed)
+
+    def renew(self, states: dict[str, StreamState], events: Sequence[Event]) -> tuple[dict[str, StreamState], list[Event]]:
+        """Just before sending: the claimed events this process still holds (their claims made afresh), and the
+        states of the streams it lost none of them for. A claim lapses while its process is starved, paused or
+        reading the plays topic back for longer than a claim holds; the process that took it over has the
+        stream now, publishes its events and saves its state."""
+        kept = self.store.renew(e.event_id for e in events)
+        lost = {e.stream_id for e in events if e.event_id not in kept}
+        if lost:
+            log.warning("another worker took over the events of stream(s) %s while this one held them too long; "
+                        "it publishes them and keeps the streams' state", ", ".join(sorted(lost)))
+        return {s: state for s, state in states.items() if s not in lost}, [e for e in events if e.event_id in kept]
 
     def release(self, events: Iterable[Event]) -> None:
         """Publishing these failed: give up their claims, so that whoever redoes the step publishes them."""
