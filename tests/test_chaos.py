@@ -128,6 +128,7 @@ def test_a_station_goes_off_air_and_resumes_at_the_live_position(tmp_path: Path)
 def test_short_chaos_run_loses_and_doubles_no_play(tmp_path: Path) -> None:
     needs_servers()
     check(run_chaos(streams=5, minutes=1.5, workers=2, seed=0, partitions=4, encoder="compact", workdir=tmp_path, out=None, command="test"))
+    assert list(tmp_path.glob("airtrace-faust-*")), "the SIGKILLed worker's Faust folder is left in the run's folder, not in /tmp"
 
 
 @pytest.mark.slow

@@ -98,6 +98,7 @@ def test_live_broadcast_through_two_workers_one_killed(kafka_broker: servers.Ser
     assert card.precision == 1.0 and card.recall == 1.0, card
     for pairing in card.pairings:
         assert abs(pairing.start_error) <= 1.0 and abs(pairing.end_error) <= 1.0, pairing
+    assert len(list(tmp_path.glob("airtrace-faust-*"))) == 1  # the killed worker's Faust folder: in the run's folder, not /tmp
 
 
 def kill_the_busy_worker_mid_play(workers: list, metrics_ports: list[int], truth: list[TruePlay], on_air: float) -> int:

@@ -282,9 +282,10 @@ class Prometheus:
 
 
 def airtrace(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`, run in `cwd`
-    (a worker keeps Faust's data folder there)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    """An `airtrace` command in its own process on one CPU thread, its output appended to `log`, run in `cwd`.
+    Its temporary files (a worker's Faust data folder) go in `log`'s folder, the run's: a process the run
+    SIGKILLs cannot remove them, and they go with the run's folder rather than pile up in /tmp."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(log.parent)}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "monitor", *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
