@@ -9,7 +9,7 @@ import pytest
 
 from monitor.stages.calibration import NULL_DURATIONS, Calibration
 from monitor.stages import matcher
-from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits, score_bound
+from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits, score_bounds
 from monitor.records import Neighbour, WindowHits
 
 HOP, WINDOW, REF_HOP, K = 0.5, 1.0, 0.5, 10
@@ -156,22 +156,30 @@ def bound_cases() -> list[list[WindowHits]]:
     return cases
 
 
-def test_no_line_scores_above_the_bound() -> None:
-    """`score_bound` is what lets `match_hits` skip the alignment: it must hold for every line `align` finds."""
+def test_no_line_scores_above_its_tracks_bound() -> None:
+    """`score_bounds` is what lets `match_hits` skip lines and whole alignments: it must hold for every line `align` finds."""
     for hits in bound_cases():
-        lines = align(hits, WINDOW, SPEED_RANGE, TOLERANCE)
-        assert max((line.score for line in lines), default=0.0) <= score_bound(hits, WINDOW)
+        bounds = score_bounds(hits, WINDOW)
+        for line in align(hits, WINDOW, SPEED_RANGE, TOLERANCE):
+            assert line.score <= bounds[line.track_id]
+
+
+def no_bounds(hits: list[WindowHits], window_seconds: float) -> dict[str, float]:
+    """Bounds that spare nothing: every line of every track aligned."""
+    return {n.track_id: float("inf") for h in hits for n in h.neighbours}
 
 
 @pytest.mark.parametrize("min_confidence", [0.0, 0.9, 0.99, 0.999])
 def test_skipping_hopeless_queries_changes_no_match(min_confidence: float, calibration: Calibration, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the bound and without it (every query aligned), the same matches; and some queries are skipped."""
+    """With the bounds and without them (every line of every query aligned), the same matches; and some
+    queries are skipped whole, and in others some tracks' lines."""
     cases = bound_cases()
     with_bound = [match_hits(hits, WINDOW, calibration=calibration, min_confidence=min_confidence) for hits in cases]
-    skipped = sum(calibration.confidence(score_bound(hits, WINDOW), hits[-1].offset - hits[0].offset + WINDOW) < min_confidence
-                  for hits in cases)
-    monkeypatch.setattr(matcher, "score_bound", lambda *args: float("inf"))
+    spared = [(sum(calibration.confidence(bound, hits[-1].offset - hits[0].offset + WINDOW) < min_confidence for bound in bounds), len(bounds))
+              for hits in cases if (bounds := score_bounds(hits, WINDOW).values())]
+    skipped, partly = sum(none == all for none, all in spared), sum(0 < none < all for none, all in spared)
+    monkeypatch.setattr(matcher, "score_bounds", no_bounds)
     without = [match_hits(hits, WINDOW, calibration=calibration, min_confidence=min_confidence) for hits in cases]
     assert with_bound == without
     assert any(with_bound)
-    assert skipped > 0 or min_confidence == 0.0
+    assert min_confidence == 0.0 or (skipped > 0 and partly > 0)

@@ -400,7 +400,7 @@ def test_the_matcher_gate_hides_no_run(seed: int, monkeypatch: pytest.MonkeyPatc
     hits = broadcast(160, segments, seed=seed, dropouts=((50.0, 58.0),), found=0.6)
     grid = PlayConfig.for_grid(WINDOW, HOP)
     _, gated = run(hits, PlayTracker(grid))
-    monkeypatch.setattr(matcher, "score_bound", lambda *args: float("inf"))
+    monkeypatch.setattr(matcher, "score_bounds", lambda hits, _: {n.track_id: float("inf") for h in hits for n in h.neighbours})
     _, ungated = run(hits, UngatedTracker(grid))
     assert [e.to_json() for e in gated] == [e.to_json() for e in ungated]
     assert len(plays(gated)) >= 2

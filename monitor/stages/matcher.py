@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,12 +96,14 @@ class Alignment:
 
 
 def align(hits: Sequence[WindowHits], window_seconds: float, speed_range: tuple[float, float] = SPEED_RANGE,
-          tolerance: float = TOLERANCE) -> list[Alignment]:
-    """Every credible-or-not line in `hits`, best first, each query window on at most one line."""
+          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None) -> list[Alignment]:
+    """Every credible-or-not line in `hits`, best first, each query window on at most one line; only lines
+    of `tracks` if given (the lines of other tracks are found by the vote but neither refined nor assigned)."""
     flat = _Flat.of(hits, window_seconds)
     if flat is None:
         return []
-    lines = [_refine(flat, peak, speed_range, tolerance) for peak in _hough_peaks(flat, speed_range, tolerance)]
+    peaks = [peak for peak in _hough_peaks(flat, speed_range, tolerance) if tracks is None or flat.tracks[peak[0]] in tracks]
+    lines = [_refine(flat, peak, speed_range, tolerance) for peak in peaks]
     return _assign(flat, [line for line in lines if line is not None])
 
 
@@ -250,10 +252,13 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     if not hits:
         return []
     duration = hits[-1].offset - hits[0].offset + window_seconds
-    if min_confidence > 0 and calibration.confidence(score_bound(hits, window_seconds), duration) < min_confidence:
-        return []  # no line can be credible: a stream with nothing playing asks at every window, so spare the alignment
+    tracks = None
+    if min_confidence > 0:  # a stream with nothing playing asks at every window: spare the lines that cannot be credible
+        tracks = _credible(score_bounds(hits, window_seconds), duration, calibration, min_confidence)
+        if not tracks:
+            return []
     matches = []
-    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance):
+    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks):
         confidence = calibration.confidence(line.score, duration)
         if confidence < min_confidence:
             continue
@@ -266,12 +271,12 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     return matches
 
 
-def score_bound(hits: Sequence[WindowHits], window_seconds: float) -> float:
-    """No line through `hits` scores more: a line takes at most one hit per window, so its score is at most
-    the hop times the sum, over windows, of the best similarity of one track there, for the best track.
-    It mirrors how `align` scores (the hop and the floor under similarities as `_Flat` takes them); the
-    tiny margin covers the other order in which `_assign` adds the same similarities up. (A bound that also
-    asks the hits to lie on one line is tighter but costs about what it saves.)"""
+def score_bounds(hits: Sequence[WindowHits], window_seconds: float) -> dict[str, float]:
+    """No line of a track through `hits` scores more than its bound here: a line takes at most one hit per
+    window, so its score is at most the hop times the sum, over windows, of the track's best similarity there.
+    It mirrors how `align` scores (the hop and the floor under similarities as `_Flat` takes them); the tiny
+    margin covers the other order in which `_assign` adds the same similarities up. (A bound that also asks
+    the hits to lie on one line is tighter but costs about what it saves.)"""
     hop = _hop(np.array([h.offset for h in hits], np.float64), window_seconds)
     sums: dict[str, float] = {}
     for h in hits:
@@ -280,7 +285,19 @@ def score_bound(hits: Sequence[WindowHits], window_seconds: float) -> float:
             best[nb.track_id] = max(best.get(nb.track_id, SIMILARITY_FLOOR), nb.similarity)
         for track, similarity in best.items():
             sums[track] = sums.get(track, 0.0) + similarity
-    return max(sums.values(), default=0.0) * hop * (1 + 1e-9)
+    return {track: total * hop * (1 + 1e-9) for track, total in sums.items()}
+
+
+def _credible(bounds: dict[str, float], duration: float, calibration: Confidence, min_confidence: float) -> set[str]:
+    """The tracks whose bound reaches `min_confidence`. Leaving the others' lines out changes no match: such a
+    line is never credible, and it could only take windows from a line whose score, being lower than its own
+    when it does, is not credible either."""
+    credible = set()
+    for track in sorted(bounds, key=bounds.__getitem__, reverse=True):  # confidence never falls as the score rises
+        if calibration.confidence(bounds[track], duration) < min_confidence:
+            break
+        credible.add(track)
+    return credible
 
 
 def hits_at(grid: WindowGrid, index: int, neighbours: tuple[Neighbour, ...]) -> WindowHits:
