@@ -117,6 +117,7 @@ def test_recipes_set_warp_ranges_and_voices(sources: Sources) -> None:
     assert [d for d in draws("v2", sources) if d.startswith("babble")]
     assert extremes("v3", "tempo")[0] >= 0.8 and extremes("v3", "pitch")[1] <= 2.5  # v1's warps
     assert [d for d in draws("v3", sources) if d.startswith("babble")]
+    assert extremes("v3", "noise")[0] >= -3 and extremes("v4", "noise")[0] < -6  # v4: v3 with noise down to -9 dB
 
 
 def test_random_chains_are_seeded(sources: Sources) -> None:
