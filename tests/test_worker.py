@@ -27,7 +27,7 @@ from monitor.stages.sources import StreamSource
 from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
 from monitor.stages.calibration import calibrate
 from monitor.fleet.publish import restamp
-from monitor.records import AudioWindow, EndOfStream
+from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.fleet.redis_state import RedisSettings, RedisStateStore
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
@@ -259,18 +259,25 @@ def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path
     assert stage.advance(hits[len(hits) // 2 :]) == (store.load(["replay"]), [])
 
 
+def two_workers_on_one_stream(service_catalog: Path, tmp_path: Path, redis_server: servers.ServerProcess, stream: str,
+                              claim_seconds: float = 30.0) -> tuple[list[WindowHits | EndOfStream], tuple[TrackingStep, TrackingStep]]:
+    """The hits of a 20 s play of gardien-go on `stream`, and the tracking steps of two workers sharing one Redis."""
+    catalog = Catalog.open(service_catalog)
+    path, _ = broadcast(tmp_path, stream, "gardien-go", 20.0)
+    live = LiveCatalog(catalog)
+    windows = windows_of(path, stream, WindowGrid.for_encoder(catalog.encoder))
+    hits = [*live.search(windows), EndOfStream(stream, windows[-1].seq + 1)]
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    first, second = (TrackingStep(live, RedisStateStore(RedisSettings(url), claim_seconds=claim_seconds)) for _ in range(2))
+    return hits, (first, second)
+
+
 def test_a_worker_that_lost_a_stream_mid_batch_and_its_heir_publish_each_event_once(
         service_catalog: Path, tmp_path: Path, redis_server: servers.ServerProcess) -> None:
     """Two workers derive the same events at once (a rebalance gave the stream to the second while the first
     was publishing): the second waits until the first published and committed them, and publishes none; when
     the first fails to publish, the second publishes them all."""
-    catalog = Catalog.open(service_catalog)
-    path, _ = broadcast(tmp_path, "handover", "gardien-go", 20.0)
-    live = LiveCatalog(catalog)
-    windows = windows_of(path, "handover", WindowGrid.for_encoder(catalog.encoder))
-    hits = [*live.search(windows), EndOfStream("handover", windows[-1].seq + 1)]
-    url = f"redis://127.0.0.1:{redis_server.port}/0"
-    losing, heir = (TrackingStep(live, RedisStateStore(RedisSettings(url))) for _ in range(2))
+    hits, (losing, heir) = two_workers_on_one_stream(service_catalog, tmp_path, redis_server, "handover")
 
     def heir_publishes(caused: list[Event]) -> tuple[threading.Thread, list[Event]]:
         found: list[Event] = []
@@ -301,13 +308,7 @@ def test_a_worker_whose_claims_lapsed_while_it_held_them_sends_none_that_its_hei
     plays topic back); the stream's new owner took the lapsed claim over and published it. Renewing its claims
     just before sending, the first worker finds it has none, and leaves the stream's state to the heir. A
     claim that lapsed with no one taking it over is still its own."""
-    catalog = Catalog.open(service_catalog)
-    path, _ = broadcast(tmp_path, "paused", "gardien-go", 20.0)
-    live = LiveCatalog(catalog)
-    windows = windows_of(path, "paused", WindowGrid.for_encoder(catalog.encoder))
-    hits = [*live.search(windows), EndOfStream("paused", windows[-1].seq + 1)]
-    url = f"redis://127.0.0.1:{redis_server.port}/0"
-    paused, heir = (TrackingStep(live, RedisStateStore(RedisSettings(url), claim_seconds=0.5)) for _ in range(2))
+    hits, (paused, heir) = two_workers_on_one_stream(service_catalog, tmp_path, redis_server, "paused", claim_seconds=0.5)
 
     states, caused = paused.advance(hits[: len(hits) // 2])
     claimed = paused.unpublished(caused).events
