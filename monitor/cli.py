@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from monitor.constants import DEFAULT_HOP_SECONDS, SCALE_WINDOWS
+from monitor.constants import DEFAULT_HOP_SECONDS, NOTICE_CONFIDENCE, SCALE_WINDOWS
 from monitor.health import STALE_SECONDS
 from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, THREADS, MonitorOptions, UnknownConfig, WorkerOptions
 
@@ -556,6 +556,10 @@ def _unknown_config(min_unknown_seconds: float, unknown_retention_days: float) -
 THREADS_OPTION = _env("--threads", type=click.IntRange(1), default=THREADS, show_default=True,
                       help="CPU threads that embed and search. One spends the least CPU per stream; for more cores run more workers.")
 
+NOTICE_OPTION = _env("--notice-confidence", type=click.FloatRange(0, 1), default=NOTICE_CONFIDENCE, show_default=True,
+                     help="Confidence at which a play is first noticed (a provisional event, withdrawn if it stops short; its started "
+                          "event waits until it is sure). Lower: sooner notices and more withdrawn; 0.999: no notice before a play is sure.")
+
 METRICS_OPTIONS = _env_options(
     _env("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (default: not served)."),
     _env("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server binds."),
@@ -664,6 +668,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=WorkerOptions.batch_wait, show_default=True, help="Seconds a batch waits to fill.")
 @_env("--neighbours", type=click.IntRange(1), default=WorkerOptions.k, show_default=True, help="Catalog neighbours searched per window; the matcher is calibrated for as many.")
 @THREADS_OPTION
+@NOTICE_OPTION
 @_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
 @_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
 @_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
@@ -674,7 +679,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @METRICS_OPTIONS
 def worker(catalog: str, redis_url: str, redis_username: str | None, redis_password: str | None, redis_tls_ca_file: str | None,
            redis_tls_cert_file: str | None, redis_tls_key_file: str | None, redis_prefix: str, group: str, batch_size: int,
-           batch_wait: float, neighbours: int, threads: int, session_timeout: float, reload_seconds: float, web_port: int | None,
+           batch_wait: float, neighbours: int, threads: int, notice_confidence: float, session_timeout: float, reload_seconds: float, web_port: int | None,
            playlog: str | None, min_unknown_seconds: float, unknown_retention_days: float,
            metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Embed windows from Kafka, search the catalog and publish play events; run several to share the load."""
@@ -684,6 +689,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     from monitor.catalog import Catalog, CatalogError
     from monitor.fleet.redis_state import RedisSettings, RedisStateStore
     from monitor.fleet.worker import run_worker
+    from monitor.stages.play_state import PlayConfig
 
     settings, topics = _kafka(**kafka)
     redis_settings = RedisSettings(redis_url, redis_username, redis_password, redis_tls_ca_file, redis_tls_cert_file, redis_tls_key_file, redis_prefix)
@@ -699,7 +705,8 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     options = WorkerOptions(group=group, k=neighbours, batch_size=batch_size, batch_wait=batch_wait, threads=threads, session_timeout=session_timeout,
-                            reload_seconds=reload_seconds, web_port=web_port, unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
+                            reload_seconds=reload_seconds, web_port=web_port, plays=PlayConfig(notice_confidence=notice_confidence),
+                            unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     if web_port is not None:  # Faust would find out after starting, with a traceback
         _check_port_free(options.web_host, web_port, "--web-port")
     unknowns = _open_playlog(playlog).unknown_store() if playlog else None
@@ -738,19 +745,21 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=MonitorOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
 @THREADS_OPTION
+@NOTICE_OPTION
 @AUDIO_OPTIONS
 @_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
 @UNKNOWN_OPTIONS
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    threads: int, audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool, min_unknown_seconds: float,
-                    unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
+                    threads: int, notice_confidence: float, audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool,
+                    min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import NothingHeard, run_embedded
     from monitor.events import describe, plays_in
     from monitor.options import IngestOptions
+    from monitor.stages.play_state import PlayConfig
     from monitor.stages.sources import ConfigError
 
     if not urls and not streams:
@@ -765,7 +774,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
     options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=IngestOptions(realtime=realtime),
-                             unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
+                             plays=PlayConfig(notice_confidence=notice_confidence), unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None
     try:

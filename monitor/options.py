@@ -54,7 +54,7 @@ class MonitorOptions:
     threads: int = THREADS
     reload_seconds: float = 10.0
     ingest: IngestOptions = field(default_factory=IngestOptions)
-    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
+    plays: PlayConfig | None = None  # None: the defaults; the window and hop are always the catalog's
     unknowns: UnknownConfig = field(default_factory=UnknownConfig)
 
 
@@ -72,5 +72,5 @@ class WorkerOptions:
     lag_seconds: float = 1.0  # how often to update airtrace_consumer_lag_messages
     web_port: int | None = None  # Faust's own web server (None: off)
     web_host: str = "127.0.0.1"
-    plays: PlayConfig | None = None  # None: the defaults for the encoder's window and hop
+    plays: PlayConfig | None = None  # None: the defaults; the window and hop are always the catalog's
     unknowns: UnknownConfig = field(default_factory=UnknownConfig)

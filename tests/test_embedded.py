@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -271,3 +272,16 @@ def test_the_monitor_embeds_and_searches_on_its_own_threads(catalog: Catalog, mu
     finally:
         torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])
+
+
+def test_the_monitor_notices_plays_at_the_confidence_it_is_given_on_the_catalogs_grid(catalog: Catalog, tmp_path: Path) -> None:
+    """`--notice-confidence` reaches the play tracker; a play config's window and hop give way to the catalog's."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    config = PlayConfig(notice_confidence=0.995, window_seconds=2.0, hop_seconds=1.0)
+    tracker = EmbeddedMonitor(catalog, [StreamSource("s", str(tmp_path / "none.wav"))], MonitorOptions(plays=config)).step.tracker
+    assert tracker.config == replace(config, window_seconds=catalog.grid.window_seconds, hop_seconds=catalog.grid.hop_seconds)
+    result = CliRunner().invoke(main, ["monitor", "--catalog", str(catalog.directory), "--notice-confidence", "1.5", "x.wav"])
+    assert result.exit_code == 2 and "--notice-confidence" in result.output

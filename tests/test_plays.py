@@ -44,6 +44,8 @@ class Segment:
     speed: float = 1.0
     echo: tuple[float, float] = (0.0, 0.0)  # (shift, seconds): for its first seconds the track also matches itself
     # `shift` seconds further on, as music that repeats a passage does
+    similarity: tuple[float, float] = (0.75, 0.95)  # its own neighbour's similarity (noise and talk bring it down
+    # towards chance's 0.2-0.5)
 
 
 def broadcast(seconds: float, segments: list[Segment], seed: int = 0, dropouts: tuple[tuple[float, float], ...] = (),
@@ -65,7 +67,7 @@ def broadcast(seconds: float, segments: list[Segment], seed: int = 0, dropouts: 
             dropped = any(a <= t < b for a, b in dropouts) or rng.random() >= found
             if inside >= WINDOW / 2 and not dropped:
                 ref = s.ref_start + s.speed * (t - s.start)
-                neighbours.insert(0, Neighbour(s.track, round(ref / REF_HOP) * REF_HOP, float(rng.uniform(0.75, 0.95))))
+                neighbours.insert(0, Neighbour(s.track, round(ref / REF_HOP) * REF_HOP, float(rng.uniform(*s.similarity))))
                 shift, seconds = s.echo
                 if t < s.start + seconds:
                     neighbours.insert(0, Neighbour(s.track, round((ref + shift) / REF_HOP) * REF_HOP, float(rng.uniform(0.75, 0.95))))
@@ -308,6 +310,40 @@ def test_a_version_1_state_carries_on_its_announced_play() -> None:
         events += new
     events += tracker.close(state, CATALOG_INFO)[1]
     assert [e.state for e in events] == ["ended"] and events[0].stream_end == pytest.approx(60.0, abs=0.6)
+
+
+def similar_catalog() -> CatalogInfo:
+    """A catalog whose tracks resemble each other more (its null scores six times chance's): a line of a
+    thinly heard track takes seconds to climb from the notice confidence to the sure one."""
+    base = CATALOG_INFO.calibration
+    return CatalogInfo(replace(base, null_scores=tuple(scores * 6 for scores in base.null_scores)), TRACKS.get)
+
+
+def run_on(hits: list[WindowHits], config: PlayConfig, catalog: CatalogInfo) -> list[PlayNotice]:
+    tracker, state, events = PlayTracker(config), StreamState(hits[0].stream_id), []
+    for h in hits:
+        state, new = tracker.update(state, h, catalog)
+        events += new
+    events += tracker.close(state, catalog)[1]
+    assert_whole_lifecycles(events)
+    return events
+
+
+def test_a_play_can_be_noticed_before_it_is_sure_and_is_reported_as_when_notices_wait() -> None:
+    """A play heard in 80 % of its windows: with notices at 0.99, its first event comes no later than when
+    notices wait for the sure confidence (`notice_confidence` = `min_confidence`, the default), and sooner
+    on some seeds; its started and ended events bound the same play; chance alone is never started."""
+    catalog, sooner = similar_catalog(), []
+    waiting = PlayConfig.for_grid(WINDOW, HOP, notice_confidence=PlayConfig.min_confidence)
+    noticing = PlayConfig.for_grid(WINDOW, HOP, notice_confidence=0.99)
+    for seed in range(3):
+        hits = broadcast(90, [Segment("track-1", 5.0, 70.0, ref_start=30)], seed=seed, found=0.8)
+        before, now = run_on(hits, waiting, catalog), run_on(hits, noticing, catalog)
+        assert [(e.state, e.stream_start, e.stream_end) for e in plays_in(now)] == [(e.state, e.stream_start, e.stream_end) for e in plays_in(before)]
+        assert now[0].decided_offset <= before[0].decided_offset
+        sooner.append(now[0].decided_offset < before[0].decided_offset)
+        assert not plays_in(run_on(broadcast(300, [], seed=seed), noticing, catalog))
+    assert any(sooner)
 
 
 def test_chance_neighbours_make_no_play() -> None:

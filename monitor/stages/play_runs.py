@@ -56,14 +56,31 @@ class Runs:
                 continue
             tried = len(recent)
             matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration,
-                                 min_confidence=min(self.config.min_confidence, self.config.patient_confidence))
+                                 min_confidence=min(self.config.min_confidence, self.config.patient_confidence, self.config.notice_confidence))
             for match in matches:
-                sure = match.confidence >= self.config.min_confidence
+                sure = match.confidence >= min(self.config.min_confidence, self.config.notice_confidence)
                 if match.track_id not in runs:
                     runs[match.track_id] = self.best(history, match.track_id, catalog)
                 run = runs[match.track_id]
                 if run is not None and (sure or self.count(history, run.line) >= self.config.patient_windows):
                     return replace(run, line=replace(run.line, confidence=match.confidence))  # the confidence that found it
+        return None
+
+    def sure(self, state: StreamState, line: Line, catalog: CatalogInfo) -> float | None:
+        """The confidence at which `line` is as sure as a play must be to be reported, not only noticed, or None:
+        the matcher finds its track at `min_confidence` in one of the recent stretches, or `patient_windows`
+        windows support it at `patient_confidence` (then its own confidence)."""
+        if line.confidence >= self.config.min_confidence:
+            return line.confidence
+        history = self.usable(state)
+        if self.count(history, line) >= self.config.patient_windows and line.confidence >= self.config.patient_confidence:
+            return line.confidence
+        newest = history[-1]
+        for seconds in self.config.match_seconds:
+            recent = [h for h in history if h.offset > newest.offset - seconds]
+            matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration, min_confidence=self.config.min_confidence)
+            if found := [m.confidence for m in matches if m.track_id == line.track_id]:
+                return found[0]
         return None
 
     def count(self, history: Sequence[WindowHits], line: Line) -> int:

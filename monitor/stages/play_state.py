@@ -12,7 +12,7 @@ import orjson
 
 from encoders import CLASSES
 from monitor.catalog import Catalog, CatalogError
-from monitor.constants import DEFAULT_HOP_SECONDS, DEFAULT_K
+from monitor.constants import DEFAULT_HOP_SECONDS, DEFAULT_K, NOTICE_CONFIDENCE
 from monitor.records import Neighbour, WindowHits
 from monitor.stages.calibration import Calibration, calibrate
 from monitor.stages.matcher import Match
@@ -63,6 +63,10 @@ class PlayConfig:
     # ... at this calibrated confidence (1 - the false-match rate of one query). A stream asks the matcher
     # again at every window, so it needs a stricter one than a single query (the matcher's 0.99).
     min_confidence: float = 0.999
+    notice_confidence: float = NOTICE_CONFIDENCE  # a run this sure opens a play provisionally (a first notice, withdrawn if
+    # it stops short); its started event waits until the matcher finds it at `min_confidence` (or the patient rule holds),
+    # as do a newcomer ending another play and a run carrying a reported play on. At `min_confidence` (the default)
+    # no play is noticed before it is sure
     patient_windows: int = 12  # or this many supports in the history at `patient_confidence`: a noisy play is
     patient_confidence: float = 0.99  # found a little later, and seconds of chance resemblance open nothing
     tolerance_seconds: float = 0.75  # |ref_time - predicted| for a neighbour to support the alignment

@@ -12,7 +12,7 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   Where in the track it plays is then taken from the longest context (music repeats itself, so a few
   seconds can fit an alignment one loop away). A play opens when that alignment has `min_windows`
   supports in one run (holes of up to `max_hole_windows` allowed) reaching the newest window or the one
-  before at the matcher's sure confidence, or `patient_windows` supports at a lower one, and when
+  before at `notice_confidence` (or `patient_windows` supports at `patient_confidence`), and when
   `confirm_windows` windows in a row found it (a chance line rarely survives the next window). A cheap
   necessary test spares the matcher on windows that cannot open anything.
 - While a window supports the play and so did one of the three before it, the play extends (lone supports,
@@ -21,8 +21,10 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   starts at none below its own): in a small catalog a neighbour of the track lands near the line by chance,
   far below the track's own similarity, and would carry the play on past its end. A window that holds the
   track elsewhere may move the play to a better-supported alignment of the same track.
-- A play is provisional until its support spans `min_play_seconds`: only then is its `started` event
-  published (back-dated: its boundaries come from the evidence, so the rule costs latency, not accuracy).
+- A play is provisional until its support spans `min_play_seconds` and it is sure (the matcher finds it at
+  `min_confidence`, stricter than the notice's, or `patient_windows` supports it at `patient_confidence`):
+  only then is its `started` event published (back-dated: its boundaries come from the evidence, so the
+  rule costs latency, not accuracy).
   Non-catalog music that quotes a catalog track, or talk, lands on a line for a few seconds. So that a
   consumer hears of a play without that wait, a `provisional` event (monitor.events) is published the
   moment a play opens unconfirmed, and a `withdrawn` event if it ends before it is confirmed: a started
@@ -36,7 +38,7 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   gap has passed. Another line of its track found meanwhile is the same airing (a line refitted a little
   off, or one loop away), unless it starts the track from the top after the play fell silent: the track
   played again. The play ends sooner, after `takeover_seconds`, if another track's run spanning
-  `min_play_seconds` is found meanwhile, and at once at a gap of the stream.
+  `min_play_seconds` and sure is found meanwhile, and at once at a gap of the stream.
 - Boundaries come from the alignment, not from hit windows: the first and last supporting windows,
   corrected by `start_edge_seconds` / `end_edge_seconds` (a window matches once part of it holds the
   track; the figures are medians measured with `airtrace bench broadcast`), or the track's own
@@ -114,9 +116,11 @@ class PlayTracker:
         if silent >= self.config.takeover_seconds:
             state, run = self._candidate(state, catalog)
             if run is not None and run.line.track_id == play.line.track_id and not self._restart(state, play, run, catalog):
+                if play.published and self.runs.sure(state, run.line, catalog) is None:  # a run only noticed does not carry
+                    return state, started  # a reported play on: after its track ends, chance runs of it come at that level
                 state, announced = self._announce(state, self._rejoin(state, play, run, catalog), hits, catalog)
                 return state, started + announced
-            if run is not None and run.supports[-1][0].offset - run.supports[0][0].offset >= self.config.min_play_seconds:
+            if run is not None and self._run_span(run) >= self.config.min_play_seconds and self.runs.sure(state, run.line, catalog) is not None:
                 ended = self._ending(state, play, catalog)  # only a newcomer that cannot be a phantom ends our play
                 state, opened = self._open(self._end(state, play), run, hits, catalog)
                 return state, [*started, *ended, *opened]
@@ -158,10 +162,13 @@ class PlayTracker:
         return state, []
 
     def _announce(self, state: StreamState, play: OpenPlay, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayEvent]]:
-        """Publish the started event of a provisional play once its support spans `min_play_seconds`."""
-        if play.published or play.last_support_offset - play.first_support_offset < self.config.min_play_seconds:
+        """Publish the started event of a provisional play once its support spans `min_play_seconds` and is sure
+        (the confidence that made it so is the play's from then on)."""
+        span = play.last_support_offset - play.first_support_offset
+        sure = None if play.published or span < self.config.min_play_seconds else self.runs.sure(state, play.line, catalog)
+        if sure is None:
             return replace(state, play=play), []
-        play = replace(play, published=True)
+        play = replace(play, published=True, line=replace(play.line, confidence=max(sure, play.line.confidence)))
         return replace(state, play=play), [self._started(state, play, hits, catalog)]
 
     def _ending(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> list[PlayNotice]:
@@ -194,6 +201,9 @@ class PlayTracker:
         if count >= self.config.confirm_windows:
             return replace(state, pending=None), run
         return replace(state, pending=(run.line.track_id, run.line.speed, run.line.intercept, count)), None
+
+    def _run_span(self, run: Run) -> float:
+        return run.supports[-1][0].offset - run.supports[0][0].offset
 
     def _end(self, state: StreamState, play: OpenPlay) -> StreamState:
         return replace(state, play=None, spent=state.spent + ((play.line.track_id, state.last_seq),))

@@ -134,7 +134,7 @@ class TrackingStep:
     def __init__(self, catalog: LiveCatalog, store: StateStore, config: PlayConfig | None = None,
                  unknowns: UnknownStore | None = None, unknown_config: UnknownConfig | None = None):
         grid = catalog.catalog.grid
-        config = config or PlayConfig.for_grid(grid.window_seconds, grid.hop_seconds)
+        config = replace(config or PlayConfig(), window_seconds=grid.window_seconds, hop_seconds=grid.hop_seconds)  # the streams' grid is the catalog's
         self.tracker = PlayTracker(config)
         unknown_config = unknown_config or UnknownConfig()
         self.airing = AiringTracker(unknown_config, config.window_seconds, config.hop_seconds)
