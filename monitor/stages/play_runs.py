@@ -58,11 +58,11 @@ class Runs:
             matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration,
                                  min_confidence=min(self.config.min_confidence, self.config.patient_confidence, self.config.notice_confidence))
             for match in matches:
-                sure = match.confidence >= min(self.config.min_confidence, self.config.notice_confidence)
+                noticed = match.confidence >= min(self.config.min_confidence, self.config.notice_confidence)
                 if match.track_id not in runs:
                     runs[match.track_id] = self.best(history, match.track_id, catalog)
                 run = runs[match.track_id]
-                if run is not None and (sure or self.count(history, run.line) >= self.config.patient_windows):
+                if run is not None and (noticed or self.count(history, run.line) >= self.config.patient_windows):
                     return replace(run, line=replace(run.line, confidence=match.confidence))  # the confidence that found it
         return None
 
