@@ -69,8 +69,9 @@ class Runs:
     def sure(self, state: StreamState, line: Line, catalog: CatalogInfo) -> float | None:
         """The confidence at which `line` is as sure as a play must be to be reported, not only noticed, or None:
         the matcher finds its track at `min_confidence` in one of the recent stretches, or `patient_windows`
-        windows support it at `patient_confidence` (then its own confidence)."""
-        if line.confidence >= self.config.min_confidence:
+        windows support it at `patient_confidence` (then its own confidence). Without notices below the sure level
+        every play opened sure, whatever its history holds now."""
+        if line.confidence >= self.config.min_confidence or self.config.notice_confidence >= self.config.min_confidence:
             return line.confidence
         history = self.usable(state)
         if self.count(history, line) >= self.config.patient_windows and line.confidence >= self.config.patient_confidence:
