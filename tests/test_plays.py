@@ -92,7 +92,7 @@ CATALOG_INFO = CatalogInfo(chance_calibration(), TRACKS.get)
 
 
 def run(hits: list[WindowHits], tracker: PlayTracker | None = None, state: StreamState | None = None) -> tuple[StreamState, list[PlayNotice]]:
-    tracker = tracker or PlayTracker(PlayConfig.for_grid(WINDOW, HOP))
+    tracker = tracker or PlayTracker(PlayConfig(window_seconds=WINDOW, hop_seconds=HOP))
     state = state or StreamState(hits[0].stream_id)
     events: list[PlayNotice] = []
     for h in hits:
@@ -270,7 +270,7 @@ def test_a_newcomer_heard_during_a_dropout_of_the_play_is_withdrawn_and_the_play
 def test_a_herald_round_trips_through_json_and_is_withdrawn_at_a_gap() -> None:
     hits = broadcast(90, [Segment("track-1", 5.0, 45.0, ref_start=20), Segment("track-2", 45.0, 90.0, ref_start=30)],
                      gaps=((49.0, 60.0),))
-    tracker, state = PlayTracker(PlayConfig.for_grid(WINDOW, HOP)), StreamState("radio")
+    tracker, state = PlayTracker(PlayConfig(window_seconds=WINDOW, hop_seconds=HOP)), StreamState("radio")
     for h in hits:
         if h.offset >= 49.0:
             break
@@ -295,7 +295,7 @@ def test_a_gap_closes_the_play() -> None:
 def test_a_version_1_state_carries_on_its_announced_play() -> None:
     """A worker of the previous release saved the state mid-play; that play was announced as it opened."""
     hits = broadcast(80, [Segment("track-5", 4.0, 60.0, ref_start=7)], seed=4)
-    tracker, state = PlayTracker(PlayConfig.for_grid(WINDOW, HOP)), StreamState("radio")
+    tracker, state = PlayTracker(PlayConfig(window_seconds=WINDOW, hop_seconds=HOP)), StreamState("radio")
     for h in hits[:60]:
         state, _ = tracker.update(state, h, CATALOG_INFO)
     saved = json.loads(state.to_json())
@@ -334,8 +334,8 @@ def test_a_play_can_be_noticed_before_it_is_sure_and_is_reported_as_when_notices
     notices wait for the sure confidence (`notice_confidence` = `min_confidence`, the default), and sooner
     on some seeds; its started and ended events bound the same play; chance alone is never started."""
     catalog, sooner = similar_catalog(), []
-    waiting = PlayConfig.for_grid(WINDOW, HOP, notice_confidence=PlayConfig.min_confidence)
-    noticing = PlayConfig.for_grid(WINDOW, HOP, notice_confidence=0.99)
+    waiting = PlayConfig(window_seconds=WINDOW, hop_seconds=HOP, notice_confidence=PlayConfig.min_confidence)
+    noticing = PlayConfig(window_seconds=WINDOW, hop_seconds=HOP, notice_confidence=0.99)
     for seed in range(3):
         hits = broadcast(90, [Segment("track-1", 5.0, 70.0, ref_start=30)], seed=seed, found=0.8)
         before, now = run_on(hits, waiting, catalog), run_on(hits, noticing, catalog)
@@ -357,7 +357,7 @@ def test_ids_are_deterministic_and_replays_change_nothing() -> None:
     _, again = run(hits)
     assert [e.event_id for e in once] == [e.event_id for e in again]
     assert len({e.event_id for e in once}) == len(once) == 3  # provisional, started, ended
-    tracker = PlayTracker(PlayConfig.for_grid(WINDOW, HOP))
+    tracker = PlayTracker(PlayConfig(window_seconds=WINDOW, hop_seconds=HOP))
     state, events = StreamState("radio"), []
     for h in hits[:40] + hits[30:]:  # a worker restarted and replays ten windows it had already seen
         state, new = tracker.update(state, h, CATALOG_INFO)
@@ -369,7 +369,7 @@ def test_ids_are_deterministic_and_replays_change_nothing() -> None:
 def test_state_round_trips_through_json_mid_play() -> None:
     hits = broadcast(80, [Segment("track-5", 4.0, 60.0, ref_start=7, speed=1.04)], seed=4)
     _, whole = run(hits)
-    tracker = PlayTracker(PlayConfig.for_grid(WINDOW, HOP))
+    tracker = PlayTracker(PlayConfig(window_seconds=WINDOW, hop_seconds=HOP))
     state, events = StreamState("radio"), []
     for i, h in enumerate(hits):
         if i % 17 == 0:
@@ -434,7 +434,7 @@ def test_the_matcher_gate_hides_no_run(seed: int, monkeypatch: pytest.MonkeyPatc
     segments = [Segment("track-1", 2.0, 40.0, speed=0.85), Segment("track-2", 38.0, 80.0, ref_start=30.0, speed=1.2),
                 Segment("track-3", 95.0, 130.0, speed=1.05)]
     hits = broadcast(160, segments, seed=seed, dropouts=((50.0, 58.0),), found=0.6)
-    grid = PlayConfig.for_grid(WINDOW, HOP)
+    grid = PlayConfig(window_seconds=WINDOW, hop_seconds=HOP)
     _, gated = run(hits, PlayTracker(grid))
     monkeypatch.setattr(matcher, "score_bounds", lambda hits, _: {n.track_id: float("inf") for h in hits for n in h.neighbours})
     _, ungated = run(hits, UngatedTracker(grid))

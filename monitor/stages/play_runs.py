@@ -4,7 +4,7 @@ Pure functions of a stream's history and the settings; monitor.stages.plays make
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from monitor.records import WindowHits
@@ -48,13 +48,8 @@ class Runs:
         if not self.worth_matching(state):
             return None
         history = self.usable(state)
-        newest, tried = history[-1], 0
         runs: dict[str, Run | None] = {}  # each track's best run: the same whichever stretch found the track
-        for seconds in self.config.match_seconds:
-            recent = [h for h in history if h.offset > newest.offset - seconds]
-            if len(recent) < self.config.min_windows or len(recent) == tried:
-                continue
-            tried = len(recent)
+        for recent in self.stretches(history):
             matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration,
                                  min_confidence=min(self.config.min_confidence, self.config.patient_confidence, self.config.notice_confidence))
             for match in matches:
@@ -76,13 +71,21 @@ class Runs:
         history = self.usable(state)
         if self.count(history, line) >= self.config.patient_windows and line.confidence >= self.config.patient_confidence:
             return line.confidence
-        newest = history[-1]
-        for seconds in self.config.match_seconds:
-            recent = [h for h in history if h.offset > newest.offset - seconds]
+        for recent in self.stretches(history):
             matches = match_hits(recent, self.config.window_seconds, calibration=catalog.calibration, min_confidence=self.config.min_confidence)
             if found := [m.confidence for m in matches if m.track_id == line.track_id]:
                 return found[0]
         return None
+
+    def stretches(self, history: Sequence[WindowHits]) -> Iterator[list[WindowHits]]:
+        """The latest `match_seconds` of `history`, shortest first, each holding `min_windows` or more and more
+        windows than the one before (a history shorter than a stretch gives it once)."""
+        newest, tried = history[-1], 0
+        for seconds in self.config.match_seconds:
+            recent = [h for h in history if h.offset > newest.offset - seconds]
+            if len(recent) >= self.config.min_windows and len(recent) > tried:
+                tried = len(recent)
+                yield recent
 
     def count(self, history: Sequence[WindowHits], line: Line) -> int:
         """Windows of `history` that support `line`, holes allowed (noise thins a play's support out)."""

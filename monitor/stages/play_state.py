@@ -87,10 +87,6 @@ class PlayConfig:
     snap_start_seconds: float = 5.0  # a voice over the intro hides the track's first seconds
     snap_end_seconds: float = 3.0
 
-    @classmethod
-    def for_grid(cls, window_seconds: float, hop_seconds: float, **overrides: Any) -> "PlayConfig":
-        return cls(window_seconds=window_seconds, hop_seconds=hop_seconds, **overrides)
-
 
 @dataclass(frozen=True)
 class Line:
