@@ -20,6 +20,7 @@ from monitor.catalog.index import VectorIndex, auto_factory, ivf_factory, split_
 
 
 FLOAT32_DOT = 4 * 32 * float(np.finfo(np.float32).eps)  # a 32-dim inner product of unit vectors, summed in any order
+FLOAT16_DOT = 2.0**-11 + FLOAT32_DOT  # float16 rounds each component by <= 2^-11 of it; sum |q_i x_i| <= 1 for unit vectors
 
 
 def exact_windows(catalog: Catalog, name: str, start: float, seconds: float) -> np.ndarray:
@@ -197,23 +198,27 @@ def test_window_ids_round_trip_and_the_index_grows_from_exact_to_ivf() -> None:
     ords, windows = split_ids(window_ids(123_456, np.array([0, 7, (1 << 20) - 1])))
     assert ords.tolist() == [123_456] * 3 and windows.tolist() == [0, 7, (1 << 20) - 1]
     assert auto_factory(10_000, 128) == "Flat"
-    assert auto_factory(1_000_000, 128) == "IVF4096(IVF64,Flat),PQ64x4fs,Refine(SQ8)"
-    assert auto_factory(40_000_000, 128) == "IVF32768(IVF181,Flat),PQ64x4fs,Refine(SQ8)"
+    assert auto_factory(1_000_000, 128) == "IVF4096(IVF64,Flat),PQ64x4fsr,Refine(SQfp16)"
+    assert auto_factory(40_000_000, 128) == "IVF32768(IVF181,Flat),PQ64x4fsr,Refine(SQfp16)"
     assert isinstance(VectorIndex.empty("Flat", 8), VectorIndex)
 
 
 @pytest.mark.parametrize("two_level", [False, True])
-def test_the_large_catalog_index_finds_what_exact_search_finds(monkeypatch: pytest.MonkeyPatch, two_level: bool) -> None:
-    """The IVF choice for large catalogs, at a small size: its fast-scan candidates re-ranked by SQ8 codes
-    give the exact nearest window, with the SQ8 codes' similarities; its coarse centroids come from
-    FAISS's k-means or, for many lists, from two-level k-means (forced here by lowering the threshold)."""
+def test_the_large_catalog_index_finds_what_exact_search_finds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_level: bool) -> None:
+    """The IVF choice for large catalogs, at a small size: its fast-scan candidates (codes of each window's
+    residual from its list centroid) re-ranked by float16 codes give the exact nearest window, with the
+    float16 codes' similarities (within float16 rounding of the exact ones, which 8-bit codes are not);
+    its coarse centroids come from FAISS's k-means or, for many lists, from two-level k-means (forced here
+    by lowering the threshold). The index reloads with the same results."""
     if two_level:
         monkeypatch.setattr(index_module, "TWO_LEVEL_LISTS", 64)
     rng = np.random.default_rng(0)
     vectors = synthetic_vectors(20_000, 32, rng)
     index = VectorIndex.build(ivf_factory(64, 32), 32, lambda: [(vectors, np.arange(len(vectors)) * 3)])
-    assert index.search_params == "nprobe=64,quantizer_nprobe=32,k_factor_rf=32"
-    assert faiss.try_extract_index_ivf(index.faiss).quantizer.ntotal == 64
+    assert index.search_params == "nprobe=64,quantizer_nprobe=32,k_factor_rf=16"
+    ivf = faiss.try_extract_index_ivf(index.faiss)
+    assert ivf.quantizer.ntotal == 64
+    assert ivf.by_residual  # FAISS's fast-scan default codes the window itself: candidates missed at 40 M windows
     queries = distorted(vectors, rng.integers(0, len(vectors), 200), rng)
     exact = faiss.IndexFlatIP(32)
     exact.add(vectors)
@@ -223,7 +228,11 @@ def test_the_large_catalog_index_finds_what_exact_search_finds(monkeypatch: pyte
     refine = faiss.downcast_index(faiss.downcast_index(index.faiss).index).refine_index
     decoded = refine.reconstruct_n(0, len(vectors))  # windows were added in order: position = id / 3
     expected = np.einsum("qd,qkd->qk", queries, decoded[ids // 3])
-    np.testing.assert_allclose(sims, expected, rtol=0, atol=FLOAT32_DOT)  # the SQ8 similarities, not the PQ estimates
+    np.testing.assert_allclose(sims, expected, rtol=0, atol=FLOAT32_DOT)  # the re-ranking codes' similarities, not the PQ estimates
+    np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[ids // 3]), rtol=0, atol=FLOAT16_DOT)
+    index.save(tmp_path / "index.faiss")
+    reloaded = VectorIndex.load(tmp_path / "index.faiss", index.factory, index.search_params)
+    np.testing.assert_array_equal(reloaded.search(queries, 10)[1], ids)
 
 
 def test_measure_index_reports_memory_speed_and_recall() -> None:
