@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +325,40 @@ def test_a_worker_whose_claims_lapsed_while_it_held_them_sends_none_that_its_hei
     assert [e.state for e in plays_in(claimed)] == ["ended"]
     time.sleep(0.6)  # its claim lapses, and no one takes it over
     assert paused.renew(states, claimed) == (states, claimed)
+
+
+def test_a_send_that_fails_part_way_marks_what_went_out_and_leaves_the_rest_to_whoever_redoes_it(
+        service_catalog: Path, tmp_path: Path, redis_server: servers.ServerProcess, kafka_broker: servers.ServerProcess) -> None:
+    """The broker took a stream's first events and the producer refused the last (too large): the events sent
+    are marked published and the other's claim given up, so the worker that redoes the step sends that one
+    alone. Giving every claim up, as a failed send once did, had the redo send the first ones again."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+    from monitor.fleet.worker import send_in_order
+
+    hits, (failing, heir) = two_workers_on_one_stream(service_catalog, tmp_path, redis_server, "part-way")
+    kafka, topic, limit = KafkaSettings(f"127.0.0.1:{kafka_broker.port}"), "part-way.plays", 4000
+    caused = failing.advance(hits)[1]
+    *fitting, last = failing.unpublished(caused).events
+    claimed = [*fitting, replace(last, stream={"note": "x" * limit})]  # stream metadata as ingest's headers bring it
+    assert fitting and all(len(e.to_line()) < limit / 2 for e in fitting)
+
+    async def send_claimed() -> tuple[list[Event], BaseException | None]:
+        await ensure_topics(kafka, [topic], Topics(partitions=2))
+        producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", max_request_size=limit)
+        await producer.start()
+        try:
+            return await send_in_order(lambda e: producer.send(topic, e.to_line().encode(), key=e.stream_id.encode()), claimed)
+        finally:
+            await producer.stop()
+
+    unsent, error = asyncio.run(send_claimed())
+    assert isinstance(error, MessageSizeTooLargeError) and unsent == claimed[-1:]
+    failing.release(unsent, fitting)
+    assert sorted(json.loads(r.value)["event_id"] for r in servers.read_topic(kafka_broker.port, topic)) == sorted(e.event_id for e in fitting)
+    assert [e.event_id for e in heir.unpublished(heir.advance(hits)[1]).events] == [last.event_id]
 
 
 def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) -> None:

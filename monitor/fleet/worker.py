@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -150,17 +150,20 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: 
                     raise
 
     async def publish(events: list[Event], states: dict[str, StreamState], already_out: set[str]) -> None:
-        """Send the claimed events not `already_out`, then commit them all and the states; claims are given up
-        if sending fails. Only events whose claims still hold now are sent (see TrackingStep.renew)."""
+        """Send the claimed events not `already_out`, then commit them all and the states. If sending fails part-way,
+        the events the broker took are marked published and the others' claims given up (no state saved): the worker
+        that redoes the batch sends only those. Only events whose claims still hold now are sent (TrackingStep.renew)."""
         states, events = await in_thread(step.renew, states, events)
         if already_out:
             log.info("%d event(s) of a worker that died publishing are on %s already; not sending them again", len(already_out), topics.plays)
-        try:
-            deliveries = [await plays_topic.send(key=e.stream_id.encode(), value=e.to_line().encode()) for e in events if e.event_id not in already_out]
-            await asyncio.gather(*deliveries)
-        except Exception:
-            await in_thread(step.release, events)
-            raise
+
+        def send(event: Event) -> Awaitable[Awaitable[Any]]:
+            return plays_topic.send(key=event.stream_id.encode(), value=event.to_line().encode())
+
+        unsent, error = await send_in_order(send, [e for e in events if e.event_id not in already_out])
+        if error is not None:
+            await in_thread(step.release, unsent, [e for e in events if e not in unsent])
+            raise error
         await in_thread(step.commit, states, events)
         observe_events(metrics, events)
         for event in events:
@@ -185,6 +188,24 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: 
         for output in (plays_topic, dead_topic):
             await output.maybe_declare()
 
+
+
+async def send_in_order(send: Callable[[Event], Awaitable[Awaitable[Any]]], events: Sequence[Event]) -> tuple[list[Event], BaseException | None]:
+    """Send `events` in order and wait until the broker took each or failed to: the events not sent, and the first
+    error. Sending stops at an event the producer refuses outright, so a stream's later events never go out
+    before it; deliveries already under way are waited for, since those that arrive are out for good."""
+    deliveries: list[Awaitable[Any]] = []
+    error: BaseException | None = None
+    for event in events:
+        try:
+            deliveries.append(await send(event))
+        except Exception as exc:
+            error = exc
+            break
+    outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+    failed = [e for e, outcome in zip(events, outcomes) if isinstance(outcome, BaseException)]
+    error = error or next((o for o in outcomes if isinstance(o, BaseException)), None)
+    return failed + list(events[len(deliveries):]) if error is not None else [], error
 
 
 def set_consumer_lag(app: faust.App, topic_names: Sequence[str], metrics: Metrics) -> None:

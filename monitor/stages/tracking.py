@@ -209,9 +209,12 @@ class TrackingStep:
                         "it publishes them and keeps the streams' state", ", ".join(sorted(lost)))
         return {s: state for s, state in states.items() if s not in lost}, [e for e in events if e.event_id in kept]
 
-    def release(self, events: Iterable[Event]) -> None:
-        """Publishing these failed: give up their claims, so that whoever redoes the step publishes them."""
-        self.store.release(e.event_id for e in events)
+    def release(self, unsent: Iterable[Event], sent: Iterable[Event] = ()) -> None:
+        """Publishing failed part-way: give up the claims of the events not sent, so that whoever redoes the step
+        (from the saved states: none are saved here) publishes them, and mark those sent as published, so that
+        it does not publish them twice."""
+        self.store.mark_published(e.event_id for e in sent)
+        self.store.release(e.event_id for e in unsent)
 
     def commit(self, states: dict[str, StreamState], published: Iterable[Event]) -> None:
         """After the events are out: remember them, keep the unknown stretches among them, then save the
