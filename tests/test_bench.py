@@ -215,6 +215,32 @@ def test_distractor_counts_grow_one_catalog_and_report_each_size(tmp_path: Path,
     assert largest.stats()["windows"] == fresh.catalog.stats()["windows"]
 
 
+def test_two_benches_building_one_catalog_at_once_both_get_it(tmp_path: Path, encoder_dir: Path) -> None:  # noqa: F811
+    """Two benches started together on one cache folder both build the catalog (each in a folder of its own:
+    once, the second deleted the first's half-built one) and both use the one that lands."""
+    import threading
+
+    from monitor.bench.engines import NeuralEngine
+
+    refs = read_references(str(_manifest(tmp_path / "refs.csv", ["over-theme", "gardien-go"])))
+    cache, start, built, errors = tmp_path / "cache", threading.Barrier(2), [], []
+
+    def bench() -> None:
+        start.wait()
+        try:
+            built.append(NeuralEngine.open_or_build(str(encoder_dir), refs, cache, 0.5))
+        except Exception as exc:  # noqa: BLE001 - the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bench) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and [e.track_ids for e in built] == [{"over-theme", "gardien-go"}] * 2
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["catalog"]
+
+
 def test_distractor_counts_name_what_cannot_be_measured(tmp_path: Path) -> None:
     inputs = ["--reference", str(_manifest(tmp_path / "refs.csv", ["over-theme", "gardien-go"])), "--distractors",
               str(_manifest(tmp_path / "distractors.csv", ["area1-game"])), "--holdout", "1", "--no-landmark"]

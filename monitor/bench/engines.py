@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -84,33 +85,45 @@ class NeuralEngine:
         directory = cache_dir / f"catalog-{name}-{key}"
         if directory.is_dir():
             return cls(name, Catalog.open(directory, encoder), None)
-        building = cache_dir / f".building-{name}-{key}"
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir(parents=True)
-        started = time.perf_counter()
-        if base is None:
-            catalog = Catalog.create(building / "catalog", encoder, hop_seconds=hop_seconds, encoder_source=encoder_name)
-        else:
-            shutil.copytree(base.directory, building / "catalog")
-            catalog = Catalog.open(building / "catalog", encoder)
-            held = {t.track_id for t in catalog.tracks()}
-            references = [r for r in references if r.track_id not in held]
-        manifest = building / "references.csv"
-        with manifest.open("w", newline="") as f:  # absolute paths: the catalog reads them as given
-            writer = csv.writer(f)
-            writer.writerow(["track_id", "path"])
-            writer.writerows((r.track_id, str(r.path.resolve())) for r in references)
-        report = catalog.add([manifest])
-        elapsed = time.perf_counter() - started
-        log.info("catalog for %s: %s in %.0f s", name, report.summary(), elapsed)
-        for path, reason in report.skipped + report.duplicates:
-            log.warning("not in the %s catalog: %s (%s)", name, path, reason)
-        (building / "catalog").rename(directory)
-        shutil.rmtree(building)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".building-{name}-{key}-", dir=cache_dir))  # this process's own: benches run at once
+        try:
+            started = time.perf_counter()
+            _build(building, encoder, encoder_name, references, hop_seconds, base)
+            elapsed = time.perf_counter() - started
+            try:
+                (building / "catalog").rename(directory)
+            except OSError:  # another bench built the same catalog meanwhile: theirs is as good
+                if not directory.is_dir():
+                    raise
+                log.info("another process built the %s catalog meanwhile; using it", name)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
         return cls(name, Catalog.open(directory, encoder), elapsed)
 
     def identify(self, audio: np.ndarray) -> list[Match]:
         return identify(self.catalog, audio)
+
+
+def _build(building: Path, encoder: Any, encoder_name: str, references: Sequence[Reference], hop_seconds: float,
+           base: Catalog | None) -> None:
+    """A catalog of `references` in `building`/catalog, from a copy of `base` plus the references it lacks."""
+    if base is None:
+        catalog = Catalog.create(building / "catalog", encoder, hop_seconds=hop_seconds, encoder_source=encoder_name)
+    else:
+        shutil.copytree(base.directory, building / "catalog")
+        catalog = Catalog.open(building / "catalog", encoder)
+        held = {t.track_id for t in catalog.tracks()}
+        references = [r for r in references if r.track_id not in held]
+    manifest = building / "references.csv"
+    with manifest.open("w", newline="") as f:  # absolute paths: the catalog reads them as given
+        writer = csv.writer(f)
+        writer.writerow(["track_id", "path"])
+        writer.writerows((r.track_id, str(r.path.resolve())) for r in references)
+    report = catalog.add([manifest])
+    log.info("catalog for %s: %s", encoder_name, report.summary())
+    for path, reason in report.skipped + report.duplicates:
+        log.warning("not in the %s catalog: %s (%s)", encoder_name, path, reason)
 
 
 class LandmarkEngine:
