@@ -361,6 +361,44 @@ def test_a_send_that_fails_part_way_marks_what_went_out_and_leaves_the_rest_to_w
     assert [e.event_id for e in heir.unpublished(heir.advance(hits)[1]).events] == [last.event_id]
 
 
+def test_an_event_whose_delivery_fails_after_the_others_went_out_is_the_one_not_sent(tmp_path: Path) -> None:
+    """The broker took a stream's first events, then went away while the last was on its way: that delivery
+    fails once the producer's request timeout passes, and that event alone comes back as not sent."""
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+    from monitor.fleet.worker import send_in_order
+
+    broker = servers.tansu(tmp_path)
+    kafka, topic = KafkaSettings(f"127.0.0.1:{broker.port}"), "gone.plays"
+    plays = [PlayEvent(str(uuid.uuid4()), "started", "gone", f"track-{n}", 1.8e9 + n, n, 0.0, 1.0, 5.0, 0.999, n + 6.0) for n in range(3)]
+
+    async def send_while_the_broker_goes() -> tuple[list[Event], BaseException | None]:
+        await ensure_topics(kafka, [topic], Topics(partitions=2))
+        producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", request_timeout_ms=1000)
+        await producer.start()
+
+        async def send(event: Event) -> asyncio.Future:
+            if event is plays[-1]:
+                await producer.flush()  # the broker took the others
+                broker.stop()
+            return await producer.send(topic, event.to_line().encode(), key=event.stream_id.encode())
+
+        try:
+            return await send_in_order(send, plays)
+        finally:
+            await producer.stop()
+
+    try:
+        unsent, error = asyncio.run(send_while_the_broker_goes())
+    finally:
+        broker.stop()
+    assert unsent == plays[-1:] and isinstance(error, KafkaError)
+
+
 def test_bad_settings_get_clear_errors(tmp_path: Path, service_catalog: Path) -> None:
     runner = CliRunner()
     config = tmp_path / "streams.yaml"
