@@ -140,3 +140,43 @@ def test_full_chaos_run_loses_and_doubles_no_play_and_alerts(tmp_path: Path) -> 
     check(result)
     alerted = {name for name, _ in result.alerts_expected}
     assert alerted == {"AirtraceProcessDown", "AirtraceStreamDown", "AirtraceConsumerLagGrowing"}, "a 16-minute schedule outlasts every alert"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_broker_down_longer_than_aiokafka_waits_loses_no_window(tmp_path: Path) -> None:
+    """The broker (its topics on S3) is down for 50 s while ingest publishes three paced streams: every window
+    reaches the topic once it is back. With aiokafka's default 40 s request timeout the window in flight for
+    each stream was given up (seen: one hole per stream)."""
+    import subprocess
+    import time
+
+    from monitor.bench import servers
+    from monitor.fleet.kafka_records import decode_window
+    from monitor.records import AudioWindow
+    from catalog_fixtures import MUSIC
+
+    needs_servers()
+    s3 = servers.local_s3(tmp_path)
+    broker = servers.tansu(tmp_path, s3)
+    streams = tmp_path / "streams.yaml"
+    streams.write_text("".join(f"- id: s{i}\n  url: {path}\n" for i, path in enumerate(sorted(MUSIC.glob("*.opus"))[:3])))
+    ingest = servers.airtrace(["ingest", "--streams", str(streams), "--realtime", "--broker", f"{servers.HOST}:{broker.port}",
+                               "--topic-prefix", "outage", "--partitions", "2"], tmp_path / "ingest.log")
+    try:
+        time.sleep(8.0)
+        broker.stop()
+        time.sleep(50.0)
+        broker.start()
+        assert ingest.wait(300) == 0, (tmp_path / "ingest.log").read_text()[-2000:]
+        windows = [w for r in servers.read_topic(broker.port, "outage.windows", idle=2.0)
+                   if isinstance(w := decode_window(r.value, 8000, 8000), AudioWindow)]
+    finally:
+        if ingest.poll() is None:
+            ingest.kill()
+        broker.stop()
+        s3.stop()
+    for stream in ("s0", "s1", "s2"):
+        seqs = sorted({w.seq for w in windows if w.stream_id == stream})
+        holes = [(a - seqs[0], b - seqs[0]) for a, b in zip(seqs, seqs[1:]) if b != a + 1]
+        assert len(seqs) > 60 and holes == [], f"{stream}: windows missing between these (from its first): {holes}"

@@ -41,6 +41,9 @@ class PublishOptions:
     queue_windows: int = 1000  # windows waiting for Kafka before the stream readers are held back
     linger_ms: int = 20  # how long the producer gathers windows into one request
     retry_first_seconds: float = 0.5  # while Kafka refuses windows, retry after this, doubling up to the cap
+    delivery_timeout_seconds: float = 120.0  # a window the broker has not acknowledged by then is given up: longer than a
+    # broker restart, where aiokafka's 40 s lost the windows in flight (one per stream); meanwhile the queue fills and holds
+    # the readers back, as Kafka's own producer waits 120 s (delivery.timeout.ms)
     retry_cap_seconds: float = 30.0
 
 
@@ -71,7 +74,8 @@ async def publish_windows(
             queue.put_nowait(None)  # wakes the loop below
 
     seq_base = int(time.time() * 1000)
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES,
+                                request_timeout_ms=round(options.delivery_timeout_seconds * 1000))
     try:
         await kafka.starting(producer.start())
     except BrokerError:
@@ -130,4 +134,4 @@ async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: by
 
 def _log_failed_delivery(delivery: asyncio.Future, stream_id: str) -> None:
     if not delivery.cancelled() and delivery.exception() is not None:
-        log.error("a message of %s was lost after the producer's retries: %s", stream_id, delivery.exception())
+        log.error("a message of %s may be lost: Kafka did not acknowledge it within the delivery timeout (%s)", stream_id, delivery.exception())
