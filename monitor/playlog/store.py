@@ -388,6 +388,7 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
         track = data["track"]
         if not isinstance(track, dict):
             raise MalformedPlay("track is not an object")
+        track = _without_nul(track)
         event_id, play_id = _uuid(data, "event_id"), _uuid(data, "play_id")
         return {
             "play_id": play_id, "stream_id": _text(data, "stream_id"), "track_id": _text(data, "track_id"),
@@ -414,6 +415,20 @@ def _text(data: Mapping[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str) or not value:
         raise MalformedEvent(f"{key} {value!r} is not a non-empty string")
+    if "\x00" in value:
+        raise MalformedEvent(f"{key} {value!r} holds a NUL character, which no id or state may hold")
+    return value
+
+
+def _without_nul(value: Any) -> Any:
+    """`value` with NUL characters taken out of its strings, keys included: PostgreSQL's text cannot hold them,
+    and in metadata (a radio server's, a DVB service's, a spreadsheet's) they carry nothing."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
     return value
 
 
@@ -431,7 +446,7 @@ def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = {} if data.get(key) is None else data[key]
     if not isinstance(value, dict):
         raise MalformedEvent(f"{key} is not an object")
-    return value
+    return _without_nul(value)
 
 
 def _number(data: Mapping[str, Any], key: str, optional: bool = False) -> float | None:
