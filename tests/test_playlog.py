@@ -297,24 +297,25 @@ def test_every_report_query_answers_within_a_second_at_scale(postgres_url: str) 
     assert figures["upsert_plays_per_second"] > 0
 
 
-def test_a_nul_in_metadata_is_dropped_and_one_in_an_id_is_refused(tmp_path: Path, location: str) -> None:
-    """PostgreSQL text cannot hold a NUL character, which a radio server's or a DVB service's metadata can carry:
-    once, one such event stopped the play log's consumer at its batch for good. Metadata keeps everything but
-    the NUL, in both databases; an id holding one is refused with the reason, and the rest is stored."""
+def test_nul_and_nan_in_metadata_are_dropped_and_a_nul_in_an_id_is_refused(tmp_path: Path, location: str) -> None:
+    """PostgreSQL holds neither a NUL character in text nor NaN in JSON, which metadata can carry (a radio
+    server's, a DVB service's): once, one such event stopped the play log's consumer at its batch for good.
+    Metadata keeps everything else, in both databases; an id holding a NUL is refused with the reason, and
+    the rest is stored."""
     from sqlalchemy import select
 
     from monitor.playlog.schema import plays
     from monitor.playlog.store import import_lines
 
     started, ended, other, *_ = synthetic_plays(2)
-    track = {**started.track, "title": "Over\x00 Theme", "note\x00": ["a\x00b"]}
+    track = {**started.track, "title": "Over\x00 Theme", "note\x00": ["a\x00b"], "bpm": float("nan")}
     bad_id = replace(other, stream_id="radio\x00-1")
     log = PlayLog.open(location, migrate=True)
     stored, skipped = import_lines(log, [replace(e, track=track).to_line() for e in (started, ended, bad_id)])
     assert stored == {"play": 2} and [(n, "NUL" in reason) for n, reason in skipped] == [(3, True)]
     with log.connect() as connection:
         (row,) = connection.execute(select(plays.c.title, plays.c.track, plays.c.state)).all()
-    assert row.title == "Over Theme" and row.track["note"] == ["ab"] and row.state == "ended"
+    assert row.title == "Over Theme" and row.track["note"] == ["ab"] and row.track["bpm"] is None and row.state == "ended"
     log.close()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from collections import Counter
@@ -388,7 +389,7 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
         track = data["track"]
         if not isinstance(track, dict):
             raise MalformedPlay("track is not an object")
-        track = _without_nul(track)
+        track = _storable(track)
         event_id, play_id = _uuid(data, "event_id"), _uuid(data, "play_id")
         return {
             "play_id": play_id, "stream_id": _text(data, "stream_id"), "track_id": _text(data, "track_id"),
@@ -420,15 +421,19 @@ def _text(data: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _without_nul(value: Any) -> Any:
-    """`value` with NUL characters taken out of its strings, keys included: PostgreSQL's text cannot hold them,
-    and in metadata (a radio server's, a DVB service's, a spreadsheet's) they carry nothing."""
+def _storable(value: Any) -> Any:
+    """Metadata as every play log database can hold it: NUL characters taken out of its strings (keys included),
+    which PostgreSQL's text cannot hold, and numbers that are not finite (NaN, which a JSON parser lets through)
+    as null, which JSON has no other way to say. Both carry nothing in metadata (a radio server's, a DVB
+    service's, a spreadsheet's), and either once stopped `plays consume` at its batch for good."""
     if isinstance(value, str):
         return value.replace("\x00", "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+        return {_storable(key): _storable(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_without_nul(item) for item in value]
+        return [_storable(item) for item in value]
     return value
 
 
@@ -446,7 +451,7 @@ def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = {} if data.get(key) is None else data[key]
     if not isinstance(value, dict):
         raise MalformedEvent(f"{key} is not an object")
-    return _without_nul(value)
+    return _storable(value)
 
 
 def _number(data: Mapping[str, Any], key: str, optional: bool = False) -> float | None:
