@@ -1003,7 +1003,7 @@ def plays_import(playlog: str, files: tuple[str, ...]) -> None:
 
     log = _open_playlog(playlog, migrate=True)
     for path in files:
-        with open(path, encoding="utf-8") as lines:
+        with open(path, "rb") as lines:  # each line decoded on its own: one that is not UTF-8 is skipped, not the file
             stored, skipped = import_lines(log, lines)
         for number, reason in skipped:
             click.echo(f"skipped {path}:{number}: {reason}", err=True)

@@ -319,6 +319,23 @@ def test_nul_and_nan_in_metadata_are_dropped_and_a_nul_in_an_id_is_refused(tmp_p
     log.close()
 
 
+def test_import_skips_a_line_that_is_not_utf8_and_goes_on(tmp_path: Path) -> None:
+    """A line of bytes that are not UTF-8 (a damaged copy) once stopped the import with a traceback, leaving the
+    rest of its file and every later file out: it is skipped with the reason, and everything else is stored."""
+    events = synthetic_plays(3)
+    lines = [e.to_line().encode() for e in events]
+    damaged, intact = tmp_path / "damaged.jsonl", tmp_path / "intact.jsonl"
+    damaged.write_bytes(b"\n".join([lines[0], b'{"title": "\xff"}', *lines[1:3]]) + b"\n")
+    intact.write_bytes(b"\n".join(lines[3:]) + b"\n")
+    location = str(tmp_path / "plays.sqlite")
+    result = CliRunner().invoke(main, ["plays", "import", "--playlog", location, str(damaged), str(intact)])
+    assert result.exit_code == 0, result.output
+    assert f"skipped {damaged}:2: not UTF-8 text" in result.output and f"{intact}: 3 play events" in result.output
+    clean = PlayLog.open(tmp_path / "clean.sqlite", migrate=True)
+    clean.apply(e.to_json() for e in events)
+    assert everything(PlayLog.open(location)) == everything(clean)
+
+
 def test_import_adds_an_events_file_once_and_names_the_lines_it_skips(tmp_path: Path, location: str) -> None:
     events = synthetic_plays(5)
     lines = [e.to_line() for e in events]

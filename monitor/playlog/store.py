@@ -204,10 +204,10 @@ class PlayLog:
         return SqlUnknownStore(self.engine)
 
 
-def import_lines(playlog: PlayLog, lines: Iterable[str], batch: int = 1000) -> tuple[Counter[str], list[tuple[int, str]]]:
-    """Store the events of JSON lines (an events file), a batch per transaction; returns how many of each
-    kind were stored and (line number, reason) for each line left out: not an event, malformed, or of a
-    kind or version this code does not know."""
+def import_lines(playlog: PlayLog, lines: Iterable[str | bytes], batch: int = 1000) -> tuple[Counter[str], list[tuple[int, str]]]:
+    """Store the events of JSON lines (an events file, as text or as bytes), a batch per transaction; returns how
+    many of each kind were stored and (line number, reason) for each line left out: not UTF-8, not an event,
+    malformed, or of a kind or version this code does not know."""
     rows: list[EventRow] = []
     skipped: list[tuple[int, str]] = []
     stored: Counter[str] = Counter()
@@ -216,6 +216,9 @@ def import_lines(playlog: PlayLog, lines: Iterable[str], batch: int = 1000) -> t
             continue
         try:
             row = event_row(json.loads(line))
+        except UnicodeDecodeError as exc:
+            skipped.append((number, f"not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line)"))
+            continue
         except ValueError as exc:  # MalformedEvent, UnsupportedEvent and JSON errors
             skipped.append((number, str(exc)))
             continue
