@@ -301,6 +301,18 @@ def test_a_manifest_with_a_byte_order_mark_keeps_its_track_id_column(tmp_path: P
     assert catalog.track("the-theme").metadata == {"title": "Over Theme"}
 
 
+def test_a_manifest_in_a_code_page_is_skipped_with_how_to_save_it(tmp_path: Path, encoder_dir: Path) -> None:
+    """A spreadsheet's plain CSV export is in the system's code page (Windows-1252 here): the manifest is
+    skipped with the fix, and the other sources of the run are still added."""
+    shutil.copy(MUSIC / "over-theme.opus", tmp_path / "a.opus")
+    (tmp_path / "manifest.csv").write_text("track_id,path,title\nthe-theme,a.opus,Café Theme\n", encoding="cp1252")
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    report = catalog.add([tmp_path / "manifest.csv", MUSIC / "gardien-go.opus"], progress=False)
+    assert report.added == ["gardien-go"]
+    (reason,) = [why for where, why in report.skipped if where == str(tmp_path / "manifest.csv")]
+    assert "not UTF-8" in reason and "CSV UTF-8" in reason
+
+
 def test_track_ids_that_would_break_lists_and_keys_are_refused(tmp_path: Path, encoder_dir: Path) -> None:
     shutil.copy(MUSIC / "over-theme.opus", tmp_path / "a.opus")
     rows = ["tab\there", "new\nline", "x" * 10_000, " padded", "bell\x07", "", "fine id/with slash é"]
