@@ -72,7 +72,9 @@ def read_config(cls: type, path: str | Path, overrides: dict[str, Any], required
     """The fields of a YAML (or JSON) config for dataclass `cls`, with `overrides` applied: an unknown field,
     a value of the wrong type or a missing `required` field is an error that names it, before any work."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -119,6 +119,13 @@ def test_unknown_ffmpeg_options_in_the_streams_file_are_named(tmp_path: Path) ->
     assert load_sources(config)[0].options == {"rtsp_transport": "tcp", "user_agent": "airtrace"}
 
 
+def test_a_streams_file_that_is_not_utf8_says_how_to_save_it(tmp_path: Path) -> None:
+    config = tmp_path / "streams.yaml"
+    config.write_bytes("- id: radio-café\n  url: http://radio.example/live\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match="streams.yaml: the streams config is not UTF-8 text .*; save it as UTF-8"):
+        load_sources(config)
+
+
 # ---- monitor: every input failed, --events, --metrics-* --------------------------------------------
 
 
@@ -237,10 +244,11 @@ def test_a_worker_web_port_in_use_is_a_usage_error_before_faust_starts(built_cat
     ("data: music\nlr: fast\n", "`lr: 'fast'` must be a number"),
     ("data: music\nfrozen: 3\n", "`frozen: 3` must be true or false"),
     ("data: music\nsteps: true\n", "`steps: True` must be a whole number"),
+    ("data: musique café\n", "is not UTF-8 text"),  # written in a code page below
 ])
 def test_a_training_config_is_checked_before_training_starts(tmp_path: Path, text: str, message: str) -> None:
     config = tmp_path / "train.yaml"
-    config.write_text(text)
+    config.write_bytes(text.encode("cp1252"))
     code, output = run("train", str(config), "--run-dir", str(tmp_path / "run"))
     assert code == 2 and message in output
     assert not (tmp_path / "run").exists()
