@@ -41,10 +41,10 @@ class PublishOptions:
     queue_windows: int = 1000  # windows waiting for Kafka before the stream readers are held back
     linger_ms: int = 20  # how long the producer gathers windows into one request
     retry_first_seconds: float = 0.5  # while Kafka refuses windows, retry after this, doubling up to the cap
-    delivery_timeout_seconds: float = 120.0  # a window the broker has not acknowledged by then is given up: longer than a
-    # broker restart, where aiokafka's 40 s lost the windows in flight (one per stream); meanwhile the queue fills and holds
-    # the readers back, as Kafka's own producer waits 120 s (delivery.timeout.ms)
     retry_cap_seconds: float = 30.0
+    delivery_timeout_seconds: float = 120.0  # a window the broker has not acknowledged by then is given up: longer than a
+    # broker restart, where aiokafka's 40 s lost the windows in flight (one or two a stream); meanwhile the queue fills and
+    # holds the readers back. Kafka's own producer waits as long (delivery.timeout.ms)
 
 
 async def publish_windows(
