@@ -74,7 +74,7 @@ def read_config(cls: type, path: str | Path, overrides: dict[str, Any], required
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start + 1}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

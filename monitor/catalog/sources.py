@@ -55,7 +55,7 @@ def _manifest(path: Path, report: AddReport) -> list[Source]:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSV files with a byte-order mark
             rows = list(csv.DictReader(f))
     except UnicodeDecodeError as exc:  # a spreadsheet's plain "CSV" export is in the system's code page
-        report.skipped.append((str(path), f"the manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+        report.skipped.append((str(path), f"the manifest is not UTF-8 text ({exc.reason} at byte {exc.start + 1}); "
                                           "save it as UTF-8 (a spreadsheet's \"CSV UTF-8\" export) and add it again"))
         return []
     except (OSError, csv.Error) as exc:

@@ -64,7 +64,7 @@ def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: the streams config is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        raise ConfigError(f"{path}: the streams config is not UTF-8 text ({exc.reason} at byte {exc.start + 1}); save it as UTF-8") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read streams config: {exc}") from exc
     if isinstance(raw, dict) and set(raw) == {"streams"}:
