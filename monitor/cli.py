@@ -865,6 +865,9 @@ def _span(start, end, day=None):
         if start or end:
             raise click.UsageError("give either --day or --from/--to")
         return TimeRange.day(day.date())
+    if start is not None and end is not None and start >= end:
+        raise click.UsageError(f"--from {start:%Y-%m-%dT%H:%M:%S} is not before --to {end:%Y-%m-%dT%H:%M:%S}, so the range holds "
+                               "no time (--to is exclusive); give the earlier time to --from")
     return TimeRange(_utc(start), _utc(end))
 
 

@@ -187,6 +187,9 @@ def test_the_cli_lists_rejects_and_writes_reports_to_a_file(tmp_path: Path, loca
     assert missing.exit_code == 1 and "airtrace plays list --all" in missing.output
     both = runner.invoke(main, ["plays", "report", "--playlog", location, "--day", day, "--from", day])
     assert both.exit_code == 2 and "either --day or --from/--to" in both.output
+    for start, end in (("2026-12-05", "2026-12-01"), (day, day)):  # a reversed or empty range is a mistake, not "no plays"
+        empty = runner.invoke(main, ["plays", "report", "--playlog", location, "--from", start, "--to", end])
+        assert empty.exit_code == 2 and "is not before --to" in empty.output and "timestamp_utc" not in empty.output
 
 
 def test_the_cli_says_what_to_do_without_a_database(tmp_path: Path, postgres) -> None:
@@ -196,6 +199,9 @@ def test_the_cli_says_what_to_do_without_a_database(tmp_path: Path, postgres) ->
     port = servers.free_port()
     result = runner.invoke(main, ["plays", "list", "--playlog", f"postgresql://airtrace:secret-pw@127.0.0.1:{port}/x"])
     assert result.exit_code == 1 and "cannot use the play log" in result.output and "secret-pw" not in result.output
+    result = runner.invoke(main, ["plays", "list", "--playlog", "mysql://airtrace:secret-pw@127.0.0.1/x"])
+    assert result.exit_code == 1 and "mysql:// is not supported" in result.output and "secret-pw" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
     fresh = postgres.create_database("unmigrated")
     result = runner.invoke(main, ["plays", "list", "--playlog", fresh])
     assert result.exit_code == 1 and "run `airtrace plays migrate" in result.output

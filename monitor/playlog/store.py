@@ -87,12 +87,17 @@ def beside(events_file: str | Path) -> Path:
 
 
 def database_url(location: str | Path) -> str:
-    """SQLAlchemy's URL for a location: PostgreSQL URLs get the psycopg 3 driver, anything else is a SQLite file."""
+    """SQLAlchemy's URL for a location: PostgreSQL URLs get the psycopg 3 driver, a path is a SQLite file, and any
+    other database is an error (only SQLite and PostgreSQL are migrated and tested; the message never shows the
+    URL, which may hold a password)."""
     text = str(location)
     for scheme in ("postgresql://", "postgres://"):
         if text.startswith(scheme):
             return "postgresql+psycopg://" + text[len(scheme):]
     if "://" in text:
+        if not text.startswith(("sqlite://", "postgresql+psycopg://")):
+            raise PlayLogError(f"a play log in {text.split('://')[0]}:// is not supported: give --playlog a SQLite file or a "
+                               "postgresql://user:password@host/db URL")
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
