@@ -44,9 +44,40 @@ def decode_chunks(
     the last holds exactly CHUNK_SECONDS and is folded to mono on its own. `opened` is
     called with the open container before the first chunk, for callers that need what the source says
     about itself (its size, its duration, its headers).
+
+    A local file FFmpeg refuses is read with libsndfile instead, which reads some Ogg Vorbis headers that
+    FFmpeg rejects (and formats it lacks), chunked and folded the same way, so that a file the catalog takes
+    is one a stream can carry too; `opened` is then not called. If libsndfile refuses it as well, FFmpeg's
+    reason is the one reported.
     """
     try:
-        container = av.open(
+        container = _open(source, options, timeout)
+    except AudioError as refused:
+        if not isinstance(source, (str, Path)) or not Path(source).is_file():
+            raise
+        yield from _libsndfile_chunks(Path(source), sample_rate, refused)
+        return
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
+        if opened is not None:
+            opened(container)
+        stream = container.streams.audio[0]
+        resampler = _resampler(stream.layout.nb_channels, sample_rate, frame_size=_chunk_samples(sample_rate))
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    yield downmix(_planes(out))
+            for out in resampler.resample(None):
+                yield downmix(_planes(out))
+        except av.FFmpegError as exc:
+            raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
+
+
+def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | None) -> av.container.InputContainer:
+    """FFmpeg's container for `source`, or an AudioError that says why it cannot be opened."""
+    try:
+        return av.open(
             str(source) if isinstance(source, Path) else source,
             options=options or {},
             timeout=timeout,
@@ -58,21 +89,33 @@ def decode_chunks(
         raise AudioError(f"{source} is not in any audio or video format FFmpeg recognises ({exc}); give an audio file or stream") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
-    with container:
-        if not container.streams.audio:
-            raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
-        if opened is not None:
-            opened(container)
-        stream = container.streams.audio[0]
-        resampler = _resampler(stream.layout.nb_channels, sample_rate, frame_size=max(1, int(CHUNK_SECONDS * sample_rate)))
+
+
+def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Iterator[np.ndarray]:
+    """decode_chunks for a file FFmpeg refused (`refused`, raised if libsndfile cannot open it either): read
+    a second at a time, surround folded to its plain mean, then resampled, cut and folded as FFmpeg's chunks."""
+    try:
+        sound = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError):
+        raise refused from None
+    with sound:
+        stereo = sound.channels <= 2
+        resampler = _resampler(sound.channels if stereo else 1, sample_rate, frame_size=_chunk_samples(sample_rate))
         try:
-            for frame in container.decode(stream):
+            for block in sound.blocks(blocksize=sound.samplerate, dtype="float32", always_2d=True):
+                planar = np.ascontiguousarray(block.T if stereo else block.mean(axis=1)[None])
+                frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo" if len(planar) == 2 else "mono")
+                frame.sample_rate = sound.samplerate
                 for out in resampler.resample(frame):
                     yield downmix(_planes(out))
-            for out in resampler.resample(None):
-                yield downmix(_planes(out))
-        except av.FFmpegError as exc:
-            raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"cannot decode {path} with libsndfile ({exc}); the file may be corrupt or truncated") from exc
+        for out in resampler.resample(None):
+            yield downmix(_planes(out))
+
+
+def _chunk_samples(sample_rate: int) -> int:
+    return max(1, int(CHUNK_SECONDS * sample_rate))
 
 
 def _resampler(channels: int, sample_rate: int, frame_size: int | None = None) -> av.AudioResampler:
@@ -101,37 +144,11 @@ def downmix(channels: np.ndarray | list[np.ndarray]) -> np.ndarray:
 
 
 def load_audio(source: str | Path | BinaryIO, sample_rate: int) -> np.ndarray:
-    """Decode a whole file to one mono float32 array at `sample_rate`.
-
-    A local file FFmpeg refuses is tried once more with libsndfile, which reads some Ogg Vorbis
-    headers that FFmpeg rejects; if libsndfile fails too, FFmpeg's reason is the one reported.
-    """
-    try:
-        chunks = list(decode_chunks(source, sample_rate))
-    except AudioError as ffmpeg_error:
-        if not isinstance(source, (str, Path)) or not Path(source).is_file():
-            raise
-        try:
-            chunks = [_load_with_libsndfile(Path(source), sample_rate)]
-        except AudioError:
-            raise ffmpeg_error from None
+    """Decode a whole file to one mono float32 array at `sample_rate` (see decode_chunks)."""
+    chunks = list(decode_chunks(source, sample_rate))
     if not chunks or not sum(map(len, chunks)):
         raise AudioError(f"{source} decoded to no samples; it is empty or not audio")
     return np.concatenate(chunks).astype(np.float32, copy=False)
-
-
-def _load_with_libsndfile(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode with libsndfile, then resample and downmix as decode_chunks does."""
-    try:
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"cannot decode {path} with libsndfile either ({exc})") from exc
-    planar = np.ascontiguousarray(audio.T if audio.shape[1] <= 2 else audio.mean(axis=1)[None])  # surround: its plain mean
-    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="mono" if len(planar) == 1 else "stereo")
-    frame.sample_rate = rate
-    resampler = _resampler(len(planar), sample_rate)
-    out = [downmix(f.to_ndarray()) for f in [*resampler.resample(frame), *resampler.resample(None)]]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 # Surround folded into stereo: the centre at -6 dB into each side (FFmpeg's ITU default is -3 dB, which

@@ -223,3 +223,24 @@ def test_decoded_chunks_are_exact_and_each_folded_to_mono_on_its_own(tmp_path: P
     pieces = np.split(stereo, np.cumsum([len(c) for c in chunks[:-1]]), axis=1)
     assert all(np.array_equal(chunk, downmix(piece)) for chunk, piece in zip(chunks, pieces))
     assert any(np.array_equal(chunk, (piece[0] - piece[1]) * SQRT_HALF) for chunk, piece in zip(chunks, pieces))  # some in opposite phase
+
+
+def test_a_file_ffmpeg_refuses_is_read_with_libsndfile_in_the_same_chunks(tmp_path: Path) -> None:
+    """Some Ogg Vorbis headers (old libVorbis) and some formats FFmpeg refuses but libsndfile reads: such a file
+    decodes chunk for chunk as the same audio in a format FFmpeg takes, so a stream can carry what the catalog holds."""
+    import av
+    import soundfile
+
+    from encoders.audio import CHUNK_SECONDS, decode_chunks
+
+    rate, rng = 44100, np.random.default_rng(1)
+    stereo = rng.normal(0, 0.1, (3 * rate + 123, 2)).astype(np.float32)
+    refused, taken = tmp_path / "take.mat", tmp_path / "take.wav"
+    soundfile.write(refused, stereo, rate, format="MAT5", subtype="FLOAT")
+    soundfile.write(taken, stereo, rate, subtype="FLOAT")
+    with pytest.raises(av.InvalidDataError):
+        av.open(str(refused))
+    chunks = list(decode_chunks(refused, 8000))
+    assert [len(c) for c in chunks[:-1]] == [round(CHUNK_SECONDS * 8000)] * (len(chunks) - 1)
+    assert all(np.array_equal(a, b) for a, b in zip(chunks, decode_chunks(taken, 8000), strict=True))
+    assert np.array_equal(load_audio(refused, 8000), load_audio(taken, 8000))

@@ -280,3 +280,17 @@ def test_a_live_stream_that_repeats_audio_on_reconnecting_goes_on_without_a_gap(
     for i, window in enumerate(windows[1:], start=1):  # each window is the programme's audio where continuity puts it
         expected = programme[start + i * GRID.hop : start + i * GRID.hop + GRID.window]
         assert np.corrcoef(window.samples, expected)[0, 1] > 0.95, i
+
+
+def test_a_file_only_libsndfile_reads_is_monitored_like_the_same_audio_ffmpeg_reads(tmp_path: Path, registry_metrics) -> None:
+    """`catalog add` and `identify` read such files (some Ogg Vorbis headers FFmpeg rejects); a stream of one
+    must not be skipped as unreadable."""
+    registry, metrics = registry_metrics
+    audio = np.random.default_rng(2).normal(0, 0.1, 5 * 22050).astype(np.float32)
+    soundfile.write(tmp_path / "take.mat", audio, 22050, format="MAT5", subtype="FLOAT")
+    soundfile.write(tmp_path / "take.wav", audio, 22050, subtype="FLOAT")
+    refused = list(read_windows(StreamSource("refused", str(tmp_path / "take.mat")), GRID, metrics=metrics))
+    taken = list(read_windows(StreamSource("taken", str(tmp_path / "take.wav")), GRID))
+    assert len(refused) == len(taken) == GRID.count(5 * 8000)
+    assert all(np.array_equal(a.samples, b.samples) for a, b in zip(refused, taken))
+    assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "refused"}) is None
