@@ -144,8 +144,18 @@ def downmix(channels: np.ndarray | list[np.ndarray]) -> np.ndarray:
 
 
 def load_audio(source: str | Path | BinaryIO, sample_rate: int) -> np.ndarray:
-    """Decode a whole file to one mono float32 array at `sample_rate` (see decode_chunks)."""
-    chunks = list(decode_chunks(source, sample_rate))
+    """Decode a whole file to one mono float32 array at `sample_rate` (see decode_chunks). A local file that
+    FFmpeg fails to decode part-way (a damaged last packet) is decoded again whole by libsndfile where it can
+    be; otherwise FFmpeg's reason is reported."""
+    try:
+        chunks = list(decode_chunks(source, sample_rate))
+    except AudioError as ffmpeg_error:
+        if not isinstance(source, (str, Path)) or not Path(source).is_file():
+            raise
+        try:
+            chunks = list(_libsndfile_chunks(Path(source), sample_rate, ffmpeg_error))
+        except AudioError:
+            raise ffmpeg_error from None
     if not chunks or not sum(map(len, chunks)):
         raise AudioError(f"{source} decoded to no samples; it is empty or not audio")
     return np.concatenate(chunks).astype(np.float32, copy=False)

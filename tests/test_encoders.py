@@ -244,3 +244,38 @@ def test_a_file_ffmpeg_refuses_is_read_with_libsndfile_in_the_same_chunks(tmp_pa
     assert [len(c) for c in chunks[:-1]] == [round(CHUNK_SECONDS * 8000)] * (len(chunks) - 1)
     assert all(np.array_equal(a, b) for a, b in zip(chunks, decode_chunks(taken, 8000), strict=True))
     assert np.array_equal(load_audio(refused, 8000), load_audio(taken, 8000))
+
+
+def test_a_file_ffmpeg_fails_to_decode_part_way_is_read_whole_by_libsndfile(tmp_path: Path) -> None:
+    """An Ogg Vorbis file whose last packet FFmpeg's decoder rejects (the corpus has one, written by VLC) was
+    indexed through libsndfile before the fallback moved into decode_chunks, and must still be."""
+    import struct
+
+    import soundfile
+
+    from encoders.audio import decode_chunks
+
+    rate = 22050
+    path = tmp_path / "damaged.ogg"
+    soundfile.write(path, np.random.default_rng(3).normal(0, 0.1, (3 * rate, 2)).astype(np.float32), rate, format="OGG", subtype="VORBIS")
+    data = bytearray(path.read_bytes())
+    last = data.rfind(b"OggS")  # garble the start of the last page's packet and give the page a valid CRC again
+    payload = last + 27 + data[last + 26]
+    data[payload : payload + 8] = bytes(b ^ 0xFF for b in data[payload : payload + 8])
+    data[last + 22 : last + 26] = b"\0\0\0\0"
+    data[last + 22 : last + 26] = struct.pack("<I", _ogg_crc(bytes(data[last:])))
+    path.write_bytes(data)
+    with pytest.raises(AudioError, match="cannot decode"):
+        list(decode_chunks(path, 8000))
+    expected = round(soundfile.info(path).frames * 8000 / rate)
+    assert abs(len(load_audio(path, 8000)) - expected) <= 1
+
+
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum: CRC-32 with polynomial 0x04C11DB7, no reflection, over the page with its CRC field zeroed."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc

@@ -250,7 +250,7 @@ def read_windows(
             if metrics:
                 metrics.decode_errors.labels(source.id).inc()
             if ends:
-                log.error("stream %s: %s; skipping this file", source.id, exc)
+                log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if seq else "this file")
                 return
             log.warning("stream %s: %s", source.id, exc)
         finally:
