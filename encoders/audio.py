@@ -53,9 +53,10 @@ def decode_chunks(
     try:
         container = _open(source, options, timeout)
     except AudioError as refused:
-        if not isinstance(source, (str, Path)) or not Path(source).is_file():
+        path = _local_file(source)
+        if path is None:
             raise
-        yield from _libsndfile_chunks(Path(source), sample_rate, refused)
+        yield from _libsndfile_chunks(path, sample_rate, refused)
         return
     with container:
         if not container.streams.audio:
@@ -84,7 +85,8 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
             metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
         )
     except av.InvalidDataError as exc:
-        if isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+        path = _local_file(source)
+        if path is not None and path.stat().st_size == 0:
             raise AudioError(f"{source} is empty (0 bytes); give a file that holds audio") from exc
         raise AudioError(f"{source} is not in any audio or video format FFmpeg recognises ({exc}); give an audio file or stream") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -99,11 +101,11 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Ite
     except (soundfile.LibsndfileError, RuntimeError):
         raise refused from None
     with sound:
-        stereo = sound.channels <= 2
-        resampler = _resampler(sound.channels if stereo else 1, sample_rate, frame_size=_chunk_samples(sample_rate))
+        surround = sound.channels > 2  # folded to its plain mean here; mono and stereo go to the resampler as they are
+        resampler = _resampler(1 if surround else sound.channels, sample_rate, frame_size=_chunk_samples(sample_rate))
         try:
             for block in sound.blocks(blocksize=sound.samplerate, dtype="float32", always_2d=True):
-                planar = np.ascontiguousarray(block.T if stereo else block.mean(axis=1)[None])
+                planar = np.ascontiguousarray(block.mean(axis=1)[None] if surround else block.T)
                 frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo" if len(planar) == 2 else "mono")
                 frame.sample_rate = sound.samplerate
                 for out in resampler.resample(frame):
@@ -116,6 +118,11 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Ite
 
 def _chunk_samples(sample_rate: int) -> int:
     return max(1, int(CHUNK_SECONDS * sample_rate))
+
+
+def _local_file(source: str | Path | BinaryIO) -> Path | None:
+    """`source` as a path where it names a file on this machine (not a URL, not an open file object)."""
+    return Path(source) if isinstance(source, (str, Path)) and Path(source).is_file() else None
 
 
 def _resampler(channels: int, sample_rate: int, frame_size: int | None = None) -> av.AudioResampler:
@@ -150,10 +157,11 @@ def load_audio(source: str | Path | BinaryIO, sample_rate: int) -> np.ndarray:
     try:
         chunks = list(decode_chunks(source, sample_rate))
     except AudioError as ffmpeg_error:
-        if not isinstance(source, (str, Path)) or not Path(source).is_file():
+        path = _local_file(source)
+        if path is None:
             raise
         try:
-            chunks = list(_libsndfile_chunks(Path(source), sample_rate, ffmpeg_error))
+            chunks = list(_libsndfile_chunks(path, sample_rate, ffmpeg_error))
         except AudioError:
             raise ffmpeg_error from None
     if not chunks or not sum(map(len, chunks)):
