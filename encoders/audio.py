@@ -104,7 +104,7 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Ite
         surround = sound.channels > 2  # folded to its plain mean here; mono and stereo go to the resampler as they are
         resampler = _resampler(1 if surround else sound.channels, sample_rate, frame_size=_chunk_samples(sample_rate))
         try:
-            for block in sound.blocks(blocksize=sound.samplerate, dtype="float32", always_2d=True):
+            for block in _seconds(sound):
                 planar = np.ascontiguousarray(block.mean(axis=1)[None] if surround else block.T)
                 frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo" if len(planar) == 2 else "mono")
                 frame.sample_rate = sound.samplerate
@@ -114,6 +114,16 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Ite
             raise AudioError(f"cannot decode {path} with libsndfile ({exc}); the file may be corrupt or truncated") from exc
         for out in resampler.resample(None):
             yield downmix(_planes(out))
+
+
+def _seconds(sound: soundfile.SoundFile) -> Iterator[np.ndarray]:
+    """The file a second at a time. `blocks` reads a seekable file to its last frame (counted reads of Ogg Vorbis
+    stop about 100 frames short) but needs its length, which a raw file (Asterisk's .gsm prompts) does not give."""
+    if sound.seekable():
+        yield from sound.blocks(blocksize=sound.samplerate, dtype="float32", always_2d=True)
+        return
+    while len(block := sound.read(sound.samplerate, dtype="float32", always_2d=True)):
+        yield block
 
 
 def _chunk_samples(sample_rate: int) -> int:
