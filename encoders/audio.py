@@ -6,7 +6,9 @@ Stereo is folded to mono by `downmix`, which never lets channels in opposite pha
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +27,12 @@ SQRT_HALF = np.float32(np.sqrt(0.5))  # FFmpeg's stereo-to-mono gain, kept so le
 # its share of Python work (pacing, windowing, clocks, the downmix), so FFmpeg's resampler hands them on in
 # frames of exactly this many seconds.
 CHUNK_SECONDS = 0.1
+# decode_chunks hands FFmpeg about this much audio's packets per hold of its caller's lock (at most this many
+# packets, where they carry no duration); a read of a packet that waited this long for it (a live source at its
+# edge) ends the batch early, so that audio is never held back.
+DECODE_BATCH_SECONDS = 0.5
+DECODE_BATCH_PACKETS = 64
+PACKET_WAIT_SECONDS = 0.01
 
 
 class AudioError(ValueError):
@@ -37,6 +45,7 @@ def decode_chunks(
     options: dict[str, str] | None = None,
     timeout: float | None = None,
     opened: Callable[[av.container.InputContainer], None] | None = None,
+    lock: AbstractContextManager = nullcontext(),
 ) -> Iterator[np.ndarray]:
     """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
 
@@ -44,6 +53,11 @@ def decode_chunks(
     the last holds exactly CHUNK_SECONDS and is folded to mono on its own. `opened` is
     called with the open container before the first chunk, for callers that need what the source says
     about itself (its size, its duration, its headers).
+
+    Packets are decoded in batches of about DECODE_BATCH_SECONDS while `lock` is held, and read (which may
+    wait for the network) outside it: callers decoding many sources in threads share one semaphore, so that
+    few threads decode at once (each FFmpeg call lets go of Python's interpreter lock, and many threads
+    decoding side by side spend their CPU handing it to each other).
 
     A local file FFmpeg refuses is read with libsndfile instead, which reads some Ogg Vorbis headers that
     FFmpeg rejects (and formats it lacks), chunked and folded the same way, so that a file the catalog takes
@@ -56,7 +70,7 @@ def decode_chunks(
         path = _local_file(source)
         if path is None:
             raise
-        yield from _libsndfile_chunks(path, sample_rate, refused)
+        yield from _libsndfile_chunks(path, sample_rate, refused, lock)
         return
     with container:
         if not container.streams.audio:
@@ -66,13 +80,53 @@ def decode_chunks(
         stream = container.streams.audio[0]
         resampler = _resampler(stream.layout.nb_channels, sample_rate, frame_size=_chunk_samples(sample_rate))
         try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    yield downmix(_planes(out))
-            for out in resampler.resample(None):
-                yield downmix(_planes(out))
+            for batch in _batches(container.demux(stream), stream):
+                chunks, failure = _decoded(batch, resampler, lock)
+                yield from chunks  # what a batch gave before a failing packet is audio too
+                if failure is not None:
+                    raise failure
+            with lock:
+                chunks = _resampled(resampler, None)
+            yield from chunks
         except av.FFmpegError as exc:
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
+
+
+def _decoded(batch: list[av.Packet], resampler: av.AudioResampler, lock: AbstractContextManager) -> tuple[list[np.ndarray], av.FFmpegError | None]:
+    """The chunks FFmpeg decodes from `batch` while `lock` is held, and the error that stopped it, if any."""
+    chunks: list[np.ndarray] = []
+    with lock:
+        try:
+            for packet in batch:
+                for frame in packet.decode():
+                    chunks += _resampled(resampler, frame)
+        except av.FFmpegError as exc:
+            return chunks, exc
+    return chunks, None
+
+
+def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
+    """The mono chunks the resampler gives for `frame` (None: what it still holds, at the end)."""
+    return [downmix(_planes(out)) for out in resampler.resample(frame)]
+
+
+def _batches(packets: Iterator[av.Packet], stream: av.audio.stream.AudioStream) -> Iterator[list[av.Packet]]:
+    """`stream`'s `packets` in lists of about DECODE_BATCH_SECONDS of audio, a list ending early at a packet
+    whose read waited PACKET_WAIT_SECONDS or more."""
+    batch: list[av.Packet] = []
+    ticks, most = 0, DECODE_BATCH_SECONDS / float(stream.time_base or 1)  # durations in the stream's time base
+    while True:
+        began = time.monotonic()
+        packet = next(packets, None)
+        if packet is None:
+            break
+        batch.append(packet)
+        ticks += packet.duration or 0
+        if ticks >= most or len(batch) >= DECODE_BATCH_PACKETS or time.monotonic() - began >= PACKET_WAIT_SECONDS:
+            yield batch
+            batch, ticks = [], 0
+    if batch:
+        yield batch
 
 
 def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | None) -> av.container.InputContainer:
@@ -93,9 +147,10 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
 
 
-def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Iterator[np.ndarray]:
+def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError, lock: AbstractContextManager = nullcontext()) -> Iterator[np.ndarray]:
     """decode_chunks for a file FFmpeg refused (`refused`, raised if libsndfile cannot open it either): read
-    a second at a time, surround folded to its plain mean, then resampled, cut and folded as FFmpeg's chunks."""
+    a second at a time (under `lock`), surround folded to its plain mean, then resampled, cut and folded as
+    FFmpeg's chunks."""
     try:
         sound = soundfile.SoundFile(path)
     except (soundfile.LibsndfileError, RuntimeError):
@@ -103,17 +158,27 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError) -> Ite
     with sound:
         surround = sound.channels > 2  # folded to its plain mean here; mono and stereo go to the resampler as they are
         resampler = _resampler(1 if surround else sound.channels, sample_rate, frame_size=_chunk_samples(sample_rate))
+        blocks = _seconds(sound)
         try:
-            for block in _seconds(sound):
-                planar = np.ascontiguousarray(block.mean(axis=1)[None] if surround else block.T)
-                frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo" if len(planar) == 2 else "mono")
-                frame.sample_rate = sound.samplerate
-                for out in resampler.resample(frame):
-                    yield downmix(_planes(out))
+            while True:
+                with lock:
+                    block = next(blocks, None)
+                    chunks = _resampled(resampler, _frame(block, sound.samplerate, surround))
+                yield from chunks
+                if block is None:
+                    return
         except (soundfile.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"cannot decode {path} with libsndfile ({exc}); the file may be corrupt or truncated") from exc
-        for out in resampler.resample(None):
-            yield downmix(_planes(out))
+
+
+def _frame(block: np.ndarray | None, sample_rate: int, surround: bool) -> av.AudioFrame | None:
+    """libsndfile's (frames, channels) block as a planar frame for the resampler (None, its flush, for None)."""
+    if block is None:
+        return None
+    planar = np.ascontiguousarray(block.mean(axis=1)[None] if surround else block.T)
+    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo" if len(planar) == 2 else "mono")
+    frame.sample_rate = sample_rate
+    return frame
 
 
 def _seconds(sound: soundfile.SoundFile) -> Iterator[np.ndarray]:

@@ -271,6 +271,61 @@ def test_a_file_ffmpeg_fails_to_decode_part_way_is_read_whole_by_libsndfile(tmp_
     assert abs(len(load_audio(path, 8000)) - expected) <= 1
 
 
+class CountedLock:
+    """A lock that counts how often it was taken (decode_chunks takes its caller's once per batch of packets)."""
+
+    def __init__(self) -> None:
+        self.holds = 0
+
+    def __enter__(self) -> None:
+        self.holds += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_decoding_under_a_callers_lock_takes_it_per_batch_and_gives_the_same_chunks(tmp_path: Path) -> None:
+    """Stream readers share a few turns to decode (monitor.stages.ingest.decode_turns): FFmpeg decodes about
+    DECODE_BATCH_SECONDS of packets per turn (libsndfile a second per turn), and the chunks are those
+    decoded without a lock."""
+    import soundfile
+
+    from encoders.audio import DECODE_BATCH_SECONDS, decode_chunks
+
+    rate, seconds = 44100, 10
+    stereo = np.random.default_rng(4).normal(0, 0.1, (seconds * rate, 2)).astype(np.float32)
+    for name, fmt, per_hold in (("take.wav", "WAV", DECODE_BATCH_SECONDS), ("take.mat", "MAT5", 1.0)):  # MAT5: FFmpeg refuses it
+        soundfile.write(tmp_path / name, stereo, rate, format=fmt, subtype="FLOAT")
+        lock = CountedLock()
+        chunks = list(decode_chunks(tmp_path / name, 8000, lock=lock))
+        assert all(np.array_equal(a, b) for a, b in zip(chunks, decode_chunks(tmp_path / name, 8000), strict=True))
+        assert seconds / per_hold <= lock.holds <= seconds / per_hold + 2  # and the flush, and a short last batch
+
+
+def test_a_batch_of_packets_ends_at_a_packet_that_had_to_be_waited_for() -> None:
+    """A live source at its edge: the packet that came after a wait is decoded at once, not held back until
+    a batch's worth has come; packets without a duration are batched DECODE_BATCH_PACKETS at most."""
+    import time
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    from encoders.audio import DECODE_BATCH_PACKETS, PACKET_WAIT_SECONDS, _batches
+
+    def packets(durations: list[int | None], waited: int):
+        for i, duration in enumerate(durations):
+            if i == waited:
+                time.sleep(2 * PACKET_WAIT_SECONDS)
+            yield SimpleNamespace(index=i, duration=duration)
+
+    stream = SimpleNamespace(time_base=Fraction(1, 10))  # packets of duration 1: 0.1 s each
+    batches = [[p.index for p in batch] for batch in _batches(packets([1] * 30, waited=3), stream)]
+    assert sum(batches, []) == list(range(30))
+    assert all(len(batch) <= 5 for batch in batches)  # 0.5 s of 0.1 s packets (fewer where a read was slow)
+    assert any(batch[-1] == 3 for batch in batches)
+    batches = list(_batches(packets([None] * 200, waited=-1), stream))
+    assert sum(map(len, batches)) == 200 and all(len(batch) <= DECODE_BATCH_PACKETS for batch in batches)
+
+
 def _ogg_crc(page: bytes) -> int:
     """Ogg's page checksum: CRC-32 with polynomial 0x04C11DB7, no reflection, over the page with its CRC field zeroed."""
     crc = 0

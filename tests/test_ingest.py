@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from monitor import metrics as metrics_module
 from monitor.options import IngestOptions
 from monitor.stages import ingest
-from monitor.stages.ingest import _gathered, _paced, load_sources, read_windows, start_readers
+from monitor.stages.ingest import _gathered, _paced, decode_turns, load_sources, read_windows, start_readers
 from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
 from monitor.records import EndOfStream
 from monitor.stages.windows import WindowGrid
@@ -294,3 +294,30 @@ def test_a_file_only_libsndfile_reads_is_monitored_like_the_same_audio_ffmpeg_re
     assert len(refused) == len(taken) == GRID.count(5 * 8000)
     assert all(np.array_equal(a.samples, b.samples) for a, b in zip(refused, taken))
     assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "refused"}) is None
+
+
+def test_a_reader_waiting_for_a_stalled_stream_holds_no_turn(server) -> None:
+    """Readers take turns only to decode (decode_turns): one that waits for the network must not hold up the
+    others. With a single turn, it is free while a reader waits on a stream that stalled."""
+    turns, received, stop = decode_turns(1), queue.Queue(), threading.Event()
+    source = StreamSource("stalls", server.url("stall.mp3", stall=1.0))
+    options = IngestOptions(read_timeout=6.0, backoff_initial=0.1)
+
+    def read() -> None:
+        for window in read_windows(source, GRID, options, stop=stop, turns=turns):
+            received.put(window)
+
+    threading.Thread(target=read, daemon=True).start()
+    assert received.get(timeout=20).seq == 0  # the audio sent before the stall has been decoded
+    time.sleep(1.5)  # the reader has read all there was and waits in the stalled connection
+    assert turns.acquire(timeout=3.0)
+    turns.release()
+    stop.set()
+
+
+def test_a_file_read_in_turns_gives_the_windows_it_gives_alone() -> None:
+    source = StreamSource("file", str(MUSIC / "area1-game.opus"))
+    alone = list(read_windows(source, GRID))
+    in_turns = list(read_windows(source, GRID, turns=decode_turns(1)))
+    assert len(in_turns) == len(alone) > 40
+    assert all(np.array_equal(a.samples, b.samples) and a.offset == b.offset for a, b in zip(alone, in_turns))

@@ -16,6 +16,7 @@ Contracts other processes rely on:
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
   holds up another; windows and a final `EndOfStream` go to a sink callable (usually a queue's put).
+  Its readers take turns to decode (`decode_turns`), as many at once as the process has cores.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -126,6 +129,19 @@ def _gathered(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: fl
             stop.wait(gather_seconds)
 
 
+def decode_turns(turns: int | None = None) -> threading.BoundedSemaphore:
+    """The turns a process's readers take to decode (encoders.decode_chunks holds one per batch of packets and
+    reads outside it), as many as it has cores unless `turns` says otherwise.
+
+    PyAV lets go of Python's interpreter lock in every FFmpeg call, so readers that decode at the same time
+    hand it to each other many times per chunk, and each handover costs both threads CPU: 200 threads
+    decoding dev files at once spent 19.3 ms of CPU per audio second, 4.0 taking two turns (3.2 one; one
+    thread alone 1.9). A process that falls behind real time has every reader decoding at once, so without
+    turns falling behind made it fall further behind: 200 streams in one process ran at 35 streams per core
+    (45 over HTTP), and at 160 (141) with turns (README, "200 streams in one process")."""
+    return threading.BoundedSemaphore(turns or len(os.sched_getaffinity(0)))
+
+
 class Resumption:
     """Recognises a reconnected live stream that starts by repeating audio it already delivered, and drops
     the repeat, so that the stream goes on as if it had never broken and a play on air across a short drop
@@ -188,8 +204,10 @@ def read_windows(
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
+    turns: AbstractContextManager = nullcontext(),
 ) -> Iterator[AudioWindow]:
-    """Windows of one stream, in order; see the module docstring for the guarantees."""
+    """Windows of one stream, in order; see the module docstring for the guarantees. Decoding holds
+    `turns` (see decode_turns)."""
     stop = stop or threading.Event()
     live = not source.is_file
     clock = StreamClock(grid.sample_rate, live=live or options.realtime)
@@ -207,7 +225,8 @@ def read_windows(
                 ends = True
                 clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
 
-        decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open)
+        decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open,
+                                lock=turns)
         if live:
             chunks = _gathered(decoded, grid.sample_rate, options.gather_seconds, stop)
         else:
@@ -290,12 +309,13 @@ def start_readers(
     logged and ends alone. Its last item is the EndOfStream of source.id."""
 
     stop = stop or threading.Event()
+    turns = decode_turns()
 
     def run(source: StreamSource | MuxSource) -> None:
-        read = read_mux if isinstance(source, MuxSource) else read_windows
+        items = read_mux(source, grid, options, metrics, stop) if isinstance(source, MuxSource) else read_windows(source, grid, options, metrics, stop, turns)
         next_seq = 0
         try:
-            for item in read(source, grid, options, metrics, stop):
+            for item in items:
                 if isinstance(item, AudioWindow) and item.stream_id == source.id:
                     next_seq = item.seq + 1
                 sink(item)
