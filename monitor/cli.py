@@ -298,13 +298,14 @@ def bench_fleet(streams, minutes, worker_counts, partitions, seed, encoder, dist
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest.")
 @click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog is kept [~/.cache/airtrace/bench].")
+@click.option("--over-http", is_flag=True, help="Serve the files over HTTP at the pace they play (from another process), so that they are read as live streams are.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
-def bench_streams(reference, encoder, streams, limit, hop, cache_dir, out) -> None:
+def bench_streams(reference, encoder, streams, limit, hop, cache_dir, over_http, out) -> None:
     """Streams one CPU core monitors in real time in embedded mode."""
     from monitor.bench.broadcast import run_streams
     from monitor.bench.commands import _command, default_cache_dir
 
-    _bench_errors(lambda: run_streams(reference, encoder, streams, limit, hop, cache_dir or default_cache_dir(), out, _command()))
+    _bench_errors(lambda: run_streams(reference, encoder, streams, limit, hop, cache_dir or default_cache_dir(), out, _command(), over_http))
 
 
 @bench.command("mux")

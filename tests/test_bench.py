@@ -248,3 +248,25 @@ def test_distractor_counts_name_what_cannot_be_measured(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "e.g. 100,300,all" in result.output
     result = CliRunner().invoke(main, ["bench", "tracks", *inputs, "--distractor-counts", "2"])
     assert result.exit_code == 2 and "2 distractors asked for, 1 given" in result.output
+
+
+def test_bench_streams_reads_files_from_disk_and_over_http_alike(tmp_path: Path, encoder_dir: Path) -> None:  # noqa: F811
+    """`bench streams --over-http` serves the files at the pace they play from another process, and the
+    monitor reads them as it reads live streams; it monitors the same audio as reading them from disk."""
+    import soundfile
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for name in ("area1-game", "over-theme"):
+        soundfile.write(folder / f"{name}.wav", load_audio(MUSIC / f"{name}.opus", 22050)[: 8 * 22050], 22050)
+    rows = {}
+    for mode in ([], ["--over-http"]):
+        out = tmp_path / f"streams{len(mode)}.json"
+        result = CliRunner().invoke(main, ["bench", "streams", "--reference", str(folder), "--encoder", str(encoder_dir), "--streams", "3",
+                                           "--cache-dir", str(tmp_path / "cache"), *mode, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        table = json.loads(out.read_text())["tables"][0]
+        assert ("served over HTTP" in table["settings"]["streams"]) == bool(mode)
+        rows[bool(mode)] = {row[0]: row[1] for row in table["rows"]}
+    assert rows[True]["stream seconds monitored"] == rows[False]["stream seconds monitored"] > 0
+    assert rows[True]["play events"] == rows[False]["play events"]

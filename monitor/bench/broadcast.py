@@ -24,9 +24,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -36,6 +38,7 @@ from monitor.bench.engines import NeuralEngine
 from monitor.bench.queries import speech_clips
 from monitor.bench.references import BenchError, Reference, read_references, reference_set
 from monitor.bench.report import Table, publish, verdict
+from monitor.bench.servers import paced_files_elsewhere
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
 from monitor.embedded import EmbeddedMonitor
 from monitor.events import Event, plays_in
@@ -217,6 +220,14 @@ class PlayFigures:
         return [{**_pairing_json(p), "kind": kind} for p, kind in zip(self.card.pairings, self.kinds)]
 
 
+def _ffmpeg_opens(path: Path) -> bool:
+    try:
+        av.open(str(path), metadata_errors="replace").close()
+    except av.FFmpegError:
+        return False
+    return True
+
+
 def _kind(pairing: Pairing, truth: Sequence[TruePlay]) -> str:
     """matched, missed, fragment (a detected play of a track over a true play of it that another detected
     play already stands for) or phantom (its track was not on air then)."""
@@ -245,24 +256,30 @@ def _pairing_json(pairing: Pairing) -> dict[str, object]:
 
 
 def run_streams(reference: Sequence[str], encoder: str, streams: int, limit: int | None, hop: float, cache_dir: Path,
-                out: str | None, command: str) -> float:
+                out: str | None, command: str, over_http: bool = False) -> float:
     """Monitor `streams` files at once, each at real-time pace, as `airtrace monitor` does by default (one
-    thread embeds and searches); returns streams per core."""
+    thread embeds and searches); returns streams per core. With `over_http` the files are served over HTTP at
+    the pace they play by a server in another process, so that they are read as live streams are: through
+    FFmpeg's network reads, at the live edge."""
     refs = [r for source in reference for r in read_references(source, limit)]
     engine = NeuralEngine.open_or_build(encoder, refs, cache_dir, hop)
-    sources = [StreamSource(f"stream-{i}", str(refs[i % len(refs)].path)) for i in range(streams)]
+    if over_http:
+        refs = [r for r in refs if _ffmpeg_opens(r.path)]  # one only libsndfile reads can be indexed, not streamed
     registry = CollectorRegistry()
     metrics = metrics_module.create(registry)
-    monitor = EmbeddedMonitor(engine.catalog, sources, MonitorOptions(ingest=IngestOptions(realtime=True)), metrics)
-    cpu, wall = time.process_time(), time.perf_counter()
-    events = monitor.run()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    with paced_files_elsewhere([(r.path, r.seconds) for r in refs]) if over_http else nullcontext() as url:
+        sources = [StreamSource(f"stream-{i}", url(i % len(refs)) if url else str(refs[i % len(refs)].path)) for i in range(streams)]
+        monitor = EmbeddedMonitor(engine.catalog, sources, MonitorOptions(ingest=IngestOptions(realtime=True)), metrics)
+        cpu, wall = time.process_time(), time.perf_counter()
+        events = monitor.run()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     windows = sum(registry.get_sample_value("airtrace_windows_ingested_total", {"stream": s.id}) or 0 for s in sources)
     stream_seconds = windows * monitor.grid.hop_seconds
     per_core = stream_seconds / cpu
     get = registry.get_sample_value
+    how = "served over HTTP at real-time pace (read as live streams)" if over_http else "each at real-time pace"
     result = Table("Streams monitored in real time per CPU core (embedded mode)", ["measure", "value", "target"], settings={
-        **engine.settings, "streams": f"{streams} files at once, each at real-time pace, one thread embeds and searches"})
+        **engine.settings, "streams": f"{streams} files at once, {how}, one thread embeds and searches"})
     result.add("stream seconds monitored", round(stream_seconds), "")
     result.add("process CPU seconds (all threads)", round(cpu, 1), "")
     result.add("wall seconds", round(wall, 1), "")

@@ -1,6 +1,7 @@
 """Real servers on free loopback ports, for the tests and `airtrace bench chaos`: a Tansu Kafka broker (in
 memory, or on a local S3 server so that it survives a restart), redis-server, PostgreSQL, Prometheus, a live
-HTTP audio stream, and `airtrace` commands in their own processes. Production code never imports this module.
+HTTP audio stream, files served at the pace they play, and `airtrace` commands in their own processes.
+Production code never imports this module.
 
 Each server starts a child process, waits until its port answers, and stops it (terminate, then kill).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -21,7 +23,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -429,6 +432,70 @@ class FileServer(LoopbackHttpServer):
 
     def url(self, name: str) -> str:
         return f"http://{HOST}:{self.port}/{name}"
+
+
+class PacedFileServer(LoopbackHttpServer):
+    """Serves files over HTTP at the pace they play (bytes in proportion to their duration), each response with
+    its Content-Length: a reader gets a file as it gets a live stream, reading at the live edge, and then its
+    end. `GET /N` is the Nth of `files`, given as (path, seconds)."""
+
+    CHUNK_SECONDS = 0.1
+
+    def __init__(self, files: Sequence[tuple[Path, float]]) -> None:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                index = self.path.strip("/")
+                if not index.isdigit() or int(index) >= len(files):
+                    self.send_error(404)
+                    return
+                path, seconds = files[int(index)]
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                server.send_paced(self.wfile, data, seconds)
+
+        super().__init__(Handler)
+
+    def send_paced(self, out, data: bytes, seconds: float) -> None:
+        """`data` in pieces of CHUNK_SECONDS, none sent before the moment it starts to play."""
+        began, byte_rate = time.monotonic(), len(data) / seconds
+        step = max(1, int(byte_rate * self.CHUNK_SECONDS))
+        try:
+            for start in range(0, len(data), step):
+                if self.release.wait(max(0.0, began + start / byte_rate - time.monotonic())):
+                    return
+                out.write(data[start : start + step])
+                out.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@contextmanager
+def paced_files_elsewhere(files: Sequence[tuple[Path, float]]) -> Iterator[Callable[[int], str]]:
+    """A PacedFileServer in a process of its own (so that its CPU is not the caller's); yields the URL of
+    the Nth file."""
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    process = context.Process(target=_serve_paced_files, args=(list(files), ports), daemon=True)
+    process.start()
+    try:
+        port = ports.get(timeout=60)
+        yield lambda index: f"http://{HOST}:{port}/{index}"
+    finally:
+        process.terminate()
+        process.join()
+
+
+def _serve_paced_files(files: list[tuple[Path, float]], ports: multiprocessing.Queue) -> None:
+    server = PacedFileServer(files).start()
+    ports.put(server.port)
+    server.thread.join()
 
 
 def encode_mp3(source: Path, target: Path, kbps: int = 64) -> Path:
