@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from monitor import metrics as metrics_module
 from monitor.options import IngestOptions
 from monitor.stages import ingest
-from monitor.stages.ingest import _gathered, _paced, decode_turns, load_sources, read_windows, start_readers
+from monitor.stages.ingest import _gathered, _paced, decode_turns, load_sources, read_windows, start_readers, usable_cores
 from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
 from monitor.records import EndOfStream
 from monitor.stages.windows import WindowGrid
@@ -321,3 +321,17 @@ def test_a_file_read_in_turns_gives_the_windows_it_gives_alone() -> None:
     in_turns = list(read_windows(source, GRID, turns=decode_turns(1)))
     assert len(in_turns) == len(alone) > 40
     assert all(np.array_equal(a.samples, b.samples) and a.offset == b.offset for a, b in zip(alone, in_turns))
+
+
+def test_decode_turns_follow_a_containers_cpu_limit(tmp_path: Path) -> None:
+    """CPU affinity shows a container every core of its node; its cgroup's cpu.max says what it may use."""
+    import os
+
+    affinity, limit = len(os.sched_getaffinity(0)), tmp_path / "cpu.max"
+    limit.write_text("50000 100000\n")  # half a core
+    assert usable_cores(limit) == 1
+    limit.write_text(f"{100000 * (affinity + 3)} 100000\n")  # more than the affinity allows
+    assert usable_cores(limit) == affinity
+    limit.write_text("max 100000\n")
+    assert usable_cores(limit) == affinity
+    assert usable_cores(tmp_path / "absent") == affinity

@@ -58,6 +58,7 @@ RESUME_SETTLE_SECONDS = 0.25
 RESUME_MATCH_SECONDS = 1.0
 RESUME_MIN_CORRELATION = 0.9
 EDGE_WAIT_SECONDS = 0.02  # a read that waited this long for data found none waiting: the reader is at the live edge
+CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" (or "max PERIOD"): a container's CPU limit, in cgroup v2
 
 
 def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
@@ -131,7 +132,7 @@ def _gathered(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: fl
 
 def decode_turns(turns: int | None = None) -> threading.BoundedSemaphore:
     """The turns a process's readers take to decode (encoders.decode_chunks holds one per batch of packets and
-    reads outside it), as many as it has cores unless `turns` says otherwise.
+    reads outside it), as many as it has cores (`usable_cores`) unless `turns` says otherwise.
 
     PyAV lets go of Python's interpreter lock in every FFmpeg call, so readers that decode at the same time
     hand it to each other many times per chunk, and each handover costs both threads CPU: 200 threads
@@ -139,7 +140,19 @@ def decode_turns(turns: int | None = None) -> threading.BoundedSemaphore:
     thread alone 1.9). A process that falls behind real time has every reader decoding at once, so without
     turns falling behind made it fall further behind: 200 streams in one process ran at 35 streams per core
     (45 over HTTP), and at 160 (141) with turns (README, "200 streams in one process")."""
-    return threading.BoundedSemaphore(turns or len(os.sched_getaffinity(0)))
+    return threading.BoundedSemaphore(turns or usable_cores())
+
+
+def usable_cores(limit_file: Path = CGROUP_CPU_LIMIT) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (Docker's
+    `--cpus`, a Kubernetes limit), which affinity does not show: on a 32-core node, a pod limited to one
+    core would otherwise let 32 readers decode at once."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = limit_file.read_text().split()
+        return cores if quota == "max" else max(1, min(cores, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 CPU controller here: nothing caps the affinity
+        return cores
 
 
 class Resumption:
