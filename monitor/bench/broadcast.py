@@ -222,10 +222,10 @@ class PlayFigures:
 
 def _ffmpeg_opens(path: Path) -> bool:
     try:
-        av.open(str(path), metadata_errors="replace").close()
+        with av.open(str(path), metadata_errors="replace"):
+            return True
     except av.FFmpegError:
         return False
-    return True
 
 
 def _kind(pairing: Pairing, truth: Sequence[TruePlay]) -> str:

@@ -136,8 +136,8 @@ def decode_turns(turns: int | None = None) -> threading.BoundedSemaphore:
 
     PyAV lets go of Python's interpreter lock in every FFmpeg call, so readers that decode at the same time
     hand it to each other many times per chunk, and each handover costs both threads CPU: 200 threads
-    decoding dev files at once spent 19.3 ms of CPU per audio second, 4.0 taking two turns (3.2 one; one
-    thread alone 1.9). A process that falls behind real time has every reader decoding at once, so without
+    decoding dev files at once spent 19.8 ms of CPU per audio second, 3.8 taking two turns (2.9 one; one
+    thread alone 1.6). A process that falls behind real time has every reader decoding at once, so without
     turns falling behind made it fall further behind: 200 streams in one process ran at 35 streams per core
     (45 over HTTP), and at 160 (141) with turns (README, "200 streams in one process")."""
     return threading.BoundedSemaphore(turns or usable_cores())
