@@ -14,7 +14,7 @@ from catalog_fixtures import MUSIC
 from encoders import load_audio, parse_chain
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
 from monitor.bench.references import read_references, reference_set
-from monitor.bench.segments import PRESETS, Chunk, generate, score_pair, summarise
+from monitor.bench.segments import PRESETS, Chunk, chunk_recall, generate, score_pair, summarise
 from monitor.cli import main
 from monitor.stages.matcher import Match
 
@@ -39,8 +39,9 @@ def test_landmarks_match_nothing_in_noise(landmark_index: LandmarkIndex) -> None
     assert landmark_index.identify(noise) == []
 
 
-def _chunk(ref: tuple[float, float], query: tuple[float, float], rate: float = 1.0) -> Chunk:
-    return Chunk("q", "R1", True, ref[0], ref[1], query[0], query[1], rate, "clean", None, "end")
+def _chunk(ref: tuple[float, float], query: tuple[float, float], rate: float = 1.0, track: str = "R1",
+           modification: str = "clean", noise: float | None = None) -> Chunk:
+    return Chunk("q", track, True, ref[0], ref[1], query[0], query[1], rate, modification, noise, "end")
 
 
 def _match(ref: tuple[float, float], query: tuple[float, float], track: str = "R1") -> Match:
@@ -70,6 +71,23 @@ def test_summary_counts_other_tracks_as_false_positives() -> None:
     assert (perfect.precision, perfect.recall, perfect.median_start_error) == (1.0, 1.0, 0.0)
     wrong = summarise(chunks, {"q": [_match((0, 10), (0, 10)), _match((0, 10), (0, 10), track="R2")]})
     assert wrong.precision == 0.5 and wrong.recall == 1.0 and wrong.pex_f < wrong.f1
+
+
+def test_chunk_recall_tells_short_and_warped_chunks_from_the_rest() -> None:
+    """A long clean chunk found whole, a 6 s chunk sped up 15 % found for 3 s of it, a filtered chunk under
+    noise matched only at the wrong place of its track: each kind gets its own chunks and seconds."""
+    chunks = {"q": [_chunk((30, 50), (0, 20), track="R1"),
+                    _chunk((10, 16.9), (20, 26), rate=1.15, track="R2", modification="speed:1.150"),
+                    _chunk((40, 52), (26, 38), track="R3", modification="highpass:300", noise=5.0)]}
+    found = {"q": [_match((30, 50), (0, 20), track="R1"), _match((13.45, 16.9), (23, 26), track="R2"),
+                   _match((80, 92), (26, 38), track="R3"), _match((40, 52), (26, 38), track="R1")]}
+    kinds = chunk_recall(chunks, found)
+    assert kinds["all"][:2] == (3, 2) and kinds["all"][2] == pytest.approx(23 / 38)
+    assert kinds["shorter than 10 s"] == pytest.approx((1, 1, 0.5))
+    assert kinds["tempo, pitch or speed beyond 10 %"] == pytest.approx((1, 1, 0.5))
+    assert kinds["tempo, pitch or speed within 10 %"] == (0, 0, 0.0)
+    assert kinds["high- or low-pass"] == kinds["noise 0-5 dB"] == (1, 0, 0.0)
+    assert kinds["unmodified, no noise"] == (1, 1, 1.0)
 
 
 def test_montages_hold_annotated_chunks_and_decode_to_their_length(tmp_path: Path) -> None:
@@ -117,8 +135,11 @@ def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder
     out = tmp_path / "segments.json"
     result = CliRunner().invoke(main, ["bench", "segments", *common, "--preset", "easy", "--queries", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    summaries = json.loads(out.read_text())["summaries"]
-    assert {s["engine"] for s in summaries} == {encoder_dir.name, "landmark"}
+    written = json.loads(out.read_text())
+    assert {s["engine"] for s in written["summaries"]} == {encoder_dir.name, "landmark"}
+    kinds = {k["engine"]: k for k in written["chunk_recall"]}
+    assert kinds[encoder_dir.name]["all"]["chunks"] == sum(k["chunks"] for name, k in kinds[encoder_dir.name].items()
+                                                            if name in ("shorter than 10 s", "10 s or longer"))
     assert "built: from cache" in result.output  # the catalogs of the first run were reused
 
 
