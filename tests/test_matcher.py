@@ -108,7 +108,30 @@ def test_the_loop_with_more_support_wins_even_when_it_comes_second(calibration: 
     assert match.ref_start == pytest.approx(90.0 + match.query_start, abs=0.5)
 
 
-@pytest.mark.parametrize("seconds", [3.0, 10.0, 30.0])
+def test_a_long_query_has_lines_for_every_track_it_holds(calibration: Calibration) -> None:
+    """A montage or a recorded hour holds many tracks, and each track's loops take lines of their own: a short
+    play late in a long query must not be crowded out of the lines the matcher refines."""
+    songs = [Play(f"song-{i}", 20.0 * i, 20.0 * i + 20, 30.0) for i in range(5)]
+    loops = [Play(p.track, p.start, p.end, p.ref_start + shift) for p in songs for shift in (40.0, 80.0)]
+    jingle = Play("jingle", 100.0, 108.0, 10.0)
+    hits = query(110.0, songs + loops + [jingle], seed=4)
+    found = sorted(match_hits(hits, WINDOW, calibration=calibration), key=lambda m: m.query_start)
+    assert [m.track_id for m in found] == [p.track for p in songs] + ["jingle"]
+    for match, play in zip(found, songs + [jingle]):
+        assert match.query_start == pytest.approx(play.start, abs=1.0) and match.query_end == pytest.approx(play.end, abs=1.0)
+        assert match.confidence > 0.99
+
+
+def test_a_long_play_is_one_match_at_its_speed(calibration: Calibration) -> None:
+    """Sure on its best 30 s, reported whole."""
+    play = Play("song", 5.0, 95.0, 12.0, speed=1.1)
+    found = only(match_hits(query(100.0, [play], misses=0.3, seed=6), WINDOW, calibration=calibration))
+    assert (found.query_start, found.query_end) == (pytest.approx(5.0, abs=1.0), pytest.approx(95.0, abs=1.0))
+    assert found.speed == pytest.approx(1.1, abs=0.01)
+    assert found.ref_start == pytest.approx(12.0 + 1.1 * (found.query_start - 5.0), abs=0.5)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 10.0, 30.0, 120.0])
 def test_chance_hits_give_no_match(seconds: float, calibration: Calibration) -> None:
     false = sum(bool(match_hits(query(seconds, [], seed=500 + s), WINDOW, calibration=calibration)) for s in range(30))
     assert false <= 1

@@ -31,7 +31,7 @@ SIMILARITY_FLOOR = 1e-6  # a dissimilar neighbour is no evidence, never negative
 TOLERANCE = 0.5  # seconds a hit may lie off its line: half a reference hop plus the encoder's jitter
 MIN_CONFIDENCE = 0.99
 MAX_SPEEDS = 63  # Hough speed bins at most (odd, so 1.0 is one); the least-squares refit recovers what coarser bins lose
-MAX_LINES = 12  # candidate lines refined per call
+MAX_LINES = 12  # candidate lines refined per call, and as many again per calibrated duration a longer query adds
 LINES_PER_TRACK = 3  # distinct alignments of one track considered (loops, a track played twice)
 MIN_FIT_SPAN = 3.0  # seconds of inliers before the speed is fitted rather than taken from the vote
 
@@ -42,6 +42,7 @@ class Confidence(Protocol):
 
     speed_range: tuple[float, float]
     tolerance: float
+    durations: tuple[float, ...]  # query durations the null was measured at, ascending
 
     def confidence(self, score: float, duration: float) -> float:
         """Never lower for a higher score at one duration: `match_hits` skips queries that no score they
@@ -96,13 +97,13 @@ class Alignment:
 
 
 def align(hits: Sequence[WindowHits], window_seconds: float, speed_range: tuple[float, float] = SPEED_RANGE,
-          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None) -> list[Alignment]:
+          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None, max_lines: int = MAX_LINES) -> list[Alignment]:
     """Every credible-or-not line in `hits`, best first, each query window on at most one line; only lines
     of `tracks` if given (the lines of other tracks are found by the vote but neither refined nor assigned)."""
     flat = _Flat.of(hits, window_seconds)
     if flat is None:
         return []
-    peaks = [peak for peak in _hough_peaks(flat, speed_range, tolerance) if tracks is None or flat.tracks[peak[0]] in tracks]
+    peaks = [peak for peak in _hough_peaks(flat, speed_range, tolerance, max_lines) if tracks is None or flat.tracks[peak[0]] in tracks]
     lines = [_refine(flat, peak, speed_range, tolerance) for peak in peaks]
     return _assign(flat, [line for line in lines if line is not None])
 
@@ -156,7 +157,7 @@ def _speed_grid(span: float, speed_range: tuple[float, float], tolerance: float)
     return np.exp(centre + step * (np.arange(n) - (n - 1) / 2))
 
 
-def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float) -> list[tuple[int, float, float]]:
+def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float, max_lines: int) -> list[tuple[int, float, float]]:
     """(track, speed, offset) of the best-voted lines: each window votes once per (track, speed, offset bin)
     with its best similarity there. Ties go to the speed nearest 1, which a short query cannot tell apart."""
     speeds = _speed_grid(flat.span, speed_range, tolerance)
@@ -177,7 +178,7 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
     centres = np.bincount(inverse, weights=sims[kept] * offset.ravel()[kept]) / votes
     cell_speed = cells // (len(flat.tracks) * n_bins)
     nearness = np.abs(np.log(speeds))[cell_speed]
-    ranked = np.lexsort((nearness, -votes))[: 40 * MAX_LINES]
+    ranked = np.lexsort((nearness, -votes))[: 40 * max_lines]
 
     peaks: list[tuple[int, float, float]] = []
     per_track: dict[int, list[float]] = {}
@@ -189,7 +190,7 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
             continue
         lines.append(centre)
         peaks.append((track, speed, centre))
-        if len(peaks) >= MAX_LINES:
+        if len(peaks) >= max_lines:
             break
     return peaks
 
@@ -248,18 +249,27 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
 
     Pure and fast (about a millisecond for 30 windows x 10 neighbours), for clips and for the sliding
     history of a live stream alike. `calibration` comes from `calibrate(catalog)`.
+
+    A query longer than the calibration's longest null clip (a montage, a recorded hour) holds more tracks,
+    each with its loops, so it gets MAX_LINES candidate lines more per such duration; and a line is as sure
+    as its best stretch of that duration is, because chance gathers on a line over a longer query more than
+    any measured null says.
     """
     if not hits:
         return []
-    duration = hits[-1].offset - hits[0].offset + window_seconds
+    longest = calibration.durations[-1]
+    span = hits[-1].offset - hits[0].offset + window_seconds
+    duration = min(span, longest)
     tracks = None
     if min_confidence > 0:  # a stream with nothing playing asks at every window: spare the lines that cannot be credible
         tracks = _credible(score_bounds(hits, window_seconds), duration, calibration, min_confidence)
         if not tracks:
             return []
     matches = []
-    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks):
-        confidence = calibration.confidence(line.score, duration)
+    max_lines = MAX_LINES * max(1, math.ceil(span / longest))
+    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks, max_lines):
+        score = line.score if span <= longest else _best_stretch(line, hits, window_seconds, longest)
+        confidence = calibration.confidence(score, duration)
         if confidence < min_confidence:
             continue
         query_start = hits[int(line.windows[0])].offset
@@ -269,6 +279,14 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
             line.speed, line.score, confidence,
         ))
     return matches
+
+
+def _best_stretch(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, seconds: float) -> float:
+    """The line's score within its best-supported `seconds` of query (`align` weighs each similarity by the hop)."""
+    offsets = np.array([hits[int(w)].offset for w in line.windows])
+    total = np.concatenate(([0.0], np.cumsum(line.similarities)))
+    ends = np.searchsorted(offsets, offsets + seconds - window_seconds + 1e-9, "right")
+    return float((total[ends] - total[:-1]).max()) * line.score / float(total[-1])
 
 
 def score_bounds(hits: Sequence[WindowHits], window_seconds: float) -> dict[str, float]:
