@@ -86,7 +86,7 @@ def music_files(source: str | Path, per_package: int, seed: int) -> list[Path]:
 
 
 def content_sources(music: str | Path, per_package: int, voices: list, sample_rate: int, seed: int) -> ContentSources:
-    tracks = load_tracks(music_files(music, per_package, seed), sample_rate, min_seconds=8.0)
+    tracks, _ = load_tracks(music_files(music, per_package, seed), sample_rate, min_seconds=8.0)
     return ContentSources(music=tracks, voices=load_voices(voices, sample_rate))
 
 

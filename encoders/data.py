@@ -51,9 +51,10 @@ def list_audio(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path} is neither an audio folder, an audio file nor a manifest.csv")
 
 
-def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> list[np.ndarray]:
-    """Decode tracks to float16 (half the memory); a file that fails is logged and skipped."""
-    tracks = []
+def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> tuple[list[np.ndarray], list[int]]:
+    """Decode tracks to float16 (half the memory), with each one's group: the tracks of one folder (an
+    album, a game's soundtrack) share a composer and instruments. A file that fails is logged and skipped."""
+    tracks, folders = [], []
     for path in tqdm(paths, desc="decoding", unit="track"):
         try:
             audio = load_audio(path, sample_rate)
@@ -62,9 +63,11 @@ def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> list
             continue
         if len(audio) >= min_seconds * sample_rate:
             tracks.append(audio.astype(np.float16))
+            folders.append(str(Path(path).parent))
     if not tracks:
         raise ValueError(f"none of the {len(paths)} files gave {min_seconds} s of audio to train on")
-    return tracks
+    names = sorted(set(folders))
+    return tracks, [names.index(f) for f in folders]
 
 
 TALK_STREAMS_PER_VOICE = 8
@@ -102,10 +105,15 @@ class PoolChunk:
     distorted: np.ndarray
     rate: float
     chain: Chain
+    group: int
 
 
 class PairPool:
-    """Pairs of (clean window, the same moment after a random distortion chain)."""
+    """Pairs of (clean window, the same moment after a random distortion chain).
+
+    With `batch_groups`, each batch's pairs come from the chunks of that many groups of tracks only, so a
+    window's in-batch negatives include many of its own group's (one composer's instruments and themes):
+    the music the catalog confuses most."""
 
     def __init__(
         self,
@@ -118,8 +126,12 @@ class PairPool:
         seed: int,
         voices: Sources = Sources(),
         recipe: Recipe = RECIPES["v1"],
+        groups: list[int] | None = None,
+        batch_groups: int = 0,
     ):
         self.tracks, self.sample_rate, self.window = tracks, sample_rate, window
+        self.groups = groups or [0] * len(tracks)
+        self.batch_groups = batch_groups
         self.chunk = int(chunk_seconds * sample_rate)
         self.max_shift = int(max_shift * sample_rate)
         self.seed, self.voices, self.recipe = seed, voices, recipe
@@ -130,14 +142,15 @@ class PairPool:
 
     def _make_chunk(self, version: int, slot: int) -> PoolChunk:
         rng = self._rng(version + 1, slot)
-        track = self.tracks[rng.integers(len(self.tracks))]
+        index = int(rng.integers(len(self.tracks)))
+        track = self.tracks[index]
         length = min(self.chunk, len(track))
         start = rng.integers(0, len(track) - length + 1)
         clean = track[start : start + length].astype(np.float32)
         backgrounds = (self.tracks[rng.integers(len(self.tracks))][:length].astype(np.float32),)
         sources = Sources(speech=self.voices.speech, talkers=self.voices.talkers, backgrounds=backgrounds)
         chain = random_chain(rng, sources, self.recipe)
-        return PoolChunk(clean, chain.apply(clean, self.sample_rate, rng, sources), chain.rate, chain)
+        return PoolChunk(clean, chain.apply(clean, self.sample_rate, rng, sources), chain.rate, chain, self.groups[index])
 
     def fill(self, step: int, refresh_per_step: int) -> None:
         """Bring every slot to the content it holds at `step` (slots are refreshed round robin)."""
@@ -163,13 +176,24 @@ class PairPool:
     def batch(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`size` pairs, each from a random chunk at a random offset, the positive shifted by up to max_shift."""
         rng = self._rng(1_000_003, step)
+        slots = self._batch_slots(rng)
         anchors = np.empty((size, self.window), np.float32)
         positives = np.empty((size, self.window), np.float32)
         for i in range(size):
-            chunk = self.slots[rng.integers(len(self.slots))]
+            chunk = self.slots[slots[rng.integers(len(slots))]]
             assert chunk is not None
             anchors[i], positives[i] = self._pair(chunk, rng)
         return torch.from_numpy(anchors), torch.from_numpy(positives)
+
+    def _batch_slots(self, rng: np.random.Generator) -> np.ndarray:
+        """The slots a batch draws from: all, or those of `batch_groups` groups drawn as often as they fill slots."""
+        groups = np.array([chunk.group for chunk in self.slots if chunk is not None])
+        if not self.batch_groups or len(set(groups.tolist())) <= self.batch_groups:
+            return np.arange(len(groups))
+        chosen: set[int] = set()
+        while len(chosen) < self.batch_groups:
+            chosen.add(int(groups[rng.integers(len(groups))]))
+        return np.flatnonzero(np.isin(groups, list(chosen)))
 
     def _pair(self, chunk: PoolChunk, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         w = self.window

@@ -52,6 +52,7 @@ class TrainConfig:
     chunk_seconds: float = 8.0
     refresh_per_step: int = 8
     max_shift_seconds: float = 0.2
+    batch_groups: int = 0  # > 0: each batch from the tracks of this many folders (albums) only: hard negatives
     voice_over: bool = True
     augment: str = "v1"  # a recipe of encoders.augment.RECIPES: warp ranges and voices
     checkpoint_every: int = 50
@@ -223,11 +224,11 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
         log.info("resuming %s at step %d", run_dir, start)
 
     sr = encoder.sample_rate
-    tracks = load_tracks(list_audio(cfg.data), sr, min_seconds=2 * encoder.config.window_seconds)
+    tracks, groups = load_tracks(list_audio(cfg.data), sr, min_seconds=2 * encoder.config.window_seconds)
     recipe = RECIPES[cfg.augment]
     voices = voice_sources(recipe, sr, cfg.seed) if cfg.voice_over else Sources()
     pool = PairPool(tracks, sr, encoder.window_samples, cfg.pool_chunks, cfg.chunk_seconds, cfg.max_shift_seconds, cfg.seed,
-                    voices, recipe)
+                    voices, recipe, groups, cfg.batch_groups)
     pool.fill(start, cfg.refresh_per_step)
 
     encoder.train()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 import yaml
 from click.testing import CliRunner
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from encoders import coloured_noise, load_audio, load_encoder
 from encoders.model import MODELS_DIR
+from encoders.data import PairPool, list_audio, load_tracks
 from encoders.train import TrainConfig, build_encoder, data_digest, nt_xent, train
 from monitor.cli import main
 
@@ -116,6 +118,24 @@ def test_training_moves_the_weights(tmp_path: Path) -> None:
     train(TrainConfig(steps=3, **TINY), tmp_path / "three")
     a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_grouped_batches_draw_from_that_many_folders_and_the_default_from_all(tmp_path: Path) -> None:
+    """Each folder's tracks are a constant level of their own, so an anchor window tells its folder."""
+    for folder in range(4):
+        (tmp_path / f"album{folder}").mkdir()
+        for n in range(2):
+            soundfile.write(tmp_path / f"album{folder}" / f"t{n}.wav", np.full(4 * 8000, 0.1 * (folder + 1), np.float32), 8000)
+    tracks, groups = load_tracks(list_audio(tmp_path), 8000, min_seconds=2.0)
+    assert groups == [0, 0, 1, 1, 2, 2, 3, 3]
+
+    def folders_per_batch(batch_groups: int) -> set[int]:
+        pool = PairPool(tracks, 8000, 8000, 24, 2.0, 0.0, seed=0, groups=groups, batch_groups=batch_groups)
+        pool.fill(0, 2)
+        return {len(set(np.round(pool.batch(step, 32)[0].mean(dim=1).numpy(), 2).tolist())) for step in range(5)}
+
+    assert folders_per_batch(2) == {2}
+    assert folders_per_batch(0) == {4}
 
 
 def test_config_typo_is_named_by_the_cli(tmp_path: Path) -> None:
