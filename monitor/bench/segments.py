@@ -209,6 +209,17 @@ def _cap(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float] 
     return (lo, hi) if hi > lo else None
 
 
+def _overlaps(chunk: Chunk, matches: list[Match]) -> list[tuple[tuple[float, float], tuple[float, float], Match]]:
+    """(query overlap, reference overlap, match) of each match that overlaps `chunk` on both axes at once."""
+    found = []
+    for s in matches:
+        on_q = _cap((chunk.query_begin, chunk.query_end), (s.query_start, s.query_end))
+        on_r = _cap((chunk.ref_begin, chunk.ref_end), (s.ref_start, s.ref_end))
+        if on_q and on_r:
+            found.append((on_q, on_r, s))
+    return found
+
+
 @dataclass
 class PairScore:
     """Seconds of one (query, reference) pair."""
@@ -228,12 +239,9 @@ def score_pair(chunks: list[Chunk], matches: list[Match]) -> PairScore:
     rate = chunks[0].rate if chunks else 1.0
     tp_q, tp_r = [], []
     for c in chunks:
-        for s in matches:
-            on_q = _cap((c.query_begin, c.query_end), (s.query_start, s.query_end))
-            on_r = _cap((c.ref_begin, c.ref_end), (s.ref_start, s.ref_end))
-            if on_q and on_r:
-                tp_q.append(on_q)
-                tp_r.append(on_r)
+        for on_q, on_r, _ in _overlaps(c, matches):
+            tp_q.append(on_q)
+            tp_r.append(on_r)
     tpq, tpr = _length(tp_q), _length(tp_r) / rate
     mq = _length([(s.query_start, s.query_end) for s in matches])
     mr = _length([(s.ref_start, s.ref_end) for s in matches]) / rate
@@ -244,9 +252,7 @@ def score_pair(chunks: list[Chunk], matches: list[Match]) -> PairScore:
 
 def boundary_errors(chunk: Chunk, matches: list[Match]) -> tuple[float, float] | None:
     """|reported - true| start and end on the query axis, over the matches that overlap the chunk on both axes."""
-    hits = [s for s in matches
-            if _cap((chunk.query_begin, chunk.query_end), (s.query_start, s.query_end))
-            and _cap((chunk.ref_begin, chunk.ref_end), (s.ref_start, s.ref_end))]
+    hits = [s for _, _, s in _overlaps(chunk, matches)]
     if not hits:
         return None
     return abs(min(s.query_start for s in hits) - chunk.query_begin), abs(max(s.query_end for s in hits) - chunk.query_end)
@@ -254,14 +260,8 @@ def boundary_errors(chunk: Chunk, matches: list[Match]) -> tuple[float, float] |
 
 def found_seconds(chunk: Chunk, matches: list[Match]) -> float:
     """Seconds of `chunk` that matches of its track cover on both axes at once (the smaller of the two)."""
-    on_q, on_r = [], []
-    for s in matches:
-        q = _cap((chunk.query_begin, chunk.query_end), (s.query_start, s.query_end))
-        r = _cap((chunk.ref_begin, chunk.ref_end), (s.ref_start, s.ref_end))
-        if q and r:
-            on_q.append(q)
-            on_r.append(r)
-    return min(_length(on_q), _length(on_r) / chunk.rate)
+    overlaps = _overlaps(chunk, matches)
+    return min(_length([q for q, _, _ in overlaps]), _length([r for _, r, _ in overlaps]) / chunk.rate)
 
 
 def _warp(modification: str) -> float:
