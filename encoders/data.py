@@ -66,8 +66,8 @@ def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> tupl
             folders.append(str(Path(path).parent))
     if not tracks:
         raise ValueError(f"none of the {len(paths)} files gave {min_seconds} s of audio to train on")
-    names = sorted(set(folders))
-    return tracks, [names.index(f) for f in folders]
+    group = {folder: n for n, folder in enumerate(sorted(set(folders)))}
+    return tracks, [group[f] for f in folders]
 
 
 TALK_STREAMS_PER_VOICE = 8
