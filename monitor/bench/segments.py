@@ -72,6 +72,15 @@ class Chunk:
     noise_snr: float | None
     merge_next: str
 
+    @property
+    def seconds(self) -> float:
+        return self.query_end - self.query_begin
+
+    @property
+    def modified_by(self) -> str:
+        """The modification's name ("clean" for none)."""
+        return self.modification.partition(":")[0]
+
 
 def _tempo_factor(rng: random.Random, sigma: float) -> float:
     """Pex's draw: symmetric on a ratio scale, mostly within one sigma."""
@@ -264,9 +273,9 @@ def found_seconds(chunk: Chunk, matches: list[Match]) -> float:
     return min(_length([q for q, _, _ in overlaps]), _length([r for _, r, _ in overlaps]) / chunk.rate)
 
 
-def _warp(modification: str) -> float:
+def _warp(chunk: Chunk) -> float:
     """How far a tempo, pitch or speed change strays, as a factor >= 1 (1 for any other modification)."""
-    name, _, value = modification.partition(":")
+    name, _, value = chunk.modification.partition(":")
     if name == "pitch":
         factor = 2 ** (float(value) / 12)
     elif name in ("tempo", "speed"):
@@ -278,15 +287,15 @@ def _warp(modification: str) -> float:
 
 CHUNK_KINDS: tuple[tuple[str, Callable[[Chunk], bool]], ...] = (
     ("all", lambda c: True),
-    ("shorter than 10 s", lambda c: c.query_end - c.query_begin < 10),
-    ("10 s or longer", lambda c: c.query_end - c.query_begin >= 10),
-    ("unmodified, no noise", lambda c: c.modification == "clean" and c.noise_snr is None),
-    ("modified", lambda c: c.modification != "clean"),
-    ("modified, shorter than 10 s", lambda c: c.modification != "clean" and c.query_end - c.query_begin < 10),
-    ("tempo, pitch or speed within 10 %", lambda c: 1 < _warp(c.modification) <= 1.1),
-    ("tempo, pitch or speed beyond 10 %", lambda c: _warp(c.modification) > 1.1),
-    ("high- or low-pass", lambda c: c.modification.split(":")[0] in ("highpass", "lowpass")),
-    ("echo or reverb", lambda c: c.modification.split(":")[0] in ("echo", "reverb")),
+    ("shorter than 10 s", lambda c: c.seconds < 10),
+    ("10 s or longer", lambda c: c.seconds >= 10),
+    ("unmodified, no noise", lambda c: c.modified_by == "clean" and c.noise_snr is None),
+    ("modified", lambda c: c.modified_by != "clean"),
+    ("modified, shorter than 10 s", lambda c: c.modified_by != "clean" and c.seconds < 10),
+    ("tempo, pitch or speed within 10 %", lambda c: 1 < _warp(c) <= 1.1),
+    ("tempo, pitch or speed beyond 10 %", lambda c: _warp(c) > 1.1),
+    ("high- or low-pass", lambda c: c.modified_by in ("highpass", "lowpass")),
+    ("echo or reverb", lambda c: c.modified_by in ("echo", "reverb")),
     ("noise 0-5 dB", lambda c: c.noise_snr is not None and c.noise_snr <= 5),
     ("noise 10-15 dB", lambda c: c.noise_snr is not None and c.noise_snr >= 10),
 )
@@ -300,7 +309,7 @@ def chunk_recall(annotations: dict[str, list[Chunk]], reports: dict[str, list[Ma
     result = {}
     for kind, member in CHUNK_KINDS:
         picked = [(c, seconds) for c, seconds in found if member(c)]
-        total = sum(c.query_end - c.query_begin for c, _ in picked)
+        total = sum(c.seconds for c, _ in picked)
         result[kind] = (len(picked), sum(seconds > 0 for _, seconds in picked), sum(s for _, s in picked) / total if total else 0.0)
     return result
 
