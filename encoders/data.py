@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from encoders.audio import AUDIO_SUFFIXES, AudioError, load_audio
-from encoders.augment import RECIPES, Chain, Recipe, Sources, random_chain, synthesize_speech
-from encoders.speech import load_voices, split_voices, talk
+from encoders.augment import BABBLE_TALKERS, RECIPES, Chain, Recipe, Sources, random_chain, synthesize_speech
+from encoders.content_data import PROGRAMME_LEVEL_DB, ContentSources, at_level, make_other, make_speech
+from encoders.speech import babble, load_voices, split_voices, talk
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +206,29 @@ class PairPool:
 
 def _exact(audio: np.ndarray, length: int) -> np.ndarray:
     return audio if len(audio) == length else np.pad(audio, (0, length - len(audio)))
+
+
+class NonMusic:
+    """Windows with no music in them, drawn afresh for each step: one recorded talker, a crowd of them, or
+    noise, hum and tones (the content classifier's material, encoders.content_data). As extra negatives for
+    every pair they push talk and noise away from all music, the quiet and noisy tracks included, where
+    pairs of music alone leave them wherever there is room: a stretch of talk or noise that lands near a
+    catalog track is a false match."""
+
+    def __init__(self, talkers: tuple[tuple[np.ndarray, ...], ...], sample_rate: int, window: int, seed: int):
+        self.sources = ContentSources(music=(), voices=talkers)
+        self.sample_rate, self.window, self.seed = sample_rate, window, seed
+
+    def batch(self, step: int, count: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, 2_000_003, step])
+        return torch.from_numpy(np.stack([self._window(rng) for _ in range(count)]))
+
+    def _window(self, rng: np.random.Generator) -> np.ndarray:
+        kind = rng.integers(3)
+        if kind == 0:
+            return make_other(self.sources, self.window, self.sample_rate, rng)
+        if kind == 1:
+            voices = make_speech(self.sources, self.window, self.sample_rate, rng)
+        else:
+            voices = babble(self.sources.voices, self.window, self.sample_rate, BABBLE_TALKERS, rng)
+        return at_level(voices, rng.uniform(*PROGRAMME_LEVEL_DB))

@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from encoders.augment import RECIPES, Sources
 from encoders.backbones import backbone_class
-from encoders.data import PairPool, list_audio, load_tracks, voice_sources
+from encoders.data import NonMusic, PairPool, list_audio, load_tracks, voice_sources
 from encoders.model import Encoder, EncoderConfig, EncoderError, load_encoder
+from encoders.speech import load_voices, split_voices
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -53,6 +54,7 @@ class TrainConfig:
     refresh_per_step: int = 8
     max_shift_seconds: float = 0.2
     batch_groups: int = 0  # > 0: each batch from the tracks of this many folders (albums) only: hard negatives
+    non_music: int = 0  # windows of talk and noise added to each batch as negatives for every pair (encoders.data.NonMusic)
     voice_over: bool = True
     augment: str = "v1"  # a recipe of encoders.augment.RECIPES: warp ranges and voices
     checkpoint_every: int = 50
@@ -144,12 +146,15 @@ def training_record(cfg: TrainConfig) -> dict[str, Any]:
     return record
 
 
-def nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's loss: each embedding must pick its partner out of the other 2N-2 in the batch."""
+def nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """SimCLR's loss: each embedding must pick its partner out of the other 2N-2 in the batch, and out of
+    `negatives` (embeddings that are nobody's partner) where given."""
     z = torch.cat([anchors, positives])
     n = len(anchors)
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
+    if negatives is not None:
+        logits = torch.cat([logits, z @ negatives.T / temperature], dim=1)
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
     return torch.nn.functional.cross_entropy(logits, targets)
 
@@ -208,6 +213,15 @@ def load_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimiz
     return int(ckpt["step"])
 
 
+def _loss(encoder: Encoder, anchors: torch.Tensor, positives: torch.Tensor, non_music: torch.Tensor | None, cfg: TrainConfig) -> torch.Tensor:
+    """NT-Xent of a batch; windows without music go through the encoder with the distorted side, which
+    they resemble (batch norm then sees them among real queries, not as a batch of their own)."""
+    encoded_anchors = encoder(anchors.to(cfg.device))
+    queries = positives if non_music is None else torch.cat([positives, non_music])
+    encoded = encoder(queries.to(cfg.device))
+    return nt_xent(encoded_anchors, encoded[: len(positives)], cfg.temperature, encoded[len(positives) :])
+
+
 def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
     """Train (resuming from run_dir/checkpoint.pt if present) and export run_dir/encoder."""
     run_dir = Path(run_dir)
@@ -230,6 +244,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
     pool = PairPool(tracks, sr, encoder.window_samples, cfg.pool_chunks, cfg.chunk_seconds, cfg.max_shift_seconds, cfg.seed,
                     voices, recipe, groups, cfg.batch_groups)
     pool.fill(start, cfg.refresh_per_step)
+    non_music = NonMusic(load_voices(split_voices()[0], sr), sr, encoder.window_samples, cfg.seed) if cfg.non_music else None
 
     encoder.train()
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="training", unit="step")
@@ -237,7 +252,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
         anchors, positives = pool.batch(step, cfg.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = nt_xent(encoder(anchors.to(cfg.device)), encoder(positives.to(cfg.device)), cfg.temperature)
+        loss = _loss(encoder, anchors, positives, non_music.batch(step, cfg.non_music) if non_music else None, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -33,6 +33,33 @@ def test_nt_xent_rewards_matching_pairs() -> None:
     assert nt_xent(z, z, 0.1) < nt_xent(z, other, 0.1)
 
 
+def test_extra_negatives_are_nobodys_partner() -> None:
+    """None of them leaves the loss exactly as SimCLR's; negatives that look like the pairs make it harder."""
+    z = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    partners = torch.nn.functional.normalize(z + 0.3 * torch.randn(16, 8), dim=1)
+    assert torch.equal(nt_xent(z, partners, 0.1, torch.empty(0, 8)), nt_xent(z, partners, 0.1))
+    assert nt_xent(z, partners, 0.1, partners) > nt_xent(z, partners, 0.1, -partners) > nt_xent(z, partners, 0.1)
+
+
+def test_non_music_windows_are_talk_or_noise_at_broadcast_levels_and_the_same_for_a_step() -> None:
+    from encoders.content_data import OTHER_LEVEL_DB, PROGRAMME_LEVEL_DB, rms_db
+    from encoders.data import NonMusic
+    from encoders.speech import load_voices, split_voices
+
+    source = NonMusic(load_voices(split_voices()[0][:2], 8000), 8000, 8000, seed=0)
+    batch = source.batch(3, 24)
+    assert batch.shape == (24, 8000) and torch.equal(batch, source.batch(3, 24)) and not torch.equal(batch, source.batch(4, 24))
+    levels = [rms_db(w) for w in batch.numpy()]
+    tolerance = 0.01  # dB: float32 rounding of the scaled window
+    low, high = min(PROGRAMME_LEVEL_DB[0], OTHER_LEVEL_DB[0]), max(PROGRAMME_LEVEL_DB[1], OTHER_LEVEL_DB[1])
+    assert all(low - tolerance <= level <= high + tolerance for level in levels), levels
+
+
+def test_training_with_non_music_negatives_changes_what_it_learns(tmp_path: Path) -> None:
+    plain, negatives = (weights(train(TrainConfig(steps=2, **{**TINY, "non_music": n}), tmp_path / f"run{n}").parent) for n in (0, 4))
+    assert any(not torch.equal(plain[k], negatives[k]) for k in plain if plain[k].is_floating_point())
+
+
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "encoder" / "model.safetensors"))
 
