@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import av
 import numpy as np
@@ -33,6 +34,8 @@ CHUNK_SECONDS = 0.1
 DECODE_BATCH_SECONDS = 0.5
 DECODE_BATCH_PACKETS = 64
 PACKET_WAIT_SECONDS = 0.01
+
+Decoded = TypeVar("Decoded")
 
 
 class AudioError(ValueError):
@@ -80,11 +83,8 @@ def decode_chunks(
         stream = container.streams.audio[0]
         resampler = _resampler(stream.layout.nb_channels, sample_rate, frame_size=_chunk_samples(sample_rate))
         try:
-            for batch in _batches(container.demux(stream), stream):
-                chunks, failure = _decoded(batch, resampler, lock)
-                yield from chunks  # what a batch gave before a failing packet is audio too
-                if failure is not None:
-                    raise failure
+            for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, resampler), lock):
+                yield from chunks
             with lock:
                 chunks = _resampled(resampler, None)
             yield from chunks
@@ -92,17 +92,34 @@ def decode_chunks(
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
 
 
-def _decoded(batch: list[av.Packet], resampler: av.AudioResampler, lock: AbstractContextManager) -> tuple[list[np.ndarray], av.FFmpegError | None]:
-    """The chunks FFmpeg decodes from `batch` while `lock` is held, and the error that stopped it, if any."""
-    chunks: list[np.ndarray] = []
-    with lock:
-        try:
-            for packet in batch:
-                for frame in packet.decode():
-                    chunks += _resampled(resampler, frame)
-        except av.FFmpegError as exc:
-            return chunks, exc
-    return chunks, None
+def decode_batches(
+    packets: Iterator[av.Packet],
+    streams: Sequence[av.stream.Stream],
+    decode: Callable[[av.Packet], list[Decoded]],
+    lock: AbstractContextManager = nullcontext(),
+) -> Iterator[list[Decoded]]:
+    """What `decode` makes of each of `packets` (demuxed from `streams`), a list per batch of about
+    DECODE_BATCH_SECONDS of audio: the packets are read outside `lock` and decoded while it is held (see
+    decode_chunks). An FFmpeg error that stops a batch is raised after the list of what the batch gave before
+    the failing packet, which is audio too."""
+    # Durations are summed in the coarsest of the streams' time bases: where theirs differ, a batch ends sooner.
+    tick_seconds = max(float(stream.time_base or 1) for stream in streams)
+    for batch in _batches(packets, tick_seconds):
+        decoded: list[Decoded] = []
+        failure: av.FFmpegError | None = None
+        with lock:
+            try:
+                for packet in batch:
+                    decoded += decode(packet)
+            except av.FFmpegError as exc:
+                failure = exc
+        yield decoded
+        if failure is not None:
+            raise failure
+
+
+def _packet_chunks(resampler: av.AudioResampler, packet: av.Packet) -> list[np.ndarray]:
+    return [chunk for frame in packet.decode() for chunk in _resampled(resampler, frame)]
 
 
 def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
@@ -110,11 +127,11 @@ def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> lis
     return [downmix(_planes(out)) for out in resampler.resample(frame)]
 
 
-def _batches(packets: Iterator[av.Packet], stream: av.audio.stream.AudioStream) -> Iterator[list[av.Packet]]:
-    """`stream`'s `packets` in lists of about DECODE_BATCH_SECONDS of audio, a list ending early at a packet
-    whose read waited PACKET_WAIT_SECONDS or more."""
+def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list[av.Packet]]:
+    """`packets` in lists of about DECODE_BATCH_SECONDS of audio (their durations counted in ticks of
+    `tick_seconds`), a list ending early at a packet whose read waited PACKET_WAIT_SECONDS or more."""
     batch: list[av.Packet] = []
-    ticks, most = 0, DECODE_BATCH_SECONDS / float(stream.time_base or 1)  # durations in the stream's time base
+    ticks, most = 0, DECODE_BATCH_SECONDS / tick_seconds  # summed in ticks: no fraction arithmetic per packet
     while True:
         began = time.monotonic()
         packet = next(packets, None)

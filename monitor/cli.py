@@ -11,7 +11,7 @@ import click
 
 from monitor.constants import DEFAULT_HOP_SECONDS, NOTICE_CONFIDENCE, SCALE_WINDOWS
 from monitor.health import STALE_SECONDS
-from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, THREADS, MonitorOptions, UnknownConfig, WorkerOptions
+from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, THREADS, IngestOptions, MonitorOptions, UnknownConfig, WorkerOptions
 
 
 @click.group()
@@ -557,6 +557,10 @@ def _unknown_config(min_unknown_seconds: float, unknown_retention_days: float) -
 THREADS_OPTION = _env("--threads", type=click.IntRange(1), default=THREADS, show_default=True,
                       help="CPU threads that embed and search. One spends the least CPU per stream; for more cores run more workers.")
 
+DECODE_TURNS_OPTION = _env("--decode-turns", type=click.IntRange(0), default=IngestOptions.decode_turns, show_default=True,
+                           help="Stream readers that may decode at once; more spend CPU handing Python's interpreter lock to each other. "
+                                "0: as many as the process may use cores.")
+
 NOTICE_OPTION = _env("--notice-confidence", type=click.FloatRange(0, 1), default=NOTICE_CONFIDENCE, show_default=True,
                      help="Confidence at which a play is first noticed (a provisional event, withdrawn if it stops short; its started "
                           "event waits until it is sure). Lower: sooner notices and more withdrawn; 0.999: no notice before a play is sure.")
@@ -624,17 +628,17 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
 @_env("--encoder", default="compact", show_default=True, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
 @_env("--sample-format", type=click.Choice(["int16", "float16"]), default="int16", show_default=True, help="How window samples travel.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
+@DECODE_TURNS_OPTION
 @AUDIO_OPTIONS
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
-def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, audio: str | None, programs: str | None,
-           metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, decode_turns: int, audio: str | None,
+           programs: str | None, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Read streams (URLS and/or --streams) and publish their windows to Kafka, until stopped."""
     import asyncio
 
     from encoders import EncoderError, load_encoder
     from monitor.fleet.broker import BrokerError
-    from monitor.options import IngestOptions
     from monitor.stages.sources import ConfigError
     from monitor.fleet.kafka_records import SampleFormat
     from monitor.fleet.publish import PublishOptions, publish_windows
@@ -650,7 +654,8 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     settings, topics = _kafka(**kafka)
     options = PublishOptions(sample_format=SampleFormat(sample_format))
     try:
-        asyncio.run(publish_windows(sources, grid, settings, topics, IngestOptions(realtime=realtime), options, _metrics(metrics_port, metrics_host)))
+        asyncio.run(publish_windows(sources, grid, settings, topics, IngestOptions(realtime=realtime, decode_turns=decode_turns), options,
+                                    _metrics(metrics_port, metrics_host)))
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -744,6 +749,7 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
 @click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
+@DECODE_TURNS_OPTION
 @click.option("--batch-size", type=click.IntRange(1), default=MonitorOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
 @THREADS_OPTION
 @NOTICE_OPTION
@@ -752,14 +758,13 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
 @UNKNOWN_OPTIONS
 @METRICS_OPTIONS
-def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, batch_size: int,
-                    threads: int, notice_confidence: float, audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool,
+def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, decode_turns: int,
+                    batch_size: int, threads: int, notice_confidence: float, audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool,
                     min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import NothingHeard, run_embedded
     from monitor.events import describe, plays_in
-    from monitor.options import IngestOptions
     from monitor.stages.play_state import PlayConfig
     from monitor.stages.sources import ConfigError
 
@@ -774,7 +779,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
             open(events, "a", encoding="utf-8").close()
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
-    options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=IngestOptions(realtime=realtime),
+    options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=IngestOptions(realtime=realtime, decode_turns=decode_turns),
                              plays=PlayConfig(notice_confidence=notice_confidence), unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None

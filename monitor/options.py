@@ -30,6 +30,7 @@ class IngestOptions:
     silence_dbfs: float = SILENCE_DBFS  # a window quieter than this (RMS, dB full scale) is silent
     dead_air_seconds: float = 5.0  # silence this long is dead air: counted and logged
     gather_seconds: float = 0.5  # a reader at the live edge sleeps this long, then takes what came in one go
+    decode_turns: int = 0  # readers that may decode at once (monitor.stages.ingest.decode_turns); 0: the process's usable cores
 
 
 @dataclass(frozen=True)

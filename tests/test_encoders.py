@@ -306,7 +306,6 @@ def test_a_batch_of_packets_ends_at_a_packet_that_had_to_be_waited_for() -> None
     """A live source at its edge: the packet that came after a wait is decoded at once, not held back until
     a batch's worth has come; packets without a duration are batched DECODE_BATCH_PACKETS at most."""
     import time
-    from fractions import Fraction
     from types import SimpleNamespace
 
     from encoders.audio import DECODE_BATCH_PACKETS, PACKET_WAIT_SECONDS, _batches
@@ -317,12 +316,12 @@ def test_a_batch_of_packets_ends_at_a_packet_that_had_to_be_waited_for() -> None
                 time.sleep(2 * PACKET_WAIT_SECONDS)
             yield SimpleNamespace(index=i, duration=duration)
 
-    stream = SimpleNamespace(time_base=Fraction(1, 10))  # packets of duration 1: 0.1 s each
-    batches = [[p.index for p in batch] for batch in _batches(packets([1] * 30, waited=3), stream)]
+    tick_seconds = 0.1  # packets of duration 1: 0.1 s each
+    batches = [[p.index for p in batch] for batch in _batches(packets([1] * 30, waited=3), tick_seconds)]
     assert sum(batches, []) == list(range(30))
     assert all(len(batch) <= 5 for batch in batches)  # 0.5 s of 0.1 s packets (fewer where a read was slow)
     assert any(batch[-1] == 3 for batch in batches)
-    batches = list(_batches(packets([None] * 200, waited=-1), stream))
+    batches = list(_batches(packets([None] * 200, waited=-1), tick_seconds))
     assert sum(map(len, batches)) == 200 and all(len(batch) <= DECODE_BATCH_PACKETS for batch in batches)
 
 

@@ -335,3 +335,54 @@ def test_decode_turns_follow_a_containers_cpu_limit(tmp_path: Path) -> None:
     limit.write_text("max 100000\n")
     assert usable_cores(limit) == affinity
     assert usable_cores(tmp_path / "absent") == affinity
+
+
+def test_the_decode_turns_setting_is_how_many_readers_decode_at_once() -> None:
+    """IngestOptions.decode_turns (--decode-turns) sizes start_readers' turns, which a multiplex reader takes as a
+    single stream's does: with one turn, a profiler never sees two readers in FFmpeg's decoder at once."""
+    from monitor.stages.mux import AudioSelection, MuxSource
+
+    turns = decode_turns(3)
+    assert [turns.acquire(blocking=False) for _ in range(4)] == [True, True, True, False]
+    turns = decode_turns(IngestOptions().decode_turns)
+    assert sum(turns.acquire(blocking=False) for _ in range(usable_cores() + 1)) == usable_cores()
+
+    decoding: set[int] = set()
+    at_once: list[int] = []  # how many readers were decoding, at each call into the decoder
+    readers: set[str] = set()
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if getattr(arg, "__qualname__", None) != "Packet.decode":
+            return
+        if event == "c_call":
+            decoding.add(threading.get_ident())
+            at_once.append(len(decoding))
+            readers.add(threading.current_thread().name)
+        elif event in ("c_return", "c_exception"):
+            decoding.discard(threading.get_ident())
+
+    sources = [StreamSource("single", str(MUSIC / "area1-game.opus")),
+               MuxSource.single(StreamSource("mux", str(MUSIC / "gardien-go.opus")), AudioSelection())]
+    received: queue.Queue = queue.Queue()
+    threading.setprofile(profile)  # for the threads start_readers starts
+    try:
+        threads = start_readers(sources, GRID, received.put, IngestOptions(decode_turns=1))
+        for thread in threads:
+            thread.join(timeout=120)  # a guard against a hang, not a measurement
+    finally:
+        threading.setprofile(None)
+    assert not any(thread.is_alive() for thread in threads)
+    assert readers == {"ingest-single", "ingest-mux"} and max(at_once) == 1
+
+
+def test_a_negative_decode_turns_setting_is_refused_naming_the_option(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["monitor", "--catalog", str(tmp_path), "--decode-turns", "-1", "x.wav"])
+    assert result.exit_code == 2 and "Invalid value for '--decode-turns'" in result.output and "-1 is not in the range x>=0" in result.output
+    result = runner.invoke(main, ["ingest", "x.wav"], env={"AIRTRACE_DECODE_TURNS": "-2"})
+    assert result.exit_code == 2 and "AIRTRACE_DECODE_TURNS" in result.output and "-2 is not in the range x>=0" in result.output
+    assert "--decode-turns" in runner.invoke(main, ["ingest", "--help"]).output

@@ -430,3 +430,42 @@ def test_a_missing_multiplex_file_is_reported_and_skipped(tmp_path: Path, regist
     assert list(read_mux(MuxSource("tv", str(tmp_path / "missing.ts")), GRID, metrics=metrics)) == []
     assert "multiplex tv:" in caplog.text and "skipping this input" in caplog.text
     assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "tv"}) == 1
+
+
+class WatchedTurn:
+    """A decode turn that says whether a reader holds it (readers take turns as context managers)."""
+
+    def __init__(self) -> None:
+        self.held, self.holds = False, 0
+
+    def __enter__(self) -> None:
+        self.held, self.holds = True, self.holds + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+
+
+def test_a_multiplex_decodes_only_in_the_turns_it_is_given(multiplex: Path) -> None:
+    """Multiplex readers take the decode turns single-stream readers take (monitor.stages.ingest.decode_turns):
+    every call into FFmpeg's decoder and resampler (seen by a profiler) comes while the turn is held, a turn
+    covers a batch of packets, and the windows are those read without turns."""
+    import sys
+
+    source = MuxSource("tv", str(multiplex), (MuxProgram(AudioSelection(101)), MuxProgram(AudioSelection("Gamma"), "gamma")))
+    turn, held_at_calls = WatchedTurn(), []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and (name := getattr(arg, "__qualname__", None)) in ("Packet.decode", "AudioResampler.resample"):
+            held_at_calls.append((name, turn.held))
+
+    sys.setprofile(profile)
+    try:
+        in_turns = [item for item in read_mux(source, GRID, turns=turn) if isinstance(item, AudioWindow)]
+    finally:
+        sys.setprofile(None)
+    alone = [item for item in read_mux(source, GRID) if isinstance(item, AudioWindow)]
+    assert {name for name, _ in held_at_calls} == {"Packet.decode", "AudioResampler.resample"}
+    assert all(held for _, held in held_at_calls), "FFmpeg decoded or resampled outside the turn"
+    assert turn.holds * 4 < Counter(name for name, _ in held_at_calls)["Packet.decode"]  # a turn per batch of packets, not per packet
+    assert len(in_turns) == len(alone) == 2 * GRID.count(50 * 8000)
+    assert all(a.stream_id == b.stream_id and a.seq == b.seq and np.array_equal(a.samples, b.samples) for a, b in zip(in_turns, alone))

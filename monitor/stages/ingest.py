@@ -16,7 +16,8 @@ Contracts other processes rely on:
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
   holds up another; windows and a final `EndOfStream` go to a sink callable (usually a queue's put).
-  Its readers take turns to decode (`decode_turns`), as many at once as the process has cores.
+  Its readers (multiplexes too) take turns to decode (`decode_turns`), as many at once as
+  `IngestOptions.decode_turns` says: by default, as many as the process has cores.
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ def _gathered(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: fl
             stop.wait(gather_seconds)
 
 
-def decode_turns(turns: int | None = None) -> threading.BoundedSemaphore:
-    """The turns a process's readers take to decode (encoders.decode_chunks holds one per batch of packets and
-    reads outside it), as many as it has cores (`usable_cores`) unless `turns` says otherwise.
+def decode_turns(turns: int = 0) -> threading.BoundedSemaphore:
+    """The turns a process's readers take to decode (encoders.audio.decode_batches holds one per batch of packets and
+    reads outside it): `turns` of them, or as many as it has cores (`usable_cores`) for 0.
 
     PyAV lets go of Python's interpreter lock in every FFmpeg call, so readers that decode at the same time
     hand it to each other many times per chunk, and each handover costs both threads CPU: 200 threads
@@ -322,10 +323,11 @@ def start_readers(
     logged and ends alone. Its last item is the EndOfStream of source.id."""
 
     stop = stop or threading.Event()
-    turns = decode_turns()
+    turns = decode_turns(options.decode_turns)
 
     def run(source: StreamSource | MuxSource) -> None:
-        items = read_mux(source, grid, options, metrics, stop) if isinstance(source, MuxSource) else read_windows(source, grid, options, metrics, stop, turns)
+        read = read_mux if isinstance(source, MuxSource) else read_windows
+        items = read(source, grid, options, metrics, stop, turns)
         next_seq = 0
         try:
             for item in items:

@@ -15,6 +15,8 @@ HLS and DASH carry audio renditions by language. This module
   while the others go on) is reported and its stream goes down alone; when it comes back its stream
   resumes after a gap. A program that appears is reported; on a live input the connection is reopened to
   add it (PyAV cannot demux streams that appear after opening), the others marked `after_gap` there.
+  It decodes in the turns of monitor.stages.ingest's readers (`decode_turns`), in batches of packets as
+  encoders.decode_chunks does: demuxed outside the turn, decoded, resampled and folded to mono inside it.
 
 PyAV has no API for programs, so `inventory` reads FFmpeg's own dump of the input (av_dump_format),
 which lists each program, its metadata and its streams.
@@ -27,6 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +37,7 @@ import av
 import av.logging
 import numpy as np
 
-from encoders.audio import downmix, downmix_surround
+from encoders.audio import decode_batches, downmix, downmix_surround
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
@@ -420,10 +423,9 @@ class _ProgramStream:
         self.up = False
         self.dead_air.end(self.clock.end_offset)
 
-    def decode(self, packet: av.Packet) -> Iterator[AudioWindow]:
-        for frame in packet.decode():
-            for out in self.resampler.resample(frame):
-                yield from self.push(_mono(out))
+    def chunks(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        """`frame` resampled and folded to mono."""
+        return [_mono(out) for out in self.resampler.resample(frame)]
 
     def push(self, chunk: np.ndarray) -> Iterator[AudioWindow]:
         if not self.up and self.metrics:
@@ -453,12 +455,14 @@ def read_mux(
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
+    turns: AbstractContextManager = nullcontext(),
 ) -> Iterator[AudioWindow | StreamStarted | EndOfStream]:
     """Windows of every wanted program of `mux`, from one connection at a time, reopened as
-    monitor.stages.ingest reopens a single stream; an EndOfStream for each program stream once it is done."""
+    monitor.stages.ingest reopens a single stream; an EndOfStream for each program stream once it is done.
+    Decoding holds `turns` (see monitor.stages.ingest.decode_turns)."""
     streams: dict[str, _ProgramStream] = {}
     try:
-        yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams)
+        yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams, turns)
     except Exception:  # a bug must end this multiplex's streams cleanly, not leave their plays open
         log.exception("multiplex %s stopped on an unexpected error", mux.id)
     for stream_id in streams:
@@ -466,7 +470,7 @@ def read_mux(
 
 
 def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,
-                      streams: dict[str, _ProgramStream]) -> Iterator[AudioWindow | StreamStarted]:
+                      streams: dict[str, _ProgramStream], turns: AbstractContextManager) -> Iterator[AudioWindow | StreamStarted]:
     live = not mux.is_file
     backoff = Backoff(options.backoff_initial, options.backoff_max)
     announcer = _Announcer(mux, metrics)
@@ -474,7 +478,7 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
         reopen = False
         try:
             with open_input(mux.url, mux.options, options) as container:
-                reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live)
+                reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live, turns)
             if not live or stop.is_set():
                 return
             if not reopen:
@@ -530,7 +534,7 @@ class _Announcer:
 
 def _read_connection(container: av.container.InputContainer, mux: MuxSource, grid: WindowGrid, options: IngestOptions,
                      metrics: Metrics | None, stop: threading.Event, streams: dict[str, _ProgramStream], announcer: _Announcer,
-                     backoff: Backoff, live: bool) -> Iterator[AudioWindow | StreamStarted]:
+                     backoff: Backoff, live: bool, turns: AbstractContextManager) -> Iterator[AudioWindow | StreamStarted]:
     """One connection's windows; returns True when a service change needs the input reopened."""
     programs = inventory(container)
     found, missing = mux.wanted(programs)
@@ -549,36 +553,20 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
         decoding[stream_id] = track.index
         if started := announcer.changed(stream_id, wanted, program, track):
             yield started
-    every = [stream for group in by_index.values() for stream in group]
-    heard = 0.0  # the input's time: the latest packet time of any wanted track, from this connection's first
+    listener = _Listener(mux.id, by_index, options.read_timeout)
+    tracks = [container.streams[i] for i in by_index]
     began, next_check, reported = time.monotonic(), PROGRAM_CHECK_SECONDS, set()
-    first_time: float | None = None
-    for packet in container.demux([container.streams[i] for i in by_index]):
+    for decoded in decode_batches(listener.heard_packets(container.demux(tracks)), tracks, listener.decode, turns):
         if stop.is_set():
             return False
-        if packet.pts is not None and packet.time_base is not None:
-            t = float(packet.pts * packet.time_base)
-            first_time = t if first_time is None else first_time
-            heard = max(heard, t - first_time)
-        for stream in by_index.get(packet.stream.index, []):
-            if packet.size:
-                if not stream.up and stream.seq > 0 and heard - stream.last_heard > options.read_timeout:
-                    log.warning("multiplex %s: %s is back on air", mux.id, stream.id)
-                    stream.connect(heard)
-                stream.last_heard = heard
-            elif not stream.up:  # the end's flush packet for a program that left
-                continue
-            for window in stream.decode(packet):
+        for stream, chunk in decoded:
+            for window in stream.push(chunk):
                 yield window
                 backoff.reset()
-        for stream in every:
-            if stream.up and heard - stream.last_heard > options.read_timeout:
-                log.warning("multiplex %s: %s left the multiplex (no audio for %.0f s while the others go on)", mux.id, stream.id, heard - stream.last_heard)
-                stream.down()
-        if options.realtime and not live and (ahead := began + heard - 0.2 - time.monotonic()) > 0:
+        if options.realtime and not live and (ahead := began + listener.heard - 0.2 - time.monotonic()) > 0:
             time.sleep(ahead)
-        if heard >= next_check:
-            next_check = heard + PROGRAM_CHECK_SECONDS
+        if listener.heard >= next_check:
+            next_check = listener.heard + PROGRAM_CHECK_SECONDS
             now, _ = mux.wanted(inventory(container))
             change = _service_change(now, decoding)
             if change and live:
@@ -591,6 +579,50 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
                 if decoding.get(stream_id) == track.index and (started := announcer.changed(stream_id, wanted, program, track)):
                     yield started
     return False
+
+
+class _Listener:
+    """One connection's packets as they are demuxed (outside the decode turns): the input's time they reach
+    (`heard`: the latest packet time of any wanted track, from this connection's first), and what it says of
+    each program's stream: back on air after it left, or gone while the others go on. It hears a batch's
+    packets before they are decoded, which changes nothing: only a stream silent for `read_timeout` comes back
+    or goes down, so none has audio waiting in the batch before that packet."""
+
+    def __init__(self, mux_id: str, by_index: dict[int, list[_ProgramStream]], read_timeout: float):
+        self.mux_id, self.by_index, self.read_timeout = mux_id, by_index, read_timeout
+        self.every = [stream for group in by_index.values() for stream in group]
+        self.heard = 0.0
+        self.first_time: float | None = None
+
+    def heard_packets(self, packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
+        for packet in packets:
+            self.hear(packet)
+            yield packet
+
+    def hear(self, packet: av.Packet) -> None:
+        if packet.pts is not None and packet.time_base is not None:
+            t = float(packet.pts * packet.time_base)
+            self.first_time = t if self.first_time is None else self.first_time
+            self.heard = max(self.heard, t - self.first_time)
+        if packet.size:
+            for stream in self.by_index.get(packet.stream.index, []):
+                if not stream.up and stream.seq > 0 and self.heard - stream.last_heard > self.read_timeout:
+                    log.warning("multiplex %s: %s is back on air", self.mux_id, stream.id)
+                    stream.connect(self.heard)
+                stream.last_heard = self.heard
+        for stream in self.every:
+            if stream.up and self.heard - stream.last_heard > self.read_timeout:
+                log.warning("multiplex %s: %s left the multiplex (no audio for %.0f s while the others go on)", self.mux_id, stream.id,
+                            self.heard - stream.last_heard)
+                stream.down()
+
+    def decode(self, packet: av.Packet) -> list[tuple[_ProgramStream, np.ndarray]]:
+        """`packet` decoded once, its audio resampled and folded for each stream of its track (in the decode
+        turn); the end's flush packet is not decoded for a program that left."""
+        streams = [stream for stream in self.by_index.get(packet.stream.index, []) if packet.size or stream.up]
+        if not streams:
+            return []
+        return [(stream, chunk) for frame in packet.decode() for stream in streams for chunk in stream.chunks(frame)]
 
 
 def _service_change(now: list[tuple[str, MuxProgram, Program, AudioTrack]], decoding: dict[str, int]) -> str | None:
