@@ -125,6 +125,7 @@ def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder
     landmark_clean_10s = accuracy["rows"][0][accuracy["columns"].index("landmark 10s")]
     assert landmark_clean_10s == "100.0"
     assert "False matches on non-catalog audio (% of queries with any match)" in tables
+    assert "False matches on non-catalog audio, by the catalog track they named" in tables
     strict = tables["Top-1 / false matches (%) at stricter minimum confidences (identify --min-confidence)"]
     assert strict["columns"] == ["min confidence", f"{encoder_dir.name} 3s", f"{encoder_dir.name} 10s"]  # no landmark: no confidence
     top1 = [[float(cell.split(" / ")[0]) for cell in row[1:]] for row in strict["rows"]]
@@ -141,6 +142,28 @@ def test_bench_tracks_and_segments_run_on_the_demo_music(tmp_path: Path, encoder
     assert kinds[encoder_dir.name]["all"]["chunks"] == sum(k["chunks"] for name, k in kinds[encoder_dir.name].items()
                                                             if name in ("shorter than 10 s", "10 s or longer"))
     assert "built: from cache" in result.output  # the catalogs of the first run were reused
+
+
+def test_false_matches_are_listed_with_the_track_they_named_surest_first() -> None:
+    from types import SimpleNamespace
+
+    from monitor.bench.tracks import _named_table
+
+    fields = ("engine", "row", "length", "track_id", "ref_start", "right", "ref_error", "top_track", "top_confidence")
+    records = [
+        ["a", "clean", 3.0, "dev/t1", 10.0, False, None, "dev/t2", 0.999],  # a catalog query's wrong answer: top-1's business
+        ["a", "noise/brown", 3.0, None, 0.0, None, None, None, None],  # non-catalog, no match
+        ["a", "noise/brown", 10.0, None, 0.0, None, None, "warmux/construction", 0.99132],
+        ["a", "held-out music/clean", 10.0, "colobot/music006", 90.59, None, None, "hedgewars/Castle", 0.99948],
+        ["b", "speech/clean", 3.0, None, 0.0, None, None, "pingus/pingus-1", 0.995],
+    ]
+    assert all(len(r) == len(fields) for r in records)
+    table = _named_table(records, [SimpleNamespace(name="b"), SimpleNamespace(name="a")])
+    assert table.rows == [
+        ["b", "speech/clean", "3 s", "-", "pingus/pingus-1", "0.99500"],
+        ["a", "held-out music/clean", "10 s", "colobot/music006 at 90.59 s", "hedgewars/Castle", "0.99948"],
+        ["a", "noise/brown", "10 s", "-", "warmux/construction", "0.99132"],
+    ]
 
 
 def test_repeated_track_ids_keep_the_first_and_holdouts_leave_the_catalog(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ def run(refs: ReferenceSet, engines: Sequence[Engine], rows: Sequence[str], per_
     tables = [
         _accuracy_table(tallies, engines, rows, lengths, settings),
         _false_table(false_tallies, engines, lengths, refs, negatives),
+        _named_table(records, engines),
         _threshold_table(records, engines, lengths),
         _timing_table(tallies, false_tallies, engines, lengths),
         _targets_table(tallies, false_tallies, engines, rows, lengths),
@@ -151,6 +152,18 @@ def _false_table(false_tallies: dict, engines: Sequence[Engine], lengths: Sequen
                           for e in engines for n in lengths))
     table.add("all", *(percent(_overall(false_tallies, e.name, kinds, n).right, _overall(false_tallies, e.name, kinds, n).total)
                        for e in engines for n in lengths))
+    return table
+
+
+def _named_table(records: list[list[Any]], engines: Sequence[Engine]) -> Table:
+    """Each false match with the catalog track it named, surest first per engine: a false-match rate comes
+    from a few tracks that draw non-catalog audio (one composer's other music, a passage that sounds like noise)."""
+    table = Table("False matches on non-catalog audio, by the catalog track they named",
+                  ["engine", "audio", "length", "query from", "named", "confidence"])
+    order = {e.name: i for i, e in enumerate(engines)}
+    false = [r for r in records if r[5] is None and r[7] is not None]
+    for r in sorted(false, key=lambda r: (order[r[0]], -(r[8] or 0.0))):
+        table.add(r[0], r[1], f"{r[2]:g} s", f"{r[3]} at {r[4]:g} s" if r[3] else "-", r[7], "-" if r[8] is None else f"{r[8]:.5f}")
     return table
 
 
