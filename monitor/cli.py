@@ -310,15 +310,19 @@ def bench_streams(reference, encoder, streams, limit, hop, cache_dir, over_http,
 
 @bench.command("mux")
 @click.option("--programs", default=10, show_default=True, type=click.IntRange(1, 40), help="Programs in the multiplex.")
+@click.option("--multiplexes", default=1, show_default=True, type=click.IntRange(1), help="Multiplexes read at once, one reader each (copies of one).")
+@click.option("--decode-turns", default=IngestOptions.decode_turns, show_default=True, type=click.IntRange(0),
+              help="Readers that may decode at once, as for `ingest --decode-turns`; 0: as many as the cores.")
 @click.option("--encoder", default="compact", show_default=True, help="Encoder whose window and hop cut the streams.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
-def bench_mux(programs: int, encoder: str, out: str | None) -> None:
-    """Ingest CPU per program of a TV multiplex built from the demo music, in CPU seconds."""
+def bench_mux(programs: int, multiplexes: int, decode_turns: int, encoder: str, out: str | None) -> None:
+    """Ingest CPU per program of TV multiplexes built from the demo music, in CPU seconds."""
     from encoders import load_encoder
     from monitor.bench.mux import run_mux
 
     grid_of = load_encoder(encoder)
-    _bench_errors(lambda: run_mux(programs, grid_of.sample_rate, grid_of.window_samples, grid_of.hop_samples, out, click.echo))
+    _bench_errors(lambda: run_mux(programs, grid_of.sample_rate, grid_of.window_samples, grid_of.hop_samples, out, click.echo,
+                                  multiplexes, decode_turns))
 
 
 @bench.command("classes")

@@ -414,13 +414,15 @@ def test_ingest_publishes_each_program_as_its_own_stream(multiplex: Path, kafka_
     assert sorted(r.stream_id for r in records if isinstance(r, EndOfStream)) == ["gamma", "tv-101"]
 
 
-def test_bench_mux_reads_every_program_once_and_reports_cpu(tmp_path: Path) -> None:
+def test_bench_mux_reads_every_program_of_every_multiplex_once_and_reports_cpu(tmp_path: Path) -> None:
     from monitor.bench.mux import SECONDS, run_mux
 
     printed: list[str] = []
-    result = run_mux(3, GRID.sample_rate, GRID.window, GRID.hop, str(tmp_path / "mux.json"), printed.append)
-    assert result["windows"] == 3 * GRID.count(int(SECONDS * GRID.sample_rate))
-    assert result["cpu_seconds"] > 0 and "% of a core per program" in printed[0]
+    result = run_mux(3, GRID.sample_rate, GRID.window, GRID.hop, str(tmp_path / "mux.json"), printed.append, multiplexes=2, decode_turns=1)
+    assert result["windows"] == 2 * 3 * GRID.count(int(SECONDS * GRID.sample_rate))
+    assert result["cpu_seconds"] > 0 and "2 x 3 programs" in printed[0] and "decode turns 1" in printed[0]
+    audio_seconds, rounding = 2 * 3 * SECONDS, 0.0005  # both figures are rounded to 3 decimals
+    assert abs(result["cpu_ms_per_program_second"] - 1000 * result["cpu_seconds"] / audio_seconds) <= 1000 * rounding / audio_seconds + rounding
     assert json.loads((tmp_path / "mux.json").read_text()) == result
 
 
