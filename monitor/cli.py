@@ -207,14 +207,18 @@ def bench_backbones(models: tuple[str, ...], out: str | None) -> None:
 @click.option("--plays", default=40, show_default=True, help="Catalog plays in the broadcast.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
+@click.option("--notice-confidence", default=NOTICE_CONFIDENCE, show_default=True, type=click.FloatRange(0, 1),
+              help="Confidence at which a play is first noticed, as for `monitor --notice-confidence`.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog and broadcast are kept [~/.cache/airtrace/bench].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
-def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir, out) -> None:
+def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, notice_confidence, cache_dir, out) -> None:
     """Play events on a synthetic broadcast: precision, recall, start/end error and detection latency."""
     from monitor.bench.broadcast import run_broadcast
     from monitor.bench.commands import _command, default_cache_dir
+    from monitor.stages.play_state import PlayConfig
 
-    _bench_errors(lambda: run_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir or default_cache_dir(), out, _command()))
+    _bench_errors(lambda: run_broadcast(reference, distractors, encoder, holdout, limit, plays, seed, hop, cache_dir or default_cache_dir(), out, _command(),
+                                        PlayConfig(notice_confidence=notice_confidence)))
 
 
 @bench.command("unknowns")

@@ -314,3 +314,24 @@ def test_bench_streams_reads_files_from_disk_and_over_http_alike(tmp_path: Path,
         rows[bool(mode)] = {row[0]: row[1] for row in table["rows"]}
     assert rows[True]["stream seconds monitored"] == rows[False]["stream seconds monitored"] > 0
     assert rows[True]["play events"] == rows[False]["play events"]
+
+
+def test_bench_broadcast_notices_plays_at_the_notice_confidence_it_is_given(tmp_path: Path) -> None:
+    """`bench broadcast --notice-confidence` is `monitor --notice-confidence`: a lower level notices the same
+    plays no later and withdraws the notices that were wrong; the level is recorded with the results."""
+    figures = {}
+    for level in ("0.999", "0.9"):
+        out = tmp_path / f"broadcast-{level}.json"
+        result = CliRunner().invoke(main, ["bench", "broadcast", "--reference", str(MUSIC), "--holdout", "1", "--plays", "3",
+                                           "--notice-confidence", level, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        data = json.loads(out.read_text())
+        summary = data["tables"][0]
+        assert summary["settings"]["notice confidence"] == float(level)
+        rows = {row[0]: row[1] for row in summary["rows"]}
+        heard = {tuple(p["true"]): p["heard"] for p in data["pairings"] if p["kind"] == "matched"}
+        figures[level] = heard, rows["provisional plays withdrawn per 400 true plays"]
+    (strict, strict_withdrawn), (early, early_withdrawn) = figures["0.999"], figures["0.9"]
+    assert strict.keys() == early.keys() and len(strict) == 3
+    assert all(early[play] <= strict[play] for play in strict)
+    assert early_withdrawn > strict_withdrawn == 0

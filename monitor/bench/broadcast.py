@@ -43,6 +43,7 @@ from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TrueP
 from monitor.embedded import EmbeddedMonitor
 from monitor.events import Event, plays_in
 from monitor.options import IngestOptions, MonitorOptions
+from monitor.stages.play_state import PlayConfig
 from monitor.stages.sources import StreamSource
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ def readable(refs: Sequence[Reference]) -> list[Reference]:
 
 
 def run_broadcast(reference: Sequence[str], distractors: Sequence[str], encoder: str, holdout: int, limit: int | None,
-                  plays: int, seed: int, hop: float, cache_dir: Path, out: str | None, command: str) -> Scorecard:
+                  plays: int, seed: int, hop: float, cache_dir: Path, out: str | None, command: str,
+                  play_config: PlayConfig = PlayConfig()) -> Scorecard:
     refs = reference_set(list(reference), list(distractors), holdout, limit)
     engine = NeuralEngine.open_or_build(encoder, refs.catalog, cache_dir, hop)
     path = cache_dir / f"broadcast-seed{seed}-plays{plays}-{len(refs.queried)}-{len(refs.holdout)}.mp3"
@@ -158,14 +160,15 @@ def run_broadcast(reference: Sequence[str], distractors: Sequence[str], encoder:
         write_broadcast(path, audio, truth)
     truth = read_truth(path)
     began = time.perf_counter()
-    events = EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions()).run()
+    events = EmbeddedMonitor(engine.catalog, [StreamSource("bench", str(path))], MonitorOptions(plays=play_config)).run()
     elapsed = time.perf_counter() - began
     figures = PlayFigures.of(truth, events)
     print(table(figures.card), "\n")
     stream_seconds = max(t.stream_end for t in truth)
     summary = Table("Play events on a synthetic broadcast (embedded mode)", ["measure", "value", "target"], settings={
         **engine.settings, "broadcast": f"{path.name}: {stream_seconds / 60:.1f} min, {len(truth)} catalog plays, "
-        f"holdout (non-catalog) tracks {len(refs.holdout)}", "monitored": f"in {elapsed:.0f} s wall"})
+        f"holdout (non-catalog) tracks {len(refs.holdout)}", "notice confidence": play_config.notice_confidence,
+        "monitored": f"in {elapsed:.0f} s wall"})
     figures.add_rows(summary)
     publish([summary], out, command, {"pairings": figures.pairings_json()})
     return figures.card
