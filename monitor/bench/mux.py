@@ -70,7 +70,6 @@ def run_mux(programs: int, sample_rate: int, window: int, hop: int, out: str | N
         "programs": programs, "multiplexes": multiplexes, "decode_turns": decode_turns,
         "multiplex_mbit_per_s": round(size * 8 / SECONDS / 1e6, 2), "windows": sum(is_window),
         "cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 3),
-        "cpu_ms_per_program_second": round(1000 * cpu / audio_seconds, 3),
         "cpu_per_program_percent_of_a_core": round(100 * cpu / audio_seconds, 3),
         "programs_per_core": round(audio_seconds / cpu, 1),
     }
