@@ -13,6 +13,7 @@ from encoders import coloured_noise, load_encoder, parse_chain
 from monitor.catalog import Catalog
 from monitor.stages.calibration import DEFAULT_K, same_music
 from monitor.stages.identify import identify
+from monitor.stages.search import contrasts, embed_audible, nearest
 
 IN_CATALOG = ("area1-game", "area2-game", "area3-game", "gardien-go", "over-theme")
 NOT_IN_CATALOG = "termigator_reg-zbb"
@@ -51,3 +52,34 @@ def test_a_small_catalog_is_sure_of_a_10_second_match_and_of_no_match_for_music_
     assert (best.track_id, best.confidence >= 0.99) == ("over-theme", True)
     lacking = identify(catalog, music(NOT_IN_CATALOG)[30 * sr : 40 * sr], min_confidence=0.0)
     assert max((m.confidence for m in lacking), default=0.0) < 0.99
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
+    """A catalog large enough to weigh hits above their backgrounds: the catalog music in 4 s tracks."""
+    catalog = Catalog.create(tmp_path_factory.mktemp("sliced") / "catalog", load_encoder("compact"), encoder_source="compact")
+    sr = catalog.encoder.sample_rate
+    with catalog.transaction():
+        for name in IN_CATALOG:
+            for start in range(0, 50, 4):
+                catalog.add_audio(f"{name}@{start}", music(name)[start * sr : (start + 4) * sr])
+    assert contrasts(catalog)
+    return catalog
+
+
+def test_noise_and_music_the_catalog_lacks_stand_out_less_above_their_background_than_a_catalog_excerpt(sliced: Catalog, catalog: Catalog) -> None:
+    """Pink noise and music the catalog lacks are about half as near to their best reference windows as an
+    excerpt of a catalog track is to its own, but stand out above their backgrounds under a third as far.
+    A catalog of a few tracks has no background: its hits are weighed raw."""
+    sr, rng = sliced.encoder.sample_rate, np.random.default_rng(0)
+    queries = {"excerpt": music("over-theme")[32 * sr : 40 * sr], "lacking": music(NOT_IN_CATALOG)[30 * sr : 40 * sr],
+               "pink noise": 0.1 * coloured_noise(10 * sr, 1.0, rng).astype(np.float32)}
+    raw, contrast = {}, {}
+    for name, audio in queries.items():
+        vectors, _ = embed_audible(sliced.encoder, sliced.grid, audio)
+        found = nearest(sliced, vectors, DEFAULT_K)
+        raw[name] = float(np.mean([neighbours[0].similarity for neighbours, _ in found]))
+        contrast[name] = float(np.mean([neighbours[0].similarity - behind for neighbours, behind in found]))
+        assert {behind for _, behind in nearest(catalog, vectors, DEFAULT_K)} == {0.0}
+    for name in ("lacking", "pink noise"):
+        assert contrast[name] / contrast["excerpt"] < min(0.35, raw[name] / raw["excerpt"]), (name, raw, contrast)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from monitor.stages.calibration import NULL_DURATIONS, Calibration
 from monitor.stages import matcher
 from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits, score_bounds
 from monitor.records import Neighbour, WindowHits
+from monitor.stages.search import CONTRAST_RANK, background
 
 HOP, WINDOW, REF_HOP, K = 0.5, 1.0, 0.5, 10
 DISTRACTORS = [f"other-{i}" for i in range(40)]
@@ -206,3 +207,24 @@ def test_skipping_hopeless_queries_changes_no_match(min_confidence: float, calib
     assert with_bound == without
     assert any(with_bound)
     assert min_confidence == 0.0 or (skipped > 0 and partly > 0)
+
+
+def test_a_windows_background_is_its_contrast_rank_th_neighbour_beside_its_nearest_track() -> None:
+    own = [Neighbour("loop", float(i), 0.95 - 0.01 * i) for i in range(10)]  # a track's windows are near each other
+    others = [Neighbour(f"t{i}", float(i), 0.8 - 0.01 * i) for i in range(CONTRAST_RANK + 5)]
+    found = sorted(own + others, key=lambda n: -n.similarity)
+    assert background(found) == others[CONTRAST_RANK - 1].similarity
+    assert background(sorted(own + others[:5], key=lambda n: -n.similarity)) == others[4].similarity  # a small catalog
+    assert background(own) == background([]) == 0.0  # a tiny one
+
+
+def test_hits_count_what_they_stand_out_above_their_windows_background(calibration: Calibration) -> None:
+    hits = query(10.0, [Play("song", 0.0, 10.0, 20.0)])
+    behind = [replace(h, background=0.3) for h in hits]
+    lowered = [replace(h, neighbours=tuple(replace(n, similarity=n.similarity - 0.3) for n in h.neighbours)) for h in hits]
+    (line, *_), (same, *_) = align(behind, WINDOW), align(lowered, WINDOW)
+    assert (line.track_id, line.score) == (same.track_id, pytest.approx(same.score, rel=1e-9))
+    assert score_bounds(behind, WINDOW)["song"] == pytest.approx(score_bounds(lowered, WINDOW)["song"], rel=1e-9)
+    short = hits[:5]  # 3 s: confidences short of certainty
+    sure, less_sure = (only(match_hits(h, WINDOW, calibration=calibration, min_confidence=0.0)).confidence for h in (short, behind[:5]))
+    assert less_sure < sure < 1.0

@@ -187,6 +187,10 @@ class Catalog:
     def tracks(self) -> list[TrackInfo]:
         return sorted(self._tracks.values(), key=lambda t: t.track_id)
 
+    @property
+    def track_count(self) -> int:
+        return len(self._tracks)
+
     def track(self, track_id: str) -> TrackInfo:
         try:
             return self._tracks[track_id]

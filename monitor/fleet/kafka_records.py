@@ -157,6 +157,7 @@ def encode_hits(hits: WindowHits | EndOfStream) -> bytes:
         "air_time": hits.air_time,
         "gap": hits.after_gap,
         "n": [[n.track_id, round(n.ref_time, 4), round(n.similarity, 5)] for n in hits.neighbours],
+        "b": round(hits.background, 5),
     }
     if hits.content is not None:
         record["c"] = hits.content
@@ -183,7 +184,7 @@ def decode_hits(data: bytes) -> WindowHits | EndOfStream:
         content = None if record.get("c") is None else str(record["c"])
         return WindowHits(
             str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"]),
-            content, _embedding(record.get("e")),
+            content, _embedding(record.get("e")), background=float(record.get("b", 0.0)),  # none from a release before it
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BadMessage(Reason.MALFORMED, f"hits record lacks or garbles a field: {exc!r}") from None

@@ -31,6 +31,7 @@ import numpy as np
 from monitor.records import Neighbour
 from monitor.constants import DEFAULT_K
 from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Alignment, MatchError, align, hits_at
+from monitor.stages.search import CONTRAST_RANK, background, contrasts
 
 if TYPE_CHECKING:
     from monitor.catalog import Catalog
@@ -38,11 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2  # 2: the tracks sharing a null excerpt's music left out
+CALIBRATION_VERSION = 3  # 2: the tracks sharing a null excerpt's music left out; 3: contrasted similarities
 NULL_DURATIONS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 NULL_SEGMENTS = 8  # null samples per clip and duration
 TAIL = 0.1  # fraction of null scores whose excess is modelled as exponential
 CACHED_CALIBRATIONS = 8  # (generation, k) pairs kept in memory
+# Neighbours searched per null window, so that CONTRAST_RANK of other tracks are left for its background once the
+# excerpt's own tracks are out: on the dev catalog 40 left fewer for a quarter of the windows (a loop fills them), 160 for 1 in 800.
+NULL_NEIGHBOURS = 8 * CONTRAST_RANK
 PASSAGE_SECONDS = 10.0  # another track matching some passage this long of a null excerpt at SAME_MUSIC_RATIO of the
 SAME_MUSIC_RATIO = 0.6  # excerpt's own track holds that music too: measured 0.81-1.06 for the corpus's duplicates and
 # shared passages, at most 0.4 for any other pair (arrangements of one tune included) and 0.37 for chance lines
@@ -145,18 +149,24 @@ def calibrate(catalog: "Catalog", k: int = DEFAULT_K) -> Calibration:
 def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[float, float] = SPEED_RANGE,
                      tolerance: float = TOLERANCE) -> Calibration:
     """Best-alignment scores of the catalog's null queries, cut into segments of each NULL_DURATIONS length
-    (an excerpt's own track and the tracks sharing its music left out of its neighbours)."""
+    (an excerpt's own track and the tracks sharing its music left out of its neighbours), each hit weighed above
+    its window's background as a stream's are where the catalog `contrasts`."""
     grid = catalog.grid
     clips = catalog.null_queries()
     samples: list[list[float]] = [[] for _ in NULL_DURATIONS]
     if clips:
-        neighbours = catalog.search(np.concatenate([clip.vectors for clip in clips]), 2 * k)  # an empty catalog: CatalogError
+        vectors = np.concatenate([clip.vectors for clip in clips])
+        contrast = contrasts(catalog)
+        neighbours = catalog.search(vectors, max(2 * k, NULL_NEIGHBOURS) if contrast else 2 * k)  # an empty catalog: CatalogError
         start = 0
         for clip in clips:
             found = neighbours[start : start + len(clip.vectors)]
             start += len(clip.vectors)
-            left_out = {clip.source} if clip.reversed else same_music(found, clip.source, grid, k)
-            hits = [hits_at(grid, i, tuple(n for n in nb if n.track_id not in left_out)[:k]) for i, nb in enumerate(found)]
+            # SAME_MUSIC_RATIO was measured on 2 k neighbours: more give the excerpt's own line more hits than another's
+            left_out = {clip.source} if clip.reversed else same_music([nb[: 2 * k] for nb in found], clip.source, grid, k)
+            # the excerpt's own tracks are what a catalog window's nearest track is to its background: left out of it
+            hits = [hits_at(grid, i, tuple(n for n in nb if n.track_id not in left_out)[:k], background(nb, left_out) if contrast else 0.0)
+                    for i, nb in enumerate(found)]
             for d, duration in enumerate(NULL_DURATIONS):
                 size = grid.count(round(duration * grid.sample_rate))
                 if not size or size > len(hits):

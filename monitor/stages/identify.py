@@ -10,7 +10,7 @@ import numpy as np
 
 from monitor.stages.calibration import calibrate
 from monitor.stages.matcher import MIN_CONFIDENCE, Match, MatchError, hits_at, match_hits
-from monitor.stages.search import embed_audible
+from monitor.stages.search import embed_audible, nearest
 from monitor.stages.windows import WindowGrid
 
 if TYPE_CHECKING:
@@ -28,8 +28,7 @@ def identify(catalog: "Catalog", audio: np.ndarray, hop_seconds: float | None = 
     if not len(numbers):
         return []
     calibration = calibrate(catalog)
-    neighbours = catalog.search(vectors, calibration.k)
-    hits = [hits_at(grid, int(i), nb) for i, nb in zip(numbers, neighbours)]
+    hits = [hits_at(grid, int(i), *found) for i, found in zip(numbers, nearest(catalog, vectors, calibration.k))]
     return match_hits(hits, grid.window_seconds, calibration=calibration, min_confidence=min_confidence)
 
 

@@ -6,8 +6,9 @@ lines, a weighted least-squares fit on each line's inliers refines them, and que
 out greedily to the best supported line, so a loop that repeats in a track cannot win over the
 alignment the query actually follows, and the end of one song and the start of the next are two matches.
 
-A score is the similarity-weighted seconds of query audio on the line; its confidence comes from the
-catalog's calibration (monitor.stages.calibration). Pure: hits in, matches out.
+A score is the similarity-weighted seconds of query audio on the line, each similarity counted above its
+window's background (monitor.stages.search.background); its confidence comes from the catalog's calibration
+(monitor.stages.calibration). Pure: hits in, matches out.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class _Flat:
         return cls(
             tracks.tolist(), track, window, offsets[window] + window_seconds / 2 - origin,
             np.array([nb.ref_time for nb in neighbours]) + window_seconds / 2,
-            np.maximum([nb.similarity for nb in neighbours], SIMILARITY_FLOOR),
+            np.maximum([nb.similarity - h.background for h in hits for nb in h.neighbours], SIMILARITY_FLOOR),
             origin, float(offsets.max() - offsets.min()), _hop(offsets, window_seconds), len(hits),
         )
 
@@ -300,7 +301,7 @@ def score_bounds(hits: Sequence[WindowHits], window_seconds: float) -> dict[str,
     for h in hits:
         best: dict[str, float] = {}
         for nb in h.neighbours:
-            best[nb.track_id] = max(best.get(nb.track_id, SIMILARITY_FLOOR), nb.similarity)
+            best[nb.track_id] = max(best.get(nb.track_id, SIMILARITY_FLOOR), nb.similarity - h.background)
         for track, similarity in best.items():
             sums[track] = sums.get(track, 0.0) + similarity
     return {track: total * hop * (1 + 1e-9) for track, total in sums.items()}
@@ -318,6 +319,6 @@ def _credible(bounds: dict[str, float], duration: float, calibration: Confidence
     return credible
 
 
-def hits_at(grid: WindowGrid, index: int, neighbours: tuple[Neighbour, ...]) -> WindowHits:
+def hits_at(grid: WindowGrid, index: int, neighbours: tuple[Neighbour, ...], background: float = 0.0) -> WindowHits:
     offset = float(grid.start(index))
-    return WindowHits("query", index, offset, offset, neighbours)
+    return WindowHits("query", index, offset, offset, neighbours, background=background)

@@ -20,7 +20,8 @@ from monitor.stages.matcher import Match
 RECENT_WINDOWS = 4  # OpenPlay.recent remembers the support of this many latest windows
 
 
-STATE_VERSION = 4  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald; older states are still read
+STATE_VERSION = 5  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald, 5 the hits' backgrounds;
+# older states are still read
 
 
 class TrackLike(Protocol):
@@ -177,7 +178,7 @@ class StreamState:
                 "last_seq": self.last_seq,
                 "floor_offset": self.floor_offset,
                 "history": [
-                    [h.seq, h.offset, h.air_time, h.after_gap, [[n.track_id, n.ref_time, n.similarity] for n in h.neighbours]]
+                    [h.seq, h.offset, h.air_time, h.after_gap, [[n.track_id, n.ref_time, n.similarity] for n in h.neighbours], h.background]
                     for h in self.history
                 ],
                 "play": _play_json(self.play),
@@ -192,12 +193,14 @@ class StreamState:
     @classmethod
     def from_json(cls, text: str) -> "StreamState":
         data = orjson.loads(text)
-        if data.get("v") not in (1, 2, 3, STATE_VERSION):
+        if data.get("v") not in (1, 2, 3, 4, STATE_VERSION):
             raise ValueError(f"play state version {data.get('v')!r} is not {STATE_VERSION}; it was saved by another release")
         stream_id = data["stream_id"]
+        # Hits saved before version 5 lack their backgrounds, without which the matcher would be sure of them too
+        # soon: they are let go (seconds of context; the open play is kept).
         history = tuple(
-            WindowHits(stream_id, seq, offset, air, tuple(Neighbour(*n) for n in neighbours), gap)
-            for seq, offset, air, gap, neighbours in data["history"]
+            WindowHits(stream_id, seq, offset, air, tuple(Neighbour(*n) for n in neighbours), gap, background=behind)
+            for seq, offset, air, gap, neighbours, behind in (data["history"] if data["v"] >= 5 else ())
         )
         play = data["play"]
         if play is not None and data["v"] == 1:  # version 1 announced every play as it opened
