@@ -37,7 +37,8 @@ class Embeds(Protocol):
 
 
 class Searches(Protocol):
-    track_count: int
+    @property
+    def track_count(self) -> int: ...
 
     def search(self, embeddings: np.ndarray, k: int) -> list[tuple[Neighbour, ...]]: ...
 
