@@ -6,6 +6,7 @@ Times are seconds. A window's `offset` is where it starts in its stream (or quer
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,38 @@ class Neighbour:
     track_id: str
     ref_time: float
     similarity: float
+
+
+@dataclass(frozen=True)
+class NeighbourTable:
+    """A batch of query windows' nearest reference windows as arrays, best first: a batch is weighed whole
+    (monitor.stages.search.backgrounds) before the few kept of each row become Neighbours, which cost a
+    Python object each."""
+
+    tracks: np.ndarray  # (n, k) track ordinals into track_ids; -1 where fewer than k were found
+    ref_times: np.ndarray  # (n, k) seconds
+    similarities: np.ndarray  # (n, k)
+    track_ids: np.ndarray = field(repr=False)  # object array: a track ordinal's id
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def rows(self, k: int | None = None) -> list[tuple[Neighbour, ...]]:
+        """Each query window's first `k` (all by default) neighbours."""
+        names, columns = self.track_ids, slice(None, k)
+        return [
+            tuple(Neighbour(names[o], t, s) for o, t, s in zip(row_tracks, row_times, row_sims) if o >= 0)
+            for row_tracks, row_times, row_sims in zip(self.tracks[:, columns].tolist(), self.ref_times[:, columns].tolist(),
+                                                       self.similarities[:, columns].tolist())
+        ]
+
+    def part(self, begin: int, end: int) -> NeighbourTable:
+        """The rows of query windows begin to end."""
+        return NeighbourTable(self.tracks[begin:end], self.ref_times[begin:end], self.similarities[begin:end], self.track_ids)
+
+    def of_tracks(self, track_ids: Collection[str]) -> np.ndarray:
+        """Which neighbours are windows of these tracks, as an (n, k) mask."""
+        return (self.tracks >= 0) & np.isin(self.track_ids[np.maximum(self.tracks, 0)], list(track_ids))
 
 
 @dataclass(frozen=True)

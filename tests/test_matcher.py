@@ -10,8 +10,8 @@ import pytest
 from monitor.stages.calibration import NULL_DURATIONS, Calibration
 from monitor.stages import matcher
 from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Match, align, match_hits, score_bounds
-from monitor.records import Neighbour, WindowHits
-from monitor.stages.search import CONTRAST_RANK, background
+from monitor.records import Neighbour, NeighbourTable, WindowHits
+from monitor.stages.search import CONTRAST_RANK, backgrounds
 
 HOP, WINDOW, REF_HOP, K = 0.5, 1.0, 0.5, 10
 DISTRACTORS = [f"other-{i}" for i in range(40)]
@@ -209,13 +209,30 @@ def test_skipping_hopeless_queries_changes_no_match(min_confidence: float, calib
     assert min_confidence == 0.0 or (skipped > 0 and partly > 0)
 
 
+def table(rows: list[list[Neighbour]]) -> NeighbourTable:
+    """Neighbour rows as a search's table, padded with -1 tracks where a row found fewer."""
+    names = sorted({n.track_id for row in rows for n in row})
+    width = max(map(len, rows))
+    tracks, times, sims = np.full((len(rows), width), -1), np.zeros((len(rows), width)), np.zeros((len(rows), width), np.float32)
+    for r, row in enumerate(rows):
+        tracks[r, : len(row)] = [names.index(n.track_id) for n in row]
+        times[r, : len(row)], sims[r, : len(row)] = [n.ref_time for n in row], [n.similarity for n in row]
+    return NeighbourTable(tracks, times, sims, np.array(names, dtype=object))
+
+
 def test_a_windows_background_is_its_contrast_rank_th_neighbour_beside_its_nearest_track() -> None:
-    own = [Neighbour("loop", float(i), 0.95 - 0.01 * i) for i in range(10)]  # a track's windows are near each other
-    others = [Neighbour(f"t{i}", float(i), 0.8 - 0.01 * i) for i in range(CONTRAST_RANK + 5)]
-    found = sorted(own + others, key=lambda n: -n.similarity)
-    assert background(found) == others[CONTRAST_RANK - 1].similarity
-    assert background(sorted(own + others[:5], key=lambda n: -n.similarity)) == others[4].similarity  # a small catalog
-    assert background(own) == background([]) == 0.0  # a tiny one
+    # similarities a search returns: float32
+    own = [Neighbour("loop", float(i), float(np.float32(0.95 - 0.01 * i))) for i in range(10)]  # a track's windows are near each other
+    others = [Neighbour(f"t{i}", float(i), float(np.float32(0.8 - 0.01 * i))) for i in range(CONTRAST_RANK + 5)]
+    rows = [sorted(own + others, key=lambda n: -n.similarity), sorted(own + others[:5], key=lambda n: -n.similarity), own]  # a small catalog, a tiny one
+    found = table(rows)
+    expected = [others[CONTRAST_RANK - 1].similarity, others[4].similarity, 0.0]
+    np.testing.assert_array_equal(backgrounds(found), np.float32(expected))
+    assert found.rows() == [tuple(row) for row in rows] and found.rows(3) == [tuple(row[:3]) for row in rows]
+    # leaving out two other tracks instead (as the calibration's null does its excerpt's own): the loop counts
+    left_out = found.of_tracks({"t0", "t1"})
+    expected = [others[2 + CONTRAST_RANK - len(own) - 1].similarity, others[4].similarity, own[-1].similarity]
+    np.testing.assert_array_equal(backgrounds(found, left_out), np.float32(expected))
 
 
 def test_hits_count_what_they_stand_out_above_their_windows_background(calibration: Calibration) -> None:

@@ -22,7 +22,7 @@ from monitor.catalog.sources import AddReport, Source, expand_sources
 from monitor.catalog.store import (CONFIG_FILE, FORMAT_VERSION, CatalogError, TrackInfo, check_new_catalog_folder, config_signature, gen_dir,
                                    read_config, read_shard, read_tracks, write_generation, write_shard, writer_lock)
 from monitor.constants import DEFAULT_HOP_SECONDS
-from monitor.records import Neighbour, check_id
+from monitor.records import Neighbour, NeighbourTable, check_id
 from monitor.stages.search import embed_audible
 from monitor.stages.windows import WindowGrid
 
@@ -219,6 +219,10 @@ class Catalog:
 
     def search(self, embeddings: np.ndarray, k: int = 10) -> list[tuple[Neighbour, ...]]:
         """The k nearest reference windows of each query embedding, best first."""
+        return self.search_table(embeddings, k).rows()
+
+    def search_table(self, embeddings: np.ndarray, k: int = 10) -> NeighbourTable:
+        """The k nearest reference windows of each query embedding, best first, as arrays."""
         if not self._tracks:
             raise CatalogError(f"{self.directory} is empty; add tracks with `airtrace catalog add --catalog {self.directory} PATH...`")
         queries = np.asarray(embeddings, dtype=np.float32)
@@ -228,12 +232,7 @@ class Catalog:
             raise CatalogError(f"queries must be (n, {self.encoder.dim}) embeddings of this catalog's encoder, got shape {queries.shape}")
         sims, ids = self._index.search(queries, k)
         ords, windows = split_ids(ids)
-        times = self.grid.start(windows).tolist()
-        names = self._names
-        return [
-            tuple(Neighbour(names[o], t, s) for o, t, s in zip(row_ords, row_times, row_sims) if o >= 0)
-            for row_ords, row_times, row_sims in zip(ords.tolist(), times, sims.tolist())
-        ]
+        return NeighbourTable(ords, self.grid.start(windows), sims, self._names)
 
     def null_queries(self) -> list[NullQuery]:
         """Audio the catalog does not hold, for the matcher to calibrate its confidence on: runs of consecutive

@@ -31,7 +31,7 @@ import numpy as np
 from monitor.records import Neighbour
 from monitor.constants import DEFAULT_K
 from monitor.stages.matcher import SPEED_RANGE, TOLERANCE, Alignment, MatchError, align, hits_at
-from monitor.stages.search import CONTRAST_RANK, background, contrasts
+from monitor.stages.search import CONTRAST_RANK, backgrounds, contrasts
 
 if TYPE_CHECKING:
     from monitor.catalog import Catalog
@@ -157,16 +157,17 @@ def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[
     if clips:
         vectors = np.concatenate([clip.vectors for clip in clips])
         contrast = contrasts(catalog)
-        neighbours = catalog.search(vectors, max(2 * k, NULL_NEIGHBOURS) if contrast else 2 * k)  # an empty catalog: CatalogError
+        table = catalog.search_table(vectors, max(2 * k, NULL_NEIGHBOURS) if contrast else 2 * k)  # an empty catalog: CatalogError
         start = 0
         for clip in clips:
-            found = neighbours[start : start + len(clip.vectors)]
+            part = table.part(start, start + len(clip.vectors))
             start += len(clip.vectors)
+            found = part.rows()
             # SAME_MUSIC_RATIO was measured on 2 k neighbours: more give the excerpt's own line more hits than another's
             left_out = {clip.source} if clip.reversed else same_music([nb[: 2 * k] for nb in found], clip.source, grid, k)
             # the excerpt's own tracks are what a catalog window's nearest track is to its background: left out of it
-            hits = [hits_at(grid, i, tuple(n for n in nb if n.track_id not in left_out)[:k], background(nb, left_out) if contrast else 0.0)
-                    for i, nb in enumerate(found)]
+            behind = backgrounds(part, part.of_tracks(left_out)).tolist() if contrast else [0.0] * len(found)
+            hits = [hits_at(grid, i, tuple(n for n in nb if n.track_id not in left_out)[:k], b) for i, (nb, b) in enumerate(zip(found, behind))]
             for d, duration in enumerate(NULL_DURATIONS):
                 size = grid.count(round(duration * grid.sample_rate))
                 if not size or size > len(hits):

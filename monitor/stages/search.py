@@ -11,7 +11,7 @@ embedded.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from monitor.constants import SILENCE_RMS
 from monitor.metrics import Metrics
-from monitor.records import AudioWindow, Neighbour, WindowHits
+from monitor.records import AudioWindow, Neighbour, NeighbourTable, WindowHits
 from monitor.stages.windows import WindowGrid
 
 MUSIC_CLASSES = frozenset({"music", "speech_over_music"})  # content that can be a catalog track or an unknown stretch
@@ -40,7 +40,7 @@ class Searches(Protocol):
     @property
     def track_count(self) -> int: ...
 
-    def search(self, embeddings: np.ndarray, k: int) -> list[tuple[Neighbour, ...]]: ...
+    def search_table(self, embeddings: np.ndarray, k: int) -> NeighbourTable: ...
 
 
 class Classifies(Protocol):
@@ -65,18 +65,22 @@ class ContentCount:
         return embeddings, labels
 
 
-def background(found: Sequence[Neighbour], besides: Collection[str] | None = None) -> float:
-    """A window's nearness to the catalog at large: the similarity of its CONTRAST_RANK-th nearest reference
-    window of a track other than `besides` (by default its nearest track: a track's windows are near each
-    other, a loop, a chorus), or of the last such where fewer were found; 0 where none was (a tiny catalog).
-    Noise, talk and generic sounds (a pad, a drum loop) lie about as near to many reference windows as to
-    their best one; a window of a catalog track stands out above its background. The matcher weighs each hit
-    by how far it stands out (on the dev catalog that cut false matches on non-catalog audio 3-5 fold, README
-    "Contrast"), and the calibration's null is weighed the same way, so confidences keep their meaning."""
+def backgrounds(found: NeighbourTable, besides: np.ndarray | None = None) -> np.ndarray:
+    """Each window's nearness to the catalog at large: the similarity of its CONTRAST_RANK-th nearest reference
+    window of a track not `besides` (an (n, k) mask of left-out neighbours; by default those of each window's
+    nearest track: a track's windows are near each other, a loop, a chorus), or of the last such where fewer
+    were found; 0 where none was (a tiny catalog). Noise, talk and generic sounds (a pad, a drum loop) lie
+    about as near to many reference windows as to their best one; a window of a catalog track stands out
+    above its background. The matcher weighs each hit by how far it stands out (on the dev catalog that cut
+    false matches on non-catalog audio 3-5 fold, README "Contrast"), and the calibration's null is weighed
+    the same way, so confidences keep their meaning."""
     if besides is None:
-        besides = {found[0].track_id} if found else set()
-    others = [n.similarity for n in found if n.track_id not in besides]
-    return others[min(CONTRAST_RANK, len(others)) - 1] if others else 0.0
+        besides = found.tracks == found.tracks[:, :1]
+    others = (found.tracks >= 0) & ~besides
+    rank = np.cumsum(others, axis=1)
+    wanted = np.minimum(rank[:, -1], CONTRAST_RANK)
+    column = np.argmax(others & (rank == wanted[:, None]), axis=1)
+    return np.where(wanted > 0, found.similarities[np.arange(len(found)), column], 0.0)
 
 
 def contrasts(catalog: Searches) -> bool:
@@ -89,10 +93,11 @@ def contrasts(catalog: Searches) -> bool:
 
 
 def nearest(catalog: Searches, embeddings: np.ndarray, k: int) -> list[tuple[tuple[Neighbour, ...], float]]:
-    """Each embedding's `k` nearest reference windows and its `background` (0 where the catalog `contrasts` not)."""
+    """Each embedding's `k` nearest reference windows and its background (0 where the catalog `contrasts` not)."""
     if not contrasts(catalog):
-        return [(found, 0.0) for found in catalog.search(embeddings, k)]
-    return [(tuple(found[:k]), background(found)) for found in catalog.search(embeddings, max(k, SEARCHED))]
+        return [(found, 0.0) for found in catalog.search_table(embeddings, k).rows()]
+    found = catalog.search_table(embeddings, max(k, SEARCHED))
+    return list(zip(found.rows(k), backgrounds(found).tolist()))
 
 
 def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches, k: int, metrics: Metrics | None = None,
