@@ -123,6 +123,25 @@ def test_a_long_query_has_lines_for_every_track_it_holds(calibration: Calibratio
         assert match.confidence > 0.99
 
 
+def test_a_short_play_gets_a_line_beside_looping_ones_that_stand_far_above_their_background() -> None:
+    """A window of looping music finds its track at every repeat at once, and each repeat votes for lines at
+    every speed; weighed above their windows' backgrounds, those votes dwarf a short play's. In `bench
+    segments` the cells of a montage's three longest chunks filled every cell the matcher looked at, and a
+    17 s chunk matched at confidence 1.0 on its own got no line. Each track now has cells of its own."""
+    rng, long_play, period, hits = np.random.default_rng(0), 28.0, 8.0, []
+    for seq in range(int((3 * long_play + 11.0 - WINDOW) / HOP) + 1):
+        t = seq * HOP
+        centre = t + WINDOW / 2
+        if centre < 3 * long_play:  # every repeat of the looping passage is as near
+            found = [Neighbour(f"loop-{int(centre // long_play)}", centre % period + period * r, 0.9) for r in range(K)]
+        else:
+            found = [Neighbour("short", 10.0 + centre - 3 * long_play, 0.7)] + [
+                Neighbour(str(rng.choice(DISTRACTORS)), float(rng.integers(0, 600)) * REF_HOP, float(rng.uniform(0.3, 0.6))) for _ in range(K - 1)]
+        hits.append(WindowHits("test", seq, t, t, tuple(found), background=0.6))
+    short = next(line for line in align(hits, WINDOW, max_lines=4 * matcher.MAX_LINES) if line.track_id == "short")
+    assert hits[int(short.windows[0])].offset == pytest.approx(3 * long_play, abs=1.0) and len(short.windows) >= 18
+
+
 def test_a_long_play_is_one_match_at_its_speed(calibration: Calibration) -> None:
     """Sure on its best 30 s, reported whole."""
     play = Play("song", 5.0, 95.0, 12.0, speed=1.1)

@@ -34,6 +34,7 @@ MIN_CONFIDENCE = 0.99
 MAX_SPEEDS = 63  # Hough speed bins at most (odd, so 1.0 is one); the least-squares refit recovers what coarser bins lose
 MAX_LINES = 12  # candidate lines refined per call, and as many again per calibrated duration a longer query adds
 LINES_PER_TRACK = 3  # distinct alignments of one track considered (loops, a track played twice)
+CELLS_PER_LINE = 40  # voted cells looked at per line sought: a line's votes spill into neighbouring speeds and offsets
 MIN_FIT_SPAN = 3.0  # seconds of inliers before the speed is fitted rather than taken from the vote
 
 
@@ -178,13 +179,14 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
     votes = np.bincount(inverse, weights=sims[kept])
     centres = np.bincount(inverse, weights=sims[kept] * offset.ravel()[kept]) / votes
     cell_speed = cells // (len(flat.tracks) * n_bins)
+    cell_track = cells // n_bins % len(flat.tracks)
     nearness = np.abs(np.log(speeds))[cell_speed]
-    ranked = np.lexsort((nearness, -votes))[: 40 * max_lines]
+    ranked = _contenders(np.lexsort((nearness, -votes)), cell_track, max_lines)
 
     peaks: list[tuple[int, float, float]] = []
     per_track: dict[int, list[float]] = {}
     for c in ranked:
-        track = int(cells[c] // n_bins % len(flat.tracks))
+        track = int(cell_track[c])
         speed, centre = float(speeds[cell_speed[c]]), float(centres[c])
         lines = per_track.setdefault(track, [])
         if len(lines) >= LINES_PER_TRACK or any(abs(centre - b) <= 2 * tolerance for b in lines):
@@ -194,6 +196,21 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
         if len(peaks) >= max_lines:
             break
     return peaks
+
+
+def _contenders(ranked: np.ndarray, cell_track: np.ndarray, max_lines: int) -> np.ndarray:
+    """The voted cells, best first, that can hold one of the `max_lines` best lines: each track's best
+    CELLS_PER_LINE per line it may have, of the `max_lines` tracks with the best cells. A long line's votes
+    spill into neighbouring speeds and offsets: ranked all together, the cells of a montage's three longest
+    chunks filled the first CELLS_PER_LINE per line sought, and a 17 s chunk that matched at confidence 1.0
+    on its own got no line."""
+    owner = cell_track[ranked]
+    by_track = np.argsort(owner, kind="stable")  # each track's cells, best first
+    firsts = np.flatnonzero(np.r_[True, owner[by_track][1:] != owner[by_track][:-1]])
+    rank_in_track = np.empty(len(ranked), np.int64)
+    rank_in_track[by_track] = np.arange(len(ranked)) - np.repeat(firsts, np.diff(np.r_[firsts, len(ranked)]))
+    leaders = owner[np.sort(by_track[firsts])[:max_lines]]  # the tracks with the best cells
+    return ranked[(rank_in_track < CELLS_PER_LINE * LINES_PER_TRACK) & np.isin(owner, leaders)]
 
 
 def _refine(flat: _Flat, peak: tuple[int, float, float], speed_range: tuple[float, float], tolerance: float) -> Alignment | None:
