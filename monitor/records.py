@@ -103,7 +103,7 @@ class WindowHits:
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
     audio: np.ndarray | None = field(default=None, repr=False, compare=False)
     # The similarity a hit must stand above to be evidence that a track plays: the window's nearness to the catalog
-    # at large (monitor.stages.search.background). Noise and talk are near many reference windows at once.
+    # at large (monitor.stages.search.backgrounds). Noise and talk are near many reference windows at once.
     background: float = 0.0
 
 

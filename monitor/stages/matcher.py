@@ -7,7 +7,7 @@ out greedily to the best supported line, so a loop that repeats in a track canno
 alignment the query actually follows, and the end of one song and the start of the next are two matches.
 
 A score is the similarity-weighted seconds of query audio on the line, each similarity counted above its
-window's background (monitor.stages.search.background); its confidence comes from the catalog's calibration
+window's background (monitor.stages.search.backgrounds); its confidence comes from the catalog's calibration
 (monitor.stages.calibration). Pure: hits in, matches out.
 """
 
