@@ -3,6 +3,8 @@ remaster): the shipped encoder, the demo music, and the catalog's own null clips
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from catalog_fixtures import MUSIC, music
 from encoders import coloured_noise, load_encoder, parse_chain
 from monitor.catalog import Catalog
-from monitor.stages.calibration import DEFAULT_K, same_music
+from monitor.stages import calibration
+from monitor.stages.calibration import DEFAULT_K, calibrate, same_music
 from monitor.stages.identify import identify
 from monitor.stages.search import contrasts, embed_audible, nearest
 
@@ -83,3 +86,18 @@ def test_noise_and_music_the_catalog_lacks_stand_out_less_above_their_background
         assert {behind for _, behind in nearest(catalog, vectors, DEFAULT_K)} == {0.0}
     for name in ("lacking", "pink noise"):
         assert contrast[name] / contrast["excerpt"] < min(0.35, raw[name] / raw["excerpt"]), (name, raw, contrast)
+
+
+def test_a_calibration_cached_on_the_other_side_of_the_contrast_line_is_made_again(sliced: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release that weighs a catalog of this size raw left a raw null beside it; raw scores set against
+    contrasted hits make every chance line sure (bench unknowns composed no day with such a leftover)."""
+    made = calibrate(sliced)
+    path = sliced.generation_dir() / f"calibration-k{made.k}.json"
+    left = json.loads(path.read_text())
+    left.update(contrasted=False, null_scores=[[s * 10 for s in scores] for scores in left["null_scores"]])
+    path.write_text(json.dumps(left))
+    monkeypatch.setattr(calibration, "_calibrations", OrderedDict())
+    again = calibrate(sliced)
+    assert made.contrasted and again.contrasted and json.loads(path.read_text())["contrasted"]
+    for ours, theirs in zip(made.null_scores, again.null_scores):
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)  # the cache rounds to 5 decimals

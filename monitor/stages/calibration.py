@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 3  # 2: the tracks sharing a null excerpt's music left out; 3: contrasted similarities
+CALIBRATION_VERSION = 4  # 2: the tracks sharing a null excerpt's music left out; 3: contrasted similarities; 4: says whether
 NULL_DURATIONS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 NULL_SEGMENTS = 8  # null samples per clip and duration
 TAIL = 0.1  # fraction of null scores whose excess is modelled as exponential
@@ -61,6 +61,7 @@ class Calibration:
     tolerance: float
     durations: tuple[float, ...]
     null_scores: tuple[np.ndarray, ...]  # sorted, one array per duration
+    contrasted: bool = False  # scored above the windows' backgrounds, as hits are in a catalog that `contrasts`
 
     def false_match_rate(self, score: float, duration: float) -> float:
         """How often audio not in the catalog scores at least `score`, interpolated in log duration."""
@@ -84,6 +85,7 @@ class Calibration:
         return {
             "version": CALIBRATION_VERSION, "k": self.k, "speed_range": list(self.speed_range), "tolerance": self.tolerance,
             "durations": list(self.durations), "null_scores": [np.round(s, 5).tolist() for s in self.null_scores],
+            "contrasted": self.contrasted,
         }
 
     @classmethod
@@ -91,7 +93,7 @@ class Calibration:
         if data.get("version") != CALIBRATION_VERSION:
             raise ValueError(f"calibration version {data.get('version')!r} is not {CALIBRATION_VERSION}")
         return cls(int(data["k"]), tuple(data["speed_range"]), float(data["tolerance"]), tuple(data["durations"]),
-                   tuple(np.sort(np.asarray(s, dtype=np.float64)) for s in data["null_scores"]))
+                   tuple(np.sort(np.asarray(s, dtype=np.float64)) for s in data["null_scores"]), bool(data["contrasted"]))
 
 
 def _tail(null: np.ndarray) -> tuple[float, float, float] | None:
@@ -132,6 +134,10 @@ def calibrate(catalog: "Catalog", k: int = DEFAULT_K) -> Calibration:
             calibration = Calibration.from_json(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("recomputing %s: %s", path, exc)
+    if calibration is not None and calibration.contrasted != contrasts(catalog):
+        # made by a release that drew the line between raw and contrasted catalogs elsewhere: its scores are not this one's
+        log.warning("recomputing %s: its null was scored %s", path, "above backgrounds" if calibration.contrasted else "raw")
+        calibration = None
     if calibration is None:
         calibration = null_calibration(catalog, k)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -178,7 +184,7 @@ def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[
     measured = [(d, np.sort(np.asarray(s, np.float64))) for d, s in zip(NULL_DURATIONS, samples) if s]
     if not measured:
         raise MatchError(f"{catalog.directory} has no null clips to calibrate on; rebuild the catalog")
-    return Calibration(k, speed_range, tolerance, tuple(d for d, _ in measured), tuple(s for _, s in measured))
+    return Calibration(k, speed_range, tolerance, tuple(d for d, _ in measured), tuple(s for _, s in measured), contrasts(catalog))
 
 
 def same_music(found: Sequence[tuple[Neighbour, ...]], source: str | None, grid: "WindowGrid", k: int) -> set[str]:
