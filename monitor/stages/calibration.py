@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 4  # 2: the tracks sharing a null excerpt's music left out; 3: contrasted similarities; 4: says whether
+CALIBRATION_VERSION = 4  # 2: the tracks sharing a null excerpt's music left out; 3: contrasted similarities; 4: records whether contrasted
 NULL_DURATIONS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 NULL_SEGMENTS = 8  # null samples per clip and duration
 TAIL = 0.1  # fraction of null scores whose excess is modelled as exponential
