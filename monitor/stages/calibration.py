@@ -160,9 +160,9 @@ def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[
     grid = catalog.grid
     clips = catalog.null_queries()
     samples: list[list[float]] = [[] for _ in NULL_DURATIONS]
+    contrast = contrasts(catalog)
     if clips:
         vectors = np.concatenate([clip.vectors for clip in clips])
-        contrast = contrasts(catalog)
         table = catalog.search_table(vectors, max(2 * k, NULL_NEIGHBOURS) if contrast else 2 * k)  # an empty catalog: CatalogError
         start = 0
         for clip in clips:
@@ -184,7 +184,7 @@ def null_calibration(catalog: "Catalog", k: int = DEFAULT_K, speed_range: tuple[
     measured = [(d, np.sort(np.asarray(s, np.float64))) for d, s in zip(NULL_DURATIONS, samples) if s]
     if not measured:
         raise MatchError(f"{catalog.directory} has no null clips to calibrate on; rebuild the catalog")
-    return Calibration(k, speed_range, tolerance, tuple(d for d, _ in measured), tuple(s for _, s in measured), contrasts(catalog))
+    return Calibration(k, speed_range, tolerance, tuple(d for d, _ in measured), tuple(s for _, s in measured), contrast)
 
 
 def same_music(found: Sequence[tuple[Neighbour, ...]], source: str | None, grid: "WindowGrid", k: int) -> set[str]:
