@@ -52,11 +52,12 @@ def query(seconds: float, plays: list[Play], seed: int = 0, misses: float = 0.0,
 
 @pytest.fixture(scope="module")
 def calibration() -> Calibration:
-    """Null scores of chance-only queries, as `null_calibration` measures them on a catalog."""
+    """Null scores of chance-only queries, as `null_calibration` measures them on a catalog: 150 per duration,
+    so that the exponential tail is fitted to 15 (on 40, 3-7 of 100 chance queries matched at 0.99)."""
     scores = []
     for d, duration in enumerate(NULL_DURATIONS):
         samples = []
-        for seed in range(40):
+        for seed in range(150):
             lines = align(query(duration, [], seed=1000 * d + seed), WINDOW, SPEED_RANGE, TOLERANCE)
             samples.append(lines[0].score if lines else 0.0)
         scores.append(np.sort(samples))
@@ -143,7 +144,7 @@ def test_a_short_play_gets_a_line_beside_looping_ones_that_stand_far_above_their
 
 
 def test_a_long_play_is_one_match_at_its_speed(calibration: Calibration) -> None:
-    """Sure on its best 30 s, reported whole."""
+    """Sure on its best stretch of the longest null duration, reported whole."""
     play = Play("song", 5.0, 95.0, 12.0, speed=1.1)
     found = only(match_hits(query(100.0, [play], misses=0.3, seed=6), WINDOW, calibration=calibration))
     assert (found.query_start, found.query_end) == (pytest.approx(5.0, abs=1.0), pytest.approx(95.0, abs=1.0))
@@ -176,6 +177,16 @@ def test_confidence_falls_with_false_match_rate_and_is_stable_across_json(calibr
     assert rates[0] == 1.0 and rates[-1] < 1e-3
     again = Calibration.from_json(calibration.to_json())
     assert again.confidence(3.0, 7.0) == pytest.approx(calibration.confidence(3.0, 7.0), rel=1e-4)
+
+
+def test_a_query_longer_than_the_longest_null_has_a_try_per_stretch_of_it(calibration: Calibration) -> None:
+    """A long query is scored by its best stretch of the longest null duration, and chance had one try at
+    that score per such stretch: the false-match rate of a query n stretches long is n times the stretch's."""
+    longest = calibration.durations[-1]
+    for score in np.linspace(0.5, 2.0, 7):
+        once = calibration.false_match_rate(score, longest)
+        for stretches in (1.5, 4.0, 30.0):
+            assert calibration.false_match_rate(score, stretches * longest) == pytest.approx(min(1.0, stretches * once), rel=1e-9)
 
 
 def test_match_json_has_the_stable_fields() -> None:

@@ -269,25 +269,24 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     history of a live stream alike. `calibration` comes from `calibrate(catalog)`.
 
     A query longer than the calibration's longest null clip (a montage, a recorded hour) holds more tracks,
-    each with its loops, so it gets MAX_LINES candidate lines more per such duration; and a line is as sure
-    as its best stretch of that duration is, because chance gathers on a line over a longer query more than
-    any measured null says.
+    each with its loops, so it gets MAX_LINES candidate lines more per such duration; and a line is scored by
+    its best stretch of that duration, because chance gathers on a line over a longer query more than any
+    measured null says, and the calibration weighs that score by how many such stretches the query had.
     """
     if not hits:
         return []
     longest = calibration.durations[-1]
     span = hits[-1].offset - hits[0].offset + window_seconds
-    duration = min(span, longest)
     tracks = None
     if min_confidence > 0:  # a stream with nothing playing asks at every window: spare the lines that cannot be credible
-        tracks = _credible(score_bounds(hits, window_seconds), duration, calibration, min_confidence)
+        tracks = _credible(score_bounds(hits, window_seconds), span, calibration, min_confidence)
         if not tracks:
             return []
     matches = []
     max_lines = MAX_LINES * max(1, math.ceil(span / longest))
     for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks, max_lines):
         score = line.score if span <= longest else _best_stretch(line, hits, window_seconds, longest)
-        confidence = calibration.confidence(score, duration)
+        confidence = calibration.confidence(score, span)
         if confidence < min_confidence:
             continue
         query_start = hits[int(line.windows[0])].offset
