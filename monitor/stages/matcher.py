@@ -48,7 +48,8 @@ class Confidence(Protocol):
 
     def confidence(self, score: float, duration: float) -> float:
         """Never lower for a higher score at one duration: `match_hits` skips queries that no score they
-        could reach makes confident enough."""
+        could reach makes confident enough. `duration` is the query's span; beyond the longest of
+        `durations`, `score` is the line's best stretch of that length."""
         ...
 
 
