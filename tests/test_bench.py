@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from click.testing import CliRunner
 
 from catalog_fixtures import MUSIC
 from encoders import load_audio, parse_chain
 from monitor.bench.landmark import LandmarkIndex, LandmarkParams
+from monitor.bench.queries import DECODE_RATE, catalog_queries, noncatalog_queries
 from monitor.bench.references import read_references, reference_set
 from monitor.bench.segments import PRESETS, Chunk, chunk_recall, generate, score_pair, summarise
 from monitor.cli import main
@@ -101,6 +104,28 @@ def test_montages_hold_annotated_chunks_and_decode_to_their_length(tmp_path: Pat
         assert abs(decoded - chunks[-1].query_end) < 0.2  # MP3 adds at most a frame of padding
     with (tmp_path / "annotations.csv").open() as f:
         assert len(list(csv.DictReader(f))) == sum(len(c) for _, c in made)
+
+
+def test_excerpts_come_from_a_tracks_sound_not_its_silence(tmp_path: Path) -> None:
+    """Some game tracks are 20 s of music and a minute of digital silence: a query cut from the silence is one
+    that no engine can answer, and a montage's chunk there is one that no engine can find."""
+    music = load_audio(MUSIC / "over-theme.opus", DECODE_RATE)[20 * DECODE_RATE : 40 * DECODE_RATE]
+    silence = np.zeros(60 * DECODE_RATE, np.float32)
+    folder = tmp_path / "music"
+    folder.mkdir()
+    soundfile.write(folder / "mostly-silence.wav", np.concatenate([silence[: 3 * DECODE_RATE], music, silence]), DECODE_RATE)
+    for path in sorted(MUSIC.glob("*.opus"))[:3]:
+        shutil.copy(path, folder)
+    tracks = read_references(folder)
+    silent = [t for t in tracks if t.track_id == "mostly-silence"]
+    sound = (3.0, 23.0)  # seconds; a 10 s query needs 11 s of it
+    queries = list(catalog_queries(silent, ["clean"], 20, (3.0, 10.0), seed=0))
+    assert len(queries) == 20 and all(sound[0] <= q.ref_start <= sound[1] - 11 for q in queries)
+    held_out = [q for q in noncatalog_queries(silent, 20, (3.0, 10.0), seed=0) if q.kind == "held-out music"]
+    assert len(held_out) == 20 and all(sound[0] <= q.ref_start <= sound[1] - 11 for q in held_out)
+    made = generate(tmp_path / "montages", tracks, set(), PRESETS["hard"], queries=8, seed=1)
+    chunks = [c for _, cs in made for c in cs if c.track_id == "mostly-silence"]
+    assert chunks and all(sound[0] <= c.ref_begin and c.ref_end <= sound[1] for c in chunks)
 
 
 def test_same_seed_same_montage(tmp_path: Path) -> None:

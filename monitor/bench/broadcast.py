@@ -36,7 +36,7 @@ from encoders import AudioError, Sources, load_audio
 from monitor import metrics as metrics_module
 from monitor.bench.engines import NeuralEngine
 from monitor.bench.queries import speech_clips
-from monitor.bench.references import BenchError, Reference, read_references, reference_set
+from monitor.bench.references import BenchError, Reference, audible_span, read_references, reference_set
 from monitor.bench.report import Table, publish, verdict
 from monitor.bench.servers import paced_files_elsewhere
 from monitor.demo.broadcast import SAMPLE_RATE, Pairing, Piece, Scorecard, TruePlay, compose, read_truth, score_plays, table, write_broadcast
@@ -92,14 +92,14 @@ def programme(catalog: Sequence[Reference], holdout: Sequence[Reference], plays:
             pieces.append(Piece("talk", "talk", talk[rng.integers(len(talk))], overlap=0.5))
         elif transition == "non-catalog":
             other = _decoded[holdout[rng.integers(len(holdout))].path]
-            first, last = audible_span(other)
+            first, last = audible_span(other, SAMPLE_RATE)
             seconds = min(float(rng.uniform(15, 30)), last - first)
             start = float(rng.uniform(first, last - seconds))
             pieces.append(Piece("music", "non-catalog", other, ref_start=start, seconds=seconds, chain=distortion_chain(rng), overlap=2.0))
         voice = talk[rng.integers(len(talk))]
         if transition == "voice-over":
             pieces.append(Piece("talk", "voice-over", voice))
-        first, last = audible_span(audio)
+        first, last = audible_span(audio, SAMPLE_RATE)
         cut_in = rng.random() < 0.35 and last - first > 60
         ref_start = float(rng.uniform(first + 10, last - 45)) if cut_in else first
         seconds = min(last - ref_start, float(rng.uniform(30, 75)))
@@ -117,17 +117,6 @@ def decoded(ref: Reference) -> np.ndarray:
     return _decoded[ref.path]
 
 
-def audible_span(audio: np.ndarray, floor_dbfs: float = -50.0) -> tuple[float, float]:
-    """The span from the first to the last audible second: silence at either end would be a play no one
-    hears (some game tracks are a few seconds of music and a minute of nothing)."""
-    seconds = len(audio) // SAMPLE_RATE
-    levels = 20 * np.log10(np.sqrt(np.mean(np.square(audio[: seconds * SAMPLE_RATE].reshape(seconds, SAMPLE_RATE)), axis=1)) + 1e-10)
-    loud = np.flatnonzero(levels > floor_dbfs)
-    if not len(loud):
-        return 0.0, 0.0
-    return (0.0 if loud[0] == 0 else float(loud[0])), float(loud[-1] + 1)
-
-
 def readable(refs: Sequence[Reference]) -> list[Reference]:
     """The tracks that decode to 20 s or more of sound (kept decoded); the others are left out, with a reason."""
     kept = []
@@ -138,7 +127,7 @@ def readable(refs: Sequence[Reference]) -> list[Reference]:
             except AudioError as exc:
                 log.warning("not in the broadcast: %s", exc)
                 continue
-        first, last = audible_span(_decoded[ref.path])
+        first, last = audible_span(_decoded[ref.path], SAMPLE_RATE)
         if last - first < 20:
             log.warning("not in the broadcast: %s has only %.0f s of sound", ref.track_id, last - first)
             continue

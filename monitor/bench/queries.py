@@ -17,7 +17,8 @@ import numpy as np
 
 from encoders import AudioError, Sources, coloured_noise, load_audio, parse_chain, synthesize_speech
 from encoders.speech import HELD_OUT_VOICE, SpeechError, get_voice, load_voices
-from monitor.bench.references import BenchError, Reference
+from monitor.bench.references import BenchError, Reference, audible_span
+from monitor.constants import SILENCE_DBFS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ def held_out_talkers() -> tuple[tuple[np.ndarray, ...], ...]:
         raise BenchError(f"{exc} (the benchmark's babble rows need it)") from exc
 
 
+def excerpt_bounds(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
+    """The samples excerpts of a track are cut from: all of it, unless it begins or ends in silence, where an
+    excerpt would be a query that no engine can answer (two dev tracks are 20 s of music and 64 s of
+    digital silence); then its span above the catalog's silence level."""
+    first, last = audible_span(audio, sample_rate, SILENCE_DBFS)
+    return int(first * sample_rate), (len(audio) if last >= len(audio) // sample_rate else int(last * sample_rate))
+
+
 def needed_seconds(row: str, lengths: Sequence[float]) -> float:
     """Reference audio a query of this row needs for its longest length."""
     return max(lengths) * parse_chain(row).rate + MARGIN_SECONDS
@@ -117,12 +126,13 @@ def catalog_queries(references: Sequence[Reference], rows: Sequence[str], per_ro
                       talkers=held_out_talkers() if any("babble" in row for row in rows) else ())
     for ref, wanted in by_track.items():
         audio = load_audio(ref.path, DECODE_RATE)
+        low, high = excerpt_bounds(audio, DECODE_RATE)
         for r, i, where in wanted:
             row, need = rows[r], int(needed_seconds(rows[r], lengths) * DECODE_RATE)
-            if len(audio) < need:  # the manifest said longer: skip rather than query with a short clip
-                log.warning("skipping a %s query of %s: it decodes to %.1f s", row, ref.track_id, len(audio) / DECODE_RATE)
+            if high - low < need:  # the manifest said longer, or most of it is silence: skip rather than query with a short clip
+                log.warning("skipping a %s query of %s: it decodes to %.1f s of sound", row, ref.track_id, (high - low) / DECODE_RATE)
                 continue
-            first = int(where * (len(audio) - need))
+            first = low + int(where * (high - low - need))
             chain = parse_chain(row)
             distorted = chain.apply(audio[first : first + need], DECODE_RATE, np.random.default_rng([seed, r, i, 1]), sources)
             yield Query("catalog", row, ref.track_id, first / DECODE_RATE, chain.rate, distorted)
@@ -137,7 +147,8 @@ def noncatalog_queries(holdout: Sequence[Reference], per_kind: int, lengths: Seq
         for i in range(per_kind):
             ref = holdout[rng.integers(len(holdout))]
             audio = load_audio(ref.path, DECODE_RATE)
-            start = int(rng.integers(0, max(1, len(audio) - length)))
+            low, high = excerpt_bounds(audio, DECODE_RATE)
+            start = int(rng.integers(low, max(low + 1, high - length)))
             excerpt = audio[start : start + length]
             if i % 2:
                 excerpt = processing.apply(excerpt, DECODE_RATE, rng)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
+import numpy as np
 
 from encoders import AUDIO_SUFFIXES
 
@@ -28,6 +29,17 @@ class Reference:
     def signature(self) -> tuple[str, str, int]:
         """What a cached catalog of this track depends on: its id, file and size."""
         return self.track_id, str(self.path.resolve()), self.path.stat().st_size
+
+
+def audible_span(audio: np.ndarray, sample_rate: int, floor_dbfs: float = -50.0) -> tuple[float, float]:
+    """The span from the first to the last audible second: silence at either end would be a play no one
+    hears and a query no one can answer (some game tracks are 20 s of music and a minute of nothing)."""
+    seconds = len(audio) // sample_rate
+    levels = 20 * np.log10(np.sqrt(np.mean(np.square(audio[: seconds * sample_rate].reshape(seconds, sample_rate)), axis=1)) + 1e-10)
+    loud = np.flatnonzero(levels > floor_dbfs)
+    if not len(loud):
+        return 0.0, 0.0
+    return (0.0 if loud[0] == 0 else float(loud[0])), float(loud[-1] + 1)
 
 
 def _probe_seconds(path: Path) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from encoders import load_audio, parse_chain
-from monitor.bench.queries import DECODE_RATE
+from monitor.bench.queries import DECODE_RATE, excerpt_bounds
 from monitor.bench.engines import Engine, warm_up
 from monitor.bench.references import BenchError, Reference, ReferenceSet
 from monitor.bench.report import Table, verdict
@@ -107,11 +107,14 @@ def _modification(rng: random.Random, preset: Preset) -> str:
     return f"{name}:{factor:.3f}"
 
 
-def _chunk_span(rng: random.Random, seconds: float) -> tuple[float, float]:
-    """Pex's chunk: 4.5-30 s, longer ones preferred, 6 s clear of either end of the track."""
+def _chunk_span(rng: random.Random, low: float, high: float) -> tuple[float, float]:
+    """Pex's chunk: 4.5-30 s, longer ones preferred, 6 s clear of either end of the track's sound (seconds
+    `low` to `high`); a track with under 17 s of sound gives what it has."""
+    seconds = high - low
     longest = min(30.0, seconds - 12) + 0.5
-    duration = round(math.sqrt(rng.uniform(math.ceil(4.5**2), math.floor(longest**2))), 1)
-    return round(rng.uniform(6, seconds - duration - 6), 1), duration
+    duration = min(round(math.sqrt(rng.uniform(math.ceil(4.5**2), math.floor(longest**2))), 1), seconds)
+    begin = round(low + rng.uniform(6, seconds - duration - 6), 1)
+    return min(max(begin, low), high - duration), duration
 
 
 def _level(audio: np.ndarray) -> np.ndarray:
@@ -126,7 +129,7 @@ def make_query(query_id: str, tracks: Sequence[Reference], catalog_ids: set[str]
     pieces, specs = [], []
     for ref in picked:
         track = load_audio(ref.path, DECODE_RATE)
-        begin, duration = _chunk_span(rng, len(track) / DECODE_RATE)
+        begin, duration = _chunk_span(rng, *(bound / DECODE_RATE for bound in excerpt_bounds(track, DECODE_RATE)))
         chain = parse_chain(_modification(rng, preset))
         snr = float(rng.choice(preset.snrs)) if rng.random() < 0.5 else None
         first = int(begin * DECODE_RATE)

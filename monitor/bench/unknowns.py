@@ -34,9 +34,9 @@ import soundfile
 
 from encoders import Sources, load_audio, parse_chain
 from encoders.speech import HELD_OUT_VOICE, SpeechError, get_voice, load_voice, talk
-from monitor.bench.broadcast import PlayFigures, audible_span, decoded, distortion_chain, readable
+from monitor.bench.broadcast import PlayFigures, decoded, distortion_chain, readable
 from monitor.bench.engines import NeuralEngine
-from monitor.bench.references import BenchError, Reference, reference_set
+from monitor.bench.references import BenchError, Reference, audible_span, reference_set
 from monitor.bench.report import Table, percent, publish, verdict
 from monitor.catalog import Catalog
 from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, arrange
@@ -176,7 +176,7 @@ def song_airings(songs: Sequence[Reference], settings: DaySettings, rng: np.rand
     due: list[list[tuple[float, Piece]]] = [[] for _ in range(settings.stations)]
     for ref in songs:
         audio = decoded(ref)
-        first, last = audible_span(audio)
+        first, last = audible_span(audio, SAMPLE_RATE)
         length = min(last - first, float(rng.uniform(*SONG_SECONDS)))
         start = float(rng.uniform(first, last - length))
         for when in _spread(int(rng.integers(2, 6)), settings.seconds * 0.9, rng):
@@ -197,7 +197,7 @@ def jingle_airings(jingles: Sequence[Reference], settings: DaySettings, rng: np.
     for index, ref in enumerate(jingles):
         station = index // settings.jingles
         audio = decoded(ref)
-        first, last = audible_span(audio)
+        first, last = audible_span(audio, SAMPLE_RATE)
         seconds = min(last - first, float(rng.uniform(*JINGLE_SECONDS)))
         start = float(rng.uniform(first, last - seconds))
         name = f"jingle:{settings.station(station)}/{index % settings.jingles + 1}={ref.track_id}"
@@ -228,7 +228,7 @@ class _Station:
         """As `bench broadcast` plays one: from its start or cut in, 30-75 s, crossfaded after music."""
         ref = next(self.catalog_order)
         audio = decoded(ref)
-        first, last = audible_span(audio)
+        first, last = audible_span(audio, SAMPLE_RATE)
         cut_in = self.rng.random() < 0.35 and last - first > 60
         ref_start = float(self.rng.uniform(first + 10, last - 45)) if cut_in else first
         seconds = min(last - ref_start, float(self.rng.uniform(30, 75)))
@@ -238,7 +238,7 @@ class _Station:
 
     def fill(self, ref: Reference) -> None:
         audio = decoded(ref)
-        first, last = audible_span(audio)
+        first, last = audible_span(audio, SAMPLE_RATE)
         seconds = min(last - first, float(self.rng.uniform(*FILL_SECONDS)))
         start = float(self.rng.uniform(first, last - seconds))
         self.add(Piece("music", f"music:{ref.track_id}", audio, ref_start=start, seconds=seconds, chain=distortion_chain(self.rng)))
