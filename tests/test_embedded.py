@@ -20,7 +20,7 @@ from encoders import Encoder, load_audio, synthesize_speech
 from catalog_fixtures import random_encoder
 from monitor import metrics as metrics_module
 from monitor.catalog import Catalog
-from monitor.constants import DEFAULT_K
+from monitor.constants import DEFAULT_K, SILENCE_DBFS
 from monitor.demo.broadcast import TruePlay, score_plays
 from monitor import embedded
 from monitor.embedded import EmbeddedMonitor
@@ -30,6 +30,7 @@ from monitor.health import problems
 from monitor.stages.ingest import read_windows
 from monitor.stages.sources import StreamSource
 from monitor.stages.play_state import PlayConfig
+from monitor.stages.search import hits_for
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.state import MemoryStateStore
 from monitor.stages.tracking import LiveCatalog, TrackingStep
@@ -221,6 +222,21 @@ def test_each_second_of_a_stream_is_counted_by_what_it_holds(service_catalog: Pa
     music, talk = seconds("music"), seconds("talk")
     assert music["music"] >= 0.8 * sum(music.values()), music
     assert max(talk, key=talk.get) == "speech", talk
+
+
+def test_a_stream_window_quieter_than_silence_is_searched_for_nothing(encoder: Encoder, catalog: Catalog,
+                                                                      music: dict[str, np.ndarray]) -> None:
+    """Windows are standardised before they are embedded, so a faint hiss (dead air on a weak carrier) or music
+    24 dB under the silence level is as near the catalog as the music itself: catalogs and `identify` drop
+    such windows, and a stream must too, or 10 minutes of hiss at -84 dBFS became nine plays."""
+    cut = catalog.grid.cut(music["area1-game"][: 10 * RATE])  # on the catalog's grid, so a random encoder finds it
+    level = np.sqrt(np.mean(np.square(cut), axis=1))
+    quiet = cut * (10 ** (SILENCE_DBFS / 20) / 16 / level)[:, None]  # each window 24 dB under the silence level
+    windows = [AudioWindow("s", i, i * 0.5, i * 0.5, samples) for i, samples in enumerate([*cut, *quiet])]
+    found = hits_for(windows, encoder, catalog, DEFAULT_K)
+    heard, hushed = found[: len(cut)], found[len(cut) :]
+    assert all(h.neighbours and h.neighbours[0].track_id == "area1-game" for h in heard)
+    assert all(h.neighbours == () and h.background == 0.0 for h in hushed)
 
 
 def test_an_encoder_the_classifier_was_not_trained_on_tracks_without_content_classes(catalog: Catalog) -> None:

@@ -104,8 +104,8 @@ def nearest(catalog: Searches, embeddings: np.ndarray, k: int) -> list[tuple[tup
 
 def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches, k: int, metrics: Metrics | None = None,
              content: ContentCount | None = None) -> list[WindowHits]:
-    """The k nearest reference windows of every window and its background (`nearest`), in input order; times
-    embedding (with the content classes, when given) and search."""
+    """The k nearest reference windows of every window and its background (`nearest`), in input order; none for a
+    window quieter than the silence level. Times embedding (with the content classes, when given) and search."""
     if not windows:
         return []
     began = time.perf_counter()
@@ -115,7 +115,9 @@ def hits_for(windows: Sequence[AudioWindow], encoder: Embeds, catalog: Searches,
     else:
         embeddings, labels = content.embed(windows, samples, metrics)
     embedded = time.perf_counter()
-    neighbours = nearest(catalog, embeddings, k)
+    loud = audible(samples)  # as catalogs and `identify` are cut: silence (or a faint hiss) is near every track
+    found = iter(nearest(catalog, embeddings[loud], k) if loud.any() else ())
+    neighbours = [next(found) if heard else ((), 0.0) for heard in loud]
     searched = time.perf_counter()
     if metrics is not None:
         metrics.embedding_batch_size.observe(len(windows))
