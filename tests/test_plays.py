@@ -227,6 +227,20 @@ def test_a_track_that_repeats_itself_is_one_play_on_its_true_line(shift: float) 
         assert ended.ref_start == pytest.approx(30.0, abs=0.6)
 
 
+@pytest.mark.parametrize("speed", [0.93, 1.0, 1.1])
+def test_a_reprise_at_the_end_of_a_track_keeps_the_plays_start_and_speed(speed: float) -> None:
+    """The last seconds of a track repeat an earlier passage, so its windows find that passage instead, on a
+    line a loop away; then the track ends. That line is the same airing: it must not move the play's start,
+    position and speed, which 45 s of evidence measured, to those of its last seconds."""
+    for seed in range(3):
+        _, events = run(broadcast(120, [Segment("track-5", 0.0, 46.0), Segment("track-5", 46.0, 50.0, ref_start=39.8, speed=speed),
+                                        Segment("track-12", 60.0, 110.0)], seed=seed))
+        first, second = plays(events)
+        assert (first.track_id, second.track_id) == ("track-5", "track-12")
+        assert first.stream_start == pytest.approx(0.0, abs=0.3) and first.ref_start == pytest.approx(0.0, abs=0.6)
+        assert first.speed == pytest.approx(1.0, abs=0.01) and first.stream_end == pytest.approx(50.0, abs=1.0)
+
+
 def test_another_track_takes_over() -> None:
     _, events = run(broadcast(100, [Segment("track-1", 5.0, 45.0, ref_start=20), Segment("track-2", 45.0, 90.0, ref_start=30)]))
     assert [(e.state, e.track_id) for e in plays_in(events)] == [

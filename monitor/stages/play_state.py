@@ -80,7 +80,8 @@ class PlayConfig:
     # burst, lost hits) and resumes as the same play; its ended event waits until this has passed
     takeover_seconds: float = 3.0  # similar tracks (one composer, one game) take turns on a line for a second or two
     same_airing_seconds: float = 3.0  # a line of the play's own track found this near its own after a dropout (a refit
-    # lands a little off) carries the play's fit on; a farther one (a loop, a reprise) moves the play onto it
+    # lands a little off) carries the play's fit on; a farther one (a loop, a reprise) moves a young play onto it and
+    # carries an older one's end on to its own
     realign_seconds: float = 20.0  # until its support spans this, a play may move to another line of its track: music
     # repeats itself, so its first seconds can fit an alignment one loop away. Later, another line is the track again
     start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does

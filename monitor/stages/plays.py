@@ -305,10 +305,16 @@ class PlayTracker:
 
     def _rejoin(self, state: StreamState, play: OpenPlay, run: Run, catalog: CatalogInfo) -> OpenPlay:
         """The play carried on by `run` of its own airing: near its line, the run's newer supports join the
-        fit (keeping the speed the play's long evidence measured); far from it, the play moves to the run's line."""
-        now = state.history[-1].offset
-        if self._young(play) or abs(run.line.ref(now) - play.line.ref(now)) > self.config.same_airing_seconds:
+        fit (keeping the speed the play's long evidence measured). A young play moves to a line far from its
+        own, which may be where the track really is; a play past its first seconds only runs on to the run's
+        end, its start and alignment kept: a reprise or an edit heard a loop away is still its airing, and
+        its last seconds must not re-date what the long evidence measured."""
+        if self._young(play):
             return self._move(state, play, run, catalog)
+        now = state.history[-1].offset
+        if abs(run.line.ref(now) - play.line.ref(now)) > self.config.same_airing_seconds:
+            last = run.supports[-1][0]
+            return replace(play, last_support_seq=last.seq, last_support_offset=last.offset) if last.seq > play.last_support_seq else play
         for h, similarity, ref in run.supports:
             if h.seq > play.last_support_seq:
                 play = self._extend(play, h, (similarity, ref))
