@@ -301,14 +301,18 @@ def read_windows(
 
 
 def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
-    """Whether a network source says that it ends: an HTTP(S) response with a length (FFmpeg then knows its
-    size and duration; a live HLS playlist has none) and without Icecast/Shoutcast `icy-*` headers, which
-    mark a live stream whatever else it says. Reopening a source that ended would play it again from its
-    start, and every reopening would be a new play of the same audio."""
+    """Whether a network source says that it ends: an HTTP(S) response with a length and without Icecast/
+    Shoutcast `icy-*` headers, which mark a live stream whatever else it says. An HLS playlist has a length
+    of its own, so there only a duration (a playlist that lists its end) says so. Not the duration alone:
+    FFmpeg finds an Ogg file's by reading its end, which a server without byte ranges does not allow.
+    Reopening a source that ended would play it again from its start, and every reopening would be a new
+    play of the same audio."""
     if urlparse(url).scheme not in ("http", "https"):
         return False
+    if "hls" in container.format.name.split(","):
+        return container.duration is not None
     icecast = any(key.lower().startswith("icy-") for key in container.metadata)
-    return container.size > 0 and container.duration is not None and not icecast
+    return container.size > 0 and not icecast
 
 
 def start_readers(
