@@ -239,6 +239,23 @@ def test_a_reprise_at_the_end_of_a_track_keeps_the_plays_start_and_speed(speed: 
         assert (first.track_id, second.track_id) == ("track-5", "track-12")
         assert first.stream_start == pytest.approx(0.0, abs=0.3) and first.ref_start == pytest.approx(0.0, abs=0.6)
         assert first.speed == pytest.approx(1.0, abs=0.01) and first.stream_end == pytest.approx(50.0, abs=1.0)
+        assert first.ref_end == pytest.approx(50.0, abs=1.0)  # on the measured alignment, not the reprise's
+
+
+def test_a_play_following_a_reprise_round_trips_through_json() -> None:
+    hits = broadcast(120, [Segment("track-5", 0.0, 46.0), Segment("track-5", 46.0, 60.0, ref_start=39.8, speed=0.93)])
+    _, whole = run(hits)
+    tracker = PlayTracker(PlayConfig(window_seconds=WINDOW, hop_seconds=HOP))
+    state, events, followed = StreamState("radio"), [], False
+    for h in hits:
+        text = state.to_json()
+        state = StreamState.from_json(text)
+        assert state.to_json() == text
+        state, new = tracker.update(state, h, CATALOG_INFO)
+        events += new
+        followed = followed or (state.play is not None and state.play.measured is not None)
+    events += tracker.close(state, CATALOG_INFO)[1]
+    assert followed and events == whole
 
 
 def test_another_track_takes_over() -> None:

@@ -20,8 +20,8 @@ from monitor.stages.matcher import Match
 RECENT_WINDOWS = 4  # OpenPlay.recent remembers the support of this many latest windows
 
 
-STATE_VERSION = 5  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald, 5 the hits' backgrounds;
-# older states are still read
+STATE_VERSION = 6  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald, 5 the hits' backgrounds,
+# 6 OpenPlay.measured; older states are still read
 
 
 class TrackLike(Protocol):
@@ -80,8 +80,8 @@ class PlayConfig:
     # burst, lost hits) and resumes as the same play; its ended event waits until this has passed
     takeover_seconds: float = 3.0  # similar tracks (one composer, one game) take turns on a line for a second or two
     same_airing_seconds: float = 3.0  # a line of the play's own track found this near its own after a dropout (a refit
-    # lands a little off) carries the play's fit on; a farther one (a loop, a reprise) moves a young play onto it and
-    # carries an older one's end on to its own
+    # lands a little off) carries the play's fit on; a farther one (a loop, a reprise) moves a young play onto it, and
+    # an older one follows it on while its events keep reporting the alignment measured before
     realign_seconds: float = 20.0  # until its support spans this, a play may move to another line of its track: music
     # repeats itself, so its first seconds can fit an alignment one loop away. Later, another line is the track again
     start_edge_seconds: float = 0.25  # the music starts this long after the first supporting window does
@@ -130,6 +130,12 @@ class OpenPlay:
     recent: int  # support of the latest RECENT_WINDOWS windows as bits, newest in bit 0
     fit: tuple[float, float, float, float, float]  # n, sum t, sum r, sum t*t, sum t*r of confirmed supports,
     # t counted from stream_start (hours of stream time would drown a least-squares fit in rounding)
+    measured: Line | None = None  # the alignment its events report, when `line` is another one of its airing that
+    # it follows (a reprise or an edit heard a loop away, past its first seconds); None: `line`
+
+    @property
+    def reported(self) -> Line:
+        return self.line if self.measured is None else self.measured
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ class StreamState:
     @classmethod
     def from_json(cls, text: str) -> "StreamState":
         data = orjson.loads(text)
-        if data.get("v") not in (1, 2, 3, 4, STATE_VERSION):
+        if data.get("v") not in (1, 2, 3, 4, 5, STATE_VERSION):
             raise ValueError(f"play state version {data.get('v')!r} is not {STATE_VERSION}; it was saved by another release")
         stream_id = data["stream_id"]
         # Hits saved before version 5 lack their backgrounds, without which the matcher would be sure of them too
@@ -213,11 +219,14 @@ class StreamState:
 
 
 def _play_json(play: OpenPlay | None) -> dict[str, Any] | None:
-    return None if play is None else {**asdict(play), "line": asdict(play.line)}
+    return None if play is None else asdict(play)
 
 
 def _play_of(data: dict[str, Any] | None) -> OpenPlay | None:
-    return None if data is None else OpenPlay(**{**data, "line": Line(**data["line"]), "fit": tuple(data["fit"])})
+    if data is None:
+        return None
+    measured = data.get("measured")
+    return OpenPlay(**{**data, "line": Line(**data["line"]), "fit": tuple(data["fit"]), "measured": measured and Line(**measured)})
 
 
 @dataclass(frozen=True)

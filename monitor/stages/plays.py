@@ -244,10 +244,10 @@ class PlayTracker:
 
     def _heard(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> dict[str, Any]:
         """What every event of `play` says of it as known now: its id, track, start, alignment and evidence."""
-        line, start = play.line, self._play_start(state, play)
+        line, start = play.reported, self._play_start(state, play)
         return dict(
             play_id=play.play_id, stream_id=state.stream_id, track_id=line.track_id, started_at=play.air_minus_offset + start,
-            stream_start=start, ref_start=max(0.0, line.ref(start)), speed=line.speed, score=play.score, confidence=line.confidence,
+            stream_start=start, ref_start=max(0.0, line.ref(start)), speed=line.speed, score=play.score, confidence=play.line.confidence,
             track=_metadata(catalog.track(line.track_id)),
         )
 
@@ -263,7 +263,7 @@ class PlayTracker:
     def _play_start(self, state: StreamState, play: OpenPlay) -> float:
         """Where the play starts, with a snapped start refined by the line as it is known now."""
         if play.start_snapped:
-            refined = max(play.line.stream_time(0.0), state.floor_offset)
+            refined = max(play.reported.stream_time(0.0), state.floor_offset)
             if abs(refined - play.stream_start) <= self.config.snap_start_seconds:
                 return refined
         return play.stream_start
@@ -313,12 +313,21 @@ class PlayTracker:
             return self._move(state, play, run, catalog)
         now = state.history[-1].offset
         if abs(run.line.ref(now) - play.line.ref(now)) > self.config.same_airing_seconds:
-            last = run.supports[-1][0]
-            return replace(play, last_support_seq=last.seq, last_support_offset=last.offset) if last.seq > play.last_support_seq else play
+            return self._follow_line(play, run)
         for h, similarity, ref in run.supports:
             if h.seq > play.last_support_seq:
                 play = self._extend(play, h, (similarity, ref))
         return play
+
+    def _follow_line(self, play: OpenPlay, run: Run) -> OpenPlay:
+        """The play following `run`'s line of its airing from now on (its supports and end come from it), while
+        its events keep the start and the alignment (position, speed) that its longer evidence measured."""
+        last = run.supports[-1][0]
+        return replace(
+            play, line=replace(run.line, confidence=play.line.confidence), measured=play.reported,
+            last_support_seq=max(last.seq, play.last_support_seq), last_support_offset=max(last.offset, play.last_support_offset),
+            score=sum(sim for _, sim, _ in run.supports), fit=fit_sums([(h.offset - play.stream_start, ref) for h, _, ref in run.supports]),
+        )
 
     def _young(self, play: OpenPlay) -> bool:
         """Whether the play may still move to another line of its track (see `realign_seconds`)."""
@@ -349,7 +358,7 @@ class PlayTracker:
             if abs(track_end - end) <= config.snap_end_seconds:
                 end = track_end
         end = max(min(end, seen_until), start)
-        ref_end = line.ref(end) if info is None else min(line.ref(end), info.seconds)
+        ref_end = play.reported.ref(end) if info is None else min(play.reported.ref(end), info.seconds)
         return PlayEvent(**heard, state="ended", decided_offset=seen_until, ended_at=play.air_minus_offset + end, stream_end=end, ref_end=ref_end)
 
 
