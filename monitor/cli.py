@@ -771,7 +771,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                     min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
-    from monitor.embedded import NothingHeard, run_embedded
+    from monitor.embedded import EventsUnwritten, NothingHeard, run_embedded
     from monitor.events import describe, plays_in
     from monitor.stages.play_state import PlayConfig
     from monitor.stages.sources import ConfigError
@@ -791,12 +791,17 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                              plays=PlayConfig(notice_confidence=notice_confidence), unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None
+    unwritten = None
     try:
         found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events, plays_log)
     except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
+    except EventsUnwritten as exc:
+        found, unwritten = exc.events, exc
     click.echo(f"{sum(e.state == 'ended' for e in plays_in(found))} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
                + (f"; play log in {plays_log.where}" if plays_log else ""))
+    if unwritten:
+        raise click.ClickException(str(unwritten))
 
 
 @main.command()
@@ -1153,6 +1158,7 @@ def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, aud
     from pathlib import Path
 
     from monitor.catalog import Catalog, CatalogError
+    from monitor.events import EventsFile
     from monitor.playlog.store import PlayLogError
     from monitor.promote import promote
 
@@ -1162,7 +1168,9 @@ def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, aud
     except (PlayLogError, CatalogError) as exc:
         raise click.ClickException(str(exc)) from exc
     if events:
-        with open(events, "a", encoding="utf-8") as out:
-            out.writelines(event.to_line() + "\n" for event in done.plays)
+        with EventsFile(events) as out:
+            out.write(done.plays)
+        if out.unwritten:
+            raise click.ClickException(f"{out.unwritten} of the new plays' events could not be written to {events}; they are in the play log")
     added = f"added {track_id} to the catalog" if done.added else f"{track_id} was already in the catalog"
     click.echo(f"{added}; {len(done.plays) // 2} airings of cluster {cluster} are now plays of it in the play log")

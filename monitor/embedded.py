@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.catalog import Catalog
-from monitor.events import Event
+from monitor.events import Event, EventsFile
 from monitor.health import Heartbeat
 from monitor.options import MonitorOptions
 from monitor.stages.ingest import start_readers
@@ -43,6 +42,15 @@ log = logging.getLogger(__name__)
 
 class NothingHeard(RuntimeError):
     """Every stream failed: not one delivered a window of audio."""
+
+
+class EventsUnwritten(RuntimeError):
+    """Monitoring ran, but some events never reached the events file or the play log (they were printed);
+    `events` are all it found."""
+
+    def __init__(self, message: str, events: list[Event]):
+        super().__init__(message)
+        self.events = events
 
 
 class EmbeddedMonitor:
@@ -64,6 +72,8 @@ class EmbeddedMonitor:
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
         self.events: list[Event] = []
         self.heard: set[str] = set()  # streams that delivered at least one window
+        self.waiting: list[Event] = []  # events the play log could not take yet
+        self.unwritten = 0  # events that never reached the events file or the play log
 
     def run(self, stop: threading.Event | None = None) -> list[Event]:
         stop = stop or threading.Event()
@@ -73,7 +83,7 @@ class EmbeddedMonitor:
         live = {s.id for s in self.sources}
         next_seq: dict[str, int] = {}  # per stream heard: the seq an end of it takes
         next_reload = time.monotonic() + self.options.reload_seconds
-        out = self.events_path.open("a", encoding="utf-8") if self.events_path else None
+        out = EventsFile(self.events_path) if self.events_path else None
         try:
             while live and not stop.is_set():
                 self.heartbeat.beat()
@@ -93,6 +103,12 @@ class EmbeddedMonitor:
             self._track([], [EndOfStream(stream_id, seq) for stream_id, seq in next_seq.items()], out)  # a replayed end changes nothing
             if out:
                 out.close()
+                self.unwritten += out.unwritten
+            self._log_plays([])  # what a database that was down kept waiting
+            if self.waiting:
+                log.error("%d play events never reached the play log at %s; `airtrace plays import` adds them from the events file",
+                          len(self.waiting), self.playlog.where)
+                self.unwritten += len(self.waiting)
             for reader in readers:
                 reader.join(timeout=1.0)
         return self.events
@@ -114,7 +130,7 @@ class EmbeddedMonitor:
                 break
         return batch
 
-    def _track(self, windows: list[AudioWindow], ends: list[EndOfStream], out: IO[str] | None) -> None:
+    def _track(self, windows: list[AudioWindow], ends: list[EndOfStream], out: EventsFile | None) -> None:
         """One tracking step: search the windows (unheard while the catalog cannot be searched), run the
         state machine over their hits and the streams' ends, emit the events, commit the states."""
         hits: list[WindowHits] = self.catalog.search(windows) or []
@@ -123,29 +139,36 @@ class EmbeddedMonitor:
         self._emit(fresh, out)
         self.step.commit(states, fresh)
 
-    def _emit(self, events: list[Event], out: IO[str] | None) -> None:
+    def _emit(self, events: list[Event], out: EventsFile | None) -> None:
         if not events:
             return
         if self.metrics:
             observe_events(self.metrics, events)
-        for event in events:
-            event = replace(event, stream=self.stream_metadata.get(event.stream_id, {}))
-            self.events.append(event)
-            if out:
-                out.write(event.to_line() + "\n")
-                out.flush()
-            if self.on_event:
+        events = [replace(event, stream=self.stream_metadata.get(event.stream_id, {})) for event in events]
+        self.events += events
+        if self.on_event:
+            for event in events:
                 self.on_event(event)
-        if self.playlog:
-            self._log_plays(events)
+        if out:
+            out.write(events)
+        self._log_plays(events)
 
     def _log_plays(self, events: list[Event]) -> None:
-        """Into the play log; a failing database is reported and monitoring goes on (the events file has them)."""
+        """Into the play log, with those a failing database kept waiting before them (the play log takes an event
+        twice as once): monitoring goes on meanwhile, and what never got in is counted in `unwritten`."""
+        if not self.playlog:
+            return
+        self.waiting += events
+        if not self.waiting:
+            return
         try:
-            self.playlog.apply(event.to_json() for event in events)
+            self.playlog.apply(event.to_json() for event in self.waiting)
         except (PlayLogError, SQLAlchemyError) as exc:
-            log.error("could not write %d play events to the play log at %s: %s; `airtrace plays import` adds them from the events file",
-                      len(events), self.playlog.where, exc)
+            if len(self.waiting) == len(events):  # the first failure of a spell
+                log.error("could not write play events to the play log at %s: %s; they are kept and tried again with the next ones",
+                          self.playlog.where, exc)
+            return
+        self.waiting = []
 
 
 def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
@@ -166,4 +189,7 @@ def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSo
         signal.signal(signal.SIGTERM, previous)
     if not monitor.heard:
         raise NothingHeard(f"none of the {len(monitor.sources)} stream(s) delivered audio; the errors above say why")
+    if monitor.unwritten:
+        raise EventsUnwritten(f"{monitor.unwritten} event(s) could not be written to the events file or the play log (the errors "
+                              "above say why); each was printed above as it happened", monitor.events)
     return monitor.events

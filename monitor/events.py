@@ -16,6 +16,7 @@ worker) yields the very same ids, and consumers drop the duplicate instead of co
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +32,60 @@ KINDS_SCHEMA_PATH = Path(__file__).parent / "schemas" / f"event.v{KINDS_SCHEMA_V
 ID_NAMESPACE = uuid.UUID("5d9e1c43-5b8e-4f0a-9a55-2f6a8e0c7b31")  # fixed forever: ids must never change
 
 State = Literal["started", "ended"]
+
+
+log = logging.getLogger(__name__)
+
+
+class EventsFile:
+    """Appends events as JSON lines to a file others read (`plays import`, a tail). Each event starts on a
+    line of its own, also after a run that was cut off mid-line (glued to that half line, the next event
+    was lost to `plays import`); a write that fails (a full disk) is reported and counted, never fatal:
+    the events still reach the console and the play log. Unbuffered, so no event waits in memory."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.unwritten, self._failing = Path(path), 0, False
+        self._mid_line = _ends_mid_line(self.path)
+        if self._mid_line:
+            log.warning("%s ends in a cut-off line (an earlier run stopped while writing); it is kept as it is and "
+                        "new events start on the next line", self.path)
+        self._out = self.path.open("ab", buffering=0)
+
+    def write(self, events: Iterable["Event"]) -> None:
+        fresh_line = b"\n" if self._mid_line else b""
+        data = fresh_line + "".join(event.to_line() + "\n" for event in events).encode()
+        done = 0
+        try:
+            while done < len(data):
+                done += self._out.write(data[done:])
+        except OSError as exc:
+            if not self._failing:
+                log.error("cannot write events to %s (%s); they still go to the console and the play log, and "
+                          "each next event is tried again", self.path, exc)
+            self.unwritten += data[max(done, len(fresh_line)) :].count(b"\n")  # events whose line did not end
+            self._failing = True
+            if done:
+                self._mid_line = data[done - 1 : done] != b"\n"
+            return
+        self._failing = self._mid_line = False
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __enter__(self) -> "EventsFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether a file of events ends without its line's end (a device or a pipe has no end to look at)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def play_id(stream_id: str, track_id: str, start_seq: int) -> str:

@@ -181,6 +181,18 @@ def test_monitor_events_in_a_missing_folder_is_a_usage_error(built_catalog: Path
     assert not (tmp_path / "no").exists()
 
 
+def test_monitor_on_a_full_disk_keeps_its_plays_in_the_play_log_and_fails(built_catalog: Path, tmp_path: Path) -> None:
+    """The events file's disk is full: one line says so, the plays still reach the play log and the console,
+    and the run ends with the count of events lost to the file and a non-zero exit code."""
+    playlog = tmp_path / "plays.sqlite"
+    code, output = command("monitor", "--catalog", str(built_catalog), "--events", "/dev/full", "--playlog", str(playlog),
+                           str(MUSIC / "area1-game.opus"))
+    assert code == 1 and output.count("cannot write events to /dev/full") == 1, output
+    assert "1 plays on 1 stream(s)" in output and "event(s) could not be written to the events file or the play log" in output
+    code, listed = command("plays", "list", "--playlog", str(playlog))
+    assert code == 0 and "area1-game" in listed
+
+
 def test_metrics_port_in_use_and_bad_metrics_hosts_are_usage_errors(built_catalog: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])

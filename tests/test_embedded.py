@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from sqlalchemy.exc import OperationalError
 from prometheus_client import CollectorRegistry, generate_latest
 
 from encoders import Encoder, load_audio, synthesize_speech
@@ -27,6 +28,8 @@ from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions, UnknownConfig
 from monitor.events import PlayEvent, ProvisionalEvent, kinds_schema, plays_in, schema
 from monitor.health import problems
+from monitor.playlog.queries import list_plays
+from monitor.playlog.store import PlayLog
 from monitor.stages.ingest import read_windows
 from monitor.stages.sources import StreamSource
 from monitor.stages.play_state import PlayConfig
@@ -125,6 +128,40 @@ def test_plays_of_two_streams_are_found_bounded_and_written(catalog: Catalog, br
     assert get("airtrace_now_playing", {"stream": "radio-a", "track_id": "gardien-go"}) is None
     assert get("airtrace_catalog_tracks") == 2
     assert get("airtrace_embedding_batch_size_count") >= 2 * windows / 32
+
+
+def test_an_events_file_cut_off_mid_line_keeps_that_line_and_loses_no_event(catalog: Catalog, broadcast, tmp_path: Path) -> None:
+    """A run stopped while writing leaves half a line; glued to it, the next run's first event was lost to
+    `plays import`."""
+    events_file = tmp_path / "plays.jsonl"
+    events_file.write_text('{"schema_version": 1, "play_id": "cut-')
+    events = EmbeddedMonitor(catalog, [StreamSource("radio", str(broadcast[0]))], events_file=events_file).run()
+    first, *rest = events_file.read_text().splitlines()
+    assert first == '{"schema_version": 1, "play_id": "cut-'
+    assert [json.loads(line)["event_id"] for line in rest] == [e.event_id for e in events] and len(events) >= 4
+
+
+def test_events_a_full_disk_or_an_absent_database_refused_still_reach_the_play_log(catalog: Catalog, broadcast, tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events file on a full disk: every event printed and logged, each one it lost counted (the run then
+    fails). The database away for its first two writes (a restart, a failover): the events it refused are kept
+    and written once it is back."""
+    playlog = PlayLog.open(tmp_path / "plays.sqlite", migrate=True)
+    store, refusals = playlog.apply, [2]
+
+    def database_restarting(events):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("the database is restarting"))
+        return store(events)
+
+    monkeypatch.setattr(playlog, "apply", database_restarting)
+    monitor = EmbeddedMonitor(catalog, [StreamSource("radio", str(broadcast[0]))], events_file="/dev/full", playlog=playlog)
+    events = monitor.run()
+    plays = [e for e in plays_in(events) if e.state == "ended"]
+    assert len(plays) == 2 and monitor.unwritten == len(events) and not monitor.waiting
+    logged = {row["play_id"]: row for row in list_plays(playlog)[1]}
+    assert {p.play_id for p in plays} == set(logged) and all(row["ended_at"] is not None for row in logged.values())
 
 
 def test_a_catalog_that_cannot_be_searched_neither_ends_nor_opens_plays(encoder: Encoder, music, broadcast, tmp_path: Path) -> None:
