@@ -144,6 +144,8 @@ def test_a_rejection_survives_replays_and_restore_brings_the_play_back(playlog: 
     ({"track": ["x"]}, "track is not an object"),
     ({"schema_version": 0}, "schema_version 0"),
     ({"stream_id": None}, "stream_id None"),
+    ({"confidence": 5}, "confidence 5 is not between 0 and 1"),
+    ({"speed": -1.0}, "speed -1.0 is not above 0"),
 ])
 def test_a_malformed_event_is_named_and_nothing_of_its_batch_is_written(playlog: PlayLog, change: dict, complaint: str) -> None:
     good, bad = (e.to_json() for e in synthetic_plays(1))
@@ -202,6 +204,12 @@ def test_the_cli_says_what_to_do_without_a_database(tmp_path: Path, postgres) ->
     result = runner.invoke(main, ["plays", "list", "--playlog", "mysql://airtrace:secret-pw@127.0.0.1/x"])
     assert result.exit_code == 1 and "mysql:// is not supported" in result.output and "secret-pw" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
+    events_file = tmp_path / "plays.jsonl"  # given as the play log by mistake: named, and left as it was
+    events_file.write_text('{"schema_version": 1}\n')
+    for command in (["plays", "list"], ["plays", "migrate"]):
+        result = runner.invoke(main, [*command, "--playlog", str(events_file)])
+        assert result.exit_code == 1 and "is not a play log (file is not a database)" in result.output and "plays import" in result.output
+        assert events_file.read_text() == '{"schema_version": 1}\n'
     fresh = postgres.create_database("unmigrated")
     result = runner.invoke(main, ["plays", "list", "--playlog", fresh])
     assert result.exit_code == 1 and "run `airtrace plays migrate" in result.output

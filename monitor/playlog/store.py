@@ -34,7 +34,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, and_, bindparam, case, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from monitor.events import KINDS_SCHEMA_VERSION, SCHEMA_VERSION, from_iso
 from monitor.playlog.schema import CONTENT_CLASSES, ROW_STATE, airtime, plays, state_rank, unknowns
@@ -136,6 +136,10 @@ class PlayLog:
         except OperationalError as exc:
             playlog.close()
             raise playlog.unavailable(exc) from exc
+        except DatabaseError as exc:  # SQLite: "file is not a database" (an events file given as the play log)
+            playlog.close()
+            raise PlayLogError(f"{playlog.where} is not a play log ({str(exc.orig).strip()}); give --playlog the SQLite file airtrace "
+                               f"monitor writes (plays.sqlite) or a postgresql:// URL; an events file is added with `airtrace plays import`") from exc
         return playlog
 
     def unavailable(self, exc: DBAPIError) -> PlayLogUnavailable:
@@ -399,6 +403,10 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
             raise MalformedPlay("track is not an object")
         track = _storable(track)
         event_id, play_id = _uuid(data, "event_id"), _uuid(data, "play_id")
+        if not 0.0 <= _number(data, "confidence") <= 1.0:
+            raise MalformedPlay(f"confidence {data['confidence']!r} is not between 0 and 1")
+        if not _number(data, "speed") > 0.0:
+            raise MalformedPlay(f"speed {data['speed']!r} is not above 0")
         return {
             "play_id": play_id, "stream_id": _text(data, "stream_id"), "track_id": _text(data, "track_id"),
             **{key: None if track.get(key) is None else str(track[key]) for key in ("title", "artist", "isrc", "album")},
