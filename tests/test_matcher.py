@@ -124,6 +124,17 @@ def test_a_long_query_has_lines_for_every_track_it_holds(calibration: Calibratio
         assert match.confidence > 0.99
 
 
+def test_a_long_query_gives_every_airing_of_a_track_aired_again_and_again(calibration: Calibration) -> None:
+    """A recorded hour holds a station's rotation: the same songs, each aired many times. Each airing is a
+    line of its own; the matcher considered 3 lines a track, so it gave 3 airings of each and dropped the rest."""
+    airings = [Play(f"song-{i % 2}", 25.0 * i, 25.0 * i + 20, 30.0) for i in range(10)]
+    hits = query(250.0, airings, seed=5)
+    found = sorted(match_hits(hits, WINDOW, calibration=calibration), key=lambda m: m.query_start)
+    assert [m.track_id for m in found] == [p.track for p in airings]
+    for match, play in zip(found, airings):
+        assert match.query_start == pytest.approx(play.start, abs=1.0) and match.ref_start == pytest.approx(play.ref_start, abs=1.0)
+
+
 def test_a_short_play_gets_a_line_beside_looping_ones_that_stand_far_above_their_background() -> None:
     """A window of looping music finds its track at every repeat at once, and each repeat votes for lines at
     every speed; weighed above their windows' backgrounds, those votes dwarf a short play's. In `bench
