@@ -44,8 +44,9 @@ class ClusterFilter:
 
 
 def list_clusters(log: PlayLog, chosen: ClusterFilter = ClusterFilter()) -> Rows:
-    """Clusters, most played first: plays, first and last airing, streams, typical duration, whether an excerpt is saved."""
-    condition = unknowns.c.cluster_id.is_not(None) & chosen.span.where(unknowns.c.started_at)
+    """Clusters, most played first: plays, first and last airing, streams, typical duration, whether an excerpt is
+    saved. Airings promoted into the catalog are plays now, not unknown music (`unknowns show` still has them)."""
+    condition = unknowns.c.cluster_id.is_not(None) & unknowns.c.promoted_play_id.is_(None) & chosen.span.where(unknowns.c.started_at)
     if chosen.stream is not None:
         condition &= unknowns.c.stream_id == chosen.stream
     rows = [row for row in _summaries(log, condition) if row["plays"] >= chosen.min_plays and chosen.kind in (None, row["kind"])]
