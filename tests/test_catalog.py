@@ -62,6 +62,15 @@ def test_a_manifest_brings_ids_and_metadata(tmp_path: Path, encoder_dir: Path) -
     assert info.seconds == pytest.approx(50.0, abs=0.1)
 
 
+def test_a_track_id_given_twice_in_one_manifest_is_named_as_such(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"track_id,path\nsong,{MUSIC / 'area1-game.opus'}\nsong,{MUSIC / 'gardien-go.opus'}\n")
+    catalog = Catalog.create(tmp_path / "catalog", random_encoder())
+    report = catalog.add([manifest], progress=False)
+    assert report.added == ["song"] and len(report.skipped) == 1
+    assert report.skipped[0][0].endswith("gardien-go.opus") and "given twice in this run" in report.skipped[0][1]
+
+
 def test_the_same_audio_under_another_name_is_a_duplicate(catalog_copy: Path, tmp_path: Path) -> None:
     copy = tmp_path / "renamed.opus"
     shutil.copy(MUSIC / f"{CATALOG_TRACKS[0]}.opus", copy)
@@ -271,8 +280,9 @@ def test_cleaning_up_old_generations_touches_only_files_the_catalog_made(catalog
 def test_missing_catalog_json_beside_generations_is_an_error_never_a_reset(catalog_copy: Path, encoder_dir: Path) -> None:
     (catalog_copy / "catalog.json").unlink()
     before = sorted(p.relative_to(catalog_copy) for p in catalog_copy.rglob("*"))
-    with pytest.raises(CatalogError, match=r"holds catalog data \(gen-.*\) but no catalog.json.*nothing was changed.*Restore catalog.json"):
-        Catalog.open_or_create(catalog_copy, str(encoder_dir))
+    for attempt in (lambda: Catalog.open_or_create(catalog_copy, str(encoder_dir)), lambda: Catalog.open(catalog_copy)):  # add; list, identify
+        with pytest.raises(CatalogError, match=r"holds catalog data \(gen-.*\) but no catalog.json.*nothing was changed.*Restore catalog.json"):
+            attempt()
     assert sorted(p.relative_to(catalog_copy) for p in catalog_copy.rglob("*")) == before
 
 

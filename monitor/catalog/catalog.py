@@ -297,7 +297,11 @@ class Catalog:
         except ValueError as exc:
             report.skipped.append((str(item.path), str(exc)))
             return
-        if item.track_id in self._tracks or item.track_id in seen_ids:
+        if item.track_id in seen_ids:
+            report.skipped.append((str(item.path), f"track id {item.track_id!r} is given twice in this run (twice in a manifest, or "
+                                                   f"two files of one name); the first was added; give this one another id"))
+            return
+        if item.track_id in self._tracks:
             report.skipped.append((str(item.path), f"track id {item.track_id!r} is already in the catalog; remove it first or give another id"))
             return
         try:

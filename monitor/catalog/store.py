@@ -113,6 +113,7 @@ def check_fields(path: Path, where: str, values: dict[str, Any], fields: dict[st
 def read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.is_file():
+        check_new_catalog_folder(directory)  # a folder of catalog data or of other files is named as such
         raise CatalogError(f"no catalog at {directory} ({CONFIG_FILE} missing); create one with `airtrace catalog add --catalog {directory} PATH...`")
     try:
         config = json.loads(path.read_text())
