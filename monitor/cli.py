@@ -862,6 +862,18 @@ def _open_playlog(location: str, migrate: bool = False):
         raise click.ClickException(str(exc)) from exc
 
 
+def _station_playlog(location: str, station: str | None):
+    """The play log, for a report of `station`: one it has never heard of is a misspelt stream id, whose empty
+    report would read as a station with no plays."""
+    from monitor.playlog.queries import stations
+
+    log = _open_playlog(location)
+    if station is not None and station not in (known := stations(log)):
+        shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        raise click.ClickException(f"no station {station!r} in the play log at {log.where}; its stations are: {shown or 'none yet'}")
+    return log
+
+
 PLAYLOG_OPTION = _env("--playlog", default=lambda: _default_playlog(None), show_default="~/.local/share/airtrace/plays.sqlite",
                       help="The play log: a SQLite file (what airtrace monitor writes) or a postgresql://user:password@host/db URL.")
 OUTPUT_OPTIONS = _env_options(
@@ -978,7 +990,7 @@ def plays_report(playlog, day, start, end, station, fmt, out) -> None:
     """Play log report per station: timestamp_utc, played_duration, station, title, artist, isrc, ref offsets, speed, score."""
     from monitor.playlog.queries import report, write_rows
 
-    write_rows(*report(_open_playlog(playlog), _span(start, end, day), station), fmt, out)
+    write_rows(*report(_station_playlog(playlog, station), _span(start, end, day), station), fmt, out)
 
 
 @plays.command("cuesheet")
@@ -990,7 +1002,7 @@ def plays_cuesheet(playlog, station, day, fmt, out) -> None:
     """A station's cue sheet for one day: numbered cues with start, end, duration, title, artist, isrc."""
     from monitor.playlog.queries import cuesheet, write_rows
 
-    write_rows(*cuesheet(_open_playlog(playlog), station, _span(None, None, day)), fmt, out)
+    write_rows(*cuesheet(_station_playlog(playlog, station), station, _span(None, None, day)), fmt, out)
 
 
 @plays.command("totals")
@@ -1002,7 +1014,7 @@ def plays_totals(playlog, start, end, station, fmt, out) -> None:
     """Airplay per track per station over a range: plays and seconds."""
     from monitor.playlog.queries import totals, write_rows
 
-    write_rows(*totals(_open_playlog(playlog), _span(start, end), station), fmt, out)
+    write_rows(*totals(_station_playlog(playlog, station), _span(start, end), station), fmt, out)
 
 
 @plays.command("airtime")
@@ -1013,7 +1025,7 @@ def plays_airtime(playlog, day, start, end, station, fmt, out) -> None:
     """Seconds per station and UTC hour: catalog music, unknown music, and each content class (music, speech, ...)."""
     from monitor.playlog.queries import airtime_report, write_rows
 
-    write_rows(*airtime_report(_open_playlog(playlog), _span(start, end, day), station), fmt, out)
+    write_rows(*airtime_report(_station_playlog(playlog, station), _span(start, end, day), station), fmt, out)
 
 
 @plays.command("import")

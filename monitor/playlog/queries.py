@@ -64,6 +64,13 @@ class TimeRange:
         return TimeRange(start, end)
 
 
+def stations(log: PlayLog) -> list[str]:
+    """Every station (stream id) the play log has heard: of a play, an hour of airtime or an unknown stretch."""
+    query = select(plays.c.stream_id).union(select(airtime.c.stream_id), select(unknowns.c.stream_id))
+    with log.connect() as connection:
+        return sorted(connection.execute(query).scalars())
+
+
 def list_plays(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None = None, track: str | None = None,
                min_confidence: float | None = None, include_hidden: bool = False, limit: int | None = None) -> Rows:
     """Plays by stream, track, time range and confidence, oldest first."""
