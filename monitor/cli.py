@@ -496,7 +496,8 @@ def catalog_stats(directory: str) -> None:
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Report matches at least this confident (default 0.99).")
 @click.argument("files", nargs=-1, required=True)
 def identify(directory: str, hop: float | None, min_confidence: float | None, files: tuple[str, ...]) -> None:
-    """Print one JSON line per FILE: {"file", "matches": [{track_id, query_start, query_end, ref_start, ref_end, speed, score, confidence}]}."""
+    """Print one JSON line per FILE (a folder: each audio file in it): {"file", "matches": [{track_id, query_start, query_end,
+    ref_start, ref_end, speed, score, confidence}]}."""
     import json
 
     from monitor.catalog import CatalogError
@@ -504,17 +505,30 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     from monitor.stages.matcher import MIN_CONFIDENCE
 
     cat = _open_catalog(directory)
-    failed = 0
+    lines = failed = 0
     try:
-        for path in files:
-            line = identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence)
-            failed += "error" in line
-            click.echo(json.dumps(line))
+        for arg in files:
+            found = _audio_files(arg)
+            for line in [identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence) for path in found] or [
+                    {"file": arg, "error": "no audio files in this folder"}]:
+                lines, failed = lines + 1, failed + ("error" in line)
+                click.echo(json.dumps(line))
     except (CatalogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if failed == len(files):
+    if failed == lines:
         click.echo(f"every file failed ({failed}); each line's error says why", err=True)
         raise SystemExit(1)
+
+
+def _audio_files(path: str) -> list[str]:
+    """A file as given; a folder's audio files, sorted, from its sub-folders too (as `catalog add` reads a folder)."""
+    from pathlib import Path
+
+    from encoders import AUDIO_SUFFIXES
+
+    if not Path(path).is_dir():
+        return [path]
+    return sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
 
 
 # ---- Kafka and Redis services: `airtrace ingest` and `airtrace worker` ---------------------------

@@ -116,6 +116,20 @@ def test_identify_names_the_real_cause_of_unreadable_input_and_fails_when_every_
     assert run("identify", "--catalog", str(built_catalog), str(empty), str(good))[0] == 0  # one file failed, not every one
 
 
+def test_identify_reads_each_audio_file_of_a_folder(built_catalog: Path, tmp_path: Path) -> None:
+    """As `catalog add` reads a folder; it said "Is a directory"."""
+    (tmp_path / "clips" / "more").mkdir(parents=True)
+    wav(tmp_path / "clips" / "a.wav", music(CATALOG_TRACKS[0])[SAMPLE_RATE * 5 : SAMPLE_RATE * 12])
+    wav(tmp_path / "clips" / "more" / "b.wav", music(CATALOG_TRACKS[1])[SAMPLE_RATE * 5 : SAMPLE_RATE * 12])
+    (tmp_path / "clips" / "notes.txt").write_text("not audio")
+    (tmp_path / "nothing").mkdir()
+    code, out, _ = run("identify", "--catalog", str(built_catalog), str(tmp_path / "clips"), str(tmp_path / "nothing"))
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [Path(line["file"]).name for line in lines] == ["a.wav", "b.wav", "nothing"]
+    assert [line["matches"][0]["track_id"] for line in lines[:2]] == list(CATALOG_TRACKS[:2])
+    assert lines[2]["error"] == "no audio files in this folder"
+
+
 @pytest.mark.parametrize("hop", ["0", "-1", "abc"])
 def test_identify_refuses_a_hop_that_is_not_a_positive_number(built_catalog: Path, hop: str) -> None:
     code, _, err = run("identify", "--catalog", str(built_catalog), "--hop", hop, str(MUSIC / "area1-game.opus"))
