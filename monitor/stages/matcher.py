@@ -100,15 +100,13 @@ class Alignment:
 
 
 def align(hits: Sequence[WindowHits], window_seconds: float, speed_range: tuple[float, float] = SPEED_RANGE,
-          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None, max_lines: int = MAX_LINES,
-          lines_per_track: int = LINES_PER_TRACK) -> list[Alignment]:
+          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None, max_lines: int = MAX_LINES) -> list[Alignment]:
     """Every credible-or-not line in `hits`, best first, each query window on at most one line; only lines
     of `tracks` if given (the lines of other tracks are found by the vote but neither refined nor assigned)."""
     flat = _Flat.of(hits, window_seconds)
     if flat is None:
         return []
-    peaks = [peak for peak in _hough_peaks(flat, speed_range, tolerance, max_lines, lines_per_track)
-             if tracks is None or flat.tracks[peak[0]] in tracks]
+    peaks = [peak for peak in _hough_peaks(flat, speed_range, tolerance, max_lines) if tracks is None or flat.tracks[peak[0]] in tracks]
     lines = [_refine(flat, peak, speed_range, tolerance) for peak in peaks]
     return _assign(flat, [line for line in lines if line is not None])
 
@@ -162,8 +160,7 @@ def _speed_grid(span: float, speed_range: tuple[float, float], tolerance: float)
     return np.exp(centre + step * (np.arange(n) - (n - 1) / 2))
 
 
-def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float, max_lines: int,
-                 lines_per_track: int) -> list[tuple[int, float, float]]:
+def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float, max_lines: int) -> list[tuple[int, float, float]]:
     """(track, speed, offset) of the best-voted lines: each window votes once per (track, speed, offset bin)
     with its best similarity there. Ties go to the speed nearest 1, which a short query cannot tell apart."""
     speeds = _speed_grid(flat.span, speed_range, tolerance)
@@ -185,7 +182,7 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
     cell_speed = cells // (len(flat.tracks) * n_bins)
     cell_track = cells // n_bins % len(flat.tracks)
     nearness = np.abs(np.log(speeds))[cell_speed]
-    ranked = _contenders(np.lexsort((nearness, -votes)), cell_track, max_lines, lines_per_track)
+    ranked = _contenders(np.lexsort((nearness, -votes)), cell_track, max_lines)
 
     peaks: list[tuple[int, float, float]] = []
     per_track: dict[int, list[float]] = {}
@@ -193,7 +190,7 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
         track = int(cell_track[c])
         speed, centre = float(speeds[cell_speed[c]]), float(centres[c])
         lines = per_track.setdefault(track, [])
-        if len(lines) >= lines_per_track or any(abs(centre - b) <= 2 * tolerance for b in lines):
+        if len(lines) >= LINES_PER_TRACK or any(abs(centre - b) <= 2 * tolerance for b in lines):
             continue
         lines.append(centre)
         peaks.append((track, speed, centre))
@@ -202,7 +199,7 @@ def _hough_peaks(flat: _Flat, speed_range: tuple[float, float], tolerance: float
     return peaks
 
 
-def _contenders(ranked: np.ndarray, cell_track: np.ndarray, max_lines: int, lines_per_track: int) -> np.ndarray:
+def _contenders(ranked: np.ndarray, cell_track: np.ndarray, max_lines: int) -> np.ndarray:
     """The voted cells, best first, that can hold one of the `max_lines` best lines: each track's best
     CELLS_PER_LINE per line it may have, of the `max_lines` tracks with the best cells. A long line's votes
     spill into neighbouring speeds and offsets: ranked all together, the cells of a montage's three longest
@@ -214,7 +211,7 @@ def _contenders(ranked: np.ndarray, cell_track: np.ndarray, max_lines: int, line
     rank_in_track = np.empty(len(ranked), np.int64)
     rank_in_track[by_track] = np.arange(len(ranked)) - np.repeat(firsts, np.diff(np.r_[firsts, len(ranked)]))
     leaders = owner[np.sort(by_track[firsts])[:max_lines]]  # the tracks with the best cells
-    return ranked[(rank_in_track < CELLS_PER_LINE * lines_per_track) & np.isin(owner, leaders)]
+    return ranked[(rank_in_track < CELLS_PER_LINE * LINES_PER_TRACK) & np.isin(owner, leaders)]
 
 
 def _refine(flat: _Flat, peak: tuple[int, float, float], speed_range: tuple[float, float], tolerance: float) -> Alignment | None:
@@ -273,9 +270,7 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     history of a live stream alike. `calibration` comes from `calibrate(catalog)`.
 
     A query longer than the calibration's longest null clip (a montage, a recorded hour) holds more tracks,
-    each with its loops and perhaps aired again and again, so it gets MAX_LINES candidate lines more, and
-    LINES_PER_TRACK more of each track, per such duration (a recorded hour gave at most 3 airings of a
-    track); and a line is scored by
+    each with its loops, so it gets MAX_LINES candidate lines more per such duration; and a line is scored by
     its best stretch of that duration, because chance gathers on a line over a longer query more than any
     measured null says, and the calibration weighs that score by how many such stretches the query had.
     """
@@ -289,9 +284,8 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
         if not tracks:
             return []
     matches = []
-    stretches = max(1, math.ceil(span / longest))
-    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks, MAX_LINES * stretches,
-                      LINES_PER_TRACK * stretches):
+    max_lines = MAX_LINES * max(1, math.ceil(span / longest))
+    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks, max_lines):
         score = line.score if span <= longest else _best_stretch(line, hits, window_seconds, longest)
         confidence = calibration.confidence(score, span)
         if confidence < min_confidence:
