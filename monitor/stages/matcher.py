@@ -273,6 +273,8 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     each with its loops, so it gets MAX_LINES candidate lines more per such duration; and a line is scored by
     its best stretch of that duration, because chance gathers on a line over a longer query more than any
     measured null says, and the calibration weighs that score by how many such stretches the query had.
+    It may also hold a track aired more often than LINES_PER_TRACK, so the windows outside every match are
+    matched again, up to once per such duration (a recorded hour of a rotation gave 3 airings of each track).
     """
     if not hits:
         return []
@@ -283,20 +285,28 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
         tracks = _credible(score_bounds(hits, window_seconds), span, calibration, min_confidence)
         if not tracks:
             return []
-    matches = []
-    max_lines = MAX_LINES * max(1, math.ceil(span / longest))
-    for line in align(hits, window_seconds, calibration.speed_range, calibration.tolerance, tracks, max_lines):
-        score = line.score if span <= longest else _best_stretch(line, hits, window_seconds, longest)
-        confidence = calibration.confidence(score, span)
-        if confidence < min_confidence:
-            continue
-        query_start = hits[int(line.windows[0])].offset
-        query_end = hits[int(line.windows[-1])].offset + window_seconds
-        matches.append(Match(
-            line.track_id, query_start, query_end, max(0.0, line.ref_time(query_start)), max(0.0, line.ref_time(query_end)),
-            line.speed, line.score, confidence,
-        ))
+    stretches = max(1, math.ceil(span / longest))
+    matches: list[Match] = []
+    left = list(hits)
+    for _ in range(stretches):
+        found = []
+        for line in align(left, window_seconds, calibration.speed_range, calibration.tolerance, tracks, MAX_LINES * stretches):
+            score = line.score if span <= longest else _best_stretch(line, left, window_seconds, longest)
+            confidence = calibration.confidence(score, span)
+            if confidence >= min_confidence:
+                found.append(_match(line, left, window_seconds, confidence))
+        matches += found
+        left = [h for h in left if not any(m.query_start <= h.offset < m.query_end for m in found)]
+        if not found or not left:
+            break
     return matches
+
+
+def _match(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, confidence: float) -> Match:
+    query_start = hits[int(line.windows[0])].offset
+    query_end = hits[int(line.windows[-1])].offset + window_seconds
+    return Match(line.track_id, query_start, query_end, max(0.0, line.ref_time(query_start)), max(0.0, line.ref_time(query_end)),
+                 line.speed, line.score, confidence)
 
 
 def _best_stretch(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, seconds: float) -> float:
