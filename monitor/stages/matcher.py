@@ -100,10 +100,13 @@ class Alignment:
 
 
 def align(hits: Sequence[WindowHits], window_seconds: float, speed_range: tuple[float, float] = SPEED_RANGE,
-          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None, max_lines: int = MAX_LINES) -> list[Alignment]:
+          tolerance: float = TOLERANCE, tracks: Collection[str] | None = None, max_lines: int = MAX_LINES,
+          hop: float | None = None) -> list[Alignment]:
     """Every credible-or-not line in `hits`, best first, each query window on at most one line; only lines
-    of `tracks` if given (the lines of other tracks are found by the vote but neither refined nor assigned)."""
-    flat = _Flat.of(hits, window_seconds)
+    of `tracks` if given (the lines of other tracks are found by the vote but neither refined nor assigned).
+    `hop` weighs each window's similarity; by default the hits' own (a query's windows with holes in it
+    need the query's)."""
+    flat = _Flat.of(hits, window_seconds, hop)
     if flat is None:
         return []
     peaks = [peak for peak in _hough_peaks(flat, speed_range, tolerance, max_lines) if tracks is None or flat.tracks[peak[0]] in tracks]
@@ -127,7 +130,7 @@ class _Flat:
     n_windows: int
 
     @classmethod
-    def of(cls, hits: Sequence[WindowHits], window_seconds: float) -> "_Flat | None":
+    def of(cls, hits: Sequence[WindowHits], window_seconds: float, hop: float | None = None) -> "_Flat | None":
         neighbours = [nb for h in hits for nb in h.neighbours]
         if not neighbours:
             return None
@@ -139,7 +142,7 @@ class _Flat:
             tracks.tolist(), track, window, offsets[window] + window_seconds / 2 - origin,
             np.array([nb.ref_time for nb in neighbours]) + window_seconds / 2,
             np.maximum([nb.similarity - h.background for h in hits for nb in h.neighbours], SIMILARITY_FLOOR),
-            origin, float(offsets.max() - offsets.min()), _hop(offsets, window_seconds), len(hits),
+            origin, float(offsets.max() - offsets.min()), hop or _hop(offsets, window_seconds), len(hits),
         )
 
 
@@ -286,11 +289,12 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
         if not tracks:
             return []
     stretches = max(1, math.ceil(span / longest))
+    hop = _hop(np.array([h.offset for h in hits], np.float64), window_seconds)
     matches: list[Match] = []
     left = list(hits)
     for _ in range(stretches):
         found = []
-        for line in align(left, window_seconds, calibration.speed_range, calibration.tolerance, tracks, MAX_LINES * stretches):
+        for line in align(left, window_seconds, calibration.speed_range, calibration.tolerance, tracks, MAX_LINES * stretches, hop):
             score = line.score if span <= longest else _best_stretch(line, left, window_seconds, longest)
             confidence = calibration.confidence(score, span)
             if confidence >= min_confidence:
