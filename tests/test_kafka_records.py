@@ -65,6 +65,10 @@ def test_bad_windows_are_named() -> None:
     assert str(MAX_MESSAGE_BYTES) in expect(Reason.OVERSIZED, good + bytes(MAX_MESSAGE_BYTES))
     nan = AudioWindow("s", 0, 0.0, 0.0, np.full(SAMPLES, np.nan, dtype=np.float32))
     expect(Reason.MALFORMED, encode_window(nan, RATE, SampleFormat.FLOAT16))
+    # stamps the tracking step cannot use: they stopped the worker's track agent and lost its whole batch
+    for seq, offset, air_time in ((7, float("nan"), 0.0), (7, 0.0, 1e20), (7, -3.0, 0.0), (2**60, 0.0, 0.0)):
+        message = expect(Reason.MALFORMED, encode_window(AudioWindow("s", seq, offset, air_time, window().samples), RATE))
+        assert "window number" in message or "is not a time" in message
 
 
 def test_unsendable_windows_are_refused_at_the_source() -> None:
@@ -104,6 +108,11 @@ def test_hits_carry_the_content_class_and_a_music_window_s_embedding() -> None:
         (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [["t", 1]]}).encode(), Reason.MALFORMED),
         (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [], "e": "not base64!"}).encode(), Reason.MALFORMED),
         (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [], "e": "AHw="}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": float("nan"), "air_time": 0, "gap": False, "n": []}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 1e20, "gap": False, "n": []}).encode(), Reason.MALFORMED),
+        (json.dumps({"v": 1, "stream": "s", "seq": 1, "offset": 0, "air_time": 0, "gap": False, "n": [["t", 1.0, float("inf")]]}).encode(),
+         Reason.MALFORMED),
+        (b"[" * 100_000 + b"]" * 100_000, Reason.MALFORMED),  # deeper than the parser goes: it raised RecursionError
     ],
 )
 def test_bad_hits_are_named(data: bytes, reason: Reason) -> None:

@@ -146,6 +146,11 @@ def test_a_rejection_survives_replays_and_restore_brings_the_play_back(playlog: 
     ({"stream_id": None}, "stream_id None"),
     ({"confidence": 5}, "confidence 5 is not between 0 and 1"),
     ({"speed": -1.0}, "speed -1.0 is not above 0"),
+    ({"score": float("inf")}, "score inf is not a number"),
+    ({"duration": -5.0}, "ends .* before it starts"),
+    ({"ended_at": "2020-01-01T00:00:00Z"}, "ends .* before it starts"),
+    ({"stream_id": "radio\t1"}, "printable text"),
+    ({"track_id": "x" * 100_000}, "bytes long"),
 ])
 def test_a_malformed_event_is_named_and_nothing_of_its_batch_is_written(playlog: PlayLog, change: dict, complaint: str) -> None:
     good, bad = (e.to_json() for e in synthetic_plays(1))

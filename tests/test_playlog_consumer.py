@@ -101,13 +101,16 @@ def test_consume_writes_every_kind_and_sets_aside_one_it_does_not_know(kafka_bro
     lines = [e.to_line().encode() for e in events]
     future = json.dumps({**json.loads(lines[7]), "schema_version": 3}).encode()
     prefix = "kinds-test"
-    publish(kafka_broker.port, lines[:7] + [future] + lines[7:] + lines[-3:], topic=f"{prefix}.plays")
+    deep = b"[" * 100_000 + b"]" * 100_000  # nested deeper than the parser goes: the RecursionError stopped consume for good
+    publish(kafka_broker.port, lines[:7] + [future, deep] + lines[7:] + lines[-3:], topic=f"{prefix}.plays")
     metrics_port = servers.free_port()
     kafka = ["--broker", f"{servers.HOST}:{kafka_broker.port}", "--topic-prefix", prefix]
     consumer = servers.airtrace(["plays", "consume", "--playlog", postgres_url, *kafka, "--metrics-port", str(metrics_port)], tmp_path / "consume.log")
     try:
         servers.wait_until(lambda: servers.metric(metrics_port, "airtrace_dead_letters_total", reason="unsupported_version") == 1, 60,
                            "the event of schema version 3 set aside")
+        servers.wait_until(lambda: servers.metric(metrics_port, "airtrace_dead_letters_total", reason="malformed") == 1, 60,
+                           "the nested message set aside")
         servers.wait_until(lambda: len(table(log, airtime)) == 4, 60, "every airtime event in the play log")
     finally:
         servers.stop(consumer)
@@ -115,5 +118,6 @@ def test_consume_writes_every_kind_and_sets_aside_one_it_does_not_know(kafka_bro
     clean.apply(e.to_json() for e in events)
     assert table(log, unknowns) == table(clean, unknowns) and table(log, airtime) == table(clean, airtime)
     assert queries.list_plays(log, include_hidden=True)[1] == queries.list_plays(clean, include_hidden=True)[1]
-    (dead,) = servers.read_topic(kafka_broker.port, f"{prefix}.dead-letters")
+    dead, nested = servers.read_topic(kafka_broker.port, f"{prefix}.dead-letters")
     assert dict(dead.headers)["reason"] == b"unsupported_version" and dead.value == future
+    assert dict(nested.headers)["reason"] == b"malformed" and nested.value == deep[: len(nested.value)]

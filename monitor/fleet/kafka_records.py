@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -101,6 +102,19 @@ def encode_end(end: EndOfStream) -> bytes:
     return END_HEADER.pack(END_MAGIC, WIRE_VERSION, end.seq, len(stream_id)) + stream_id
 
 
+MAX_SEQ = 2**53  # window numbers any JSON reader holds exactly: about 140 million years of windows
+MAX_AIR_TIME = 253402300799.0  # the end of year 9999, as play events write times
+
+
+def _check_stamps(seq: int, offset: float, air_time: float) -> None:
+    """A window's numbers as the tracking step needs them: a NaN or a year-10000 time stopped the worker's
+    track agent and lost the whole batch, other streams' events included."""
+    if not 0 <= seq < MAX_SEQ:
+        raise BadMessage(Reason.MALFORMED, f"window number {seq} is outside 0 to 2^53")
+    if not (math.isfinite(offset) and offset >= 0 and math.isfinite(air_time) and 0 <= air_time <= MAX_AIR_TIME):
+        raise BadMessage(Reason.MALFORMED, f"stream offset {offset!r} or air time {air_time!r} is not a time (finite, not negative, before the year 10000)")
+
+
 def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWindow | EndOfStream:
     """Bytes from `encode_window` (or `encode_end`) -> AudioWindow with float32 samples, checked against
     the worker's encoder (or the EndOfStream)."""
@@ -128,6 +142,7 @@ def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWi
         samples = np.frombuffer(payload, dtype="<i2").astype(np.float32) / INT16_SCALE
     if not np.isfinite(samples).all():
         raise BadMessage(Reason.MALFORMED, "window samples hold NaN or infinity")
+    _check_stamps(seq, offset, air_time)
     return AudioWindow(stream_id, seq, offset, air_time, samples, after_gap=bool(flags & FLAG_AFTER_GAP))
 
 
@@ -171,7 +186,7 @@ def decode_hits(data: bytes) -> WindowHits | EndOfStream:
     _check_size(data)
     try:
         record = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested deeper than a parser goes
         raise BadMessage(Reason.MALFORMED, f"hits are not JSON: {exc}") from None
     if not isinstance(record, dict):
         raise BadMessage(Reason.MALFORMED, "hits must be a JSON object")
@@ -182,12 +197,16 @@ def decode_hits(data: bytes) -> WindowHits | EndOfStream:
             return EndOfStream(str(record["stream"]), int(record["seq"]))
         neighbours = tuple(Neighbour(str(track), float(ref_time), float(similarity)) for track, ref_time, similarity in record["n"])
         content = None if record.get("c") is None else str(record["c"])
-        return WindowHits(
+        hits = WindowHits(
             str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"]),
             content, _embedding(record.get("e")), background=float(record.get("b", 0.0)),  # none from a release before it
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BadMessage(Reason.MALFORMED, f"hits record lacks or garbles a field: {exc!r}") from None
+    if not all(math.isfinite(n.ref_time) and math.isfinite(n.similarity) for n in hits.neighbours) or not math.isfinite(hits.background):
+        raise BadMessage(Reason.MALFORMED, "hits hold a neighbour time, similarity or background that is NaN or infinite")
+    _check_stamps(hits.seq, hits.offset, hits.air_time)
+    return hits
 
 
 def _embedding(text: str | None) -> np.ndarray | None:

@@ -85,7 +85,7 @@ async def _row_or_dead_letter(record: Any, producer: AIOKafkaProducer, topics: T
     value = record.value or b""
     try:
         return event_row(json.loads(value))
-    except ValueError as exc:  # MalformedEvent, UnsupportedEvent, JSON and UTF-8 errors
+    except (ValueError, RecursionError) as exc:  # MalformedEvent, UnsupportedEvent, JSON and UTF-8 errors; nesting no parser follows
         reason = Reason.VERSION if isinstance(exc, UnsupportedEvent) else Reason.MALFORMED
         log.warning("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
         headers = dead_letter_headers(reason, str(exc), record.topic, record.partition, record.offset, len(value))

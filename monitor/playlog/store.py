@@ -23,7 +23,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from monitor.events import KINDS_SCHEMA_VERSION, SCHEMA_VERSION, from_iso
 from monitor.playlog.schema import CONTENT_CLASSES, ROW_STATE, airtime, plays, state_rank, unknowns
+from monitor.records import check_id
 
 if TYPE_CHECKING:
     from monitor.playlog.unknown_store import SqlUnknownStore
@@ -231,6 +232,9 @@ def import_lines(playlog: PlayLog, lines: Iterable[str | bytes], batch: int = 10
         except ValueError as exc:  # MalformedEvent, UnsupportedEvent and JSON errors
             skipped.append((number, str(exc)))
             continue
+        except RecursionError:
+            skipped.append((number, "nested deeper than any event is"))
+            continue
         if row is not None:
             rows.append(row)
         if len(rows) == batch:
@@ -407,12 +411,15 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
             raise MalformedPlay(f"confidence {data['confidence']!r} is not between 0 and 1")
         if not _number(data, "speed") > 0.0:
             raise MalformedPlay(f"speed {data['speed']!r} is not above 0")
+        started_at, ended_at, duration = _time(data, "started_at"), _time(data, "ended_at", optional=True), _number(data, "duration", optional=True)
+        if ended_at is not None and ended_at < started_at - ROUNDING or duration is not None and duration < -ROUNDING.total_seconds():
+            raise MalformedPlay(f"it ends ({data.get('ended_at')}, {duration} s) before it starts ({data['started_at']})")
         return {
-            "play_id": play_id, "stream_id": _text(data, "stream_id"), "track_id": _text(data, "track_id"),
+            "play_id": play_id, "stream_id": _id(data, "stream_id"), "track_id": _id(data, "track_id"),
             **{key: None if track.get(key) is None else str(track[key]) for key in ("title", "artist", "isrc", "album")},
             "track": track,
-            "started_at": _time(data, "started_at"), "ended_at": _time(data, "ended_at", optional=True),
-            "duration": _number(data, "duration", optional=True),
+            "started_at": started_at, "ended_at": ended_at,
+            "duration": duration,
             "stream_start": _number(data, "stream_start"), "stream_end": _number(data, "stream_end", optional=True),
             "ref_start": _number(data, "ref_start"), "ref_end": _number(data, "ref_end", optional=True),
             "speed": _number(data, "speed"), "score": _number(data, "score"), "confidence": _number(data, "confidence"),
@@ -435,6 +442,17 @@ def _text(data: Mapping[str, Any], key: str) -> str:
     if "\x00" in value:
         raise MalformedEvent(f"{key} {value!r} holds a NUL character, which no id or state may hold")
     return value
+
+
+ROUNDING = timedelta(milliseconds=1)  # events write times to the millisecond
+
+
+def _id(data: Mapping[str, Any], key: str) -> str:
+    """A track or stream id by the one rule every id follows (monitor.records.check_id)."""
+    try:
+        return check_id(_text(data, key), key.replace("_", " "))
+    except ValueError as exc:
+        raise MalformedEvent(str(exc)) from None
 
 
 def _storable(value: Any) -> Any:
@@ -474,7 +492,7 @@ def _number(data: Mapping[str, Any], key: str, optional: bool = False) -> float 
     value = data[key] if not optional else data.get(key)
     if value is None and optional:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise MalformedEvent(f"{key} {value!r} is not a number")
     return float(value)
 
