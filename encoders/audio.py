@@ -6,6 +6,7 @@ Stereo is folded to mono by `downmix`, which never lets channels in opposite pha
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +21,8 @@ import soundfile
 
 # What a folder scan takes for audio (FFmpeg reads more; these are the suffixes music libraries use).
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"})
+log = logging.getLogger(__name__)
+
 # Channels in opposite phase: the sum of the two channels holds under 1 % of the energy of their difference
 # (-20 dB). Ordinary stereo never comes near (uncorrelated channels give equal energies); L = -R gives ~0.
 ANTI_PHASE_ENERGY_RATIO = 0.01
@@ -81,12 +84,12 @@ def decode_chunks(
         if opened is not None:
             opened(container)
         stream = container.streams.audio[0]
-        resampler = _resampler(stream.layout.nb_channels, sample_rate, frame_size=_chunk_samples(sample_rate))
+        chunker = _Chunker(sample_rate, str(source))
         try:
-            for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, resampler), lock):
+            for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, chunker), lock):
                 yield from chunks
             with lock:
-                chunks = _resampled(resampler, None)
+                chunks = chunker.chunks(None)
             yield from chunks
         except av.FFmpegError as exc:
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
@@ -118,13 +121,36 @@ def decode_batches(
             raise failure
 
 
-def _packet_chunks(resampler: av.AudioResampler, packet: av.Packet) -> list[np.ndarray]:
-    return [chunk for frame in packet.decode() for chunk in _resampled(resampler, frame)]
+def _packet_chunks(chunker: "_Chunker", packet: av.Packet) -> list[np.ndarray]:
+    return [chunk for frame in packet.decode() for chunk in chunker.chunks(frame)]
 
 
-def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
-    """The mono chunks the resampler gives for `frame` (None: what it still holds, at the end)."""
-    return [downmix(_planes(out)) for out in resampler.resample(frame)]
+class _Chunker:
+    """Frames in, mono chunks of CHUNK_SECONDS at `sample_rate` out (the last of a format may be shorter). FFmpeg's
+    resampler is set up for one input rate and layout: when the source changes them mid-stream (a station that
+    switches programmes, a file joined from two) it is set up again, its tail given out first. PyAV's refused
+    such a frame, and the rest of the file was lost."""
+
+    def __init__(self, sample_rate: int, source: str):
+        self.sample_rate, self.source = sample_rate, source
+        self._resampler: av.AudioResampler | None = None
+        self._setup: tuple[str, str, int] | None = None
+
+    def chunks(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
+        """The chunks `frame` completes (None: what is still held, at the end)."""
+        if frame is None:
+            return self._tail()
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        tail = []
+        if setup != self._setup:
+            if self._setup is not None:
+                log.info("%s changes from %s %s at %d Hz to %s %s at %d Hz", self.source, *self._setup, *setup)
+            tail, self._setup = self._tail(), setup
+            self._resampler = _resampler(frame.layout.nb_channels, self.sample_rate, frame_size=_chunk_samples(self.sample_rate))
+        return tail + [downmix(_planes(out)) for out in self._resampler.resample(frame)]
+
+    def _tail(self) -> list[np.ndarray]:
+        return [] if self._resampler is None else [downmix(_planes(out)) for out in self._resampler.resample(None)]
 
 
 def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list[av.Packet]]:
@@ -174,13 +200,13 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError, lock: 
         raise refused from None
     with sound:
         surround = sound.channels > 2  # folded to its plain mean here; mono and stereo go to the resampler as they are
-        resampler = _resampler(1 if surround else sound.channels, sample_rate, frame_size=_chunk_samples(sample_rate))
+        chunker = _Chunker(sample_rate, str(path))
         blocks = _seconds(sound)
         try:
             while True:
                 with lock:
                     block = next(blocks, None)
-                    chunks = _resampled(resampler, _frame(block, sound.samplerate, surround))
+                    chunks = chunker.chunks(_frame(block, sound.samplerate, surround))
                 yield from chunks
                 if block is None:
                     return

@@ -225,6 +225,25 @@ def test_decoded_chunks_are_exact_and_each_folded_to_mono_on_its_own(tmp_path: P
     assert any(np.array_equal(chunk, (piece[0] - piece[1]) * SQRT_HALF) for chunk, piece in zip(chunks, pieces))  # some in opposite phase
 
 
+def test_a_source_that_changes_rate_and_channels_midway_is_decoded_to_its_end(tmp_path: Path) -> None:
+    """A station switching programmes, or two files joined: 44.1 kHz stereo, then 22.05 kHz mono. FFmpeg's
+    resampler refused the first frame of the second part, and the rest of the file was lost."""
+    import subprocess
+
+    music = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+    parts = []
+    for name, rate, channels in (("area1-game", 44100, 2), ("gardien-go", 22050, 1)):
+        parts.append(tmp_path / f"{name}.mp3")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(music / f"{name}.opus"), "-ar", str(rate), "-ac", str(channels),
+                        "-write_xing", "0", "-id3v2_version", "0", str(parts[-1])], check=True)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    audio = load_audio(joined, 8000)
+    assert len(audio) / 8000 == pytest.approx(100.0, abs=0.2)
+    level = 20 * np.log10(np.sqrt(np.mean(np.square(audio[: 100 * 8000].reshape(100, 8000)), axis=1)))
+    assert (level[2:98] > -50).all()  # the second part is sound, not padding
+
+
 def test_a_file_ffmpeg_refuses_is_read_with_libsndfile_in_the_same_chunks(tmp_path: Path) -> None:
     """Some Ogg Vorbis headers (old libVorbis) and some formats FFmpeg refuses but libsndfile reads: such a file
     decodes chunk for chunk as the same audio in a format FFmpeg takes, so a stream can carry what the catalog holds."""
