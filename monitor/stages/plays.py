@@ -306,9 +306,9 @@ class PlayTracker:
     def _rejoin(self, state: StreamState, play: OpenPlay, run: Run, catalog: CatalogInfo) -> OpenPlay:
         """The play carried on by `run` of its own airing: near its line, the run's newer supports join the
         fit (keeping the speed the play's long evidence measured). A young play moves to a line far from its
-        own, which may be where the track really is; a play past its first seconds only runs on to the run's
-        end, its start and alignment kept: a reprise or an edit heard a loop away is still its airing, and
-        its last seconds must not re-date what the long evidence measured."""
+        own, which may be where the track really is; a play past its first seconds follows it, its events
+        keeping the start and alignment measured before: a reprise or an edit heard a loop away is still its
+        airing, and its last seconds must not re-date what the long evidence measured."""
         if self._young(play):
             return self._move(state, play, run, catalog)
         now = state.history[-1].offset
