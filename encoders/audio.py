@@ -23,6 +23,12 @@ import soundfile
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif", ".mka", ".webm"})
 log = logging.getLogger(__name__)
 
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files (by AUDIO_SUFFIXES) in `folder` and its sub-folders, sorted: what a folder given as
+    references or queries stands for."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
 # Channels in opposite phase: the sum of the two channels holds under 1 % of the energy of their difference
 # (-20 dB). Ordinary stereo never comes near (uncorrelated channels give equal energies); L = -R gives ~0.
 ANTI_PHASE_ENERGY_RATIO = 0.01

@@ -524,11 +524,9 @@ def _audio_files(path: str) -> list[str]:
     """A file as given; a folder's audio files, sorted, from its sub-folders too (as `catalog add` reads a folder)."""
     from pathlib import Path
 
-    from encoders import AUDIO_SUFFIXES
+    from encoders import audio_files
 
-    if not Path(path).is_dir():
-        return [path]
-    return sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+    return [str(f) for f in audio_files(Path(path))] if Path(path).is_dir() else [path]
 
 
 # ---- Kafka and Redis services: `airtrace ingest` and `airtrace worker` ---------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from encoders import AUDIO_SUFFIXES
+from encoders import audio_files
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def read_references(source: str | Path, limit: int | None = None) -> list[Refere
             for row in rows[:limit]
         ]
     elif source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)[:limit]
+        files = audio_files(source)[:limit]
         found = [Reference(p.relative_to(source).with_suffix("").as_posix(), p, _probe_seconds(p)) for p in files]  # ids as the catalog names them
     else:
         raise BenchError(f"{source} not found: give a manifest.csv (track_id,path[,seconds]) or a folder of audio files")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from encoders import AUDIO_SUFFIXES
+from encoders import AUDIO_SUFFIXES, audio_files
 
 
 @dataclass
@@ -37,7 +37,7 @@ def expand_sources(sources: Sequence[str | Path], report: AddReport) -> list[Sou
 def _expand(source: Path, report: AddReport) -> list[Source]:
     """The tracks a path names: a file, the audio files under a folder, or the rows of a manifest.csv."""
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        files = audio_files(source)
         if not files:
             report.skipped.append((str(source), f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder"))
         return [Source(p.relative_to(source).with_suffix("").as_posix(), p, {}) for p in files]
