@@ -244,6 +244,21 @@ def test_a_broker_that_never_answers_stops_ingest_and_worker_in_the_startup_time
     assert list(work.iterdir()) == []
 
 
+def test_a_worker_refuses_windows_and_hits_topics_of_different_partition_counts(
+        built_catalog: Path, redis_server: servers.ServerProcess, kafka_broker: servers.ServerProcess, tmp_path: Path) -> None:
+    """ingest made the windows topic with 3 partitions, the worker was given 2 for the hits topic it creates: a
+    stream's windows and hits then land on different partition numbers, which its unknown music relies on."""
+    import asyncio
+
+    from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+
+    kafka = KafkaSettings(f"127.0.0.1:{kafka_broker.port}")
+    asyncio.run(ensure_topics(kafka, ["split.windows"], Topics.with_prefix("split", 3)))
+    code, output = command("worker", "--catalog", str(built_catalog), "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0",
+                           "--broker", kafka.bootstrap, "--topic-prefix", "split", "--partitions", "2", cwd=tmp_path)
+    assert code == 1 and "split.windows has 3 partitions and split.hits 2" in output.strip().splitlines()[-1]
+
+
 def test_a_worker_web_port_in_use_is_a_usage_error_before_faust_starts(built_catalog: Path, redis_server: servers.ServerProcess) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])

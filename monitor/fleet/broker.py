@@ -132,13 +132,14 @@ class Topics:
         return cls(f"{prefix}.windows", f"{prefix}.hits", f"{prefix}.plays", f"{prefix}.dead-letters", partitions, replication)
 
 
-async def ensure_topics(settings: KafkaSettings, names: list[str], topics: Topics) -> None:
+async def ensure_topics(settings: KafkaSettings, names: list[str], topics: Topics) -> dict[str, int]:
     """Create the topics that do not exist yet, with their partition counts (auto-created ones would get
-    the broker's default); existing topics are left as they are."""
+    the broker's default); existing topics are left as they are. Returns each topic's partition count."""
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
         await settings.starting(admin.start())
         response = await settings.starting(admin.create_topics([NewTopic(name, topics.partitions, topics.replication) for name in names]))
+        described = await settings.starting(admin.describe_topics(names))
     finally:
         await admin.close()
     for name, code, message in response.topic_errors:
@@ -147,3 +148,4 @@ async def ensure_topics(settings: KafkaSettings, names: list[str], topics: Topic
         if code:
             raise BrokerError(f"cannot create Kafka topic {name}: {message or code}; check the broker's permissions and --replication")
         log.info("created Kafka topic %s with %d partitions", name, topics.partitions)
+    return {topic["topic"]: len(topic["partitions"]) for topic in described}

@@ -32,7 +32,7 @@ import faust
 from faust.types import EventT
 
 from monitor.fleet.already_out import events_already_out
-from monitor.fleet.broker import KafkaSettings, Topics, ensure_topics
+from monitor.fleet.broker import BrokerError, KafkaSettings, Topics, ensure_topics
 from monitor.catalog import Catalog
 from monitor.events import Event, describe
 from monitor.health import BEAT_SECONDS, Heartbeat
@@ -240,7 +240,11 @@ def run_worker(
     live = LiveCatalog(catalog, metrics, options.k)
     step = TrackingStep(live, store, options.plays, unknowns, options.unknowns)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
-    asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
+    counts = asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
+    if counts.get(topics.windows) != counts.get(topics.hits):
+        raise BrokerError(f"{topics.windows} has {counts.get(topics.windows)} partitions and {topics.hits} {counts.get(topics.hits)}: a "
+                          f"stream's windows and hits must share a partition number (its unknown music is kept where both arrive); "
+                          f"give both the same count (Kafka adds partitions to the smaller one: kafka-topics --alter --partitions N)")
     with tempfile.TemporaryDirectory(prefix="airtrace-faust-") as datadir:  # not {group}-data in the current folder
         app = create_app(kafka, topics, options, datadir)
         add_agents(app, live, step, kafka, topics, options, metrics)
