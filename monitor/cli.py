@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -496,8 +497,8 @@ def catalog_stats(directory: str) -> None:
 @click.option("--min-confidence", type=click.FloatRange(0, 1), help="Report matches at least this confident (default 0.99).")
 @click.argument("files", nargs=-1, required=True)
 def identify(directory: str, hop: float | None, min_confidence: float | None, files: tuple[str, ...]) -> None:
-    """Print one JSON line per FILE (a folder: each audio file in it): {"file", "matches": [{track_id, query_start, query_end,
-    ref_start, ref_end, speed, score, confidence}]}."""
+    """Print one JSON line per FILE (a folder: each audio file in it; -: audio piped in): {"file", "matches": [{track_id,
+    query_start, query_end, ref_start, ref_end, speed, score, confidence}]}."""
     import json
 
     from monitor.catalog import CatalogError
@@ -508,9 +509,14 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     lines = failed = 0
     try:
         for arg in files:
-            found = _audio_files(arg)
-            for line in [identify_file(cat, path, hop, MIN_CONFIDENCE if min_confidence is None else min_confidence) for path in found] or [
-                    {"file": arg, "error": "no audio files in this folder"}]:
+            level = MIN_CONFIDENCE if min_confidence is None else min_confidence
+            if arg == "-":  # audio piped in (from ffmpeg, curl, a recorder): read whole, then matched as a file
+                piped = _Piped(click.get_binary_stream("stdin").read())
+                found = [identify_file(cat, piped, hop, level, name="-") if piped.getbuffer().nbytes else
+                         {"file": "-", "error": "nothing was piped in; pipe audio into identify -, or give files"}]
+            else:
+                found = [identify_file(cat, path, hop, level) for path in _audio_files(arg)]
+            for line in found or [{"file": arg, "error": "no audio files in this folder"}]:
                 lines, failed = lines + 1, failed + ("error" in line)
                 click.echo(json.dumps(line))
     except (CatalogError, ValueError) as exc:
@@ -518,6 +524,13 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     if failed == lines:
         click.echo(f"every file failed ({failed}); each line's error says why", err=True)
         raise SystemExit(1)
+
+
+class _Piped(io.BytesIO):
+    """Audio piped into `identify -`, named so in messages."""
+
+    def __str__(self) -> str:
+        return "the audio piped in"
 
 
 def _audio_files(path: str) -> list[str]:

@@ -130,6 +130,17 @@ def test_identify_reads_each_audio_file_of_a_folder(built_catalog: Path, tmp_pat
     assert lines[2]["error"] == "no audio files in this folder"
 
 
+def test_identify_matches_audio_piped_in(built_catalog: Path, tmp_path: Path) -> None:
+    """`ffmpeg ... -f wav - | airtrace identify -`: it said "No such file or directory: '-'"."""
+    clip = wav(tmp_path / "clip.wav", music(CATALOG_TRACKS[0])[SAMPLE_RATE * 5 : SAMPLE_RATE * 12])
+    piped = CliRunner().invoke(main, ["identify", "--catalog", str(built_catalog), "-"], input=clip.read_bytes())
+    line = json.loads(piped.stdout)
+    assert piped.exit_code == 0 and line["file"] == "-" and line["matches"][0]["track_id"] == CATALOG_TRACKS[0]
+    for data, error in ((b"", "nothing was piped in"), (b"not audio at all\n" * 50, "the audio piped in is not in any audio")):
+        piped = CliRunner().invoke(main, ["identify", "--catalog", str(built_catalog), "-"], input=data)
+        assert piped.exit_code == 1 and error in json.loads(piped.stdout)["error"]
+
+
 @pytest.mark.parametrize("hop", ["0", "-1", "abc"])
 def test_identify_refuses_a_hop_that_is_not_a_positive_number(built_catalog: Path, hop: str) -> None:
     code, _, err = run("identify", "--catalog", str(built_catalog), "--hop", hop, str(MUSIC / "area1-game.opus"))

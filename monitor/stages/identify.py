@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -32,14 +32,16 @@ def identify(catalog: "Catalog", audio: np.ndarray, hop_seconds: float | None = 
     return match_hits(hits, grid.window_seconds, calibration=calibration, min_confidence=min_confidence)
 
 
-def identify_file(catalog: "Catalog", path: str | Path, hop_seconds: float | None = None,
-                  min_confidence: float = MIN_CONFIDENCE) -> dict[str, Any]:
-    """`identify`'s JSON line for one file: its matches, or the error that kept it from being matched."""
+def identify_file(catalog: "Catalog", path: str | Path | BinaryIO, hop_seconds: float | None = None,
+                  min_confidence: float = MIN_CONFIDENCE, name: str | None = None) -> dict[str, Any]:
+    """`identify`'s JSON line for one file (or the bytes of one, as `name`): its matches, or the error that kept
+    it from being matched."""
     from encoders import AudioError, load_audio
 
+    name = str(path) if name is None else name
     try:
         audio = load_audio(path, catalog.encoder.sample_rate)
         matches = identify(catalog, audio, hop_seconds, min_confidence)
     except (AudioError, MatchError) as exc:
-        return {"file": str(path), "error": str(exc)}
-    return {"file": str(path), "matches": [m.to_json() for m in matches]}
+        return {"file": name, "error": str(exc)}
+    return {"file": name, "matches": [m.to_json() for m in matches]}
