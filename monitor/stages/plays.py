@@ -233,13 +233,12 @@ class PlayTracker:
             stream_start=start,
             start_snapped=snapped,
             air_minus_offset=first.air_time - first.offset,
-            score=sum(sim for _, sim, _ in run.supports),
+            **_evidence(run, start),
             first_support_offset=first.offset,
             last_support_seq=last.seq,
             last_support_offset=last.offset,
             published=False,
             recent=0b1 if last.seq == hits.seq else 0b10,
-            fit=fit_sums([(h.offset - start, ref) for h, _, ref in run.supports]),
         )
 
     def _heard(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> dict[str, Any]:
@@ -326,7 +325,7 @@ class PlayTracker:
         return replace(
             play, line=replace(run.line, confidence=play.line.confidence), measured=play.reported,
             last_support_seq=max(last.seq, play.last_support_seq), last_support_offset=max(last.offset, play.last_support_offset),
-            score=sum(sim for _, sim, _ in run.supports), fit=fit_sums([(h.offset - play.stream_start, ref) for h, _, ref in run.supports]),
+            **_evidence(run, play.stream_start),
         )
 
     def _young(self, play: OpenPlay) -> bool:
@@ -343,7 +342,7 @@ class PlayTracker:
         return replace(
             play, line=replace(run.line, confidence=play.line.confidence), stream_start=start, start_snapped=snapped,
             first_support_offset=min(play.first_support_offset, first.offset), last_support_seq=last.seq, last_support_offset=last.offset,
-            score=sum(sim for _, sim, _ in run.supports), fit=fit_sums([(h.offset - start, ref) for h, _, ref in run.supports]),
+            **_evidence(run, start),
         )
 
     def _ended(self, state: StreamState, play: OpenPlay, catalog: CatalogInfo) -> PlayEvent:
@@ -360,6 +359,11 @@ class PlayTracker:
         end = max(min(end, seen_until), start)
         ref_end = play.reported.ref(end) if info is None else min(play.reported.ref(end), info.seconds)
         return PlayEvent(**heard, state="ended", decided_offset=seen_until, ended_at=play.air_minus_offset + end, stream_end=end, ref_end=ref_end)
+
+
+def _evidence(run: Run, start: float) -> dict[str, Any]:
+    """A play's score and least-squares sums from `run`'s supports alone, times counted from `start`."""
+    return {"score": sum(sim for _, sim, _ in run.supports), "fit": fit_sums([(h.offset - start, ref) for h, _, ref in run.supports])}
 
 
 def _metadata(info: TrackLike | None) -> dict[str, Any]:
