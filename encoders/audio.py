@@ -145,18 +145,19 @@ class _Chunker:
     def chunks(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         """The chunks `frame` completes (None: what is still held, at the end)."""
         if frame is None:
-            return self._tail()
+            return self._resampled(None)
         setup = (frame.format.name, frame.layout.name, frame.sample_rate)
         tail = []
         if setup != self._setup:
             if self._setup is not None:
                 log.info("%s changes from %s %s at %d Hz to %s %s at %d Hz", self.source, *self._setup, *setup)
-            tail, self._setup = self._tail(), setup
+            tail, self._setup = self._resampled(None), setup
             self._resampler = _resampler(frame.layout.nb_channels, self.sample_rate, frame_size=_chunk_samples(self.sample_rate))
-        return tail + [downmix(_planes(out)) for out in self._resampler.resample(frame)]
+        return tail + self._resampled(frame)
 
-    def _tail(self) -> list[np.ndarray]:
-        return [] if self._resampler is None else [downmix(_planes(out)) for out in self._resampler.resample(None)]
+    def _resampled(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
+        """The mono chunks the current resampler gives for `frame` (None: what it still holds)."""
+        return [] if self._resampler is None else [downmix(_planes(out)) for out in self._resampler.resample(frame)]
 
 
 def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list[av.Packet]]:

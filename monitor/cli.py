@@ -506,10 +506,10 @@ def identify(directory: str, hop: float | None, min_confidence: float | None, fi
     from monitor.stages.matcher import MIN_CONFIDENCE
 
     cat = _open_catalog(directory)
+    level = MIN_CONFIDENCE if min_confidence is None else min_confidence
     lines = failed = 0
     try:
         for arg in files:
-            level = MIN_CONFIDENCE if min_confidence is None else min_confidence
             if arg == "-":  # audio piped in (from ffmpeg, curl, a recorder): read whole, then matched as a file
                 piped = _Piped(click.get_binary_stream("stdin").read())
                 found = [identify_file(cat, piped, hop, level, name="-") if piped.getbuffer().nbytes else
