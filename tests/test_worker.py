@@ -506,6 +506,33 @@ def test_events_already_out_reads_each_partition_back_to_the_claim(kafka_broker:
     with servers.SilentServer() as silent:
         assert asyncio.run(events_already_out(KafkaSettings(f"127.0.0.1:{silent.port}"), topic, maybe_out, timeout=1.0)) == set()
 
+    async def broker_back_after_two_seconds() -> set[str]:
+        """The broker refuses connections while it restarts (claims lapse after faults): the look waits for it."""
+        port = servers.free_port()
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            finally:
+                writer.close()
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            broker_reader, broker_writer = await asyncio.open_connection("127.0.0.1", kafka_broker.port)
+            await asyncio.gather(pipe(reader, broker_writer), pipe(broker_reader, writer), return_exceptions=True)
+
+        async def back_later() -> asyncio.Server:
+            await asyncio.sleep(2.0)
+            return await asyncio.start_server(relay, "127.0.0.1", port)
+
+        coming = asyncio.ensure_future(back_later())
+        found = await events_already_out(KafkaSettings(f"127.0.0.1:{port}"), topic, maybe_out, timeout=60.0)
+        (await coming).close()
+        return found
+
+    assert asyncio.run(broker_back_after_two_seconds()) == {"sent-first", "sent-last"}
+
 
 def test_a_worker_sends_again_none_of_the_events_a_dead_worker_sent_before_marking_them(service: Service) -> None:
     """A worker was SIGKILLed after the broker took the play's started event and before it marked it

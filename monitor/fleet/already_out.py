@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from monitor.constants import Backoff
 from monitor.fleet.broker import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,33 @@ async def events_already_out(kafka: KafkaSettings, topic: str, maybe_out: Mappin
     if not maybe_out:
         return set()
     since_ms = int((min(maybe_out.values()) - CLOCK_SKEW_SECONDS) * 1000)
+    failures: list[KafkaError] = []
     try:
-        return await asyncio.wait_for(_look(kafka, topic, set(maybe_out), since_ms), timeout)
-    except (KafkaError, asyncio.TimeoutError) as exc:
+        return await asyncio.wait_for(_look_until_read(kafka, topic, set(maybe_out), since_ms, failures), timeout)
+    except asyncio.TimeoutError:
         log.warning("could not read %s back to see which of %d events a dead worker had sent (%s); sending them all, "
                     "so some may be on the topic twice (consumers keyed on event_id, as the play log is, see each once)",
-                    topic, len(maybe_out), exc or "timed out")
+                    topic, len(maybe_out), failures[-1] if failures else "timed out")
         return set()
+
+
+async def _look_until_read(kafka: KafkaSettings, topic: str, wanted: set[str], since_ms: int, failures: list[KafkaError]) -> set[str]:
+    """`_look`, again while the broker cannot be read. Claims lapse after a fault, so the broker may be the one
+    restarting: giving up at its first refusal sent a dead worker's started event a second time (the default
+    suite's short chaos run, worker killed at 12 s, broker restarted at 41 s)."""
+    backoff = Backoff(0.5, 5.0)
+    while True:
+        try:
+            return await _look(kafka, topic, wanted, since_ms)
+        except KafkaError as exc:
+            failures.append(exc)
+            await asyncio.sleep(backoff.next_delay())
 
 
 async def _look(kafka: KafkaSettings, topic: str, wanted: set[str], since_ms: int) -> set[str]:
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)  # no group: it reads, never commits
-    await consumer.start()
     try:
+        await consumer.start()
         await consumer.topics()  # loads the topic's partitions
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         found: set[str] = set()
