@@ -14,6 +14,16 @@ from monitor.constants import DEFAULT_HOP_SECONDS, NOTICE_CONFIDENCE, SCALE_WIND
 from monitor.health import STALE_SECONDS
 from monitor.options import DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, THREADS, IngestOptions, MonitorOptions, UnknownConfig, WorkerOptions
 
+SHIPPED_DEFAULT = "the shipped default encoder"
+
+
+def shipped_encoder() -> str:
+    """The encoders package's default, read when a command runs: importing `encoders` loads torch, which
+    `--help` and the commands that need no model should not wait for."""
+    from encoders import DEFAULT_ENCODER
+
+    return DEFAULT_ENCODER
+
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
@@ -70,7 +80,7 @@ def _bench_inputs(command: Callable[..., None]) -> Callable[..., None]:
     options = [
         click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of tracks to query (in the catalog); repeatable."),
         click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable."),
-        click.option("--encoder", "encoders", multiple=True, default=["compact"], show_default=True, help="Encoder name or directory; repeatable."),
+        click.option("--encoder", "encoders", multiple=True, default=lambda: [shipped_encoder()], show_default=SHIPPED_DEFAULT, help="Encoder name or directory; repeatable."),
         click.option("--landmark/--no-landmark", default=True, show_default=True, help="Also run the landmark (peak-pair) baseline."),
         click.option("--holdout", default=8, show_default=True, help="Reference tracks kept out of the catalog as non-catalog music."),
         click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs)."),
@@ -143,7 +153,7 @@ def bench_segments(reference, distractors, encoders, landmark, holdout, limit, h
 
 
 @bench.command("speed")
-@click.option("--encoder", "encoders", multiple=True, default=["compact"], show_default=True, help="Encoder name or directory; repeatable.")
+@click.option("--encoder", "encoders", multiple=True, default=lambda: [shipped_encoder()], show_default=SHIPPED_DEFAULT, help="Encoder name or directory; repeatable.")
 @click.option("--reference", multiple=True, help="Manifest.csv or folder whose audio is indexed [the demo music].")
 @click.option("--index-seconds", default=600.0, show_default=True, help="Seconds of reference audio to index.")
 @click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
@@ -163,7 +173,7 @@ def bench_speed(encoders, reference, index_seconds, hop, sizes, queries, landmar
 
 
 @bench.command("scale")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory whose embeddings are real.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory whose embeddings are real.")
 @click.option("--reference", default=None, help="Manifest.csv or folder whose windows are the real embeddings [the demo music].")
 @click.option("--windows", "total", default=SCALE_WINDOWS, show_default=True, help="Windows in the index: real ones plus synthetic.")
 @click.option("--factory", default=None, help="FAISS index factory [what `catalog add` would choose for --windows].")
@@ -202,7 +212,7 @@ def bench_backbones(models: tuple[str, ...], out: str | None) -> None:
 @bench.command("broadcast")
 @click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of catalog tracks that the broadcast plays; repeatable.")
 @click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory.")
 @click.option("--holdout", default=8, show_default=True, help="Reference tracks kept out of the catalog: the broadcast's non-catalog music.")
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
 @click.option("--plays", default=40, show_default=True, help="Catalog plays in the broadcast.")
@@ -225,7 +235,7 @@ def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed
 @bench.command("unknowns")
 @click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder of tracks (the dev split): the catalog, and the non-catalog songs, jingles and filler; repeatable.")
 @click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory.")
 @click.option("--stations", default=4, show_default=True, type=click.IntRange(1), help="Synthetic stations, monitored at once.")
 @click.option("--hours", default=3.0, show_default=True, type=click.FloatRange(0.05), help="Stream per station: the simulated day compressed into this.")
 @click.option("--songs", default=12, show_default=True, type=click.IntRange(1), help="Non-catalog songs that air 2-5 times across stations.")
@@ -256,7 +266,7 @@ def bench_unknowns(reference, distractors, encoder, stations, hours, songs, jing
 @click.option("--workers", default=2, show_default=True, help="airtrace worker processes.")
 @click.option("--partitions", default=4, show_default=True, help="Partitions of the run's topics.")
 @click.option("--seed", default=0, show_default=True, help="Seeds the broadcasts and the fault schedule.")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory.")
 @click.option("--broker-storage", type=click.Choice(["s3", "memory"]), default="s3", show_default=True,
               help="Tansu's topics on a local S3 server (the broker fault is a restart) or in its memory (a restart would wipe them, so the fault is a 20 s SIGSTOP).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where the broadcasts, catalog, fault-free baseline and logs go (the first three are reused when found there: a new folder after changing the pipeline) [a new temporary folder].")
@@ -280,7 +290,7 @@ def bench_chaos(streams, minutes, workers, partitions, seed, encoder, broker_sto
               help="Fleet sizes measured one after the other; repeatable.")
 @click.option("--partitions", default=4, show_default=True, help="Partitions of the run's topics (at least the largest fleet).")
 @click.option("--seed", default=0, show_default=True, help="Seeds the broadcasts.")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory.")
 @click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog (a realistic catalog size); repeatable.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where the broadcasts, catalog and logs go (found there, they are reused) [a new temporary folder].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
@@ -298,7 +308,7 @@ def bench_fleet(streams, minutes, worker_counts, partitions, seed, encoder, dist
 
 @bench.command("streams")
 @click.option("--reference", multiple=True, required=True, help="Manifest.csv or folder: the catalog, and the files monitored as streams; repeatable.")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder name or directory.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory.")
 @click.option("--streams", default=50, show_default=True, help="Streams monitored at once (files, cycled).")
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest.")
 @click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
@@ -318,7 +328,7 @@ def bench_streams(reference, encoder, streams, limit, hop, cache_dir, over_http,
 @click.option("--multiplexes", default=1, show_default=True, type=click.IntRange(1), help="Multiplexes read at once, one reader each (copies of one).")
 @click.option("--decode-turns", default=IngestOptions.decode_turns, show_default=True, type=click.IntRange(0),
               help="Readers that may decode at once, as for `ingest --decode-turns`; 0: as many as the cores.")
-@click.option("--encoder", default="compact", show_default=True, help="Encoder whose window and hop cut the streams.")
+@click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder whose window and hop cut the streams.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def bench_mux(programs: int, multiplexes: int, decode_turns: int, encoder: str, out: str | None) -> None:
     """Ingest CPU per program of TV multiplexes built from the demo music, in CPU seconds."""
@@ -658,7 +668,7 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
 @main.command()
 @click.argument("urls", nargs=-1)
 @_env("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
-@_env("--encoder", default="compact", show_default=True, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
+@_env("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
 @_env("--sample-format", type=click.Choice(["int16", "float16"]), default="int16", show_default=True, help="How window samples travel.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
 @DECODE_TURNS_OPTION
