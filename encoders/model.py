@@ -26,7 +26,7 @@ from encoders.backbones import backbone_class, build_backbone
 
 FORMAT_VERSION = 1
 MODELS_DIR = Path(__file__).parent / "models"
-DEFAULT_ENCODER = "compact"
+DEFAULT_ENCODER = "compact3"
 
 
 class EncoderError(ValueError):
