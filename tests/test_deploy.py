@@ -500,6 +500,17 @@ def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
     assert migrate["args"] == ["plays", "migrate"] and migrate["env"] == [env for env in playlog["env"] if env["name"] in ("AIRTRACE_PLAYLOG", "PGPASSWORD")]
 
 
+def test_k8s_prometheus_still_finds_the_pods_that_are_not_ready() -> None:
+    """A headless Service lists only ready pods in DNS unless told otherwise. A worker whose catalog cannot be
+    searched or whose agent is stuck fails its readiness probe, and a process that stops answering fails it
+    before `up == 0` lasts 2 minutes: Prometheus would lose the very targets that AirtraceCatalogOutage,
+    AirtraceLoopStuck and AirtraceProcessDown are about, and those alerts could never fire."""
+    discovered = {name.split(".")[0] for name in load_yaml(PROMETHEUS_DIR / "prometheus-k8s.yml")["scrape_configs"][0]["dns_sd_configs"][0]["names"]}
+    services = {obj["metadata"]["name"]: obj["spec"] for obj in raw_k8s_objects() if obj["kind"] == "Service"}
+    for name in discovered:
+        assert services[name].get("publishNotReadyAddresses") is True, f"Service {name}: set publishNotReadyAddresses: true"
+
+
 CATALOG_JOBS = ("catalog-job.yaml", "catalog-parts-job.yaml", "catalog-merge-job.yaml")
 
 
