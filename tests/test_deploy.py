@@ -220,6 +220,25 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     assert tested == {rule["alert"] for rule in rules() if "alert" in rule}, "every alert needs a unit test"
 
 
+@pytest.mark.parametrize("panel", ["Now playing", "Plays timeline"])
+def test_now_playing_believes_the_worker_that_last_reported_the_stream(panel: str, tmp_path: Path) -> None:
+    """Worker a announced track t1, then a rebalance gave the stream to worker b, which ended the play (b's
+    `airtrace_now_playing` had no series to remove) and later announced t2. Only a may remove its own series,
+    so it stays at 1 until a restarts: the panel must show what the process with the stream's latest play
+    event says, evaluated by promtool on synthetic series, minute by minute."""
+    (query,) = [query for query in panel_queries() if (query.dashboard, query.panel) == ("stream", panel)]
+    on_air = {"series": 'airtrace_now_playing{instance="a", stream="radio1", track_id="t1"}', "values": "1x10"}
+    next_on_air = {"series": 'airtrace_now_playing{instance="b", stream="radio1", track_id="t2"}', "values": "_x7 1x3"}
+    a_last = {"series": 'airtrace_last_play_timestamp_seconds{instance="a", stream="radio1"}', "values": "60x10"}
+    b_last = {"series": 'airtrace_last_play_timestamp_seconds{instance="b", stream="radio1"}', "values": "_x4 300x2 480x3"}
+    expr = substitute(query.expr, {"stream": "radio1"})
+    expected = {"3m": [{"labels": '{track_id="t1"}', "value": 1}], "6m": [], "9m": [{"labels": '{track_id="t2"}', "value": 1}]}
+    test = {"interval": "1m", "input_series": [on_air, next_on_air, a_last, b_last],
+            "promql_expr_test": [{"expr": expr, "eval_time": at, "exp_samples": samples} for at, samples in expected.items()]}
+    (tmp_path / "now_playing_test.yml").write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [test]}))
+    promtool("test", "rules", "now_playing_test.yml", cwd=tmp_path)
+
+
 # ----------------------------------------------------------------------------- compose, image, secrets
 
 AIRTRACE_SERVICES = ("ingest", "worker", "catalog", "playlog", "playlog-migrate")
