@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-PACKAGES=(ffmpeg espeak-ng redis-server postgresql icecast2 prometheus docker-compose
+PACKAGES=(python3.11 python3.11-venv  # a fresh Debian has no ensurepip, without which `python3.11 -m venv` fails
+  ffmpeg espeak-ng redis-server postgresql icecast2 prometheus docker-compose
   # recorded voices for real talk and babble in training and the benchmark (encoders/speech.py);
   # never the English core sounds: they are kept for independent evaluation
   asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav
@@ -21,8 +22,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3.11 -m venv .venv
-# torch first and pinned: anything looser lets the resolver fetch a multi-GB CUDA build.
-.venv/bin/pip install -q torch==2.13.0
+# torch first, pinned and from the CPU index, as the image does (deploy/Dockerfile): PyPI's torch for Linux
+# is the CUDA build with gigabytes of nvidia-* libraries. (For GPU training, install a CUDA build after.)
+.venv/bin/pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 .venv/bin/pip install -q -e '.[test]'
 # MuQ's declared dependencies would pull another torch; its model module needs only these.
 .venv/bin/pip install -q --no-deps muq==0.1.0 easydict==1.14 einops==0.8.2

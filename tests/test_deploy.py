@@ -438,6 +438,47 @@ def test_redis_conf_runs_on_debian_redis_with_auth_and_the_append_only_file(tmp_
         server.stop()
 
 
+# ----------------------------------------------------------------------------- install script
+
+
+def run_install_script_on_a_fresh_machine(tmp_path: Path) -> list[list[str]]:
+    """deploy/install.sh where no Debian package is installed, with apt-get, sudo, python3.11 and the virtual
+    environment's pip and python replaced by commands that only record their arguments: the calls, in order."""
+    repo, shims, venv_bin, calls = tmp_path / "repo", tmp_path / "shims", tmp_path / "venv-bin", tmp_path / "calls"
+    (repo / "deploy").mkdir(parents=True)
+    shutil.copy(DEPLOY / "install.sh", repo / "deploy")
+    record = '#!/bin/sh\necho "$(basename "$0") $*" >> "$CALLS"\n'
+    scripts = {
+        shims / "dpkg-query": "#!/bin/sh\nexit 1\n",
+        shims / "apt-get": record,
+        shims / "sudo": '#!/bin/sh\nexec "$@"\n',
+        shims / "python3.11": f'#!/bin/sh\nmkdir -p "$3" && cp -r "{venv_bin}" "$3/bin"\n',  # python3.11 -m venv .venv
+        venv_bin / "pip": record,
+        venv_bin / "python": record,
+    }
+    for path, text in scripts.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "CALLS": str(calls)}
+    ran = subprocess.run(["bash", str(repo / "deploy" / "install.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    return [line.split() for line in calls.read_text().splitlines()]
+
+
+def test_install_script_sets_up_a_fresh_debian_machine(tmp_path: Path) -> None:
+    """On a fresh machine `python3.11 -m venv` needs Debian's python3.11-venv (ensurepip), and torch must be the CPU
+    build the image installs: PyPI's torch for Linux is the CUDA one with its nvidia-* libraries, gigabytes."""
+    calls = run_install_script_on_a_fresh_machine(tmp_path)
+    (apt_install,) = [call for call in calls if call[:2] == ["apt-get", "install"]]
+    assert {"python3.11", "python3.11-venv"} <= set(apt_install), apt_install
+    pip = [" ".join(call[1:]) for call in calls if call[0] == "pip"]
+    image_torch = re.search(r"pip install (torch==\S+ --index-url \S+)", (DEPLOY / "Dockerfile").read_text())[1]
+    torch = [index for index, call in enumerate(pip) if image_torch in call]
+    project = [index for index, call in enumerate(pip) if "-e .[test]" in call]
+    assert torch and project and torch[0] < project[0], f"install.sh must run `pip install {image_torch}` before the project: {pip}"
+
+
 # ----------------------------------------------------------------------------- Kubernetes
 
 K8S = DEPLOY / "k8s"
