@@ -633,10 +633,10 @@ def _check_port_free(host: str, port: int, option: str) -> None:
         raise click.UsageError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; give a free {option}") from None
 
 
-def _metrics(metrics_port: int | None, metrics_host: str):
+def _metrics(metrics_port: int | None, metrics_host: str, holds_catalog: bool = True):
     from monitor import metrics
 
-    created = metrics.create()
+    created = metrics.create(holds_catalog=holds_catalog)
     if metrics_port is not None:
         try:
             metrics.serve(metrics_port, metrics_host)
@@ -698,7 +698,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     options = PublishOptions(sample_format=SampleFormat(sample_format))
     try:
         asyncio.run(publish_windows(sources, grid, settings, topics, IngestOptions(realtime=realtime, decode_turns=decode_turns), options,
-                                    _metrics(metrics_port, metrics_host)))
+                                    _metrics(metrics_port, metrics_host, holds_catalog=False)))
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -1095,7 +1095,7 @@ def plays_consume(playlog: str, playlog_group: str, metrics_port: int | None, me
     settings, topics = _kafka(**kafka)
     log = _open_playlog(playlog)
     try:
-        asyncio.run(consume_plays(log, settings, topics, ConsumerOptions(group=playlog_group), _metrics(metrics_port, metrics_host)))
+        asyncio.run(consume_plays(log, settings, topics, ConsumerOptions(group=playlog_group), _metrics(metrics_port, metrics_host, holds_catalog=False)))
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -64,15 +64,18 @@ class Metrics(NamedTuple):
     heartbeat: Gauge
 
 
-def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
+def create(registry: CollectorRegistry = REGISTRY, holds_catalog: bool = True) -> Metrics:
     """Register every airtrace metric in `registry` (plus process_* CPU and memory for a fresh registry).
 
     Counters are per stream, never per track: a series per (stream, track) grows with every track ever
     played (100 stations x 20,000 tracks is 2 M series); which track played is the play log's (monitor.playlog).
-    Only now-playing is per track, and its series goes when the play ends."""
+    Only now-playing is per track, and its series goes when the play ends.
+    Without `holds_catalog` (ingest, the play log writer) the catalog's metrics are not served: their zeros would
+    read as an emptied catalog beside the workers' on the catalog dashboard."""
     if registry is not REGISTRY:  # the default registry already carries the process and platform collectors
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+    catalogs = registry if holds_catalog else None  # an unregistered metric still counts, unserved
     stream = ["stream"]
     return Metrics(
         windows_ingested=Counter("airtrace_windows_ingested", "Audio windows cut from a stream.", stream, registry=registry),
@@ -102,11 +105,11 @@ def create(registry: CollectorRegistry = REGISTRY) -> Metrics:
         last_play_timestamp=Gauge("airtrace_last_play_timestamp_seconds", "Unix time of the last play event on a stream.", stream, registry=registry),
         detection_latency=Histogram("airtrace_detection_latency_seconds", "Air time of a play's start to its started event.", buckets=LATENCY_SECONDS_BUCKETS, registry=registry),
         dead_letters=Counter("airtrace_dead_letters", "Messages that could not be processed and were set aside.", ["reason"], registry=registry),
-        catalog_tracks=Gauge("airtrace_catalog_tracks", "Tracks in the loaded catalog.", registry=registry),
-        catalog_windows=Gauge("airtrace_catalog_windows", "Reference windows in the loaded catalog.", registry=registry),
-        index_bytes=Gauge("airtrace_index_bytes", "Size of the loaded catalog index.", registry=registry),
-        catalog_outage=Gauge("airtrace_catalog_outage", "1 while the loaded catalog cannot be searched and windows go unheard, else 0.", registry=registry),
-        windows_unheard=Counter("airtrace_windows_unheard", "Windows not searched because the catalog could not be: no play ends or opens on them.", registry=registry),
+        catalog_tracks=Gauge("airtrace_catalog_tracks", "Tracks in the loaded catalog.", registry=catalogs),
+        catalog_windows=Gauge("airtrace_catalog_windows", "Reference windows in the loaded catalog.", registry=catalogs),
+        index_bytes=Gauge("airtrace_index_bytes", "Size of the loaded catalog index.", registry=catalogs),
+        catalog_outage=Gauge("airtrace_catalog_outage", "1 while the loaded catalog cannot be searched and windows go unheard, else 0.", registry=catalogs),
+        windows_unheard=Counter("airtrace_windows_unheard", "Windows not searched because the catalog could not be: no play ends or opens on them.", registry=catalogs),
         heartbeat=Gauge("airtrace_heartbeat_timestamp_seconds", "Unix time at which a loop of this process (an agent, the embedded loop) last showed it is not stuck.",
                         ["loop"], registry=registry),
     )

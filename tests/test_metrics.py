@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,3 +86,31 @@ def test_provisional_plays_are_counted_with_their_withdrawals_and_never_play() -
     get = registry.get_sample_value
     assert get("airtrace_plays_provisional_total", {"stream": "radio"}) == get("airtrace_plays_withdrawn_total", {"stream": "radio"}) == 1
     assert get("airtrace_plays_started_total", {"stream": "radio"}) is None and get("airtrace_now_playing", {"stream": "radio", "track_id": "t2"}) is None
+
+
+CATALOG_METRICS = {"airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes", "airtrace_catalog_outage", "airtrace_windows_unheard"}
+
+
+def test_processes_without_a_catalog_serve_no_catalog_metrics(kafka_broker, postgres_url: str, tmp_path: Path) -> None:
+    """`airtrace ingest` and `airtrace plays consume` hold no catalog: the zeros they served showed as processes
+    with an empty catalog on the catalog dashboard's "Catalog per process" and "Catalog size over time"."""
+    from catalog_fixtures import MUSIC
+
+    from monitor.bench import servers
+    from monitor.playlog.store import PlayLog
+
+    PlayLog.open(postgres_url, migrate=True)
+    kafka = ["--broker", f"{servers.HOST}:{kafka_broker.port}", "--topic-prefix", "no-catalog", "--partitions", "1"]
+    commands = {"ingest": ["ingest", *kafka, "--realtime", str(MUSIC / "area1-game.opus")], "consume": ["plays", "consume", "--playlog", postgres_url, *kafka]}
+    ports = {name: servers.free_port() for name in commands}
+    processes = [servers.airtrace([*args, "--metrics-port", str(ports[name])], tmp_path / f"{name}.log") for name, args in commands.items()]
+    try:
+        for port, process in zip(ports.values(), processes):
+            servers.wait_for_port(port, process, timeout=60)
+        servers.wait_until(lambda: servers.metric(ports["ingest"], "airtrace_windows_ingested_total", stream="area1-game"), 60, "ingest publishes")
+        for name, port in ports.items():
+            families, _ = scrape(port)
+            assert not families & CATALOG_METRICS, f"{name} serves {sorted(families & CATALOG_METRICS)}"
+    finally:
+        for process in processes:
+            servers.stop(process)
