@@ -329,6 +329,43 @@ def test_compose_runs_the_stack_the_issue_asks_for() -> None:
     assert job["dns_sd_configs"][0]["port"] == int(services["worker"]["environment"]["AIRTRACE_METRICS_PORT"])
 
 
+def documented_compose_commands() -> Iterator[tuple[str, str, list[str]]]:
+    """(file, service, the `airtrace` arguments) of every `docker compose ... run --rm SERVICE ...` and
+    `docker compose ... exec SERVICE airtrace ...` that deploy/'s README, compose.yaml and .env.example give."""
+    services = compose()["services"]
+    for path in (DEPLOY / "README.md", DEPLOY / "compose.yaml", DEPLOY / ".env.example"):
+        for match in re.finditer(r"docker compose (?:-f \S+ )?(run --rm|exec) ([\w-]+) ([^`\n]*)", path.read_text()):
+            how, service, words = match[1], match[2], match[3].split()
+            if how == "run --rm":
+                yield path.name, service, services[service].get("entrypoint", ["airtrace"])[1:] + words
+            elif words[0] == "airtrace":
+                yield path.name, service, words[1:]
+
+
+def test_the_compose_commands_in_the_docs_give_what_their_command_requires() -> None:
+    import click
+
+    from monitor.cli import main
+
+    services = compose()["services"]
+    commands = list(documented_compose_commands())
+    assert {service for _, service, _ in commands} >= {"catalog", "playlog"}
+    for where, service, args in commands:
+        command: click.Command = main
+        for word in args:
+            if not isinstance(command, click.Group) or word not in command.commands:
+                break
+            command = command.commands[word]
+        options = [param for param in command.params if isinstance(param, click.Option)]
+        given = {arg.split("=")[0] for arg in args if arg.startswith("--")}
+        known = {name for option in options for name in option.opts}
+        assert given <= known, f"{where}: `airtrace {' '.join(args)}` has no {sorted(given - known)}"
+        environment = services[service].get("environment", {})
+        for option in options:
+            if option.required and option.envvar not in environment:
+                assert given & set(option.opts), f"{where}: `airtrace {' '.join(args)}` lacks the required {option.opts[0]}"
+
+
 def test_secrets_come_from_the_env_file_and_never_from_git() -> None:
     text = (DEPLOY / "compose.yaml").read_text()
     variables = set(re.findall(r"\$\{(\w+)", text))
