@@ -80,6 +80,7 @@ class PanelQuery:
     ref_id: str
     expr: str
     instant: bool
+    legend: str = ""
 
     def __str__(self) -> str:
         return f"{self.dashboard} / {self.panel} / {self.ref_id}: {self.expr}"
@@ -88,7 +89,8 @@ class PanelQuery:
 def panel_queries() -> list[PanelQuery]:
     """Every Prometheus query of every panel (the play log's SQL is not PromQL)."""
     return [
-        PanelQuery(name, panel["title"], target["refId"], target["expr"], bool(target.get("instant")) and not target.get("range"))
+        PanelQuery(name, panel["title"], target["refId"], target["expr"], bool(target.get("instant")) and not target.get("range"),
+                   target.get("legendFormat", ""))
         for name, dashboard in dashboards().items()
         for panel in all_panels(dashboard)
         for target in panel.get("targets", [])
@@ -183,6 +185,32 @@ def test_every_query_uses_known_variables_and_exported_metrics() -> None:
         substitute(expr, variables)
         unknown = series_names(expr) - known
         assert not unknown, f"{where} reads {unknown}, which monitor/metrics.py does not export"
+
+
+def label_names(expr: str) -> set[str]:
+    """Label names an expression selects on ({name="..."}) or groups and matches by (by, without, on, ignoring, group_*)."""
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    grouped = re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", without_strings)
+    selected = re.findall(r"\{([^}]*)\}", without_strings)
+    return {name.strip() for group in grouped for name in group.split(",") if name.strip()} | {
+        name for selector in selected for name in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)}
+
+
+def test_every_query_and_legend_uses_labels_the_series_have() -> None:
+    """A label no series has selects nothing, groups everything into one series, or leaves a legend blank."""
+    registry = CollectorRegistry()
+    exported = {label for metric in metrics_module.create(registry) for label in metric._labelnames} | {"le"}
+    for config in ("prometheus.yml", "prometheus-k8s.yml"):
+        (job,) = [job for job in load_yaml(PROMETHEUS_DIR / config)["scrape_configs"] if job["job_name"] == "airtrace"]
+        assert [relabel["target_label"] for relabel in job["relabel_configs"]] == ["role"], config
+    known = exported | {"instance", "job", "role"}  # the scrape's target labels
+    variables = {name: "1m" for name in GRAFANA_BUILTINS} | {"stream": "radio1"}
+    uses = [(str(query), label_names(substitute(query.expr, variables))) for query in panel_queries()]
+    uses += [(f"{query} legend", set(re.findall(r"\{\{\s*(\w+)\s*\}\}", query.legend))) for query in panel_queries()]
+    uses += [(rule.get("alert") or rule["record"], label_names(rule["expr"]) | set(re.findall(r"\$labels\.(\w+)", json.dumps(rule.get("annotations", {})))))
+             for rule in rules()]
+    for where, labels in uses:
+        assert labels <= known, f"{where} uses {sorted(labels - known)}, a label no airtrace series has"
 
 
 def test_grafana_provisioning_points_at_the_dashboards() -> None:
