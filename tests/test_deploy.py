@@ -625,6 +625,15 @@ def test_k8s_runs_workers_as_a_deployment_and_ingestors_by_ordinal() -> None:
     assert migrate["args"] == ["plays", "migrate"] and migrate["env"] == [env for env in playlog["env"] if env["name"] in ("AIRTRACE_PLAYLOG", "PGPASSWORD")]
 
 
+def test_k8s_kustomizations_apply_every_manifest_but_the_ones_run_by_hand() -> None:
+    """A manifest left out of kustomization.yaml is never applied; only the catalog Jobs (run when the catalog
+    changes, their headers say how) and the Secret's example stay out."""
+    by_hand = {*CATALOG_JOBS, "secret.example.yaml"}
+    for path in (K8S, K8S / "infra"):
+        manifests = {file.name for file in path.glob("*.yaml")} - {"kustomization.yaml"}
+        assert manifests - by_hand == set(kustomization(path)["resources"]), path
+
+
 def test_k8s_prometheus_still_finds_the_pods_that_are_not_ready() -> None:
     """A headless Service lists only ready pods in DNS unless told otherwise. A worker whose catalog cannot be
     searched or whose agent is stuck fails its readiness probe, and a process that stops answering fails it
