@@ -282,6 +282,20 @@ def test_a_live_stream_that_repeats_audio_on_reconnecting_goes_on_without_a_gap(
         assert np.corrcoef(window.samples, expected)[0, 1] > 0.95, i
 
 
+def test_looped_music_that_resumes_at_the_live_position_is_a_gap_not_a_repeat(tmp_path: Path) -> None:
+    """area2-game loops: a second of it heard after reconnecting (the server sends no burst, the seconds of the
+    drop are lost) also lies in the last 20 s delivered, a loop earlier. Taken for a repeat, that skipped the
+    new connection's audio to a wrong place and hid the gap: stream time went on as if nothing was lost."""
+    from monitor.bench.servers import LiveAudioServer, encode_mp3
+
+    mp3 = encode_mp3(MUSIC / "area2-game.opus", tmp_path / "area2.mp3").read_bytes()
+    with LiveAudioServer(mp3, 50.0, speed=2.0) as live:
+        windows = take(read_windows(StreamSource("radio", live.url(drop=8.0)), GRID, FAST_RETRY), count=40, seconds=30)
+        assert len(windows) == 40 and live.connections["/live.mp3"] == 2
+    (gap,) = [w for w in windows if w.after_gap]
+    assert gap.offset - windows[gap.seq - 1].offset > GRID.hop_seconds
+
+
 def test_a_file_only_libsndfile_reads_is_monitored_like_the_same_audio_ffmpeg_reads(tmp_path: Path, registry_metrics) -> None:
     """`catalog add` and `identify` read such files (some Ogg Vorbis headers FFmpeg rejects); a stream of one
     must not be skipped as unreadable."""

@@ -7,7 +7,8 @@ Contracts other processes rely on:
   time in seconds; it never goes back, and after a gap it jumps ahead by the wall-clock time lost.
 - A live source (anything but a local file) is read forever: when it fails to open, drops (ends) or
   stalls (no data for `read_timeout` s) it is reopened after an exponential backoff with jitter, and the
-  first window after the break carries `after_gap=True`, so no play spans it. A reconnection that starts
+  first window after the break carries `after_gap=True`, so no run of evidence spans it (a play heard on its
+  line again after a short break carries on: monitor.stages.plays). A reconnection that starts
   by repeating audio already delivered (a short drop, and a server that sends its recent seconds to a new
   listener, as Icecast's burst-on-connect does) lost nothing: the repeat is dropped and the stream goes
   on without a gap (`Resumption`). A local file is read once (as fast as it decodes, or at real-time pace
@@ -161,7 +162,8 @@ class Resumption:
     the repeat, so that the stream goes on as if it had never broken and a play on air across a short drop
     stays one play. The last RESUME_KEEP_SECONDS of delivered audio are kept in a ring; a new connection's
     audio from RESUME_SETTLE_SECONDS on (past the decoder's start-up) is looked for in them by normalised
-    cross-correlation."""
+    cross-correlation. Music repeats itself, so a second of it also matches a bar or a loop heard earlier:
+    a repeat is taken only once the new audio matches the delivered audio from there to its very end."""
 
     def __init__(self, sample_rate: int):
         self.ring = np.zeros(int(RESUME_KEEP_SECONDS * sample_rate), np.float32)
@@ -186,11 +188,38 @@ class Resumption:
                 break
         audio = np.concatenate(head) if head else np.zeros(0, np.float32)
         repeat = self._repeat_length(audio)
+        if repeat is not None:
+            for chunk in chunks if size < repeat else ():  # the whole repeat, to check it to the end
+                head.append(chunk)
+                size += len(chunk)
+                if size >= repeat:
+                    break
+            audio = np.concatenate(head)
+            repeat = repeat if self._repeats_to_the_end(audio, repeat) else None
         return repeat is not None, self._skipping(audio, chunks, repeat or 0)
+
+    def _tail(self) -> np.ndarray:
+        """The delivered audio kept, oldest first."""
+        return np.roll(self.ring, -self.end)[len(self.ring) - self.filled :].astype(np.float64)
+
+    def _repeats_to_the_end(self, audio: np.ndarray, repeat: int) -> bool:
+        """Whether `audio` from the settle point to `repeat` is the delivered audio's last samples, every
+        RESUME_MATCH_SECONDS of it (silence in both passes): a loop heard earlier parts from it somewhere."""
+        if len(audio) < repeat:
+            return False  # the connection ended within the repeat
+        new = audio[self.settle : repeat].astype(np.float64)
+        old = self._tail()[-len(new):]
+        for begin in range(0, len(new), self.match):
+            a, b = new[begin : begin + self.match], old[begin : begin + self.match]
+            if np.sqrt(np.mean(b**2)) < SILENCE_RMS and np.sqrt(np.mean(a**2)) < SILENCE_RMS:
+                continue
+            if np.dot(a, b) < RESUME_MIN_CORRELATION * math.sqrt(np.dot(a, a) * np.dot(b, b)):
+                return False
+        return True
 
     def _repeat_length(self, audio: np.ndarray) -> int | None:
         """Samples at the start of `audio` that repeat the end of the delivered audio; None if it does not."""
-        tail = np.roll(self.ring, -self.end)[len(self.ring) - self.filled :].astype(np.float64)
+        tail = self._tail()
         piece = audio[self.settle : self.settle + self.match].astype(np.float64)
         if len(piece) < self.match or len(tail) < self.match or np.sqrt(np.mean(piece**2)) < SILENCE_RMS:
             return None  # too little, or silence, which repeats anywhere
