@@ -43,7 +43,7 @@ class AudioWindow:
     offset: float  # stream time of the window start
     air_time: float  # UTC epoch seconds of the window start
     samples: np.ndarray = field(repr=False)
-    after_gap: bool = False  # the stream dropped or stalled just before: no play may span this point
+    after_gap: bool = False  # the stream dropped or stalled just before: no run of evidence spans this point
 
 
 @dataclass(frozen=True)

@@ -316,11 +316,41 @@ def test_a_herald_round_trips_through_json_and_is_withdrawn_at_a_gap() -> None:
     assert events[1].play_id == state.herald.play_id and closed.herald is None
 
 
-def test_a_gap_closes_the_play() -> None:
-    _, events = run(broadcast(90, [Segment("track-4", 0.0, 90.0, ref_start=10)], gaps=((35.0, 40.0),)))
+@pytest.mark.parametrize("speed", [0.96, 1.0, 1.05])
+def test_a_gap_of_the_stream_up_to_the_dropout_keeps_the_airing_one_play(speed: float) -> None:
+    """A reconnect loses seconds of the stream, and the station plays on meanwhile: the song heard again on its
+    line after the gap is the same airing (one royalty), as after a dropout of evidence; a longer gap ends it."""
+    gap = PlayConfig().dropout_seconds
+    for seconds in np.arange(0.5, gap - HOP, 1.5):
+        _, events = run(broadcast(100, [Segment("track-4", 5.0, 95.0, ref_start=10.0, speed=speed)], seed=int(seconds * 2),
+                                  gaps=((40.0, 40.0 + seconds),)))
+        (ended,) = plays(events)
+        assert ended.stream_start == pytest.approx(5.0, abs=0.5) and ended.stream_end == pytest.approx(95.0, abs=0.6), seconds
+        assert ended.speed == pytest.approx(speed, abs=0.01)
+    for seconds in (gap + 1.0, gap + 20.0):
+        _, events = run(broadcast(140, [Segment("track-4", 5.0, 135.0, ref_start=10.0, speed=speed)], gaps=((40.0, 40.0 + seconds),)))
+        first, second = plays(events)
+        assert first.stream_end <= 40.5 and second.stream_start >= 40.0 + seconds  # the last window before the gap ends at 40.5
+
+
+def test_another_track_after_a_gap_ends_the_play_at_its_last_window_before_the_gap() -> None:
+    _, events = run(broadcast(90, [Segment("track-4", 0.0, 37.0, ref_start=10), Segment("track-5", 37.0, 90.0, ref_start=20)],
+                              gaps=((35.0, 40.0),)))
     first, second = plays(events)
-    assert first.stream_end <= 35.5  # the end of the last window before the gap
-    assert second.stream_start >= 40.0
+    assert (first.track_id, second.track_id) == ("track-4", "track-5")
+    assert first.stream_end == pytest.approx(35.0, abs=0.6) and second.stream_start >= 40.0
+
+
+def test_stream_time_that_goes_back_at_a_gap_closes_the_play_there() -> None:
+    """A new ingest run counts its stream time from 0 again: no line of the run before reaches into it."""
+    before = broadcast(60, [Segment("track-4", 0.0, 60.0, ref_start=10)])
+    again = broadcast(30, [Segment("track-4", 0.0, 30.0, ref_start=70)], seed=1)
+    restarted = [replace(h, seq=len(before) + h.seq, after_gap=h.seq == 0) for h in again]
+    _, events = run(before + restarted)
+    first, second = plays(events)
+    assert first.stream_end == pytest.approx(60.0, abs=0.6) and second.stream_start == pytest.approx(0.0, abs=0.5)
+    second_heard = next(i for i, e in enumerate(events) if e.play_id == second.play_id)
+    assert events.index(first) < second_heard  # ended at the gap, before the new run's play was heard
 
 
 def test_a_version_1_state_carries_on_its_announced_play() -> None:

@@ -38,7 +38,9 @@ How a play is found and bounded (times are window starts in stream seconds; t_re
   gap has passed. Another line of its track found meanwhile is the same airing (a line refitted a little
   off, or one loop away), unless it starts the track from the top after the play fell silent: the track
   played again. The play ends sooner, after `takeover_seconds`, if another track's run spanning
-  `min_play_seconds` and sure is found meanwhile, and at once at a gap of the stream.
+  `min_play_seconds` and sure is found meanwhile. A gap of the stream (a reconnect) shorter than
+  `dropout_seconds` is such a dropout too: the play carries on if its line is heard again after it; a
+  longer gap, or a stream whose time went back (a new ingest run), ends it at once.
 - Boundaries come from the alignment, not from hit windows: the first and last supporting windows,
   corrected by `start_edge_seconds` / `end_edge_seconds` (a window matches once part of it holds the
   track; the figures are medians measured with `airtrace bench broadcast`), or the track's own
@@ -72,8 +74,7 @@ class PlayTracker:
             return state, []
         events: list[PlayNotice] = []
         if hits.after_gap:
-            state, events = self.close(state, catalog)
-            state = replace(state, floor_offset=hits.offset)
+            state, events = self._gap(state, hits, catalog)
         history = tuple(h for h in state.history if h.offset > hits.offset - self.config.history_seconds) + (hits,)
         spent = tuple((track, seq) for track, seq in state.spent if seq >= history[0].seq)
         state = replace(state, history=history, last_seq=hits.seq, spent=spent)
@@ -90,6 +91,18 @@ class PlayTracker:
             state, started = self._open(state, run, hits, catalog)
             events += started
         return state, events
+
+    def _gap(self, state: StreamState, hits: WindowHits, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
+        """The stream was lost just before `hits`. Its history is forgotten (no run spans the gap), and so is an
+        open play unless the gap is a short loss on the same clock: a reconnect whose stream time jumped ahead by
+        the time lost. That play is then silent, as in a dropout: it carries on as one airing if its line is heard
+        again within `dropout_seconds` (a station does not stop its song for our outage) and ends at its last
+        support otherwise. Stream time that went back (a new ingest run counts from 0) cannot be lined up."""
+        newest = state.history[-1].offset if state.history else None
+        if newest is not None and hits.offset > newest and hits.offset - newest < self.config.dropout_seconds:
+            return replace(state, history=(), pending=None, floor_offset=hits.offset), []
+        state, events = self.close(state, catalog)
+        return replace(state, floor_offset=hits.offset), events
 
     def close(self, state: StreamState, catalog: CatalogInfo) -> tuple[StreamState, list[PlayNotice]]:
         """End the open play (at a gap or the end of the stream) and forget the history."""
@@ -262,7 +275,7 @@ class PlayTracker:
     def _play_start(self, state: StreamState, play: OpenPlay) -> float:
         """Where the play starts, with a snapped start refined by the line as it is known now."""
         if play.start_snapped:
-            refined = max(play.reported.stream_time(0.0), state.floor_offset)
+            refined = max(play.reported.stream_time(0.0), min(state.floor_offset, play.stream_start))  # a play heard across a gap began before it
             if abs(refined - play.stream_start) <= self.config.snap_start_seconds:
                 return refined
         return play.stream_start
@@ -333,7 +346,11 @@ class PlayTracker:
         return play.last_support_offset - play.first_support_offset < self.config.realign_seconds
 
     def _move(self, state: StreamState, play: OpenPlay, run: Run, catalog: CatalogInfo) -> OpenPlay:
-        """The play on the line of `run`, its evidence restarted from that run's."""
+        """The play on the line of `run`, its evidence restarted from that run's. A play last heard before a gap of
+        the stream follows the run's line instead, keeping what it measured: stream time after a gap is the
+        clock's estimate of the time lost, so a line found there may lie off the play's without being another."""
+        if play.last_support_offset < state.floor_offset:
+            return self._follow_line(play, run)
         history = state.history
         start, snapped = self._start(state, run, catalog)
         if not snapped and not play.start_snapped or run.supports[0][0].seq == history[0].seq:
