@@ -338,6 +338,26 @@ def test_the_cli_lists_shows_and_exports_clusters(filled: PlayLog, tmp_path: Pat
     assert replaced.exit_code == 0 and (out / "clusters.csv").read_text().startswith("cluster_id,kind")
 
 
+
+def test_an_export_holds_the_airings_its_clusters_count(filled: PlayLog, tmp_path: Path) -> None:
+    """occurrences has what clusters counts: airings on the stream and in the range asked, and none a promotion made a play
+    (it listed every airing of each cluster, on any stream, at any time)."""
+    with filled.engine.begin() as connection:  # the song's latest airing is a play now; its first was before the range
+        connection.execute(unknowns_table.update().where(unknowns_table.c.unknown_id == unknown_id("radio-0", 1000))
+                           .values(promoted_play_id=play_id("radio-0", "x", 1)))
+    out = tmp_path / "export"
+    hour = datetime.fromtimestamp(DAY + 3000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    result = CliRunner().invoke(main, ["unknowns", "export", "--playlog", address(filled), "--out", str(out), "--format", "json", "--from", hour])
+    assert result.exit_code == 0, result.output
+    clusters = {row["cluster_id"]: row["plays"] for row in json.loads((out / "clusters.json").read_text())}
+    airings = [(row["cluster_id"], row["unknown_id"]) for row in json.loads((out / "occurrences.json").read_text())]
+    assert clusters == {SONG: 2, JINGLE: 2}
+    assert sorted(airings) == sorted([(SONG, unknown_id("radio-0", 350)), (SONG, unknown_id("radio-1", 730)),
+                                      (JINGLE, unknown_id("radio-1", 300)), (JINGLE, unknown_id("radio-1", 400))])
+    on_one = CliRunner().invoke(main, ["unknowns", "export", "--playlog", address(filled), "--out", str(tmp_path / "radio-0"), "--stream", "radio-0"])
+    assert on_one.exit_code == 0, on_one.output
+    assert [row["unknown_id"] for row in csv.DictReader((tmp_path / "radio-0" / "occurrences.csv").open())] == [unknown_id("radio-0", 350)]
+
 def test_the_cli_writes_the_airtime_report(filled: PlayLog, tmp_path: Path) -> None:
     where = address(filled)
     day = datetime.fromtimestamp(DAY, timezone.utc).date().isoformat()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,17 @@ class ClusterFilter:
     kind: str | None = None
     min_plays: int = 1
 
+    def airings(self) -> ColumnElement[bool]:
+        """The airings that count: clustered ones in the range and on the stream, still unknown music (airings
+        promoted into the catalog are plays now; `unknowns show` still has them)."""
+        condition = unknowns.c.cluster_id.is_not(None) & unknowns.c.promoted_play_id.is_(None) & self.span.where(unknowns.c.started_at)
+        return condition if self.stream is None else condition & (unknowns.c.stream_id == self.stream)
+
 
 def list_clusters(log: PlayLog, chosen: ClusterFilter = ClusterFilter()) -> Rows:
     """Clusters, most played first: plays, first and last airing, streams, typical duration, whether an excerpt is
-    saved. Airings promoted into the catalog are plays now, not unknown music (`unknowns show` still has them)."""
-    condition = unknowns.c.cluster_id.is_not(None) & unknowns.c.promoted_play_id.is_(None) & chosen.span.where(unknowns.c.started_at)
-    if chosen.stream is not None:
-        condition &= unknowns.c.stream_id == chosen.stream
-    rows = [row for row in _summaries(log, condition) if row["plays"] >= chosen.min_plays and chosen.kind in (None, row["kind"])]
+    saved, over the airings `chosen` counts."""
+    rows = [row for row in _summaries(log, chosen.airings()) if row["plays"] >= chosen.min_plays and chosen.kind in (None, row["kind"])]
     return CLUSTER_COLUMNS, sorted(rows, key=lambda row: (-row["plays"], row["first_seen"], row["cluster_id"]))
 
 
@@ -79,9 +81,8 @@ def list_stretches(log: PlayLog, span: TimeRange = TimeRange(), stream: str | No
     return STRETCH_COLUMNS, fetch_rows(log, query)
 
 
-def occurrences(log: PlayLog, cluster_ids: Sequence[str] | None = None) -> Rows:
-    """The airings of clusters (all of them without `cluster_ids`), by cluster and air time."""
-    condition = unknowns.c.cluster_id.is_not(None) if cluster_ids is None else unknowns.c.cluster_id.in_(cluster_ids)
+def occurrences(log: PlayLog, condition: ColumnElement[bool]) -> Rows:
+    """The airings that meet `condition`, by cluster and air time."""
     query = (select(*(unknowns.c[name] for name in OCCURRENCE_COLUMNS)).where(condition)
              .order_by(unknowns.c.cluster_id, unknowns.c.started_at, unknowns.c.unknown_id))
     return OCCURRENCE_COLUMNS, fetch_rows(log, query)
@@ -93,7 +94,7 @@ def show_cluster(log: PlayLog, cluster_id: str) -> tuple[dict[str, Any], Rows]:
     summaries = _summaries(log, unknowns.c.cluster_id == cluster)
     if not summaries:
         raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
-    return summaries[0], occurrences(log, [cluster])
+    return summaries[0], occurrences(log, unknowns.c.cluster_id == cluster)
 
 
 def parse_cluster_id(text: str) -> str:
@@ -111,7 +112,8 @@ def export(log: PlayLog, directory: Path, fmt: str, chosen: ClusterFilter = Clus
     with log.connect() as connection:
         excerpts = dict(connection.execute(select(cluster_excerpts.c.cluster_id, cluster_excerpts.c.excerpt)
                                            .where(cluster_excerpts.c.cluster_id.in_(ids))).all()) if ids else {}
-    tables = {directory / f"clusters.{fmt}": (columns, clusters), directory / f"occurrences.{fmt}": occurrences(log, ids)}
+    tables = {directory / f"clusters.{fmt}": (columns, clusters),
+              directory / f"occurrences.{fmt}": occurrences(log, chosen.airings() & unknowns.c.cluster_id.in_(ids))}
     audio = {directory / f"{cluster}.ogg": excerpts[cluster] for cluster in ids if cluster in excerpts}
     existing = [str(path) for path in [*tables, *audio] if path.exists()]
     if existing and not overwrite:
