@@ -21,7 +21,7 @@ from monitor.events import AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, pl
 from monitor.playlog.queries import TimeRange, airtime_report, list_plays
 from monitor.playlog.schema import cluster_excerpts
 from monitor.playlog.store import PlayLog, PlayLogError
-from monitor.playlog.unknowns import list_clusters
+from monitor.playlog.unknowns import list_clusters, list_stretches
 from monitor.promote import promote
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.options import UnknownConfig
@@ -232,7 +232,7 @@ def test_a_promoted_cluster_becomes_a_track_and_its_airings_plays(aired_twice, t
     catalog = Catalog.open(catalog_dir)
     assert [row["cluster_id"] for row in list_clusters(log)[1]] == [cluster]
     done = promote(log, catalog, cluster, "termigator", {"title": "Termigator"})
-    assert list_clusters(log)[1] == []  # its airings are plays now, not unknown music
+    assert list_clusters(log)[1] == [] and list_stretches(log)[1] == []  # its airings are plays now, not unknown music
     assert done.added and catalog.track("termigator").metadata == {"title": "Termigator", "promoted_from_cluster": cluster}
     _, rows = list_plays(log)
     assert sorted((r["stream_id"], r["track_id"], r["state"]) for r in rows) == [("radio-1", "termigator", "ended"), ("radio-2", "termigator", "ended")]

@@ -42,10 +42,15 @@ class ClusterFilter:
     min_plays: int = 1
 
     def airings(self) -> ColumnElement[bool]:
-        """The airings that count: clustered ones in the range and on the stream, still unknown music (airings
-        promoted into the catalog are plays now; `unknowns show` still has them)."""
-        condition = unknowns.c.cluster_id.is_not(None) & unknowns.c.promoted_play_id.is_(None) & self.span.where(unknowns.c.started_at)
-        return condition if self.stream is None else condition & (unknowns.c.stream_id == self.stream)
+        """The airings that count: the clustered stretches of `unknown_music`."""
+        return unknowns.c.cluster_id.is_not(None) & unknown_music(self.span, self.stream)
+
+
+def unknown_music(span: TimeRange, stream: str | None) -> ColumnElement[bool]:
+    """Stretches in the range and on the stream that are still unknown music: those promoted into the catalog
+    are plays now (`unknowns show` still has them)."""
+    condition = unknowns.c.promoted_play_id.is_(None) & span.where(unknowns.c.started_at)
+    return condition if stream is None else condition & (unknowns.c.stream_id == stream)
 
 
 def list_clusters(log: PlayLog, chosen: ClusterFilter = ClusterFilter()) -> Rows:
@@ -73,11 +78,9 @@ def _summaries(log: PlayLog, condition: ColumnElement[bool]) -> list[dict[str, A
 
 
 def list_stretches(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None = None) -> Rows:
-    """Every unknown stretch, clustered or not, oldest first."""
-    condition = span.where(unknowns.c.started_at)
-    if stream is not None:
-        condition &= unknowns.c.stream_id == stream
-    query = select(*(unknowns.c[name] for name in STRETCH_COLUMNS)).where(condition).order_by(unknowns.c.started_at, unknowns.c.unknown_id)
+    """Every stretch of unknown music, clustered or not, oldest first."""
+    query = (select(*(unknowns.c[name] for name in STRETCH_COLUMNS)).where(unknown_music(span, stream))
+             .order_by(unknowns.c.started_at, unknowns.c.unknown_id))
     return STRETCH_COLUMNS, fetch_rows(log, query)
 
 
