@@ -6,7 +6,8 @@ the track from their next catalog reload on. Each airing becomes a play with a d
 (`promoted_play_id`), dated where the unknown stretch was, placed in the recording by composing the
 matches that linked the airings (each stretch knows where it lies on the one it matched, and at which
 speed), with `track.promoted_from_cluster` saying where it came from; its unknown stretch names the play,
-so reports count those seconds once, as catalog music. Promoting the same cluster again changes nothing.
+so reports count those seconds once, as catalog music. Promoting the same cluster again changes nothing
+but the airings heard since; promoting it as another track is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from encoders import AudioError, load_audio
 from monitor.catalog import Catalog, CatalogError
 from monitor.events import ID_NAMESPACE, PlayEvent
 from monitor.playlog.schema import cluster_excerpts, unknowns
+from monitor.playlog.schema import plays as plays_table
 from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.playlog.unknowns import parse_cluster_id
 
@@ -41,6 +43,7 @@ class Airing:
     speed: float | None
     score: float | None
     stream: dict[str, Any]
+    promoted_play_id: str | None
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,13 @@ def promoted_play_id(unknown_id: str, track_id: str) -> str:
 
 def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadata: dict[str, str], audio_file: Path | None = None) -> Promotion:
     """Add the cluster's audio to `catalog` as `track_id` and its airings to `log` as plays. Raises PlayLogError
-    or CatalogError, having changed nothing, for a cluster that does not exist, audio that cannot be had, or
-    a track id the catalog holds for something else."""
+    or CatalogError, having changed nothing, for a cluster that does not exist or was promoted as another track,
+    audio that cannot be had, or a track id the catalog holds for something else."""
     cluster = parse_cluster_id(cluster)
     airings = _airings(log, cluster)
     if not airings:
         raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
+    _refuse_another_track(log, cluster, airings, track_id)
     source, audio = _audio(log, cluster, audio_file, catalog.encoder.sample_rate)
     metadata = {**metadata, "promoted_from_cluster": cluster}
     added = _add_track(catalog, track_id, audio, metadata)
@@ -76,11 +80,25 @@ def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadat
 
 def _airings(log: PlayLog, cluster: str) -> list[Airing]:
     columns = [unknowns.c[name] for name in ("unknown_id", "stream_id", "started_at", "stream_start", "stream_end", "matched_unknown_id",
-                                             "ref_start", "speed", "score", "stream")]
+                                             "ref_start", "speed", "score", "stream", "promoted_play_id")]
     with log.connect() as connection:
         rows = connection.execute(select(*columns).where(unknowns.c.cluster_id == cluster).order_by(unknowns.c.started_at)).all()
     return [Airing(r.unknown_id, r.stream_id, r.started_at.timestamp(), r.stream_start, r.stream_end, r.matched_unknown_id,
-                   r.ref_start, r.speed, r.score, r.stream or {}) for r in rows]
+                   r.ref_start, r.speed, r.score, r.stream or {}, r.promoted_play_id) for r in rows]
+
+
+def _refuse_another_track(log: PlayLog, cluster: str, airings: list[Airing], track_id: str) -> None:
+    """A cluster becomes one track: promoted again as another, its music would be in the catalog twice and
+    each airing two plays, counted twice in every report."""
+    promoted = [a.promoted_play_id for a in airings if a.promoted_play_id is not None]
+    if not promoted:
+        return
+    with log.connect() as connection:
+        earlier = set(connection.execute(select(plays_table.c.track_id).where(plays_table.c.play_id.in_(promoted))).scalars()) - {track_id}
+    if earlier:
+        first = min(earlier)
+        raise PlayLogError(f"cluster {cluster} was promoted already, as track {first!r}; as {track_id!r} too, its airings would be "
+                           f"counted twice. Give --track-id {first} (which adds the airings heard since)")
 
 
 def _audio(log: PlayLog, cluster: str, audio_file: Path | None, sample_rate: int) -> tuple[str | None, np.ndarray]:

@@ -255,6 +255,17 @@ def test_a_promoted_cluster_becomes_a_track_and_its_airings_plays(aired_twice, t
     assert [(e.state, e.track_id) for e in later if isinstance(e, PlayEvent)] == [("started", "termigator"), ("ended", "termigator")]
 
 
+
+def test_a_cluster_promoted_already_is_not_promoted_again_as_another_track(aired_twice) -> None:
+    """A second promotion under another track id (a typo corrected, with a better recording) added the music to
+    the catalog twice and made each airing two plays, counted twice in every report."""
+    log, catalog_dir, (_, repeat) = aired_twice
+    promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "termigator", {})
+    catalog, played = Catalog.open(catalog_dir).stats(), list_plays(log)[1]
+    with pytest.raises(PlayLogError, match="promoted already, as track 'termigator'.*twice"):
+        promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "termigator-2", {}, MUSIC / "termigator_reg-zbb.opus")
+    assert Catalog.open(catalog_dir).stats() == catalog and list_plays(log)[1] == played
+
 def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
     log, catalog_dir, (_, repeat) = aired_twice
     before = Catalog.open(catalog_dir).stats()
