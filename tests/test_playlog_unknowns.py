@@ -358,6 +358,20 @@ def test_an_export_holds_the_airings_its_clusters_count(filled: PlayLog, tmp_pat
     assert on_one.exit_code == 0, on_one.output
     assert [row["unknown_id"] for row in csv.DictReader((tmp_path / "radio-0" / "occurrences.csv").open())] == [unknown_id("radio-0", 350)]
 
+
+def test_an_export_that_cannot_be_written_says_so_and_leaves_no_file_of_its_own(filled: PlayLog, tmp_path: Path) -> None:
+    """It stopped with a traceback, the tables it had written left behind as if the export were whole."""
+    (tmp_path / "a-file").write_text("mine")
+    result = CliRunner().invoke(main, ["unknowns", "export", "--playlog", address(filled), "--out", str(tmp_path / "a-file" / "export")])
+    assert result.exit_code == 1 and "cannot write the export into" in result.output and "--out" in result.output, result.output
+    out = tmp_path / "export"
+    (out / f"{SONG}.ogg").mkdir(parents=True)  # in the way of the excerpt, written after the tables
+    (out / f"{SONG}.ogg" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["unknowns", "export", "--playlog", address(filled), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 1 and "cannot write the export into" in result.output, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [f"{SONG}.ogg", f"{SONG}.ogg/notes.txt"]
+    assert (tmp_path / "a-file").read_text() == "mine"
+
 def test_the_cli_writes_the_airtime_report(filled: PlayLog, tmp_path: Path) -> None:
     where = address(filled)
     day = datetime.fromtimestamp(DAY, timezone.utc).date().isoformat()

@@ -8,8 +8,10 @@ the rows are plain values ready for `write_rows`, as in monitor.playlog.queries.
 
 from __future__ import annotations
 
+import io
 import statistics
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,14 +119,35 @@ def export(log: PlayLog, directory: Path, fmt: str, chosen: ClusterFilter = Clus
                                            .where(cluster_excerpts.c.cluster_id.in_(ids))).all()) if ids else {}
     tables = {directory / f"clusters.{fmt}": (columns, clusters),
               directory / f"occurrences.{fmt}": occurrences(log, chosen.airings() & unknowns.c.cluster_id.in_(ids))}
-    audio = {directory / f"{cluster}.ogg": excerpts[cluster] for cluster in ids if cluster in excerpts}
-    existing = [str(path) for path in [*tables, *audio] if path.exists()]
+    files = {path: _table_text(*table, fmt).encode() for path, table in tables.items()}
+    files |= {directory / f"{cluster}.ogg": excerpts[cluster] for cluster in ids if cluster in excerpts}
+    existing = [str(path) for path in files if path.exists()]
     if existing and not overwrite:
         raise PlayLogError(f"{len(existing)} file(s) already exist, e.g. {existing[0]}; export into another directory, or give --overwrite to replace them")
-    directory.mkdir(parents=True, exist_ok=True)
-    for path, (table_columns, rows) in tables.items():
-        with path.open("w", encoding="utf-8", newline="") as out:
-            write_rows(table_columns, rows, fmt, out)
-    for path, data in audio.items():
-        path.write_bytes(data)
-    return [*tables, *audio]
+    _write_whole(directory, files)
+    return list(files)
+
+
+def _table_text(columns: Sequence[str], rows: Sequence[dict[str, Any]], fmt: str) -> str:
+    out = io.StringIO(newline="")
+    write_rows(columns, rows, fmt, out)
+    return out.getvalue()
+
+
+def _write_whole(directory: Path, files: dict[Path, bytes]) -> None:
+    """Write the files, or, when that fails or is interrupted, none of those not there before: a half export
+    reads as a whole one, and its files would stand in the way of the next try."""
+    created: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, data in files.items():
+            if not path.exists():
+                created.append(path)
+            path.write_bytes(data)
+        created = []
+    except OSError as exc:
+        raise PlayLogError(f"cannot write the export into {directory}: {exc.strerror or exc} ({exc.filename}); "
+                           "give --out a directory you can write to, with room for it") from None
+    finally:
+        for path in created:
+            path.unlink(missing_ok=True)
