@@ -898,8 +898,8 @@ def _open_playlog(location: str, migrate: bool = False):
 
 
 def _station_playlog(location: str, station: str | None):
-    """The play log, for a report of `station`: one it has never heard of is a misspelt stream id, whose empty
-    report would read as a station with no plays."""
+    """The play log, for a report or list of `station`: one it has never heard of is a misspelt stream id, whose
+    empty report would read as a station with no plays."""
     from monitor.playlog.queries import stations
 
     log = _open_playlog(location)
@@ -978,7 +978,7 @@ def plays_list(playlog, start, end, stream, track, min_confidence, include_hidde
     """Plays, oldest first; rejected plays only with --all."""
     from monitor.playlog.queries import list_plays, write_rows
 
-    write_rows(*list_plays(_open_playlog(playlog), _span(start, end), stream, track, min_confidence, include_hidden, limit), fmt, out)
+    write_rows(*list_plays(_station_playlog(playlog, stream), _span(start, end), stream, track, min_confidence, include_hidden, limit), fmt, out)
 
 
 @plays.command("reject")
@@ -1132,7 +1132,7 @@ def unknowns_list(playlog, start, end, stream, kind, min_plays, stretches, fmt, 
     from monitor.playlog.queries import write_rows
     from monitor.playlog.unknowns import list_clusters, list_stretches
 
-    log = _open_playlog(playlog)
+    log = _station_playlog(playlog, stream)
     if stretches:
         if kind or min_plays > 1:
             raise click.UsageError("--kind and --min-plays choose clusters; leave them out with --stretches")
@@ -1183,7 +1183,7 @@ def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt
     from monitor.playlog.unknowns import export
 
     try:
-        written = export(_open_playlog(playlog), Path(directory), fmt, _cluster_filter(start, end, stream, kind, min_plays), overwrite)
+        written = export(_station_playlog(playlog, stream), Path(directory), fmt, _cluster_filter(start, end, stream, kind, min_plays), overwrite)
     except PlayLogError as exc:
         raise click.ClickException(str(exc)) from exc
     excerpts = sum(path.suffix == ".ogg" for path in written)

@@ -189,8 +189,9 @@ def test_the_cli_lists_rejects_and_writes_reports_to_a_file(tmp_path: Path, loca
     out = tmp_path / "report.csv"
     assert runner.invoke(main, ["plays", "report", "--playlog", location, "--day", day, "--station", "radio-0", "--out", str(out)]).exit_code == 0
     assert [row["play_id"] for row in csv.DictReader(io.StringIO(out.read_text()))] == [events[4].play_id, events[8].play_id]
-    for command in (["report", "--day", day], ["cuesheet", "--day", day], ["totals"], ["airtime"]):  # a misspelt station
-        misspelt = runner.invoke(main, ["plays", *command, "--playlog", location, "--station", "radio-9"])
+    for command in (["report", "--day", day, "--station"], ["cuesheet", "--day", day, "--station"], ["totals", "--station"],
+                    ["airtime", "--station"], ["list", "--stream"]):  # a misspelt station
+        misspelt = runner.invoke(main, ["plays", *command, "radio-9", "--playlog", location])
         assert misspelt.exit_code == 1 and "no station 'radio-9' in the play log" in misspelt.output and "radio-0, radio-1" in misspelt.output
     assert runner.invoke(main, ["plays", "restore", events[0].play_id, "--playlog", location]).exit_code == 0
     missing = runner.invoke(main, ["plays", "reject", str(uuid.uuid4()), "--reason", "x", "--playlog", location])

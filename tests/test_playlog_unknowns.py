@@ -307,6 +307,10 @@ def test_the_cli_lists_shows_and_exports_clusters(filled: PlayLog, tmp_path: Pat
     stretches = runner.invoke(main, ["unknowns", "list", "--playlog", where, "--stretches", "--stream", "radio-2"])
     assert [row["unknown_id"] for row in csv.DictReader(io.StringIO(stretches.output))] == [unknown_id("radio-2", 380)]
     assert runner.invoke(main, ["unknowns", "list", "--playlog", where, "--stretches", "--kind", "song"]).exit_code == 2
+    for command in (["list"], ["list", "--stretches"], ["export", "--out", str(tmp_path / "misspelt")]):  # it read as a station without unknown music
+        misspelt = runner.invoke(main, ["unknowns", *command, "--playlog", where, "--stream", "radio-9"])
+        assert misspelt.exit_code == 1 and "no station 'radio-9' in the play log" in misspelt.output and "radio-0, radio-1, radio-2" in misspelt.output
+    assert not (tmp_path / "misspelt").exists()
 
     shown = runner.invoke(main, ["unknowns", "show", SONG, "--playlog", where])
     assert shown.exit_code == 0, shown.output
