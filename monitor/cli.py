@@ -915,13 +915,26 @@ OUTPUT_OPTIONS = _env_options(
     click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True, help="Output format."),
     click.option("--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here instead of stdout."),
 )
-UTC_TIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
 
-def _utc(value):
-    from datetime import timezone
+class _UTCTime(click.ParamType):
+    """An ISO 8601 time as the reports write them (2026-11-24T23:31:03.250Z) or plainer (2026-11-24,
+    2026-11-24 06:00): UTC without an offset, converted to UTC with one (+01:00)."""
 
-    return None if value is None else value.replace(tzinfo=timezone.utc)
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from datetime import datetime, timezone
+
+        try:
+            moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a time; give an ISO 8601 time such as 2026-11-24, 2026-11-24T06:00:00 or "
+                      "2026-11-24T06:00:00.000Z (UTC unless it has an offset such as +01:00)", param, ctx)
+        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+UTC_TIME = _UTCTime()
 
 
 def _span(start, end, day=None):
@@ -934,12 +947,13 @@ def _span(start, end, day=None):
     if start is not None and end is not None and start >= end:
         raise click.UsageError(f"--from {start:%Y-%m-%dT%H:%M:%S} is not before --to {end:%Y-%m-%dT%H:%M:%S}, so the range holds "
                                "no time (--to is exclusive); give the earlier time to --from")
-    return TimeRange(_utc(start), _utc(end))
+    return TimeRange(start, end)
 
 
 RANGE_OPTIONS = _env_options(
-    click.option("--from", "start", type=UTC_TIME, help="From this UTC time (inclusive), e.g. 2026-11-24 or 2026-11-24T06:00:00."),
-    click.option("--to", "end", type=UTC_TIME, help="Up to this UTC time (exclusive)."),
+    click.option("--from", "start", type=UTC_TIME, help="From this time (inclusive), UTC unless it has an offset: 2026-11-24, 2026-11-24T06:00:00, "
+                                                        "2026-11-24T06:00:00.000Z or 2026-11-24T07:00:00+01:00."),
+    click.option("--to", "end", type=UTC_TIME, help="Up to this time (exclusive), written as --from."),
 )
 STATION_OPTION = click.option("--station", help="Only this station (stream id) [all].")
 STATION_DAY_OPTIONS = _env_options(

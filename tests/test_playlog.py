@@ -183,6 +183,13 @@ def test_the_cli_lists_rejects_and_writes_reports_to_a_file(tmp_path: Path, loca
     listed = runner.invoke(main, ["plays", "list", "--playlog", location, "--stream", "radio-0", "--format", "json"])
     assert listed.exit_code == 0, listed.output
     assert [row["play_id"] for row in json.loads(listed.output)] == [e.play_id for e in events[::4]]
+    midnight_in_utc_plus_2 = f"{date.fromtimestamp(DAY).isoformat()}T02:00:00+02:00"
+    for since, plays in ((json.loads(listed.output)[1]["started_at"], events[4::4]), (midnight_in_utc_plus_2, events[::4])):  # as lists write times
+        later = runner.invoke(main, ["plays", "list", "--playlog", location, "--stream", "radio-0", "--from", since, "--format", "json"])
+        assert later.exit_code == 0, later.output
+        assert [row["play_id"] for row in json.loads(later.output)] == [e.play_id for e in plays]
+    bad = runner.invoke(main, ["plays", "list", "--playlog", location, "--from", "24/11/2026"])
+    assert bad.exit_code == 2 and "'24/11/2026' is not a time" in bad.output and "ISO 8601" in bad.output
     result = runner.invoke(main, ["plays", "reject", events[0].play_id, "--reason", "test", "--by", "me", "--playlog", location])
     assert result.exit_code == 0 and "rejected" in result.output
     day = date.fromtimestamp(DAY).isoformat()
