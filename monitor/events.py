@@ -192,6 +192,15 @@ def cluster_id(first_unknown_id: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"cluster\x1f{first_unknown_id}"))
 
 
+# The track metadata key of a play `airtrace unknowns promote` made: the cluster it was.
+PROMOTED_FROM = "promoted_from_cluster"
+
+
+def promoted_play_id(unknown_id: str, track_id: str) -> str:
+    """The play an unknown stretch becomes when its cluster is promoted to `track_id`."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"promoted\x1f{unknown_id}\x1f{track_id}"))
+
+
 @dataclass(frozen=True)
 class UnknownEvent(KindEvent):
     """A stretch of music on a stream that no catalog play covered, decided once it ended (one event, no

@@ -13,7 +13,6 @@ but the airings heard since; promoting it as another track is refused.
 from __future__ import annotations
 
 import io
-import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from sqlalchemy import bindparam, select, update
 
 from encoders import AudioError, load_audio
 from monitor.catalog import Catalog, CatalogError
-from monitor.events import ID_NAMESPACE, PlayEvent
+from monitor.events import PROMOTED_FROM, PlayEvent, promoted_play_id
 from monitor.playlog.schema import cluster_excerpts, unknowns
 from monitor.playlog.schema import plays as plays_table
 from monitor.playlog.store import PlayLog, PlayLogError
@@ -53,11 +52,6 @@ class Promotion:
     plays: list[PlayEvent]  # started and ended event of each airing
 
 
-def promoted_play_id(unknown_id: str, track_id: str) -> str:
-    """The play an unknown stretch becomes when its cluster is promoted to `track_id`."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"promoted\x1f{unknown_id}\x1f{track_id}"))
-
-
 def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadata: dict[str, str], audio_file: Path | None = None) -> Promotion:
     """Add the cluster's audio to `catalog` as `track_id` and its airings to `log` as plays. Raises PlayLogError
     or CatalogError, having changed nothing, for a cluster that does not exist or was promoted as another track,
@@ -68,7 +62,7 @@ def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadat
         raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
     _refuse_another_track(log, cluster, airings, track_id)
     source, audio = _audio(log, cluster, audio_file, catalog.encoder.sample_rate)
-    metadata = {**metadata, "promoted_from_cluster": cluster}
+    metadata = {**metadata, PROMOTED_FROM: cluster}
     added = _add_track(catalog, track_id, audio, metadata)
     plays = _plays(airings, source, len(audio) / catalog.encoder.sample_rate, track_id, metadata)
     log.apply(event.to_json() for event in plays)
@@ -124,7 +118,7 @@ def _add_track(catalog: Catalog, track_id: str, audio: np.ndarray, metadata: dic
     except CatalogError:
         catalog.add_audio(track_id, audio, metadata)
         return True
-    if known.metadata.get("promoted_from_cluster") != metadata["promoted_from_cluster"]:
+    if known.metadata.get(PROMOTED_FROM) != metadata[PROMOTED_FROM]:
         raise CatalogError(f"track id {track_id!r} is already in the catalog for other audio; give another --track-id")
     return False
 

@@ -256,6 +256,23 @@ def test_a_promoted_cluster_becomes_a_track_and_its_airings_plays(aired_twice, t
 
 
 
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("plays_first", [False, True])
+def test_a_play_log_rebuilt_from_the_events_keeps_the_promotion(aired_twice, tmp_path: Path, request: pytest.FixtureRequest, database: str,
+                                                                plays_first: bool) -> None:
+    """The stretches' events and the promoted plays' (`promote --events`) imported into a new play log, in either
+    order, count the airings once, as catalog music: they counted twice, the cluster listed as unknown music again."""
+    log, catalog_dir, stretches = aired_twice
+    done = promote(log, Catalog.open(catalog_dir), stretches[1].cluster_id, "termigator", {})
+    rebuilt = PlayLog.open(tmp_path / "rebuilt.sqlite" if database == "sqlite" else request.getfixturevalue("postgres_url"), migrate=True)
+    for events in ([done.plays, stretches] if plays_first else [stretches, done.plays]):
+        rebuilt.apply(e.to_json() for e in events)
+    assert list_clusters(rebuilt)[1] == [] and list_stretches(rebuilt)[1] == []
+    _, hours = airtime_report(rebuilt, TimeRange())
+    assert sum(h["unknown_music"] for h in hours) == 0.0
+    assert sum(h["catalog_music"] for h in hours) == pytest.approx(sum(s.duration for s in stretches))
+
 def test_a_cluster_promoted_already_is_not_promoted_again_as_another_track(aired_twice) -> None:
     """A second promotion under another track id (a typo corrected, with a better recording) added the music to
     the catalog twice and made each airing two plays, counted twice in every report."""

@@ -10,8 +10,9 @@ clean pass, and a user's rejection survives any replay.
 Beside plays the log stores the kinds of schema version 2: an `unknown` event is one row per stretch
 (a duplicate changes nothing but a cluster the row lacked), and when it names the earlier stretch it
 repeats, that row joins its cluster too, whichever of the two arrives first; an `airtime` event is one
-row, written once. An event of a kind or version this code does not know is skipped and reported
-(UnsupportedEvent), never stored half-understood, and the rest of its batch is stored.
+row, written once. A stretch and the play `airtrace unknowns promote` made of it are linked again whichever
+of the two an import brings first. An event of a kind or version this code does not know is skipped and
+reported (UnsupportedEvent), never stored half-understood, and the rest of its batch is stored.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
-from monitor.events import KINDS_SCHEMA_VERSION, SCHEMA_VERSION, from_iso
+from monitor.events import KINDS_SCHEMA_VERSION, PROMOTED_FROM, SCHEMA_VERSION, from_iso, promoted_play_id
 from monitor.playlog.schema import CONTENT_CLASSES, ROW_STATE, airtime, plays, state_rank, unknowns
 from monitor.records import check_id
 
@@ -189,6 +190,7 @@ class PlayLog:
                 for round_ in _rounds(by_kind["unknown"], key="unknown_id"):
                     connection.execute(_unknowns_upsert(dialect), round_)
                 _join_matched(connection, by_kind["unknown"])
+            _link_promoted(connection, by_kind["play"], by_kind["unknown"])
             if by_kind["airtime"]:
                 connection.execute(_insert(dialect, airtime).on_conflict_do_nothing(index_elements=[airtime.c.event_id]), by_kind["airtime"])
 
@@ -305,6 +307,29 @@ def _join_matched(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
     if unclustered:
         connection.execute(update(unknowns).where(and_(unknowns.c.unknown_id == bindparam("target"), unknowns.c.cluster_id.is_(None)))
                            .values(cluster_id=func.coalesce(from_later, unknowns.c.cluster_id)), unclustered)
+
+
+def _link_promoted(connection: Connection, play_rows: Sequence[dict[str, Any]], unknown_rows: Sequence[dict[str, Any]]) -> None:
+    """A stretch names the play `unknowns promote` made of it, as the promotion had it named, whichever of the two
+    an import brings first: that play's id is promoted_play_id(stretch, track), on the stretch's stream at its start."""
+    links = []
+    for row in play_rows:
+        if PROMOTED_FROM in row["track"]:
+            stretches = connection.execute(select(unknowns.c.unknown_id).where(_starting_with(unknowns, row))).scalars()
+            links += [{"target": stretch, "play": row["play_id"]} for stretch in stretches
+                      if promoted_play_id(stretch, row["track_id"]) == row["play_id"]]
+    for row in unknown_rows:
+        played = connection.execute(select(plays.c.play_id, plays.c.track_id).where(_starting_with(plays, row)))
+        links += [{"target": row["unknown_id"], "play": play} for play, track in played if promoted_play_id(row["unknown_id"], track) == play]
+    if links:
+        connection.execute(update(unknowns).where(and_(unknowns.c.unknown_id == bindparam("target"), unknowns.c.promoted_play_id.is_(None)))
+                           .values(promoted_play_id=bindparam("play")), links)
+
+
+def _starting_with(table: Any, row: Mapping[str, Any]) -> Any:
+    """The rows of `table` on the stream of `row` that start when it does (events give times to the millisecond)."""
+    start = row["started_at"]
+    return (table.c.stream_id == row["stream_id"]) & table.c.started_at.between(start - ROUNDING, start + ROUNDING)
 
 
 def _pick(condition: Any, then: Any, otherwise: Any) -> Any:
