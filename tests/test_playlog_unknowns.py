@@ -281,6 +281,7 @@ def test_clusters_are_listed_with_their_kind_airings_and_excerpt(filled: PlayLog
     assert [(row["cluster_id"], row["plays"], row["first_seen"]) for row in later] == [(SONG, 2, iso_utc(DAY + 7300)), (JINGLE, 1, iso_utc(DAY + 4000))]
     stretches = unknowns.list_stretches(filled)[1]
     assert len(stretches) == 7 and sum(row["cluster_id"] is None for row in stretches) == 1
+    assert stretches[1]["music_seconds"] == 9.45  # 10.5 s * 0.9, rounded as every figure is: not 9.450000000000001
 
 
 def test_airtime_per_station_and_hour_clips_plays_and_stretches_to_the_hour(filled: PlayLog) -> None:

@@ -34,7 +34,8 @@ AIRTIME_COLUMNS = ["station", "hour_utc", "catalog_music", "unknown_music", *CON
 # No play or unknown stretch lasts longer: what lets a range's overlapping airings be found by their start (indexed).
 LONGEST_AIRING = timedelta(days=1)
 # Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
-DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3, "confidence": 4}
+DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "music_seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3,
+            "confidence": 4}
 
 
 @dataclass(frozen=True)
