@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 
 from encoders import AudioError, load_audio
 from monitor.catalog import Catalog, CatalogError
@@ -65,10 +65,7 @@ def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadat
     metadata = {**metadata, PROMOTED_FROM: cluster}
     added = _add_track(catalog, track_id, audio, metadata)
     plays = _plays(airings, source, len(audio) / catalog.encoder.sample_rate, track_id, metadata)
-    log.apply(event.to_json() for event in plays)
-    with log.engine.begin() as connection:
-        connection.execute(update(unknowns).where(unknowns.c.unknown_id == bindparam("target")).values(promoted_play_id=bindparam("play")),
-                           [{"target": a.unknown_id, "play": promoted_play_id(a.unknown_id, track_id)} for a in airings])
+    log.apply(event.to_json() for event in plays)  # which also has each stretch name its play, in the same transaction
     return Promotion(track_id, added, plays)
 
 
