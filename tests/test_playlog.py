@@ -149,6 +149,8 @@ def test_a_rejection_survives_replays_and_restore_brings_the_play_back(playlog: 
     ({"score": float("inf")}, "score inf is not a number"),
     ({"duration": -5.0}, "ends .* before it starts"),
     ({"ended_at": "2020-01-01T00:00:00Z"}, "ends .* before it starts"),
+    ({"ended_at": "9999-12-31T00:00:00Z"}, "lasts longer than any play can"),  # `plays airtime` split it into 70 M hours
+    ({"duration": 2e5}, "lasts longer than any play can"),
     ({"stream_id": "radio\t1"}, "printable text"),
     ({"track_id": "x" * 100_000}, "bytes long"),
 ])

@@ -19,7 +19,7 @@ from typing import IO, Any
 from sqlalchemy import ColumnElement, func, select, true
 
 from monitor.playlog.schema import CONTENT_CLASSES, UTCDateTime, airtime, plays, unknowns, visible
-from monitor.playlog.store import PlayLog
+from monitor.playlog.store import LONGEST_AIRING, PlayLog
 
 Rows = tuple[list[str], list[dict[str, Any]]]
 
@@ -31,8 +31,6 @@ REPORT_COLUMNS = ["timestamp_utc", "played_duration", "station", "title", "artis
 CUESHEET_COLUMNS = ["cue", "start_utc", "end_utc", "duration", "title", "artist", "isrc", "album", "track_id"]
 TOTALS_COLUMNS = ["station", "track_id", "title", "artist", "isrc", "plays", "seconds"]
 AIRTIME_COLUMNS = ["station", "hour_utc", "catalog_music", "unknown_music", *CONTENT_CLASSES]
-# No play or unknown stretch lasts longer: what lets a range's overlapping airings be found by their start (indexed).
-LONGEST_AIRING = timedelta(days=1)
 # Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
 DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "music_seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3,
             "confidence": 4}

@@ -439,6 +439,9 @@ def play_row(data: Mapping[str, Any]) -> dict[str, Any]:
         started_at, ended_at, duration = _time(data, "started_at"), _time(data, "ended_at", optional=True), _number(data, "duration", optional=True)
         if ended_at is not None and ended_at < started_at - ROUNDING or duration is not None and duration < -ROUNDING.total_seconds():
             raise MalformedPlay(f"it ends ({data.get('ended_at')}, {duration} s) before it starts ({data['started_at']})")
+        if ended_at is not None and ended_at - started_at > LONGEST_AIRING or duration is not None and duration > LONGEST_AIRING.total_seconds():
+            raise MalformedPlay(f"it lasts longer than any play can ({data.get('ended_at')}, {duration} s from {data['started_at']}; "
+                                f"no track lasts {LONGEST_AIRING.total_seconds() / 3600:.0f} h)")
         return {
             "play_id": play_id, "stream_id": _id(data, "stream_id"), "track_id": _id(data, "track_id"),
             **{key: None if track.get(key) is None else str(track[key]) for key in ("title", "artist", "isrc", "album")},
@@ -470,6 +473,9 @@ def _text(data: Mapping[str, Any], key: str) -> str:
 
 
 ROUNDING = timedelta(milliseconds=1)  # events write times to the millisecond
+# No play lasts longer (no track does; the log refuses a play that claims to, whose garbled end in the year 9999
+# reports split into millions of hours): what lets a range's overlapping airings be found by their start (indexed).
+LONGEST_AIRING = timedelta(days=1)
 
 
 def _id(data: Mapping[str, Any], key: str) -> str:
