@@ -123,6 +123,12 @@ def test_an_unknown_kind_or_version_is_skipped_and_the_rest_of_the_batch_stored(
     ("airtime", {"seconds": {"music": 10, "applause": 3}}, "is not an object of content classes"),
     ("airtime", {"first_seq": -1}, "first_seq -1 is not a window number"),
     ("airtime", {"hour": "noon"}, "hour 'noon' is not an ISO 8601"),
+    # as for plays: they were stored, and reports added up negative seconds
+    ("unknown", {"stream_end": 0.0}, "ends .* before it starts"),
+    ("unknown", {"ended_at": "2020-01-01T00:00:00.000Z"}, "ends .* before it starts"),
+    ("unknown", {"stream_id": "radio\t1"}, "printable text"),
+    ("airtime", {"seconds": {"music": -3600.0}}, "negative number of seconds"),
+    ("airtime", {"stream_id": "radio\t1"}, "printable text"),
 ])
 def test_a_malformed_unknown_or_airtime_event_is_named_and_nothing_of_its_batch_written(playlog: PlayLog, kind: str, change: dict,
                                                                                         complaint: str) -> None:

@@ -376,9 +376,12 @@ def unknown_row(data: Mapping[str, Any]) -> dict[str, Any]:
     """The row of an `unknown` event (UnknownEvent.to_json()); MalformedEvent names the field that is wrong."""
     try:
         stream_start, stream_end = _number(data, "stream_start"), _number(data, "stream_end")
+        started_at, ended_at = _time(data, "started_at"), _time(data, "ended_at")
+        if stream_end < stream_start or ended_at < started_at - ROUNDING:
+            raise MalformedEvent(f"it ends ({data['ended_at']}, stream second {stream_end}) before it starts ({data['started_at']}, {stream_start})")
         return {
-            "unknown_id": _uuid(data, "unknown_id"), "event_id": _uuid(data, "event_id"), "stream_id": _text(data, "stream_id"),
-            "started_at": _time(data, "started_at"), "ended_at": _time(data, "ended_at"), "duration": stream_end - stream_start,
+            "unknown_id": _uuid(data, "unknown_id"), "event_id": _uuid(data, "event_id"), "stream_id": _id(data, "stream_id"),
+            "started_at": started_at, "ended_at": ended_at, "duration": stream_end - stream_start,
             "stream_start": stream_start, "stream_end": stream_end, "music_seconds": _number(data, "music_seconds"),
             "decided_offset": _number(data, "decided_offset"),
             "cluster_id": _uuid(data, "cluster_id", optional=True), "matched_unknown_id": _uuid(data, "matched_unknown_id", optional=True),
@@ -397,11 +400,13 @@ def airtime_row(data: Mapping[str, Any]) -> dict[str, Any]:
         seconds = data["seconds"]
         if not isinstance(seconds, Mapping) or set(seconds) - set(CONTENT_CLASSES):
             raise MalformedEvent(f"seconds {seconds!r} is not an object of content classes ({', '.join(CONTENT_CLASSES)})")
+        if any((_number(seconds, name, optional=True) or 0.0) < 0.0 for name in CONTENT_CLASSES):
+            raise MalformedEvent(f"seconds {seconds!r} holds a negative number of seconds")
         first_seq = data["first_seq"]
         if not _is_count(first_seq) or first_seq < 0:
             raise MalformedEvent(f"first_seq {first_seq!r} is not a window number")
         return {
-            "event_id": _uuid(data, "event_id"), "stream_id": _text(data, "stream_id"), "hour": _time(data, "hour"), "first_seq": first_seq,
+            "event_id": _uuid(data, "event_id"), "stream_id": _id(data, "stream_id"), "hour": _time(data, "hour"), "first_seq": first_seq,
             **{name: _number(seconds, name, optional=True) or 0.0 for name in CONTENT_CLASSES},
             "decided_offset": _number(data, "decided_offset"), "stream": _object(data, "stream"),
         }
