@@ -900,10 +900,11 @@ def _open_playlog(location: str, migrate: bool = False):
 def _station_playlog(location: str, station: str | None):
     """The play log, for a report or list of `station`: one it has never heard of is a misspelt stream id, whose
     empty report would read as a station with no plays."""
-    from monitor.playlog.queries import stations
+    from monitor.playlog.queries import has_station, stations
 
     log = _open_playlog(location)
-    if station is not None and station not in (known := stations(log)):
+    if station is not None and not has_station(log, station):
+        known = stations(log)
         shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
         raise click.ClickException(f"no station {station!r} in the play log at {log.where}; its stations are: {shown or 'none yet'}")
     return log

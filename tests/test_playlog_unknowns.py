@@ -383,6 +383,12 @@ def test_an_export_that_cannot_be_written_says_so_and_leaves_no_file_of_its_own(
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [f"{SONG}.ogg", f"{SONG}.ogg/notes.txt"]
     assert (tmp_path / "a-file").read_text() == "mine"
 
+
+def test_a_station_heard_only_in_unknown_music_or_airtime_is_known(playlog: PlayLog) -> None:
+    playlog.apply([synthetic_airtime()[0].to_json(), stretch("radio-7", 1, 0, 30.0).to_json()])
+    assert [queries.has_station(playlog, station) for station in ("radio-0", "radio-7", "radio-9")] == [True, True, False]
+    assert queries.stations(playlog) == ["radio-0", "radio-7"]
+
 def test_the_cli_writes_the_airtime_report(filled: PlayLog, tmp_path: Path) -> None:
     where = address(filled)
     day = datetime.fromtimestamp(DAY, timezone.utc).date().isoformat()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import IO, Any
 
-from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy import ColumnElement, exists, func, select, true
 
 from monitor.playlog.schema import CONTENT_CLASSES, UTCDateTime, airtime, plays, unknowns, visible
 from monitor.playlog.store import LONGEST_AIRING, PlayLog
@@ -68,6 +68,14 @@ def stations(log: PlayLog) -> list[str]:
     query = select(plays.c.stream_id).union(select(airtime.c.stream_id), select(unknowns.c.stream_id))
     with log.connect() as connection:
         return sorted(connection.execute(query).scalars())
+
+
+def has_station(log: PlayLog, station: str) -> bool:
+    """Whether the play log heard `station`: an index lookup in each table, where `stations` reads every row."""
+    query = select(exists().where(plays.c.stream_id == station) | exists().where(airtime.c.stream_id == station)
+                   | exists().where(unknowns.c.stream_id == station))
+    with log.connect() as connection:
+        return bool(connection.execute(query).scalar())
 
 
 def list_plays(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None = None, track: str | None = None,
