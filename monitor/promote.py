@@ -26,7 +26,7 @@ from monitor.catalog import Catalog, CatalogError
 from monitor.events import PROMOTED_FROM, PlayEvent, promoted_play_id
 from monitor.playlog.schema import cluster_excerpts, unknowns
 from monitor.playlog.schema import plays as plays_table
-from monitor.playlog.store import PlayLog, PlayLogError
+from monitor.playlog.store import EventRow, MalformedEvent, PlayLog, PlayLogError, play_row
 from monitor.playlog.unknowns import parse_cluster_id
 
 
@@ -63,9 +63,10 @@ def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadat
     _refuse_another_track(log, cluster, airings, track_id)
     source, audio = _audio(log, cluster, audio_file, catalog.encoder.sample_rate)
     metadata = {**metadata, PROMOTED_FROM: cluster}
-    added = _add_track(catalog, track_id, audio, metadata)
     plays = _plays(airings, source, len(audio) / catalog.encoder.sample_rate, track_id, metadata)
-    log.apply(event.to_json() for event in plays)  # which also has each stretch name its play, in the same transaction
+    rows = _rows(airings, plays)
+    added = _add_track(catalog, track_id, audio, metadata)
+    log.write(rows)  # which also has each stretch name its play, in the same transaction
     return Promotion(track_id, added, plays)
 
 
@@ -90,6 +91,18 @@ def _refuse_another_track(log: PlayLog, cluster: str, airings: list[Airing], tra
         first = min(earlier)
         raise PlayLogError(f"cluster {cluster} was promoted already, as track {first!r}; as {track_id!r} too, its airings would be "
                            f"counted twice. Give --track-id {first} (which adds the airings heard since)")
+
+
+def _rows(airings: list[Airing], plays: list[PlayEvent]) -> list[EventRow]:
+    """The play log's rows of the new plays, checked before the catalog changes: an airing the log cannot take
+    as a play (a stretch longer than any play, of a station that aired music non-stop) stops the promotion."""
+    rows = []
+    for airing, started, ended in zip(airings, plays[::2], plays[1::2]):
+        try:
+            rows += [("play", play_row(started.to_json())), ("play", play_row(ended.to_json()))]
+        except MalformedEvent as exc:
+            raise PlayLogError(f"cannot make a play of airing {airing.unknown_id} ({exc}); nothing was changed") from None
+    return rows
 
 
 def _audio(log: PlayLog, cluster: str, audio_file: Path | None, sample_rate: int) -> tuple[str | None, np.ndarray]:

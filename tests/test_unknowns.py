@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from monitor.cli import main
 from monitor.events import AirtimeEvent, PlayEvent, UnknownEvent, cluster_id, play_id
 from monitor.playlog.queries import TimeRange, airtime_report, list_plays
 from monitor.playlog.schema import cluster_excerpts
+from monitor.playlog.schema import unknowns as unknowns_table
 from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.playlog.unknowns import list_clusters, list_stretches
 from monitor.promote import promote
@@ -282,6 +284,20 @@ def test_a_cluster_promoted_already_is_not_promoted_again_as_another_track(aired
     with pytest.raises(PlayLogError, match="promoted already, as track 'termigator'.*twice"):
         promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "termigator-2", {}, MUSIC / "termigator_reg-zbb.opus")
     assert Catalog.open(catalog_dir).stats() == catalog and list_plays(log)[1] == played
+
+
+def test_an_airing_that_cannot_be_a_play_stops_the_promotion_before_anything_changes(aired_twice) -> None:
+    """The first airing as a stretch of two days (a non-stop station's, whose repeat was one song in it): its play
+    is malformed, which was found after the catalog had the track, with a traceback."""
+    log, catalog_dir, (first, repeat) = aired_twice
+    two_days = 2 * 86400.0
+    with log.engine.begin() as connection:
+        connection.execute(unknowns_table.update().where(unknowns_table.c.unknown_id == first.unknown_id)
+                           .values(stream_end=first.stream_start + two_days, ended_at=datetime.fromtimestamp(first.started_at + two_days, timezone.utc)))
+    before = Catalog.open(catalog_dir).stats()
+    with pytest.raises(PlayLogError, match=f"cannot make a play of airing {first.unknown_id}.*longer than any play"):
+        promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "termigator", {})
+    assert Catalog.open(catalog_dir).stats() == before and list_plays(log)[1] == []
 
 def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
     log, catalog_dir, (_, repeat) = aired_twice
