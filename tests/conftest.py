@@ -47,8 +47,10 @@ SERVICE_TRACKS = ("area1-game", "area2-game", "gardien-go", "over-theme")  # are
 
 @pytest.fixture(scope="session")
 def service_encoder_source() -> str:
-    """The encoder the service tests run: the shipped one, or AIRTRACE_TEST_ENCODER (a name or directory)."""
-    return os.environ.get("AIRTRACE_TEST_ENCODER", "compact")
+    """The encoder the service tests run: the shipped default, or AIRTRACE_TEST_ENCODER (a name or directory)."""
+    from encoders import DEFAULT_ENCODER
+
+    return os.environ.get("AIRTRACE_TEST_ENCODER", DEFAULT_ENCODER)
 
 
 @pytest.fixture(scope="session")
