@@ -214,7 +214,11 @@ def test_workers_find_repeated_unknown_music_through_the_shared_play_log(service
 
     playlog = service.workdir / "shared.sqlite"
     assert CliRunner().invoke(main, ["plays", "migrate", "--playlog", str(playlog)]).exit_code == 0
-    Catalog.open(service.catalog_dir).remove("gardien-go")  # termigator_reg-zbb quotes it; nothing else here
+    catalog = Catalog.open(service.catalog_dir)
+    catalog.remove("gardien-go")  # termigator_reg-zbb quotes it
+    # and, 5 % fast, compact3 hears 25 s of it as area2-game at confidence 0.995 in a catalog this small, whose
+    # hits are weighed raw (README, "Known and not yet handled"); nothing else here
+    catalog.remove("area2-game")
     servers.stop(service.process)
     song = load_audio(MUSIC / "termigator_reg-zbb.opus", SAMPLE_RATE)
     for stream_id, audio in (("fleet-1", song), ("fleet-2", resample(song, round(SAMPLE_RATE * 1.05), SAMPLE_RATE))):
