@@ -90,7 +90,7 @@ def decode_chunks(
         if opened is not None:
             opened(container)
         stream = container.streams.audio[0]
-        chunker = _Chunker(sample_rate, str(source))
+        chunker = Chunker(sample_rate, str(source))
         try:
             for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, chunker), lock):
                 yield from chunks
@@ -127,18 +127,21 @@ def decode_batches(
             raise failure
 
 
-def _packet_chunks(chunker: "_Chunker", packet: av.Packet) -> list[np.ndarray]:
+def _packet_chunks(chunker: "Chunker", packet: av.Packet) -> list[np.ndarray]:
     return [chunk for frame in packet.decode() for chunk in chunker.chunks(frame)]
 
 
-class _Chunker:
+class Chunker:
     """Frames in, mono chunks of CHUNK_SECONDS at `sample_rate` out (the last of a format may be shorter). FFmpeg's
     resampler is set up for one input rate and layout: when the source changes them mid-stream (a station that
-    switches programmes, a file joined from two) it is set up again, its tail given out first. PyAV's refused
-    such a frame, and the rest of the file was lost."""
+    switches programmes, a file joined from two, a TV channel whose AC-3 goes from stereo to 5.1 for a film) it
+    is set up again, its tail given out first. PyAV's refused such a frame, and the rest of the input was lost.
 
-    def __init__(self, sample_rate: int, source: str):
-        self.sample_rate, self.source = sample_rate, source
+    Surround goes through FFmpeg's stereo downmix, or, with `surround`, through `downmix_surround` (the TV
+    path's centre at -6 dB and no LFE)."""
+
+    def __init__(self, sample_rate: int, source: str, surround: bool = False):
+        self.sample_rate, self.source, self.surround = sample_rate, source, surround
         self._resampler: av.AudioResampler | None = None
         self._setup: tuple[str, str, int] | None = None
 
@@ -152,12 +155,20 @@ class _Chunker:
             if self._setup is not None:
                 log.info("%s changes from %s %s at %d Hz to %s %s at %d Hz", self.source, *self._setup, *setup)
             tail, self._setup = self._resampled(None), setup
-            self._resampler = _resampler(frame.layout.nb_channels, self.sample_rate, frame_size=_chunk_samples(self.sample_rate))
+            self._resampler = _resampler(frame.layout, self.sample_rate, _chunk_samples(self.sample_rate), self.surround)
         return tail + self._resampled(frame)
 
     def _resampled(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         """The mono chunks the current resampler gives for `frame` (None: what it still holds)."""
-        return [] if self._resampler is None else [downmix(_planes(out)) for out in self._resampler.resample(frame)]
+        return [] if self._resampler is None else [_mono(out) for out in self._resampler.resample(frame)]
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    """A planar float frame folded to mono: mono and stereo by `downmix`, surround by `downmix_surround`."""
+    planes = _planes(frame)
+    if len(planes) <= 2:
+        return downmix(planes)
+    return downmix_surround(np.stack(planes), [channel.name for channel in frame.layout.channels])
 
 
 def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list[av.Packet]]:
@@ -207,7 +218,7 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError, lock: 
         raise refused from None
     with sound:
         surround = sound.channels > 2  # folded to its plain mean here; mono and stereo go to the resampler as they are
-        chunker = _Chunker(sample_rate, str(path))
+        chunker = Chunker(sample_rate, str(path))
         blocks = _seconds(sound)
         try:
             while True:
@@ -250,10 +261,12 @@ def _local_file(source: str | Path | BinaryIO) -> Path | None:
     return Path(source) if isinstance(source, (str, Path)) and Path(source).is_file() else None
 
 
-def _resampler(channels: int, sample_rate: int, frame_size: int | None = None) -> av.AudioResampler:
-    """To planar float at `sample_rate`: mono stays mono, anything wider becomes stereo (FFmpeg folds
-    surround channels in) for `downmix` to fold; in frames of `frame_size` samples where given."""
-    return av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=sample_rate, frame_size=frame_size)
+def _resampler(layout: av.AudioLayout, sample_rate: int, frame_size: int | None = None, surround: bool = False) -> av.AudioResampler:
+    """To planar float at `sample_rate`: mono stays mono, anything wider becomes stereo (FFmpeg folds surround
+    channels in) for `downmix` to fold, or with `surround` keeps its layout for `downmix_surround`; in frames of
+    `frame_size` samples where given."""
+    kept = layout.nb_channels == 1 or (surround and layout.nb_channels > 2)
+    return av.AudioResampler(format="fltp", layout=layout.name if kept else "stereo", rate=sample_rate, frame_size=frame_size)
 
 
 def _planes(frame: av.AudioFrame) -> list[np.ndarray]:

@@ -214,7 +214,7 @@ def test_decoded_chunks_are_exact_and_each_folded_to_mono_on_its_own(tmp_path: P
     path = tmp_path / "phases.wav"
     soundfile.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
     with av.open(str(path)) as container:
-        resampler = _resampler(2, 8000)
+        resampler = _resampler(av.AudioLayout("stereo"), 8000)
         frames = [out.to_ndarray() for frame in container.decode(container.streams.audio[0]) for out in resampler.resample(frame)]
         stereo = np.concatenate(frames + [out.to_ndarray() for out in resampler.resample(None)], axis=1)
     chunks = list(decode_chunks(path, 8000))

@@ -208,6 +208,27 @@ def test_surround_downmix_keeps_music_beside_a_loud_centre_and_antiphase_surroun
     assert np.dot(only_surrounds, only_surrounds) > 0.4 * np.dot(music, music)  # opposite phase does not cancel
 
 
+def test_a_track_that_goes_from_stereo_to_surround_midway_is_read_to_the_end(tmp_path: Path) -> None:
+    """Program 1's AC-3 goes from stereo to 5.1 at 10 s (adverts, then a film), program 2 stays MP2 stereo.
+    The resampler refused the first 5.1 frame and the whole multiplex was skipped from there: both programs
+    lost everything after 10 s."""
+    parts = []
+    for n, channels in enumerate((2, 6)):
+        parts.append(tmp_path / f"part{n}.ts")
+        ffmpeg("-ss", str(10 * n), "-t", "10", "-i", str(MUSIC / "area1-game.opus"), "-ss", str(10 * n), "-t", "10", "-i", str(MUSIC / "gardien-go.opus"),
+               "-map", "0:a", "-map", "1:a", "-c:a:0", "ac3", "-ac:a:0", str(channels), "-c:a:1", "mp2", "-ar", "48000",
+               "-program", "program_num=1:st=0", "-program", "program_num=2:st=1", "-output_ts_offset", str(10 * n), "-f", "mpegts", str(parts[-1]))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+
+    windows = [item for item in read_mux(MuxSource("tv", str(joined)), GRID) if isinstance(item, AudioWindow)]
+    for stream_id in ("tv-1", "tv-2"):
+        offsets = [w.offset for w in windows if w.stream_id == stream_id]
+        assert len(offsets) >= GRID.count(19 * GRID.sample_rate) and offsets == [i * GRID.hop_seconds for i in range(len(offsets))], stream_id
+    surround = [w.samples for w in windows if w.stream_id == "tv-1" and w.offset >= 11]
+    assert min(np.sqrt(np.mean(np.square(s))) for s in surround) > 0.01  # the 5.1 part is heard, not silence
+
+
 @pytest.fixture(scope="module")
 def service_change(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 s of programs 101 and 202, then 20 s of 202 and a new 303 on a new PID (a service change)."""

@@ -37,7 +37,7 @@ import av
 import av.logging
 import numpy as np
 
-from encoders.audio import decode_batches, downmix, downmix_surround
+from encoders.audio import Chunker, decode_batches
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
@@ -406,13 +406,13 @@ class _ProgramStream:
         self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
         self.seq, self.after_gap, self.up = 0, False, False
         self.windower = StreamWindower(grid)
-        self.resampler: av.AudioResampler | None = None
+        self.chunker = Chunker(grid.sample_rate, stream_id, surround=True)
         self.last_heard = 0.0  # input time (s) of its latest packet
 
     def connect(self, heard: float) -> None:
         """A new connection, or the program's return after it left: a fresh cut, a gap if audio came before."""
         self.windower = StreamWindower(self.grid)
-        self.resampler = av.AudioResampler(format="fltp", rate=self.grid.sample_rate)
+        self.chunker = Chunker(self.grid.sample_rate, self.id, surround=True)
         self.clock.connect()
         self.after_gap = self.after_gap or self.seq > 0
         self.last_heard = heard
@@ -424,8 +424,9 @@ class _ProgramStream:
         self.dead_air.end(self.clock.end_offset)
 
     def chunks(self, frame: av.AudioFrame) -> list[np.ndarray]:
-        """`frame` resampled and folded to mono."""
-        return [_mono(out) for out in self.resampler.resample(frame)]
+        """`frame` resampled and folded to mono; a change of rate or channels midway (an AC-3 track going from
+        stereo to 5.1 for a film) is followed, not fatal to the whole multiplex."""
+        return self.chunker.chunks(frame)
 
     def push(self, chunk: np.ndarray) -> Iterator[AudioWindow]:
         if not self.up and self.metrics:
@@ -440,13 +441,6 @@ class _ProgramStream:
                 self.metrics.windows_ingested.labels(self.id).inc()
             yield window
             self.seq, self.after_gap = self.seq + 1, False
-
-
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    planes = frame.to_ndarray()
-    if len(planes) <= 2:
-        return downmix(planes)
-    return downmix_surround(planes, [channel.name for channel in frame.layout.channels])
 
 
 def read_mux(
