@@ -43,6 +43,13 @@ CHUNK_SECONDS = 0.1
 DECODE_BATCH_SECONDS = 0.5
 DECODE_BATCH_PACKETS = 64
 PACKET_WAIT_SECONDS = 0.01
+# A frame whose timestamp runs ahead of the audio decoded before it by more than HOLE_SECONDS (FFmpeg's
+# aresample min_hard_comp) follows a hole (packets lost over UDP, a damaged stretch the demuxer skipped): the hole
+# is filled with silence, so that the audio after it keeps its time. A jump back, or ahead by more than
+# TIMESTAMP_JUMP_SECONDS (FFmpeg's dts_delta_threshold), is timestamps that start again (an Ogg chain, an encoder
+# restart, an HLS discontinuity), not lost audio.
+HOLE_SECONDS = 0.1
+TIMESTAMP_JUMP_SECONDS = 10.0
 
 Decoded = TypeVar("Decoded")
 
@@ -138,25 +145,45 @@ class Chunker:
     is set up again, its tail given out first. PyAV's refused such a frame, and the rest of the input was lost.
 
     Surround goes through FFmpeg's stereo downmix, or, with `surround`, through `downmix_surround` (the TV
-    path's centre at -6 dB and no LFE)."""
+    path's centre at -6 dB and no LFE). A hole in the frames' timestamps comes out as silence (see HOLE_SECONDS):
+    chunks were the audio decoded end to end, so everything after a hole came early by its length, and a UDP
+    stream that lost packets drifted ahead of its air time by all it had lost."""
 
     def __init__(self, sample_rate: int, source: str, surround: bool = False):
         self.sample_rate, self.source, self.surround = sample_rate, source, surround
         self._resampler: av.AudioResampler | None = None
         self._setup: tuple[str, str, int] | None = None
+        self._next: float | None = None  # the source's time (s) at which the audio decoded so far ends
 
     def chunks(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         """The chunks `frame` completes (None: what is still held, at the end)."""
         if frame is None:
             return self._resampled(None)
         setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        hole = self._hole(frame)
         tail = []
-        if setup != self._setup:
-            if self._setup is not None:
+        if setup != self._setup or hole:
+            if self._setup is not None and setup != self._setup:
                 log.info("%s changes from %s %s at %d Hz to %s %s at %d Hz", self.source, *self._setup, *setup)
             tail, self._setup = self._resampled(None), setup
+            if hole:
+                log.warning("%s: %.2f s of audio missing before its timestamp %.2f s (lost or damaged packets); heard as silence",
+                            self.source, hole, frame.time)
+                tail.append(np.zeros(round(hole * self.sample_rate), np.float32))
             self._resampler = _resampler(frame.layout, self.sample_rate, _chunk_samples(self.sample_rate), self.surround)
         return tail + self._resampled(frame)
+
+    def _hole(self, frame: av.AudioFrame) -> float:
+        """Seconds of audio missing just before `frame` by its timestamp (0 for none, or for timestamps that
+        start again). Small differences add up until they make a hole, so none drifts unseen. A frame without
+        a timestamp (the second of a packet, libsndfile's) follows on."""
+        start = self._next if frame.time is None else frame.time
+        missing = 0.0 if self._next is None else start - self._next
+        if self._next is None or abs(missing) > HOLE_SECONDS:
+            self._next = start
+        if self._next is not None:
+            self._next += frame.samples / frame.sample_rate
+        return missing if HOLE_SECONDS < missing <= TIMESTAMP_JUMP_SECONDS else 0.0
 
     def _resampled(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         """The mono chunks the current resampler gives for `frame` (None: what it still holds)."""

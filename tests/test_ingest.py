@@ -149,6 +149,31 @@ def test_file_is_read_once_and_dead_air_is_counted(tmp_path: Path, registry_metr
     assert registry.get_sample_value("airtrace_silence_seconds_total", {"stream": "file"}) == silent_windows * 0.5
 
 
+@pytest.mark.parametrize(("second_part_at", "hole"), [(15.0, 5.0), (0.0, 0.0), (60.0, 0.0)])
+def test_a_hole_in_a_transport_streams_audio_keeps_the_time_after_it(tmp_path: Path, second_part_at: float, hole: float) -> None:
+    """10 s of audio, then the next 10 s at timestamps 15 s on (5 s of packets lost over UDP, or a damaged stretch
+    the demuxer skipped): the hole is silence and the audio after it keeps its time; it came 5 s early, and a
+    UDP stream drifted by all it lost. Timestamps that start again (back to 0, or a minute ahead) add nothing."""
+    import subprocess
+
+    parts = []
+    for n, start in enumerate((0.0, second_part_at)):
+        parts.append(tmp_path / f"part{n}.ts")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-ss", str(10 * n), "-t", "10", "-i", str(MUSIC / "area1-game.opus"),
+                        "-c:a", "mp2", "-ar", "48000", "-output_ts_offset", str(start), "-f", "mpegts", str(parts[-1])], check=True)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+    windows = list(read_windows(StreamSource("tv", str(joined)), GRID))
+    assert_ordered(windows)
+    seconds = len(windows) * GRID.hop_seconds + GRID.window_seconds - GRID.hop_seconds
+    assert 20 + hole - 0.5 <= seconds <= 20 + hole + 0.5  # the encoder's frames end a few milliseconds either side of 10 s
+    level = {w.offset: float(np.sqrt(np.mean(np.square(w.samples)))) for w in windows}
+    # the parts' frames end a few milliseconds either side of 10 s: windows 0.1 s clear of the hole's edges
+    in_hole = [offset for offset in level if 10.1 <= offset and offset + GRID.window_seconds <= 9.9 + hole]
+    assert len(in_hole) == (7 if hole else 0) and all(level[offset] == 0 for offset in in_hole)
+    assert all(level[offset] > 0.01 for offset in level if offset + GRID.window_seconds <= 9.9 or offset >= 10.1 + hole)
+
+
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
     registry, metrics = registry_metrics
     assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []
