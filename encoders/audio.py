@@ -50,6 +50,9 @@ PACKET_WAIT_SECONDS = 0.01
 # restart, an HLS discontinuity), not lost audio.
 HOLE_SECONDS = 0.1
 TIMESTAMP_JUMP_SECONDS = 10.0
+# A stream goes on past a packet its decoder refuses as invalid data (damaged, or cut short by packets lost over
+# UDP: 5 s of garbage in an MP3 made 13 in a row); this many in a row is a stream that cannot be decoded.
+DAMAGED_PACKETS_IN_A_ROW = 100
 
 Decoded = TypeVar("Decoded")
 
@@ -65,6 +68,7 @@ def decode_chunks(
     timeout: float | None = None,
     opened: Callable[[av.container.InputContainer], None] | None = None,
     lock: AbstractContextManager = nullcontext(),
+    skip_damaged: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield mono float32 chunks at `sample_rate` as FFmpeg decodes `source` (a file or URL).
 
@@ -76,7 +80,9 @@ def decode_chunks(
     Packets are decoded in batches of about DECODE_BATCH_SECONDS while `lock` is held, and read (which may
     wait for the network) outside it: callers decoding many sources in threads share one semaphore, so that
     few threads decode at once (each FFmpeg call lets go of Python's interpreter lock, and many threads
-    decoding side by side spend their CPU handing it to each other).
+    decoding side by side spend their CPU handing it to each other). With `skip_damaged` (a stream, which
+    must go on), a packet the decoder refuses is skipped (see decode_batches); without it (a whole file, which
+    load_audio may read with libsndfile instead), it ends the decoding with an AudioError.
 
     A local file FFmpeg refuses is read with libsndfile instead, which reads some Ogg Vorbis headers that
     FFmpeg rejects (and formats it lacks), chunked and folded the same way, so that a file the catalog takes
@@ -99,7 +105,7 @@ def decode_chunks(
         stream = container.streams.audio[0]
         chunker = Chunker(sample_rate, str(source))
         try:
-            for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, chunker), lock):
+            for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, chunker), str(source), lock, skip_damaged):
                 yield from chunks
             with lock:
                 chunks = chunker.chunks(None)
@@ -112,23 +118,37 @@ def decode_batches(
     packets: Iterator[av.Packet],
     streams: Sequence[av.stream.Stream],
     decode: Callable[[av.Packet], list[Decoded]],
+    source: str,
     lock: AbstractContextManager = nullcontext(),
+    skip_damaged: bool = False,
 ) -> Iterator[list[Decoded]]:
-    """What `decode` makes of each of `packets` (demuxed from `streams`), a list per batch of about
+    """What `decode` makes of each of `packets` (demuxed from `streams` of `source`), a list per batch of about
     DECODE_BATCH_SECONDS of audio: the packets are read outside `lock` and decoded while it is held (see
     decode_chunks). An FFmpeg error that stops a batch is raised after the list of what the batch gave before
-    the failing packet, which is audio too."""
+    the failing packet, which is audio too. With `skip_damaged`, a packet the decoder refuses as invalid data
+    is skipped and logged, unless DAMAGED_PACKETS_IN_A_ROW have been: one damaged packet ended a file there,
+    and made a live stream reconnect (losing seconds, marked as a gap) for every burst of UDP packets lost."""
     # Durations are summed in the coarsest of the streams' time bases: where theirs differ, a batch ends sooner.
     tick_seconds = max(float(stream.time_base or 1) for stream in streams)
+    damaged = 0  # packets refused in a row
     for batch in _batches(packets, tick_seconds):
         decoded: list[Decoded] = []
         failure: av.FFmpegError | None = None
         with lock:
-            try:
-                for packet in batch:
+            for packet in batch:
+                try:
                     decoded += decode(packet)
-            except av.FFmpegError as exc:
-                failure = exc
+                    damaged = 0
+                except av.InvalidDataError as exc:
+                    damaged += 1
+                    if not skip_damaged or damaged >= DAMAGED_PACKETS_IN_A_ROW:
+                        failure = exc
+                        break
+                    if damaged == 1:
+                        log.warning("%s: skipping damaged packets (%s)", source, exc)
+                except av.FFmpegError as exc:
+                    failure = exc
+                    break
         yield decoded
         if failure is not None:
             raise failure

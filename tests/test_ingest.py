@@ -18,7 +18,7 @@ from monitor.options import IngestOptions
 from monitor.stages import ingest
 from monitor.stages.ingest import _gathered, _paced, decode_turns, load_sources, read_windows, start_readers, usable_cores
 from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
-from monitor.records import EndOfStream
+from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
@@ -172,6 +172,42 @@ def test_a_hole_in_a_transport_streams_audio_keeps_the_time_after_it(tmp_path: P
     in_hole = [offset for offset in level if 10.1 <= offset and offset + GRID.window_seconds <= 9.9 + hole]
     assert len(in_hole) == (7 if hole else 0) and all(level[offset] == 0 for offset in in_hole)
     assert all(level[offset] > 0.01 for offset in level if offset + GRID.window_seconds <= 9.9 or offset >= 10.1 + hole)
+
+
+def garble_audio_frames(transport_stream: bytes, count: int) -> bytes:
+    """`count` audio frames from the middle of a one-track transport stream garbled (the payload after each PES
+    header), its TS headers intact: what a damaged recording or a corrupted UDP datagram gives a decoder."""
+    data, garbled = bytearray(transport_stream), 0
+    for start in range(len(data) // 2 // 188 * 188, len(data), 188):
+        packet = data[start : start + 188]
+        if ((packet[1] & 0x1F) << 8 | packet[2]) != 0x100 or not packet[1] & 0x40:  # the audio's PID, a PES starting here
+            continue
+        pes = 4 + (1 + packet[4] if packet[3] & 0x20 else 0)  # past the adaptation field, if any
+        payload = pes + 9 + packet[pes + 8]
+        data[start + payload : start + 188] = bytes(b ^ 0x5A for b in packet[payload:])
+        garbled += 1
+        if garbled == count:
+            return bytes(data)
+    raise AssertionError("too few audio frames")
+
+
+@pytest.mark.parametrize("as_multiplex", [False, True])
+def test_damaged_audio_frames_are_skipped_and_the_rest_is_read(tmp_path: Path, as_multiplex: bool) -> None:
+    """Three MP2 frames garbled 10 s into 21 s: the decoder's first refusal ended the file there (and made a
+    live stream reconnect, losing seconds, for every corrupted datagram); the rest is read, in its time."""
+    import subprocess
+
+    from monitor.stages.mux import MuxSource, read_mux
+
+    path = tmp_path / "damaged.ts"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-t", "21", "-i", str(MUSIC / "area1-game.opus"), "-c:a", "mp2", "-ar", "48000",
+                    "-f", "mpegts", str(path)], check=True)
+    path.write_bytes(garble_audio_frames(path.read_bytes(), 3))
+    items = read_mux(MuxSource("tv", str(path)), GRID) if as_multiplex else read_windows(StreamSource("tv", str(path)), GRID)
+    windows = [item for item in items if isinstance(item, AudioWindow)]
+    assert_ordered(windows)
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    assert len(windows) >= GRID.count(round(20.5 * GRID.sample_rate))  # MP2's frames end a few milliseconds either side of 21 s
 
 
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:

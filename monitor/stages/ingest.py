@@ -269,7 +269,7 @@ def read_windows(
                 clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
 
         decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open,
-                                lock=turns)
+                                lock=turns, skip_damaged=True)
         if live:
             chunks = _gathered(decoded, grid.sample_rate, options.gather_seconds, stop)
         else:

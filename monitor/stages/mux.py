@@ -550,7 +550,7 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
     listener = _Listener(mux.id, by_index, options.read_timeout)
     tracks = [container.streams[i] for i in by_index]
     began, next_check, reported = time.monotonic(), PROGRAM_CHECK_SECONDS, set()
-    for decoded in decode_batches(listener.heard_packets(container.demux(tracks)), tracks, listener.decode, turns):
+    for decoded in decode_batches(listener.heard_packets(container.demux(tracks)), tracks, listener.decode, mux.id, turns, skip_damaged=True):
         if stop.is_set():
             return False
         for stream, chunk in decoded:
