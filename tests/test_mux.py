@@ -262,6 +262,27 @@ def test_a_program_that_leaves_is_reported_and_the_others_go_on(service_change: 
     assert registry.get_sample_value("airtrace_stream_up", {"stream": "tv-101"}) == 0
 
 
+def test_a_program_that_returns_to_a_file_resumes_at_its_time_after_a_gap(tmp_path: Path) -> None:
+    """Program 1 airs for 8 s, is off the multiplex for 8 s while program 2 goes on, and returns: its stream
+    resumed at 8 s (where its audio had ended), so all its later plays were placed 8 s early; a file is read
+    faster than real time, so only the input's own time tells how long it was gone."""
+    parts = []
+    for n, programs in enumerate(((1, 2), (2,), (1, 2))):
+        parts.append(tmp_path / f"part{n}.ts")
+        tracks = [("area1-game", 256, 1), ("gardien-go", 257, 2)][2 - len(programs):]
+        ffmpeg(*(arg for name, _, _ in tracks for arg in ("-ss", str(8 * n), "-t", "8", "-i", str(MUSIC / f"{name}.opus"))),
+               *(arg for i, (_, pid, number) in enumerate(tracks) for arg in ("-map", f"{i}:a", "-streamid", f"{i}:{pid}", "-program", f"program_num={number}:st={i}")),
+               "-c:a", "mp2", "-ar", "48000", "-output_ts_offset", str(8 * n), "-f", "mpegts", str(parts[-1]))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+
+    windows = [item for item in read_mux(MuxSource("tv", str(joined)), GRID, IngestOptions(read_timeout=2.0)) if isinstance(item, AudioWindow)]
+    back = [w for w in windows if w.stream_id == "tv-1" and w.offset > 7.5]
+    assert back[0].after_gap and not any(w.after_gap for w in back[1:])
+    assert back[0].offset == pytest.approx(16.0, abs=0.2)  # the last packet heard before it left, and interleaving: within a tenth or two
+    assert back[-1].offset == pytest.approx(max(w.offset for w in windows if w.stream_id == "tv-2"), abs=0.2)
+
+
 def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, registry_metrics, caplog) -> None:
     """The service change looped over HTTP: 303 appears on a PID the open connection does not know, so the
     input is reopened and 303 monitored; 202, on air throughout, resumes after a gap."""

@@ -47,7 +47,8 @@ class StreamClock:
     anchored at the earliest moment consistent with when its samples arrived: sample s cannot have been
     on air later than it reached us, so the anchor is the running minimum of (arrival - s / rate).
     After a reconnect, the stream offset resumes at the wall-clock time elapsed since the stream began
-    (never less than the audio already delivered), so gaps show in offsets as they did on air.
+    (never less than the audio already delivered, and the input time known to have passed unheard), so gaps
+    show in offsets as they did on air.
     """
 
     def __init__(self, sample_rate: int, live: bool):
@@ -57,9 +58,13 @@ class StreamClock:
         self.base = 0.0  # stream offset of this connection's sample 0
         self.anchor = 0.0  # UTC epoch of this connection's sample 0
         self.received = 0  # samples this connection delivered
+        self.unheard = 0.0  # input seconds known to have passed without audio before this connection's first sample
 
-    def connect(self) -> None:
+    def connect(self, unheard: float = 0.0) -> None:
+        """A new connection, or audio back after `unheard` seconds of the input without it (a program that left a
+        multiplex: a file read faster than real time cannot tell them by the wall clock)."""
         self.received = -1  # the first chunk sets base and anchor
+        self.unheard = unheard
 
     def chunk(self, n_samples: int, now: float) -> None:
         if self.received < 0:
@@ -67,7 +72,7 @@ class StreamClock:
             self.anchor = now - (n_samples / self.rate if self.live else 0.0)
             if self.first_anchor is None:
                 self.first_anchor = self.anchor
-            self.base = max(self.end_offset, self.anchor - self.first_anchor)
+            self.base = max(self.end_offset + self.unheard, self.anchor - self.first_anchor)
         self.received += n_samples
         if self.live:
             self.anchor = min(self.anchor, now - self.received / self.rate)

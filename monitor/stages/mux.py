@@ -409,11 +409,12 @@ class _ProgramStream:
         self.chunker = Chunker(grid.sample_rate, stream_id, surround=True)
         self.last_heard = 0.0  # input time (s) of its latest packet
 
-    def connect(self, heard: float) -> None:
-        """A new connection, or the program's return after it left: a fresh cut, a gap if audio came before."""
+    def connect(self, heard: float, unheard: float = 0.0) -> None:
+        """A new connection, or the program's return after `unheard` seconds of the input without it: a fresh
+        cut, a gap if audio came before."""
         self.windower = StreamWindower(self.grid)
         self.chunker = Chunker(self.grid.sample_rate, self.id, surround=True)
-        self.clock.connect()
+        self.clock.connect(unheard)
         self.after_gap = self.after_gap or self.seq > 0
         self.last_heard = heard
 
@@ -602,7 +603,7 @@ class _Listener:
             for stream in self.by_index.get(packet.stream.index, []):
                 if not stream.up and stream.seq > 0 and self.heard - stream.last_heard > self.read_timeout:
                     log.warning("multiplex %s: %s is back on air", self.mux_id, stream.id)
-                    stream.connect(self.heard)
+                    stream.connect(self.heard, unheard=self.heard - stream.last_heard)
                 stream.last_heard = self.heard
         for stream in self.every:
             if stream.up and self.heard - stream.last_heard > self.read_timeout:
