@@ -28,7 +28,7 @@ from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions
 from monitor.events import Event, PlayEvent, plays_in, read_event, schema
 from monitor.options import IngestOptions
-from monitor.stages.ingest import load_sources
+from monitor.stages.ingest import load_sources, read_windows
 from monitor.stages.sources import ConfigError, StreamSource
 from monitor.stages.mux import (
     PROGRAM_CHECK_SECONDS,
@@ -260,6 +260,17 @@ def test_a_program_that_leaves_is_reported_and_the_others_go_on(service_change: 
     assert [item.stream_id for item in items if isinstance(item, EndOfStream)] == ["tv-101", "tv-202"]
     assert all(item.seq == windows[item.stream_id] for item in items if isinstance(item, EndOfStream)), "an end takes the seq after its stream's last window"
     assert registry.get_sample_value("airtrace_stream_up", {"stream": "tv-101"}) == 0
+
+
+@pytest.mark.parametrize("name", ["take.ac3", "take.flac"])
+def test_a_chosen_track_of_a_file_gives_the_windows_of_the_file_to_its_end(tmp_path: Path, name: str) -> None:
+    """A stream with an audio selection is read through the multiplex path, which kept what its decoder and
+    resampler still held at the end of the input: its last window was lost."""
+    path = tmp_path / name
+    ffmpeg("-t", "12", "-i", str(MUSIC / "area1-game.opus"), "-ac", "6" if name.endswith("ac3") else "2", str(path))
+    plain = StreamSource("take", str(path))
+    chosen = [w.offset for w in read_mux(MuxSource.single(plain, AudioSelection(index=0)), GRID) if isinstance(w, AudioWindow)]
+    assert chosen == [w.offset for w in read_windows(plain, GRID)] == [i * GRID.hop_seconds for i in range(GRID.count(12 * GRID.sample_rate))]
 
 
 def test_a_program_that_returns_to_a_file_resumes_at_its_time_after_a_gap(tmp_path: Path) -> None:

@@ -424,9 +424,10 @@ class _ProgramStream:
         self.up = False
         self.dead_air.end(self.clock.end_offset)
 
-    def chunks(self, frame: av.AudioFrame) -> list[np.ndarray]:
-        """`frame` resampled and folded to mono; a change of rate or channels midway (an AC-3 track going from
-        stereo to 5.1 for a film) is followed, not fatal to the whole multiplex."""
+    def chunks(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
+        """`frame` resampled and folded to mono (None: what is still held, at the end); a change of rate or
+        channels midway (an AC-3 track going from stereo to 5.1 for a film) is followed, not fatal to the whole
+        multiplex."""
         return self.chunker.chunks(frame)
 
     def push(self, chunk: np.ndarray) -> Iterator[AudioWindow]:
@@ -613,11 +614,13 @@ class _Listener:
 
     def decode(self, packet: av.Packet) -> list[tuple[_ProgramStream, np.ndarray]]:
         """`packet` decoded once, its audio resampled and folded for each stream of its track (in the decode
-        turn); the end's flush packet is not decoded for a program that left."""
+        turn); the end's flush packet is not decoded for a program that left, and gives the others what their
+        decoder and resampler still hold (up to a tenth of a second, which was lost, and a window with it)."""
         streams = [stream for stream in self.by_index.get(packet.stream.index, []) if packet.size or stream.up]
         if not streams:
             return []
-        return [(stream, chunk) for frame in packet.decode() for stream in streams for chunk in stream.chunks(frame)]
+        frames: list[av.AudioFrame | None] = [*packet.decode(), *([] if packet.size else [None])]
+        return [(stream, chunk) for frame in frames for stream in streams for chunk in stream.chunks(frame)]
 
 
 def _service_change(now: list[tuple[str, MuxProgram, Program, AudioTrack]], decoding: dict[str, int]) -> str | None:
