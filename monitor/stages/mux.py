@@ -41,7 +41,7 @@ from encoders.audio import Chunker, decode_batches
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
-from monitor.stages.sources import ConfigError, StreamSource, stream_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, ffmpeg_options, stream_from_entry
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.stages.windows import StreamWindower, WindowGrid
@@ -363,7 +363,7 @@ def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
         chosen = tuple(_program_from_entry(p, audio, f"{where}, program #{i + 1}") for i, p in enumerate(programs))
     else:
         raise ConfigError(f"{where}: programs must be 'all' or a list of program numbers, service names or mappings with 'program'")
-    options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
+    options = ffmpeg_options(entry, where)
     try:
         return MuxSource(entry["mux"], entry["url"], chosen, audio, dict(entry.get("metadata", {})), options)
     except ValueError as exc:

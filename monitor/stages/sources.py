@@ -55,15 +55,21 @@ def stream_from_entry(entry: Any, where: str) -> StreamSource:
     for name in ("metadata", "options"):
         if not isinstance(entry.get(name, {}), dict):
             raise ConfigError(f"{where}: field {name!r} must be a mapping")
+    options = ffmpeg_options(entry, where)
+    try:
+        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def ffmpeg_options(entry: dict[str, Any], where: str) -> dict[str, str]:
+    """An entry's `options` (a mapping, checked before) as FFmpeg takes them, each one FFmpeg knows."""
     options = {str(k): str(v) for k, v in entry.get("options", {}).items()}
     unknown = unknown_ffmpeg_options(options)
     if unknown:
         raise ConfigError(f"{where}: FFmpeg knows no input option {', '.join(map(repr, unknown))} and would ignore it; see the "
                           "protocol and format options in https://ffmpeg.org/ffmpeg-protocols.html and ffmpeg-formats.html")
-    try:
-        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return options
 
 
 def unknown_ffmpeg_options(names: Iterable[str]) -> list[str]:
