@@ -65,7 +65,7 @@ def decode_chunks(
     source: str | Path | BinaryIO,
     sample_rate: int,
     options: dict[str, str] | None = None,
-    timeout: float | None = None,
+    timeout: float | tuple[float, float] | None = None,
     opened: Callable[[av.container.InputContainer], None] | None = None,
     lock: AbstractContextManager = nullcontext(),
     skip_damaged: bool = False,
@@ -110,6 +110,8 @@ def decode_chunks(
             with lock:
                 chunks = chunker.chunks(None)
             yield from chunks
+        except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested": not damage
+            raise AudioError(f"{source} stalled: no data for {_timeout(timeout, 1):g} s") from exc
         except av.FFmpegError as exc:
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
 
@@ -237,7 +239,7 @@ def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list
         yield batch
 
 
-def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | None) -> av.container.InputContainer:
+def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | tuple[float, float] | None) -> av.container.InputContainer:
     """FFmpeg's container for `source`, or an AudioError that says why it cannot be opened."""
     try:
         return av.open(
@@ -246,6 +248,8 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
             timeout=timeout,
             metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
         )
+    except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
+        raise AudioError(f"cannot open {source}: no answer in {_timeout(timeout, 0):g} s; check the URL and that its server is up") from exc
     except av.InvalidDataError as exc:
         path = _local_file(source)
         if path is not None and path.stat().st_size == 0:
@@ -253,6 +257,11 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
         raise AudioError(f"{source} is not in any audio or video format FFmpeg recognises ({exc}); give an audio file or stream") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
+
+
+def _timeout(timeout: float | tuple[float, float], which: int) -> float:
+    """The open (0) or read (1) timeout of PyAV's `timeout`, which is one number for both or a pair."""
+    return timeout[which] if isinstance(timeout, tuple) else timeout
 
 
 def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError, lock: AbstractContextManager = nullcontext()) -> Iterator[np.ndarray]:

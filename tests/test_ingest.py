@@ -103,14 +103,22 @@ def test_live_stream_drop_reconnects_and_marks_the_gap(server, registry_metrics)
     assert all(tuned_in - 1.0 <= w.air_time <= time.time() for w in windows)  # wall-clock air time, not offsets
 
 
-def test_stalled_stream_times_out_and_reconnects(server, registry_metrics) -> None:
+@pytest.mark.parametrize("as_multiplex", [False, True])
+def test_stalled_stream_times_out_and_reconnects(server, registry_metrics, caplog, as_multiplex: bool) -> None:
+    """A stall is logged as one (FFmpeg's words for PyAV's timeout were "Immediate exit requested", and the
+    single stream's line added that the file may be corrupt or truncated)."""
+    from monitor.stages.mux import AudioSelection, MuxSource, read_mux
+
     registry, metrics = registry_metrics
     source = StreamSource("stalls", server.url("stall.mp3", stall=1.5))
-    windows = take(read_windows(source, GRID, FAST_RETRY, metrics), count=8, seconds=20)
+    items = read_mux(MuxSource.single(source, AudioSelection()), GRID, FAST_RETRY, metrics) if as_multiplex else read_windows(source, GRID, FAST_RETRY, metrics)
+    windows = take((item for item in items if isinstance(item, AudioWindow)), count=8, seconds=20)
     assert len(windows) == 8
     assert_ordered(windows)
     assert sum(w.after_gap for w in windows) == 1
     assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "stalls"}) == 1
+    assert "no data for 1 s" in caplog.text and "stalled" in caplog.text
+    assert "Immediate exit" not in caplog.text and "corrupt" not in caplog.text
 
 
 def test_unreachable_url_is_retried_without_holding_up_other_streams(server, registry_metrics) -> None:

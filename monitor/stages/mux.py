@@ -487,10 +487,12 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
             if metrics:
                 for stream_id in streams or mux.stream_ids or [mux.id]:
                     metrics.decode_errors.labels(stream_id).inc()
+            reason = (f"nothing came in time (no answer in {options.open_timeout:g} s, or no data for {options.read_timeout:g} s: stalled)"
+                      if isinstance(exc, av.ExitError) else exc)  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
             if not live:
-                log.error("multiplex %s: %s; skipping this input", mux.id, exc)
+                log.error("multiplex %s: %s; skipping this input", mux.id, reason)
                 return
-            log.warning("multiplex %s: %s", mux.id, exc)
+            log.warning("multiplex %s: %s", mux.id, reason)
         finally:
             for stream in streams.values():
                 stream.down()
