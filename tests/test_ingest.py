@@ -218,6 +218,15 @@ def test_damaged_audio_frames_are_skipped_and_the_rest_is_read(tmp_path: Path, a
     assert len(windows) >= GRID.count(round(20.5 * GRID.sample_rate))  # MP2's frames end a few milliseconds either side of 21 s
 
 
+def test_a_file_shorter_than_a_window_says_so(tmp_path: Path, caplog) -> None:
+    """`monitor` ended such a file with "none of the 1 stream(s) delivered audio; the errors above say why", and
+    there was no error above: the file was read, there was just too little of it."""
+    path = tmp_path / "jingle.wav"
+    soundfile.write(path, np.random.default_rng(0).normal(0, 0.1, 4800).astype(np.float32), 8000)
+    assert list(read_windows(StreamSource("jingle", str(path)), GRID)) == []
+    assert "holds 0.60 s of audio, less than one window (1 s): nothing to monitor" in caplog.text
+
+
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
     registry, metrics = registry_metrics
     assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []

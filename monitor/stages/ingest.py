@@ -305,6 +305,9 @@ def read_windows(
                     seq, after_gap = seq + 1, False
                     backoff.reset()
             if ends:
+                if seq == 0:  # else the run's only word was that no stream delivered audio, "the errors above say why"
+                    log.warning("stream %s: %s holds %.2f s of audio, less than one window (%g s): nothing to monitor", source.id, source.url,
+                                windower.samples_seen / grid.sample_rate, grid.window_seconds)
                 log.info("stream %s: end of %s", source.id, source.url)
                 return
             log.warning("stream %s dropped (end of data); reopening", source.id)
