@@ -243,7 +243,7 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
     """FFmpeg's container for `source`, or an AudioError that says why it cannot be opened."""
     try:
         return av.open(
-            str(source) if isinstance(source, Path) else source,
+            source if hasattr(source, "read") else ffmpeg_url(source),
             options=options or {},
             timeout=timeout,
             metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
@@ -257,6 +257,13 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
         raise AudioError(f"{source} is not in any audio or video format FFmpeg recognises ({exc}); give an audio file or stream") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
+
+
+def ffmpeg_url(source: str | Path) -> str:
+    """`source` as FFmpeg is to be given it: a local file through FFmpeg's file protocol, as a name with a colon
+    (rec-2026-12-05T10:00:00.ts, as loggers name recordings) is otherwise a URL of a protocol FFmpeg lacks."""
+    path = _local_file(source)
+    return f"file:{path}" if path is not None else str(source)
 
 
 def _timeout(timeout: float | tuple[float, float], which: int) -> float:

@@ -227,6 +227,26 @@ def test_a_file_shorter_than_a_window_says_so(tmp_path: Path, caplog) -> None:
     assert "holds 0.60 s of audio, less than one window (1 s): nothing to monitor" in caplog.text
 
 
+def test_a_recording_named_by_its_time_is_a_file_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loggers name recordings by their time: rec-2026-12-05T10:00:00.ts was a live stream of scheme
+    'rec-2026-12-05t10' (FFmpeg: "Protocol not found"), retried forever, and a WAV of such a name, which
+    libsndfile read instead, was monitored again and again, each time as new plays."""
+    import subprocess
+
+    from encoders import load_audio
+    from monitor.stages.mux import AudioSelection, MuxSource, read_mux
+
+    monkeypatch.chdir(tmp_path)
+    name = "rec-2026-12-05T10:00:00.ts"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-t", "3", "-i", str(MUSIC / "area1-game.opus"), "-c:a", "mp2", f"file:{name}"], check=True)
+    [source] = sources_from_urls([name])
+    assert source.id == "rec-2026-12-05T10:00:00" and source.is_file
+    assert len(list(read_windows(source, GRID))) == GRID.count(3 * GRID.sample_rate)
+    chosen = [item for item in read_mux(MuxSource.single(source, AudioSelection(index=0)), GRID) if isinstance(item, AudioWindow)]
+    assert len(chosen) == GRID.count(3 * GRID.sample_rate)
+    assert len(load_audio(name, GRID.sample_rate)) == pytest.approx(3 * GRID.sample_rate, abs=0.05 * GRID.sample_rate)
+
+
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
     registry, metrics = registry_metrics
     assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []

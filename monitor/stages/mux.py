@@ -37,7 +37,7 @@ import av
 import av.logging
 import numpy as np
 
-from encoders.audio import Chunker, decode_batches
+from encoders.audio import Chunker, decode_batches, ffmpeg_url
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
@@ -249,7 +249,7 @@ def _track(stream: av.audio.stream.AudioStream) -> AudioTrack:
 
 
 def open_input(url: str, options: dict[str, str], ingest: IngestOptions) -> av.container.InputContainer:
-    return av.open(url, options=options, timeout=(ingest.open_timeout, ingest.read_timeout), metadata_errors="replace")
+    return av.open(ffmpeg_url(url), options=options, timeout=(ingest.open_timeout, ingest.read_timeout), metadata_errors="replace")
 
 
 def probe(url: str, options: dict[str, str] | None = None, ingest: IngestOptions = IngestOptions()) -> list[Program]:

@@ -35,8 +35,15 @@ class StreamSource:
     @property
     def is_file(self) -> bool:
         """A local file is read once to its end; everything else is a live stream, reopened forever."""
-        scheme = urlparse(self.url).scheme
-        return scheme == "file" or len(scheme) <= 1  # no scheme, or a Windows drive letter
+        return is_local(self.url)
+
+
+def is_local(url: str) -> bool:
+    """Whether `url` is a local file: no scheme, a Windows drive letter, `file:`, or a file of that name (one with
+    a colon, rec-2026-12-05T10:00:00.mp3, was a live stream of scheme 'rec-2026-12-05t10': read again and again,
+    each time as new plays)."""
+    scheme = urlparse(url).scheme
+    return scheme == "file" or len(scheme) <= 1 or Path(url).is_file()
 
 
 SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
@@ -103,7 +110,7 @@ def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:
     taken: set[str] = set()
     for url in urls:
         parsed = urlparse(url)
-        base = Path(parsed.path).stem or parsed.netloc or "stream"
+        base = Path(url if is_local(url) else parsed.path).stem or parsed.netloc or "stream"
         stream_id, n = base, 2
         while stream_id in taken:
             stream_id, n = f"{base}-{n}", n + 1
