@@ -111,13 +111,20 @@ def test_a_url_whose_name_is_no_valid_id_is_refused() -> None:
         sources_from_urls(["music/odd\x07name.mp3"])
 
 
-def test_unknown_ffmpeg_options_in_the_streams_file_are_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry, typo, good", [
+    ("{id: radio, url: 'rtsp://cam/live'", {"reconect": 1}, {"rtsp_transport": "tcp", "user_agent": "airtrace"}),
+    # a multiplex's: a UDP FIFO misspelt is never set up, so a busy reader overruns and loses packets
+    ("{mux: dvb, url: 'udp://239.1.1.1:1234'", {"fifo_sise": 100000}, {"overrun_nonfatal": "1", "fifo_size": "100000"}),
+])
+def test_unknown_ffmpeg_options_in_the_streams_file_are_named(tmp_path: Path, entry: str, typo: dict, good: dict) -> None:
+    """FFmpeg ignores an option it does not know without a word."""
     config = tmp_path / "streams.yaml"
-    config.write_text("- id: radio\n  url: rtsp://cam/live\n  options: {rtsp_transport: tcp, reconect: 1, user_agent: airtrace}\n")
-    with pytest.raises(ConfigError, match="stream #1: FFmpeg knows no input option 'reconect'"):
+    (name, value), = typo.items()
+    config.write_text(f"- {entry}, options: {{{name}: {value}}}}}\n")
+    with pytest.raises(ConfigError, match=f"stream #1: FFmpeg knows no input option '{name}'"):
         load_sources(config)
-    config.write_text("- id: radio\n  url: rtsp://cam/live\n  options: {rtsp_transport: tcp, user_agent: airtrace}\n")
-    assert load_sources(config)[0].options == {"rtsp_transport": "tcp", "user_agent": "airtrace"}
+    config.write_text(f"- {entry}, options: {{{', '.join(f'{k}: {v}' for k, v in good.items())}}}}}\n")
+    assert load_sources(config)[0].options == good
 
 
 def test_a_streams_file_that_is_not_utf8_says_how_to_save_it(tmp_path: Path) -> None:

@@ -173,17 +173,6 @@ def test_streams_file_declares_multiplexes_and_audio_choices(tmp_path: Path) -> 
         check_unique_ids([dvb, StreamSource("beta", "http://radio/beta")], "streams.yaml")
 
 
-def test_a_multiplexs_ffmpeg_options_are_checked_as_a_streams_are(tmp_path: Path) -> None:
-    """A typo in a multiplex's options (a UDP FIFO that is then never set up, so a busy reader overruns and
-    loses packets) was passed to FFmpeg, which ignores what it does not know, without a word."""
-    config = tmp_path / "streams.yaml"
-    config.write_text("- {mux: dvb, url: 'udp://239.1.1.1:1234', options: {overrun_nonfatal: 1, fifo_sise: 100000}}\n")
-    with pytest.raises(ConfigError, match="stream #1: FFmpeg knows no input option 'fifo_sise'"):
-        load_sources(config)
-    config.write_text("- {mux: dvb, url: 'udp://239.1.1.1:1234', options: {overrun_nonfatal: 1, fifo_size: 100000}}\n")
-    assert load_sources(config)[0].options == {"overrun_nonfatal": "1", "fifo_size": "100000"}
-
-
 def test_the_command_line_probes_and_monitors_a_multiplex(multiplex: Path, service_catalog: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
