@@ -91,9 +91,11 @@ class NullClips:
             self.clips[slot], self.reversed[slot] = vectors.astype(np.float16), False
 
     def queries(self, names: dict[int, str]) -> list[NullQuery]:
-        """The clips as float32 queries, each named by its source track (`names`: ordinal -> track id)."""
-        return [NullQuery(clip.astype(np.float32), names.get(source, f"#{source}") if source >= 0 else None, was_reversed)
-                for clip, source, was_reversed in zip(self.clips, self.sources, self.reversed)]
+        """The clips as float32 queries, each named by its source track (`names`: ordinal -> track id). Clips of
+        tracks since removed are left out: their music may be back under a new ordinal (a track removed and added
+        again), which calibration cannot leave out without its own track, and would then score as a perfect null."""
+        return [NullQuery(clip.astype(np.float32), names[source] if source >= 0 else None, was_reversed)
+                for clip, source, was_reversed in zip(self.clips, self.sources, self.reversed) if source < 0 or source in names]
 
     def save(self, path: Path) -> None:
         np.savez(
