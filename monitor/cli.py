@@ -428,8 +428,7 @@ def catalog_add(directory: str, encoder: str | None, hop: float | None, index_fa
         if jobs > 1:
             cat, _ = catalog_parts.build_in_parallel(directory, paths, jobs, encoder, hop, index_factory, report=report)
         elif merge_parts is not None:
-            cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
-            catalog_parts.merge_parts(cat, paths, merge_parts, report=report)
+            cat, _ = catalog_parts.merge_parts(directory, paths, merge_parts, encoder, hop, index_factory, report=report)
         else:
             cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
             cat.add(paths, report=report)

@@ -78,8 +78,7 @@ def test_three_parts_merged_give_the_catalog_one_add_gives(tmp_path: Path, encod
     for part in range(3):
         write_part(directory, references, part, 3, str(encoder_dir), progress=False)
     assert not (directory / store.CONFIG_FILE).exists()
-    merged = Catalog.open_or_create(directory, str(encoder_dir))
-    report = merge_parts(merged, references, 3, progress=False)
+    merged, report = merge_parts(directory, references, 3, str(encoder_dir), progress=False)
     assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
     assert merged.generation == 1 and not (directory / PARTS_DIR).exists()
     assert_same_catalog(single, merged)
@@ -98,7 +97,7 @@ def test_parts_of_an_existing_catalog_skip_its_ids_and_its_audio(tmp_path: Path,
     plan = PartPlan(catalog.directory, sources.expand_sources(references, AddReport()), 2)
     (plan.folder / ".part-0001-of-0002-crashed").mkdir()  # what a killed pod leaves: removed with the build
     (plan.folder / "notes.txt").write_text("not the catalog's: kept")
-    report = merge_parts(catalog, references, 2, progress=False)
+    _, report = merge_parts(catalog.directory, references, 2, progress=False)
     assert sorted(p.name for p in plan.folder.iterdir()) == ["notes.txt"]
     assert report.added == list(CATALOG_TRACKS[1:])
     assert report.duplicates == [(str(references[0] / "zz-copy.opus"), CATALOG_TRACKS[0])]
@@ -113,15 +112,15 @@ def test_a_missing_or_damaged_part_is_named_and_nothing_is_committed(tmp_path: P
     for part in (0, 2):
         write_part(catalog.directory, references, part, 3, progress=False)
     with pytest.raises(CatalogError, match="part-0001-of-0003"):
-        merge_parts(catalog, references, 3, progress=False)
+        merge_parts(catalog.directory, references, 3, progress=False)
     write_part(catalog.directory, references, 1, 3, progress=False)
     plan = PartPlan(catalog.directory, sources.expand_sources(references, AddReport()), 3)
     vectors = plan.part_dir(2) / "vectors.f16"
     vectors.write_bytes(vectors.read_bytes()[:-2])
     with pytest.raises(CatalogError, match="part-0002-of-0003.*truncated"):
-        merge_parts(catalog, references, 3, progress=False)
+        merge_parts(catalog.directory, references, 3, progress=False)
     with pytest.raises(CatalogError, match="part-0000-of-0002"):  # parts of another build (N) never mix in
-        merge_parts(catalog, references, 2, progress=False)
+        merge_parts(catalog.directory, references, 2, progress=False)
     assert sorted(p.name for p in catalog.directory.rglob("*") if PARTS_DIR not in p.parts) == before
     reopened = Catalog.open(catalog.directory)
     assert reopened.generation == 1 and [t.track_id for t in reopened.tracks()] == ["gardien-go"]
@@ -156,8 +155,7 @@ def test_a_copy_its_part_did_not_embed_is_still_added_when_the_track_it_copies_i
     assert expected.added == ["x", "z", "y"] and not expected.duplicates
     for part in range(2):
         write_part(tmp_path / "parallel", [manifest], part, 2, str(encoder_dir), progress=False)
-    merged = Catalog.open_or_create(tmp_path / "parallel", str(encoder_dir))
-    report = merge_parts(merged, [manifest], 2, progress=False)
+    merged, report = merge_parts(tmp_path / "parallel", [manifest], 2, str(encoder_dir), progress=False)
     assert (report.added, report.skipped, report.duplicates) == (expected.added, expected.skipped, expected.duplicates)
     assert_same_catalog(single, merged)
 
@@ -173,7 +171,7 @@ def test_the_kubernetes_path_part_by_part_then_merge_through_the_cli(tmp_path: P
     assert code == 0 and out.startswith("part 0/2: embedded 1, skipped 2") and "broken.mp3" in err and "missing.wav" in err
     code, _, err = add("--merge-parts", "2")
     assert code == 1 and "part-0001-of-0002" in err and "Nothing was committed" in err and "Traceback" not in err
-    assert Catalog.open(tmp_path / "catalog").tracks() == []  # the merge created the catalog it was given, and added nothing
+    assert not (tmp_path / "catalog" / store.CONFIG_FILE).exists()  # the merge created no catalog for parts it could not commit
     code, out, err = add("--part", "1/2")  # the second area2-game is embedded: only the merge knows its id is taken by then
     assert code == 0 and out.startswith("part 1/2: embedded 3, skipped 1") and "broken.mp3" not in err
     code, out, _ = add("--merge-parts", "2")
@@ -181,6 +179,22 @@ def test_the_kubernetes_path_part_by_part_then_merge_through_the_cli(tmp_path: P
     assert [t.track_id for t in Catalog.open(tmp_path / "catalog").tracks()] == list(CATALOG_TRACKS)
     code, _, err = add("--jobs", "2", "--part", "0/2")
     assert code == 2 and "one of --jobs, --part and --merge-parts" in err
+
+
+def test_a_merge_without_the_parts_encoder_creates_no_catalog_that_would_refuse_the_right_one(tmp_path: Path, encoder_dir: Path,
+                                                                                               references: list[Path]) -> None:
+    """Parts written with --encoder E, merged without it: the merge created an empty catalog of the default encoder,
+    refused the parts, and then refused the merge given --encoder E too (the folder's catalog was another encoder's)."""
+    directory = tmp_path / "catalog"
+    for part in range(2):
+        write_part(directory, references, part, 2, str(encoder_dir), progress=False)
+    result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(directory), "--merge-parts", "2", *map(str, references)])
+    assert result.exit_code == 1 and "encoder_fingerprint" in result.stderr and "--encoder and --hop the parts were given" in result.stderr
+    assert not (directory / store.CONFIG_FILE).exists()
+    result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(directory), "--merge-parts", "2", "--encoder", str(encoder_dir),
+                                       *map(str, references)])
+    assert result.exit_code == 0, result.output
+    assert [t.track_id for t in Catalog.open(directory).tracks()] == list(CATALOG_TRACKS)
 
 
 @pytest.mark.parametrize("factory", [None, "IVF8,Flat"])
@@ -193,7 +207,7 @@ def test_a_merge_larger_than_memory_moves_windows_to_shards_and_still_commits_on
         write_part(merged.directory, references, part, 3, progress=False)
     reader = Catalog.open(merged.directory)
     monkeypatch.setattr(catalog_module, "COMMIT_WINDOWS", 1)  # every track's windows go to a shard at once
-    merge_parts(merged, references, 3, progress=False)
+    merged, _ = merge_parts(merged.directory, references, 3, progress=False)
     assert merged.generation == 1 and len(merged._shards) == len(CATALOG_TRACKS)
     assert reader.reload_if_changed() and reader.stats()["index_factory"] == (factory or "Flat")
     assert_same_catalog(single, reader)

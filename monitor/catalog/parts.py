@@ -160,15 +160,20 @@ class PartEntry(NamedTuple):
     skipped: str | None  # why the part could not read it
 
 
-def merge_parts(catalog: Catalog, paths: Sequence[str | Path], parts: int, progress: bool = True,
-                report: AddReport | None = None) -> AddReport:
-    """Commit the `parts` parts of `paths` as one new generation, then remove them from the staging area.
+def merge_parts(directory: str | Path, paths: Sequence[str | Path], parts: int, encoder_source: str | None = None,
+                hop_seconds: float | None = None, index_factory: str | None = None, progress: bool = True,
+                report: AddReport | None = None) -> tuple[Catalog, AddReport]:
+    """Commit the `parts` parts of `paths` as one new generation of the catalog at `directory` (created with the
+    settings given if missing), then remove them from the staging area.
 
-    A missing, incomplete or foreign part is an error that names it, before anything is committed."""
+    A missing, incomplete or foreign part is an error that names it, before anything is committed, and before a
+    missing catalog is created: one created with settings the parts were not written with (the default encoder,
+    where the parts were given another) would refuse the merge that names the right ones."""
+    directory = Path(directory)
     report = AddReport() if report is None else report
-    plan = PartPlan(catalog.directory, expand_sources(paths, report), parts)
-    fingerprint = catalog.encoder.fingerprint()
-    loaded = [_read_part(plan, part, fingerprint, catalog.grid.hop_seconds, catalog.encoder.dim) for part in range(parts)]
+    plan = PartPlan(directory, expand_sources(paths, report), parts)
+    _, encoder, grid = _embedder(directory, encoder_source, hop_seconds)
+    loaded = [_read_part(plan, part, encoder.fingerprint(), grid.hop_seconds, encoder.dim) for part in range(parts)]
     missing = [plan.part_dir(part).name for part, entries in enumerate(loaded) if entries is None]
     if missing:
         raise CatalogError(
@@ -184,6 +189,7 @@ def merge_parts(catalog: Catalog, paths: Sequence[str | Path], parts: int, progr
             else:
                 yield entry.source, entry.embedded
 
+    catalog = Catalog.open_or_create(directory, encoder_source, hop_seconds, index_factory)
     catalog.add_items(items(), len(entries), report, progress, one_generation=True)
     for path in plan.folder.iterdir():
         if PART_NAME.fullmatch(path.name) and path.is_dir():
@@ -193,7 +199,7 @@ def merge_parts(catalog: Catalog, paths: Sequence[str | Path], parts: int, progr
             folder.rmdir()  # only if empty: other builds' parts stay
         except OSError:
             pass
-    return report
+    return catalog, report
 
 
 def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, dim: int) -> list[PartEntry] | None:
@@ -219,8 +225,8 @@ def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, 
             wrong.append("its embedding files are truncated")
     if wrong:
         raise CatalogError(f"{folder} does not belong to this build or is damaged ({'; '.join(wrong)}); write it again with "
-                           f"`airtrace catalog add --part {part}/{plan.parts}` and the same paths and options, then merge again. "
-                           f"Nothing was committed")
+                           f"`airtrace catalog add --part {part}/{plan.parts}` and the same paths and options, or give the merge the "
+                           f"--encoder and --hop the parts were given, then merge again. Nothing was committed")
     return list(_entries(info["entries"], arrays, dim, plan))
 
 
@@ -253,7 +259,7 @@ def build_in_parallel(directory: str | Path, paths: Sequence[str | Path], jobs: 
                 failed[part] = exc
     if failed:
         raise CatalogError("; ".join(f"part {part}/{jobs} failed: {exc}" for part, exc in failed.items()) + ". Nothing was committed")
-    return catalog, merge_parts(catalog, paths, jobs, progress, report)
+    return merge_parts(catalog.directory, paths, jobs, encoder_source, hop_seconds, index_factory, progress, report)
 
 
 def _share_cores(jobs: int) -> None:
