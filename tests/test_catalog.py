@@ -116,6 +116,17 @@ def test_another_encoder_cannot_open_the_catalog(built_catalog: Path) -> None:
         Catalog.open(built_catalog, random_encoder(seed=1))
 
 
+def test_adding_with_another_encoder_says_how_to_keep_this_one_or_index_anew(catalog_copy: Path) -> None:
+    """A catalog built before the default became compact3, given `catalog add --encoder compact3`: the refusal said
+    only that the weights differ; it names both encoders, how to go on adding, and how to move to the new one."""
+    before = sorted(p.name for p in catalog_copy.rglob("*"))
+    with pytest.raises(CatalogError, match=r"leave out --encoder to add to it with .*; to index with 'compact3', build a new catalog "
+                                           r"in another folder \(`airtrace catalog add --catalog NEW-FOLDER --encoder compact3"):
+        Catalog.open_or_create(catalog_copy, "compact3")
+    assert sorted(p.name for p in catalog_copy.rglob("*")) == before
+    assert Catalog.open_or_create(catalog_copy).encoder.fingerprint() == store.read_config(catalog_copy)["encoder"]["fingerprint"]
+
+
 def test_a_corrupt_index_is_reported(catalog_copy: Path) -> None:
     index = Catalog.open(catalog_copy).generation_dir() / "index.faiss"
     index.write_bytes(index.read_bytes()[:100])

@@ -487,8 +487,12 @@ def read_settings(directory: Path, encoder_source: str | None = None, hop_second
     """The encoder (the one named, else the one recorded) and catalog.json of an existing catalog, checked
     against the settings given, without reading its generation."""
     config = read_config(directory)
+    recorded = config["encoder"]["source"]
+    remedy = (f"leave out --encoder to add to it with {recorded!r}; to index with {encoder_source!r}, build a new catalog in another "
+              f"folder (`airtrace catalog add --catalog NEW-FOLDER --encoder {encoder_source} PATH...`, every track again) and point "
+              f"`monitor` or the workers at it") if encoder_source else None
     try:
-        encoder = _recorded_encoder(directory, config, load_encoder(encoder_source) if encoder_source else None)
+        encoder = _recorded_encoder(directory, config, load_encoder(encoder_source) if encoder_source else None, remedy)
     except EncoderError as exc:
         raise CatalogError(str(exc)) from exc
     if hop_seconds is not None and abs(hop_seconds - config["hop_seconds"]) > 1e-9:
@@ -499,8 +503,10 @@ def read_settings(directory: Path, encoder_source: str | None = None, hop_second
     return encoder, config
 
 
-def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder | None) -> Encoder:
-    """`encoder`, or without it the one the catalog records; an encoder with other weights is an error."""
+def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder | None,
+                      remedy: str | None = None) -> Encoder:
+    """`encoder`, or without it the one the catalog records; an encoder with other weights is an error, ending with
+    `remedy` (what the caller's user can do about it)."""
     recorded = config["encoder"]
     if encoder is None:
         source = recorded["source"]
@@ -513,6 +519,6 @@ def _recorded_encoder(directory: Path, config: dict[str, Any], encoder: Encoder 
     if found != recorded["fingerprint"]:
         raise CatalogError(
             f"{directory} was built by encoder {recorded['source']!r} (weights {recorded['fingerprint']}), but the given "
-            f"encoder's weights are {found}; open it with the encoder that built it, or build a new catalog"
+            f"encoder's weights are {found}; {remedy or 'open it with the encoder that built it, or build a new catalog'}"
         )
     return encoder
