@@ -127,6 +127,23 @@ def test_adding_with_another_encoder_says_how_to_keep_this_one_or_index_anew(cat
     assert Catalog.open_or_create(catalog_copy).encoder.fingerprint() == store.read_config(catalog_copy)["encoder"]["fingerprint"]
 
 
+def test_two_adds_creating_one_catalog_at_once_keep_both_adds(tmp_path: Path, encoder_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `catalog add`s into one new folder: the second checked the folder before the first created its catalog,
+    then wrote its own generation 0 over the first's catalog, removing its tracks, while both said "added"."""
+    from monitor.catalog import catalog as catalog_module
+
+    directory, real_check = tmp_path / "catalog", catalog_module.check_new_catalog_folder
+
+    def another_add_meanwhile(folder: Path) -> None:
+        real_check(folder)
+        monkeypatch.setattr(catalog_module, "check_new_catalog_folder", real_check)
+        Catalog.open_or_create(folder, str(encoder_dir)).add([MUSIC / f"{CATALOG_TRACKS[0]}.opus"], progress=False)
+
+    monkeypatch.setattr(catalog_module, "check_new_catalog_folder", another_add_meanwhile)
+    Catalog.open_or_create(directory, str(encoder_dir)).add([MUSIC / f"{CATALOG_TRACKS[1]}.opus"], progress=False)
+    assert [t.track_id for t in Catalog.open(directory).tracks()] == list(CATALOG_TRACKS[:2])
+
+
 def test_a_corrupt_index_is_reported(catalog_copy: Path) -> None:
     index = Catalog.open(catalog_copy).generation_dir() / "index.faiss"
     index.write_bytes(index.read_bytes()[:100])

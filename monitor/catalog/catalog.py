@@ -73,8 +73,7 @@ class Catalog:
         directory); without it a copy of the encoder is saved inside the catalog. `index_factory`
         None lets the catalog choose by size (exact search, then IVF as it grows)."""
         directory = Path(directory)
-        if (directory / CONFIG_FILE).exists():
-            raise CatalogError(f"{directory} already holds a catalog; open it instead of creating one")
+        _check_no_catalog(directory)
         check_new_catalog_folder(directory)
         check_hop(encoder, hop_seconds)
         factory = index_factory or auto_factory(0, encoder.dim)
@@ -82,23 +81,23 @@ class Catalog:
             index = VectorIndex.empty(factory, encoder.dim)
         except VectorIndexError as exc:
             raise CatalogError(str(exc)) from exc
+        null = NullClips.noise_and_speech(encoder, WindowGrid.for_encoder(encoder, hop_seconds))
         directory.mkdir(parents=True, exist_ok=True)
-        if encoder_source is None:
-            encoder.save(directory / "encoder")
-            encoder_source = "encoder"
-        elif Path(encoder_source).is_dir():
-            encoder_source = str(Path(encoder_source).resolve())
-        config = {
-            "format_version": FORMAT_VERSION,
-            "encoder": {"source": encoder_source, "fingerprint": encoder.fingerprint(), "backbone": encoder.config.backbone,
-                        "sample_rate": encoder.sample_rate, "window_seconds": encoder.config.window_seconds, "dim": encoder.dim},
-            "hop_seconds": float(hop_seconds),
-            "index": {"requested": index_factory or "auto", "factory": factory, "search_params": index.search_params},
-            "generation": 0,
-        }
-        grid = WindowGrid.for_encoder(encoder, hop_seconds)
-        null = NullClips.noise_and_speech(encoder, grid)
         with writer_lock(directory):
+            _check_no_catalog(directory)  # again: another `catalog add` may have created it since, and its tracks must stay
+            if encoder_source is None:
+                encoder.save(directory / "encoder")
+                encoder_source = "encoder"
+            elif Path(encoder_source).is_dir():
+                encoder_source = str(Path(encoder_source).resolve())
+            config = {
+                "format_version": FORMAT_VERSION,
+                "encoder": {"source": encoder_source, "fingerprint": encoder.fingerprint(), "backbone": encoder.config.backbone,
+                            "sample_rate": encoder.sample_rate, "window_seconds": encoder.config.window_seconds, "dim": encoder.dim},
+                "hop_seconds": float(hop_seconds),
+                "index": {"requested": index_factory or "auto", "factory": factory, "search_params": index.search_params},
+                "generation": 0,
+            }
             write_generation(directory, config, index, {}, [], null)
         return cls(directory, encoder, read_config(directory))
 
@@ -122,7 +121,11 @@ class Catalog:
                 encoder = load_encoder(source)
             except EncoderError as exc:
                 raise CatalogError(str(exc)) from exc
-            return cls.create(directory, encoder, DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds, index_factory, encoder_source=source)
+            try:
+                return cls.create(directory, encoder, DEFAULT_HOP_SECONDS if hop_seconds is None else hop_seconds, index_factory,
+                                  encoder_source=source)
+            except CatalogExists:
+                pass  # another `catalog add` created it meanwhile: this one adds to it
         encoder, config = read_settings(directory, encoder_source, hop_seconds, index_factory)
         return cls(directory, encoder, config)
 
@@ -472,6 +475,15 @@ def check_new_track(track_id: str, digest: str | None, tracks: Mapping[str, Trac
         raise CatalogError(f"track id {track_id!r} is already in the catalog; remove it first or give another id")
     if digest in hashes:
         raise _Duplicate(hashes[digest])
+
+
+class CatalogExists(CatalogError):
+    """Creating a catalog where one is."""
+
+
+def _check_no_catalog(directory: Path) -> None:
+    if (directory / CONFIG_FILE).exists():
+        raise CatalogExists(f"{directory} already holds a catalog; open it instead of creating one")
 
 
 class _Duplicate(CatalogError):
