@@ -99,12 +99,33 @@ def test_a_crash_while_committing_leaves_the_previous_catalog(catalog_copy: Path
     monkeypatch.setattr(store, "write_tracks", _raise)
     with pytest.raises(KeyboardInterrupt):
         catalog.add([MUSIC / "area3-game.opus"], progress=False)
-    assert list(catalog_copy.glob(".gen-*")) and len(list((catalog_copy / "shards").iterdir())) == 2  # debris of the crash
+    assert list(catalog_copy.glob(".gen-*")) and len(list((catalog_copy / "shards").iterdir())) == 1  # the crash's shard removed
     again = Catalog.open(catalog_copy)
     assert (again.generation, again.tracks(), again.stats()["windows"]) == before
     monkeypatch.undo()
     assert again.add([MUSIC / "area3-game.opus"], progress=False).added == ["area3-game"]
     assert not list(catalog_copy.glob(".gen-*")) and len(list((catalog_copy / "shards").iterdir())) == 2  # debris swept
+
+
+def test_a_full_disk_while_committing_is_one_line_and_leaves_no_half_generation(catalog_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """faiss's write error on a full disk ended `catalog add` with a RuntimeError traceback, and the half-written
+    generation stayed behind, holding the space a retry needs."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    def disk_full(index: VectorIndex, path: Path) -> None:
+        Path(path).write_bytes(b"\0" * 100)
+        raise RuntimeError(f"Error in void faiss::write_index(...): write error in {path}: 100 != 304128 (No space left on device)")
+
+    monkeypatch.setattr(VectorIndex, "save", disk_full)
+    result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(catalog_copy), str(MUSIC / "area3-game.opus")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "No space left on device" in result.stderr and "the catalog is as its last commit left it" in result.stderr
+    assert not list(catalog_copy.glob(".gen-*")) and not list(catalog_copy.glob("gen-000002"))
+    assert len(list((catalog_copy / "shards").iterdir())) == 1  # the failed commit's shard gave its space back
+    monkeypatch.undo()
+    assert [t.track_id for t in Catalog.open(catalog_copy).tracks()] == list(CATALOG_TRACKS)
 
 
 def _raise(*args: object, **kwargs: object) -> None:

@@ -20,7 +20,8 @@ from monitor.catalog.index import VectorIndex, VectorIndexError, auto_factory, s
 from monitor.catalog.nulls import NullClips, NullQuery, null_windows
 from monitor.catalog.sources import AddReport, Source, expand_sources
 from monitor.catalog.store import (CONFIG_FILE, FORMAT_VERSION, CatalogError, TrackInfo, check_new_catalog_folder, config_signature, gen_dir,
-                                   read_config, read_shard, read_tracks, write_generation, write_shard, writer_lock)
+                                   read_config, read_shard, read_tracks, remove_shards, write_generation, write_shard,
+                                   writer_lock)
 from monitor.constants import DEFAULT_HOP_SECONDS
 from monitor.records import Neighbour, NeighbourTable, check_id
 from monitor.stages.search import embed_audible
@@ -262,8 +263,10 @@ class Catalog:
                 yield
                 self._commit()
             except BaseException:
-                if self._dirty:  # drop what was staged; nothing staged, nothing to reload
+                if self._dirty:  # drop what was staged, and the shards it wrote (a full disk needs their space back)
+                    written = set(self._shards)
                     self._load()
+                    remove_shards(self.directory, written - set(self._shards))
                 raise
             finally:
                 self._lock_file = None

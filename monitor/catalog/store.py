@@ -159,6 +159,12 @@ def write_shard(directory: Path, generation: int, vectors: np.ndarray, ids: np.n
     return name
 
 
+def remove_shards(directory: Path, names: set[str]) -> None:
+    """Remove shards no generation lists (those of a transaction that failed)."""
+    for name in names:
+        (directory / "shards" / name).unlink(missing_ok=True)
+
+
 def read_shard(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     path = directory / "shards" / name
     try:
@@ -203,20 +209,27 @@ def write_generation(directory: Path, config: dict[str, Any], index: VectorIndex
                       shards: list[str], null: Saves) -> None:
     """Write gen-NNNNNN completely, then point catalog.json at it (the commit), then drop stale files."""
     generation = config["generation"]
-    tmp = Path(tempfile.mkdtemp(prefix=f".gen-{generation:06d}-", dir=directory))
-    index.save(tmp / "index.faiss")
-    write_tracks(tmp / "tracks.sqlite", tracks, shards)
-    null.save(tmp / "null.npz")
-    for path in tmp.iterdir():
-        fsync(path)
     target = gen_dir(directory, generation)
-    if target.exists():  # left by a crash after the rename but before the commit: never current
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    config_tmp = directory / f".{CONFIG_FILE}.tmp"
-    config_tmp.write_text(json.dumps(config, indent=2))
-    fsync(config_tmp)
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    tmp = Path(tempfile.mkdtemp(prefix=f".gen-{generation:06d}-", dir=directory))
+    try:
+        index.save(tmp / "index.faiss")
+        write_tracks(tmp / "tracks.sqlite", tracks, shards)
+        null.save(tmp / "null.npz")
+        for path in tmp.iterdir():
+            fsync(path)
+        if target.exists():  # left by a crash after the rename but before the commit: never current
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        config_tmp = directory / f".{CONFIG_FILE}.tmp"
+        config_tmp.write_text(json.dumps(config, indent=2))
+        fsync(config_tmp)
+        os.replace(config_tmp, directory / CONFIG_FILE)
+    except (OSError, RuntimeError, sqlite3.Error) as exc:  # a full disk (faiss reports it as a RuntimeError), a read-only folder
+        for debris in (tmp, target):  # never current: catalog.json was not replaced
+            shutil.rmtree(debris, ignore_errors=True)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CatalogError(f"cannot write generation {generation} of {directory} ({reason}); the catalog is as its last commit left it: "
+                           f"free some space (or make the folder writable) and run the command again") from exc
     fsync(directory)
     remove_stale(directory, generation, set(shards))
 
