@@ -126,6 +126,25 @@ def test_a_missing_or_damaged_part_is_named_and_nothing_is_committed(tmp_path: P
     assert reopened.generation == 1 and [t.track_id for t in reopened.tracks()] == ["gardien-go"]
 
 
+def test_a_part_that_fills_the_disk_is_one_line_and_leaves_nothing_half_written(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while a part wrote its embeddings ended `--part` (and each `--jobs` process) with an OSError
+    traceback, and the half-written part stayed, holding the space a retry needed."""
+    from monitor.catalog import parts as parts_module
+
+    real_entry = parts_module._embed_entry
+
+    def disk_full_after_one(*args: object) -> dict:
+        entry = real_entry(*args)
+        monkeypatch.setattr(parts_module, "_embed_entry", lambda *_: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        return entry
+
+    monkeypatch.setattr(parts_module, "_embed_entry", disk_full_after_one)
+    with pytest.raises(CatalogError, match=r"part 0/2 .*No space left on device.*run the part again"):
+        write_part(tmp_path / "catalog", references, 0, 2, str(encoder_dir), progress=False)
+    assert not [p for p in (tmp_path / "catalog").rglob("*") if p.name.startswith((".part-", "part-"))]
+
+
 @pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2"])
 def test_a_bad_part_is_refused(text: str) -> None:
     with pytest.raises(CatalogError, match="part"):

@@ -87,14 +87,31 @@ def write_part(directory: str | Path, paths: Sequence[str | Path], part: int, pa
     report = AddReport()
     plan = PartPlan(directory, expand_sources(paths, report), parts)
     held, encoder, grid = _embedder(directory, encoder_source, hop_seconds)
-    held_hashes = {track.content_hash: track_id for track_id, track in held.items()}
     target = plan.part_dir(part)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    entries, embedded = [], set()
+    try:
+        entries = _write_part_files(plan, part, tmp, held, encoder, grid, report, progress)
+        if target.is_dir():  # an earlier attempt at the same part (a retried pod): ours, replaced whole
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as exc:  # a full disk: the half-written part would hold the space a retry needs
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CatalogError(f"cannot write part {part}/{parts} in {target.parent} ({exc}); nothing of it was kept: free some space "
+                           f"(or make the folder writable) and run the part again") from exc
+    report.added = [e["track_id"] for e in entries if e.get("windows")]
+    return report
+
+
+def _write_part_files(plan: PartPlan, part: int, tmp: Path, held: dict[str, TrackInfo], encoder: Encoder, grid: WindowGrid,
+                      report: AddReport, progress: bool) -> list[dict[str, Any]]:
+    """Embed the part's slice into `tmp`: the embeddings, then entries.json (last: it marks the part complete)."""
+    held_hashes = {track.content_hash: track_id for track_id, track in held.items()}
+    entries: list[dict[str, Any]] = []
+    embedded: set[str] = set()
     files = {name: open(tmp / name, "wb") for name in ARRAYS}
     try:
-        for position in tqdm(plan.positions(part), desc=f"part {part}/{parts}", unit="file", disable=not progress, position=part):
+        for position in tqdm(plan.positions(part), desc=f"part {part}/{plan.parts}", unit="file", disable=not progress, position=part):
             entry = _embed_entry(plan.sources[position], held, held_hashes, encoder, grid, embedded, files)
             if "skipped" in entry:
                 report.skipped.append((entry["path"], entry["skipped"]))
@@ -102,17 +119,13 @@ def write_part(directory: str | Path, paths: Sequence[str | Path], part: int, pa
     finally:
         for f in files.values():
             f.close()
-    info = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": parts, "encoder_fingerprint": encoder.fingerprint(),
+    info = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": plan.parts, "encoder_fingerprint": encoder.fingerprint(),
             "hop_seconds": grid.hop_seconds, "dim": encoder.dim, "entries": entries}
     (tmp / ENTRIES_FILE).write_text(json.dumps(info))
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    if target.is_dir():  # an earlier attempt at the same part (a retried pod): ours, replaced whole
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    report.added = [e["track_id"] for e in entries if e.get("windows")]
-    return report
+    return entries
 
 
 def _embedder(directory: Path, encoder_source: str | None, hop_seconds: float | None) -> tuple[dict[str, TrackInfo], Encoder, WindowGrid]:
