@@ -63,6 +63,19 @@ def test_a_manifest_brings_ids_and_metadata(tmp_path: Path, encoder_dir: Path) -
     assert info.seconds == pytest.approx(50.0, abs=0.1)
 
 
+def test_a_manifest_row_whose_file_is_not_beside_the_manifest_says_where_paths_are_read_from(tmp_path: Path, encoder_dir: Path) -> None:
+    """A manifest written with paths relative to the folder it was made in (not its own) gave FFmpeg's 'No such
+    file or directory' per row, which did not say that a manifest's paths are read from the manifest's folder."""
+    (tmp_path / "lists").mkdir()
+    shutil.copy(MUSIC / "over-theme.opus", tmp_path / "over-theme.opus")
+    (tmp_path / "lists" / "manifest.csv").write_text("track_id,path\nthe-theme,over-theme.opus\n")
+    catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
+    report = catalog.add([tmp_path / "lists" / "manifest.csv"], progress=False)
+    assert report.skipped == [(f"{tmp_path / 'lists' / 'manifest.csv'}:2",
+                               f"no file {tmp_path / 'lists' / 'over-theme.opus'}: a manifest's paths are relative to the manifest's "
+                               f"folder ({tmp_path / 'lists'}); write them from there, or absolute")]
+
+
 def test_a_track_id_given_twice_in_one_manifest_is_named_as_such(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"track_id,path\nsong,{MUSIC / 'area1-game.opus'}\nsong,{MUSIC / 'gardien-go.opus'}\n")

@@ -70,6 +70,10 @@ def _manifest(path: Path, report: AddReport) -> list[Source]:
             report.skipped.append((f"{path}:{line}", "empty path"))
             continue
         audio = path.parent / row["path"]
+        if not audio.exists():
+            report.skipped.append((f"{path}:{line}", f"no file {audio}: a manifest's paths are relative to the manifest's folder "
+                                                     f"({path.parent}); write them from there, or absolute"))
+            continue
         if "track_id" in row and not row["track_id"]:
             report.skipped.append((f"{path}:{line}", "empty track_id; give one, or leave out the track_id column to name tracks after their files"))
             continue
