@@ -247,10 +247,15 @@ DISTORTIONS: dict[str, Apply] = {
     "compress": _compress,
     "clip": _clip,
 }
-UNITS = {
-    "tempo": "factor", "pitch": "semitones", "speed": "factor", "mp3": "kbps", "aac": "kbps", "opus": "kbps",
-    "highpass": "Hz", "lowpass": "Hz", "eq": "dB", "echo": "ms", "reverb": "RT60 s", "noise": "dB SNR",
-    "speech": "dB SNR", "babble": "dB SNR", "background": "dB SNR", "gain": "dB", "compress": "ratio", "clip": "fraction of peak",
+# Each distortion's unit and the values it takes: FFmpeg's atempo and acompressor refuse values outside
+# theirs (an OverflowError deep in PyAV), and others go silently wrong (NaN audio, silence, no effect).
+RANGES: dict[str, tuple[str, float, float]] = {
+    "tempo": ("factor", 0.5, 4.0), "pitch": ("semitones", -12.0, 12.0), "speed": ("factor", 0.25, 4.0),
+    "mp3": ("kbps", 8, 256), "aac": ("kbps", 8, 256), "opus": ("kbps", 8, 256),
+    "highpass": ("Hz", 1, 24000), "lowpass": ("Hz", 1, 24000), "eq": ("dB", 0, 30), "echo": ("ms", 1, 5000),
+    "reverb": ("RT60 s", 0.01, 10), "noise": ("dB SNR", -60, 100), "speech": ("dB SNR", -60, 100),
+    "babble": ("dB SNR", -60, 100), "background": ("dB SNR", -60, 100), "gain": ("dB", -100, 60),
+    "compress": ("ratio", 1, 20), "clip": ("fraction of peak", 0.01, 1),
 }
 
 
@@ -260,6 +265,13 @@ class Distortion:
 
     name: str
     value: float
+
+    def __post_init__(self) -> None:
+        if self.name not in RANGES:
+            raise ValueError(f"unknown distortion {self.name!r}; choose one of {', '.join(RANGES)}")
+        unit, low, high = RANGES[self.name]
+        if not low <= self.value <= high:  # NaN fails too
+            raise ValueError(f"{self.name} takes {unit} from {low:g} to {high:g}, not {self.value:g}")
 
     def __str__(self) -> str:
         return f"{self.name}:{self.value:g}"
@@ -302,9 +314,13 @@ def parse_chain(text: str) -> Chain:
         if name not in DISTORTIONS or not sep:
             raise ValueError(f"bad distortion {part!r}: write name:value with a name from {', '.join(DISTORTIONS)}")
         try:
-            steps.append(Distortion(name, float(value)))
+            number = float(value)
         except ValueError:
-            raise ValueError(f"bad distortion {part!r}: {value!r} is not a number ({UNITS[name]})") from None
+            raise ValueError(f"bad distortion {part!r}: {value!r} is not a number ({RANGES[name][0]})") from None
+        try:
+            steps.append(Distortion(name, number))
+        except ValueError as exc:
+            raise ValueError(f"bad distortion {part!r}: {exc}") from None
     return Chain(tuple(steps))
 
 

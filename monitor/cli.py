@@ -94,13 +94,25 @@ def _bench_inputs(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def _check_rows(ctx: click.Context, param: click.Parameter, rows: tuple[str, ...]) -> tuple[str, ...]:
+    """Each --row read as a distortion chain before any catalog is built, so a bad one is one line."""
+    from encoders import parse_chain
+
+    for row in rows:
+        try:
+            parse_chain(row)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return rows
+
+
 def _track_queries(command: Callable[..., None]) -> Callable[..., None]:
     """The queries that `bench tracks` and `bench compare` share."""
     options = [
         click.option("--queries", default=30, show_default=True, help="Queries per distortion row (each at every length); 30 take ~18 min on 2 cores with cached catalogs."),
         click.option("--negatives", default=60, show_default=True, help="Non-catalog queries per kind (held-out music, speech, noise)."),
         click.option("--lengths", default="1,3,5,10", show_default=True, help="Query lengths in seconds, comma-separated."),
-        click.option("--row", "rows", multiple=True, help="Distortion rows to run (e.g. tempo:1.1 or speed:1.03+aac:48); default all."),
+        click.option("--row", "rows", multiple=True, callback=_check_rows, help="Distortion rows to run (e.g. tempo:1.1 or speed:1.03+aac:48); default all."),
     ]
     for option in reversed(options):
         command = option(command)

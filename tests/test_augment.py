@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encoders import Sources, parse_chain, random_chain, synthesize_speech
-from encoders.augment import BABBLE_TALKERS, DISTORTIONS, RECIPES, UNITS
+from encoders.augment import BABBLE_TALKERS, DISTORTIONS, RANGES, RECIPES
 from encoders.speech import load_voices, split_voices
 
 SR = 8000
@@ -34,7 +34,28 @@ def sources() -> Sources:
 
 
 def test_every_distortion_has_a_strength_and_a_unit() -> None:
-    assert set(STRENGTHS) == set(DISTORTIONS) == set(UNITS)
+    assert set(STRENGTHS) == set(DISTORTIONS) == set(RANGES)
+
+
+@pytest.mark.parametrize("text, said", [
+    ("tempo:0", "tempo takes factor from 0.5 to 4, not 0"), ("speed:-1", "speed takes factor from 0.25 to 4"),
+    ("pitch:100", "pitch takes semitones from -12 to 12"), ("noise:nan", "noise takes dB SNR"), ("gain:inf", "gain takes dB"),
+    ("mp3:0", "mp3 takes kbps from 8"), ("echo:0", "echo takes ms"), ("compress:0", "compress takes ratio"),
+    ("clip:0", "clip takes fraction of peak"), ("eq:-3", "eq takes dB from 0"), ("reverb:-1", "reverb takes RT60 s"),
+])
+def test_a_strength_outside_its_range_is_refused_when_read(text: str, said: str) -> None:
+    """FFmpeg refused these deep in PyAV (OverflowError) or they gave NaN, silence or nothing, at apply time."""
+    with pytest.raises(ValueError, match=f"bad distortion '{text}': {said}"):
+        parse_chain(text)
+
+
+@pytest.mark.parametrize("name", sorted(STRENGTHS))
+def test_every_strength_of_its_range_applies(name: str, sources: Sources) -> None:
+    """The ends of each range are strengths FFmpeg and the mixers take, so the range refuses nothing that works."""
+    _, low, high = RANGES[name]
+    for value in (low, high):
+        out = parse_chain(f"{name}:{value}").apply(tone(440, 2.0), SR, np.random.default_rng(0), sources)
+        assert len(out) and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", sorted(STRENGTHS))

@@ -210,6 +210,13 @@ def test_bench_names_a_missing_or_empty_reference_set(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "lists no audio tracks" in result.output
 
 
+@pytest.mark.parametrize("row, said", [("noise:abc", "'abc' is not a number"), ("tempo:0", "tempo takes factor from 0.5 to 4")])
+def test_a_bad_distortion_row_is_one_line_before_any_work(tmp_path: Path, row: str, said: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "tracks", "--reference", str(tmp_path / "nope.csv"), "--row", row])
+    assert result.exit_code == 2 and "Invalid value for '--row'" in result.output and said in result.output
+    assert result.exc_info[0] is SystemExit
+
+
 def test_bench_compare_puts_every_engine_in_one_summary_row(tmp_path: Path, encoder_dir: Path) -> None:  # noqa: F811
     from encoders import load_encoder
 
