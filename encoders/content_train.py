@@ -31,9 +31,16 @@ from encoders.audio import AudioError
 from encoders.data import list_audio, load_tracks
 from encoders.model import Encoder, EncoderError, load_encoder
 from encoders.speech import get_voice, load_voices, split_voices
-from encoders.train import data_digest, portable_path, read_config
+from encoders.train import Bound, data_digest, portable_path, read_config
 
 log = logging.getLogger(__name__)
+
+
+CONTENT_BOUNDS: dict[str, Bound] = {
+    "tracks_per_package": (1, False), "hidden": (1, False), "conv_channels": (0, False), "examples_per_class": (1, False),
+    "example_seconds": (0, True), "epochs": (1, False), "batch_size": (1, False), "lr": (0, True),
+    "weight_decay": (0, False), "threads": (0, False),
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class ContentTrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "ContentTrainConfig":
         """Read YAML; an unknown field or a value of the wrong type is an error naming it, before any work."""
-        raw = read_config(cls, path, overrides, "music", "an audio folder or a corpus manifest.csv")
+        raw = read_config(cls, path, overrides, "music", "an audio folder or a corpus manifest.csv", CONTENT_BOUNDS)
         if raw.get("features", "taps") not in FEATURE_SETS:
             raise ValueError(f"{path}: `features: {raw['features']!r}` must be one of {', '.join(FEATURE_SETS)}")
         return cls(**raw)

@@ -65,15 +65,29 @@ class TrainConfig:
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Read YAML or JSON; an unknown field or a value of the wrong type is an error that names it,
         before any training starts."""
-        raw = read_config(cls, path, overrides, "data", "an audio folder or a manifest.csv")
+        raw = read_config(cls, path, overrides, "data", "an audio folder or a manifest.csv", TRAIN_BOUNDS)
         if raw.get("augment", "v1") not in RECIPES:
             raise ValueError(f"{path}: `augment: {raw['augment']!r}` is not a recipe; choose one of {', '.join(RECIPES)}")
         return cls(**raw)
 
 
-def read_config(cls: type, path: str | Path, overrides: dict[str, Any], required: str, what: str) -> dict[str, Any]:
+# Lowest values a field takes, (value, whether the value itself is refused): 0 steps, a batch of one pair,
+# checkpoint_every 0 or temperature 0 failed deep in a run (ZeroDivisionError, an MKL error) or trained
+# nothing (a lone pair has no negative, lr 0 moves no weight) and still wrote an encoder.
+Bound = tuple[float, bool]
+TRAIN_BOUNDS: dict[str, Bound] = {
+    "dim": (1, False), "steps": (1, False), "batch_size": (2, False), "lr": (0, True), "weight_decay": (0, False),
+    "warmup_steps": (0, False), "temperature": (0, True), "pool_chunks": (1, False), "chunk_seconds": (0, True),
+    "refresh_per_step": (0, False), "max_shift_seconds": (0, False), "batch_groups": (0, False), "non_music": (0, False),
+    "checkpoint_every": (1, False), "threads": (0, False),
+}
+
+
+def read_config(cls: type, path: str | Path, overrides: dict[str, Any], required: str, what: str,
+                bounds: dict[str, Bound]) -> dict[str, Any]:
     """The fields of a YAML (or JSON) config for dataclass `cls`, with `overrides` applied: an unknown field,
-    a value of the wrong type or a missing `required` field is an error that names it, before any work."""
+    a value of the wrong type or under its bound, or a missing `required` field is an error that names it,
+    before any work."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
@@ -92,6 +106,10 @@ def read_config(cls: type, path: str | Path, overrides: dict[str, Any], required
     for f in dataclasses.fields(cls):
         if f.name in raw and not _has_type(raw[f.name], f.type):
             raise ValueError(f"{path}: `{f.name}: {raw[f.name]!r}` must be {FIELD_TYPES[f.type][1]}")
+    for name, (low, refused) in bounds.items():
+        value = raw.get(name, getattr(cls, name))
+        if value < low or (refused and value == low) or value != value:  # value != value: NaN
+            raise ValueError(f"{path}: `{name}: {value!r}` must be {'above' if refused else 'at least'} {low:g}")
     return raw
 
 

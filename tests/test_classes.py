@@ -156,6 +156,15 @@ def test_a_bad_training_config_is_named_before_any_work(tmp_path: Path) -> None:
         ContentTrainConfig.from_file(config)
 
 
+@pytest.mark.parametrize("field, value, said", [("epochs", 0, "at least 1"), ("examples_per_class", 0, "at least 1"),
+                                                ("lr", 0, "above 0"), ("example_seconds", -4, "above 0")])
+def test_a_training_setting_under_its_bound_is_named_before_any_work(tmp_path: Path, field: str, value: float, said: str) -> None:
+    config = tmp_path / "classes.yaml"
+    config.write_text(f"music: data\n{field}: {value}\n")
+    with pytest.raises(ValueError, match=f"`{field}: {value}` must be {said}"):
+        ContentTrainConfig.from_file(config)
+
+
 @pytest.mark.parametrize("name", SHIPPED_CLASSIFIERS)
 def test_the_shipped_training_config_reads_and_matches_the_shipped_weights(name: str) -> None:
     config = Path(__file__).parents[1] / "encoders" / "configs" / "classifiers" / f"{name}.yaml"

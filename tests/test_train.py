@@ -185,6 +185,20 @@ def test_config_typo_is_named_by_the_cli(tmp_path: Path) -> None:
     assert "stpes" in result.output
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("checkpoint_every", 0, "at least 1"), ("batch_size", 1, "at least 2"), ("steps", 0, "at least 1"),
+    ("temperature", 0, "above 0"), ("lr", float("nan"), "above 0"), ("threads", -1, "at least 0"),
+])
+def test_a_setting_under_its_bound_is_one_line_before_any_work(tmp_path: Path, field: str, value: object, said: str) -> None:
+    """These failed deep in the run (ZeroDivisionError after the first step, an MKL error, torch's thread
+    check) or trained nothing and still wrote an encoder."""
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "steps": 1, field: value}))
+    result = CliRunner().invoke(main, ["train", str(config), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"must be {said}" in result.output and f"`{field}:" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_data_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="manifest"):
         train(TrainConfig(steps=1, **{**TINY, "data": str(tmp_path / "nowhere")}), tmp_path / "run")
