@@ -221,11 +221,24 @@ def save_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimiz
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights and optimizer; returns the step to continue from."""
+# Settings a run may resume with changed: they say how long and where it runs, not what it learns.
+RESUMABLE = frozenset({"steps", "threads", "device", "checkpoint_every"})
+
+
+def load_checkpoint(path: Path, encoder: Encoder, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+    """Restore weights and optimizer; returns the step to continue from. A checkpoint of other settings,
+    or one past `cfg.steps`, is refused: resuming it would mix two runs under one record."""
     ckpt = torch.load(path, map_location=next(encoder.parameters()).device, weights_only=False)
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')!r} is not {CHECKPOINT_VERSION}; start a new run directory")
+    ours = dataclasses.asdict(cfg)
+    changed = [f"{name}: {value!r} (now {ours.get(name)!r})" for name, value in ckpt["config"].items()
+               if name not in RESUMABLE and ours.get(name) != value]
+    if changed:
+        raise ValueError(f"{path} was written with {', '.join(changed)}; resume with its settings or give a new --run-dir")
+    if ckpt["step"] > cfg.steps:
+        raise ValueError(f"{path} has trained {ckpt['step']} steps, more than steps: {cfg.steps}; "
+                         f"give at least {ckpt['step']} steps or a new --run-dir")
     encoder.load_state_dict(ckpt["state"])
     optimizer.load_state_dict(ckpt["optimizer"])
     return int(ckpt["step"])
@@ -251,7 +264,9 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     checkpoint = run_dir / "checkpoint.pt"
-    start = load_checkpoint(checkpoint, encoder, optimizer) if checkpoint.exists() else 0
+    if not checkpoint.exists() and (run_dir / "encoder").exists():
+        raise ValueError(f"{run_dir} holds a trained encoder and no checkpoint to resume from; give a new --run-dir")
+    start = load_checkpoint(checkpoint, encoder, optimizer, cfg) if checkpoint.exists() else 0
     if start:
         log.info("resuming %s at step %d", run_dir, start)
 

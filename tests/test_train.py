@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -74,6 +75,28 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     encoder = load_encoder(straight)
     assert encoder.dim == 16
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"seed": 5}, "seed: 0 (now 5)"), ({"dim": 32}, "dim: 16 (now 32)"), ({"steps": 1}, "has trained 2 steps, more than steps: 1"),
+])
+def test_a_run_is_never_resumed_with_other_settings(tmp_path: Path, change: dict, said: str) -> None:
+    """Another seed or lr mixed two runs under the new one's record, another shape was a load_state_dict
+    traceback, and fewer steps re-exported the longer run's weights recorded as the shorter run."""
+    exported = train(TrainConfig(steps=2, **TINY), tmp_path / "run")
+    before = weights(exported.parent)
+    with pytest.raises(ValueError, match=re.escape(said) + ".*new --run-dir"):
+        train(TrainConfig(**{**TINY, "steps": 2, **change}), tmp_path / "run")
+    assert all(torch.equal(before[k], v) for k, v in weights(exported.parent).items())
+
+
+def test_a_trained_encoder_without_its_checkpoint_is_not_trained_over(tmp_path: Path) -> None:
+    exported = train(TrainConfig(steps=1, **TINY), tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    before = weights(exported.parent)
+    with pytest.raises(ValueError, match="holds a trained encoder and no checkpoint"):
+        train(TrainConfig(steps=1, **TINY), tmp_path / "run")
+    assert all(torch.equal(before[k], v) for k, v in weights(exported.parent).items())
 
 
 def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
