@@ -41,9 +41,12 @@ def list_audio(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_file() and path.suffix == ".csv":
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or "path" not in rows[0]:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        if "path" not in (reader.fieldnames or ()):
             raise ValueError(f"{path} has no `path` column; a manifest lists track_id,path[,...] per line")
+        if not rows:
+            raise ValueError(f"{path} lists no tracks under its header; add a track_id,path line per track")
         return [path.parent / row["path"] for row in rows]
     if path.is_file():
         return [path]
@@ -62,9 +65,11 @@ def load_tracks(paths: list[Path], sample_rate: int, min_seconds: float) -> tupl
         except AudioError as exc:
             log.warning("skipping %s", exc)
             continue
-        if len(audio) >= min_seconds * sample_rate:
-            tracks.append(audio.astype(np.float16))
-            folders.append(str(Path(path).parent))
+        if len(audio) < min_seconds * sample_rate:
+            log.warning("skipping %s: %.1f s of audio, under the %g s training cuts pairs from", path, len(audio) / sample_rate, min_seconds)
+            continue
+        tracks.append(audio.astype(np.float16))
+        folders.append(str(Path(path).parent))
     if not tracks:
         raise ValueError(f"none of the {len(paths)} files gave {min_seconds} s of audio to train on")
     group = {folder: n for n, folder in enumerate(sorted(set(folders)))}

@@ -227,6 +227,22 @@ def test_missing_data_is_reported(tmp_path: Path) -> None:
         train(TrainConfig(steps=1, **{**TINY, "data": str(tmp_path / "nowhere")}), tmp_path / "run")
 
 
+def test_a_manifest_of_no_tracks_says_so(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("track_id,path\n")
+    with pytest.raises(ValueError, match="lists no tracks under its header"):
+        list_audio(manifest)
+
+
+def test_a_track_too_short_to_train_on_is_skipped_with_its_length(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rate = 8000
+    soundfile.write(tmp_path / "long.wav", np.random.default_rng(0).standard_normal(3 * rate).astype(np.float32) * 0.1, rate)
+    soundfile.write(tmp_path / "short.wav", np.random.default_rng(1).standard_normal(rate // 2).astype(np.float32) * 0.1, rate)
+    tracks, _ = load_tracks([tmp_path / "long.wav", tmp_path / "short.wav"], rate, min_seconds=2.0)
+    assert len(tracks) == 1
+    assert "short.wav: 0.5 s of audio, under the 2 s" in caplog.text
+
+
 def test_missing_pretrained_weights_are_a_message_not_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"data": str(DEMO), "backbone": "mert", "weights": str(tmp_path / "no-mert")}))
