@@ -10,7 +10,11 @@ import dataclasses
 import hashlib
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +257,27 @@ def _loss(encoder: Encoder, anchors: torch.Tensor, positives: torch.Tensor, non_
     return nt_xent(encoded_anchors, encoded[: len(positives)], cfg.temperature, encoded[len(positives) :])
 
 
+@contextmanager
+def stop_after_step() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C asks the loop to stop once the step under way is done, so the checkpoint it writes holds
+    whole steps (an interrupt inside optimizer.step would leave half-updated weights); a second one stops
+    at once. Outside the main thread signals cannot be caught and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked = threading.Event()
+
+    def ask(signum: int, frame: object) -> None:
+        asked.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
     """Train (resuming from run_dir/checkpoint.pt if present) and export run_dir/encoder."""
     run_dir = Path(run_dir)
@@ -281,19 +306,23 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> Path:
 
     encoder.train()
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="training", unit="step")
-    for step in progress:
-        anchors, positives = pool.batch(step, cfg.batch_size)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = _loss(encoder, anchors, positives, non_music.batch(step, cfg.non_music) if non_music else None, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        pool.refresh(step, cfg.refresh_per_step)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(checkpoint, encoder, optimizer, step + 1, cfg)
-            with (run_dir / "loss.tsv").open("a") as f:
-                f.write(f"{step + 1}\t{loss.item():.4f}\t{time.time():.0f}\n")
+    with stop_after_step() as interrupted:
+        for step in progress:
+            anchors, positives = pool.batch(step, cfg.batch_size)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss = _loss(encoder, anchors, positives, non_music.batch(step, cfg.non_music) if non_music else None, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            pool.refresh(step, cfg.refresh_per_step)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+            if interrupted() or (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(checkpoint, encoder, optimizer, step + 1, cfg)
+                with (run_dir / "loss.tsv").open("a") as f:
+                    f.write(f"{step + 1}\t{loss.item():.4f}\t{time.time():.0f}\n")
+            if interrupted():
+                log.warning("interrupted: %s holds step %d of %d; rerun the same command to resume", checkpoint, step + 1, cfg.steps)
+                raise KeyboardInterrupt
 
     return encoder.cpu().eval().save(run_dir / "encoder", extra={"training": training_record(cfg)})

@@ -51,6 +51,8 @@ def train(config: str, run_dir: str, data: str | None, steps: int | None) -> Non
         click.echo(f"encoder written to {run_training(cfg, run_dir)}")
     except (ValueError, OSError) as exc:  # EncoderError and AudioError are ValueErrors
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
 
 
 # ---- airtrace bench: scripts that measure, not tests ----------------------------------------------

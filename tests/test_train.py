@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+import encoders.train
 from encoders import coloured_noise, load_audio, load_encoder
 from encoders.model import MODELS_DIR
 from encoders.data import PairPool, list_audio, load_tracks
@@ -97,6 +99,26 @@ def test_a_trained_encoder_without_its_checkpoint_is_not_trained_over(tmp_path: 
     with pytest.raises(ValueError, match="holds a trained encoder and no checkpoint"):
         train(TrainConfig(steps=1, **TINY), tmp_path / "run")
     assert all(torch.equal(before[k], v) for k, v in weights(exported.parent).items())
+
+
+def test_ctrl_c_keeps_the_steps_done_and_the_resumed_run_is_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C lost every step since the last checkpoint (checkpoint_every of them, minutes on a real run)."""
+    cfg = TrainConfig(steps=5, **{**TINY, "checkpoint_every": 100})
+    straight = weights(train(cfg, tmp_path / "straight").parent)
+    lr_at = encoders.train.lr_at
+
+    def ctrl_c_at_step_two(step: int, config: TrainConfig) -> float:
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return lr_at(step, config)
+
+    monkeypatch.setattr(encoders.train, "lr_at", ctrl_c_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(encoders.train, "lr_at", lr_at)
+    resumed = weights(train(cfg, tmp_path / "resumed").parent)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_exported_config_names_its_data_without_a_machine_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
