@@ -26,7 +26,7 @@ from monitor.catalog import Catalog
 from monitor.events import Event, EventsFile
 from monitor.health import Heartbeat
 from monitor.options import MonitorOptions
-from monitor.stages.ingest import start_readers
+from monitor.stages.ingest import numbered_by_file_or_run, start_readers
 from monitor.stages.sources import StreamSource
 from monitor.metrics import Metrics, observe_events
 from monitor.stages.mux import MuxSource, StreamStarted
@@ -79,7 +79,8 @@ class EmbeddedMonitor:
         stop = stop or threading.Event()
         use_threads(self.options.threads)
         inbox: queue.Queue[AudioWindow | EndOfStream] = queue.Queue(self.options.queue_windows)
-        readers = start_readers(self.sources, self.grid, inbox.put, self.options.ingest, self.metrics, stop)
+        readers = start_readers(self.sources, self.grid, inbox.put, self.options.ingest, self.metrics, stop,
+                                numbered_by_file_or_run(int(time.time() * 1000)))
         live = {s.id for s in self.sources}
         next_seq: dict[str, int] = {}  # per stream heard: the seq an end of it takes
         next_reload = time.monotonic() + self.options.reload_seconds

@@ -164,6 +164,26 @@ def test_events_a_full_disk_or_an_absent_database_refused_still_reach_the_play_l
     assert {p.play_id for p in plays} == set(logged) and all(row["ended_at"] is not None for row in logged.values())
 
 
+def test_logger_files_of_one_stream_keep_every_play_and_a_file_monitored_again_adds_none(catalog: Catalog, broadcast,
+                                                                                         tmp_path: Path) -> None:
+    """Daily logger files under one stream id: every run numbered its windows from 0, so a play starting at the
+    window where an earlier file's play of the same track had started got that play's id, and the play log kept
+    only the first (here: the second day's plays were lost). A file's windows are numbered from its modification
+    time, so another day's file is other plays and the same file again is the same plays."""
+    import os
+    import shutil
+
+    playlog = PlayLog.open(tmp_path / "plays.sqlite", migrate=True)
+    days = [tmp_path / f"day{day}.mp3" for day in (1, 2)]
+    for day, path in enumerate(days, start=1):
+        shutil.copy(broadcast[0], path)
+        os.utime(path, (1_796_000_000 + day * 86_400, 1_796_000_000 + day * 86_400))
+    runs = [plays_in(EmbeddedMonitor(catalog, [StreamSource("radio", str(path))], playlog=playlog).run()) for path in (*days, days[0])]
+    ended = [{e.play_id for e in run if e.state == "ended"} for run in runs]
+    assert len(ended[0]) == len(ended[1]) == 2 and not ended[0] & ended[1] and ended[2] == ended[0]
+    assert {row["play_id"] for row in list_plays(playlog)[1]} == ended[0] | ended[1]
+
+
 def test_a_catalog_that_cannot_be_searched_neither_ends_nor_opens_plays(encoder: Encoder, music, broadcast, tmp_path: Path) -> None:
     """The tracking step of both modes with the catalog emptied for 20 s inside a play (longer than the
     dropout that would end it, had its windows been heard as finding nothing): the same plays as without."""

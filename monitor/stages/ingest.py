@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -347,6 +348,23 @@ def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
     return container.size > 0 and not icecast
 
 
+def numbered_by_file_or_run(run_started_ms: int) -> Callable[[StreamSource | MuxSource], int]:
+    """Where embedded mode numbers a source's windows from (see start_readers): a local file from its modification
+    time in milliseconds, anything else from the run's start. Two runs on one stream id must not give two plays
+    one id (the play log keeps the first): daily logger files, a restarted monitor. The same file monitored
+    again gives the same ids, so its plays are not counted twice."""
+
+    def first_seq(source: StreamSource | MuxSource) -> int:
+        if source.is_file:
+            try:
+                return Path(source.url.removeprefix("file:")).stat().st_mtime_ns // 1_000_000
+            except OSError:  # unreadable: its reader reports why
+                pass
+        return run_started_ms
+
+    return first_seq
+
+
 def start_readers(
     sources: Sequence[StreamSource | MuxSource],
     grid: WindowGrid,
@@ -354,9 +372,11 @@ def start_readers(
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
+    first_seq: Callable[[StreamSource | MuxSource], int] = lambda source: 0,
 ) -> list[threading.Thread]:
     """One daemon thread per stream (or multiplex, see monitor.stages.mux) feeding `sink`; a stream that raises is
-    logged and ends alone. Its last item is the EndOfStream of source.id."""
+    logged and ends alone. Its last item is the EndOfStream of source.id. A source's windows (and ends) are
+    numbered from `first_seq(source)`: a play's id is made of its first window's number (monitor.events)."""
 
     stop = stop or threading.Event()
     turns = decode_turns(options.decode_turns)
@@ -364,9 +384,12 @@ def start_readers(
     def run(source: StreamSource | MuxSource) -> None:
         read = read_mux if isinstance(source, MuxSource) else read_windows
         items = read(source, grid, options, metrics, stop, turns)
-        next_seq = 0
+        base = first_seq(source)
+        next_seq = base
         try:
             for item in items:
+                if isinstance(item, (AudioWindow, EndOfStream)):
+                    item = replace(item, seq=base + item.seq)
                 if isinstance(item, AudioWindow) and item.stream_id == source.id:
                     next_seq = item.seq + 1
                 sink(item)
