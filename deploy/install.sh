@@ -24,7 +24,9 @@ fi
 [ -x .venv/bin/python ] || python3.11 -m venv .venv
 # torch first, pinned and from the CPU index, as the image does (deploy/Dockerfile): PyPI's torch for Linux
 # is the CUDA build with gigabytes of nvidia-* libraries. (For GPU training, install a CUDA build after.)
-.venv/bin/pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# Only torch comes from there (--no-deps); its dependencies come with the project's from the usual index: where
+# the CPU index cannot be reached, pip asked it for each of them, five tries each, a minute in all.
+.venv/bin/pip install -q --no-deps torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 .venv/bin/pip install -q -e '.[test]'
 # MuQ's declared dependencies would pull another torch; its model module needs only these.
 .venv/bin/pip install -q --no-deps muq==0.1.0 easydict==1.14 einops==0.8.2
