@@ -27,7 +27,7 @@ from monitor.stages.ingest import read_windows
 from monitor.stages.sources import StreamSource
 from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
 from monitor.stages.calibration import calibrate
-from monitor.fleet.publish import restamp
+from monitor.fleet.publish import run_start_marked
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.fleet.redis_state import RedisSettings, RedisStateStore
 from monitor.stages.state import MemoryStateStore
@@ -129,7 +129,7 @@ def broadcast(workdir: Path, name: str, track: str, seconds: float, ref_start: f
 def windows_of(path: Path, stream_id: str, grid: WindowGrid) -> list[AudioWindow]:
     """The windows `airtrace ingest` would publish for this file, as one ingest run."""
     seq_base = int(time.time() * 1000)
-    return [restamp(w, seq_base) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
+    return [run_start_marked(replace(w, seq=seq_base + w.seq), seq_base) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
 
 
 def assert_one_play(events: list[PlayEvent], truth: TruePlay) -> None:

@@ -86,7 +86,7 @@ async def publish_windows(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        start_readers(sources, grid, sink, ingest, metrics, stop)
+        start_readers(sources, grid, sink, ingest, metrics, stop, first_seq=lambda source: seq_base)
         live = {source.id for source in sources}
         while live and not stop.is_set():
             item = await queue.get()
@@ -97,7 +97,7 @@ async def publish_windows(
                 if item.stream_id in next_seq:
                     await _send(producer, topics.windows, item.stream_id, encode_end(EndOfStream(item.stream_id, next_seq.pop(item.stream_id))), options)
             elif isinstance(item, AudioWindow):
-                window = restamp(item, seq_base)
+                window = run_start_marked(item, seq_base)
                 data = encode_window(window, grid.sample_rate, options.sample_format)
                 await _send(producer, topics.windows, window.stream_id, data, options, headers.get(window.stream_id, []))
                 next_seq[window.stream_id] = window.seq + 1
@@ -110,9 +110,10 @@ async def publish_windows(
             loop.remove_signal_handler(sig)
 
 
-def restamp(window: AudioWindow, seq_base: int) -> AudioWindow:
-    """The window as published by an ingest run that began at `seq_base` (see the module docstring)."""
-    return replace(window, seq=seq_base + window.seq, after_gap=window.after_gap or window.seq == 0)
+def run_start_marked(window: AudioWindow, seq_base: int) -> AudioWindow:
+    """The window of an ingest run numbered from `seq_base`, its stream's first marked `after_gap` (see the module
+    docstring)."""
+    return replace(window, after_gap=window.after_gap or window.seq == seq_base)
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: bytes, options: PublishOptions,
