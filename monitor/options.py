@@ -39,6 +39,9 @@ class UnknownConfig:
 
     min_seconds: float = 20.0  # an unknown stretch is reported from this long
     gap_seconds: float = 5.0  # talk or silence this long inside music ends the stretch
+    part_seconds: float = 600.0  # a longer stretch (hours of music the catalog lacks) is decided in parts this long:
+    # each is searched whole while its windows are held (under `buffer_seconds`), and its airtime is reported within
+    # minutes, not when the programme ends
     retention_days: float = 7.0  # kept stretches are searched this long after they aired
     excerpt_seconds: float = 300.0  # audio kept of a stretch, for a person to hear and to promote into the catalog
     buffer_seconds: float = 900.0  # embeddings (and audio) a process holds per stream while a stretch is open

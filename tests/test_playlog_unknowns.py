@@ -127,6 +127,9 @@ def test_an_unknown_kind_or_version_is_skipped_and_the_rest_of_the_batch_stored(
     ("unknown", {"stream_end": 0.0}, "ends .* before it starts"),
     ("unknown", {"ended_at": "2020-01-01T00:00:00.000Z"}, "ends .* before it starts"),
     ("unknown", {"stream_id": "radio\t1"}, "printable text"),
+    # `plays airtime` would split a garbled end into millions of hours, and left out hours a day after the start
+    ("unknown", {"ended_at": "9999-12-31T00:00:00.000Z"}, "lasts longer than any unknown stretch can"),
+    ("unknown", {"stream_end": 2e5}, "lasts longer than any unknown stretch can"),
     ("airtime", {"seconds": {"music": -3600.0}}, "negative number of seconds"),
     ("airtime", {"stream_id": "radio\t1"}, "printable text"),
 ])

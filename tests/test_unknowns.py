@@ -105,6 +105,30 @@ def test_a_gap_in_the_stream_ends_the_stretch() -> None:
     assert [(round(e.stream_start, 2), round(e.stream_end, 2)) for e in events] == [(0.25, 30.25), (40.25, 70.25)]
 
 
+def test_hours_of_music_no_play_covers_are_decided_in_parts_as_they_go() -> None:
+    """A programme of music the catalog lacks is reported part by part: it was one stretch decided when the music
+    stopped (never, on a station that plays such music day and night), its airtime unreported until then, and only its
+    last `buffer_seconds` of windows held to search for repeats."""
+    events = unknowns(track(labelled([("music", 1500), ("speech", 10)]))[1])
+    centre, part = hop_start_in_window(WINDOW, HOP), CONFIG.part_seconds
+    assert [(e.stream_start, e.stream_end) for e in events] == [
+        (pytest.approx(centre), pytest.approx(centre + part)), (pytest.approx(centre + part), pytest.approx(centre + 2 * part)),
+        (pytest.approx(centre + 2 * part), pytest.approx(1500 + centre))]
+    assert len({e.unknown_id for e in events}) == 3 and [e.music_seconds for e in events[:2]] == [part, part]
+    assert all(e.decided_offset <= e.stream_end + WINDOW for e in events[:2])  # as each part fills, not at the music's end
+    assert part < CONFIG.buffer_seconds  # so a part's windows are all held when it is searched
+
+
+def test_parts_start_after_a_play_and_never_inside_a_provisional_one() -> None:
+    hits = labelled([("music", 1500), ("speech", 10)])
+    events = unknowns(track(hits, plays={206: [play("started", 100.0)], 830: [play("ended", 100.0, 400.0)]})[1])
+    assert [(e.stream_start, e.stream_end) for e in events] == [(pytest.approx(0.25), 100.0), (400.0, pytest.approx(1000.25)),
+                                                                 (pytest.approx(1000.25), pytest.approx(1500.25))]
+    provisional = {h.seq: 580.0 for h in hits if 590 <= h.offset < 700}  # found at 590 s, withdrawn at 700 s
+    events = unknowns(track(hits, provisional=provisional)[1])
+    assert [(e.stream_start, e.stream_end) for e in events][0] == (pytest.approx(0.25), pytest.approx(700.25))
+
+
 def test_airtime_counts_each_hour_once_and_the_part_at_the_end() -> None:
     hits = labelled([("music", 1500), ("speech", 600), ("silence", 100)], start=100.0)  # hours turn at offset 2000 s
     events = [e for e in track(hits)[1] if isinstance(e, AirtimeEvent)]

@@ -379,6 +379,9 @@ def unknown_row(data: Mapping[str, Any]) -> dict[str, Any]:
         started_at, ended_at = _time(data, "started_at"), _time(data, "ended_at")
         if stream_end < stream_start or ended_at < started_at - ROUNDING:
             raise MalformedEvent(f"it ends ({data['ended_at']}, stream second {stream_end}) before it starts ({data['started_at']}, {stream_start})")
+        if ended_at - started_at > LONGEST_AIRING or stream_end - stream_start > LONGEST_AIRING.total_seconds():
+            raise MalformedEvent(f"it lasts longer than any unknown stretch can ({data['ended_at']}, stream second {stream_end} from "
+                                 f"{data['started_at']}, {stream_start}; airtrace decides a long one in parts of minutes)")
         return {
             "unknown_id": _uuid(data, "unknown_id"), "event_id": _uuid(data, "event_id"), "stream_id": _id(data, "stream_id"),
             "started_at": started_at, "ended_at": ended_at, "duration": stream_end - stream_start,
@@ -479,7 +482,8 @@ def _text(data: Mapping[str, Any], key: str) -> str:
 
 ROUNDING = timedelta(milliseconds=1)  # events write times to the millisecond
 # No play lasts longer (no track does; the log refuses a play that claims to, whose garbled end in the year 9999
-# reports split into millions of hours): what lets a range's overlapping airings be found by their start (indexed).
+# reports split into millions of hours), nor an unknown stretch (decided in parts, UnknownConfig.part_seconds): what
+# lets a range's overlapping airings be found by their start (indexed).
 LONGEST_AIRING = timedelta(days=1)
 
 

@@ -7,8 +7,9 @@ of the stream's saved state, so a replay or another worker decides the same stre
 A music stretch is music or talk over music, holes of talk or silence up to `gap_seconds` inside it. The
 part of it that no catalog play covers, from the end of the last play (or the stretch's start) to the
 start of the next play (or the stretch's end), is an unknown stretch when it lasts `min_seconds`; it is
-decided when the stretch ends, a play starts, a gap cuts the stream, or the stream ends. A play that is
-still provisional counts as catalog: its started event will be dated back to its evidence.
+decided when the stretch ends, a play starts, a gap cuts the stream, or the stream ends, and in parts of
+`part_seconds` while it goes on. A play that is still provisional counts as catalog: its started event
+will be dated back to its evidence.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class AiringTracker:
             return airing, events
         airing, counted = self._count(stream_id, airing, hits, decided)
         events += counted
-        ended = hits.after_gap or (airing.music_seq >= 0 and hits.offset - airing.music_last > self.config.gap_seconds)
+        ended = hits.after_gap or (airing.music_seq >= 0 and (hits.offset - airing.music_last > self.config.gap_seconds
+                                                              or self._part_full(airing, hits, provisional_start)))
         if ended:
             events += self._unknown(stream_id, airing, math.inf, provisional_start, decided)
             airing = replace(airing, music_seq=-1, music_windows=0)
@@ -51,6 +53,14 @@ class AiringTracker:
                 airing = replace(airing, music_seq=hits.seq, music_start=hits.offset, air_minus_offset=hits.air_time - hits.offset)
             airing = replace(airing, music_last=hits.offset, music_windows=airing.music_windows + 1)
         return airing, events
+
+    def _part_full(self, airing: Airing, hits: WindowHits, provisional_start: float | None) -> bool:
+        """Whether the open stretch's unknown part reached `part_seconds` by this music window, which then starts
+        the next part. Not while a play is open or provisional: no unknown part ends inside a play."""
+        if hits.content not in MUSIC_CLASSES or airing.catalog_open or provisional_start is not None:
+            return False
+        start = max(airing.music_start + self.centre, airing.catalog_until)
+        return hits.offset + self.centre - start >= self.config.part_seconds
 
     def close(self, stream_id: str, airing: Airing, plays: Sequence[PlayEvent], provisional_start: float | None,
               decided_offset: float) -> tuple[Airing, list[UnknownEvent | AirtimeEvent]]:
