@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import av
 import jsonschema
 import numpy as np
 import pytest
@@ -292,6 +293,62 @@ def test_a_program_that_returns_to_a_file_resumes_at_its_time_after_a_gap(tmp_pa
     assert back[0].after_gap and not any(w.after_gap for w in back[1:])
     assert back[0].offset == pytest.approx(16.0, abs=0.2)  # the last packet heard before it left, and interleaving: within a tenth or two
     assert back[-1].offset == pytest.approx(max(w.offset for w in windows if w.stream_id == "tv-2"), abs=0.2)
+
+
+def television(path: Path, seconds: float, start: float = 0.0, offset: float = 0.0) -> Path:
+    """A channel as a head-end sends it: MPEG-2 video (PID 256) and MP2 audio (PID 257) of `seconds` from `start`
+    of area1-game, its timestamps `offset` s on."""
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-ss", str(start), "-i", str(MUSIC / "area1-game.opus"), "-t", str(seconds),
+           "-map", "0:v", "-map", "1:a", "-c:v", "mpeg2video", "-c:a", "mp2", "-ar", "48000", "-streamid", "0:256", "-streamid", "1:257",
+           "-output_ts_offset", str(offset), "-f", "mpegts", str(path))
+    return path
+
+
+def without_audio(transport_stream: Path, start: float, end: float) -> bytes:
+    """The transport stream less its audio PID's packets from `start` to `end` s into its audio (a receiver that
+    lost the audio PID while the video went on): every TS packet of PID 257 between the audio packets there."""
+    with av.open(str(transport_stream)) as container:
+        audio = container.streams.audio[0]
+        starts = [(float(p.pts * p.time_base), p.pos) for p in container.demux(audio) if p.pts is not None and p.pos is not None]
+    first = starts[0][0]
+    cut_from, cut_to = (next(pos for time, pos in starts if time - first >= edge) for edge in (start, end))
+    data = transport_stream.read_bytes()
+    return b"".join(data[at : at + 188] for at in range(0, len(data), 188)
+                    if not (cut_from <= at < cut_to and ((data[at + 1] & 0x1F) << 8 | data[at + 2]) == 257))
+
+
+@pytest.mark.parametrize("read_timeout", [10.0, 30.0])
+def test_an_audio_pid_absent_while_the_video_goes_on_is_a_gap_in_its_time(tmp_path: Path, read_timeout: float) -> None:
+    """40 s of a channel whose audio PID is missing from 10 s to 25 s while its video goes on: its timestamps jumped
+    15 s, which read as timestamps starting again, so the audio after the absence came 15 s early and no gap was
+    marked. The video's timestamps say that time went on: the stream resumes at 25 s after a gap, whether the
+    absence outlasted `read_timeout` (the stream left) or not (its timestamps' jump alone tells)."""
+    path = tmp_path / "absent.ts"
+    path.write_bytes(without_audio(television(tmp_path / "channel.ts", 40.0), 10.0, 25.0))
+    source = MuxSource.single(StreamSource("tv", str(path)), AudioSelection())
+    windows = [item for item in read_mux(source, GRID, IngestOptions(read_timeout=read_timeout)) if isinstance(item, AudioWindow)]
+
+    before = [w for w in windows if w.offset < 20.0]
+    after = windows[len(before):]
+    assert [w.offset for w in before] == [i * GRID.hop_seconds for i in range(len(before))] and before[-1].offset <= 9.0
+    assert after[0].after_gap and not any(w.after_gap for w in [*before, *after[1:]])
+    # The video's decode times run a tenth behind the audio (the clock that measured the absence), and the last
+    # tenth the resampler held before it is lost: within two tenths and a packet.
+    assert after[0].offset == pytest.approx(25.0, abs=0.25)
+    assert after[-1].offset == pytest.approx(39.0, abs=0.25)
+
+
+@pytest.mark.parametrize("second_part_at", [60.0, 0.0])
+def test_a_multiplex_whose_timestamps_all_jump_goes_on_without_a_gap(tmp_path: Path, second_part_at: float) -> None:
+    """Two 10 s recordings of a channel joined, the second's timestamps a minute on, or starting again (a new
+    encoder session, a looped file): every stream's timestamps jump, so it is a restart, not an absence."""
+    parts = [television(tmp_path / f"part{n}.ts", 10.0, 10.0 * n, offset) for n, offset in enumerate((0.0, second_part_at))]
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+    source = MuxSource.single(StreamSource("tv", str(joined)), AudioSelection())
+    windows = [item for item in read_mux(source, GRID) if isinstance(item, AudioWindow)]
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    assert not any(w.after_gap for w in windows) and len(windows) >= GRID.count(round(19.5 * GRID.sample_rate))
 
 
 def test_a_program_that_appears_on_a_live_input_is_added(service_change: Path, registry_metrics, caplog) -> None:

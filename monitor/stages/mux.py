@@ -13,7 +13,8 @@ HLS and DASH carry audio renditions by language. This module
   connection into windows of one stream per program, each with its own id, clock, seq, gap and dead-air
   handling as monitor.stages.ingest gives a single stream. A program that leaves the multiplex (its audio stops
   while the others go on) is reported and its stream goes down alone; when it comes back its stream
-  resumes after a gap. A program that appears is reported; on a live input the connection is reopened to
+  resumes after a gap, its time moved on by the absence, as the input's other streams (video too) measured it.
+  A program that appears is reported; on a live input the connection is reopened to
   add it (PyAV cannot demux streams that appear after opening), the others marked `after_gap` there.
   It decodes in the turns of monitor.stages.ingest's readers (`decode_turns`), in batches of packets as
   encoders.decode_chunks does: demuxed outside the turn, decoded, resampled and folded to mono inside it.
@@ -37,7 +38,7 @@ import av
 import av.logging
 import numpy as np
 
-from encoders.audio import Chunker, decode_batches, ffmpeg_url
+from encoders.audio import TIMESTAMP_JUMP_SECONDS, Chunker, decode_batches, ffmpeg_url
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
@@ -52,6 +53,10 @@ DESCRIPTION_FLAGS = ("visual_impaired", "descriptions")  # audio description for
 SECONDARY_FLAGS = (*DESCRIPTION_FLAGS, "hearing_impaired", "comment")
 DISPOSITIONS = ("main", "description")
 PROGRAM_CHECK_SECONDS = 5.0  # how often a live multiplex's program list is read again for service changes
+# An audio track whose timestamps jumped (see InputClock) while the input's clock went on by more than this was
+# absent, not restarted: a restart shows only the skew between streams (a muxer sends one up to a second or two
+# ahead of another), an absence long enough to jump at least TIMESTAMP_JUMP_SECONDS less that skew.
+ABSENT_SECONDS = TIMESTAMP_JUMP_SECONDS / 2
 
 
 class SelectionError(ValueError):
@@ -554,7 +559,8 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
     listener = _Listener(mux.id, by_index, options.read_timeout)
     tracks = [container.streams[i] for i in by_index]
     began, next_check, reported = time.monotonic(), PROGRAM_CHECK_SECONDS, set()
-    for decoded in decode_batches(listener.heard_packets(container.demux(tracks)), tracks, listener.decode, mux.id, turns, skip_damaged=True):
+    # Every stream is demuxed (video, other programs' audio), so that the listener hears the multiplex's own clock.
+    for decoded in decode_batches(container.demux(), tracks, listener.decode, mux.id, turns, skip_damaged=True):
         if stop.is_set():
             return False
         for stream, chunk in decoded:
@@ -579,34 +585,60 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
     return False
 
 
+class InputClock:
+    """A connection's own time (s, from its first packet), heard in the timestamps of all its streams: it goes on
+    while any of them flows. A stream whose timestamps jump back, or ahead by more than TIMESTAMP_JUMP_SECONDS
+    (timestamps that start again: a new encoder session, a looped file), carries on from the clock's time: a
+    multiplex whose every timestamp jumps does not move it, and a stream heard again after an absence rejoins
+    it where the others have brought it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._streams: dict[int, tuple[float, float]] = {}  # stream index -> (its latest timestamp, its clock time less that)
+        self._first: float | None = None  # the connection's first timestamp: the clock's 0
+
+    def hear(self, index: int, timestamp: float) -> bool:
+        """Move the clock by a packet of stream `index` at `timestamp` (s); whether that stream's timestamps jumped."""
+        if self._first is None:
+            self._first = timestamp
+        if index in self._streams:
+            latest, shift = self._streams[index]
+            jumped = not 0 <= timestamp - latest <= TIMESTAMP_JUMP_SECONDS
+        else:  # a stream's first packet, placed by the connection's first timestamp unless far from the clock
+            shift = -self._first
+            jumped = abs(timestamp + shift - self.now) > TIMESTAMP_JUMP_SECONDS
+        if jumped:
+            shift = self.now - timestamp
+        self._streams[index] = (timestamp, shift)
+        self.now = max(self.now, timestamp + shift)
+        return jumped
+
+
 class _Listener:
-    """One connection's packets as they are demuxed (outside the decode turns): the input's time they reach
-    (`heard`: the latest packet time of any wanted track, from this connection's first), and what it says of
-    each program's stream: back on air after it left, or gone while the others go on. It hears a batch's
-    packets before they are decoded, which changes nothing: only a stream silent for `read_timeout` comes back
-    or goes down, so none has audio waiting in the batch before that packet."""
+    """One connection's packets, every stream's, as they are decoded: the input's time they reach (`heard`, an
+    InputClock over every stream of the input, video and unwanted programs too), what it says of each program's
+    stream (back on air after it left, or gone while the others go on), and the wanted tracks' audio. An audio
+    track whose timestamps jump after the input's clock went on without it was absent, not restarted (its
+    timestamps alone cannot tell): its stream comes back after a gap, its time moved on by the absence."""
 
     def __init__(self, mux_id: str, by_index: dict[int, list[_ProgramStream]], read_timeout: float):
         self.mux_id, self.by_index, self.read_timeout = mux_id, by_index, read_timeout
         self.every = [stream for group in by_index.values() for stream in group]
-        self.heard = 0.0
-        self.first_time: float | None = None
+        self.clock = InputClock()
 
-    def heard_packets(self, packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
-        for packet in packets:
-            self.hear(packet)
-            yield packet
+    @property
+    def heard(self) -> float:
+        return self.clock.now
 
     def hear(self, packet: av.Packet) -> None:
-        if packet.pts is not None and packet.time_base is not None:
-            t = float(packet.pts * packet.time_base)
-            self.first_time = t if self.first_time is None else self.first_time
-            self.heard = max(self.heard, t - self.first_time)
+        timestamp = packet.pts if packet.dts is None else packet.dts  # a video's pts go back and forth (B-frames), its dts do not
+        jumped = timestamp is not None and packet.time_base is not None and self.clock.hear(packet.stream.index, float(timestamp * packet.time_base))
         if packet.size:
             for stream in self.by_index.get(packet.stream.index, []):
-                if not stream.up and stream.seq > 0 and self.heard - stream.last_heard > self.read_timeout:
-                    log.warning("multiplex %s: %s is back on air", self.mux_id, stream.id)
-                    stream.connect(self.heard, unheard=self.heard - stream.last_heard)
+                unheard = self.heard - stream.last_heard
+                if stream.seq > 0 and (jumped and unheard > ABSENT_SECONDS or not stream.up and unheard > self.read_timeout):
+                    log.warning("multiplex %s: %s is back on air after %.1f s without audio", self.mux_id, stream.id, unheard)
+                    stream.connect(self.heard, unheard=unheard)
                 stream.last_heard = self.heard
         for stream in self.every:
             if stream.up and self.heard - stream.last_heard > self.read_timeout:
@@ -615,9 +647,11 @@ class _Listener:
                 stream.down()
 
     def decode(self, packet: av.Packet) -> list[tuple[_ProgramStream, np.ndarray]]:
-        """`packet` decoded once, its audio resampled and folded for each stream of its track (in the decode
-        turn); the end's flush packet is not decoded for a program that left, and gives the others what their
-        decoder and resampler still hold (up to a tenth of a second, which was lost, and a window with it)."""
+        """`packet` heard, and decoded once if it is of a wanted track, its audio resampled and folded for each
+        stream of its track (in the decode turn); the end's flush packet is not decoded for a program that left,
+        and gives the others what their decoder and resampler still hold (up to a tenth of a second, which was
+        lost, and a window with it)."""
+        self.hear(packet)
         streams = [stream for stream in self.by_index.get(packet.stream.index, []) if packet.size or stream.up]
         if not streams:
             return []
