@@ -53,6 +53,7 @@ TIMESTAMP_JUMP_SECONDS = 10.0
 # A stream goes on past a packet its decoder refuses as invalid data (damaged, or cut short by packets lost over
 # UDP: 5 s of garbage in an MP3 made 13 in a row); this many in a row is a stream that cannot be decoded.
 DAMAGED_PACKETS_IN_A_ROW = 100
+MP3_TAGS = (b"ID3", b"APETAGEX")  # how the tags that an MP3 may carry between its frames begin (see PlacedByBytes)
 
 Decoded = TypeVar("Decoded")
 
@@ -132,6 +133,7 @@ def decode_batches(
     and made a live stream reconnect (losing seconds, marked as a gap) for every burst of UDP packets lost."""
     # Durations are summed in the coarsest of the streams' time bases: where theirs differ, a batch ends sooner.
     tick_seconds = max(float(stream.time_base or 1) for stream in streams)
+    decode = PlacedByBytes(decode, streams)
     damaged = 0  # packets refused in a row
     for batch in _batches(packets, tick_seconds):
         decoded: list[Decoded] = []
@@ -154,6 +156,62 @@ def decode_batches(
         yield decoded
         if failure is not None:
             raise failure
+
+
+class PlacedByBytes:
+    """`decode`, with each packet of a constant-bitrate MP3 (a file or a stream) given the time that its byte
+    position says before it is decoded.
+
+    MP3 carries no timestamps: FFmpeg counts the frames it reads, so after a damaged stretch (bytes overwritten:
+    frames the decoder refuses, bytes the demuxer skips) the audio came early by all it lost. At a constant bit
+    rate a frame's byte position is its time, so a packet is given that time, and the Chunker hears the
+    stretch as a hole (silence). Bytes skipped where the decoder refused nothing, or only a tag (ID3 or APE, as
+    files joined into one carry between their audio), are not lost audio: the count of frames goes on over
+    them. What this cannot see: bytes cut out of a file (the positions after them are the shortened file's, so
+    nothing tells how much was lost), and a variable bit rate (a packet whose size does not fit the bit rate
+    ends this: FFmpeg's count goes on)."""
+
+    def __init__(self, decode: Callable[[av.Packet], list[Decoded]], streams: Sequence[av.stream.Stream]):
+        self.decode = decode
+        self.placers = {stream.index: _BytePlacer(stream) for stream in streams
+                        if stream.container.format.name == "mp3" and stream.codec_context.bit_rate > 0}
+
+    def __call__(self, packet: av.Packet) -> list[Decoded]:
+        placer = self.placers.get(packet.stream.index)
+        if placer is None or not packet.size or packet.pos is None or packet.pos < 0:
+            return self.decode(packet)
+        fits = placer.place(packet)
+        try:
+            decoded = self.decode(packet)
+        except av.InvalidDataError:
+            placer.refused = placer.refused or not bytes(packet).startswith(MP3_TAGS)
+            raise
+        if not fits:  # a frame the decoder takes at another bit rate: not a constant-bitrate MP3
+            del self.placers[packet.stream.index]
+        return decoded
+
+
+class _BytePlacer:
+    """One constant-bitrate stream's byte-to-time map (see PlacedByBytes)."""
+
+    def __init__(self, stream: av.stream.Stream):
+        self.bit_rate, self.time_base = stream.codec_context.bit_rate, stream.time_base
+        self.origin: tuple[int, int] | None = None  # (byte position, pts) that the others are placed from
+        self.next_pos = 0  # where the last placed packet ends
+        self.refused = False  # the decoder refused a packet since the last placed one
+
+    def place(self, packet: av.Packet) -> bool:
+        """Give `packet` the time of its byte position if its size fits the bit rate (to the padding byte);
+        whether it does."""
+        if not packet.duration or abs(packet.size * 8 - self.bit_rate * packet.duration * self.time_base) > 8:
+            return False
+        if self.origin is None:
+            self.origin = (packet.pos, packet.pts or 0)
+        elif packet.pos > self.next_pos and not self.refused:  # skipped, not damaged: no time passed there
+            self.origin = (self.origin[0] + packet.pos - self.next_pos, self.origin[1])
+        packet.pts = packet.dts = self.origin[1] + round((packet.pos - self.origin[0]) * 8 / self.bit_rate / self.time_base)
+        self.next_pos, self.refused = packet.pos + packet.size, False
+        return True
 
 
 def _packet_chunks(chunker: "Chunker", packet: av.Packet) -> list[np.ndarray]:

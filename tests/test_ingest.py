@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import queue
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -216,6 +217,67 @@ def test_damaged_audio_frames_are_skipped_and_the_rest_is_read(tmp_path: Path, a
     assert_ordered(windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
     assert len(windows) >= GRID.count(round(20.5 * GRID.sample_rate))  # MP2's frames end a few milliseconds either side of 21 s
+
+
+MP3_BYTES_PER_SECOND = 64_000 // 8  # the `mp3` fixture's constant bit rate
+
+
+def level(windows: list) -> dict[float, float]:
+    return {w.offset: float(np.sqrt(np.mean(np.square(w.samples)))) for w in windows}
+
+
+@pytest.mark.parametrize("damage", ["garbled", "zeroed"])
+def test_a_damaged_stretch_of_a_constant_bitrate_mp3_is_silence_and_the_audio_after_it_keeps_its_time(
+        mp3: tuple[bytes, float], tmp_path: Path, damage: str) -> None:
+    """5 s of a 50 s MP3's bytes overwritten 20 s in (a damaged disk or download): MP3 carries no timestamps and
+    FFmpeg counts the frames it reads, so the 25 s after the damage came 5 s early. At a constant bit rate a
+    frame's byte position is its time: the damage is silence and the audio after it is where it was."""
+    data, seconds = mp3
+    intact, damaged = tmp_path / "intact.mp3", tmp_path / "damaged.mp3"
+    intact.write_bytes(data)
+    start, end = 20 * MP3_BYTES_PER_SECOND, 25 * MP3_BYTES_PER_SECOND
+    damaged.write_bytes(data[:start] + bytes(b ^ 0x5A if damage == "garbled" else 0 for b in data[start:end]) + data[end:])
+    expected = list(read_windows(StreamSource("intact", str(intact)), GRID))
+    windows = list(read_windows(StreamSource("damaged", str(damaged)), GRID))
+
+    assert_ordered(windows)
+    assert len(windows) == len(expected)
+    # The damage ends frames a few hundredths either side of 20 s and 25 s: windows a tenth clear of its edges.
+    loudness = level(windows)
+    in_damage = [offset for offset in loudness if 20.1 <= offset and offset + GRID.window_seconds <= 24.9]
+    assert len(in_damage) == 7 and all(loudness[offset] == 0 for offset in in_damage)
+    assert all(rms > 0.01 for offset, rms in loudness.items() if offset + GRID.window_seconds <= 19.9 or offset >= 25.1)
+    # The audio after it lines up with the intact file's to within a sample (a new resampler starts after the hole).
+    rate, after = GRID.sample_rate, 26.0
+    heard, meant = (np.concatenate([w.samples[: GRID.hop] for w in ws if w.offset >= after]) for ws in (windows, expected))
+    span = heard[rate // 10 : 10 * rate]
+    lag = max(range(-rate // 10, rate // 10 + 1), key=lambda lag: float(np.dot(span, meant[rate // 10 + lag : 10 * rate + lag])))
+    assert abs(lag) <= 1
+
+
+@pytest.mark.parametrize("join", ["tagged", "cut"])
+def test_bytes_an_mp3_skips_with_no_audio_lost_in_them_add_no_time(mp3: tuple[bytes, float], tmp_path: Path, join: str) -> None:
+    """Two MP3s joined into one file, the second's ID3 tag (16 KB: 2 s of bytes at the bit rate) between their
+    audio: the decoder refuses the tag, which is no lost audio, so its bytes add no silence. Bytes cut out of a
+    file leave no trace of how much was lost (the positions after the cut are the shortened file's): it reads
+    as the audio left, as FFmpeg counts it, with no time put back (README, "Damaged and lossy inputs")."""
+    from monitor.bench.servers import encode_mp3
+
+    data, seconds = mp3
+    if join == "tagged":
+        second, tagged = encode_mp3(MUSIC / "area2-game.opus", tmp_path / "second.mp3"), tmp_path / "tagged.mp3"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(second), "-t", "10", "-c", "copy", "-metadata", f"comment={'x' * 16000}",
+                        str(tagged)], check=True)
+        joined, audio_seconds = data + tagged.read_bytes(), seconds + 10.0
+    else:
+        start = 20 * MP3_BYTES_PER_SECOND
+        joined, audio_seconds = data[:start] + data[start + 5 * MP3_BYTES_PER_SECOND :], seconds - 5.0
+    path = tmp_path / "joined.mp3"
+    path.write_bytes(joined)
+    windows = list(read_windows(StreamSource("joined", str(path)), GRID))
+    assert_ordered(windows)
+    assert abs(len(windows) - GRID.count(round(audio_seconds * GRID.sample_rate))) <= 1  # the files' last frames, less a few ms
+    assert not [offset for offset, rms in level(windows).items() if rms == 0]
 
 
 def test_a_file_shorter_than_a_window_says_so(tmp_path: Path, caplog) -> None:
