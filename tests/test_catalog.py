@@ -12,7 +12,7 @@ import pytest
 
 from catalog_fixtures import CATALOG_TRACKS, MUSIC, music, random_encoder
 from encoders import load_encoder
-from monitor.catalog import store
+from monitor.catalog import sources, store
 from monitor.catalog import Catalog, CatalogError
 from monitor.bench.speed import distorted, measure_index, synthetic_vectors
 from monitor.catalog import index as index_module
@@ -384,6 +384,21 @@ def test_a_manifest_with_a_byte_order_mark_keeps_its_track_id_column(tmp_path: P
     catalog = Catalog.create(tmp_path / "catalog", load_encoder(encoder_dir))
     assert catalog.add([tmp_path / "manifest.csv"], progress=False).added == ["the-theme"]
     assert catalog.track("the-theme").metadata == {"title": "Over Theme"}
+
+
+def test_a_manifest_with_a_cell_over_128_kb_is_read_whole(tmp_path: Path) -> None:
+    """Python's csv refuses a field over 128 KB by default: one long description skipped the whole manifest."""
+    import csv
+
+    shutil.copy(MUSIC / "over-theme.opus", tmp_path / "a.opus")
+    shutil.copy(MUSIC / "gardien-go.opus", tmp_path / "b.opus")
+    notes = "la " * 100_000  # 300 KB
+    (tmp_path / "manifest.csv").write_text(f'track_id,path,notes\nthe-theme,a.opus,"{notes}"\ngo,b.opus,short\n')
+    report = sources.AddReport()
+    found = sources.expand_sources([tmp_path / "manifest.csv"], report)
+    assert not report.skipped
+    assert [(s.track_id, s.metadata) for s in found] == [("the-theme", {"notes": notes}), ("go", {"notes": "short"})]
+    assert csv.field_size_limit() == 128 * 1024  # the process's limit is left as it was
 
 
 def test_a_manifest_in_a_code_page_is_skipped_with_how_to_save_it(tmp_path: Path, encoder_dir: Path) -> None:

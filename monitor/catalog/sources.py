@@ -6,9 +6,11 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 from encoders import AUDIO_SUFFIXES, audio_files
+
+MAX_FIELD = 2**31 - 1  # csv.field_size_limit takes a C long, 32 bits on some platforms
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _manifest(path: Path, report: AddReport) -> list[Source]:
     """Rows of track_id, path (relative to the manifest) and any metadata columns (title, artist, isrc, ...)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSV files with a byte-order mark
-            rows = list(csv.DictReader(f))
+            rows = _rows(f, path.stat().st_size)
     except UnicodeDecodeError as exc:  # a spreadsheet's plain "CSV" export is in the system's code page
         report.skipped.append((str(path), f"the manifest is not UTF-8 text ({exc.reason} at byte {exc.start + 1}); "
                                           "save it as UTF-8 (a spreadsheet's \"CSV UTF-8\" export) and add it again"))
@@ -81,3 +83,13 @@ def _manifest(path: Path, report: AddReport) -> list[Source]:
         metadata = {k: v for k, v in row.items() if k not in ("track_id", "path") and k and v}
         items.append(Source(track_id, audio, metadata))
     return items
+
+
+def _rows(f: TextIO, size: int) -> list[dict[str, str]]:
+    """The rows of a manifest, whatever the size of a cell (a long description or lyrics is legal CSV; csv refuses
+    fields over 128 KB by default, which skipped the whole manifest): no cell is larger than the file."""
+    previous = csv.field_size_limit(max(csv.field_size_limit(), min(size, MAX_FIELD)))
+    try:
+        return list(csv.DictReader(f))
+    finally:
+        csv.field_size_limit(previous)
