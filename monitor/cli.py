@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,7 +395,8 @@ def bench_playlog(playlog, stations, days, plays_per_day, upsert_plays, out) -> 
 
 
 if TYPE_CHECKING:
-    from monitor.catalog import AddReport, Catalog
+    from monitor.catalog import Catalog
+    from monitor.catalog.parts import PartReport
 
 
 @main.group()
@@ -435,25 +438,27 @@ def catalog_add(directory: str, encoder: str | None, hop: float | None, index_fa
         raise click.UsageError("give one of --jobs, --part and --merge-parts")
     report = AddReport()
     try:
-        if part_spec is not None:
-            part, parts = catalog_parts.parse_part(part_spec)
-            _report_part(part_spec, catalog_parts.write_part(directory, paths, part, parts, encoder, hop))
-            return
-        if jobs > 1:
-            cat, _ = catalog_parts.build_in_parallel(directory, paths, jobs, encoder, hop, index_factory, report=report)
-        elif merge_parts is not None:
-            cat, _ = catalog_parts.merge_parts(directory, paths, merge_parts, encoder, hop, index_factory, report=report)
-        else:
-            cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
-            cat.add(paths, report=report)
-        if cat.tracks():
-            calibrate(cat)
+        with _signals_interrupt() if jobs > 1 else nullcontext():
+            if part_spec is not None:
+                part, parts = catalog_parts.parse_part(part_spec)
+                _report_part(part_spec, catalog_parts.write_part(directory, paths, part, parts, encoder, hop))
+                return
+            if jobs > 1:
+                cat, _ = catalog_parts.build_in_parallel(directory, paths, jobs, encoder, hop, index_factory, report=report)
+            elif merge_parts is not None:
+                cat, _ = catalog_parts.merge_parts(directory, paths, merge_parts, encoder, hop, index_factory, report=report)
+            else:
+                cat = Catalog.open_or_create(directory, encoder, hop, index_factory)
+                cat.add(paths, report=report)
+            if cat.tracks():
+                calibrate(cat)
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         committed = _committed(directory, report.added)
         click.echo(f"\ninterrupted: {len(committed)} of the {len(report.added)} tracks indexed so far were committed"
-                   f"{': ' + ', '.join(committed) if committed else ''}; run the same command again to add the rest", err=True)
+                   f"{': ' + ', '.join(committed) if committed else ''}; run the same command again to add the rest"
+                   f"{' (it reuses the parts that were finished)' if jobs > 1 else ''}", err=True)
         raise SystemExit(130) from None
     for path, reason in report.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -464,10 +469,25 @@ def catalog_add(directory: str, encoder: str | None, hop: float | None, index_fa
         raise SystemExit(1)  # every input failed
 
 
-def _report_part(part_spec: str, report: AddReport) -> None:
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM (Kubernetes, systemd, `kill`) and SIGINT stop a `--jobs` parent as Ctrl-C in its terminal does, also
+    where SIGINT was ignored (a script's background job): a KeyboardInterrupt, on which it stops its parts. Only
+    there: the parent waits in Python, while a process that decodes can lose the exception inside PyAV, and then
+    would not stop at all (the default SIGTERM ends it at once; its commits are atomic)."""
+    previous = {number: signal.signal(number, signal.default_int_handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _report_part(part_spec: str, report: PartReport) -> None:
     for path, reason in report.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
-    click.echo(f"part {part_spec}: embedded {len(report.added)}, skipped {len(report.skipped)}; commit the parts with --merge-parts")
+    reused = " (a finished part of the same files, encoder and catalog tracks: not embedded again)" if report.reused else ""
+    click.echo(f"part {part_spec}: embedded {len(report.added)}, skipped {len(report.skipped)}{reused}; commit the parts with --merge-parts")
 
 
 def _committed(directory: str, track_ids: list[str]) -> list[str]:

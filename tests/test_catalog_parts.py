@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+import soundfile
 from click.testing import CliRunner
 
-from catalog_fixtures import CATALOG_TRACKS, MUSIC, music
+from catalog_fixtures import CATALOG_TRACKS, MUSIC, SAMPLE_RATE, music
 from encoders import load_encoder
 from monitor.catalog import catalog as catalog_module
 from monitor.catalog import sources, store
@@ -230,3 +237,82 @@ def test_a_merge_larger_than_memory_moves_windows_to_shards_and_still_commits_on
     assert merged.generation == 1 and len(merged._shards) == len(CATALOG_TRACKS)
     assert reader.reload_if_changed() and reader.stats()["index_factory"] == (factory or "Flat")
     assert_same_catalog(single, reader)
+
+
+@pytest.fixture(scope="module")
+def slow_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An encoder of wide layers (random weights) and a folder of one 20-minute file per part of a 2-part build:
+    each part takes seconds, so none finishes in the moment a test takes to stop it."""
+    from encoders import Encoder, EncoderConfig
+
+    folder = tmp_path_factory.mktemp("long-tracks")
+    for name in CATALOG_TRACKS[:2]:
+        audio = music(name)
+        soundfile.write(folder / f"{name}.wav", np.tile(audio, 20 * 60 * SAMPLE_RATE // len(audio) + 1), SAMPLE_RATE)
+    encoder = Encoder(EncoderConfig.for_backbone("compact", backbone_args={"channels": [96, 192, 384, 640]}))
+    return encoder.save(tmp_path_factory.mktemp("encoder") / "wide"), folder
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_jobs_parent_alone_stops_its_parts_and_commits_nothing(tmp_path: Path, slow_build: tuple[Path, Path],
+                                                                                signal_number: int) -> None:
+    """`kill -INT` to a `catalog add --jobs` parent waited for its parts to finish (a terminal's Ctrl-C reaches every
+    process of the group), and SIGTERM (Kubernetes, systemd) killed it and left its parts embedding on their own."""
+    directory, (encoder_dir, tracks) = tmp_path / "catalog", slow_build
+    add = subprocess.Popen([sys.executable, "-m", "monitor", "catalog", "add", "--catalog", str(directory), "--encoder", str(encoder_dir),
+                            "--jobs", "2", str(tracks)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        while len(list(directory.glob(f"{PARTS_DIR}/*/.part-*"))) < 2 and add.poll() is None:  # both parts are embedding
+            time.sleep(0.05)
+        parts = [p for p in psutil.Process(add.pid).children() if "resource_tracker" not in " ".join(p.cmdline())]
+        os.kill(add.pid, signal_number)
+        _, err = add.communicate(timeout=60)
+    finally:
+        add.kill()
+    assert add.returncode == 130, err
+    assert "interrupted: 0 of the 0 tracks indexed so far were committed" in err and "Traceback" not in err
+    assert not [p for p in parts if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not list(directory.glob(f"{PARTS_DIR}/*/*")), "a part was finished or left half-written"
+    assert Catalog.open(directory).track_count == 0
+
+
+def test_a_finished_part_of_the_same_inputs_is_reused_and_a_stale_one_embedded_again(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun of an interrupted `--jobs` build embedded every part again; now a finished part is kept for the files,
+    encoder and catalog tracks it was written from, and written again when any of them changed."""
+    from monitor.catalog import parts as parts_module
+
+    directory = tmp_path / "catalog"
+    first = [write_part(directory, references, part, 2, str(encoder_dir), progress=False) for part in range(2)]
+    embed_entry = parts_module._embed_entry
+    monkeypatch.setattr(parts_module, "_embed_entry", index_loaded)  # nothing may be embedded
+    again = [write_part(directory, references, part, 2, str(encoder_dir), progress=False) for part in range(2)]
+    assert [r.reused for r in again] == [True, True] and [r.reused for r in first] == [False, False]
+    assert [(r.added, r.skipped) for r in again] == [(r.added, r.skipped) for r in first]
+
+    monkeypatch.setattr(parts_module, "_embed_entry", embed_entry)
+    os.utime(references[0] / f"{CATALOG_TRACKS[0]}.opus", ns=(0, 0))  # a file of part 0 (area1-game, broken.mp3, zz-copy) was touched
+    assert [write_part(directory, references, part, 2, str(encoder_dir), progress=False).reused for part in range(2)] == [False, True]
+    catalog = Catalog.create(directory, load_encoder(encoder_dir), encoder_source=str(encoder_dir))
+    assert write_part(directory, references, 1, 2, progress=False).reused  # an empty catalog skips nothing: the same
+    catalog.add([MUSIC / "gardien-go.opus"], progress=False)
+    assert not write_part(directory, references, 1, 2, progress=False).reused  # its tracks decide what a part skips
+
+    single, expected = single_add(tmp_path, encoder_dir, [MUSIC / "gardien-go.opus", *references])
+    merged, report = merge_parts(directory, references, 2, progress=False)
+    assert (report.added, report.duplicates) == (expected.added[1:], expected.duplicates)
+    assert_same_catalog(single, merged)
+
+
+def test_a_jobs_rerun_reuses_the_parts_an_interrupted_run_finished(tmp_path: Path, encoder_dir: Path, references: list[Path],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    directory = tmp_path / "catalog"
+    Catalog.create(directory, load_encoder(encoder_dir), encoder_source=str(encoder_dir))  # as `--jobs` does before its parts
+    write_part(directory, references, 0, 2, progress=False)  # what an interrupted `--jobs 2` run finished
+    with caplog.at_level("INFO", logger="monitor.catalog.parts"):
+        result = CliRunner().invoke(main, ["catalog", "add", "--catalog", str(directory), "--jobs", "2", *map(str, references)])
+    assert result.exit_code == 0, result.output
+    assert "1 of the 2 parts were finished by an earlier run" in caplog.text
+    single, _ = single_add(tmp_path, encoder_dir, references)
+    assert_same_catalog(single, Catalog.open(directory))

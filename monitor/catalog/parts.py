@@ -7,6 +7,10 @@ catalog folder's staging area and writes no generation:
     parts/<build>/part-0002-of-0008/   entries.json (written last: a folder without it is incomplete),
                                         vectors.f16, numbers.i64 (raw rows, in entry order)
 
+A part records what it was embedded from beyond its build (each file's size and modification time, the
+encoder's config and the catalog's tracks, which decide what it skips); `write_part` given the same inputs
+again reuses a finished part instead of embedding it again (a `--jobs` rerun after Ctrl-C, a retried pod).
+
 `merge_parts` then feeds every part's tracks, in source order, to Catalog.add_items under the writer
 lock and commits them as one generation: the same ids, duplicates, ordinals and null clips as one
 `catalog add` of PATHS. <build> is a hash of the source list and N, so parts of another build never mix.
@@ -16,15 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from types import FrameType
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
@@ -40,10 +47,13 @@ from monitor.records import check_id
 from monitor.stages.search import embed_audible
 from monitor.stages.windows import WindowGrid
 
+log = logging.getLogger(__name__)
+
 PART_FORMAT = 2  # 2: no null.f16 (a track's null windows are taken from its own)
 PART_NAME = re.compile(r"\.?part-\d{4}-of-\d{4}(-\w+)?")  # a part, or one a crash left half written
 ENTRIES_FILE = "entries.json"
 ARRAYS = {"vectors.f16": np.float16, "numbers.i64": np.int64}
+_HALF_WRITTEN: set[Path] = set()  # the part this process is writing: a `--jobs` process stopped by SIGTERM removes it
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -77,34 +87,79 @@ class PartPlan:
         return range(part, len(self.sources), self.parts)
 
 
+@dataclass
+class PartReport(AddReport):
+    reused: bool = False  # a finished part of the same inputs was found: nothing was embedded again
+
+
 def write_part(directory: str | Path, paths: Sequence[str | Path], part: int, parts: int, encoder_source: str | None = None,
-               hop_seconds: float | None = None, progress: bool = True) -> AddReport:
-    """Embed part `part` of `parts` of the tracks `paths` name into the catalog folder's staging area.
+               hop_seconds: float | None = None, progress: bool = True) -> PartReport:
+    """Embed part `part` of `parts` of the tracks `paths` name into the catalog folder's staging area, unless
+    a finished part of the same inputs is there already.
 
     Tracks whose id the catalog already holds are skipped and audio it holds is not embedded, as `add`
     does; whether a track is added is decided by `merge_parts`. Reading errors are in the report."""
     directory = Path(directory)
-    report = AddReport()
+    report = PartReport()
     plan = PartPlan(directory, expand_sources(paths, report), parts)
     held, encoder, grid = _embedder(directory, encoder_source, hop_seconds)
-    target = plan.part_dir(part)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        entries = _write_part_files(plan, part, tmp, held, encoder, grid, report, progress)
-        if target.is_dir():  # an earlier attempt at the same part (a retried pod): ours, replaced whole
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except OSError as exc:  # a full disk: the half-written part would hold the space a retry needs
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CatalogError(f"cannot write part {part}/{parts} in {target.parent} ({exc}); nothing of it was kept: free some space "
-                           f"(or make the folder writable) and run the part again") from exc
+    inputs = _inputs(plan, part, held, encoder)  # before embedding: a file changed meanwhile makes the part stale
+    entries = _finished_entries(plan, part, encoder, grid, inputs)
+    report.reused = entries is not None
+    if entries is None:
+        entries = _embed_part(plan, part, held, encoder, grid, inputs, report, progress)
+    else:
+        report.skipped += [(entry["path"], entry["skipped"]) for entry in entries if "skipped" in entry]
     report.added = [e["track_id"] for e in entries if e.get("windows")]
     return report
 
 
+def _inputs(plan: PartPlan, part: int, held: dict[str, TrackInfo], encoder: Encoder) -> dict[str, Any]:
+    """What a part's entries depend on beyond its build: its files (size, modification time), the encoder's
+    config and the catalog's tracks (their ids and audio are skipped)."""
+    files = []
+    for position in plan.positions(part):
+        try:
+            status = plan.sources[position].path.stat()
+            files.append([status.st_size, status.st_mtime_ns])
+        except OSError:
+            files.append(None)
+    tracks = json.dumps(sorted((track_id, track.content_hash) for track_id, track in held.items()))
+    return {"files": files, "encoder": encoder.config.to_json(), "catalog": hashlib.sha256(tracks.encode()).hexdigest()}
+
+
+def _finished_entries(plan: PartPlan, part: int, encoder: Encoder, grid: WindowGrid, inputs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The entries of a finished part written from exactly `inputs`, or None (missing, damaged, foreign or stale)."""
+    try:
+        info = _part_info(plan, part, encoder.fingerprint(), grid.hop_seconds, encoder.dim)
+    except CatalogError:
+        return None
+    return info["entries"] if info is not None and info.get("inputs") == json.loads(json.dumps(inputs)) else None  # as stored: tuples are lists
+
+
+def _embed_part(plan: PartPlan, part: int, held: dict[str, TrackInfo], encoder: Encoder, grid: WindowGrid, inputs: dict[str, Any],
+                report: AddReport, progress: bool) -> list[dict[str, Any]]:
+    """Embed the part into a temporary folder and move it in place; a part stopped half-way leaves nothing."""
+    target = plan.part_dir(part)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    _HALF_WRITTEN.add(tmp)
+    try:
+        entries = _write_part_files(plan, part, tmp, held, encoder, grid, inputs, report, progress)
+        if target.is_dir():  # an earlier attempt at the same part (a retried pod) from other inputs: ours, replaced whole
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as exc:  # a full disk: the half-written part would hold the space a retry needs
+        raise CatalogError(f"cannot write part {part}/{plan.parts} in {target.parent} ({exc}); nothing of it was kept: free some space "
+                           f"(or make the folder writable) and run the part again") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # also on Ctrl-C; gone already once moved in place
+        _HALF_WRITTEN.discard(tmp)
+    return entries
+
+
 def _write_part_files(plan: PartPlan, part: int, tmp: Path, held: dict[str, TrackInfo], encoder: Encoder, grid: WindowGrid,
-                      report: AddReport, progress: bool) -> list[dict[str, Any]]:
+                      inputs: dict[str, Any], report: AddReport, progress: bool) -> list[dict[str, Any]]:
     """Embed the part's slice into `tmp`: the embeddings, then entries.json (last: it marks the part complete)."""
     held_hashes = {track.content_hash: track_id for track_id, track in held.items()}
     entries: list[dict[str, Any]] = []
@@ -120,7 +175,7 @@ def _write_part_files(plan: PartPlan, part: int, tmp: Path, held: dict[str, Trac
         for f in files.values():
             f.close()
     info = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": plan.parts, "encoder_fingerprint": encoder.fingerprint(),
-            "hop_seconds": grid.hop_seconds, "dim": encoder.dim, "entries": entries}
+            "hop_seconds": grid.hop_seconds, "dim": encoder.dim, "inputs": inputs, "entries": entries}
     (tmp / ENTRIES_FILE).write_text(json.dumps(info))
     for path in tmp.iterdir():
         with open(path, "rb") as f:
@@ -217,14 +272,24 @@ def merge_parts(directory: str | Path, paths: Sequence[str | Path], parts: int, 
 
 def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, dim: int) -> list[PartEntry] | None:
     """The entries of one part with their embeddings (read-only memory maps), or None if it is missing."""
+    info = _part_info(plan, part, fingerprint, hop_seconds, dim)
+    if info is None:
+        return None
+    folder = plan.part_dir(part)
+    arrays = {name: np.memmap(folder / name, dtype=dtype, mode="r") if (folder / name).stat().st_size else np.zeros(0, dtype)
+              for name, dtype in ARRAYS.items()}
+    return list(_entries(info["entries"], arrays, dim, plan))
+
+
+def _part_info(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, dim: int) -> dict[str, Any] | None:
+    """A finished part's entries.json, checked against this build and its embedding files; None if it is missing."""
     folder = plan.part_dir(part)
     if not (folder / ENTRIES_FILE).is_file():
         return None
     try:
         info = json.loads((folder / ENTRIES_FILE).read_text())
         positions = [entry["position"] for entry in info["entries"]]
-        arrays = {name: np.memmap(folder / name, dtype=dtype, mode="r") if (folder / name).stat().st_size else np.zeros(0, dtype)
-                  for name, dtype in ARRAYS.items()}
+        rows = {name: (folder / name).stat().st_size // np.dtype(dtype).itemsize for name, dtype in ARRAYS.items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CatalogError(f"{folder} cannot be read ({exc}); write it again with `airtrace catalog add --part {part}/{plan.parts}`") from exc
     expected = {"format": PART_FORMAT, "build": plan.folder.name, "part": part, "parts": plan.parts, "encoder_fingerprint": fingerprint,
@@ -234,13 +299,13 @@ def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, 
         wrong.append("its tracks are not this build's slice")
     if not wrong:
         windows = sum(entry.get("windows") or 0 for entry in info["entries"])
-        if (arrays["vectors.f16"].size, arrays["numbers.i64"].size) != (windows * dim, windows):
+        if (rows["vectors.f16"], rows["numbers.i64"]) != (windows * dim, windows):
             wrong.append("its embedding files are truncated")
     if wrong:
         raise CatalogError(f"{folder} does not belong to this build or is damaged ({'; '.join(wrong)}); write it again with "
                            f"`airtrace catalog add --part {part}/{plan.parts}` and the same paths and options, or give the merge the "
                            f"--encoder and --hop the parts were given, then merge again. Nothing was committed")
-    return list(_entries(info["entries"], arrays, dim, plan))
+    return info
 
 
 def _entries(entries: list[dict[str, Any]], arrays: dict[str, np.ndarray], dim: int, plan: PartPlan) -> Iterator[PartEntry]:
@@ -260,22 +325,59 @@ def _entries(entries: list[dict[str, Any]], arrays: dict[str, np.ndarray], dim: 
 def build_in_parallel(directory: str | Path, paths: Sequence[str | Path], jobs: int, encoder_source: str | None = None,
                       hop_seconds: float | None = None, index_factory: str | None = None, progress: bool = True,
                       report: AddReport | None = None) -> tuple[Catalog, AddReport]:
-    """`catalog add --jobs N`: N processes on this machine write the N parts, then `merge_parts` commits them."""
+    """`catalog add --jobs N`: N processes on this machine write the N parts, then `merge_parts` commits them.
+
+    A KeyboardInterrupt (Ctrl-C, or a signal the caller turns into one) stops the parts at once: each removes
+    its half-written files; finished parts stay, for a rerun to reuse."""
     catalog = Catalog.open_or_create(directory, encoder_source, hop_seconds, index_factory)  # created once, before the parts
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(jobs,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(jobs,)) as pool:
         futures = [pool.submit(write_part, directory, paths, part, jobs, encoder_source, hop_seconds, progress) for part in range(jobs)]
-        failed = {}
-        for part, future in enumerate(futures):
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - whatever stopped a part is reported with its number
-                failed[part] = exc
+        try:
+            outcomes = [_outcome(future) for future in futures]
+        except KeyboardInterrupt:
+            _stop_workers(pool)
+            raise
+    failed = {part: outcome for part, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)}
     if failed:
         raise CatalogError("; ".join(f"part {part}/{jobs} failed: {exc}" for part, exc in failed.items()) + ". Nothing was committed")
+    reused = sum(outcome.reused for outcome in outcomes if isinstance(outcome, PartReport))
+    if reused:
+        log.info("%d of the %d parts were finished by an earlier run from the same files, encoder and catalog; not embedded again", reused, jobs)
     return merge_parts(catalog.directory, paths, jobs, encoder_source, hop_seconds, index_factory, progress, report)
 
 
-def _share_cores(jobs: int) -> None:
-    """Each of `jobs` processes embeds with its share of torch's threads (OMP_NUM_THREADS, else the cores),
-    not all of them: oversubscribed threads spin and are slower."""
+def _outcome(future: Future[PartReport]) -> PartReport | BaseException:
+    """A part's report, or what stopped it (reported with its number); a KeyboardInterrupt while waiting is this
+    process's own and goes on up."""
+    failure = future.exception()
+    return failure or future.result()
+
+
+def _start_worker(jobs: int) -> None:
+    """A part's process: stopped by its parent alone, and with its share of the cores.
+
+    It ignores SIGINT (a terminal's Ctrl-C reaches every process of the group: the parent decides for all) and
+    exits on SIGTERM, removing its half-written part. Each of `jobs` processes embeds with its share of torch's
+    threads (OMP_NUM_THREADS, else the cores), not all of them: oversubscribed threads spin and are slower."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    """Remove the half-written part and exit now. Not by raising: PyAV's compiled code drops an exception raised
+    while it decodes, and the part went on."""
+    for folder in list(_HALF_WRITTEN):
+        shutil.rmtree(folder, ignore_errors=True)
+    os._exit(128 + signum)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Python 3.14's ProcessPoolExecutor.terminate_workers(), for 3.11: cancel what has not started and SIGTERM the
+    processes, then wait until they have removed their half-written parts."""
+    processes = list(pool._processes.values())  # noqa: SLF001 - what terminate_workers() reads
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
