@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -361,6 +362,7 @@ def _start_worker(jobs: int) -> None:
     threads (OMP_NUM_THREADS, else the cores), not all of them: oversubscribed threads spin and are slower."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    tqdm.set_lock(threading.RLock())  # not its default, a named semaphore in each process that an exit on SIGTERM would leak
     torch.set_num_threads(max(1, torch.get_num_threads() // jobs))
 
 
