@@ -263,12 +263,17 @@ def merge_parts(directory: str | Path, paths: Sequence[str | Path], parts: int, 
     for path in plan.folder.iterdir():
         if PART_NAME.fullmatch(path.name) and path.is_dir():
             shutil.rmtree(path)
-    for folder in (plan.folder, plan.folder.parent):
+    _remove_if_empty(plan.folder)
+    return catalog, report
+
+
+def _remove_if_empty(build: Path) -> None:
+    """Remove a build's folder of parts and the staging area, where nothing is left in them (other builds' parts stay)."""
+    for folder in (build, build.parent):
         try:
-            folder.rmdir()  # only if empty: other builds' parts stay
+            folder.rmdir()
         except OSError:
             pass
-    return catalog, report
 
 
 def _read_part(plan: PartPlan, part: int, fingerprint: str, hop_seconds: float, dim: int) -> list[PartEntry] | None:
@@ -337,6 +342,7 @@ def build_in_parallel(directory: str | Path, paths: Sequence[str | Path], jobs: 
             outcomes = [_outcome(future) for future in futures]
         except KeyboardInterrupt:
             _stop_workers(pool)
+            _remove_if_empty(PartPlan(catalog.directory, expand_sources(paths, AddReport()), jobs).folder)
             raise
     failed = {part: outcome for part, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)}
     if failed:
