@@ -309,6 +309,35 @@ def test_a_recording_named_by_its_time_is_a_file_read_once(tmp_path: Path, monke
     assert len(load_audio(name, GRID.sample_rate)) == pytest.approx(3 * GRID.sample_rate, abs=0.05 * GRID.sample_rate)
 
 
+class StopAtFirstWait(threading.Event):
+    """A stop event that a reader's first wait to reconnect sets: counts whether a reader would have retried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        self.set()
+        return True
+
+
+def test_a_missing_recording_named_by_its_time_ends_its_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """With no file of that name, rec-2026-12-05T10:00:00.wav is a URL of scheme 'rec-2026-12-05t10', for which
+    FFmpeg has no protocol ("Protocol not found"): no retry can open it, yet `monitor` retried it forever, alone
+    or with --audio, where a missing file without a colon ends its stream at once."""
+    from monitor.stages.mux import AudioSelection, MuxSource, read_mux
+
+    monkeypatch.chdir(tmp_path)
+    [source] = sources_from_urls(["rec-2026-12-05T10:00:00.wav"])
+    for read in (lambda stop: read_windows(source, GRID, stop=stop),
+                 lambda stop: read_mux(MuxSource.single(source, AudioSelection(index=0)), GRID, stop=stop)):
+        stop = StopAtFirstWait()
+        assert [item for item in read(stop) if isinstance(item, AudioWindow)] == []
+        assert stop.waits == 0
+    assert "Protocol not found" in caplog.text
+
+
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
     registry, metrics = registry_metrics
     assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []

@@ -47,7 +47,7 @@ from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.airtime import DeadAir, StreamClock
 from monitor.stages.mux import MuxSource, read_mux, source_from_entry
-from monitor.stages.sources import ConfigError, StreamSource, check_unique, stream_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, check_unique, never_opens, stream_from_entry
 from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def read_windows(
         except (AudioError, av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
             if metrics:
                 metrics.decode_errors.labels(source.id).inc()
-            if ends:
+            if ends or never_opens(exc):
                 log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if seq else "this file")
                 return
             log.warning("stream %s: %s", source.id, exc)

@@ -42,7 +42,7 @@ from encoders.audio import TIMESTAMP_JUMP_SECONDS, Chunker, decode_batches, ffmp
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
-from monitor.stages.sources import ConfigError, StreamSource, ffmpeg_options, stream_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, ffmpeg_options, never_opens, stream_from_entry
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.stages.windows import StreamWindower, WindowGrid
@@ -494,7 +494,7 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
                     metrics.decode_errors.labels(stream_id).inc()
             reason = (f"nothing came in time (no answer in {options.open_timeout:g} s, or no data for {options.read_timeout:g} s: stalled)"
                       if isinstance(exc, av.ExitError) else exc)  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
-            if not live:
+            if not live or never_opens(exc):
                 log.error("multiplex %s: %s; skipping this input", mux.id, reason)
                 return
             log.warning("multiplex %s: %s", mux.id, reason)

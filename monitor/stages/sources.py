@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import av
+
 from monitor.records import check_id
 
 
@@ -44,6 +46,12 @@ def is_local(url: str) -> bool:
     each time as new plays)."""
     scheme = urlparse(url).scheme
     return scheme == "file" or len(scheme) <= 1 or Path(url).is_file()
+
+
+def never_opens(exc: BaseException) -> bool:
+    """Whether opening a source failed for good: FFmpeg has no protocol for its scheme, which is what a missing file
+    whose name holds a colon (rec-2026-12-05T10:00:00.mp3) reads as. No retry mends that; it was retried forever."""
+    return any(isinstance(error, av.error.ProtocolNotFoundError) for error in (exc, exc.__cause__))
 
 
 SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
