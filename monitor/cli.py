@@ -866,7 +866,8 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         raise click.ClickException(str(exc)) from exc
     except EventsUnwritten as exc:
         found, unwritten = exc.events, exc
-    click.echo(f"{sum(e.state == 'ended' for e in plays_in(found))} plays on {len(sources)} stream(s)" + (f"; events in {events}" if events else "")
+    heard = {event.stream_id for event in found}  # a multiplex input is a stream per program
+    click.echo(f"{sum(e.state == 'ended' for e in plays_in(found))} plays on {len(heard)} stream(s)" + (f"; events in {events}" if events else "")
                + (f"; play log in {plays_log.where}" if plays_log else ""))
     if unwritten:
         raise click.ClickException(str(unwritten))

@@ -194,6 +194,7 @@ def test_the_command_line_probes_and_monitors_a_multiplex(multiplex: Path, servi
         servers.stop(process)
     found = plays_in(read_event(json.loads(line)) for line in events.read_text().splitlines())
     assert plays_on(found) == {"tv-101": {"area1-game"}, "tv-Beta": {"gardien-go"}}
+    assert f"{sum(e.state == 'ended' for e in found)} plays on 2 stream(s)" in log.read_text()  # it counted the input: "on 1 stream(s)"
     assert {e.stream["service_name"] for e in found if e.stream_id == "tv-Beta"} == {"Beta"}
 
 
