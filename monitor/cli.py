@@ -679,6 +679,8 @@ def _metrics(metrics_port: int | None, metrics_host: str, holds_catalog: bool = 
     return created
 
 
+STREAMS_HELP = ("YAML list of streams (id, url; optional name, metadata, options, audio) and multiplexes "
+                "(mux, url, programs; optional audio, metadata, options).")
 AUDIO_OPTIONS = _env_options(
     click.option("--audio", help="Which audio track of the URLS: KEY=VALUE,... with program (number or service name), language, "
                  "index, disposition (main or description); `airtrace streams probe URL` lists them."),
@@ -700,7 +702,7 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
 
 @main.command()
 @click.argument("urls", nargs=-1)
-@_env("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
+@_env("--streams", type=click.Path(exists=True, dir_okay=False), help=STREAMS_HELP)
 @_env("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
 @_env("--sample-format", type=click.Choice(["int16", "float16"]), default="int16", show_default=True, help="How window samples travel.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
@@ -822,7 +824,7 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @main.command("monitor")
 @click.argument("urls", nargs=-1)
 @click.option("--catalog", "catalog_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The catalog directory (its encoder embeds the windows).")
-@click.option("--streams", type=click.Path(exists=True, dir_okay=False), help="YAML list of streams: id, url, and optional name, metadata, options.")
+@click.option("--streams", type=click.Path(exists=True, dir_okay=False), help=STREAMS_HELP)
 @click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
 @DECODE_TURNS_OPTION

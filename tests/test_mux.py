@@ -8,6 +8,7 @@ import functools
 import json
 import http.server
 import logging
+import re
 import subprocess
 import socket
 import threading
@@ -582,3 +583,14 @@ def test_a_multiplex_decodes_only_in_the_turns_it_is_given(multiplex: Path) -> N
     assert turn.holds * 4 < Counter(name for name, _ in held_at_calls)["Packet.decode"]  # a turn per batch of packets, not per packet
     assert len(in_turns) == len(alone) == 2 * GRID.count(50 * 8000)
     assert all(a.stream_id == b.stream_id and a.seq == b.seq and np.array_equal(a.samples, b.samples) for a, b in zip(in_turns, alone))
+
+
+@pytest.mark.parametrize("command", ["monitor", "ingest"])
+def test_the_streams_option_names_every_field_a_streams_file_takes(command: str) -> None:
+    """Its help named a plain stream's fields only: id, url, name, metadata, options; no audio, no mux."""
+    from monitor.cli import main
+    from monitor.stages.mux import MUX_FIELDS
+    from monitor.stages.sources import SOURCE_FIELDS
+
+    [streams] = [param for param in main.commands[command].params if param.name == "streams"]
+    assert set(re.findall(r"\w+", streams.help)) >= {*SOURCE_FIELDS, *MUX_FIELDS}
