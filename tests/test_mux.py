@@ -594,3 +594,13 @@ def test_the_streams_option_names_every_field_a_streams_file_takes(command: str)
 
     [streams] = [param for param in main.commands[command].params if param.name == "streams"]
     assert set(re.findall(r"\w+", streams.help)) >= {*SOURCE_FIELDS, *MUX_FIELDS}
+
+
+@pytest.mark.parametrize("field", ["audo: {language: eng}", "programs: [101]"])
+def test_an_unknown_field_of_a_stream_entry_names_the_audio_and_mux_fields(tmp_path: Path, field: str) -> None:
+    """The error listed id, url, name, metadata, options: not the audio a stream entry takes too, nor that a
+    multiplex's programs go in a mux entry."""
+    config = tmp_path / "streams.yaml"
+    config.write_text(f"- {{id: news, url: 'http://tv/live', {field}}}\n")
+    with pytest.raises(ConfigError, match=r"stream #1: unknown field .*audio.*mux"):
+        load_sources(config)

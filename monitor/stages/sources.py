@@ -63,7 +63,8 @@ def stream_from_entry(entry: Any, where: str) -> StreamSource:
         raise ConfigError(f"{where}: expected a mapping with id and url, got {entry!r}")
     unknown = sorted(set(entry) - set(SOURCE_FIELDS))
     if unknown:
-        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields are {', '.join(SOURCE_FIELDS)}")
+        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; a stream has {', '.join(SOURCE_FIELDS)} and audio "
+                          "(an audio track's choice), a multiplex is a mux entry with its programs")
     for name in ("id", "url"):  # what makes a good id is StreamSource's to say
         if not isinstance(entry.get(name), str) or (name == "url" and not entry[name].strip()):
             raise ConfigError(f"{where}: field {name!r} is missing or not a string")
