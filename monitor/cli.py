@@ -907,8 +907,15 @@ def streams_probe(url: str, options: tuple[str, ...]) -> None:
     import av
 
     from monitor.stages.mux import describe_inventory, probe
+    from monitor.stages.sources import ConfigError, ffmpeg_options
 
-    parsed = dict(option.split("=", 1) for option in options if "=" in option)
+    unpaired = [option for option in options if "=" not in option]
+    if unpaired:
+        raise click.UsageError(f"--option {unpaired[0]!r} is not KEY=VALUE (e.g. rtsp_transport=tcp)")
+    try:
+        parsed = ffmpeg_options({"options": dict(option.split("=", 1) for option in options)}, "--option")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         click.echo(describe_inventory(probe(url, parsed)))
     except (av.FFmpegError, OSError) as exc:

@@ -604,3 +604,16 @@ def test_an_unknown_field_of_a_stream_entry_names_the_audio_and_mux_fields(tmp_p
     config.write_text(f"- {{id: news, url: 'http://tv/live', {field}}}\n")
     with pytest.raises(ConfigError, match=r"stream #1: unknown field .*audio.*mux"):
         load_sources(config)
+
+
+@pytest.mark.parametrize(("option", "error"), [("bogus_opt=1", "FFmpeg knows no input option 'bogus_opt'"),
+                                               ("rtsp_transport", "'rtsp_transport' is not KEY=VALUE")])
+def test_probe_refuses_an_ffmpeg_option_it_would_ignore(multiplex: Path, option: str, error: str) -> None:
+    """A misspelt option, or one without its value, was dropped without a word (FFmpeg ignores options it does not
+    know), where a streams file's options are checked."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    probed = CliRunner().invoke(main, ["streams", "probe", "--option", option, str(multiplex)])
+    assert probed.exit_code == 2 and error in probed.output
