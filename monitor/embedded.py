@@ -189,7 +189,7 @@ def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSo
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not monitor.heard:
-        raise NothingHeard(f"none of the {len(monitor.sources)} stream(s) delivered audio; the errors above say why")
+        raise NothingHeard(f"none of the {len(monitor.sources)} input(s) delivered audio; the errors above say why")
     if monitor.unwritten:
         raise EventsUnwritten(f"{monitor.unwritten} event(s) could not be written to the events file or the play log (the errors "
                               "above say why); each was printed above as it happened", monitor.events)

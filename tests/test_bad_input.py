@@ -141,7 +141,7 @@ def test_monitor_exits_non_zero_when_every_input_failed(built_catalog: Path, tmp
     empty = tmp_path / "empty.mp3"
     empty.write_bytes(b"")
     code, output = command("monitor", "--catalog", str(built_catalog), str(empty), str(tmp_path / "missing.wav"))
-    assert code == 1 and "none of the 2 stream(s) delivered audio" in output
+    assert code == 1 and "none of the 2 input(s) delivered audio" in output
 
 
 @pytest.mark.parametrize("song", ["song.mp3", "area2-game.opus"])
