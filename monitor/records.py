@@ -44,6 +44,7 @@ class AudioWindow:
     air_time: float  # UTC epoch seconds of the window start
     samples: np.ndarray = field(repr=False)
     after_gap: bool = False  # the stream dropped or stalled just before: no run of evidence spans this point
+    run: int | None = None  # the ingest run that cut it: the number its windows are counted from (monitor.stages.ingest_runs)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class WindowHits:
     # The similarity a hit must stand above to be evidence that a track plays: the window's nearness to the catalog
     # at large (monitor.stages.search.backgrounds). Noise and talk are near many reference windows at once.
     background: float = 0.0
+    run: int | None = None  # the window's ingest run
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,4 @@ class EndOfStream:
 
     stream_id: str
     seq: int
+    run: int | None = None  # the ingest run that ended; None: whichever run of the stream is followed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,3 +140,31 @@ def test_stream_metadata_travels_in_a_header_and_a_bad_one_is_ignored() -> None:
     assert stream_headers({}) == [] and read_stream_headers(None) is None
     for bad in (b"{not json", b"\xff", b"[1, 2]"):
         assert read_stream_headers([(STREAM_HEADER, bad)]) is None
+
+
+def test_the_ingest_run_travels_in_a_header_with_windows_and_ends_and_in_the_hits() -> None:
+    from monitor.fleet.kafka_records import RUN_HEADER, read_run_header, read_stream_headers, stream_headers
+
+    run = 1_790_000_000_000
+    headers = stream_headers({"program": 101}, run)
+    assert read_run_header(headers) == run and read_stream_headers(headers) == {"program": 101}
+    assert read_run_header(stream_headers(None)) is None and read_run_header([(RUN_HEADER, b"x")]) is None
+    sent = AudioWindow("radio", run + 7, 3.5, run / 1000 + 3.5, np.zeros(SAMPLES, np.float32), run=run)
+    assert decode_window(encode_window(sent, RATE), RATE, SAMPLES, read_run_header(headers)).run == run
+    end = EndOfStream("radio", run + 8, run)
+    assert decode_window(encode_end(end), RATE, SAMPLES, run) == end and decode_hits(encode_hits(end)) == end
+    hits = WindowHits("radio", run + 7, 3.5, run / 1000 + 3.5, (Neighbour("t1", 1.0, 0.9),), run=run)
+    assert decode_hits(encode_hits(hits)).run == run
+    assert decode_hits(encode_hits(replace(hits, run=None))).run is None  # hits of a release before runs
+
+
+def test_a_window_numbered_more_than_an_hour_ahead_of_its_air_time_is_a_dead_letter() -> None:
+    """Ingest numbers windows from its start in milliseconds plus a few a second: a window numbered further ahead of
+    its air time than an hour is garbled or foreign, and would make all the stream's later windows read as replays."""
+    on_air = replace(window(), seq=1_790_000_000_000 + 7)
+    ok = replace(on_air, seq=round(on_air.air_time * 1000) + 3_500_000)  # a stream that delivered up to an hour ahead on connecting
+    assert decode_window(encode_window(ok, RATE), RATE, SAMPLES).seq == ok.seq
+    ahead = replace(on_air, seq=on_air.seq + 2**40)
+    assert "ahead of its air time" in expect(Reason.MALFORMED, encode_window(ahead, RATE))
+    with pytest.raises(BadMessage, match="ahead of its air time"):
+        decode_hits(encode_hits(WindowHits("radio", ahead.seq, ahead.offset, ahead.air_time, ())))

@@ -5,7 +5,9 @@ or float16, 16 KB for one second at 8 kHz. Hits are compact JSON, small and read
 they carry the window's content class and, for music, its embedding (float16, base64), which unknown
 stretches are searched and kept with (the audio stays with the process that has it).
 Both topics also carry an `EndOfStream` after a stream's last window (a file's end, or ingest stopping),
-so that the play it leaves open is closed, as embedded mode does at a stream's end.
+so that the play it leaves open is closed, as embedded mode does at a stream's end. Windows and ends carry
+their ingest run in a Kafka header, hits and ends on the hits topic in their JSON (monitor.stages.ingest_runs);
+messages from a release before have none.
 Decoding never trusts the bytes: any message that is too big, of another version, cut short, or not for
 this encoder raises `BadMessage` with a `reason`, which names the dead-letter counter's label.
 """
@@ -18,6 +20,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from enum import Enum
 from typing import Any
 
@@ -104,6 +107,11 @@ def encode_end(end: EndOfStream) -> bytes:
 
 MAX_SEQ = 2**53  # window numbers any JSON reader holds exactly: about 140 million years of windows
 MAX_AIR_TIME = 253402300799.0  # the end of year 9999, as play events write times
+# Ingest numbers a window from its run's start in milliseconds and counts a few windows a second, so a window's
+# number never runs ahead of its air time in milliseconds by more than the audio a stream delivers ahead of the
+# clock when it connects (seconds): one ahead by more than this is garbled or foreign. A stream's later windows
+# would all read as replays of it.
+MAX_SEQ_LEAD_MS = 3_600_000
 
 
 def _check_stamps(seq: int, offset: float, air_time: float) -> None:
@@ -113,14 +121,17 @@ def _check_stamps(seq: int, offset: float, air_time: float) -> None:
         raise BadMessage(Reason.MALFORMED, f"window number {seq} is outside 0 to 2^53")
     if not (math.isfinite(offset) and offset >= 0 and math.isfinite(air_time) and 0 <= air_time <= MAX_AIR_TIME):
         raise BadMessage(Reason.MALFORMED, f"stream offset {offset!r} or air time {air_time!r} is not a time (finite, not negative, before the year 10000)")
+    if seq > air_time * 1000 + MAX_SEQ_LEAD_MS:
+        raise BadMessage(Reason.MALFORMED, f"window number {seq} is more than an hour ahead of its air time {air_time:.3f} in milliseconds, "
+                                           f"which ingest's numbering never is: a garbled or foreign window")
 
 
-def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWindow | EndOfStream:
+def decode_window(data: bytes, sample_rate: int, window_samples: int, run: int | None = None) -> AudioWindow | EndOfStream:
     """Bytes from `encode_window` (or `encode_end`) -> AudioWindow with float32 samples, checked against
-    the worker's encoder (or the EndOfStream)."""
+    the worker's encoder (or the EndOfStream), of ingest run `run` (its message's header)."""
     _check_size(data)
     if data[:3] == END_MAGIC:
-        return _decode_end(data)
+        return replace(_decode_end(data), run=run)
     if len(data) < WINDOW_HEADER.size or data[:3] != WINDOW_MAGIC:
         raise BadMessage(Reason.MALFORMED, "not an airtrace window (bad magic or shorter than its header)")
     _, version, flags, seq, offset, air_time, rate, id_length = WINDOW_HEADER.unpack_from(data)
@@ -143,7 +154,7 @@ def decode_window(data: bytes, sample_rate: int, window_samples: int) -> AudioWi
     if not np.isfinite(samples).all():
         raise BadMessage(Reason.MALFORMED, "window samples hold NaN or infinity")
     _check_stamps(seq, offset, air_time)
-    return AudioWindow(stream_id, seq, offset, air_time, samples, after_gap=bool(flags & FLAG_AFTER_GAP))
+    return AudioWindow(stream_id, seq, offset, air_time, samples, after_gap=bool(flags & FLAG_AFTER_GAP), run=run)
 
 
 def _decode_end(data: bytes) -> EndOfStream:
@@ -162,9 +173,11 @@ def _decode_end(data: bytes) -> EndOfStream:
 
 def encode_hits(hits: WindowHits | EndOfStream) -> bytes:
     """One window's neighbours (or a stream's end) as compact JSON."""
+    run = {} if hits.run is None else {"r": hits.run}
     if isinstance(hits, EndOfStream):
-        return json.dumps({"v": WIRE_VERSION, "stream": hits.stream_id, "seq": hits.seq, "end": True}, separators=(",", ":")).encode()
+        return json.dumps({"v": WIRE_VERSION, "stream": hits.stream_id, "seq": hits.seq, "end": True, **run}, separators=(",", ":")).encode()
     record = {
+        **run,
         "v": WIRE_VERSION,
         "stream": hits.stream_id,
         "seq": hits.seq,
@@ -193,13 +206,14 @@ def decode_hits(data: bytes) -> WindowHits | EndOfStream:
     if record.get("v") != WIRE_VERSION:
         raise BadMessage(Reason.VERSION, f"hits wire version {record.get('v')!r}; this worker reads version {WIRE_VERSION}")
     try:
+        run = None if record.get("r") is None else int(record["r"])  # none from a release before it
         if record.get("end") is True:
-            return EndOfStream(str(record["stream"]), int(record["seq"]))
+            return EndOfStream(str(record["stream"]), int(record["seq"]), run)
         neighbours = tuple(Neighbour(str(track), float(ref_time), float(similarity)) for track, ref_time, similarity in record["n"])
         content = None if record.get("c") is None else str(record["c"])
         hits = WindowHits(
             str(record["stream"]), int(record["seq"]), float(record["offset"]), float(record["air_time"]), neighbours, bool(record["gap"]),
-            content, _embedding(record.get("e")), background=float(record.get("b", 0.0)),  # none from a release before it
+            content, _embedding(record.get("e")), background=float(record.get("b", 0.0)), run=run,  # no "b" from a release before it
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BadMessage(Reason.MALFORMED, f"hits record lacks or garbles a field: {exc!r}") from None
@@ -219,11 +233,23 @@ def _embedding(text: str | None) -> np.ndarray | None:
 
 
 STREAM_HEADER = "airtrace-stream"  # a window's (and its hits') stream metadata as JSON: what play events carry in `stream`
+RUN_HEADER = "airtrace-run"  # a window's (or end's) ingest run, in decimal
 
 
-def stream_headers(metadata: dict[str, Any] | None) -> list[tuple[str, bytes]]:
-    """Kafka headers that carry a stream's metadata (a TV program's service name and provider, ...)."""
-    return [(STREAM_HEADER, json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode())] if metadata else []
+def stream_headers(metadata: dict[str, Any] | None, run: int | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers that carry a stream's metadata (a TV program's service name and provider, ...) and the
+    ingest run of the message."""
+    headers = [(STREAM_HEADER, json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode())] if metadata else []
+    return headers + ([(RUN_HEADER, str(run).encode())] if run is not None else [])
+
+
+def read_run_header(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None) -> int | None:
+    """The ingest run in a message's headers; None when there is none (a release before) or it is not a number."""
+    value = (headers if isinstance(headers, Mapping) else dict(headers or ())).get(RUN_HEADER)
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def read_stream_headers(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None) -> dict[str, Any] | None:

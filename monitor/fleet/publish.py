@@ -5,7 +5,9 @@ Workers keep each stream's play state in Redis across ingest restarts, so the wi
 run must read as newer than anything before: on Kafka a window's seq is the run's start time in
 milliseconds plus its window number (growing as long as a stream yields under 1000 windows a second),
 and each stream's first window of a run is marked `after_gap`, so no play spans the restart. A stream's
-end (a file's end, or ingest stopping) is published as an EndOfStream, which closes its open play.
+end (a file's end, or ingest stopping) is published as an EndOfStream, which closes its open play. Every
+message carries the run (its start in milliseconds) in a header: a worker tells two ingest runs that publish
+one stream apart by it (monitor.stages.ingest_runs).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ async def publish_windows(
             queue.put_nowait(None)  # wakes the loop below
 
     seq_base = int(time.time() * 1000)
+    log.info("publishing %d stream(s) as ingest run %d (a worker names the run so if another publishes one of them too)", len(sources), seq_base)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=options.linger_ms, max_request_size=MAX_MESSAGE_BYTES,
                                 request_timeout_ms=round(options.delivery_timeout_seconds * 1000))
     try:
@@ -82,7 +85,7 @@ async def publish_windows(
         await producer.stop()
         raise
     next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
-    headers = {s.id: stream_headers(s.metadata) for s in sources}  # each window carries its stream's metadata to the workers
+    headers = {s.id: stream_headers(s.metadata, seq_base) for s in sources}  # each window carries its stream's metadata to the workers
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
@@ -91,18 +94,19 @@ async def publish_windows(
         while live and not stop.is_set():
             item = await queue.get()
             if isinstance(item, StreamStarted):
-                headers[item.stream_id] = stream_headers(item.metadata)
+                headers[item.stream_id] = stream_headers(item.metadata, seq_base)
             elif isinstance(item, EndOfStream):
                 live.discard(item.stream_id)
                 if item.stream_id in next_seq:
-                    await _send(producer, topics.windows, item.stream_id, encode_end(EndOfStream(item.stream_id, next_seq.pop(item.stream_id))), options)
+                    end = EndOfStream(item.stream_id, next_seq.pop(item.stream_id), seq_base)
+                    await _send(producer, topics.windows, item.stream_id, encode_end(end), options, stream_headers(None, seq_base))
             elif isinstance(item, AudioWindow):
                 window = run_start_marked(item, seq_base)
                 data = encode_window(window, grid.sample_rate, options.sample_format)
-                await _send(producer, topics.windows, window.stream_id, data, options, headers.get(window.stream_id, []))
+                await _send(producer, topics.windows, window.stream_id, data, options, headers.get(window.stream_id) or stream_headers(None, seq_base))
                 next_seq[window.stream_id] = window.seq + 1
         for stream_id, seq in next_seq.items():  # stopped: the streams still on air end here
-            await _send(producer, topics.windows, stream_id, encode_end(EndOfStream(stream_id, seq)), options)
+            await _send(producer, topics.windows, stream_id, encode_end(EndOfStream(stream_id, seq, seq_base)), options, stream_headers(None, seq_base))
     finally:
         stop.set()
         await producer.stop()  # sends what is buffered first

@@ -44,12 +44,13 @@ from monitor.fleet.kafka_records import (
     decode_hits,
     decode_window,
     encode_hits,
+    read_run_header,
     read_stream_headers,
     stream_headers,
 )
 from monitor.metrics import Metrics, observe_events
 from monitor.options import WorkerOptions
-from monitor.records import AudioWindow, EndOfStream
+from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.play_state import StreamState
 from monitor.stages.state import StateStore
 from monitor.stages.unknown_store import UnknownStore
@@ -103,18 +104,23 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: 
         headers = dead_letter_headers(error.reason, str(error), message.topic, message.partition, message.offset, len(value))
         await dead_topic.send(key=message.key, value=value[:DEAD_LETTER_KEEP_BYTES], headers=headers)
 
-    async def decoded(events: Sequence[EventT], decode: Callable[[bytes], T]) -> list[tuple[T, dict[str, Any] | None]]:
-        """The readable messages, each with the stream metadata its headers carry (None: none)."""
+    async def decoded(events: Sequence[EventT], decode: Callable[[bytes, int | None], T]) -> list[tuple[T, dict[str, Any] | None]]:
+        """The readable messages (decoded with the ingest run their headers name), each with the stream metadata
+        its headers carry (None: none)."""
         good = []
         for event in events:
+            headers = event.message.headers
             try:
-                good.append((decode(event.message.value or b""), read_stream_headers(event.message.headers)))
+                good.append((decode(event.message.value or b"", read_run_header(headers)), read_stream_headers(headers)))
             except BadMessage as error:
                 await set_aside(event, error)
         return good
 
-    def decode_for_encoder(data: bytes) -> AudioWindow | EndOfStream:
-        return decode_window(data, encoder.sample_rate, encoder.window_samples)
+    def decode_for_encoder(data: bytes, run: int | None) -> AudioWindow | EndOfStream:
+        return decode_window(data, encoder.sample_rate, encoder.window_samples, run)
+
+    def decode_hits_of_run(data: bytes, run: int | None) -> WindowHits | EndOfStream:
+        return decode_hits(data)  # hits carry their run in their JSON
 
     @app.agent(windows_topic, name="embed")
     async def embed(stream: faust.StreamT) -> None:
@@ -136,7 +142,7 @@ def add_agents(app: faust.App, catalog: LiveCatalog, step: TrackingStep, kafka: 
     async def track(stream: faust.StreamT) -> None:
         async for events in stream.take_events(options.hits_batch_size, within=options.hits_batch_wait):
             with track_beat.busy():
-                items = await decoded(events, decode_hits)
+                items = await decoded(events, decode_hits_of_run)
                 metadata = {item.stream_id: meta for item, meta in items if meta is not None}
                 states, caused = await in_thread(step.advance, [item for item, _ in items])
                 claimed = await in_thread(step.unpublished, caused) if caused else Unpublished([])
@@ -238,7 +244,7 @@ def run_worker(
     `unknowns`, which all workers must share to find repeats across them (the play log's database)."""
     use_threads(options.threads)
     live = LiveCatalog(catalog, metrics, options.k)
-    step = TrackingStep(live, store, options.plays, unknowns, options.unknowns)
+    step = TrackingStep(live, store, options.plays, unknowns, options.unknowns, metrics)
     all_topics = [topics.windows, topics.hits, topics.plays, topics.dead_letters]
     counts = asyncio.run(ensure_topics(kafka, all_topics, topics))  # fails in startup_timeout, before Faust starts, if Kafka is silent
     if counts.get(topics.windows) != counts.get(topics.hits):

@@ -376,7 +376,8 @@ def start_readers(
 ) -> list[threading.Thread]:
     """One daemon thread per stream (or multiplex, see monitor.stages.mux) feeding `sink`; a stream that raises is
     logged and ends alone. Its last item is the EndOfStream of source.id. A source's windows (and ends) are
-    numbered from `first_seq(source)`: a play's id is made of its first window's number (monitor.events)."""
+    numbered from `first_seq(source)`: a play's id is made of its first window's number (monitor.events); that
+    number is their `run` too (monitor.stages.ingest_runs)."""
 
     stop = stop or threading.Event()
     turns = decode_turns(options.decode_turns)
@@ -389,14 +390,14 @@ def start_readers(
         try:
             for item in items:
                 if isinstance(item, (AudioWindow, EndOfStream)):
-                    item = replace(item, seq=base + item.seq)
+                    item = replace(item, seq=base + item.seq, run=base)
                 if isinstance(item, AudioWindow) and item.stream_id == source.id:
                     next_seq = item.seq + 1
                 sink(item)
         except Exception:  # a bug in one stream must not take the others down
             log.exception("stream %s stopped on an unexpected error", source.id)
         finally:
-            sink(EndOfStream(source.id, next_seq))
+            sink(EndOfStream(source.id, next_seq, base))
 
     threads = [threading.Thread(target=run, args=(s,), name=f"ingest-{s.id}", daemon=True) for s in sources]
     for thread in threads:

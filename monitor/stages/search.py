@@ -135,11 +135,11 @@ def _hits(window: AudioWindow, found: tuple[tuple[Neighbour, ...], float], label
     of them, talk inside it included), a music window its embedding too."""
     neighbours, behind = found
     if label is None:
-        return WindowHits(window.stream_id, window.seq, window.offset, window.air_time, neighbours, window.after_gap, background=behind)
+        return WindowHits(window.stream_id, window.seq, window.offset, window.air_time, neighbours, window.after_gap, background=behind, run=window.run)
     audio = np.round(np.clip(window.samples[:hop], -1.0, 1.0) * 32767.0).astype(np.int16)
     vector = np.asarray(embedding, np.float32) if label in MUSIC_CLASSES else None
     return WindowHits(window.stream_id, window.seq, window.offset, window.air_time, neighbours, window.after_gap, label, vector, audio,
-                      behind)
+                      behind, window.run)
 
 
 def audible(windows: np.ndarray) -> np.ndarray:
