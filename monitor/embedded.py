@@ -67,7 +67,7 @@ class EmbeddedMonitor:
         self.catalog = LiveCatalog(catalog, metrics)
         if unknowns is None and playlog is not None:  # kept beside the plays, so repeats are found across runs too
             unknowns = playlog.unknown_store()
-        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns)
+        self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns, metrics)
         self.heartbeat = Heartbeat("embedded", metrics)
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
         self.events: list[Event] = []

@@ -56,6 +56,8 @@ class Metrics(NamedTuple):
     last_play_timestamp: Gauge
     detection_latency: Histogram
     dead_letters: Counter
+    ingest_run_conflicts: Counter
+    ingest_run_switches: Counter
     catalog_tracks: Gauge
     catalog_windows: Gauge
     index_bytes: Gauge
@@ -105,6 +107,10 @@ def create(registry: CollectorRegistry = REGISTRY, holds_catalog: bool = True) -
         last_play_timestamp=Gauge("airtrace_last_play_timestamp_seconds", "Unix time of the last play event on a stream.", stream, registry=registry),
         detection_latency=Histogram("airtrace_detection_latency_seconds", "Air time of a play's start to its started event.", buckets=LATENCY_SECONDS_BUCKETS, registry=registry),
         dead_letters=Counter("airtrace_dead_letters", "Messages that could not be processed and were set aside.", ["reason"], registry=registry),
+        ingest_run_conflicts=Counter("airtrace_ingest_run_conflicts", "Windows of a stream set aside because another ingest run publishes the stream "
+                                     "too and is tracked: two ingest processes read one stream id.", stream, registry=registry),
+        ingest_run_switches=Counter("airtrace_ingest_run_switches", "Times a stream's tracking moved to another ingest run of it (the one tracked ended "
+                                    "or fell silent) or went on past a window numbered ahead of its run.", stream, registry=registry),
         catalog_tracks=Gauge("airtrace_catalog_tracks", "Tracks in the loaded catalog.", registry=catalogs),
         catalog_windows=Gauge("airtrace_catalog_windows", "Reference windows in the loaded catalog.", registry=catalogs),
         index_bytes=Gauge("airtrace_index_bytes", "Size of the loaded catalog index.", registry=catalogs),

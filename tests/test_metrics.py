@@ -17,7 +17,7 @@ NAMES = {
     "airtrace_consumer_lag_messages", "airtrace_hits", "airtrace_plays_started", "airtrace_plays_ended",
     "airtrace_plays_provisional", "airtrace_plays_withdrawn",
     "airtrace_now_playing", "airtrace_last_play_timestamp_seconds", "airtrace_detection_latency_seconds", "airtrace_dead_letters",
-    "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes", "airtrace_catalog_outage", "airtrace_windows_unheard",
+    "airtrace_ingest_run_conflicts", "airtrace_ingest_run_switches", "airtrace_catalog_tracks", "airtrace_catalog_windows", "airtrace_index_bytes", "airtrace_catalog_outage", "airtrace_windows_unheard",
     "airtrace_heartbeat_timestamp_seconds",
 }
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import redis
 
 from monitor.bench import servers
-from monitor.stages.play_state import StreamState
+from monitor.stages.play_state import Following, StreamState
 from monitor.records import Neighbour, WindowHits
 from monitor.fleet.redis_state import RedisSettings, RedisStateStore
 from monitor.stages.state import Claims, MemoryStateStore, StateStore
@@ -228,3 +229,15 @@ def test_secrets_never_print() -> None:
     settings = RedisSettings("redis://user:hunter2@cache.example:6380/1", password="hunter2")
     assert "hunter2" not in repr(settings)
     assert settings.redacted_url() == "redis://user:***@cache.example:6380/1"
+
+
+def test_a_state_that_went_on_with_another_ingest_run_is_saved_over_the_one_before(store: StateStore) -> None:
+    """Following another ingest run of a stream (its ingest started earlier) moves `last_seq` back; its `progress`
+    still orders the saves, so the new state is saved and a worker that lost the stream cannot move it back."""
+    before = state("moved", 110)
+    moved = replace(state("moved", 50), following=Following(1_790_000_000_000, 1.79e9 + 25.0), progress=111)
+    store.save({"moved": before})
+    store.save({"moved": moved})
+    assert store.load(["moved"]) == {"moved": moved}
+    store.save({"moved": before})
+    assert store.load(["moved"]) == {"moved": moved}

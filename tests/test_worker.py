@@ -25,7 +25,7 @@ from monitor.demo.broadcast import SAMPLE_RATE, Piece, TruePlay, compose, write_
 from monitor.events import Event, PlayEvent, cluster_id, plays_in, read_event
 from monitor.stages.ingest import read_windows
 from monitor.stages.sources import StreamSource
-from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window
+from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, encode_end, encode_window, stream_headers
 from monitor.stages.calibration import calibrate
 from monitor.fleet.publish import run_start_marked
 from monitor.records import AudioWindow, EndOfStream, WindowHits
@@ -62,26 +62,27 @@ class Service:
     def topic(self, name: str) -> str:
         return f"{self.prefix}.{name}"
 
-    def send(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    def send(self, topic: str, messages: list[tuple[bytes, bytes]] | list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+        """Publish (key, value) or (key, value, headers) messages."""
         from aiokafka import AIOKafkaProducer
 
         async def produce() -> None:
             producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{self.broker.port}", max_request_size=2 * MAX_MESSAGE_BYTES)
             await producer.start()
             try:
-                for key, value in messages:
-                    await producer.send(self.topic(topic), value, key=key)
+                for key, value, *headers in messages:
+                    await producer.send(self.topic(topic), value, key=key, headers=headers[0] if headers else None)
             finally:
                 await producer.stop()
 
         asyncio.run(produce())
 
-    def send_windows(self, windows: list[AudioWindow], end: bool = True) -> None:
-        """Publish windows as `airtrace ingest` does, with the EndOfStream after the last unless `end` is False."""
-        messages = [(w.stream_id.encode(), encode_window(w, self.grid.sample_rate)) for w in windows]
+    def send_windows(self, windows: list[AudioWindow | EndOfStream], end: bool = True) -> None:
+        """Publish windows (and ends) as `airtrace ingest` does, with the EndOfStream after the last unless `end` is False."""
         if end:
-            messages.append((windows[-1].stream_id.encode(), encode_end(EndOfStream(windows[-1].stream_id, windows[-1].seq + 1))))
-        self.send("windows", messages)
+            windows = [*windows, EndOfStream(windows[-1].stream_id, windows[-1].seq + 1, windows[-1].run)]
+        self.send("windows", [(w.stream_id.encode(), encode_end(w) if isinstance(w, EndOfStream) else encode_window(w, self.grid.sample_rate),
+                               stream_headers(None, w.run)) for w in windows])
 
     def lag(self, topic: str) -> float | None:
         return servers.metric(self.metrics_port, "airtrace_consumer_lag_messages", topic=self.topic(topic))
@@ -129,7 +130,7 @@ def broadcast(workdir: Path, name: str, track: str, seconds: float, ref_start: f
 def windows_of(path: Path, stream_id: str, grid: WindowGrid) -> list[AudioWindow]:
     """The windows `airtrace ingest` would publish for this file, as one ingest run."""
     seq_base = int(time.time() * 1000)
-    return [run_start_marked(replace(w, seq=seq_base + w.seq), seq_base) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
+    return [run_start_marked(replace(w, seq=seq_base + w.seq, run=seq_base), seq_base) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
 
 
 def assert_one_play(events: list[PlayEvent], truth: TruePlay) -> None:
@@ -238,6 +239,123 @@ def test_workers_find_repeated_unknown_music_through_the_shared_play_log(service
     promoted = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(playlog), "--catalog",
                                          str(service.catalog_dir), "--track-id", "termigator"])
     assert promoted.exit_code == 0 and "added termigator to the catalog; 2 airings" in promoted.output, promoted.output
+
+
+def track_in_batches(step: TrackingStep, items: list[WindowHits | EndOfStream], size: int = 8) -> list[Event]:
+    """The events of `items` handed to the step a few at a time, as a worker's track agent takes them, each batch committed."""
+    events: list[Event] = []
+    for begin in range(0, len(items), size):
+        states, caused = step.advance(items[begin : begin + size])
+        step.commit(states, caused)
+        events += caused
+    return events
+
+
+def second_run(windows: list[AudioWindow], started_after: float) -> list[AudioWindow]:
+    """The windows a second ingest run of the same stream cuts, started `started_after` seconds into the first:
+    the same air, numbered from its own start, its stream offsets counted from its connection."""
+    start = next(i for i, w in enumerate(windows) if w.offset >= started_after)
+    base = windows[0].run + round(started_after * 1000)
+    origin = windows[start].offset
+    return [replace(w, seq=base + i, run=base, offset=w.offset - origin, after_gap=i == 0) for i, w in enumerate(windows[start:])]
+
+
+def test_two_ingest_runs_of_one_stream_neither_split_its_play_nor_leave_it_deaf(service: Service) -> None:
+    """A second ingest run publishes the stream while a track plays, then stops: the worker keeps tracking the first
+    run (the play is one, whole), sets the second's windows aside, and says so in its log and metrics. Before, the
+    second's start split the play and, once it stopped, every window of the first read as a replay."""
+    path, truth = broadcast(service.workdir, "twice", "gardien-go", 40.0)
+    first = windows_of(path, "twice", service.grid)
+    second = second_run(first, truth.stream_start + 10.0)[:50]  # 25 s, then it stops
+    overlap = len(first) - len(second_run(first, truth.stream_start + 10.0))
+    interleaved = first[:overlap] + [w for pair in zip(first[overlap:], second) for w in pair]
+    ended = [*interleaved, EndOfStream("twice", second[-1].seq + 1, second[-1].run), *first[overlap + len(second):]]
+    service.send_windows(ended)
+    assert_one_play(service.wait_for_plays("twice", 2), truth)
+    time.sleep(2.0)  # nothing more may follow
+    assert_one_play(service.plays("twice"), truth)
+    assert servers.metric(service.metrics_port, "airtrace_ingest_run_conflicts_total", stream="twice") >= len(second) // 2
+    log = service.log.read_text()
+    assert log.count("stream twice is published by two ingest runs") == 1, log
+    assert f"ingest run {first[0].run}" in log and f"ingest run {second[0].run}" in log
+
+
+def test_a_window_numbered_far_ahead_leaves_the_stream_heard(service: Service) -> None:
+    """A garbled window numbered ahead of its run: more than an hour ahead of its air time it is a dead letter; less
+    (here 20 minutes' worth of milliseconds), the windows after it, on air later, still count. Before, every later
+    window read as a replay, and the play never ended."""
+    path, truth = broadcast(service.workdir, "ahead", "gardien-go", 40.0)
+    windows = windows_of(path, "ahead", service.grid)
+    middle = next(i for i, w in enumerate(windows) if w.offset >= truth.stream_start + 15.0)
+    garbled = [replace(windows[middle], seq=windows[middle].seq + lead) for lead in (2**40, 1_200_000)]
+    service.send_windows([*windows[:middle], *garbled], end=False)
+    service.wait_for_plays("ahead", 1)
+    servers.wait_until(lambda: service.lag("windows") == 0 and service.lag("hits") == 0, 30, "the worker has tracked the garbled windows")
+    service.send_windows(windows[middle + 1:])
+    assert_one_play(service.wait_for_plays("ahead", 2), truth)
+    assert servers.metric(service.metrics_port, "airtrace_dead_letters_total", reason="malformed") == 1
+    assert servers.metric(service.metrics_port, "airtrace_ingest_run_switches_total", stream="ahead") == 1
+
+
+def test_a_stream_whose_tracked_ingest_run_was_killed_is_tracked_on_in_the_other_run(service_catalog: Path, tmp_path: Path) -> None:
+    """The tracking step both modes share: the ingest run tracked is killed (no end) while a second one publishes the
+    stream: once the first has been silent for `switch_run_seconds`, the second is tracked, and the rest of the track
+    is a play of its own (another clock: no play spans runs). Replaying both runs' hits changes nothing."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics import create
+
+    catalog = Catalog.open(service_catalog)
+    path, truth = broadcast(tmp_path, "killed", "gardien-go", 60.0)
+    first = windows_of(path, "killed", WindowGrid.for_encoder(catalog.encoder))
+    second = second_run(first, truth.stream_start + 10.0)
+    overlap, killed = len(first) - len(second), len(first) - len(second) + 10  # the first run's last window: 5 s after the second started
+    windows = first[:overlap] + [w for pair in zip(first[overlap:killed], second) for w in pair] + second[killed - overlap:]
+    live = LiveCatalog(catalog)
+    hits = [*live.search(windows), EndOfStream("killed", second[-1].seq + 1, second[-1].run)]
+    metrics = create(CollectorRegistry())
+    store = MemoryStateStore()
+    step = TrackingStep(live, store, metrics=metrics)
+    plays = plays_in(track_in_batches(step, hits))
+
+    assert [(e.state, e.track_id) for e in plays] == [("started", "gardien-go"), ("ended", "gardien-go")] * 2, plays
+    assert abs(plays[1].stream_end - (first[killed - 1].offset + WindowGrid.for_encoder(catalog.encoder).window_seconds)) <= 1.0  # where the first fell silent
+    assert abs(plays[3].stream_end - (truth.stream_end - (first[overlap].offset))) <= 1.0  # in the second run's clock
+    switched_at = first[killed - 1].air_time + step.tracker.config.switch_run_seconds  # the first run silent that long
+    assert plays[2].started_at >= switched_at
+    assert metrics.ingest_run_conflicts.labels("killed")._value.get() == sum(w.air_time < switched_at for w in second)
+    assert metrics.ingest_run_switches.labels("killed")._value.get() == 1
+    assert step.advance(hits) == (store.load(["killed"]), [])
+
+
+def test_a_stream_whose_tracked_ingest_run_ends_is_tracked_on_in_an_earlier_run_that_goes_on(
+        service_catalog: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The run tracked ends while another, started earlier (numbered lower), goes on publishing: the stream is tracked
+    on in that run, the rest of the track a play of its own. Before, the other run's windows all read as replays of the
+    ended one's, and the stream went deaf. While both published, the other's windows were set aside and said so once."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics import create
+
+    catalog = Catalog.open(service_catalog)
+    path, truth = broadcast(tmp_path, "handed-on", "gardien-go", 60.0)
+    early = windows_of(path, "handed-on", WindowGrid.for_encoder(catalog.encoder))
+    late = [replace(w, seq=w.seq + 60_000, run=w.run + 60_000) for w in early]  # started a minute later, its windows came first
+    joined, ended = (next(i for i, w in enumerate(early) if w.offset >= truth.stream_start + t) for t in (10.0, 20.0))
+    windows = [*late[:joined], *(w for pair in zip(late[joined:ended], early[joined:ended]) for w in pair), *early[ended:]]
+    live = LiveCatalog(catalog)
+    hits = live.search(windows)
+    hits.insert(2 * ended - joined, EndOfStream("handed-on", late[ended - 1].seq + 1, late[0].run))
+    metrics = create(CollectorRegistry())
+    step = TrackingStep(live, MemoryStateStore(), metrics=metrics)
+    plays = plays_in(track_in_batches(step, [*hits, EndOfStream("handed-on", early[-1].seq + 1, early[0].run)]))
+
+    assert [(e.state, e.track_id) for e in plays] == [("started", "gardien-go"), ("ended", "gardien-go")] * 2, plays
+    assert abs(plays[1].stream_end - early[ended].offset) <= 1.0 and abs(plays[3].stream_end - truth.stream_end) <= 1.0
+    assert metrics.ingest_run_conflicts.labels("handed-on")._value.get() == ended - joined
+    assert metrics.ingest_run_switches.labels("handed-on")._value.get() == 0  # the run tracked ended: no switch
+    (reported,) = [r.getMessage() for r in caplog.records if "published by two ingest runs" in r.getMessage()]
+    assert f"ingest run {late[0].run} " in reported.split("whose windows are tracked")[0] and f"ingest run {early[0].run} " in reported
 
 
 def test_a_replay_publishes_no_event_twice(service_catalog: Path, tmp_path: Path) -> None:

@@ -24,13 +24,14 @@ T = TypeVar("T")
 
 # Redis keys, all under one prefix per deployment (give deployments that share a Redis their own prefix):
 #   {prefix}state:{stream_id}      string  the stream's play state (JSON); never expires: a stream resumes after any pause
-#   {prefix}state-seq:{stream_id}  string  that state's last_seq, so that a save can be refused without parsing the state
+#   {prefix}state-seq:{stream_id}  string  that state's position (its last_seq unless it followed another ingest run
+#                                          since), so that a save can be refused without parsing the state
 #   {prefix}emitted:{event_key}    string  "1" once that event is on the plays topic. Before: "{token} {ms}", the claim
 #                                          of the worker publishing it, made at {ms} (Redis's clock, Unix ms); the
 #                                          claim lapses after CLAIM_SECONDS. Both expire after EMITTED_TTL_SECONDS.
 STATE_KEY = "{prefix}state:{stream_id}"
 SEQ_KEY = "{prefix}state-seq:{stream_id}"
-# KEYS: state key, seq key per stream; ARGV: state, last_seq per stream. Atomic: two workers saving one stream
+# KEYS: state key, seq key per stream; ARGV: state, position per stream. Atomic: two workers saving one stream
 # at once (one of them about to learn it lost the stream in a rebalance) cannot interleave.
 SAVE_UNLESS_NEWER = """
 local refused = 0
@@ -210,12 +211,12 @@ class RedisStateStore:
 
     def load(self, stream_ids: Iterable[str]) -> dict[str, StreamState]:
         """The saved states; one this store saved or loaded itself is reused while Redis holds the same
-        `last_seq` (the same hits give the same state): parsing states took an eighth of a worker's CPU."""
+        `position` (the same hits give the same state): parsing states took an eighth of a worker's CPU."""
         ids = list(stream_ids)
         if not ids:
             return {}
         seqs = self._retrying("load play state", lambda: self._client.mget([self._seq_key(s) for s in ids]))
-        states = {s: known for s, seq in zip(ids, seqs) if seq is not None and (known := self._known.get(s)) and known.last_seq == int(seq)}
+        states = {s: known for s, seq in zip(ids, seqs) if seq is not None and (known := self._known.get(s)) and known.position == int(seq)}
         unknown = [s for s in ids if s not in states]
         if unknown:
             values = self._retrying("load play state", lambda: self._client.mget([self._state_key(s) for s in unknown]))
@@ -228,7 +229,7 @@ class RedisStateStore:
         if not states:
             return
         keys = [key for s in states for key in (self._state_key(s), self._seq_key(s))]
-        values = [value for v in states.values() for value in (v.to_json(), str(v.last_seq))]
+        values = [value for v in states.values() for value in (v.to_json(), str(v.position))]
         refused = self._retrying("save play state", lambda: self._save_unless_newer(keys=keys, args=values))
         self._known.update(states)  # one refused is older than Redis's: `load` will not reuse it
         if refused:

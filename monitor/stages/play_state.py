@@ -20,8 +20,8 @@ from monitor.stages.matcher import Match
 RECENT_WINDOWS = 4  # OpenPlay.recent remembers the support of this many latest windows
 
 
-STATE_VERSION = 6  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald, 5 the hits' backgrounds,
-# 6 OpenPlay.measured; older states are still read
+STATE_VERSION = 7  # 2 added OpenPlay.first_support_offset and .published, 3 the airing, 4 the herald, 5 the hits' backgrounds,
+# 6 OpenPlay.measured, 7 the ingest run followed and the progress; older states are still read
 
 
 class TrackLike(Protocol):
@@ -88,6 +88,9 @@ class PlayConfig:
     end_edge_seconds: float = 0.0  # and ends this long before the last supporting window does
     snap_start_seconds: float = 5.0  # a voice over the intro hides the track's first seconds
     snap_end_seconds: float = 3.0
+    switch_run_seconds: float = 10.0  # of a stream published by two ingest runs, the other is followed once the one followed
+    # is silent this long in its air time (its ingest was killed); around the followed run's windows, the other's are
+    # set aside (monitor.stages.ingest_runs). Longer than a live stream's first burst, by which air times step back
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,18 @@ class Airing:
 
 
 @dataclass(frozen=True)
+class Following:
+    """The ingest run whose windows a stream's state follows (monitor.stages.ingest_runs)."""
+
+    run: int | None = None  # None: none yet, or its windows carry no run (published by an earlier release)
+    air_time: float | None = None  # of its newest window taken; None: not known (a state saved by an earlier release)
+    ended: bool = False  # its EndOfStream came
+
+    def to_json(self) -> list:
+        return [self.run, self.air_time, self.ended]
+
+
+@dataclass(frozen=True)
 class StreamState:
     stream_id: str
     last_seq: int = -1
@@ -174,6 +189,13 @@ class StreamState:
     pending: tuple[str, float, float, int] | None = None  # (track, speed, intercept, times found) of a line not yet confirmed
     airing: Airing = Airing()  # its music stretch and hourly content counts (monitor.stages.airing)
     herald: OpenPlay | None = None  # a newcomer announced provisionally while `play` still held the stream
+    following: Following = Following()
+    progress: int = -1  # grows with every window and end taken, as last_seq does until following another run moves last_seq back
+
+    @property
+    def position(self) -> int:
+        """How far the stream's tracking got, which orders saves of its state (StateStore.save)."""
+        return max(self.last_seq, self.progress)
 
     def to_json(self) -> str:
         # orjson: a worker saves every stream's state at every batch, and the standard library's float
@@ -193,6 +215,8 @@ class StreamState:
                 "spent": self.spent,
                 "pending": self.pending,
                 "airing": self.airing.to_json(),
+                "following": self.following.to_json(),
+                "progress": self.progress,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         ).decode()
@@ -200,7 +224,7 @@ class StreamState:
     @classmethod
     def from_json(cls, text: str) -> "StreamState":
         data = orjson.loads(text)
-        if data.get("v") not in (1, 2, 3, 4, 5, STATE_VERSION):
+        if data.get("v") not in (1, 2, 3, 4, 5, 6, STATE_VERSION):
             raise ValueError(f"play state version {data.get('v')!r} is not {STATE_VERSION}; it was saved by another release")
         stream_id = data["stream_id"]
         # Hits saved before version 5 lack their backgrounds, without which the matcher would be sure of them too
@@ -215,7 +239,9 @@ class StreamState:
         spent = tuple((track, seq) for track, seq in data["spent"])
         pending = None if data["pending"] is None else tuple(data["pending"])
         airing = Airing.from_json(data["airing"]) if "airing" in data else Airing()
-        return cls(stream_id, data["last_seq"], data["floor_offset"], history, _play_of(play), spent, pending, airing, _play_of(data.get("herald")))
+        following = Following(*data["following"]) if "following" in data else Following()
+        return cls(stream_id, data["last_seq"], data["floor_offset"], history, _play_of(play), spent, pending, airing, _play_of(data.get("herald")),
+                   following, data.get("progress", -1))
 
 
 def _play_json(play: OpenPlay | None) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ class StateStore(Protocol):
         """The saved state of each stream; streams never saved (or saved unreadably) are absent."""
 
     def save(self, states: Mapping[str, StreamState]) -> None:
-        """Replace the saved state of these streams, unless a newer one (a higher `last_seq`) is saved: a
+        """Replace the saved state of these streams, unless a newer one (a higher `position`) is saved: a
         worker that lost its streams in a rebalance while still working on them must not move them back,
         or their next windows would apply to a state that misses the windows in between."""
 
@@ -68,7 +68,7 @@ class MemoryStateStore:
         return {s: self._states[s] for s in stream_ids if s in self._states}
 
     def save(self, states: Mapping[str, StreamState]) -> None:
-        self._states.update({s: v for s, v in states.items() if s not in self._states or self._states[s].last_seq <= v.last_seq})
+        self._states.update({s: v for s, v in states.items() if s not in self._states or self._states[s].position <= v.position})
 
     def claim(self, event_keys: Iterable[str]) -> Claims:
         return Claims(mine={k for k in event_keys if k not in self._published})

@@ -2,7 +2,8 @@
 streams turned into play events, each stream's state kept in a StateStore.
 
 Embedded mode runs it in its main loop over a MemoryStateStore; a worker runs its search half in the
-`embed` agent and its play half in the `track` agent, over Redis. The one rule for a catalog that cannot
+`embed` agent and its play half in the `track` agent, over Redis. Which ingest run of a stream it tracks,
+and what becomes of another run's windows and of replays, is monitor.stages.ingest_runs's rule. The one rule for a catalog that cannot
 be searched (emptied, its files damaged) lives here too: its windows are not heard at all, so no play ends
 or opens on them; `airtrace_catalog_outage` is 1, which the health check and an alert report.
 """
@@ -25,6 +26,7 @@ from monitor.events import Event, UnknownEvent, plays_in
 from monitor.metrics import Metrics
 from monitor.options import UnknownConfig
 from monitor.stages.airing import AiringTracker
+from monitor.stages.ingest_runs import Verdict, describe_run, followed_after, verdict
 from monitor.stages.search import ContentCount, hits_for
 from monitor.stages.play_state import CatalogInfo, PlayConfig, StreamState
 from monitor.stages.plays import PlayTracker
@@ -36,6 +38,7 @@ from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 CLAIM_POLL_SECONDS = 0.2  # how often to look again at events another process is publishing
+CONFLICT_LOG_SECONDS = 600.0  # while two ingest runs publish a stream, it is said again after this much of its air time
 
 
 def use_threads(threads: int) -> None:
@@ -132,7 +135,7 @@ class TrackingStep:
     tracking process must share for repeats across them to be found (a MemoryUnknownStore by default)."""
 
     def __init__(self, catalog: LiveCatalog, store: StateStore, config: PlayConfig | None = None,
-                 unknowns: UnknownStore | None = None, unknown_config: UnknownConfig | None = None):
+                 unknowns: UnknownStore | None = None, unknown_config: UnknownConfig | None = None, metrics: Metrics | None = None):
         grid = catalog.catalog.grid
         config = replace(config or PlayConfig(), window_seconds=grid.window_seconds, hop_seconds=grid.hop_seconds)  # the streams' grid is the catalog's
         self.tracker = PlayTracker(config)
@@ -140,43 +143,100 @@ class TrackingStep:
         self.airing = AiringTracker(unknown_config, config.window_seconds, config.hop_seconds)
         self.unknowns = UnknownSearch(unknowns or MemoryUnknownStore(), unknown_config, config.window_seconds, config.hop_seconds,
                                       catalog.catalog.encoder.sample_rate)
-        self.catalog, self.store = catalog, store
+        self.catalog, self.store, self.metrics = catalog, store, metrics
         self._resolved: dict[str, Resolved] = {}  # by event id: decided stretches to keep once published
+        self._aside: dict[str, WindowHits] = {}  # by stream: the latest window of another ingest run set aside
+        self._conflict_reported: dict[str, float] = {}  # by stream: the air time of the window whose conflict was last logged
 
     def advance(self, items: Sequence[WindowHits | EndOfStream]) -> tuple[dict[str, StreamState], list[Event]]:
         by_stream: dict[str, list[WindowHits | EndOfStream]] = defaultdict(list)
         for item in items:
             by_stream[item.stream_id].append(item)
-        self.unknowns.hear(item for item in items if isinstance(item, WindowHits))
         saved = self.store.load(by_stream)
         states, events = {}, []
         for stream_id, stream_items in by_stream.items():
             state = saved.get(stream_id)
-            for item in sorted(stream_items, key=lambda h: h.seq):
+            for item in stream_items:  # in the order published: a stream's items come from one partition (or one reader)
                 state, caused = self._step(state, stream_id, item)
                 events += caused
             if state is not None:
                 states[stream_id] = state
         events = [self._resolve(e) if isinstance(e, UnknownEvent) else e for e in events]
-        for end in (item for item in items if isinstance(item, EndOfStream)):
-            self.unknowns.forget(end.stream_id)
+        for stream_id in (s for s, state in states.items() if state.following.ended):
+            self.unknowns.forget(stream_id)
         return states, events
 
     def _step(self, state: StreamState | None, stream_id: str, item: WindowHits | EndOfStream) -> tuple[StreamState | None, list[Event]]:
-        info = self.catalog.info
-        if isinstance(item, WindowHits):
-            state = state or StreamState(stream_id)
-            if item.seq <= state.last_seq:  # a replayed window
-                return state, []
-            state, plays = self.tracker.update(state, item, info)
-            airing, found = self.airing.update(stream_id, state.airing, item, plays_in(plays), _provisional_start(state))
-            return replace(state, airing=airing), [*plays, *found]
-        if state is None or item.seq <= state.last_seq:  # nothing heard of the stream, or a replayed end
+        """One window or end of a stream, as monitor.stages.ingest_runs judges it."""
+        if state is None and isinstance(item, EndOfStream):  # nothing heard of the stream
             return state, []
+        state = state or StreamState(stream_id)
+        judged = verdict(state, item, self.tracker.config.switch_run_seconds)
+        if judged is Verdict.CONFLICT:
+            self._set_aside(state, item)
+        if judged in (Verdict.REPLAY, Verdict.CONFLICT):
+            return state, []
+        position, closed = state.position, []
+        if judged is not Verdict.TAKE:
+            self._switched(state, item, judged)
+        if judged is Verdict.SWITCH:  # another run's clock: its plays cannot go on
+            state, closed = self._close(state)
+        if judged is not Verdict.TAKE:
+            state, item = replace(state, last_seq=-1), replace(item, after_gap=True)
+        if isinstance(item, WindowHits):
+            self._report_conflict(state, item)
+            self.unknowns.hear([item])
+            state, plays = self.tracker.update(state, item, self.catalog.info)
+            airing, found = self.airing.update(stream_id, state.airing, item, plays_in(plays), _provisional_start(state))
+            state, caused = replace(state, airing=airing), [*plays, *found]
+        else:
+            state, caused = self._close(state)
+            state = replace(state, last_seq=item.seq)
+        return replace(state, following=followed_after(state, item), progress=max(position + 1, item.seq)), [*closed, *caused]
+
+    def _close(self, state: StreamState) -> tuple[StreamState, list[Event]]:
+        """The stream's end: its open play and music stretch end."""
         seen = state.history[-1].offset + self.tracker.config.window_seconds if state.history else state.airing.music_last
-        state, plays = self.tracker.close(state, info)
-        airing, found = self.airing.close(stream_id, state.airing, plays_in(plays), _provisional_start(state), seen)
-        return replace(state, last_seq=item.seq, airing=airing), [*plays, *found]
+        state, plays = self.tracker.close(state, self.catalog.info)
+        airing, found = self.airing.close(state.stream_id, state.airing, plays_in(plays), _provisional_start(state), seen)
+        return replace(state, airing=airing), [*plays, *found]
+
+    def _set_aside(self, state: StreamState, hits: WindowHits) -> None:
+        """Count a window of another ingest run set aside, and hold it until the run followed shows it is live too."""
+        if self.metrics:
+            self.metrics.ingest_run_conflicts.labels(state.stream_id).inc()
+        self._aside[state.stream_id] = hits
+
+    def _report_conflict(self, state: StreamState, taken: WindowHits) -> None:
+        """A window of the followed run after another run's was set aside: two runs publish the stream. Said once
+        per CONFLICT_LOG_SECONDS of air time."""
+        aside = self._aside.pop(state.stream_id, None)
+        if aside is None or aside.run == taken.run:
+            return
+        reported = self._conflict_reported.get(state.stream_id)
+        if reported is not None and abs(taken.air_time - reported) < CONFLICT_LOG_SECONDS:
+            return
+        self._conflict_reported[state.stream_id] = taken.air_time
+        log.error("stream %s is published by two ingest runs: %s, whose windows are tracked, and %s, whose windows are set aside. "
+                  "Two `airtrace ingest` processes read it (its id is in two streams files, or a second ingest was started by hand): "
+                  "stop one, or give each stream its own id. Should the tracked run end or fall silent for %g s, the other is tracked.",
+                  state.stream_id, describe_run(taken.run), describe_run(aside.run), self.tracker.config.switch_run_seconds)
+
+    def _switched(self, state: StreamState, hits: WindowHits, judged: Verdict) -> None:
+        """Say which run the stream's tracking goes on with, and why; count it unless the followed run had ended."""
+        followed, stream_id = state.following, state.stream_id
+        silent = hits.air_time - (followed.air_time or 0.0)
+        if judged is Verdict.FOLLOW:
+            log.info("stream %s: tracking %s after the end of %s", stream_id, describe_run(hits.run), describe_run(followed.run))
+            return
+        if self.metrics:
+            self.metrics.ingest_run_switches.labels(stream_id).inc()
+        if judged is Verdict.RESUME:
+            log.warning("stream %s: %s numbered a window %d, behind the %d taken, %.1f s of air time after that: a garbled window had "
+                        "numbered the run ahead; tracking goes on from this window", stream_id, describe_run(hits.run), hits.seq, state.last_seq, silent)
+        else:
+            log.warning("stream %s: tracking %s from here: %s, tracked until now, has been silent for %.1f s without an end (its ingest was "
+                        "killed?)", stream_id, describe_run(hits.run), describe_run(followed.run), silent)
 
     def _resolve(self, event: UnknownEvent) -> UnknownEvent:
         resolved = self.unknowns.resolve(event, self.catalog.info.calibration)
