@@ -52,6 +52,7 @@ GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}
 ABSENT_ON_A_CLEAN_RUN = {
     "airtrace_dead_letters_total": "a reason's counter is born with its first dead letter; a clean run has none",
     "airtrace_silence_seconds_total": "a stream's counter is born with its first dead air; the streamed track has none",
+    "airtrace_ingest_run_conflicts_total": "a stream's counter is born when a second ingest run publishes it; one ingest runs",
 }
 ABSENT_IN_EMBEDDED_MODE = ABSENT_ON_A_CLEAN_RUN | {
     "airtrace_consumer_lag_messages": "only workers consume Kafka; embedded mode has no consumer lag",
