@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -10,6 +11,7 @@ import pytest
 import redis
 
 from monitor.bench import servers
+from monitor.stages.ingest_runs import Verdict, verdict
 from monitor.stages.play_state import Following, StreamState
 from monitor.records import Neighbour, WindowHits
 from monitor.fleet.redis_state import RedisSettings, RedisStateStore
@@ -241,3 +243,15 @@ def test_a_state_that_went_on_with_another_ingest_run_is_saved_over_the_one_befo
     assert store.load(["moved"]) == {"moved": moved}
     store.save({"moved": before})
     assert store.load(["moved"]) == {"moved": moved}
+
+
+def test_a_state_saved_before_ingest_runs_were_followed_goes_by_seq_alone_until_its_next_window() -> None:
+    """A state of release 6 knows no run nor its air time: a window behind its seq is a replay whatever its air time
+    (it cannot tell a garbled numbering from a replay), and the next one past it is taken and followed."""
+    saved = state("upgraded", 110)
+    older = {k: v for k, v in json.loads(saved.to_json()).items() if k not in ("following", "progress")} | {"v": 6}
+    loaded = StreamState.from_json(json.dumps(older))
+    assert loaded == saved and loaded.position == 110
+    behind = replace(saved.history[-1], seq=100, air_time=saved.history[-1].air_time + 3600.0, run=1_790_000_000_000)
+    assert verdict(loaded, behind, 10.0) is Verdict.REPLAY
+    assert verdict(loaded, replace(behind, seq=111), 10.0) is Verdict.TAKE
