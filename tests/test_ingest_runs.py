@@ -11,7 +11,7 @@ from monitor.records import EndOfStream, WindowHits
 from monitor.stages.ingest_runs import Verdict, verdict
 from monitor.stages.play_state import Following, StreamState
 
-RUN, OTHER, AIR, SWITCH = 1_790_000_000_000, 1_790_000_060_000, 1_790_000_100.0, 10.0
+RUN, LATER, EARLIER, AIR, SWITCH = 1_790_000_000_000, 1_790_000_060_000, 1_789_999_940_000, 1_790_000_100.0, 10.0
 TRACKING = StreamState("radio", last_seq=RUN + 100, following=Following(RUN, AIR))
 
 
@@ -26,12 +26,14 @@ def window(run: int | None, seq: int, later: float) -> WindowHits:
     (window(RUN, RUN + 90, -5.0), Verdict.REPLAY),
     (window(None, RUN + 90, -5.0), Verdict.REPLAY),
     (window(RUN, RUN + 90, SWITCH), Verdict.RESUME),  # behind the numbering, yet later on air: the numbering ran ahead
-    (window(OTHER, OTHER + 5, 0.2), Verdict.CONFLICT),
-    (window(OTHER, OTHER + 5, -9.0), Verdict.CONFLICT),
-    (window(OTHER, OTHER + 5, -SWITCH), Verdict.REPLAY),  # another run's window of long before: a rewind
-    (window(OTHER, OTHER + 5, SWITCH), Verdict.SWITCH),  # the run tracked has been silent that long
-    (window(RUN - 60_000, RUN - 59_000, SWITCH), Verdict.SWITCH),  # the other started earlier: numbered lower
-    (EndOfStream("radio", OTHER + 6, OTHER), Verdict.REPLAY),  # the end of a run not tracked
+    (window(LATER, LATER + 5, 0.2), Verdict.FOLLOW),  # a run started later: an ingest restarted (or a second one)
+    (window(LATER, LATER + 5, -3600.0), Verdict.FOLLOW),  # by its start: a file read faster than real time airs ahead
+    (window(EARLIER, EARLIER + 5, 0.2), Verdict.CONFLICT),  # a run started earlier, on air beside the one followed
+    (window(EARLIER, EARLIER + 5, -9.0), Verdict.CONFLICT),
+    (window(EARLIER, EARLIER + 5, -SWITCH), Verdict.REPLAY),  # its window of long before: a rewind
+    (window(EARLIER, EARLIER + 5, SWITCH), Verdict.SWITCH),  # the run followed has been silent that long
+    (EndOfStream("radio", EARLIER + 6, EARLIER), Verdict.REPLAY),  # the end of a run not tracked
+    (EndOfStream("radio", LATER + 6, LATER), Verdict.REPLAY),
     (EndOfStream("radio", RUN + 101, RUN), Verdict.TAKE),
     (EndOfStream("radio", RUN + 101), Verdict.TAKE),
 ])
@@ -40,9 +42,10 @@ def test_a_window_of_the_run_tracked_or_another(item: WindowHits | EndOfStream, 
 
 
 @pytest.mark.parametrize(("item", "expected"), [
-    (window(OTHER, OTHER + 5, -5.0), Verdict.FOLLOW),  # another run goes on after the one tracked ended
-    (window(OTHER, OTHER + 5, 3600.0), Verdict.FOLLOW),  # an ingest restarted an hour later
-    (window(OTHER, OTHER + 5, -SWITCH), Verdict.REPLAY),
+    (window(EARLIER, EARLIER + 5, -5.0), Verdict.FOLLOW),  # another run goes on after the one tracked ended
+    (window(EARLIER, EARLIER + 5, 3600.0), Verdict.FOLLOW),
+    (window(EARLIER, EARLIER + 5, -SWITCH), Verdict.REPLAY),
+    (window(LATER, LATER + 5, -3600.0), Verdict.FOLLOW),  # an ingest restarted with a file read ahead of real time
     (window(RUN, RUN + 90, -5.0), Verdict.REPLAY),
 ])
 def test_a_window_after_the_run_tracked_ended(item: WindowHits, expected: Verdict) -> None:
@@ -51,4 +54,12 @@ def test_a_window_after_the_run_tracked_ended(item: WindowHits, expected: Verdic
 
 
 def test_a_fresh_stream_takes_any_run() -> None:
-    assert verdict(StreamState("radio"), window(OTHER, OTHER, 0.0), SWITCH) is Verdict.TAKE
+    assert verdict(StreamState("radio"), window(LATER, LATER, 0.0), SWITCH) is Verdict.TAKE
+
+
+def test_a_run_followed_before_is_not_new_again() -> None:
+    """After the latest run fell silent and an earlier one was followed, a rewind's windows of the latest are no
+    new run: the air time decides, as for any other run."""
+    back = replace(TRACKING, following=Following(RUN, AIR, newest=LATER))
+    assert verdict(back, window(LATER, LATER + 5, -60.0), SWITCH) is Verdict.REPLAY
+    assert verdict(back, window(LATER + 1, LATER + 6, -60.0), SWITCH) is Verdict.FOLLOW

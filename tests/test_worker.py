@@ -260,20 +260,23 @@ def second_run(windows: list[AudioWindow], started_after: float) -> list[AudioWi
     return [replace(w, seq=base + i, run=base, offset=w.offset - origin, after_gap=i == 0) for i, w in enumerate(windows[start:])]
 
 
-def test_two_ingest_runs_of_one_stream_neither_split_its_play_nor_leave_it_deaf(service: Service) -> None:
-    """A second ingest run publishes the stream while a track plays, then stops: the worker keeps tracking the first
-    run (the play is one, whole), sets the second's windows aside, and says so in its log and metrics. Before, the
-    second's start split the play and, once it stopped, every window of the first read as a replay."""
-    path, truth = broadcast(service.workdir, "twice", "gardien-go", 40.0)
+def test_a_second_ingest_run_of_a_stream_is_followed_and_reported_and_leaves_it_heard(service: Service) -> None:
+    """A second ingest run publishes the stream for 25 s while a track plays, then stops, and the first goes on: the
+    worker follows the run started later from its first window (a restarted ingest loses no audio waiting for the old
+    run to fall silent), sets the first's windows aside meanwhile and says so in its log and metrics, and follows the
+    first again after the second's end. Each run has its own clock, so each stretch is a play of its own. Before,
+    once the second stopped, every window of the first read as a replay: the stream was deaf, without a word."""
+    path, truth = broadcast(service.workdir, "twice", "gardien-go", 60.0)
     first = windows_of(path, "twice", service.grid)
     second = second_run(first, truth.stream_start + 10.0)[:50]  # 25 s, then it stops
     overlap = len(first) - len(second_run(first, truth.stream_start + 10.0))
     interleaved = first[:overlap] + [w for pair in zip(first[overlap:], second) for w in pair]
-    ended = [*interleaved, EndOfStream("twice", second[-1].seq + 1, second[-1].run), *first[overlap + len(second):]]
-    service.send_windows(ended)
-    assert_one_play(service.wait_for_plays("twice", 2), truth)
-    time.sleep(2.0)  # nothing more may follow
-    assert_one_play(service.plays("twice"), truth)
+    service.send_windows([*interleaved, EndOfStream("twice", second[-1].seq + 1, second[-1].run), *first[overlap + len(second):]])
+    plays = [e for e in service.wait_for_plays("twice", 6) if e.state == "ended"]
+    assert [e.track_id for e in plays] == ["gardien-go"] * 3, plays
+    assert abs(plays[0].stream_end - first[overlap].offset) <= 1.0  # the first run until the second's first window
+    assert abs(plays[1].stream_end - (second[-1].offset + service.grid.window_seconds)) <= 1.0  # the second, in its clock
+    assert abs(plays[2].stream_end - truth.stream_end) <= 1.0  # the first again, heard to the end
     assert servers.metric(service.metrics_port, "airtrace_ingest_run_conflicts_total", stream="twice") >= len(second) // 2
     log = service.log.read_text()
     assert log.count("stream twice is published by two ingest runs") == 1, log
@@ -298,32 +301,34 @@ def test_a_window_numbered_far_ahead_leaves_the_stream_heard(service: Service) -
 
 
 def test_a_stream_whose_tracked_ingest_run_was_killed_is_tracked_on_in_the_other_run(service_catalog: Path, tmp_path: Path) -> None:
-    """The tracking step both modes share: the ingest run tracked is killed (no end) while a second one publishes the
-    stream: once the first has been silent for `switch_run_seconds`, the second is tracked, and the rest of the track
-    is a play of its own (another clock: no play spans runs). Replaying both runs' hits changes nothing."""
+    """The tracking step both modes share: a second ingest run joins the stream (followed from its first window) and
+    is killed 15 s later (no end) while the first goes on: once the second has been silent for `switch_run_seconds`,
+    the first is tracked again, the rest of the track a play of its own (no play spans runs). Replaying both runs'
+    hits changes nothing."""
     from prometheus_client import CollectorRegistry
 
     from monitor.metrics import create
 
     catalog = Catalog.open(service_catalog)
+    grid = WindowGrid.for_encoder(catalog.encoder)
     path, truth = broadcast(tmp_path, "killed", "gardien-go", 60.0)
-    first = windows_of(path, "killed", WindowGrid.for_encoder(catalog.encoder))
-    second = second_run(first, truth.stream_start + 10.0)
-    overlap, killed = len(first) - len(second), len(first) - len(second) + 10  # the first run's last window: 5 s after the second started
-    windows = first[:overlap] + [w for pair in zip(first[overlap:killed], second) for w in pair] + second[killed - overlap:]
+    first = windows_of(path, "killed", grid)
+    second = second_run(first, truth.stream_start + 10.0)[:30]  # 15 s, then its ingest is killed
+    overlap = next(i for i, w in enumerate(first) if w.air_time == second[0].air_time)
+    windows = first[:overlap] + [w for pair in zip(first[overlap:], second) for w in pair] + first[overlap + len(second):]
     live = LiveCatalog(catalog)
-    hits = [*live.search(windows), EndOfStream("killed", second[-1].seq + 1, second[-1].run)]
+    hits = [*live.search(windows), EndOfStream("killed", first[-1].seq + 1, first[-1].run)]
     metrics = create(CollectorRegistry())
     store = MemoryStateStore()
     step = TrackingStep(live, store, metrics=metrics)
-    plays = plays_in(track_in_batches(step, hits))
+    plays = [e for e in plays_in(track_in_batches(step, hits)) if e.state == "ended"]
 
-    assert [(e.state, e.track_id) for e in plays] == [("started", "gardien-go"), ("ended", "gardien-go")] * 2, plays
-    assert abs(plays[1].stream_end - (first[killed - 1].offset + WindowGrid.for_encoder(catalog.encoder).window_seconds)) <= 1.0  # where the first fell silent
-    assert abs(plays[3].stream_end - (truth.stream_end - (first[overlap].offset))) <= 1.0  # in the second run's clock
-    switched_at = first[killed - 1].air_time + step.tracker.config.switch_run_seconds  # the first run silent that long
-    assert plays[2].started_at >= switched_at
-    assert metrics.ingest_run_conflicts.labels("killed")._value.get() == sum(w.air_time < switched_at for w in second)
+    assert [e.track_id for e in plays] == ["gardien-go"] * 3, plays
+    assert abs(plays[0].stream_end - first[overlap].offset) <= 1.0  # the first run until the second's first window
+    assert abs(plays[1].stream_end - (second[-1].offset + grid.window_seconds)) <= 1.0  # the second, in its clock, to its last window
+    switched_at = second[-1].air_time + step.tracker.config.switch_run_seconds  # the second run silent that long
+    assert plays[2].started_at >= switched_at and abs(plays[2].stream_end - truth.stream_end) <= 1.0
+    assert metrics.ingest_run_conflicts.labels("killed")._value.get() == sum(second[0].air_time < w.air_time < switched_at for w in first)  # first[overlap] came before second[0]: taken
     assert metrics.ingest_run_switches.labels("killed")._value.get() == 1
     assert step.advance(hits) == (store.load(["killed"]), [])
 

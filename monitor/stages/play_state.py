@@ -173,9 +173,10 @@ class Following:
     run: int | None = None  # None: none yet, or its windows carry no run (published by an earlier release)
     air_time: float | None = None  # of its newest window taken; None: not known (a state saved by an earlier release)
     ended: bool = False  # its EndOfStream came
+    newest: int | None = None  # the latest-started run the stream has followed: a run started later is a new one
 
     def to_json(self) -> list:
-        return [self.run, self.air_time, self.ended]
+        return [self.run, self.air_time, self.ended, self.newest]
 
 
 @dataclass(frozen=True)

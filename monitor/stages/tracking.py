@@ -227,7 +227,8 @@ class TrackingStep:
         followed, stream_id = state.following, state.stream_id
         silent = hits.air_time - (followed.air_time or 0.0)
         if judged is Verdict.FOLLOW:
-            log.info("stream %s: tracking %s after the end of %s", stream_id, describe_run(hits.run), describe_run(followed.run))
+            after = "the end of" if followed.ended else "a restart of, or beside,"
+            log.info("stream %s: tracking %s after %s %s", stream_id, describe_run(hits.run), after, describe_run(followed.run))
             return
         if self.metrics:
             self.metrics.ingest_run_switches.labels(stream_id).inc()
