@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +370,16 @@ def test_bench_broadcast_notices_plays_at_the_notice_confidence_it_is_given(tmp_
     assert strict.keys() == early.keys() and len(strict) == 3
     assert all(early[play] <= strict[play] for play in strict)
     assert early_withdrawn > strict_withdrawn == 0
+
+
+def test_free_ports_are_drawn_below_the_ports_outgoing_connections_take() -> None:
+    """A port bind(0) hands out is one the kernel also gives any process's outgoing connection, which could take it
+    before the server meant for it binds it (a restarted worker of the short chaos run found its port taken)."""
+    from monitor.bench import servers
+
+    floor = servers._ephemeral_floor()
+    ports = [servers.free_port() for _ in range(20)]
+    assert all(servers.LOWEST_PORT <= port < floor for port in ports), (ports, floor)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind((servers.HOST, port))

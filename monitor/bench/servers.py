@@ -13,6 +13,7 @@ import http.server
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,11 +32,34 @@ from pathlib import Path
 HOST = "127.0.0.1"
 
 
+LOWEST_PORT = 10_000  # free ports are drawn from here to the kernel's ephemeral range
+
+
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
+    """A loopback TCP port that nothing listens on right now, drawn below the kernel's ephemeral range: a port that
+    bind(0) hands out is one the kernel also gives outgoing connections, so any process's connection could take it
+    before the server it was meant for bound it (a restarted worker of the chaos run found its metrics port taken)."""
+    ephemeral = _ephemeral_floor()
+    draw = random.SystemRandom()
+    for _ in range(100 if ephemeral > LOWEST_PORT else 0):
+        port = draw.randrange(LOWEST_PORT, ephemeral)
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux's default, where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
