@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import BinaryIO, TypeVar
 
 import av
@@ -62,6 +65,33 @@ class AudioError(ValueError):
     """Audio that cannot be opened or decoded; the message names the source and a fix."""
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Run the Python handler of a SIGINT (Ctrl-C's KeyboardInterrupt) that arrives during the block after it.
+
+    PyAV's wheels are built for Python's limited API, where Cython adds each line of a traceback by running a
+    little Python code (PyEval_EvalCode in __Pyx_AddTraceback). Python runs a pending signal handler there, and
+    the exception it raises is dropped when Cython restores the exception it was adding the line to. The
+    BlockingIOError (EAGAIN) that ends every pull from the resampler's filter graph is one: a Ctrl-C that came
+    while FFmpeg resampled was replaced by it, AudioResampler.resample took it for "no more frames", and the
+    command went on. Held here, the handler runs after the block, where nothing catches its exception. One
+    signal, swapped in one call each way, so that no moment leaves the wrong handler in place (SIGTERM raises
+    only in a `catalog add --jobs` parent, which does not decode). Python runs handlers in its main thread
+    alone: decoding in another thread (which the main thread waits on in Python) holds nothing."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[FrameType | None] = []
+    signal.signal(signal.SIGINT, lambda number, frame: arrived.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        for frame in arrived:
+            handler(signal.SIGINT, frame)
+
+
 def decode_chunks(
     source: str | Path | BinaryIO,
     sample_rate: int,
@@ -108,7 +138,7 @@ def decode_chunks(
         try:
             for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, chunker), str(source), lock, skip_damaged):
                 yield from chunks
-            with lock:
+            with lock, interrupts_held():
                 chunks = chunker.chunks(None)
             yield from chunks
         except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested": not damage
@@ -130,32 +160,43 @@ def decode_batches(
     decode_chunks). An FFmpeg error that stops a batch is raised after the list of what the batch gave before
     the failing packet, which is audio too. With `skip_damaged`, a packet the decoder refuses as invalid data
     is skipped and logged, unless DAMAGED_PACKETS_IN_A_ROW have been: one damaged packet ended a file there,
-    and made a live stream reconnect (losing seconds, marked as a gap) for every burst of UDP packets lost."""
+    and made a live stream reconnect (losing seconds, marked as a gap) for every burst of UDP packets lost.
+    A batch is read and decoded with Ctrl-C held (see interrupts_held)."""
     # Durations are summed in the coarsest of the streams' time bases: where theirs differ, a batch ends sooner.
     tick_seconds = max(float(stream.time_base or 1) for stream in streams)
     decode = PlacedByBytes(decode, streams)
     damaged = 0  # packets refused in a row
-    for batch in _batches(packets, tick_seconds):
-        decoded: list[Decoded] = []
-        failure: av.FFmpegError | None = None
-        with lock:
-            for packet in batch:
-                try:
-                    decoded += decode(packet)
-                    damaged = 0
-                except av.InvalidDataError as exc:
-                    damaged += 1
-                    if not skip_damaged or damaged >= DAMAGED_PACKETS_IN_A_ROW:
-                        failure = exc
-                        break
-                    if damaged == 1:
-                        log.warning("%s: skipping damaged packets (%s)", source, exc)
-                except av.FFmpegError as exc:
-                    failure = exc
-                    break
+    batches = _batches(packets, tick_seconds)
+    while True:
+        with interrupts_held():
+            batch = next(batches, None)
+            if batch is None:
+                return
+            with lock:
+                decoded, failure, damaged = _decode_batch(batch, decode, damaged, source, skip_damaged)
         yield decoded
         if failure is not None:
             raise failure
+
+
+def _decode_batch(batch: list[av.Packet], decode: Callable[[av.Packet], list[Decoded]], damaged: int, source: str,
+                  skip_damaged: bool) -> tuple[list[Decoded], av.FFmpegError | None, int]:
+    """decode_batches' work on one batch: what it decoded, the FFmpeg error that stopped it (None if none), and
+    how many packets in a row the decoder has refused (`damaged` before it)."""
+    decoded: list[Decoded] = []
+    for packet in batch:
+        try:
+            decoded += decode(packet)
+            damaged = 0
+        except av.InvalidDataError as exc:
+            damaged += 1
+            if not skip_damaged or damaged >= DAMAGED_PACKETS_IN_A_ROW:
+                return decoded, exc, damaged
+            if damaged == 1:
+                log.warning("%s: skipping damaged packets (%s)", source, exc)
+        except av.FFmpegError as exc:
+            return decoded, exc, damaged
+    return decoded, None, damaged
 
 
 class PlacedByBytes:
@@ -300,12 +341,13 @@ def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list
 def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | tuple[float, float] | None) -> av.container.InputContainer:
     """FFmpeg's container for `source`, or an AudioError that says why it cannot be opened."""
     try:
-        return av.open(
-            source if hasattr(source, "read") else ffmpeg_url(source),
-            options=options or {},
-            timeout=timeout,
-            metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
-        )
+        with interrupts_held():
+            return av.open(
+                source if hasattr(source, "read") else ffmpeg_url(source),
+                options=options or {},
+                timeout=timeout,
+                metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable
+            )
     except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
         raise AudioError(f"cannot open {source}: no answer in {_timeout(timeout, 0):g} s; check the URL and that its server is up") from exc
     except av.InvalidDataError as exc:
@@ -343,7 +385,7 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError, lock: 
         blocks = _seconds(sound)
         try:
             while True:
-                with lock:
+                with lock, interrupts_held():
                     block = next(blocks, None)
                     chunks = chunker.chunks(_frame(block, sound.samplerate, surround))
                 yield from chunks

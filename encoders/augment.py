@@ -19,7 +19,7 @@ import av
 import av.filter
 import numpy as np
 
-from encoders.audio import AudioError, load_audio
+from encoders.audio import AudioError, interrupts_held, load_audio
 from encoders.speech import babble
 
 Apply = Callable[[np.ndarray, int, float, np.random.Generator, "Sources"], np.ndarray]
@@ -53,14 +53,15 @@ def ffmpeg_filter(audio: np.ndarray, sample_rate: int, chain: Sequence[str], out
     graph.configure()
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32)[None], format="flt", layout="mono")
     frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
-    source.push(frame)
-    source.push(None)
     out = []
-    while True:
-        try:
-            out.append(sink.pull().to_ndarray().reshape(-1))
-        except (av.error.EOFError, av.error.BlockingIOError):
-            break
+    with interrupts_held():  # a Ctrl-C in a pull would be lost in its EAGAIN or EOF (see interrupts_held)
+        source.push(frame)
+        source.push(None)
+        while True:
+            try:
+                out.append(sink.pull().to_ndarray().reshape(-1))
+            except (av.error.EOFError, av.error.BlockingIOError):
+                break
     result = np.concatenate(out) if out else np.zeros(0, np.float32)
     return result.astype(np.float32, copy=False)
 

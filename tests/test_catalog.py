@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+import psutil
 import pytest
 
 from catalog_fixtures import CATALOG_TRACKS, MUSIC, music, random_encoder
@@ -143,6 +148,39 @@ def test_a_full_disk_while_committing_is_one_line_and_leaves_no_half_generation(
 
 def _raise(*args: object, **kwargs: object) -> None:
     raise KeyboardInterrupt  # what a user's Ctrl-C does mid-write
+
+
+@pytest.fixture(scope="module")
+def long_mp3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 20 minutes of MP3 (a demo track encoded once, then looped without encoding again): a second to decode."""
+    folder = tmp_path_factory.mktemp("long-mp3")
+    ffmpeg = ["ffmpeg", "-nostdin", "-loglevel", "error"]
+    subprocess.run([*ffmpeg, "-i", str(MUSIC / "gardien-go.opus"), "-ar", "22050", "-b:a", "64k", str(folder / "once.mp3")], check=True)
+    subprocess.run([*ffmpeg, "-stream_loop", "23", "-i", str(folder / "once.mp3"), "-c", "copy", str(folder / "long.mp3")], check=True)
+    return folder / "long.mp3"
+
+
+CTRL_C_PRESSES = 12  # the old code lost 15 of 80 presses: it passed all 12 about one time in twelve
+CTRL_C_SPREAD_SECONDS = 0.5  # the presses come up to this far into the decoding (which takes about a second)
+
+
+def test_ctrl_c_while_a_file_decodes_stops_catalog_add_at_the_first_press(tmp_path: Path, encoder_dir: Path, long_mp3: Path) -> None:
+    """A Ctrl-C that came while FFmpeg decoded was dropped inside PyAV (see encoders.audio.interrupts_held): about one
+    press in five while a file decoded, `catalog add` went on as if none had come. Each run is pressed once, at
+    another moment of its decoding, and each must stop at once as an interrupted add does."""
+    for press in range(CTRL_C_PRESSES):
+        add = subprocess.Popen([sys.executable, "-m", "monitor", "catalog", "add", "--catalog", str(tmp_path / f"catalog-{press}"),
+                                "--encoder", str(encoder_dir), str(long_mp3)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while add.poll() is None and str(long_mp3) not in [f.path for f in psutil.Process(add.pid).open_files()]:
+                time.sleep(0.005)  # until FFmpeg has opened the file
+            time.sleep(press * CTRL_C_SPREAD_SECONDS / CTRL_C_PRESSES)
+            add.send_signal(signal.SIGINT)
+            _, err = add.communicate(timeout=60)
+        finally:
+            add.kill()
+        assert add.returncode == 130 and "interrupted: 0 of the 0 tracks indexed so far were committed" in err, \
+            f"press {press}: exit {add.returncode}: {err}"
 
 
 def test_another_encoder_cannot_open_the_catalog(built_catalog: Path) -> None:
