@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,7 @@ def broadcast(workdir: Path, name: str, track: str, seconds: float, ref_start: f
 def windows_of(path: Path, stream_id: str, grid: WindowGrid) -> list[AudioWindow]:
     """The windows `airtrace ingest` would publish for this file, as one ingest run."""
     seq_base = int(time.time() * 1000)
-    return [run_start_marked(replace(w, seq=seq_base + w.seq, run=seq_base), seq_base) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
+    return [run_start_marked(replace(w, seq=seq_base + w.seq, run=seq_base)) for w in read_windows(StreamSource(stream_id, str(path)), grid)]
 
 
 def assert_one_play(events: list[PlayEvent], truth: TruePlay) -> None:
@@ -686,3 +687,24 @@ def test_a_worker_sends_again_none_of_the_events_a_dead_worker_sent_before_marki
     assert [e.event_id for e in service.plays("killed-sending")] == [started.event_id, ended.event_id]
     assert_one_play(plays, truth)
     assert "1 event(s) of a worker that died publishing are on" in service.log.read_text()
+
+
+def test_recordings_ingested_with_their_air_start_play_when_they_aired_and_again_add_no_plays(service: Service) -> None:
+    """`airtrace ingest` of logger recordings with their air start: their windows are numbered (and their run named) from
+    it, so the plays carry the time the music aired, a recording ingested again is a replay to the worker (no play twice),
+    and the next hour of the stream is a play of its own."""
+    from monitor.fleet.broker import KafkaSettings, Topics
+    from monitor.fleet.publish import publish_windows
+
+    path, truth = broadcast(service.workdir, "logger", "area1-game", 20.0)
+    ten, eleven = (datetime(2026, 12, 5, hour, tzinfo=timezone.utc).timestamp() for hour in (10, 11))
+    for air_start in (ten, ten, eleven):
+        asyncio.run(publish_windows([StreamSource("logger", str(path), air_start=air_start)], service.grid,
+                                    KafkaSettings(f"127.0.0.1:{service.broker.port}"), Topics.with_prefix(service.prefix, PARTITIONS)))
+    events = service.wait_for_plays("logger", 4)
+    assert_one_play(events[:2], truth)
+    assert_one_play(events[2:], truth)
+    for play, air_start in zip(events[::2], (ten, eleven)):
+        assert abs(play.started_at - (air_start + truth.stream_start)) <= 1.0
+    servers.wait_until(lambda: service.lag("hits") == 0, 15, "the worker has handled every window")
+    assert len(service.plays("logger")) == 4

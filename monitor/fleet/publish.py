@@ -8,6 +8,12 @@ and each stream's first window of a run is marked `after_gap`, so no play spans 
 end (a file's end, or ingest stopping) is published as an EndOfStream, which closes its open play. Every
 message carries the run (its start in milliseconds) in a header: a worker tells two ingest runs that publish
 one stream apart by it (monitor.stages.ingest_runs).
+
+A recording with a known air start (a logger file: monitor.stages.sources) is numbered from its air start instead,
+and that is its run (monitor.stages.ingest.numbered_from): ingesting it again gives the same windows, which the
+worker takes as replays (no play twice), and the recordings of one stream id follow each other in the order they aired.
+A recording that aired before the run a stream's worker state follows (an older hour ingested after a newer one, or
+after the live stream) reads as a replay of it too: ingest a stream's recordings in the order they aired.
 """
 
 from __future__ import annotations
@@ -84,8 +90,9 @@ async def publish_windows(
     except BrokerError:
         await producer.stop()
         raise
-    next_seq: dict[str, int] = {}  # per stream with windows on Kafka: the seq its end-of-stream marker takes
-    headers = {s.id: stream_headers(s.metadata, seq_base) for s in sources}  # each window carries its stream's metadata to the workers
+    ends: dict[str, EndOfStream] = {}  # per stream with windows on Kafka: its end-of-stream marker
+    metadata = {s.id: s.metadata for s in sources}  # each window carries its stream's metadata to the workers
+    headers: dict[str, list[tuple[str, bytes]]] = {}  # per stream, made at its first window (its run's)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
@@ -94,19 +101,21 @@ async def publish_windows(
         while live and not stop.is_set():
             item = await queue.get()
             if isinstance(item, StreamStarted):
-                headers[item.stream_id] = stream_headers(item.metadata, seq_base)
+                metadata[item.stream_id] = item.metadata
+                headers.pop(item.stream_id, None)
             elif isinstance(item, EndOfStream):
                 live.discard(item.stream_id)
-                if item.stream_id in next_seq:
-                    end = EndOfStream(item.stream_id, next_seq.pop(item.stream_id), seq_base)
-                    await _send(producer, topics.windows, item.stream_id, encode_end(end), options, stream_headers(None, seq_base))
+                if item.stream_id in ends:
+                    await _send_end(producer, topics.windows, ends.pop(item.stream_id), options)
             elif isinstance(item, AudioWindow):
-                window = run_start_marked(item, seq_base)
+                window = run_start_marked(item)
                 data = encode_window(window, grid.sample_rate, options.sample_format)
-                await _send(producer, topics.windows, window.stream_id, data, options, headers.get(window.stream_id) or stream_headers(None, seq_base))
-                next_seq[window.stream_id] = window.seq + 1
-        for stream_id, seq in next_seq.items():  # stopped: the streams still on air end here
-            await _send(producer, topics.windows, stream_id, encode_end(EndOfStream(stream_id, seq, seq_base)), options, stream_headers(None, seq_base))
+                if window.stream_id not in headers:
+                    headers[window.stream_id] = stream_headers(metadata.get(window.stream_id), window.run)
+                await _send(producer, topics.windows, window.stream_id, data, options, headers[window.stream_id])
+                ends[window.stream_id] = EndOfStream(window.stream_id, window.seq + 1, window.run)
+        for end in ends.values():  # stopped: the streams still on air end here
+            await _send_end(producer, topics.windows, end, options)
     finally:
         stop.set()
         await producer.stop()  # sends what is buffered first
@@ -114,10 +123,14 @@ async def publish_windows(
             loop.remove_signal_handler(sig)
 
 
-def run_start_marked(window: AudioWindow, seq_base: int) -> AudioWindow:
-    """The window of an ingest run numbered from `seq_base`, its stream's first marked `after_gap` (see the module
+def run_start_marked(window: AudioWindow) -> AudioWindow:
+    """The window of an ingest run (numbered from its run), its stream's first marked `after_gap` (see the module
     docstring)."""
-    return replace(window, after_gap=window.after_gap or window.seq == seq_base)
+    return replace(window, after_gap=window.after_gap or window.seq == window.run)
+
+
+async def _send_end(producer: AIOKafkaProducer, topic: str, end: EndOfStream, options: PublishOptions) -> None:
+    await _send(producer, topic, end.stream_id, encode_end(end), options, stream_headers(None, end.run))
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, stream_id: str, data: bytes, options: PublishOptions,

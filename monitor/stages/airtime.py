@@ -43,7 +43,9 @@ class DeadAir:
 class StreamClock:
     """Maps a connection's samples to stream offsets and UTC air times.
 
-    A file read as fast as it decodes airs from the moment it was opened. A live (or paced) source is
+    A recording whose air start is known (`air_start`, UTC epoch seconds: monitor.stages.sources) airs from then,
+    however fast it is read. Any other file read as fast as it decodes airs from the moment it was opened. A live
+    (or paced) source is
     anchored at the earliest moment consistent with when its samples arrived: sample s cannot have been
     on air later than it reached us, so the anchor is the running minimum of (arrival - s / rate).
     After a reconnect, the stream offset resumes at the wall-clock time elapsed since the stream began
@@ -51,8 +53,8 @@ class StreamClock:
     show in offsets as they did on air.
     """
 
-    def __init__(self, sample_rate: int, live: bool):
-        self.rate, self.live = sample_rate, live
+    def __init__(self, sample_rate: int, live: bool, air_start: float | None = None):
+        self.rate, self.live, self.air_start = sample_rate, live, air_start
         self.first_anchor: float | None = None
         self.end_offset = 0.0  # stream offset just after the last delivered sample
         self.base = 0.0  # stream offset of this connection's sample 0
@@ -69,12 +71,12 @@ class StreamClock:
     def chunk(self, n_samples: int, now: float) -> None:
         if self.received < 0:
             self.received = 0
-            self.anchor = now - (n_samples / self.rate if self.live else 0.0)
+            self.anchor = self.air_start if self.air_start is not None else now - (n_samples / self.rate if self.live else 0.0)
             if self.first_anchor is None:
                 self.first_anchor = self.anchor
             self.base = max(self.end_offset + self.unheard, self.anchor - self.first_anchor)
         self.received += n_samples
-        if self.live:
+        if self.live and self.air_start is None:
             self.anchor = min(self.anchor, now - self.received / self.rate)
         self.end_offset = self.base + self.received / self.rate
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -254,7 +255,7 @@ def read_windows(
     `turns` (see decode_turns)."""
     stop = stop or threading.Event()
     live = not source.is_file
-    clock = StreamClock(grid.sample_rate, live=live or options.realtime)
+    clock = StreamClock(grid.sample_rate, live=live or options.realtime, air_start=source.air_start)
     backoff = Backoff(options.backoff_initial, options.backoff_max)
     dead_air = DeadAir(source.id, options, grid.hop_seconds, metrics)
     resumption = Resumption(grid.sample_rate) if live else None
@@ -349,8 +350,8 @@ def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
 
 
 def numbered_by_file_or_run(run_started_ms: int) -> Callable[[StreamSource | MuxSource], int]:
-    """Where embedded mode numbers a source's windows from (see start_readers): a local file from its modification
-    time in milliseconds, anything else from the run's start. Two runs on one stream id must not give two plays
+    """Where embedded mode numbers a source's windows from (see start_readers) when its air start is unknown: a local file
+    from its modification time in milliseconds, anything else from the run's start. Two runs on one stream id must not give two plays
     one id (the play log keeps the first): daily logger files, a restarted monitor. The same file monitored
     again gives the same ids, so its plays are not counted twice."""
 
@@ -365,6 +366,18 @@ def numbered_by_file_or_run(run_started_ms: int) -> Callable[[StreamSource | Mux
     return first_seq
 
 
+def numbered_from(source: StreamSource | MuxSource, first_seq: Callable[[StreamSource | MuxSource], int]) -> int:
+    """The number a source's first window takes. A recording with a known air start is numbered from it in milliseconds,
+    in embedded mode and in `airtrace ingest` alike: the same recording monitored again gives the same windows, so the
+    same play ids and times (the play log keeps one of each), and two recordings of one stream id are numbered apart by
+    their air times (a few windows a second against a thousand numbers), in the order they aired."""
+    if source.air_start is None:
+        return first_seq(source)
+    log.info("stream %s: a recording that aired from %s: its windows are numbered (and its run named) from then", source.id,
+             datetime.fromtimestamp(source.air_start, timezone.utc).isoformat(timespec="milliseconds"))
+    return round(source.air_start * 1000)
+
+
 def start_readers(
     sources: Sequence[StreamSource | MuxSource],
     grid: WindowGrid,
@@ -376,8 +389,9 @@ def start_readers(
 ) -> list[threading.Thread]:
     """One daemon thread per stream (or multiplex, see monitor.stages.mux) feeding `sink`; a stream that raises is
     logged and ends alone. Its last item is the EndOfStream of source.id. A source's windows (and ends) are
-    numbered from `first_seq(source)`: a play's id is made of its first window's number (monitor.events); that
-    number is their `run` too (monitor.stages.ingest_runs)."""
+    numbered from `first_seq(source)`, or from its air start in milliseconds when that is known (`numbered_from`):
+    a play's id is made of its first window's number (monitor.events); that number is their `run` too
+    (monitor.stages.ingest_runs)."""
 
     stop = stop or threading.Event()
     turns = decode_turns(options.decode_turns)
@@ -385,7 +399,7 @@ def start_readers(
     def run(source: StreamSource | MuxSource) -> None:
         read = read_mux if isinstance(source, MuxSource) else read_windows
         items = read(source, grid, options, metrics, stop, turns)
-        base = first_seq(source)
+        base = numbered_from(source, first_seq)
         next_seq = base
         try:
             for item in items:

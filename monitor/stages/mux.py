@@ -289,6 +289,7 @@ class MuxSource:
     options: dict[str, str] = field(default_factory=dict)
 
     is_file = StreamSource.is_file
+    air_start = None  # a multiplex airs as it is read: no air start is taken for one (monitor.stages.sources)
 
     def __post_init__(self) -> None:
         check_id(self.id, "multiplex id")
@@ -347,6 +348,9 @@ PROGRAM_FIELDS = ("program", "id", "name", "audio", "metadata")
 def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
     """A streams-file entry with `mux` (a multiplex) or with `audio` (one stream's track) as a MuxSource."""
     if "mux" not in entry:
+        if "air_start" in entry:  # a selected track is read as a multiplex, which airs as it is read
+            raise ConfigError(f"{where}: air_start is not taken with audio (a track's choice) yet; remove audio to monitor the file's "
+                              "default audio track from its air start")
         plain = {k: v for k, v in entry.items() if k != "audio"}
         return MuxSource.single(stream_from_entry(plain, where), AudioSelection.parse(entry["audio"], where))
     unknown = sorted(set(entry) - set(MUX_FIELDS))

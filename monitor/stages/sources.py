@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import av
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor.records import check_id
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -23,16 +28,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StreamSource:
-    """One stream to monitor. `options` are FFmpeg input options (e.g. {"rtsp_transport": "tcp"})."""
+    """One stream to monitor. `options` are FFmpeg input options (e.g. {"rtsp_transport": "tcp"}). `air_start`: when a
+    recorded file's first sample aired (UTC epoch seconds); None: it airs as it is read (monitor.stages.airtime)."""
 
     id: str
     url: str
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
+    air_start: float | None = None
 
     def __post_init__(self) -> None:
         check_id(self.id, "stream id")
+        if self.air_start is not None and not self.is_file:
+            raise ValueError(f"air_start is for recorded files, and {self.url!r} is not a local file (a live stream airs as it "
+                             "arrives): remove air_start, or correct the file's path")
 
     @property
     def is_file(self) -> bool:
@@ -54,7 +64,7 @@ def never_opens(exc: BaseException) -> bool:
     return any(isinstance(error, av.error.ProtocolNotFoundError) for error in (exc, exc.__cause__))
 
 
-SOURCE_FIELDS = ("id", "url", "name", "metadata", "options")
+SOURCE_FIELDS = ("id", "url", "name", "metadata", "options", "air_start")
 
 
 def stream_from_entry(entry: Any, where: str) -> StreamSource:
@@ -72,10 +82,26 @@ def stream_from_entry(entry: Any, where: str) -> StreamSource:
         if not isinstance(entry.get(name, {}), dict):
             raise ConfigError(f"{where}: field {name!r} must be a mapping")
     options = ffmpeg_options(entry, where)
+    air_start = air_start_of(entry["air_start"], where) if "air_start" in entry else None
     try:
-        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options)
+        return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options, air_start)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def air_start_of(value: Any, where: str) -> float:
+    """A streams config entry's `air_start`: an ISO 8601 time with its UTC offset or Z (YAML reads an unquoted one as
+    a datetime already). One without an offset is refused: which zone it meant cannot be told."""
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    if not isinstance(parsed, datetime) or parsed.tzinfo is None or parsed.timestamp() < 0:
+        raise ConfigError(f"{where}: air_start '{value}' is not a time with its UTC offset; give when the file's first sample aired, "
+                          "in ISO 8601 with an offset or Z, e.g. air_start: 2026-12-05T10:00:00+01:00")
+    return parsed.timestamp()
 
 
 def ffmpeg_options(entry: dict[str, Any], where: str) -> dict[str, str]:
@@ -113,19 +139,64 @@ def _ffmpeg_option_finder() -> Callable[[str], bool] | None:
     return lambda name: bool(avutil.av_opt_find(ctypes.byref(format_class), name.encode(), None, 0, search_children_of_fake_object))
 
 
-def sources_from_urls(urls: Sequence[str]) -> list[StreamSource]:
-    """Streams named on the command line; each id is the file or path name, made unique with a suffix."""
+@dataclass(frozen=True)
+class AirStartFromName:
+    """When a recorded file (a logger's air check) aired, read from its name: `format`, strptime's, matches the whole file
+    name without its extension (radio1-%Y-%m-%dT%H-%M-%S for radio1-2026-12-05T10-00-00.mp3); a format without %z reads
+    the time in `zone`. Checked once by formatting a time and reading it back, so a bad directive or a format that
+    loses the date or the hour is named before any file is read."""
+
+    format: str
+    zone: tzinfo = timezone.utc
+
+    OPTION = "--air-start-from"
+    SAMPLE = datetime(2026, 12, 5, 22, 20, 30, tzinfo=timezone.utc)  # an hour past noon: %I without %p loses it
+
+    @classmethod
+    def parse(cls, spec: str, zone: str = "UTC") -> AirStartFromName:
+        kind, _, name_format = spec.partition(":")
+        if kind != "name" or not name_format:
+            raise ConfigError(f"{cls.OPTION} {spec!r}: give name:FORMAT, a strptime format of the whole file name without its "
+                              "extension, e.g. name:radio1-%Y-%m-%dT%H-%M-%S or name:%Y%m%d_%H%M")
+        try:
+            read_back = datetime.strptime(cls.SAMPLE.strftime(name_format), name_format)
+        except ValueError as exc:
+            raise ConfigError(f"{cls.OPTION} {spec!r}: {exc}; see the format codes of Python's strptime") from None
+        if read_back.date() != cls.SAMPLE.date() or read_back.hour != cls.SAMPLE.hour:
+            raise ConfigError(f"{cls.OPTION} {spec!r}: the format must hold the date and the hour (%Y or %y, %m, %d, %H)")
+        try:
+            return cls(name_format, ZoneInfo(zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"--air-start-zone {zone!r}: no such time zone; give an IANA name such as Europe/Paris, or UTC") from None
+
+    def air_start(self, path: str) -> float:
+        """UTC epoch seconds; ValueError (saying why) when the name does not match."""
+        aired = datetime.strptime(Path(path.removeprefix("file:")).stem, self.format)
+        return (aired if aired.tzinfo else aired.replace(tzinfo=self.zone)).timestamp()
+
+
+def sources_from_urls(urls: Sequence[str], air_start: AirStartFromName | None = None) -> list[StreamSource]:
+    """Streams named on the command line; each id is the file or path name, made unique with a suffix. With `air_start`,
+    every URL must be a local file whose name gives its air start: one whose name does not match is reported and skipped."""
     sources: list[StreamSource] = []
     taken: set[str] = set()
     for url in urls:
         parsed = urlparse(url)
         base = Path(url if is_local(url) else parsed.path).stem or parsed.netloc or "stream"
+        if air_start is not None and not is_local(url):
+            raise ConfigError(f"{air_start.OPTION}: {url} is not a local file; a live stream airs as it arrives: monitor it in a run "
+                              f"without {air_start.OPTION}, or correct the file's path")
+        try:
+            aired = air_start.air_start(url) if air_start else None
+        except ValueError as exc:
+            log.error("%s: its name gives no air start (%s); skipping it: check %s or rename the file", url, exc, air_start.OPTION)
+            continue
         stream_id, n = base, 2
         while stream_id in taken:
             stream_id, n = f"{base}-{n}", n + 1
         taken.add(stream_id)
         try:
-            sources.append(StreamSource(stream_id, url))
+            sources.append(StreamSource(stream_id, url, air_start=aired))
         except ValueError as exc:
             raise ConfigError(f"{url}: {exc}; put the stream in a --streams file with an id of its own") from None
     return sources
