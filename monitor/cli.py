@@ -679,7 +679,7 @@ def _metrics(metrics_port: int | None, metrics_host: str, holds_catalog: bool = 
     return created
 
 
-STREAMS_HELP = ("YAML list of streams (id, url; optional name, metadata, options, audio) and multiplexes "
+STREAMS_HELP = ("YAML list of streams (id, url; optional name, metadata, options, audio, air_start: a recorded file's ISO 8601 air time) and multiplexes "
                 "(mux, url, programs; optional audio, metadata, options).")
 AUDIO_OPTIONS = _env_options(
     click.option("--audio", help="Which audio track of the URLS: KEY=VALUE,... with program (number or service name), language, "
@@ -689,13 +689,29 @@ AUDIO_OPTIONS = _env_options(
 )
 
 
-def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None) -> list:
-    """The streams of a streams file and of the command line (its URLs with --audio and --programs)."""
+AIR_START_OPTIONS = _env_options(
+    click.option("--air-start-from", metavar="name:FORMAT", help="The URLS are recordings (logger files) named by when they aired: name:FORMAT, a strptime "
+                 "format of the whole file name without its extension (name:radio1-%Y-%m-%dT%H-%M-%S, name:%Y%m%d_%H%M). Their plays "
+                 "then carry the real air times, and a recording monitored again adds no plays. A file whose name does not match is "
+                 "skipped. In a --streams file: air_start per entry."),
+    click.option("--air-start-zone", metavar="ZONE", default="UTC", show_default=True, help="The time zone of the file names' times (an IANA name: "
+                 "Europe/Paris), unless the format holds %z."),
+)
+
+
+def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None, air_start_from: str | None,
+             air_start_zone: str) -> list:
+    """The streams of a streams file and of the command line (its URLs with --audio and --programs, and their air starts)."""
     from monitor.stages.ingest import load_sources
-    from monitor.stages.sources import sources_from_urls
+    from monitor.stages.sources import AirStartFromName, ConfigError, sources_from_urls
     from monitor.stages.mux import check_unique_ids, command_line_sources
 
-    sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls), audio, programs)
+    air_start = AirStartFromName.parse(air_start_from, air_start_zone) if air_start_from else None
+    if air_start and (audio or programs):
+        raise ConfigError("--air-start-from: a recording's air start is taken for a whole file, not with --audio or --programs")
+    sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls, air_start), audio, programs)
+    if not sources:
+        raise ConfigError("no stream left to monitor: the errors above say why")
     check_unique_ids(sources, "the streams file and the command line")
     return sources
 
@@ -708,10 +724,11 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
 @DECODE_TURNS_OPTION
 @AUDIO_OPTIONS
+@AIR_START_OPTIONS
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
 def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, decode_turns: int, audio: str | None,
-           programs: str | None, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+           programs: str | None, air_start_from: str | None, air_start_zone: str, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
     """Read streams (URLS and/or --streams) and publish their windows to Kafka, until stopped."""
     import asyncio
 
@@ -725,7 +742,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
-        sources = _sources(urls, streams, audio, programs)
+        sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone)
         grid = WindowGrid.for_encoder(load_encoder(encoder))
     except (ConfigError, EncoderError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -832,12 +849,14 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @THREADS_OPTION
 @NOTICE_OPTION
 @AUDIO_OPTIONS
+@AIR_START_OPTIONS
 @_env("--playlog", help="The play log (SQLite file or postgresql:// URL) [beside --events as .sqlite, else ~/.local/share/airtrace/plays.sqlite].")
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
 @UNKNOWN_OPTIONS
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, decode_turns: int,
-                    batch_size: int, threads: int, notice_confidence: float, audio: str | None, programs: str | None, playlog: str | None, no_playlog: bool,
+                    batch_size: int, threads: int, notice_confidence: float, audio: str | None, programs: str | None, air_start_from: str | None,
+                    air_start_zone: str, playlog: str | None, no_playlog: bool,
                     min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
@@ -849,7 +868,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
-        sources = _sources(urls, streams, audio, programs)
+        sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if events:
