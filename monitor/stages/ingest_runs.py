@@ -2,8 +2,9 @@
 it deaf, and are reported.
 
 Ingest numbers a stream's windows from its run's start in milliseconds (monitor.fleet.publish; embedded mode
-a file's from its modification time), so a run started later counts from a larger number, and a window not
-numbered past the last one taken was dropped as a replay. Two ingest processes that published one stream id
+a file's from its modification time; both a recording's from its air start: monitor.stages.ingest.numbered_from),
+so a run started (or a recording aired) later counts from a larger number, and a window not numbered past the
+last one taken was dropped as a replay. Two ingest processes that published one stream id
 (the id in two shards' streams files, a second ingest started by hand) split its play where the second
 started, the first one's windows all read as replays, and when the second stopped the stream went deaf
 without a word; a garbled window numbered far ahead did the same. Windows and ends now carry their run
