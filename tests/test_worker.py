@@ -692,13 +692,14 @@ def test_a_worker_sends_again_none_of_the_events_a_dead_worker_sent_before_marki
 def test_recordings_ingested_with_their_air_start_play_when_they_aired_and_again_add_no_plays(service: Service) -> None:
     """`airtrace ingest` of logger recordings with their air start: their windows are numbered (and their run named) from
     it, so the plays carry the time the music aired, a recording ingested again is a replay to the worker (no play twice),
-    and the next hour of the stream is a play of its own."""
+    and the next hour of the stream is a play of its own. An earlier hour ingested after them is passed over, with a
+    warning that says how to ingest it."""
     from monitor.fleet.broker import KafkaSettings, Topics
     from monitor.fleet.publish import publish_windows
 
     path, truth = broadcast(service.workdir, "logger", "area1-game", 20.0)
-    ten, eleven = (datetime(2026, 12, 5, hour, tzinfo=timezone.utc).timestamp() for hour in (10, 11))
-    for air_start in (ten, ten, eleven):
+    nine, ten, eleven = (datetime(2026, 12, 5, hour, tzinfo=timezone.utc).timestamp() for hour in (9, 10, 11))
+    for air_start in (ten, ten, eleven, nine):  # nine last: an earlier hour after a later one is passed over, and said
         asyncio.run(publish_windows([StreamSource("logger", str(path), air_start=air_start)], service.grid,
                                     KafkaSettings(f"127.0.0.1:{service.broker.port}"), Topics.with_prefix(service.prefix, PARTITIONS)))
     events = service.wait_for_plays("logger", 4)
@@ -706,5 +707,7 @@ def test_recordings_ingested_with_their_air_start_play_when_they_aired_and_again
     assert_one_play(events[2:], truth)
     for play, air_start in zip(events[::2], (ten, eleven)):
         assert abs(play.started_at - (air_start + truth.stream_start)) <= 1.0
-    servers.wait_until(lambda: service.lag("hits") == 0, 15, "the worker has handled every window")
+    servers.wait_until(lambda: service.lag("hits") == 0 and f"ingest run {round(nine * 1000)}" in service.log.read_text(), 15,
+                       "the worker has handled every window")
     assert len(service.plays("logger")) == 4
+    assert "aired before it: its windows are taken as replays" in service.log.read_text()

@@ -174,6 +174,8 @@ class TrackingStep:
         judged = verdict(state, item, self.tracker.config.switch_run_seconds)
         if judged is Verdict.CONFLICT:
             self._set_aside(state, item)
+        elif judged is Verdict.REPLAY:
+            self._replayed(state, item)
         if judged in (Verdict.REPLAY, Verdict.CONFLICT):
             return state, []
         position, closed = state.position, []
@@ -206,6 +208,16 @@ class TrackingStep:
         if self.metrics:
             self.metrics.ingest_run_conflicts.labels(state.stream_id).inc()
         self._aside[state.stream_id] = hits
+
+    def _replayed(self, state: StreamState, item: WindowHits | EndOfStream) -> None:
+        """Say so when the first window of a run other than the one followed is a replay: an earlier run's whole audio is
+        passed over (a recording of an earlier hour ingested after a later one), unless a rewind went back that far."""
+        followed = state.following
+        if isinstance(item, WindowHits) and item.run is not None and item.seq == item.run and item.run != followed.run:
+            log.warning("stream %s: %s began before %s, which is followed, and aired before it: its windows are taken as replays "
+                        "and heard no more. A recording of an earlier hour ingested after a later one is passed over so: ingest a "
+                        "stream's recordings in the order they aired, or give this one a stream id of its own",
+                        state.stream_id, describe_run(item.run), describe_run(followed.run))
 
     def _report_conflict(self, state: StreamState, taken: WindowHits) -> None:
         """A window of the followed run after another run's was set aside: two runs publish the stream. Said once
