@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -861,7 +862,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import EventsUnwritten, NothingHeard, run_embedded
-    from monitor.events import describe, plays_in
+    from monitor.events import Event, PlayEvent, describe
     from monitor.stages.play_state import PlayConfig
     from monitor.stages.sources import ConfigError
 
@@ -881,14 +882,19 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None
     unwritten = None
+    plays: Counter[str] = Counter()  # by stream that emitted an event (a multiplex input is a stream per program): its plays ended
+
+    def on_event(event: Event) -> None:
+        click.echo(describe(event))
+        plays[event.stream_id] += isinstance(event, PlayEvent) and event.state == "ended"
+
     try:
-        found = run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), lambda e: click.echo(describe(e)), events, plays_log)
+        run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), on_event, events, plays_log)
     except (CatalogError, NothingHeard) as exc:
         raise click.ClickException(str(exc)) from exc
     except EventsUnwritten as exc:
-        found, unwritten = exc.events, exc
-    heard = {event.stream_id for event in found}  # a multiplex input is a stream per program
-    click.echo(f"{sum(e.state == 'ended' for e in plays_in(found))} plays on {len(heard)} stream(s)" + (f"; events in {events}" if events else "")
+        unwritten = exc
+    click.echo(f"{plays.total()} plays on {len(plays)} stream(s)" + (f"; events in {events}" if events else "")
                + (f"; play log in {plays_log.where}" if plays_log else ""))
     if unwritten:
         raise click.ClickException(str(unwritten))

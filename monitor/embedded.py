@@ -45,20 +45,18 @@ class NothingHeard(RuntimeError):
 
 
 class EventsUnwritten(RuntimeError):
-    """Monitoring ran, but some events never reached the events file or the play log (they were printed);
-    `events` are all it found."""
-
-    def __init__(self, message: str, events: list[Event]):
-        super().__init__(message)
-        self.events = events
+    """Monitoring ran, but some events never reached the events file or the play log (they were printed)."""
 
 
 class EmbeddedMonitor:
-    """Runs until every stream has ended (files) or `stop` is set (live streams run forever)."""
+    """Runs until every stream has ended (files) or `stop` is set (live streams run forever). With `keep_events`,
+    `run` returns every event it emitted; a monitor that runs for months keeps none (they grow with air time:
+    tens of thousands a stream a month), and hands them to `on_event`, the events file and the play log only."""
 
     def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
-                 events_file: str | Path | None = None, playlog: PlayLog | None = None, unknowns: UnknownStore | None = None):
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None, unknowns: UnknownStore | None = None,
+                 keep_events: bool = True):
         self.playlog = playlog
         self.sources, self.options, self.metrics = list(sources), options, metrics
         self.on_event = on_event
@@ -70,7 +68,9 @@ class EmbeddedMonitor:
         self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns, metrics)
         self.heartbeat = Heartbeat("embedded", metrics)
         self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
-        self.events: list[Event] = []
+        self.events: list[Event] = []  # what `run` returns: every event emitted, with `keep_events`
+        self.keep_events = keep_events
+        self.emitted = 0  # events emitted
         self.heard: set[str] = set()  # streams that delivered at least one window
         self.waiting: list[Event] = []  # events the play log could not take yet
         self.unwritten = 0  # events that never reached the events file or the play log
@@ -146,7 +146,9 @@ class EmbeddedMonitor:
         if self.metrics:
             observe_events(self.metrics, events)
         events = [replace(event, stream=self.stream_metadata.get(event.stream_id, {})) for event in events]
-        self.events += events
+        self.emitted += len(events)
+        if self.keep_events:
+            self.events += events
         if self.on_event:
             for event in events:
                 self.on_event(event)
@@ -174,23 +176,23 @@ class EmbeddedMonitor:
 
 def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
-                 events_file: str | Path | None = None, playlog: PlayLog | None = None) -> list[Event]:
+                 events_file: str | Path | None = None, playlog: PlayLog | None = None) -> None:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file
     has ended, Ctrl-C or SIGTERM (a container stopping); plays still open at the end get their ended events.
-    Raises NothingHeard when not one stream delivered audio."""
+    Events go to `on_event`, `events_file` and `playlog` only: it may run for months. Raises NothingHeard when
+    not one stream delivered audio."""
     catalog = Catalog.open(catalog_dir)
-    monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file, playlog)
+    monitor = EmbeddedMonitor(catalog, sources, options, metrics, on_event, events_file, playlog, keep_events=False)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         monitor.run(stop)
     except KeyboardInterrupt:
-        log.info("stopped; %d play events", len(monitor.events))
+        log.info("stopped; %d events", monitor.emitted)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not monitor.heard:
         raise NothingHeard(f"none of the {len(monitor.sources)} input(s) delivered audio; the errors above say why")
     if monitor.unwritten:
         raise EventsUnwritten(f"{monitor.unwritten} event(s) could not be written to the events file or the play log (the errors "
-                              "above say why); each was printed above as it happened", monitor.events)
-    return monitor.events
+                              "above say why); each was printed above as it happened")

@@ -26,7 +26,7 @@ from monitor.demo.broadcast import TruePlay, score_plays
 from monitor import embedded
 from monitor.embedded import EmbeddedMonitor
 from monitor.options import MonitorOptions, UnknownConfig
-from monitor.events import PlayEvent, ProvisionalEvent, kinds_schema, plays_in, schema
+from monitor.events import AirtimeEvent, PlayEvent, ProvisionalEvent, kinds_schema, plays_in, schema
 from monitor.health import problems
 from monitor.playlog.queries import list_plays
 from monitor.playlog.store import PlayLog
@@ -358,3 +358,18 @@ def test_the_monitor_notices_plays_at_the_confidence_it_is_given_on_the_catalogs
     assert tracker.config == replace(config, window_seconds=catalog.grid.window_seconds, hop_seconds=catalog.grid.hop_seconds)
     result = CliRunner().invoke(main, ["monitor", "--catalog", str(catalog.directory), "--notice-confidence", "1.5", "x.wav"])
     assert result.exit_code == 2 and "--notice-confidence" in result.output
+
+
+def test_a_monitor_run_for_months_keeps_none_of_its_events(catalog: Catalog, tmp_path: Path) -> None:
+    """`airtrace monitor` kept every event it emitted in memory until it stopped, growing with air time without end
+    (an hour's airtime event a stream, every play's, every unknown stretch's): without `keep_events` they go to the
+    callback, the events file and the play log, and only their count stays."""
+    printed, events_file = [], tmp_path / "events.jsonl"
+    monitor = EmbeddedMonitor(catalog, [StreamSource("radio", str(tmp_path / "none.wav"))], on_event=printed.append,
+                              events_file=events_file, keep_events=False)
+    hours = [AirtimeEvent("radio", 3600.0 * hour, 7200 * hour, {"music": 3600.0}, 3601.0 * hour) for hour in range(24)]
+    out = embedded.EventsFile(events_file)
+    for hour in hours:
+        monitor._emit([hour], out)
+    out.close()
+    assert monitor.events == [] and monitor.emitted == len(printed) == len(events_file.read_text().splitlines()) == 24
