@@ -71,7 +71,8 @@ def create(registry: CollectorRegistry = REGISTRY, holds_catalog: bool = True) -
 
     Counters are per stream, never per track: a series per (stream, track) grows with every track ever
     played (100 stations x 20,000 tracks is 2 M series); which track played is the play log's (monitor.playlog).
-    Only now-playing is per track, and its series goes when the play ends.
+    Only now-playing is per track, and its series goes when the play ends, or else (another process ended it, after
+    a rebalance) when this one starts the stream's next play: a process serves one series a stream at most.
     Without `holds_catalog` (ingest, the play log writer) the catalog's metrics are not served: their zeros would
     read as an emptied catalog beside the workers' on the catalog dashboard."""
     if registry is not REGISTRY:  # the default registry already carries the process and platform collectors
@@ -142,6 +143,7 @@ def observe_events(metrics: Metrics, events: Iterable["Event"], now: float | Non
         labels = (event.stream_id, event.track_id)
         if event.state == "started":
             metrics.plays_started.labels(event.stream_id).inc()
+            metrics.now_playing.remove_by_labels({"stream": event.stream_id})  # a play of its whose end another process emitted
             metrics.now_playing.labels(*labels).set(1)
             metrics.detection_latency.observe(max(event.decided_offset - event.stream_start, now - event.started_at))
         else:

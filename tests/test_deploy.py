@@ -253,7 +253,7 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
 def test_now_playing_believes_the_worker_that_last_reported_the_stream(panel: str, tmp_path: Path) -> None:
     """Worker a announced track t1, then a rebalance gave the stream to worker b, which ended the play (b's
     `airtrace_now_playing` had no series to remove) and later announced t2. Only a may remove its own series,
-    so it stays at 1 until a restarts: the panel must show what the process with the stream's latest play
+    so it stays at 1 until a restarts or starts the stream's next play itself: the panel must show what the process with the stream's latest play
     event says, evaluated by promtool on synthetic series, minute by minute."""
     (query,) = [query for query in panel_queries() if (query.dashboard, query.panel) == ("stream", panel)]
     on_air = {"series": 'airtrace_now_playing{instance="a", stream="radio1", track_id="t1"}', "values": "1x10"}

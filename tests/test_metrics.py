@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -76,6 +77,19 @@ def test_play_events_drive_counters_now_playing_and_latency() -> None:
     assert get("airtrace_last_play_timestamp_seconds", {"stream": "radio"}) == 1070.0
     observe_events(metrics, [play("started", started_at=5000.0)], now=1000.0)  # a file read faster than real time
     assert get("airtrace_detection_latency_seconds_sum") == 4.5 + 3.0
+
+
+def test_now_playing_keeps_one_series_a_stream_when_another_process_ended_its_play() -> None:
+    """A worker announced t1 on radio; a rebalance gave the stream to another worker, which ended the play; the stream
+    came back and t2 started here. t1's series stayed at 1 for good: one more series for every play a rebalance
+    cut, without end over months of a fleet's rebalances. The stream's next play takes its place."""
+    registry = CollectorRegistry()
+    metrics = create(registry)
+    observe_events(metrics, [play("started")], now=1004.5)
+    observe_events(metrics, [replace(play("started", started_at=2000.0), track_id="t2", play_id=play_id("radio", "t2", 2020))], now=2004.5)
+    observe_events(metrics, [replace(play("started"), stream_id="tv")], now=1004.5)
+    now_playing = {tuple(s.labels.values()) for family in registry.collect() if family.name == "airtrace_now_playing" for s in family.samples}
+    assert now_playing == {("radio", "t2"), ("tv", "t1")}
 
 
 def test_provisional_plays_are_counted_with_their_withdrawals_and_never_play() -> None:
