@@ -886,7 +886,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
 
     def on_event(event: Event) -> None:
         click.echo(describe(event))
-        plays[event.stream_id] += isinstance(event, PlayEvent) and event.state == "ended"
+        plays[event.stream_id] += int(isinstance(event, PlayEvent) and event.state == "ended")
 
     try:
         run_embedded(catalog_dir, sources, options, _metrics(metrics_port, metrics_host), on_event, events, plays_log)
