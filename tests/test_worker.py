@@ -578,7 +578,7 @@ def test_a_worker_that_takes_partitions_over_counts_lag_from_the_groups_commits(
         servers.wait_until(lambda: servers.metric(port, "airtrace_heartbeat_timestamp_seconds"), 120, "the second worker runs its agents")
         produce(kafka_broker.port, f"{prefix}.windows", silent_windows(grid, range(windows, windows + 10)))  # the stream goes on
         servers.wait_until(lambda: lag(port) is not None, 120, "the second worker reports lag")  # once a fetch told it where the topic ends
-        seen = [lag(port) for _ in range(40) if time.sleep(0.25) is None]
+        seen = [lag(port) for _ in range(20) if time.sleep(0.25) is None]
     finally:
         servers.stop(second)
     assert max(v for v in seen if v is not None) <= 10, f"the lag of a topic committed but for 10 windows read {seen}"
