@@ -179,11 +179,10 @@ class TrackingStep:
         if judged in (Verdict.REPLAY, Verdict.CONFLICT):
             return state, []
         position, closed = state.position, []
-        if judged is not Verdict.TAKE:
+        if judged is not Verdict.TAKE:  # another run followed from here, or the run's numbering ran ahead: after a gap
             self._switched(state, item, judged)
-        if judged is Verdict.SWITCH:  # another run's clock: its plays cannot go on
-            state, closed = self._close(state)
-        if judged is not Verdict.TAKE:
+            if judged is Verdict.SWITCH:  # another run's clock: its plays cannot go on
+                state, closed = self._close(state)
             state, item = replace(state, last_seq=-1), replace(item, after_gap=True)
         if isinstance(item, WindowHits):
             self._report_conflict(state, item)
