@@ -222,6 +222,23 @@ def test_catalog_music_is_a_play_not_an_unknown_stretch(live: LiveCatalog) -> No
     assert sum(sum(e.seconds.values()) for e in events if isinstance(e, AirtimeEvent)) == pytest.approx(len(grid.cut(audio)) * grid.hop_seconds)
 
 
+def test_a_stream_handed_to_another_worker_leaves_none_of_its_audio_held_here(live: LiveCatalog) -> None:
+    """What a process holds of a stream while its unknown music may go on (windows' embeddings and audio) goes when
+    the stream goes to another worker, as it goes when the stream ends; its saved state stays for the next owner."""
+    grid = WindowGrid.for_encoder(live.catalog.encoder)
+    song = load_audio(MUSIC / "termigator_reg-zbb.opus", grid.sample_rate)[: 30 * grid.sample_rate]
+    store = MemoryStateStore()
+    step = TrackingStep(live, store, unknowns=MemoryUnknownStore())
+    for stream in ("radio-1", "radio-2"):
+        states, caused = step.advance(live.search(windows_of(stream, song, grid)))
+        step.commit(states, step.unpublished(caused).events)
+    held = step.unknowns
+    assert all(len(held.heard[s]) > 0 and len(held.audio[s]) > 0 for s in ("radio-1", "radio-2"))  # no stream ended
+    step.forget(["radio-1"])
+    assert set(held.heard) == set(held.audio) == {"radio-2"}
+    assert store.load(["radio-1"])["radio-1"].last_seq == len(grid.cut(song)) - 1
+
+
 def test_a_repeat_after_the_retention_window_is_new_content(live: LiveCatalog) -> None:
     grid = WindowGrid.for_encoder(live.catalog.encoder)
     song = load_audio(MUSIC / "termigator_reg-zbb.opus", grid.sample_rate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import threading
 import time
@@ -38,6 +39,7 @@ from monitor.stages.windows import WindowGrid
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 PARTITIONS = 4
 LATE_TRACK = "over-theme"  # added to the worker's catalog while it runs
+DROPPED = re.compile(r"went to another worker; what this one held of them is dropped: (.*)")
 
 
 class Service:
@@ -584,9 +586,47 @@ def test_a_worker_that_takes_partitions_over_counts_lag_from_the_groups_commits(
     assert max(v for v in seen if v is not None) <= 10, f"the lag of a topic committed but for 10 windows read {seen}"
 
 
-def silent_windows(grid: WindowGrid, seqs: range) -> list[tuple[bytes, bytes]]:
+@pytest.mark.slow
+def test_a_worker_that_hands_streams_to_a_new_peer_drops_what_it_held_of_them(
+    kafka_broker: servers.ServerProcess, redis_server: servers.ServerProcess, service_catalog: Path, tmp_path: Path
+) -> None:
+    """Through a real rebalance: the first worker names, among the streams it handled, exactly those the second took."""
+    prefix, streams = "handover-test", [f"radio-{n}" for n in range(6)]
+    grid = WindowGrid.for_encoder(Catalog.open(service_catalog).encoder)
+    kafka = ["--broker", f"127.0.0.1:{kafka_broker.port}", "--topic-prefix", prefix, "--partitions", "2", "--group", prefix]
+
+    def start_worker(name: str) -> tuple[object, int]:
+        port = servers.free_port()
+        args = ["worker", "--catalog", str(service_catalog), "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0",
+                "--session-timeout", "3", "--batch-wait", "0.2", "--metrics-port", str(port), *kafka]
+        return servers.airtrace(args, tmp_path / f"{name}.log", cwd=tmp_path), port
+
+    def handled(port: int) -> set[str]:
+        return {s for s in streams if servers.metric(port, "airtrace_hits_total", stream=s) == 20}
+
+    first, first_port = start_worker("first")
+    second = None
+    try:
+        servers.wait_until(lambda: servers.metric(first_port, "airtrace_heartbeat_timestamp_seconds"), 120, "the first worker runs its agents")
+        produce(kafka_broker.port, f"{prefix}.windows", [m for s in streams for m in silent_windows(grid, range(20), s)])
+        servers.wait_until(lambda: handled(first_port) == set(streams), 120, "the first worker handles every stream")
+        second, second_port = start_worker("second")
+        log = tmp_path / "first.log"
+        servers.wait_until(lambda: DROPPED.search(log.read_text()), 120, "the first worker drops the streams it lost")
+        dropped = set(DROPPED.search(log.read_text()).group(1).strip().split(", "))
+        produce(kafka_broker.port, f"{prefix}.windows", [m for s in streams for m in silent_windows(grid, range(20, 40), s)])
+        servers.wait_until(lambda: handled(second_port) == dropped, 120, f"the second worker handles the streams the first dropped ({sorted(dropped)})")
+    finally:
+        for process in (first, second):
+            if process is not None:
+                servers.stop(process)
+    assert 0 < len(dropped) < len(streams)
+
+
+def silent_windows(grid: WindowGrid, seqs: range, stream: str = "quiet") -> list[tuple[bytes, bytes]]:
     silence = np.zeros(grid.window, np.float32)
-    return [(b"quiet", encode_window(AudioWindow("quiet", n, n * grid.hop_seconds, 1.8e9 + n, silence, n == 0), grid.sample_rate)) for n in seqs]
+    return [(stream.encode(), encode_window(AudioWindow(stream, n, n * grid.hop_seconds, 1.8e9 + n, silence, n == 0), grid.sample_rate))
+            for n in seqs]
 
 
 def produce(port: int, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -711,3 +751,24 @@ def test_recordings_ingested_with_their_air_start_play_when_they_aired_and_again
                        "the worker has handled every window")
     assert len(service.plays("logger")) == 4
     assert "aired before it: its windows are taken as replays" in service.log.read_text()
+
+
+def test_the_streams_of_partitions_handed_to_another_worker_are_the_ones_forgotten() -> None:
+    """A worker that lost streams in a rebalance kept their unknown-music buffers (about 10 MB a stream) until it was
+    restarted; the streams it keeps, and those of a batch under way when the partitions went, are told apart."""
+    from faust.types import TP, Message
+
+    from monitor.fleet.worker import StreamPartitions
+
+    def message(topic: str, partition: int, stream: str) -> Message:
+        return Message(topic, partition, 0, 0.0, 0, None, stream.encode(), b"", None)
+
+    streams = StreamPartitions("p.hits")
+    streams.note([message("p.windows", 0, "radio-a"), message("p.windows", 1, "radio-b"), message("p.hits", 2, "radio-c")])
+    assert streams.lost() == []  # nothing is lost before the first assignment
+    streams.assigned({TP("p.windows", 0), TP("p.hits", 0), TP("p.windows", 2), TP("p.hits", 2)})
+    assert streams.lost() == ["radio-b"] and streams.lost() == []
+    streams.note([message("p.hits", 1, "radio-b")])  # hits of a batch under way when partition 1 went
+    assert streams.lost() == ["radio-b"]
+    streams.assigned({TP("p.hits", 1)})
+    assert streams.lost() == ["radio-a", "radio-c"]

@@ -162,9 +162,16 @@ class TrackingStep:
             if state is not None:
                 states[stream_id] = state
         events = [self._resolve(e) if isinstance(e, UnknownEvent) else e for e in events]
-        for stream_id in (s for s, state in states.items() if state.following.ended):
-            self.unknowns.forget(stream_id)
+        self.forget(s for s, state in states.items() if state.following.ended)
         return states, events
+
+    def forget(self, stream_ids: Iterable[str]) -> None:
+        """Drop what this process holds in memory of streams that ended or went to another worker (their unknown-music
+        buffers, about 10 MB a stream); their saved states stay in the store for whoever tracks them next."""
+        for stream_id in stream_ids:
+            self.unknowns.forget(stream_id)
+            self._aside.pop(stream_id, None)
+            self._conflict_reported.pop(stream_id, None)
 
     def _step(self, state: StreamState | None, stream_id: str, item: WindowHits | EndOfStream) -> tuple[StreamState | None, list[Event]]:
         """One window or end of a stream, as monitor.stages.ingest_runs judges it."""
