@@ -340,6 +340,45 @@ def test_an_audio_pid_absent_while_the_video_goes_on_is_a_gap_in_its_time(tmp_pa
     assert after[-1].offset == pytest.approx(39.0, abs=0.25)
 
 
+def test_a_transport_stream_read_as_a_plain_stream_keeps_an_absent_audio_pids_time(tmp_path: Path) -> None:
+    """The same channel named without an audio selection (`airtrace monitor channel.ts`, a streams entry with only
+    a url) was read as a plain stream, by its audio's timestamps alone: the audio after the absence came 15 s early,
+    unmarked. A transport stream is read as its main audio track of a multiplex, on the input's clock; a recording
+    with an air start keeps it, after the gap too."""
+    path = tmp_path / "absent.ts"
+    path.write_bytes(without_audio(television(tmp_path / "channel.ts", 30.0), 5.0, 20.0))
+    aired = 1_796_464_800.0  # 2026-12-05T10:00:00Z
+    windows = list(read_windows(StreamSource("tv", str(path), air_start=aired), GRID))
+
+    assert all(isinstance(w, AudioWindow) and w.stream_id == "tv" for w in windows)
+    before = [w for w in windows if w.offset < 10.0]
+    after = windows[len(before):]
+    assert [w.offset for w in before] == [i * GRID.hop_seconds for i in range(len(before))] and before[-1].offset <= 4.0
+    assert after[0].after_gap and not any(w.after_gap for w in [*before, *after[1:]])
+    assert after[0].offset == pytest.approx(20.0, abs=0.25)  # within two tenths and a packet, as on the TV path
+    assert [w.offset for w in after] == pytest.approx([after[0].offset + i * GRID.hop_seconds for i in range(len(after))])
+    assert 30.0 - GRID.hop_seconds - 0.25 <= after[-1].offset + GRID.window_seconds <= 30.0  # the audio to its end, less what the resampler held
+    assert [w.air_time for w in windows] == pytest.approx([aired + w.offset for w in windows], abs=1e-6)
+
+
+def test_a_transport_stream_file_served_over_http_is_read_once(tmp_path: Path) -> None:
+    """A TS file a web server gives with its length ends, whether it is read as a plain stream or with an audio
+    selection: the multiplex reader took every input but a local file for a live one and played it again and again."""
+    from itertools import islice
+
+    channel = television(tmp_path / "channel.ts", 6.0)
+    retry = IngestOptions(backoff_initial=0.05, backoff_max=0.1)
+    expected = GRID.count(6 * GRID.sample_rate)
+    with servers.FileServer(tmp_path) as web:
+        plain = StreamSource("tv", web.url(channel.name))
+        # Read as a plain stream, it is opened twice: once to find that it is a transport stream.
+        for read, requests in ((read_windows(plain, GRID, retry), 2), (read_mux(MuxSource.single(plain, AudioSelection()), GRID, retry), 1)):
+            before = web.requests
+            windows = [item for item in islice(read, 3 * expected) if isinstance(item, AudioWindow)]
+            assert len(windows) in (expected - 1, expected) and not any(w.after_gap for w in windows)  # less the resampler's last tenth
+            assert web.requests - before == requests
+
+
 @pytest.mark.parametrize("second_part_at", [60.0, 0.0])
 def test_a_multiplex_whose_timestamps_all_jump_goes_on_without_a_gap(tmp_path: Path, second_part_at: float) -> None:
     """Two 10 s recordings of a channel joined, the second's timestamps a minute on, or starting again (a new

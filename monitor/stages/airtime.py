@@ -75,6 +75,8 @@ class StreamClock:
             if self.first_anchor is None:
                 self.first_anchor = self.anchor
             self.base = max(self.end_offset + self.unheard, self.anchor - self.first_anchor)
+            if self.air_start is not None:  # a recording's audio back after an absence aired where it resumes in the recording
+                self.anchor = self.air_start + self.base
         self.received += n_samples
         if self.live and self.air_start is None:
             self.anchor = min(self.anchor, now - self.received / self.rate)

@@ -13,6 +13,8 @@ Contracts other processes rely on:
   listener, as Icecast's burst-on-connect does) lost nothing: the repeat is dropped and the stream goes
   on without a gap (`Resumption`). A local file is read once (as fast as it decodes, or at real-time pace
   with `realtime=True`), and so is a file served over HTTP, which says so when it opens (`declares_its_end`).
+- A source that opens as an MPEG transport stream is read the way a stream with an audio selection is: its main audio
+  track on the input's own clock (monitor.stages.mux): an audio PID absent while the video goes on is a gap.
 - Dead air (windows below `silence_dbfs` for `dead_air_seconds` or more) is counted in
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
@@ -35,7 +37,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import av
 import numpy as np
@@ -47,8 +48,8 @@ from monitor.metrics import Metrics
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.airtime import DeadAir, StreamClock
-from monitor.stages.mux import MuxSource, read_mux, source_from_entry
-from monitor.stages.sources import ConfigError, StreamSource, check_unique, never_opens, stream_from_entry
+from monitor.stages.mux import AudioSelection, MuxSource, is_transport_stream, read_mux, source_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, check_unique, declares_its_end, never_opens, stream_from_entry
 from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,10 @@ class Resumption:
             skip = max(0, skip - len(chunk))
 
 
+class _TransportStream(Exception):
+    """A plain stream that opened as an MPEG transport stream before it delivered a window (see read_windows)."""
+
+
 def read_windows(
     source: StreamSource,
     grid: WindowGrid,
@@ -252,8 +257,25 @@ def read_windows(
     turns: AbstractContextManager = nullcontext(),
 ) -> Iterator[AudioWindow]:
     """Windows of one stream, in order; see the module docstring for the guarantees. Decoding holds
-    `turns` (see decode_turns)."""
+    `turns` (see decode_turns).
+
+    A stream that opens as an MPEG transport stream (a TS file, a TV channel over HTTP or UDP) is read the way a stream
+    with an audio selection is: its main audio track (monitor.stages.mux), on the input's own clock: its audio's
+    timestamps alone read an audio PID absent while the video went on as timestamps that start again, and the audio
+    after the absence came early by all of it."""
     stop = stop or threading.Event()
+    try:
+        yield from _read_plain(source, grid, options, metrics, stop, turns)
+    except _TransportStream:
+        log.info("stream %s: %s is an MPEG transport stream: monitoring its main audio track on the input's clock", source.id, source.url)
+        for item in read_mux(MuxSource.single(source, AudioSelection()), grid, options, metrics, stop, turns):
+            if isinstance(item, AudioWindow):  # its ends and metadata are a plain stream's (start_readers, source.metadata)
+                yield item
+
+
+def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,
+                turns: AbstractContextManager) -> Iterator[AudioWindow]:
+    """read_windows for any input but a transport stream, which raises _TransportStream as it opens."""
     live = not source.is_file
     clock = StreamClock(grid.sample_rate, live=live or options.realtime, air_start=source.air_start)
     backoff = Backoff(options.backoff_initial, options.backoff_max)
@@ -266,6 +288,8 @@ def read_windows(
 
         def on_open(container: av.container.InputContainer) -> None:
             nonlocal ends
+            if seq == 0 and is_transport_stream(container):
+                raise _TransportStream
             if live and declares_its_end(source.url, container):
                 ends = True
                 clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
@@ -332,21 +356,6 @@ def read_windows(
             return
         if metrics:
             metrics.stream_reconnects.labels(source.id).inc()
-
-
-def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
-    """Whether a network source says that it ends: an HTTP(S) response with a length and without Icecast/
-    Shoutcast `icy-*` headers, which mark a live stream whatever else it says. An HLS playlist has a length
-    of its own, so there only a duration (a playlist that lists its end) says so. Not the duration alone:
-    FFmpeg finds an Ogg file's by reading its end, which a server without byte ranges does not allow.
-    Reopening a source that ended would play it again from its start, and every reopening would be a new
-    play of the same audio."""
-    if urlparse(url).scheme not in ("http", "https"):
-        return False
-    if "hls" in container.format.name.split(","):
-        return container.duration is not None
-    icecast = any(key.lower().startswith("icy-") for key in container.metadata)
-    return container.size > 0 and not icecast
 
 
 def numbered_by_file_or_run(run_started_ms: int) -> Callable[[StreamSource | MuxSource], int]:

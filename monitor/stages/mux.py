@@ -9,7 +9,8 @@ HLS and DASH carry audio renditions by language. This module
   `airtrace streams probe` and for error messages;
 - picks one track by an `AudioSelection` (program number or service name, language, stream index,
   disposition main or description), failing with a message that lists the input's tracks;
-- reads a `MuxSource` (a `mux` entry of a streams file, or a stream with an `audio` selection) from one
+- reads a `MuxSource` (a `mux` entry of a streams file, a stream with an `audio` selection, or a plain stream
+  that opened as a transport stream: monitor.stages.ingest.read_windows) from one
   connection into windows of one stream per program, each with its own id, clock, seq, gap and dead-air
   handling as monitor.stages.ingest gives a single stream. A program that leaves the multiplex (its audio stops
   while the others go on) is reported and its stream goes down alone; when it comes back its stream
@@ -42,7 +43,7 @@ from encoders.audio import TIMESTAMP_JUMP_SECONDS, Chunker, decode_batches, ffmp
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
-from monitor.stages.sources import ConfigError, StreamSource, ffmpeg_options, never_opens, stream_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, declares_its_end, ffmpeg_options, never_opens, stream_from_entry
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.stages.windows import StreamWindower, WindowGrid
@@ -253,6 +254,12 @@ def _track(stream: av.audio.stream.AudioStream) -> AudioTrack:
                       stream.language or stream.metadata.get("language"), flags)
 
 
+def is_transport_stream(container: av.container.InputContainer) -> bool:
+    """Whether an input is an MPEG transport stream, whose audio PID can go missing while the rest of it goes on: only
+    the input's other streams (InputClock) tell that absence from timestamps that start again."""
+    return "mpegts" in container.format.name
+
+
 def open_input(url: str, options: dict[str, str], ingest: IngestOptions) -> av.container.InputContainer:
     return av.open(ffmpeg_url(url), options=options, timeout=(ingest.open_timeout, ingest.read_timeout), metadata_errors="replace")
 
@@ -287,9 +294,9 @@ class MuxSource:
     audio: AudioSelection = AudioSelection()
     metadata: dict[str, Any] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
+    air_start: float | None = None  # a recorded file's, for its one stream (`single`); a multiplex airs as it is read
 
     is_file = StreamSource.is_file
-    air_start = None  # a multiplex airs as it is read: no air start is taken for one (monitor.stages.sources)
 
     def __post_init__(self) -> None:
         check_id(self.id, "multiplex id")
@@ -299,7 +306,8 @@ class MuxSource:
     @classmethod
     def single(cls, source: StreamSource, audio: AudioSelection) -> "MuxSource":
         """A plain stream with an audio selection: the one chosen track, under the stream's own id."""
-        return cls(source.id, source.url, (MuxProgram(audio, source.id, source.name, source.metadata),), options=source.options)
+        return cls(source.id, source.url, (MuxProgram(audio, source.id, source.name, source.metadata),), options=source.options,
+                   air_start=source.air_start)
 
     def stream_id(self, wanted: MuxProgram) -> str:
         """The program's own id, or the multiplex id, a dash and the program as the entry names it; held to the
@@ -409,9 +417,10 @@ class StreamStarted:
 class _ProgramStream:
     """One program's stream: lives across reconnects like a single stream's read_windows state."""
 
-    def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool):
+    def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool,
+                 air_start: float | None = None):
         self.id, self.grid, self.metrics = stream_id, grid, metrics
-        self.clock = StreamClock(grid.sample_rate, live=live)
+        self.clock = StreamClock(grid.sample_rate, live=live, air_start=air_start)
         self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
         self.seq, self.after_gap, self.up = 0, False, False
         self.windower = StreamWindower(grid)
@@ -480,17 +489,18 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
     backoff = Backoff(options.backoff_initial, options.backoff_max)
     announcer = _Announcer(mux, metrics)
     while not stop.is_set():
-        reopen = False
+        reopen, ends = False, not live
         try:
             with open_input(mux.url, mux.options, options) as container:
-                reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, live, turns)
-            if not live or stop.is_set():
+                ends = ends or declares_its_end(mux.url, container)  # a file served over HTTP is read once, as a local one
+                reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, not ends, turns)
+            if ends or stop.is_set():
                 return
             if not reopen:
                 log.warning("multiplex %s dropped (end of data); reopening", mux.id)
         except SelectionError as exc:
             log.error("multiplex %s: %s", mux.id, exc)
-            if not live:
+            if ends:
                 return
         except (av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
             if metrics:
@@ -498,7 +508,7 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
                     metrics.decode_errors.labels(stream_id).inc()
             reason = (f"nothing came in time (no answer in {options.open_timeout:g} s, or no data for {options.read_timeout:g} s: stalled)"
                       if isinstance(exc, av.ExitError) else exc)  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
-            if not live or never_opens(exc):
+            if ends or never_opens(exc):
                 log.error("multiplex %s: %s; skipping this input", mux.id, reason)
                 return
             log.warning("multiplex %s: %s", mux.id, reason)
@@ -554,7 +564,8 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
     by_index: dict[int, list[_ProgramStream]] = {}
     decoding: dict[str, int] = {}  # stream id -> the track index it decodes on this connection
     for stream_id, wanted, program, track in found:
-        stream = streams.get(stream_id) or streams.setdefault(stream_id, _ProgramStream(stream_id, grid, options, metrics, live or options.realtime))
+        stream = streams.get(stream_id) or streams.setdefault(stream_id, _ProgramStream(stream_id, grid, options, metrics, live or options.realtime,
+                                                                                        mux.air_start))
         stream.connect(0.0)
         by_index.setdefault(track.index, []).append(stream)
         decoding[stream_id] = track.index

@@ -1,6 +1,7 @@
 """What to monitor: a stream's id, URL, metadata and FFmpeg input options, from a streams config entry
 or a command line's URLs, checked so that a bad entry is named with its fix (monitor.stages.ingest reads
-whole configs, monitor.stages.mux the multiplex entries)."""
+whole configs, monitor.stages.mux the multiplex entries); and what a source says of itself as it opens
+(whether it ends), for both readers."""
 
 from __future__ import annotations
 
@@ -62,6 +63,21 @@ def never_opens(exc: BaseException) -> bool:
     """Whether opening a source failed for good: FFmpeg has no protocol for its scheme, which is what a missing file
     whose name holds a colon (rec-2026-12-05T10:00:00.mp3) reads as. No retry mends that; it was retried forever."""
     return any(isinstance(error, av.error.ProtocolNotFoundError) for error in (exc, exc.__cause__))
+
+
+def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
+    """Whether a network source says that it ends: an HTTP(S) response with a length and without Icecast/
+    Shoutcast `icy-*` headers, which mark a live stream whatever else it says. An HLS playlist has a length
+    of its own, so there only a duration (a playlist that lists its end) says so. Not the duration alone:
+    FFmpeg finds an Ogg file's by reading its end, which a server without byte ranges does not allow.
+    Reopening a source that ended would play it again from its start, and every reopening would be a new
+    play of the same audio."""
+    if urlparse(url).scheme not in ("http", "https"):
+        return False
+    if "hls" in container.format.name.split(","):
+        return container.duration is not None
+    icecast = any(key.lower().startswith("icy-") for key in container.metadata)
+    return container.size > 0 and not icecast
 
 
 SOURCE_FIELDS = ("id", "url", "name", "metadata", "options", "air_start")
