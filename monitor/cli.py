@@ -1303,4 +1303,5 @@ def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, aud
         if out.unwritten:
             raise click.ClickException(f"{out.unwritten} of the new plays' events could not be written to {events}; they are in the play log")
     added = f"added {track_id} to the catalog" if done.added else f"{track_id} was already in the catalog"
-    click.echo(f"{added}; {len(done.plays) // 2} airings of cluster {cluster} are now plays of it in the play log")
+    before = f" ({done.promoted_before} were already)" if done.promoted_before else ""
+    click.echo(f"{added}; {done.new_airings} more airing(s) of cluster {cluster} are now plays of it in the play log{before}")

@@ -50,6 +50,11 @@ class Promotion:
     track_id: str
     added: bool  # False: the track was already in the catalog from an earlier promotion of this cluster
     plays: list[PlayEvent]  # started and ended event of each airing
+    promoted_before: int  # airings that were plays of the track already (an earlier promotion); the rest are new
+
+    @property
+    def new_airings(self) -> int:
+        return len(self.plays) // 2 - self.promoted_before
 
 
 def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadata: dict[str, str], audio_file: Path | None = None) -> Promotion:
@@ -67,7 +72,7 @@ def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadat
     rows = _rows(airings, plays)
     added = _add_track(catalog, track_id, audio, metadata)
     log.write(rows)  # which also has each stretch name its play, in the same transaction
-    return Promotion(track_id, added, plays)
+    return Promotion(track_id, added, plays, sum(a.promoted_play_id is not None for a in airings))
 
 
 def _airings(log: PlayLog, cluster: str) -> list[Airing]:

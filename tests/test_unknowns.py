@@ -287,8 +287,10 @@ def test_a_promoted_cluster_becomes_a_track_and_its_airings_plays(aired_twice, t
     assert sum(h["unknown_music"] for h in hours) == 0.0  # counted once, as catalog music now
     assert sum(h["catalog_music"] for h in hours) == pytest.approx(first.duration + repeat.duration)
 
+    assert done.new_airings == 2 and done.promoted_before == 0
     again = promote(log, Catalog.open(catalog_dir), cluster, "termigator", {"title": "Termigator"})
     assert not again.added and [e.event_id for e in again.plays] == [e.event_id for e in done.plays]
+    assert again.new_airings == 0 and again.promoted_before == 2  # promoting twice said it had made 2 airings plays
     assert len(list_plays(log)[1]) == 2
 
     # the next airing is a catalog play of the promoted track
@@ -360,4 +362,7 @@ def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"), "--catalog",
                                        str(catalog_dir), "--track-id", "termigator", "--audio", str(MUSIC / "termigator_reg-zbb.opus")])
     assert result.exit_code == 0, result.output
-    assert "added termigator to the catalog; 2 airings" in result.output and len(list_plays(log)[1]) == 2
+    assert "added termigator to the catalog; 2 more airing(s)" in result.output and len(list_plays(log)[1]) == 2
+    result = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"), "--catalog",
+                                       str(catalog_dir), "--track-id", "termigator", "--audio", str(MUSIC / "termigator_reg-zbb.opus")])
+    assert result.exit_code == 0 and "already in the catalog; 0 more airing(s)" in result.output and "(2 were already)" in result.output
