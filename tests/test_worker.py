@@ -241,7 +241,7 @@ def test_workers_find_repeated_unknown_music_through_the_shared_play_log(service
     assert CliRunner().invoke(main, ["plays", "import", "--playlog", str(playlog), str(events)]).exit_code == 0  # as `plays consume` does
     promoted = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(playlog), "--catalog",
                                          str(service.catalog_dir), "--track-id", "termigator"])
-    assert promoted.exit_code == 0 and "added termigator to the catalog; 2 airings" in promoted.output, promoted.output
+    assert promoted.exit_code == 0 and "added termigator to the catalog; 2 more airing(s)" in promoted.output, promoted.output
 
 
 def track_in_batches(step: TrackingStep, items: list[WindowHits | EndOfStream], size: int = 8) -> list[Event]:
