@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -556,13 +557,9 @@ def test_a_worker_that_takes_partitions_over_counts_lag_from_the_groups_commits(
     until it committed them itself, so every restart and rebalance showed the whole topic as consumer lag."""
     prefix, windows = "lag-test", 120
     grid = WindowGrid.for_encoder(Catalog.open(service_catalog).encoder)
-    kafka = ["--broker", f"127.0.0.1:{kafka_broker.port}", "--topic-prefix", prefix, "--partitions", "2", "--group", prefix]
 
-    def start_worker(name: str) -> tuple[object, int]:
-        port = servers.free_port()
-        args = ["worker", "--catalog", str(service_catalog), "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0",
-                "--session-timeout", "3", "--batch-wait", "0.2", "--metrics-port", str(port), *kafka]
-        return servers.airtrace(args, tmp_path / f"{name}.log", cwd=tmp_path), port
+    def start_worker(name: str) -> tuple[subprocess.Popen, int]:
+        return start_group_worker(name, prefix, kafka_broker, redis_server, service_catalog, tmp_path)
 
     def lag(port: int) -> float | None:
         return servers.metric(port, "airtrace_consumer_lag_messages", topic=f"{prefix}.windows")
@@ -593,13 +590,9 @@ def test_a_worker_that_hands_streams_to_a_new_peer_drops_what_it_held_of_them(
     """Through a real rebalance: the first worker names, among the streams it handled, exactly those the second took."""
     prefix, streams = "handover-test", [f"radio-{n}" for n in range(6)]
     grid = WindowGrid.for_encoder(Catalog.open(service_catalog).encoder)
-    kafka = ["--broker", f"127.0.0.1:{kafka_broker.port}", "--topic-prefix", prefix, "--partitions", "2", "--group", prefix]
 
-    def start_worker(name: str) -> tuple[object, int]:
-        port = servers.free_port()
-        args = ["worker", "--catalog", str(service_catalog), "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0",
-                "--session-timeout", "3", "--batch-wait", "0.2", "--metrics-port", str(port), *kafka]
-        return servers.airtrace(args, tmp_path / f"{name}.log", cwd=tmp_path), port
+    def start_worker(name: str) -> tuple[subprocess.Popen, int]:
+        return start_group_worker(name, prefix, kafka_broker, redis_server, service_catalog, tmp_path)
 
     def handled(port: int) -> set[str]:
         return {s for s in streams if servers.metric(port, "airtrace_hits_total", stream=s) == 20}
@@ -621,6 +614,16 @@ def test_a_worker_that_hands_streams_to_a_new_peer_drops_what_it_held_of_them(
             if process is not None:
                 servers.stop(process)
     assert 0 < len(dropped) < len(streams)
+
+
+def start_group_worker(name: str, prefix: str, broker: servers.ServerProcess, redis: servers.ServerProcess, catalog: Path,
+                       workdir: Path) -> tuple[subprocess.Popen, int]:
+    """A worker of group `prefix` (topics of 2 partitions under `prefix`), logging to NAME.log; with its metrics port."""
+    port = servers.free_port()
+    args = ["worker", "--catalog", str(catalog), "--redis-url", f"redis://127.0.0.1:{redis.port}/0", "--session-timeout", "3",
+            "--batch-wait", "0.2", "--metrics-port", str(port), "--broker", f"127.0.0.1:{broker.port}", "--topic-prefix", prefix,
+            "--partitions", "2", "--group", prefix]
+    return servers.airtrace(args, workdir / f"{name}.log", cwd=workdir), port
 
 
 def silent_windows(grid: WindowGrid, seqs: range, stream: str = "quiet") -> list[tuple[bytes, bytes]]:
