@@ -92,6 +92,22 @@ def test_the_end_of_one_song_and_the_start_of_the_next_are_two_matches(calibrati
     assert second.speed == pytest.approx(1.05, abs=0.02)
 
 
+@pytest.mark.parametrize("stray_at", [-1, 1])
+def test_a_chance_hit_on_the_line_well_before_or_after_a_play_does_not_stretch_its_match(stray_at: int, calibration: Calibration) -> None:
+    """In a 3-track catalog, `identify` on a mix gave a 20 s play as 0-33 s: one window of the next song, 12.5 s on,
+    had a neighbour on the play's line. One or two such windows cut off by a long gap are left out of the span."""
+    play = Play("song", 12.5, 32.5, 42.0, 1.02, similarity=0.95)
+    hits = query(45.0, [play], seed=3)
+    strays = [0, 1] if stray_at < 0 else [len(hits) - 2, len(hits) - 1]
+    for seq in strays:
+        centre = hits[seq].offset + WINDOW / 2
+        on_line = Neighbour("song", round((play.ref_start + play.speed * (centre - play.start) - WINDOW / 2) / REF_HOP) * REF_HOP, 0.45)
+        hits[seq] = replace(hits[seq], neighbours=(on_line, *hits[seq].neighbours[: K - 1]))
+    match = only(match_hits(hits, WINDOW, calibration=calibration))
+    assert match.query_start == pytest.approx(play.start - WINDOW / 2, abs=HOP) and match.query_end == pytest.approx(play.end + WINDOW / 2, abs=HOP)
+    assert match.ref_start == pytest.approx(play.ref_start + play.speed * (match.query_start - play.start), abs=REF_HOP)
+
+
 def test_a_repeated_passage_does_not_pull_the_match_off_the_played_alignment(calibration: Calibration) -> None:
     played = Play("looped", 0.0, 12.0, 30.0)
     repeat = Play("looped", 0.0, 12.0, 62.0, similarity=0.78)  # the same bars again 32 s later

@@ -36,6 +36,8 @@ MAX_LINES = 12  # candidate lines refined per call, and as many again per calibr
 LINES_PER_TRACK = 3  # distinct alignments of one track considered (loops, a track played twice)
 CELLS_PER_LINE = 40  # voted cells looked at per line sought: a line's votes spill into neighbouring speeds and offsets
 MIN_FIT_SPAN = 3.0  # seconds of inliers before the speed is fitted rather than taken from the vote
+STRAY_GAP = 5.0  # seconds without support that cut a line's first or last few windows off from the rest of it
+STRAY_WINDOWS = 2  # so few windows cut off so are chance hits on the line, outside the span it reports
 
 
 class Confidence(Protocol):
@@ -307,10 +309,25 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
 
 
 def _match(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, confidence: float) -> Match:
-    query_start = hits[int(line.windows[0])].offset
-    query_end = hits[int(line.windows[-1])].offset + window_seconds
+    first, last = _body(np.array([hits[int(w)].offset for w in line.windows]))
+    query_start = hits[int(line.windows[first])].offset
+    query_end = hits[int(line.windows[last])].offset + window_seconds
     return Match(line.track_id, query_start, query_end, max(0.0, line.ref_time(query_start)), max(0.0, line.ref_time(query_end)),
                  line.speed, line.score, confidence)
+
+
+def _body(offsets: np.ndarray) -> tuple[int, int]:
+    """The first and last of a line's windows (at these query offsets, ascending) that its match spans: up to
+    STRAY_WINDOWS windows at either end cut off from the rest by more than STRAY_GAP are left out, as chance hits that
+    lay on the line. In a 3-track catalog, one window of the next song 12.5 s after a play's last one (similarity
+    0.45) stretched the play's match over the whole song; a stream's state machine was never misled so."""
+    first, last = 0, len(offsets) - 1
+    while True:
+        head = next((i + 1 for i in range(first, min(first + STRAY_WINDOWS, last)) if offsets[i + 1] - offsets[i] > STRAY_GAP), None)
+        tail = next((i - 1 for i in range(last, max(last - STRAY_WINDOWS, first), -1) if offsets[i] - offsets[i - 1] > STRAY_GAP), None)
+        if head is None and tail is None:
+            return first, last
+        first, last = head or first, last if tail is None else tail
 
 
 def _best_stretch(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, seconds: float) -> float:
