@@ -986,47 +986,74 @@ OUTPUT_OPTIONS = _env_options(
 )
 
 
-class _UTCTime(click.ParamType):
+class _Time(click.ParamType):
     """An ISO 8601 time as the reports write them (2026-11-24T23:31:03.250Z) or plainer (2026-11-24,
-    2026-11-24 06:00): UTC without an offset, converted to UTC with one (+01:00)."""
+    2026-11-24 06:00); one without an offset is read in --zone, by `_span`."""
 
     name = "time"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         try:
-            moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+            return value if isinstance(value, datetime) else datetime.fromisoformat(value)
         except ValueError:
             self.fail(f"{value!r} is not a time; give an ISO 8601 time such as 2026-11-24, 2026-11-24T06:00:00 or "
-                      "2026-11-24T06:00:00.000Z (UTC unless it has an offset such as +01:00)", param, ctx)
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+                      "2026-11-24T06:00:00.000Z (in --zone, UTC by default, unless it has an offset such as +01:00)", param, ctx)
 
 
-UTC_TIME = _UTCTime()
+class _Zone(click.ParamType):
+    """An IANA time zone name, read with the standard library's zoneinfo; UTC is None, the reports' own clock."""
+
+    name = "zone"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from datetime import tzinfo
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value == "UTC":
+            return None
+        if value is None or isinstance(value, tzinfo):
+            return value
+        try:
+            return ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(f"unknown time zone {value!r}: give an IANA name such as Europe/Paris, America/New_York or UTC", param, ctx)
 
 
-def _span(start, end, day=None):
+def _span(start, end, day=None, zone=None):
+    """The range of --day or --from/--to, read in --zone (`zone`, None for UTC)."""
+    from datetime import timezone
+
     from monitor.playlog.queries import TimeRange
 
     if day is not None:
         if start or end:
             raise click.UsageError("give either --day or --from/--to")
-        return TimeRange.day(day.date())
+        return TimeRange.day(day.date(), zone)
+    clock = zone or timezone.utc
+    start, end = (None if moment is None else moment.replace(tzinfo=moment.tzinfo or clock).astimezone(timezone.utc) for moment in (start, end))
     if start is not None and end is not None and start >= end:
-        raise click.UsageError(f"--from {start:%Y-%m-%dT%H:%M:%S} is not before --to {end:%Y-%m-%dT%H:%M:%S}, so the range holds "
-                               "no time (--to is exclusive); give the earlier time to --from")
-    return TimeRange(start, end)
+        raise click.UsageError(f"--from {start.astimezone(clock):%Y-%m-%dT%H:%M:%S} is not before --to {end.astimezone(clock):%Y-%m-%dT%H:%M:%S}, "
+                               "so the range holds no time (--to is exclusive); give the earlier time to --from")
+    return TimeRange(start, end, zone)
 
 
+ZONE_OPTION = _env("--zone", type=_Zone(), default="UTC", show_default=True,
+                   help="The time zone (an IANA name: Europe/Paris, America/New_York) of --day, of --from/--to without an offset, and "
+                        "of the times written: then with their offset (2026-11-24T10:31:03.250+01:00), in columns named without _utc "
+                        "(timestamp, start, end, hour).")
 RANGE_OPTIONS = _env_options(
-    click.option("--from", "start", type=UTC_TIME, help="From this time (inclusive), UTC unless it has an offset: 2026-11-24, 2026-11-24T06:00:00, "
-                                                        "2026-11-24T06:00:00.000Z or 2026-11-24T07:00:00+01:00."),
-    click.option("--to", "end", type=UTC_TIME, help="Up to this time (exclusive), written as --from."),
+    click.option("--from", "start", type=_Time(), help="From this time (inclusive), in --zone unless it has an offset: 2026-11-24, "
+                                                       "2026-11-24T06:00:00, 2026-11-24T06:00:00.000Z or 2026-11-24T07:00:00+01:00. "
+                                                       "A local time that occurs twice (clocks going back) is its first; give an offset for the second."),
+    click.option("--to", "end", type=_Time(), help="Up to this time (exclusive), written as --from."),
+    ZONE_OPTION,
 )
 STATION_OPTION = click.option("--station", help="Only this station (stream id) [all].")
+DAY_HELP = "One day, midnight to midnight in --zone (23 or 25 hours when the clocks change)"
 STATION_DAY_OPTIONS = _env_options(
-    click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="One UTC day (or --from/--to)."), RANGE_OPTIONS, STATION_OPTION,
+    click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help=DAY_HELP + " (or --from/--to)."), RANGE_OPTIONS, STATION_OPTION,
 )
 
 
@@ -1057,11 +1084,11 @@ def _head() -> str:
 @click.option("--all", "include_hidden", is_flag=True, help="Also the rejected plays.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many plays.")
 @OUTPUT_OPTIONS
-def plays_list(playlog, start, end, stream, track, min_confidence, include_hidden, limit, fmt, out) -> None:
+def plays_list(playlog, start, end, zone, stream, track, min_confidence, include_hidden, limit, fmt, out) -> None:
     """Plays, oldest first; rejected plays only with --all."""
     from monitor.playlog.queries import list_plays, write_rows
 
-    write_rows(*list_plays(_station_playlog(playlog, stream), _span(start, end), stream, track, min_confidence, include_hidden, limit), fmt, out)
+    write_rows(*list_plays(_station_playlog(playlog, stream), _span(start, end, zone=zone), stream, track, min_confidence, include_hidden, limit), fmt, out)
 
 
 @plays.command("reject")
@@ -1104,23 +1131,24 @@ def plays_restore(playlog: str, play_id: str) -> None:
 @PLAYLOG_OPTION
 @STATION_DAY_OPTIONS
 @OUTPUT_OPTIONS
-def plays_report(playlog, day, start, end, station, fmt, out) -> None:
+def plays_report(playlog, day, start, end, zone, station, fmt, out) -> None:
     """Play log report per station: timestamp_utc, played_duration, station, title, artist, isrc, ref offsets, speed, score."""
     from monitor.playlog.queries import report, write_rows
 
-    write_rows(*report(_station_playlog(playlog, station), _span(start, end, day), station), fmt, out)
+    write_rows(*report(_station_playlog(playlog, station), _span(start, end, day, zone), station), fmt, out)
 
 
 @plays.command("cuesheet")
 @PLAYLOG_OPTION
 @click.option("--station", required=True, help="The station (stream id).")
-@click.option("--day", required=True, type=click.DateTime(["%Y-%m-%d"]), help="The UTC day.")
+@click.option("--day", required=True, type=click.DateTime(["%Y-%m-%d"]), help=DAY_HELP + ".")
+@ZONE_OPTION
 @OUTPUT_OPTIONS
-def plays_cuesheet(playlog, station, day, fmt, out) -> None:
+def plays_cuesheet(playlog, station, day, zone, fmt, out) -> None:
     """A station's cue sheet for one day: numbered cues with start, end, duration, title, artist, isrc."""
     from monitor.playlog.queries import cuesheet, write_rows
 
-    write_rows(*cuesheet(_station_playlog(playlog, station), station, _span(None, None, day)), fmt, out)
+    write_rows(*cuesheet(_station_playlog(playlog, station), station, _span(None, None, day, zone)), fmt, out)
 
 
 @plays.command("totals")
@@ -1128,22 +1156,22 @@ def plays_cuesheet(playlog, station, day, fmt, out) -> None:
 @RANGE_OPTIONS
 @STATION_OPTION
 @OUTPUT_OPTIONS
-def plays_totals(playlog, start, end, station, fmt, out) -> None:
+def plays_totals(playlog, start, end, zone, station, fmt, out) -> None:
     """Airplay per track per station over a range: plays and seconds."""
     from monitor.playlog.queries import totals, write_rows
 
-    write_rows(*totals(_station_playlog(playlog, station), _span(start, end), station), fmt, out)
+    write_rows(*totals(_station_playlog(playlog, station), _span(start, end, zone=zone), station), fmt, out)
 
 
 @plays.command("airtime")
 @PLAYLOG_OPTION
 @STATION_DAY_OPTIONS
 @OUTPUT_OPTIONS
-def plays_airtime(playlog, day, start, end, station, fmt, out) -> None:
-    """Seconds per station and UTC hour: catalog music, unknown music, and each content class (music, speech, ...)."""
+def plays_airtime(playlog, day, start, end, zone, station, fmt, out) -> None:
+    """Seconds per station and hour (of --zone): catalog music, unknown music, and each content class (music, speech, ...)."""
     from monitor.playlog.queries import airtime_report, write_rows
 
-    write_rows(*airtime_report(_station_playlog(playlog, station), _span(start, end, day), station), fmt, out)
+    write_rows(*airtime_report(_station_playlog(playlog, station), _span(start, end, day, zone), station), fmt, out)
 
 
 @plays.command("import")
@@ -1191,10 +1219,10 @@ def unknowns() -> None:
     """Music no catalog track covered, from the play log: clusters of repeated pieces, their airings, their audio."""
 
 
-def _cluster_filter(start, end, stream, kind, min_plays):
+def _cluster_filter(start, end, zone, stream, kind, min_plays):
     from monitor.playlog.unknowns import ClusterFilter
 
-    return ClusterFilter(_span(start, end), stream, kind, min_plays)
+    return ClusterFilter(_span(start, end, zone=zone), stream, kind, min_plays)
 
 
 CLUSTER_OPTIONS = _env_options(
@@ -1210,7 +1238,7 @@ CLUSTER_OPTIONS = _env_options(
 @CLUSTER_OPTIONS
 @click.option("--stretches", is_flag=True, help="List the unknown stretches themselves, clustered or not, instead of the clusters.")
 @OUTPUT_OPTIONS
-def unknowns_list(playlog, start, end, stream, kind, min_plays, stretches, fmt, out) -> None:
+def unknowns_list(playlog, start, end, zone, stream, kind, min_plays, stretches, fmt, out) -> None:
     """Clusters of repeated unknown music, most aired first (counting airings in the range and on the stream)."""
     from monitor.playlog.queries import write_rows
     from monitor.playlog.unknowns import list_clusters, list_stretches
@@ -1219,9 +1247,9 @@ def unknowns_list(playlog, start, end, stream, kind, min_plays, stretches, fmt, 
     if stretches:
         if kind or min_plays > 1:
             raise click.UsageError("--kind and --min-plays choose clusters; leave them out with --stretches")
-        write_rows(*list_stretches(log, _span(start, end), stream), fmt, out)
+        write_rows(*list_stretches(log, _span(start, end, zone=zone), stream), fmt, out)
     else:
-        write_rows(*list_clusters(log, _cluster_filter(start, end, stream, kind, min_plays)), fmt, out)
+        write_rows(*list_clusters(log, _cluster_filter(start, end, zone, stream, kind, min_plays)), fmt, out)
 
 
 @unknowns.command("show")
@@ -1258,7 +1286,7 @@ def unknowns_show(playlog, cluster, fmt, out) -> None:
 @click.option("--out", "directory", required=True, type=click.Path(file_okay=False, writable=True), help="The directory to write into.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True, help="Format of clusters and occurrences.")
 @click.option("--overwrite", is_flag=True, help="Replace files of an earlier export there (else nothing is written if one exists).")
-def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt, overwrite) -> None:
+def unknowns_export(playlog, start, end, zone, stream, kind, min_plays, directory, fmt, overwrite) -> None:
     """Clusters and their airings as CSV or JSON, and each saved excerpt as CLUSTER_ID.ogg, into a directory."""
     from pathlib import Path
 
@@ -1266,7 +1294,7 @@ def unknowns_export(playlog, start, end, stream, kind, min_plays, directory, fmt
     from monitor.playlog.unknowns import export
 
     try:
-        written = export(_station_playlog(playlog, stream), Path(directory), fmt, _cluster_filter(start, end, stream, kind, min_plays), overwrite)
+        written = export(_station_playlog(playlog, stream), Path(directory), fmt, _cluster_filter(start, end, zone, stream, kind, min_plays), overwrite)
     except PlayLogError as exc:
         raise click.ClickException(str(exc)) from exc
     excerpts = sum(path.suffix == ".ogg" for path in written)

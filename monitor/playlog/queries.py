@@ -1,8 +1,10 @@
 """The play log's queries: one set, in SQLAlchemy Core, for SQLite and PostgreSQL alike.
 
-Each returns (columns, rows) with rows as dicts of plain values (times as ISO 8601 UTC strings), ready
-for `write_rows` as CSV or JSON. Time ranges are half-open [start, end) on the play's air start, and
-per-day reports take UTC days. Rejected plays are left out unless asked for. The unknown stretches and
+Each returns (columns, rows) with rows as dicts of plain values (times as ISO 8601 strings), ready
+for `write_rows` as CSV or JSON. Time ranges are half-open [start, end) on the play's air start. A range
+reads its days and hours, and the reports write their times, in the range's zone: UTC by default (times
+as 2026-11-24T23:31:03.250Z in the *_utc columns), or a station's own zone, whose broadcast day a collecting
+society's cue sheet follows (times with their offset, 2026-11-25T00:31:03.250+01:00, in columns without _utc). Rejected plays are left out unless asked for. The unknown stretches and
 their clusters have their queries in monitor.playlog.unknowns.
 """
 
@@ -13,7 +15,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import IO, Any
 
 from sqlalchemy import ColumnElement, exists, func, select, true
@@ -34,19 +36,24 @@ AIRTIME_COLUMNS = ["station", "hour_utc", "catalog_music", "unknown_music", *CON
 # Decimals kept in output: milliseconds for times, what the matcher resolves for the rest.
 DECIMALS = {"duration": 3, "played_duration": 3, "seconds": 3, "music_seconds": 3, "ref_start": 3, "ref_end": 3, "speed": 4, "score": 3,
             "confidence": 4}
+ONE_HOUR = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
 class TimeRange:
-    """[start, end) in UTC; None leaves that side open."""
+    """[start, end), aware times; None leaves that side open. `zone` is the clock the reports of the range
+    write their times and count their hours in: None for UTC."""
 
     start: datetime | None = None
     end: datetime | None = None
+    zone: tzinfo | None = None
 
     @classmethod
-    def day(cls, day: date) -> "TimeRange":
-        start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-        return cls(start, start + timedelta(days=1))
+    def day(cls, day: date, zone: tzinfo | None = None) -> "TimeRange":
+        """The day from midnight to midnight in `zone`: 23 or 25 hours on a day the clocks change."""
+        following = day + timedelta(days=1)
+        start, end = (datetime(when.year, when.month, when.day, tzinfo=zone or timezone.utc) for when in (day, following))
+        return cls(start.astimezone(timezone.utc), end.astimezone(timezone.utc), zone)
 
     def where(self, column: ColumnElement[datetime] = plays.c.started_at) -> ColumnElement[bool]:
         condition: ColumnElement[bool] = true()
@@ -57,10 +64,17 @@ class TimeRange:
         return condition
 
     def whole_hours(self) -> "TimeRange":
-        """The range widened to whole UTC hours."""
-        start = None if self.start is None else self.start.replace(minute=0, second=0, microsecond=0)
-        end = None if self.end is None else _hour_of(self.end - timedelta(microseconds=1)) + timedelta(hours=1)
-        return TimeRange(start, end)
+        """The range widened to whole hours of its zone."""
+        start = None if self.start is None else _hour_of(self.start, self.zone)
+        end = None if self.end is None else _next_hour(_hour_of(self.end - timedelta(microseconds=1), self.zone), self.zone)
+        return TimeRange(start, end, self.zone)
+
+    def column(self, name: str) -> str:
+        """A time column's name: `start_utc` holds UTC times, `start` those of the range's zone."""
+        return name if self.zone is None else name.removesuffix("_utc")
+
+    def columns(self, names: Sequence[str]) -> list[str]:
+        return [self.column(name) for name in names]
 
 
 def stations(log: PlayLog) -> list[str]:
@@ -91,7 +105,7 @@ def list_plays(log: PlayLog, span: TimeRange = TimeRange(), stream: str | None =
     if not include_hidden:
         condition &= visible()
     query = select(*(plays.c[name] for name in LIST_COLUMNS)).where(condition).order_by(plays.c.started_at, plays.c.play_id).limit(limit)
-    return LIST_COLUMNS, fetch_rows(log, query)
+    return LIST_COLUMNS, fetch_rows(log, query, span.zone)
 
 
 def report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
@@ -100,23 +114,23 @@ def report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
     if station is not None:
         condition &= plays.c.stream_id == station
     query = select(
-        plays.c.started_at.label("timestamp_utc"), plays.c.duration.label("played_duration"), plays.c.stream_id.label("station"),
+        plays.c.started_at.label(span.column("timestamp_utc")), plays.c.duration.label("played_duration"), plays.c.stream_id.label("station"),
         plays.c.title, plays.c.artist, plays.c.isrc, plays.c.album, plays.c.ref_start, plays.c.ref_end, plays.c.speed,
         plays.c.score, plays.c.confidence, plays.c.track_id, plays.c.play_id,
     ).where(condition).order_by(plays.c.stream_id, plays.c.started_at, plays.c.play_id)
-    return REPORT_COLUMNS, fetch_rows(log, query)
+    return span.columns(REPORT_COLUMNS), fetch_rows(log, query, span.zone)
 
 
 def cuesheet(log: PlayLog, station: str, span: TimeRange) -> Rows:
     """A station's cue sheet: numbered cues with start, end and duration (HH:MM:SS) of each piece of music."""
-    query = select(plays.c.started_at.label("start_utc"), plays.c.ended_at.label("end_utc"), plays.c.duration, plays.c.title,
+    query = select(plays.c.started_at.label(span.column("start_utc")), plays.c.ended_at.label(span.column("end_utc")), plays.c.duration, plays.c.title,
                    plays.c.artist, plays.c.isrc, plays.c.album, plays.c.track_id
                    ).where(span.where() & visible() & (plays.c.stream_id == station)).order_by(plays.c.started_at, plays.c.play_id)
-    rows = fetch_rows(log, query)
+    rows = fetch_rows(log, query, span.zone)
     for cue, row in enumerate(rows, 1):
         row["cue"] = cue
         row["duration"] = None if row["duration"] is None else _clock(row["duration"])
-    return CUESHEET_COLUMNS, rows
+    return span.columns(CUESHEET_COLUMNS), rows
 
 
 def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
@@ -134,11 +148,13 @@ def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
 
 
 def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
-    """Per station and UTC hour: seconds of catalog music (visible, ended plays), of unknown music (unknown
-    stretches), each clipped to the hour, and of each content class (the airtime events' parts added up).
-    The range is taken in whole hours; hours without any of them have no row."""
+    """Per station and hour of the range's zone: seconds of catalog music (visible, ended plays), of unknown music
+    (unknown stretches), each clipped to the hour, and of each content class (the airtime events' parts added up).
+    The range is taken in whole hours; hours without any of them have no row. The content classes are kept per
+    UTC hour, so an hour of a zone a fraction of an hour from UTC (Asia/Kolkata, +05:30) has them empty (None):
+    how a UTC hour's seconds fell on either side of the half hour is not kept."""
     span = span.whole_hours()
-    seconds: dict[tuple[str, datetime], dict[str, float]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
+    seconds: dict[tuple[str, datetime], dict[str, float | None]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
     aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, unknowns.c.promoted_play_id.is_(None))]
     with log.connect() as connection:
         for column, table, condition in aired:
@@ -149,57 +165,83 @@ def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) ->
             if span.end is not None:
                 condition &= table.c.started_at < span.end
             for stream_id, start, end in connection.execute(select(table.c.stream_id, table.c.started_at, table.c.ended_at).where(condition)):
-                for hour, part in _split_by_hour(max(start, span.start or start), min(end, span.end or end)):
-                    seconds[stream_id, hour][column] += part
+                for hour, part in _split_by_hour(max(start, span.start or start), min(end, span.end or end), span.zone):
+                    seconds[stream_id, hour][column] += part  # type: ignore[operator]
         condition = span.where(airtime.c.hour)
         if station is not None:
             condition &= airtime.c.stream_id == station
         query = select(airtime.c.stream_id, airtime.c.hour, *(func.sum(airtime.c[name]) for name in CONTENT_CLASSES)).where(condition)
-        for stream_id, hour, *classes in connection.execute(query.group_by(airtime.c.stream_id, airtime.c.hour)):
-            seconds[stream_id, hour].update(zip(CONTENT_CLASSES, classes))
-    rows = [{"station": stream_id, "hour_utc": iso_time(hour), **{name: round(value, 3) for name, value in figures.items()}}
+        for stream_id, utc_hour, *classes in connection.execute(query.group_by(airtime.c.stream_id, airtime.c.hour)):
+            for hour, figures in _classes_by_hour(utc_hour, classes, span):
+                seconds[stream_id, hour].update(zip(CONTENT_CLASSES, figures))
+    rows = [{"station": stream_id, span.column("hour_utc"): iso_time(hour, span.zone),
+             **{name: None if value is None else round(value, 3) for name, value in figures.items()}}
             for (stream_id, hour), figures in sorted(seconds.items())]
-    return AIRTIME_COLUMNS, rows
+    return span.columns(AIRTIME_COLUMNS), rows
 
 
-def _hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+def _classes_by_hour(utc_hour: datetime, classes: list[float], span: TimeRange) -> Iterator[tuple[datetime, list[float | None]]]:
+    """The hours of the range's zone that a UTC hour's content classes fall in, and their seconds there: all of
+    them where the UTC hour is an hour of the zone, else unknown (None) in each hour of the zone it touches."""
+    end = utc_hour + ONE_HOUR
+    hours = [hour for hour, _ in _split_by_hour(max(utc_hour, span.start or utc_hour), min(end, span.end or end), span.zone)]
+    whole = hours == [utc_hour] and _next_hour(utc_hour, span.zone) == end
+    for hour in hours:
+        yield hour, list(classes) if whole else [None] * len(classes)
 
 
-def _split_by_hour(start: datetime, end: datetime) -> Iterator[tuple[datetime, float]]:
-    """(UTC hour, seconds of [start, end) within it) for each hour the span touches."""
-    hour = _hour_of(start)
+def _hour_of(moment: datetime, zone: tzinfo | None = None) -> datetime:
+    """The start (in UTC) of the hour of `zone` that holds `moment`."""
+    if zone is None:
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.astimezone(zone).replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+
+
+def _next_hour(hour: datetime, zone: tzinfo | None = None) -> datetime:
+    """The start of the hour after the one starting at `hour`: an hour later, but for a zone whose clocks change by
+    half an hour (Australia/Lord_Howe), where the floor of an hour later may be the same hour."""
+    following = _hour_of(hour + ONE_HOUR, zone)
+    return following if following > hour else hour + ONE_HOUR
+
+
+def _split_by_hour(start: datetime, end: datetime, zone: tzinfo | None = None) -> Iterator[tuple[datetime, float]]:
+    """(hour of `zone`, as its UTC start; seconds of [start, end) within it) for each hour the span touches."""
+    hour = _hour_of(start, zone)
     while hour < end:
-        following = hour + timedelta(hours=1)
+        following = _next_hour(hour, zone)
         yield hour, (min(end, following) - max(start, hour)).total_seconds()
         hour = following
 
 
-def fetch_rows(log: PlayLog, query: Any) -> list[dict[str, Any]]:
-    """Rows as dicts of plain values; the conversions are chosen once per column (reports run to 10^4-10^5 rows)."""
+def fetch_rows(log: PlayLog, query: Any, zone: tzinfo | None = None) -> list[dict[str, Any]]:
+    """Rows as dicts of plain values, times in `zone` (UTC if None); the conversions are chosen once per column
+    (reports run to 10^4-10^5 rows)."""
     with log.connect() as connection:
         result = connection.execute(query)
         keys, rows = list(result.keys()), result.all()
-    converters = [_plain(column.name, column.type) for column in query.selected_columns]
+    converters = [_plain(column.name, column.type, zone) for column in query.selected_columns]
     if not any(converters):
         return [dict(zip(keys, row)) for row in rows]
     return [dict(zip(keys, [value if convert is None or value is None else convert(value) for convert, value in zip(converters, row)]))
             for row in rows]
 
 
-def _plain(name: str, kind: Any) -> Callable[[Any], Any] | None:
-    """How a column's values become plain output values: times as ISO 8601 UTC strings, figures rounded."""
+def _plain(name: str, kind: Any, zone: tzinfo | None) -> Callable[[Any], Any] | None:
+    """How a column's values become plain output values: times as ISO 8601 strings in `zone`, figures rounded."""
     if isinstance(kind, UTCDateTime):
-        return iso_time
+        return iso_time if zone is None else lambda value: iso_time(value, zone)
     if name in DECIMALS:
         digits = DECIMALS[name]
         return lambda value: round(value, digits)
     return None
 
 
-def iso_time(value: datetime) -> str:
-    """2026-11-24T23:31:03.250Z, as in play events (values are UTC already: UTCDateTime)."""
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def iso_time(value: datetime, zone: tzinfo | None = None) -> str:
+    """2026-11-24T23:31:03.250Z, as in play events (values are UTC already: UTCDateTime); in `zone` with its
+    offset, 2026-11-25T00:31:03.250+01:00."""
+    if zone is None:
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.astimezone(zone).isoformat(timespec="milliseconds")
 
 
 def _clock(seconds: float) -> str:

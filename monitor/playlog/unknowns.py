@@ -13,6 +13,7 @@ import statistics
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,13 @@ def unknown_music(span: TimeRange, stream: str | None) -> ColumnElement[bool]:
 def list_clusters(log: PlayLog, chosen: ClusterFilter = ClusterFilter()) -> Rows:
     """Clusters, most played first: plays, first and last airing, streams, typical duration, whether an excerpt is
     saved, over the airings `chosen` counts."""
-    rows = [row for row in _summaries(log, chosen.airings()) if row["plays"] >= chosen.min_plays and chosen.kind in (None, row["kind"])]
+    rows = [row for row in _summaries(log, chosen.airings(), chosen.span.zone) if row["plays"] >= chosen.min_plays and chosen.kind in (None, row["kind"])]
     return CLUSTER_COLUMNS, sorted(rows, key=lambda row: (-row["plays"], row["first_seen"], row["cluster_id"]))
 
 
-def _summaries(log: PlayLog, condition: ColumnElement[bool]) -> list[dict[str, Any]]:
-    """One summary per cluster of the stretches that meet `condition` (the median is taken here: SQLite has none)."""
+def _summaries(log: PlayLog, condition: ColumnElement[bool], zone: tzinfo | None = None) -> list[dict[str, Any]]:
+    """One summary per cluster of the stretches that meet `condition`, times in `zone` (the median is taken here:
+    SQLite has none)."""
     query = select(unknowns.c.cluster_id, unknowns.c.stream_id, unknowns.c.started_at, unknowns.c.duration).where(condition)
     airings: dict[str, list[Any]] = {}
     with log.connect() as connection:
@@ -73,8 +75,8 @@ def _summaries(log: PlayLog, condition: ColumnElement[bool]) -> list[dict[str, A
     summaries = []
     for cluster, found in airings.items():
         typical = statistics.median(row.duration for row in found)
-        summaries.append({"cluster_id": cluster, "kind": cluster_kind(typical), "plays": len(found), "first_seen": iso_time(found[0].started_at),
-                          "last_seen": iso_time(found[-1].started_at), "streams": ",".join(sorted({row.stream_id for row in found})),
+        summaries.append({"cluster_id": cluster, "kind": cluster_kind(typical), "plays": len(found), "first_seen": iso_time(found[0].started_at, zone),
+                          "last_seen": iso_time(found[-1].started_at, zone), "streams": ",".join(sorted({row.stream_id for row in found})),
                           "typical_duration": round(typical, 3), "excerpt": cluster in saved})
     return summaries
 
@@ -83,14 +85,14 @@ def list_stretches(log: PlayLog, span: TimeRange = TimeRange(), stream: str | No
     """Every stretch of unknown music, clustered or not, oldest first."""
     query = (select(*(unknowns.c[name] for name in STRETCH_COLUMNS)).where(unknown_music(span, stream))
              .order_by(unknowns.c.started_at, unknowns.c.unknown_id))
-    return STRETCH_COLUMNS, fetch_rows(log, query)
+    return STRETCH_COLUMNS, fetch_rows(log, query, span.zone)
 
 
-def occurrences(log: PlayLog, condition: ColumnElement[bool]) -> Rows:
-    """The airings that meet `condition`, by cluster and air time."""
+def occurrences(log: PlayLog, condition: ColumnElement[bool], zone: tzinfo | None = None) -> Rows:
+    """The airings that meet `condition`, by cluster and air time, times in `zone`."""
     query = (select(*(unknowns.c[name] for name in OCCURRENCE_COLUMNS)).where(condition)
              .order_by(unknowns.c.cluster_id, unknowns.c.started_at, unknowns.c.unknown_id))
-    return OCCURRENCE_COLUMNS, fetch_rows(log, query)
+    return OCCURRENCE_COLUMNS, fetch_rows(log, query, zone)
 
 
 def show_cluster(log: PlayLog, cluster_id: str) -> tuple[dict[str, Any], Rows]:
@@ -118,7 +120,7 @@ def export(log: PlayLog, directory: Path, fmt: str, chosen: ClusterFilter = Clus
         excerpts = dict(connection.execute(select(cluster_excerpts.c.cluster_id, cluster_excerpts.c.excerpt)
                                            .where(cluster_excerpts.c.cluster_id.in_(ids))).all()) if ids else {}
     tables = {directory / f"clusters.{fmt}": (columns, clusters),
-              directory / f"occurrences.{fmt}": occurrences(log, chosen.airings() & unknowns.c.cluster_id.in_(ids))}
+              directory / f"occurrences.{fmt}": occurrences(log, chosen.airings() & unknowns.c.cluster_id.in_(ids), chosen.span.zone)}
     files = {path: _table_text(*table, fmt).encode() for path, table in tables.items()}
     files |= {directory / f"{cluster}.ogg": excerpts[cluster] for cluster in ids if cluster in excerpts}
     existing = [str(path) for path in files if path.exists()]
