@@ -1132,7 +1132,7 @@ def plays_restore(playlog: str, play_id: str) -> None:
 @STATION_DAY_OPTIONS
 @OUTPUT_OPTIONS
 def plays_report(playlog, day, start, end, zone, station, fmt, out) -> None:
-    """Play log report per station: timestamp_utc, played_duration, station, title, artist, isrc, ref offsets, speed, score."""
+    """Play log report per station: timestamp_utc (timestamp with --zone), played_duration, station, title, artist, isrc, ref offsets, speed, score."""
     from monitor.playlog.queries import report, write_rows
 
     write_rows(*report(_station_playlog(playlog, station), _span(start, end, day, zone), station), fmt, out)

@@ -2,10 +2,11 @@
 
 Each returns (columns, rows) with rows as dicts of plain values (times as ISO 8601 strings), ready
 for `write_rows` as CSV or JSON. Time ranges are half-open [start, end) on the play's air start. A range
-reads its days and hours, and the reports write their times, in the range's zone: UTC by default (times
-as 2026-11-24T23:31:03.250Z in the *_utc columns), or a station's own zone, whose broadcast day a collecting
-society's cue sheet follows (times with their offset, 2026-11-25T00:31:03.250+01:00, in columns without _utc). Rejected plays are left out unless asked for. The unknown stretches and
-their clusters have their queries in monitor.playlog.unknowns.
+has a zone, which its days and hours are of and the reports write their times in: UTC by default (times
+as 2026-11-24T23:31:03.250Z, in the *_utc columns), or a station's own zone, whose broadcast day its cue
+sheets follow (times with their offset, 2026-11-25T00:31:03.250+01:00, in columns named without _utc).
+Rejected plays are left out unless asked for. The unknown stretches and their clusters have their
+queries in monitor.playlog.unknowns.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ ONE_HOUR = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class TimeRange:
-    """[start, end), aware times; None leaves that side open. `zone` is the clock the reports of the range
-    write their times and count their hours in: None for UTC."""
+    """[start, end) in UTC; None leaves that side open. `zone` is the clock whose hours the range's reports
+    count and whose times they write: None for UTC."""
 
     start: datetime | None = None
     end: datetime | None = None
@@ -154,7 +155,7 @@ def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) ->
     UTC hour, so an hour of a zone a fraction of an hour from UTC (Asia/Kolkata, +05:30) has them empty (None):
     how a UTC hour's seconds fell on either side of the half hour is not kept."""
     span = span.whole_hours()
-    seconds: dict[tuple[str, datetime], dict[str, float | None]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
+    seconds: dict[tuple[str, datetime], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
     aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, unknowns.c.promoted_play_id.is_(None))]
     with log.connect() as connection:
         for column, table, condition in aired:
@@ -166,7 +167,7 @@ def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) ->
                 condition &= table.c.started_at < span.end
             for stream_id, start, end in connection.execute(select(table.c.stream_id, table.c.started_at, table.c.ended_at).where(condition)):
                 for hour, part in _split_by_hour(max(start, span.start or start), min(end, span.end or end), span.zone):
-                    seconds[stream_id, hour][column] += part  # type: ignore[operator]
+                    seconds[stream_id, hour][column] += part
         condition = span.where(airtime.c.hour)
         if station is not None:
             condition &= airtime.c.stream_id == station
