@@ -9,14 +9,12 @@ import json
 import http.server
 import logging
 import re
-import subprocess
 import socket
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import av
 import jsonschema
 import numpy as np
 import pytest
@@ -48,6 +46,7 @@ from monitor.stages.mux import (
 )
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.windows import WindowGrid
+from tv_fixtures import ffmpeg, television, without_audio
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music"
 GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
@@ -55,10 +54,6 @@ GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
 # report (area2-game, in the catalog, is program 101's audio description) or music not in the catalog.
 EXPECTED = {"tv-101": "area1-game", "tv-202": "gardien-go", "tv-303": "over-theme"}
 LIVE = IngestOptions(open_timeout=5.0, read_timeout=3.0, backoff_initial=0.2, backoff_max=1.0)
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -295,28 +290,6 @@ def test_a_program_that_returns_to_a_file_resumes_at_its_time_after_a_gap(tmp_pa
     assert back[0].after_gap and not any(w.after_gap for w in back[1:])
     assert back[0].offset == pytest.approx(16.0, abs=0.2)  # the last packet heard before it left, and interleaving: within a tenth or two
     assert back[-1].offset == pytest.approx(max(w.offset for w in windows if w.stream_id == "tv-2"), abs=0.2)
-
-
-def television(path: Path, seconds: float, start: float = 0.0, offset: float = 0.0) -> Path:
-    """A channel as a head-end sends it: MPEG-2 video (PID 256) and MP2 audio (PID 257) of `seconds` from `start`
-    of area1-game, its timestamps `offset` s on."""
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-ss", str(start), "-i", str(MUSIC / "area1-game.opus"), "-t", str(seconds),
-           "-map", "0:v", "-map", "1:a", "-c:v", "mpeg2video", "-c:a", "mp2", "-ar", "48000", "-streamid", "0:256", "-streamid", "1:257",
-           "-output_ts_offset", str(offset), "-f", "mpegts", str(path))
-    return path
-
-
-def without_audio(transport_stream: Path, start: float, end: float) -> bytes:
-    """The transport stream less its audio PID's packets from `start` to `end` s into its audio (a receiver that
-    lost the audio PID while the video went on): every TS packet of PID 257 between the audio packets there."""
-    with av.open(str(transport_stream)) as container:
-        audio = container.streams.audio[0]
-        starts = [(float(p.pts * p.time_base), p.pos) for p in container.demux(audio) if p.pts is not None and p.pos is not None]
-    first = starts[0][0]
-    cut_from, cut_to = (next(pos for time, pos in starts if time - first >= edge) for edge in (start, end))
-    data = transport_stream.read_bytes()
-    return b"".join(data[at : at + 188] for at in range(0, len(data), 188)
-                    if not (cut_from <= at < cut_to and ((data[at + 1] & 0x1F) << 8 | data[at + 2]) == 257))
 
 
 @pytest.mark.parametrize("read_timeout", [10.0, 30.0])
