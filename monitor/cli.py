@@ -681,7 +681,7 @@ def _metrics(metrics_port: int | None, metrics_host: str, holds_catalog: bool = 
 
 
 STREAMS_HELP = ("YAML list of streams (id, url; optional name, metadata, options, audio, air_start: a recorded file's ISO 8601 air time) and multiplexes "
-                "(mux, url, programs; optional audio, metadata, options).")
+                "(mux, url, programs; optional audio, metadata, options, air_start).")
 AUDIO_OPTIONS = _env_options(
     click.option("--audio", help="Which audio track of the URLS: KEY=VALUE,... with program (number or service name), language, "
                  "index, disposition (main or description); `airtrace streams probe URL` lists them."),
@@ -694,7 +694,7 @@ AIR_START_OPTIONS = _env_options(
     click.option("--air-start-from", metavar="name:FORMAT", help="The URLS are recordings (logger files) named by when they aired: name:FORMAT, a strptime "
                  "format of the whole file name without its extension (name:radio1-%Y-%m-%dT%H-%M-%S, name:%Y%m%d_%H%M). Their plays "
                  "then carry the real air times, and a recording monitored again adds no plays. A file whose name does not match is "
-                 "skipped. In a --streams file: air_start per entry."),
+                 "skipped. With --audio and --programs too (a TV channel recorded off air). In a --streams file: air_start per entry."),
     click.option("--air-start-zone", metavar="ZONE", default="UTC", show_default=True, help="The time zone of the file names' times (an IANA name: "
                  "Europe/Paris), unless the format holds %z."),
 )
@@ -708,8 +708,6 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
     from monitor.stages.mux import check_unique_ids, command_line_sources
 
     air_start = AirStartFromName.parse(air_start_from, air_start_zone) if air_start_from else None
-    if air_start and (audio or programs):
-        raise ConfigError("--air-start-from: a recording's air start is taken for a whole file, not with --audio or --programs")
     sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls, air_start), audio, programs)
     if not sources:
         raise ConfigError("no stream left to monitor: the errors above say why")

@@ -1,6 +1,6 @@
-"""Recordings (logger files, air checks) monitored after they aired: their plays carry the time the music aired,
-from the file's name (--air-start-from) or its streams entry (air_start), and the same recording monitored again
-is the same plays."""
+"""Recordings (logger files, air checks, TV channels recorded off air) monitored after they aired: their plays carry
+the time the music aired, from the file's name (--air-start-from) or its streams entry (air_start), and the same
+recording monitored again is the same plays."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ from monitor import metrics
 from monitor.cli import main
 from monitor.playlog.queries import list_plays
 from monitor.playlog.store import PlayLog
+from monitor.records import AudioWindow
+from monitor.stages.ingest import load_sources, start_readers
+from monitor.stages.mux import command_line_sources
+from monitor.stages.sources import AirStartFromName, sources_from_urls
+from monitor.stages.windows import WindowGrid
+from tv_fixtures import ffmpeg, television, without_audio
 
 HOP_SECONDS = 0.5  # a play starts within a window's hop of its first audio
 
@@ -121,17 +127,16 @@ def test_an_air_start_without_a_time_zone_or_not_a_time_is_named_with_its_fix(bu
 
 
 def test_an_air_start_where_it_cannot_hold_is_refused(built_catalog: Path, loggers: list[Path], tmp_path: Path) -> None:
-    """A live stream airs as it arrives; a track chosen with audio is read as a multiplex, which takes no air start yet."""
+    """A live stream airs as it arrives, whether it is a plain stream, a track chosen with audio or a multiplex."""
+    live = "http://127.0.0.1:9/live"
     streams = tmp_path / "streams.yaml"
-    for entry, says in (({"url": "http://127.0.0.1:9/live"}, "air_start is for recorded files, and 'http://127.0.0.1:9/live' is not a local file"),
-                        ({"url": str(loggers[0]), "audio": {"index": 0}}, "air_start is not taken with audio (a track's choice) yet")):
-        streams.write_text(yaml.safe_dump([{"id": "radio1", **entry, "air_start": "2026-12-05T10:00:00Z"}]))
+    for entry in ({"id": "radio1", "url": live}, {"id": "radio1", "url": live, "audio": {"index": 0}}, {"mux": "tv", "url": live, "programs": [1, 2]}):
+        streams.write_text(yaml.safe_dump([{**entry, "air_start": "2026-12-05T10:00:00Z"}]))
         code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--streams", str(streams))
-        assert code == 2 and f"stream #1: {says}" in output
-    for args, says in ((["http://127.0.0.1:9/live"], "--air-start-from: http://127.0.0.1:9/live is not a local file; a live stream airs as it arrives"),
-                       (["--audio", "index=0", str(loggers[0])], "--air-start-from: a recording's air start is taken for a whole file, not with --audio")):
+        assert code == 2 and f"stream #1: air_start is for recorded files, and '{live}' is not a local file" in output, entry
+    for args in ([live], ["--audio", "index=0", live], ["--programs", "all", live]):
         code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--air-start-from", NAME_FORMAT, *args)
-        assert code == 2 and says in output
+        assert code == 2 and f"--air-start-from: {live} is not a local file; a live stream airs as it arrives" in output, args
 
 
 @pytest.mark.parametrize("spec, says", [
@@ -155,3 +160,71 @@ def test_a_file_whose_name_does_not_match_is_skipped_and_the_others_go_on(built_
     assert {e["stream_id"] for e in map(json.loads, events.read_text().splitlines())} == {loggers[1].stem}
     code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--air-start-from", NAME_FORMAT, str(stray))
     assert code == 2 and "no stream left to monitor" in output
+
+
+GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
+
+
+def test_a_recorded_channel_with_its_track_chosen_plays_when_it_aired_after_its_audio_pid_went_missing(built_catalog: Path, tmp_path: Path) -> None:
+    """A TV channel recorded off air (a transport stream), its track chosen with --audio and its air start read from its
+    name, was refused ("not with --audio"). 16 s of other music, then a catalog track, and the audio PID missing from 2 s
+    to 14 s while the video went on: the play is placed 16 s after the air start, not where the audio resumed in the
+    recording's audio (4 s), and the same recording monitored again adds no plays."""
+    audio = tmp_path / "channel.wav"
+    ffmpeg("-i", str(MUSIC / "gardien-go.opus"), "-i", str(MUSIC / "area1-game.opus"), "-filter_complex",
+           "[0:a]atrim=0:16,asetpts=N/SR/TB[lead];[1:a]atrim=0:20,asetpts=N/SR/TB[track];[lead][track]concat=n=2:v=0:a=1", str(audio))
+    recording = tmp_path / "radio1-2026-12-05T10-00-00.ts"
+    recording.write_bytes(without_audio(television(tmp_path / "channel.ts", 36.0, audio=audio), 2.0, 14.0))
+    playlog = tmp_path / "plays.sqlite"
+    common = ["--catalog", str(built_catalog), "--playlog", str(playlog), "--air-start-from", NAME_FORMAT, "--air-start-zone", "Europe/Paris",
+              "--audio", "disposition=main"]
+
+    runs = []
+    for events in (tmp_path / "plays.jsonl", tmp_path / "again.jsonl"):
+        code, output = monitor(*common, "--events", str(events), str(recording))
+        assert code == 0, output
+        runs.append([e for e in map(json.loads, events.read_text().splitlines()) if e.get("state") == "started"])
+        assert [(e["stream_id"], e["track_id"]) for e in runs[-1]] == [(recording.stem, "area1-game")]
+        into_the_recording = datetime.fromisoformat(runs[-1][0]["started_at"]) - aired(recording.stem)
+        assert abs(into_the_recording.total_seconds() - 16.0) <= HOP_SECONDS
+    assert [(e["play_id"], e["started_at"]) for e in runs[1]] == [(e["play_id"], e["started_at"]) for e in runs[0]]
+    assert [row["play_id"] for row in list_plays(PlayLog.open(playlog))[1]] == [runs[0][0]["play_id"]]
+
+
+def read_every_window(sources: list) -> list[AudioWindow]:
+    """The windows start_readers gives, numbered as embedded mode and `airtrace ingest` number them."""
+    items: list = []
+    for thread in start_readers(sources, GRID, items.append):
+        thread.join()
+    return sorted((item for item in items if isinstance(item, AudioWindow)), key=lambda w: (w.stream_id, w.seq))
+
+
+@pytest.mark.parametrize("declared", ["mux entry", "--programs"])
+def test_every_program_of_a_recorded_multiplex_airs_and_is_numbered_from_its_air_start(loggers: list[Path], tmp_path: Path, declared: str) -> None:
+    """Two programs recorded off air in one transport stream, with the air start of a mux entry (refused: an unknown field)
+    or of --air-start-from with --programs (which dropped it: the windows aired when they were read, numbered from 0). Both
+    programs' windows air at the air start plus their offset and are numbered from it in milliseconds, so the same
+    recording read again gives the same windows."""
+    recording = tmp_path / "tv-2026-12-05T10-00-00.ts"
+    ffmpeg(*(arg for path in loggers for arg in ("-i", str(path))), "-map", "0:a", "-map", "1:a", "-c:a", "mp2", "-ar", "48000",
+           "-program", "program_num=1:st=0", "-program", "program_num=2:st=1", "-f", "mpegts", str(recording))
+    air_start = datetime(2026, 12, 5, 10, tzinfo=PARIS_IN_DECEMBER).timestamp()
+    streams = tmp_path / "streams.yaml"
+    streams.write_text(f"- {{mux: tv, url: '{recording}', programs: [1, 2], air_start: '2026-12-05T10:00:00+01:00'}}\n")
+    name = AirStartFromName.parse("name:tv-%Y-%m-%dT%H-%M-%S", "Europe/Paris")
+
+    def declared_sources() -> list:
+        if declared == "mux entry":
+            return load_sources(streams)
+        return command_line_sources(sources_from_urls([str(recording)], name), None, "all")
+
+    windows = read_every_window(declared_sources())
+    first = round(air_start * 1000)
+    for program in (1, 2):
+        own = [w for w in windows if w.stream_id == f"{declared_sources()[0].id}-{program}"]
+        assert len(own) >= GRID.count(28 * GRID.sample_rate)  # the whole recording, less what the resampler held at its end
+        assert [w.seq for w in own] == list(range(first, first + len(own))) and {w.run for w in own} == {first}
+        assert [w.offset for w in own] == [i * GRID.hop_seconds for i in range(len(own))]
+        assert [w.air_time for w in own] == pytest.approx([air_start + w.offset for w in own], abs=1e-6)
+    again = read_every_window(declared_sources())
+    assert [(w.stream_id, w.seq, w.offset, w.air_time) for w in again] == [(w.stream_id, w.seq, w.offset, w.air_time) for w in windows]

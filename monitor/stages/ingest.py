@@ -67,8 +67,8 @@ CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" (or "max PER
 
 
 def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
-    """Streams from a YAML file: a list of {id, url, name?, metadata?, options?, audio?} (or {streams: [...]}),
-    and multiplexes {mux, url, programs?, audio?, metadata?, options?} (see monitor.stages.mux)."""
+    """Streams from a YAML file: a list of {id, url, name?, metadata?, options?, audio?, air_start?} (or {streams: [...]}),
+    and multiplexes {mux, url, programs?, audio?, metadata?, options?, air_start?} (see monitor.stages.mux)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

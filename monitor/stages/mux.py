@@ -17,6 +17,8 @@ HLS and DASH carry audio renditions by language. This module
   resumes after a gap, its time moved on by the absence, as the input's other streams (video too) measured it.
   A program that appears is reported; on a live input the connection is reopened to
   add it (PyAV cannot demux streams that appear after opening), the others marked `after_gap` there.
+  A recorded file with an air start (a TV channel recorded off air: `air_start`, as a plain recording's,
+  monitor.stages.sources) airs from it, every program's stream alike, after an absence too.
   It decodes in the turns of monitor.stages.ingest's readers (`decode_turns`), in batches of packets as
   encoders.decode_chunks does: demuxed outside the turn, decoded, resampled and folded to mono inside it.
 
@@ -43,7 +45,16 @@ from encoders.audio import TIMESTAMP_JUMP_SECONDS, Chunker, decode_batches, ffmp
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
 from monitor.stages.airtime import DeadAir, StreamClock
-from monitor.stages.sources import ConfigError, StreamSource, declares_its_end, ffmpeg_options, never_opens, stream_from_entry
+from monitor.stages.sources import (
+    ConfigError,
+    StreamSource,
+    air_start_of,
+    check_air_start,
+    declares_its_end,
+    ffmpeg_options,
+    never_opens,
+    stream_from_entry,
+)
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
 from monitor.stages.windows import StreamWindower, WindowGrid
@@ -286,7 +297,8 @@ class MuxProgram:
 @dataclass(frozen=True)
 class MuxSource:
     """An input read over one connection into one stream per wanted program. `programs` None: every
-    program it carries, each with `audio` (a language, say) as its selection."""
+    program it carries, each with `audio` (a language, say) as its selection. A recorded file's `air_start` holds for
+    each of its streams: they air from it, and start_readers numbers their windows from it (ingest.numbered_from)."""
 
     id: str
     url: str
@@ -294,12 +306,13 @@ class MuxSource:
     audio: AudioSelection = AudioSelection()
     metadata: dict[str, Any] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
-    air_start: float | None = None  # a recorded file's, for its one stream (`single`); a multiplex airs as it is read
+    air_start: float | None = None  # as StreamSource's: UTC epoch seconds, a local file's only; None: it airs as it is read
 
     is_file = StreamSource.is_file
 
     def __post_init__(self) -> None:
         check_id(self.id, "multiplex id")
+        check_air_start(self.url, self.air_start)
         for wanted in self.programs or ():
             self.stream_id(wanted)
 
@@ -349,16 +362,13 @@ def check_unique_ids(sources: Sequence[StreamSource | MuxSource], where: str) ->
             seen.add(stream_id)
 
 
-MUX_FIELDS = ("mux", "url", "programs", "audio", "metadata", "options")
+MUX_FIELDS = ("mux", "url", "programs", "audio", "metadata", "options", "air_start")
 PROGRAM_FIELDS = ("program", "id", "name", "audio", "metadata")
 
 
 def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
     """A streams-file entry with `mux` (a multiplex) or with `audio` (one stream's track) as a MuxSource."""
     if "mux" not in entry:
-        if "air_start" in entry:  # a selected track is read as a multiplex, which airs as it is read
-            raise ConfigError(f"{where}: air_start is not taken with audio (a track's choice) yet; remove audio to monitor the file's "
-                              "default audio track from its air start")
         plain = {k: v for k, v in entry.items() if k != "audio"}
         return MuxSource.single(stream_from_entry(plain, where), AudioSelection.parse(entry["audio"], where))
     unknown = sorted(set(entry) - set(MUX_FIELDS))
@@ -382,7 +392,7 @@ def source_from_entry(entry: dict[str, Any], where: str) -> MuxSource:
         raise ConfigError(f"{where}: programs must be 'all' or a list of program numbers, service names or mappings with 'program'")
     options = ffmpeg_options(entry, where)
     try:
-        return MuxSource(entry["mux"], entry["url"], chosen, audio, dict(entry.get("metadata", {})), options)
+        return MuxSource(entry["mux"], entry["url"], chosen, audio, dict(entry.get("metadata", {})), options, air_start_of(entry, where))
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -714,4 +724,4 @@ def command_line_sources(sources: Sequence[StreamSource], audio: str | None, pro
         raise ConfigError("--programs: give 'all' or program numbers and service names separated by commas")
     fields = {name: getattr(selection, name) for name in AudioSelection.FIELDS if getattr(selection, name) is not None}
     return [MuxSource(s.id, s.url, None if names is None else tuple(MuxProgram(AudioSelection.parse({**fields, "program": n}, "--programs")) for n in names),
-                      selection, options=s.options) for s in sources]
+                      selection, options=s.options, air_start=s.air_start) for s in sources]

@@ -41,14 +41,19 @@ class StreamSource:
 
     def __post_init__(self) -> None:
         check_id(self.id, "stream id")
-        if self.air_start is not None and not self.is_file:
-            raise ValueError(f"air_start is for recorded files, and {self.url!r} is not a local file (a live stream airs as it "
-                             "arrives): remove air_start, or correct the file's path")
+        check_air_start(self.url, self.air_start)
 
     @property
     def is_file(self) -> bool:
         """A local file is read once to its end; everything else is a live stream, reopened forever."""
         return is_local(self.url)
+
+
+def check_air_start(url: str, air_start: float | None) -> None:
+    """An air start holds for a recorded file only, a plain stream's or a multiplex's: a live input airs as it arrives."""
+    if air_start is not None and not is_local(url):
+        raise ValueError(f"air_start is for recorded files, and {url!r} is not a local file (a live stream airs as it "
+                         "arrives): remove air_start, or correct the file's path")
 
 
 def is_local(url: str) -> bool:
@@ -98,17 +103,20 @@ def stream_from_entry(entry: Any, where: str) -> StreamSource:
         if not isinstance(entry.get(name, {}), dict):
             raise ConfigError(f"{where}: field {name!r} must be a mapping")
     options = ffmpeg_options(entry, where)
-    air_start = air_start_of(entry["air_start"], where) if "air_start" in entry else None
+    air_start = air_start_of(entry, where)
     try:
         return StreamSource(entry["id"], entry["url"], entry.get("name"), dict(entry.get("metadata", {})), options, air_start)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def air_start_of(value: Any, where: str) -> float:
-    """A streams config entry's `air_start`: an ISO 8601 time with its UTC offset or Z (YAML reads an unquoted one as
-    a datetime already). One without an offset is refused: which zone it meant cannot be told."""
-    parsed = value
+def air_start_of(entry: dict[str, Any], where: str) -> float | None:
+    """A streams config entry's `air_start` (a plain stream's, or a multiplex's), None where it has none: an ISO 8601 time
+    with its UTC offset or Z (YAML reads an unquoted one as a datetime already). One without an offset is refused: which
+    zone it meant cannot be told."""
+    if "air_start" not in entry:
+        return None
+    value = parsed = entry["air_start"]
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
