@@ -642,7 +642,7 @@ class InputClock:
 class _Listener:
     """One connection's packets, every stream's, as they are decoded: the input's time they reach (`heard`, an
     InputClock over every stream of the input, video and unwanted programs too), what it says of each program's
-    stream (back on air after it left, or gone while the others go on), and the wanted tracks' audio. An audio
+    stream (first heard well after the input began, back on air after it left, or gone while the others go on), and the wanted tracks' audio. An audio
     track whose timestamps jump after the input's clock went on without it was absent, not restarted (its
     timestamps alone cannot tell): its stream comes back after a gap, its time moved on by the absence."""
 
@@ -663,6 +663,10 @@ class _Listener:
                 unheard = self.heard - stream.last_heard
                 if stream.seq > 0 and (jumped and unheard > ABSENT_SECONDS or not stream.up and unheard > self.read_timeout):
                     log.warning("multiplex %s: %s is back on air after %.1f s without audio", self.mux_id, stream.id, unheard)
+                    stream.connect(self.heard, unheard=unheard)
+                elif stream.seq == 0 and stream.last_heard == 0.0 and unheard > ABSENT_SECONDS:
+                    # its first audio, well after the input's start (a program that came on air during a recording): it airs there
+                    log.info("multiplex %s: %s is first heard %.1f s into the input", self.mux_id, stream.id, unheard)
                     stream.connect(self.heard, unheard=unheard)
                 stream.last_heard = self.heard
         for stream in self.every:
