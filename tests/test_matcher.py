@@ -108,6 +108,18 @@ def test_a_chance_hit_on_the_line_well_before_or_after_a_play_does_not_stretch_i
     assert match.ref_start == pytest.approx(play.ref_start + play.speed * (match.query_start - play.start), abs=REF_HOP)
 
 
+def test_a_line_whose_gap_another_alignment_of_its_track_fills_keeps_its_ends(calibration: Calibration) -> None:
+    """A loop: the track's other alignment takes the windows in the middle of the played one, whose first two windows
+    are then 19 s from the rest of its line, and still its own (seen on the montages: 20 s of a chunk lost)."""
+    played = [Play("song", 0.0, 1.5, 42.0), Play("song", 20.0, 30.0, 62.0)]  # one alignment, its middle heard at another
+    hits = query(30.0, played, seed=5, loop=Play("song", 1.5, 20.0, 142.0))
+    matches = match_hits(hits, WINDOW, calibration=calibration)
+    (loop,) = [m for m in matches if m.ref_start > 100.0]
+    (main,) = [m for m in matches if m is not loop]
+    assert loop.query_start < 2.0 and loop.query_end > 19.0  # it holds the middle
+    assert (main.query_start, main.query_end) == (0.0, pytest.approx(30.0, abs=HOP)) and main.ref_start == pytest.approx(42.0, abs=REF_HOP)
+
+
 def test_a_repeated_passage_does_not_pull_the_match_off_the_played_alignment(calibration: Calibration) -> None:
     played = Play("looped", 0.0, 12.0, 30.0)
     repeat = Play("looped", 0.0, 12.0, 62.0, similarity=0.78)  # the same bars again 32 s later

@@ -295,39 +295,53 @@ def match_hits(hits: Sequence[WindowHits], window_seconds: float, *, calibration
     matches: list[Match] = []
     left = list(hits)
     for _ in range(stretches):
-        found = []
-        for line in align(left, window_seconds, calibration.speed_range, calibration.tolerance, tracks, MAX_LINES * stretches, hop):
+        reached = []  # the query each line found reaches, its stray windows too: none of it is matched again
+        lines = align(left, window_seconds, calibration.speed_range, calibration.tolerance, tracks, MAX_LINES * stretches, hop)
+        heard = _offsets_by_track(lines, left)
+        for line in lines:
             score = line.score if span <= longest else _best_stretch(line, left, window_seconds, longest)
             confidence = calibration.confidence(score, span)
             if confidence >= min_confidence:
-                found.append(_match(line, left, window_seconds, confidence))
-        matches += found
-        left = [h for h in left if not any(m.query_start <= h.offset < m.query_end for m in found)]
-        if not found or not left:
+                matches.append(_match(line, left, window_seconds, confidence, heard[line.track_id]))
+                reached.append((left[int(line.windows[0])].offset, left[int(line.windows[-1])].offset + window_seconds))
+        left = [h for h in left if not any(start <= h.offset < end for start, end in reached)]
+        if not reached or not left:
             break
     return matches
 
 
-def _match(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, confidence: float) -> Match:
-    first, last = _body(np.array([hits[int(w)].offset for w in line.windows]))
+def _offsets_by_track(lines: Sequence[Alignment], hits: Sequence[WindowHits]) -> dict[str, np.ndarray]:
+    """Per track, the query offsets of the windows on any of its lines, ascending."""
+    by_track: dict[str, list[float]] = {}
+    for line in lines:
+        by_track.setdefault(line.track_id, []).extend(hits[int(w)].offset for w in line.windows)
+    return {track: np.sort(np.array(offsets)) for track, offsets in by_track.items()}
+
+
+def _match(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, confidence: float, heard: np.ndarray) -> Match:
+    first, last = _body(np.array([hits[int(w)].offset for w in line.windows]), heard)
     query_start = hits[int(line.windows[first])].offset
     query_end = hits[int(line.windows[last])].offset + window_seconds
     return Match(line.track_id, query_start, query_end, max(0.0, line.ref_time(query_start)), max(0.0, line.ref_time(query_end)),
                  line.speed, line.score, confidence)
 
 
-def _body(offsets: np.ndarray) -> tuple[int, int]:
+def _body(offsets: np.ndarray, heard: np.ndarray) -> tuple[int, int]:
     """The first and last of a line's windows (at these query offsets, ascending) that its match spans: up to
-    STRAY_WINDOWS windows at either end cut off from the rest by more than STRAY_GAP are left out, as chance hits that
-    lay on the line. In a 3-track catalog, one window of the next song 12.5 s after a play's last one (similarity
-    0.45) stretched the play's match over the whole song; a stream's state machine was never misled so."""
-    first, last = 0, len(offsets) - 1
-    while True:
-        head = next((i + 1 for i in range(first, min(first + STRAY_WINDOWS, last)) if offsets[i + 1] - offsets[i] > STRAY_GAP), None)
-        tail = next((i - 1 for i in range(last, max(last - STRAY_WINDOWS, first), -1) if offsets[i] - offsets[i - 1] > STRAY_GAP), None)
-        if head is None and tail is None:
-            return first, last
-        first, last = head or first, last if tail is None else tail
+    STRAY_WINDOWS windows at either end cut off from the rest by more than STRAY_GAP in which no line of the track
+    (`heard`: its lines' windows' offsets, ascending) has a window are left out, as chance hits that lay on the
+    line. In a 3-track catalog, one window of the next song 12.5 s after a play's last one (similarity 0.45)
+    stretched the play's match over the whole song; a stream's state machine was never misled so. A gap that another
+    line of the track fills (a loop: the track's other alignment took those windows) cuts nothing, and ends are cut
+    once: a line that is sparse throughout (heavy noise) is not eaten away."""
+
+    def cut_off(a: float, b: float) -> bool:  # a and b are windows of the line, so among `heard`
+        return float(np.diff(heard[(heard >= a) & (heard <= b)]).max()) > STRAY_GAP
+
+    last = len(offsets) - 1
+    first = next((i + 1 for i in range(min(STRAY_WINDOWS, last)) if cut_off(offsets[i], offsets[i + 1])), 0)
+    last = next((i - 1 for i in range(last, max(last - STRAY_WINDOWS, first), -1) if cut_off(offsets[i - 1], offsets[i])), last)
+    return first, last
 
 
 def _best_stretch(line: Alignment, hits: Sequence[WindowHits], window_seconds: float, seconds: float) -> float:
