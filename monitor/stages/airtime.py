@@ -80,6 +80,7 @@ class StreamClock:
         self.received += n_samples
         if self.live and self.air_start is None:
             self.anchor = min(self.anchor, now - self.received / self.rate)
+            self.first_anchor = min(self.first_anchor, self.anchor - self.base)  # offset 0's air time, as the anchor settles
         self.end_offset = self.base + self.received / self.rate
 
     def offset(self, seconds_in_connection: float) -> float:

@@ -661,7 +661,12 @@ class _Listener:
         if packet.size:
             for stream in self.by_index.get(packet.stream.index, []):
                 unheard = self.heard - stream.last_heard
-                if stream.seq > 0 and (jumped and unheard > ABSENT_SECONDS or not stream.up and unheard > self.read_timeout):
+                if stream.seq > 0 and jumped and stream.clock.live and unheard <= ABSENT_SECONDS:
+                    # a new session of a live input's encoder: the wall clock, not its timestamps, tells the time it was off
+                    log.warning("multiplex %s: %s's timestamps start again (a new encoder session): it goes on at the wall clock's time",
+                                self.mux_id, stream.id)
+                    stream.connect(self.heard)
+                elif stream.seq > 0 and (jumped and unheard > ABSENT_SECONDS or not stream.up and unheard > self.read_timeout):
                     log.warning("multiplex %s: %s is back on air after %.1f s without audio", self.mux_id, stream.id, unheard)
                     stream.connect(self.heard, unheard=unheard)
                 elif stream.seq == 0 and stream.last_heard == 0.0 and unheard > ABSENT_SECONDS:
