@@ -13,8 +13,9 @@ Contracts other processes rely on:
   listener, as Icecast's burst-on-connect does) lost nothing: the repeat is dropped and the stream goes
   on without a gap (`Resumption`). A local file is read once (as fast as it decodes, or at real-time pace
   with `realtime=True`), and so is a file served over HTTP, which says so when it opens (`declares_its_end`).
-- A source that opens as an MPEG transport stream is read the way a stream with an audio selection is: its main audio
-  track on the input's own clock (monitor.stages.mux): an audio PID absent while the video goes on is a gap.
+- A source that opens as an MPEG transport stream, and any input of datagrams (UDP, RTP, SRT), is read the way a stream
+  with an audio selection is: its main audio track on the input's own clock (monitor.stages.mux): an audio PID absent
+  while the video goes on is a gap.
 - Dead air (windows below `silence_dbfs` for `dead_air_seconds` or more) is counted in
   airtrace_silence_seconds_total and logged; its windows still flow (they simply match nothing).
 - `start_readers` runs each stream in its own daemon thread, so one stream's failure or stall never
@@ -49,7 +50,7 @@ from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.airtime import DeadAir, StreamClock
 from monitor.stages.mux import AudioSelection, MuxSource, is_transport_stream, read_mux, source_from_entry
-from monitor.stages.sources import ConfigError, StreamSource, check_unique, declares_its_end, never_opens, stream_from_entry
+from monitor.stages.sources import ConfigError, StreamSource, check_unique, declares_its_end, never_opens, sent_once, stream_from_entry
 from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -262,15 +263,21 @@ def read_windows(
     A stream that opens as an MPEG transport stream (a TS file, a TV channel over HTTP or UDP) is read the way a stream
     with an audio selection is: its main audio track (monitor.stages.mux), on the input's own clock: its audio's
     timestamps alone read an audio PID absent while the video went on as timestamps that start again, and the audio
-    after the absence came early by all of it."""
+    after the absence came early by all of it. An input of datagrams (UDP, RTP, SRT: `sent_once`) is read that way from
+    its first open, whatever it carries: opened once to find a transport stream and again to read it, it lost what came
+    to the first open (2.1 s of a channel over UDP; a 4 s channel gave no window)."""
     stop = stop or threading.Event()
-    try:
-        yield from _read_plain(source, grid, options, metrics, stop, turns)
-    except _TransportStream:
-        log.info("stream %s: %s is an MPEG transport stream: monitoring its main audio track on the input's clock", source.id, source.url)
-        for item in read_mux(MuxSource.single(source, AudioSelection()), grid, options, metrics, stop, turns):
-            if isinstance(item, AudioWindow):  # its ends and metadata are a plain stream's (start_readers, source.metadata)
-                yield item
+    if sent_once(source.url):  # opened once, by the multiplex reader, which reads any input (a TS over UDP as a rule)
+        log.info("stream %s: %s sends datagrams: monitoring its main audio track on the input's clock", source.id, source.url)
+    else:
+        try:
+            yield from _read_plain(source, grid, options, metrics, stop, turns)
+            return
+        except _TransportStream:
+            log.info("stream %s: %s is an MPEG transport stream: monitoring its main audio track on the input's clock", source.id, source.url)
+    for item in read_mux(MuxSource.single(source, AudioSelection()), grid, options, metrics, stop, turns):
+        if isinstance(item, AudioWindow):  # its ends and metadata are a plain stream's (start_readers, source.metadata)
+            yield item
 
 
 def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,

@@ -64,6 +64,13 @@ def is_local(url: str) -> bool:
     return scheme == "file" or len(scheme) <= 1 or Path(url).is_file()
 
 
+def sent_once(url: str) -> bool:
+    """Whether a source sends its data once, to whoever is there to receive it: datagrams (UDP, RTP, SRT: a receiver's
+    or head-end's transport stream). An input that is opened twice (read_windows looking for a transport stream) loses
+    what came to the first open: 2.1 s of a channel over UDP."""
+    return urlparse(url).scheme in ("udp", "rtp", "srt")
+
+
 def never_opens(exc: BaseException) -> bool:
     """Whether opening a source failed for good: FFmpeg has no protocol for its scheme, which is what a missing file
     whose name holds a colon (rec-2026-12-05T10:00:00.mp3) reads as. No retry mends that; it was retried forever."""
