@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,15 +35,15 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 class Reception:
     """read_windows on udp://127.0.0.1:PORT in a thread; each window with the wall-clock time it came."""
 
-    def __init__(self, options: IngestOptions = RETRY):
+    def __init__(self, options: IngestOptions = RETRY, turns: AbstractContextManager = nullcontext(), query: str = ""):
         self.port = free_udp_port()
         self.windows: list[tuple[float, AudioWindow]] = []
         self.stop = threading.Event()
-        source = StreamSource("tv", f"udp://127.0.0.1:{self.port}")
-        self.thread = threading.Thread(target=self._read, args=(source, options), daemon=True)
+        source = StreamSource("tv", f"udp://127.0.0.1:{self.port}{query}")
+        self.thread = threading.Thread(target=self._read, args=(source, options, turns), daemon=True)
 
-    def _read(self, source: StreamSource, options: IngestOptions) -> None:
-        for window in read_windows(source, GRID, options, stop=self.stop):
+    def _read(self, source: StreamSource, options: IngestOptions, turns: AbstractContextManager) -> None:
+        for window in read_windows(source, GRID, options, stop=self.stop, turns=turns):
             self.windows.append((time.time(), window))
 
     def __enter__(self) -> "Reception":
@@ -115,3 +116,23 @@ def test_a_udp_sender_that_stops_and_restarts_goes_on_where_the_wall_clock_says(
     assert before.air_time + GRID.window_seconds <= stopped + GRID.hop_seconds and after.air_time >= restarted
     assert after.offset - before.offset >= 3.0
     assert len(windows) - gap >= GRID.count(2 * GRID.sample_rate)  # the second session's 4 s, less a reopen's probe
+
+
+def test_a_reader_held_up_past_its_udp_fifo_goes_on_over_a_hole(sessions: tuple[Path, Path]) -> None:
+    """The reader held 2.5 s (its decode turn taken, as on a busy machine) with FFmpeg's FIFO a third of that: FFmpeg
+    ended the input ("Input/output error") and the reconnect lost seconds behind a gap; now what did not fit is a hole,
+    silence in its time."""
+    turns = threading.Semaphore(1)
+    with Reception(turns=turns, query="?fifo_size=300") as reception, Relay(reception.port) as relay:  # 300 TS packets: 0.66 s of this channel
+        threading.Timer(1.0, hold, (turns, 2.5)).start()
+        started, ended = sent(reception, sessions[0], relay)
+    windows = [window for _, window in reception.windows]
+    in_order(windows)
+    assert not any(w.after_gap for w in windows)
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    assert len(windows) >= GRID.count(3 * GRID.sample_rate) and windows[-1].air_time + GRID.window_seconds >= ended - 1.0
+
+
+def hold(turns: threading.Semaphore, seconds: float) -> None:
+    with turns:
+        time.sleep(seconds)

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import av
 import av.logging
@@ -69,6 +70,10 @@ PROGRAM_CHECK_SECONDS = 5.0  # how often a live multiplex's program list is read
 # absent, not restarted: a restart shows only the skew between streams (a muxer sends one up to a second or two
 # ahead of another), an absence long enough to jump at least TIMESTAMP_JUMP_SECONDS less that skew.
 ABSENT_SECONDS = TIMESTAMP_JUMP_SECONDS / 2
+# FFmpeg's UDP reader ended the input when its FIFO filled (a reader held up 6 s, a FIFO of 2.2 s: "Input/output error"),
+# and the reconnect lost 4.5 s and marked a gap. With overrun_nonfatal it drops the datagrams that do not fit: a hole
+# in the timestamps, which the audio after keeps its time over (encoders.audio.Chunker), 3.5 s of silence there.
+UDP_OPTIONS = {"overrun_nonfatal": "1"}
 
 
 class SelectionError(ValueError):
@@ -272,7 +277,9 @@ def is_transport_stream(container: av.container.InputContainer) -> bool:
 
 
 def open_input(url: str, options: dict[str, str], ingest: IngestOptions) -> av.container.InputContainer:
-    return av.open(ffmpeg_url(url), options=options, timeout=(ingest.open_timeout, ingest.read_timeout), metadata_errors="replace")
+    """The input, with UDP_OPTIONS under the entry's own options (and its URL's query, which FFmpeg reads last)."""
+    defaults = UDP_OPTIONS if urlparse(url).scheme == "udp" else {}
+    return av.open(ffmpeg_url(url), options={**defaults, **options}, timeout=(ingest.open_timeout, ingest.read_timeout), metadata_errors="replace")
 
 
 def probe(url: str, options: dict[str, str] | None = None, ingest: IngestOptions = IngestOptions()) -> list[Program]:
