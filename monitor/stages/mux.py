@@ -651,7 +651,10 @@ class _Listener:
     InputClock over every stream of the input, video and unwanted programs too), what it says of each program's
     stream (first heard well after the input began, back on air after it left, or gone while the others go on), and the wanted tracks' audio. An audio
     track whose timestamps jump after the input's clock went on without it was absent, not restarted (its
-    timestamps alone cannot tell): its stream comes back after a gap, its time moved on by the absence."""
+    timestamps alone cannot tell): its stream comes back after a gap, its time moved on by the absence. On a live input,
+    one whose timestamps jump with no absence heard is a new encoder session (a sender that stopped and restarted
+    within the read timeout): the input's clock cannot tell how long it was off, so its stream goes on after a gap at
+    the wall clock's time (StreamClock), as after a reconnect; its audio came early by all the pause."""
 
     def __init__(self, mux_id: str, by_index: dict[int, list[_ProgramStream]], read_timeout: float):
         self.mux_id, self.by_index, self.read_timeout = mux_id, by_index, read_timeout
