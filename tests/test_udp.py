@@ -1,6 +1,6 @@
 """A TV channel over UDP, as a head-end or an off-air receiver sends it: ffmpeg plays a transport stream in real time to
 a loopback port through a relay that loses datagrams (tests/udp_fixtures.py), and ingest reads it as a plain stream.
-Each test takes the real time of what it sends (6-12 s, waiting); the cases that pass with the code as it was are slow."""
+Each test takes the real time of what it sends (5-12 s, waiting); the cases that passed with the code as it was are slow."""
 
 from __future__ import annotations
 
