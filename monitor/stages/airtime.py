@@ -40,6 +40,14 @@ class DeadAir:
         self.run = 0.0
 
 
+# A live connection's start is placed (its base and its first windows' air times fixed) once its anchor has held, not
+# dropping by more than SETTLE_TOLERANCE_SECONDS, for SETTLE_SECONDS of arrivals, or SETTLE_MAX_SECONDS after it began
+# (a server that sends faster than real time lowers it for ever).
+SETTLE_SECONDS = 1.0
+SETTLE_TOLERANCE_SECONDS = 0.05
+SETTLE_MAX_SECONDS = 2.0
+
+
 class StreamClock:
     """Maps a connection's samples to stream offsets and UTC air times.
 
@@ -50,17 +58,28 @@ class StreamClock:
     on air later than it reached us, so the anchor is the running minimum of (arrival - s / rate).
     After a reconnect, the stream offset resumes at the wall-clock time elapsed since the stream began
     (never less than the audio already delivered, and the input time known to have passed unheard), so gaps
-    show in offsets as they did on air.
+    show in offsets as they did on air: the difference of the connection's anchor and the first connection's.
+
+    A live connection often begins with a burst of audio that aired before it opened: an Icecast server's
+    burst-on-connect, an HLS playlist's last segments (FFmpeg starts three segments behind the live edge). Its
+    first chunk's arrival says it aired seconds later than it did, and a base taken there put every window after
+    a reconnection that much late (3-4 s after an HLS server was down for 4 s, with 2 s segments). So the base
+    follows the anchor until the connection's first offset is taken, and `settled` says when the anchor has stopped
+    falling: the reader holds a reconnection's windows until then. (A first connection's offsets start at 0 whatever
+    its anchor; its first windows' air times come before the anchor has settled, up to its burst late, as before.)
     """
 
     def __init__(self, sample_rate: int, live: bool, air_start: float | None = None):
         self.rate, self.live, self.air_start = sample_rate, live, air_start
-        self.first_anchor: float | None = None
+        self.first_anchor: float | None = None  # the first connection's anchor: where stream offset 0 aired
         self.end_offset = 0.0  # stream offset just after the last delivered sample
         self.base = 0.0  # stream offset of this connection's sample 0
         self.anchor = 0.0  # UTC epoch of this connection's sample 0
         self.received = 0  # samples this connection delivered
         self.unheard = 0.0  # input seconds known to have passed without audio before this connection's first sample
+        self.floor = 0.0  # the least base this connection may take: the audio delivered and the input time known unheard
+        self.placed = False  # this connection's first offset was taken: its base is fixed
+        self.began = self.arrived = self.lowered = 0.0  # this connection's first arrival, its last, and the last that lowered its anchor
 
     def connect(self, unheard: float = 0.0) -> None:
         """A new connection, or audio back after `unheard` seconds of the input without it (a program that left a
@@ -70,20 +89,39 @@ class StreamClock:
 
     def chunk(self, n_samples: int, now: float) -> None:
         if self.received < 0:
-            self.received = 0
+            self.received, self.placed = 0, False
+            self.floor = self.end_offset + self.unheard
+            self.began = self.lowered = now
             self.anchor = self.air_start if self.air_start is not None else now - (n_samples / self.rate if self.live else 0.0)
             if self.first_anchor is None:
                 self.first_anchor = self.anchor
-            self.base = max(self.end_offset + self.unheard, self.anchor - self.first_anchor)
+            self.base = max(self.floor, self.anchor - self.first_anchor)
             if self.air_start is not None:  # a recording's audio back after an absence aired where it resumes in the recording
                 self.anchor = self.air_start + self.base
         self.received += n_samples
+        self.arrived = now
         if self.live and self.air_start is None:
-            self.anchor = min(self.anchor, now - self.received / self.rate)
-            self.first_anchor = min(self.first_anchor, self.anchor - self.base)  # offset 0's air time, as the anchor settles
+            self._lower_anchor(now - self.received / self.rate)
         self.end_offset = self.base + self.received / self.rate
 
+    def _lower_anchor(self, arrival_says: float) -> None:
+        """The anchor, lowered to what this arrival says of it; the base with it while this connection is unplaced."""
+        if arrival_says < self.anchor - SETTLE_TOLERANCE_SECONDS:
+            self.lowered = self.arrived
+        self.anchor = min(self.anchor, arrival_says)
+        if not self.placed:
+            self.base = max(self.floor, self.anchor - self.first_anchor)
+        self.first_anchor = min(self.first_anchor, self.anchor - self.base)  # offset 0's air time, as the anchor settles
+
+    @property
+    def settled(self) -> bool:
+        """Whether this connection's start is known as well as its arrivals will tell: its burst is over."""
+        if not self.live or self.air_start is not None:
+            return True
+        return self.arrived - self.lowered >= SETTLE_SECONDS or self.arrived - self.began >= SETTLE_MAX_SECONDS
+
     def offset(self, seconds_in_connection: float) -> float:
+        self.placed = True
         return self.base + seconds_in_connection
 
     def air_time(self, seconds_in_connection: float) -> float:

@@ -4,7 +4,9 @@ into the encoder's windows, stamped with stream id, seq, stream offset and UTC a
 Contracts other processes rely on:
 - `read_windows(source, grid, options, metrics, stop)` yields `AudioWindow`s of one stream in order.
   `seq` counts windows since ingest began and is never reused, across reconnects too. `offset` is stream
-  time in seconds; it never goes back, and after a gap it jumps ahead by the wall-clock time lost.
+  time in seconds; it never goes back, and after a gap it jumps ahead by the wall-clock time lost. A live
+  reconnection's windows wait until its clock has placed it (monitor.stages.airtime.StreamClock.settled: a second
+  after the audio it sent at once, such as the last segments of an HLS playlist, that aired before it opened).
 - A live source (anything but a local file) is read forever: when it fails to open, drops (ends) or
   stalls (no data for `read_timeout` s) it is reopened after an exponential backoff with jitter, and the
   first window after the break carries `after_gap=True`, so no run of evidence spans it (a play heard on its
@@ -307,7 +309,23 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             chunks = _gathered(decoded, grid.sample_rate, options.gather_seconds, stop)
         else:
             chunks = _paced(decoded, grid.sample_rate, options.gather_seconds) if options.realtime else decoded
-        first = True
+        first, reconnection = True, seq > 0
+        held: list[tuple[int, np.ndarray]] = []  # a reconnection's windows, until its clock has settled (StreamClock.settled)
+
+        def placed() -> Iterator[AudioWindow]:
+            """The held windows, placed by the clock as it stands."""
+            nonlocal seq, after_gap
+            for index, samples in held:
+                start = grid.start(index)
+                window = AudioWindow(source.id, seq, clock.offset(start), clock.air_time(start), samples, after_gap)
+                dead_air.observe(samples, window.offset)
+                if metrics:
+                    metrics.windows_ingested.labels(source.id).inc()
+                yield window
+                seq, after_gap = seq + 1, False
+                backoff.reset()
+            held.clear()
+
         try:
             continues = False
             if resumption is not None and seq > 0:
@@ -328,15 +346,10 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                 if resumption is not None:
                     resumption.delivered(chunk)
                 clock.chunk(len(chunk), time.time())
-                for index, samples in windower.push(chunk):
-                    start = grid.start(index)
-                    window = AudioWindow(source.id, seq, clock.offset(start), clock.air_time(start), samples, after_gap)
-                    dead_air.observe(samples, window.offset)
-                    if metrics:
-                        metrics.windows_ingested.labels(source.id).inc()
-                    yield window
-                    seq, after_gap = seq + 1, False
-                    backoff.reset()
+                held += windower.push(chunk)
+                if clock.settled or not reconnection:
+                    yield from placed()
+            yield from placed()
             if ends:
                 if seq == 0:  # else the run's only word was that no stream delivered audio, "the errors above say why"
                     log.warning("stream %s: %s holds %.2f s of audio, less than one window (%g s): nothing to monitor", source.id, source.url,
@@ -345,6 +358,7 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                 return
             log.warning("stream %s dropped (end of data); reopening", source.id)
         except (AudioError, av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
+            yield from placed()  # the connection broke before its clock settled: its audio as it stands
             if metrics:
                 metrics.decode_errors.labels(source.id).inc()
             if ends or never_opens(exc):
