@@ -156,7 +156,6 @@ def test_live_hls_is_read_in_stream_time(live: LiveHls, music: np.ndarray) -> No
     assert np.all(np.diff(aired) <= 1e-6) and aired[0] - aired[-1] <= SEGMENT_SECONDS
 
 
-@pytest.mark.slow  # 20 s
 def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls, music: np.ndarray) -> None:
     """The server answers 503 for 4 s. FFmpeg's HLS reader ends at the playlist it cannot reload, and the new
     connection starts three segments behind the live edge: 6 s of audio that aired before it opened, at once. The

@@ -71,7 +71,7 @@ class StreamClock:
 
     def __init__(self, sample_rate: int, live: bool, air_start: float | None = None):
         self.rate, self.live, self.air_start = sample_rate, live, air_start
-        self.first_anchor: float | None = None  # the first connection's anchor: where stream offset 0 aired
+        self.first_anchor: float | None = None  # where stream offset 0 aired: the first connection's anchor, lowered as anchors settle
         self.end_offset = 0.0  # stream offset just after the last delivered sample
         self.base = 0.0  # stream offset of this connection's sample 0
         self.anchor = 0.0  # UTC epoch of this connection's sample 0
