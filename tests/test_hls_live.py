@@ -5,7 +5,6 @@ music file, so that where the monitor put it (its offset, its air time) can be c
 
 from __future__ import annotations
 
-import http.server
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from encoders import load_audio
 from monitor import metrics as metrics_module
-from monitor.bench.servers import LoopbackHttpServer
+from monitor.bench.servers import FileServer
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow
 from monitor.stages.ingest import read_windows
@@ -33,32 +32,19 @@ SEGMENT_SECONDS = 2.0
 OPTIONS = IngestOptions(open_timeout=5.0, read_timeout=8.0, backoff_initial=0.2, backoff_max=0.5)
 
 
-class LiveHls(LoopbackHttpServer):
+class LiveHls(FileServer):
     """A live HLS stream: FFmpeg plays `MUSIC` in real time into `folder`, served over HTTP. While `down` is set the
     server answers 503; names in `missing` get 404 (a segment deleted before it was read)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.down, self.missing = folder, threading.Event(), set[str]()
         self.encoder: subprocess.Popen | None = None
-        server = self
+        super().__init__(folder)
 
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if server.down.is_set() or self.path.strip("/") in server.missing:
-                    self.send_error(503 if server.down.is_set() else 404)
-                    return
-                try:
-                    super().do_GET()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        super().__init__(Handler)
+    def refusal(self, name: str) -> int | None:
+        if self.down.is_set():
+            return 503
+        return 404 if name in self.missing else None
 
     def encode(self, start: float = 0.0) -> None:
         """(Re)start the encoder at `start` s into the music: a restarted one starts its timestamps and segment numbers again."""
@@ -72,10 +58,10 @@ class LiveHls(LoopbackHttpServer):
             self.encoder.kill()
             self.encoder.wait()
 
-    def url(self) -> str:
+    def playlist(self) -> str:
         while not (self.folder / "live.m3u8").exists():
             time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}/live.m3u8"
+        return self.url("live.m3u8")
 
     def stop(self) -> None:
         self.stop_encoder()
@@ -147,7 +133,7 @@ def check_continuous(run: list[AudioWindow], music: np.ndarray) -> float:
 
 def test_live_hls_is_read_in_stream_time(live: LiveHls, music: np.ndarray) -> None:
     """Steady reading: the windows follow one another on the hop, each the music's next half second, no gap."""
-    windows = read_until(read_windows(StreamSource("hls", live.url()), GRID, OPTIONS), seconds=6)
+    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=6)
     assert len(windows) >= 8 and not any(w.after_gap for w in windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
     check_continuous(windows, music)
@@ -162,7 +148,7 @@ def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls
     base of the stream offset was taken at that burst's first chunk, so the audio after the break was put 3-4 s
     later than it aired. Now the stream time after the gap is the music's own, to within a segment (an HLS
     reader learns when audio aired only as segments arrive) and never early, and no audio is heard twice."""
-    windows = read_until(read_windows(StreamSource("hls", live.url()), GRID, OPTIONS), seconds=18,
+    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=18,
                          at={6.0: live.down.set, 10.0: live.down.clear})
     before, after = runs(windows)
     assert len(before) >= 6 and len(after) >= 6
@@ -186,7 +172,7 @@ def test_a_live_hls_segment_gone_before_it_was_read_is_silence_and_the_audio_aft
         listed = [line for line in (live.folder / "live.m3u8").read_text().split() if line.endswith(".ts")]
         live.missing.add(f"seg{int(listed[-1][3:-3]) + 1}.ts")
 
-    windows = read_until(read_windows(StreamSource("hls", live.url()), GRID, OPTIONS), seconds=14, at={5.0: lose_the_next_segment})
+    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=14, at={5.0: lose_the_next_segment})
     assert not any(w.after_gap for w in windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
     quiet = [i for i, w in enumerate(windows) if silent(w)]
@@ -208,7 +194,7 @@ def test_live_hls_after_an_encoder_restart_keeps_stream_time(live: LiveHls, musi
         time.sleep(3.0)
         live.encode(start=time.monotonic() - began)
 
-    windows = read_until(read_windows(StreamSource("hls", live.url()), GRID, OPTIONS), seconds=20, at={5.0: restart})
+    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=20, at={5.0: restart})
     before, after = runs(windows)
     assert len(before) >= 6 and len(after) >= 6
     assert abs(check_continuous(after, music) - check_continuous(before, music)) <= SEGMENT_SECONDS + GRID.hop_seconds
@@ -222,7 +208,7 @@ def test_a_live_hls_stream_with_segments_as_long_as_the_read_timeout_is_not_reop
     for the next segment without taking the wait for a stall."""
     registry = CollectorRegistry()
     options = IngestOptions(open_timeout=5.0, read_timeout=SEGMENT_SECONDS, backoff_initial=0.2, backoff_max=0.5)
-    windows = read_until(read_windows(StreamSource("hls", live.url()), GRID, options, metrics_module.create(registry)), seconds=12)
+    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, options, metrics_module.create(registry)), seconds=12)
     assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "hls"}) is None
     assert not any(w.after_gap for w in windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]

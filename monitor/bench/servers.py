@@ -435,7 +435,8 @@ class LoopbackHttpServer:
 
 
 class FileServer(LoopbackHttpServer):
-    """Serves a folder over HTTP as a web server serves files: each response gives its Content-Length."""
+    """Serves a folder over HTTP as a web server serves files: each response gives its Content-Length. A subclass
+    answers some requests with an error instead (`refusal`): a server down, a file gone."""
 
     def __init__(self, folder: Path) -> None:
         self.requests = 0
@@ -450,9 +451,19 @@ class FileServer(LoopbackHttpServer):
 
             def do_GET(self) -> None:
                 server.requests += 1
-                super().do_GET()
+                if refused := server.refusal(self.path.strip("/")):
+                    self.send_error(refused)
+                    return
+                try:
+                    super().do_GET()
+                except (BrokenPipeError, ConnectionResetError):  # the reader went away mid-file
+                    pass
 
         super().__init__(Handler)
+
+    def refusal(self, name: str) -> int | None:
+        """The HTTP error status a request for `name` gets instead of the file; None serves it."""
+        return None
 
     def url(self, name: str) -> str:
         return f"http://{HOST}:{self.port}/{name}"
