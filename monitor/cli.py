@@ -634,9 +634,18 @@ def _unknown_config(min_unknown_seconds: float, unknown_retention_days: float) -
 THREADS_OPTION = _env("--threads", type=click.IntRange(1), default=THREADS, show_default=True,
                       help="CPU threads that embed and search. One spends the least CPU per stream; for more cores run more workers.")
 
-DECODE_TURNS_OPTION = _env("--decode-turns", type=click.IntRange(0), default=IngestOptions.decode_turns, show_default=True,
-                           help="Stream readers that may decode at once; more spend CPU handing Python's interpreter lock to each other. "
-                                "0: as many as the process may use cores.")
+READING_OPTIONS = _env_options(
+    _env("--decode-turns", type=click.IntRange(0), default=IngestOptions.decode_turns, show_default=True,
+         help="Stream readers that may decode at once; more spend CPU handing Python's interpreter lock to each other. "
+              "0: as many as the process may use cores."),
+    _env("--read-timeout", type=click.FloatRange(1), default=IngestOptions.read_timeout, show_default=True,
+         help="Seconds without data after which a live stream has stalled and is reopened. Give it more than a live HLS "
+              "playlist's segments last, plus half of one (FFmpeg waits for the next segment inside one read): 16 for 10 s segments."),
+)
+
+
+def _ingest_options(realtime: bool, decode_turns: int, read_timeout: float) -> IngestOptions:
+    return IngestOptions(realtime=realtime, decode_turns=decode_turns, read_timeout=read_timeout)
 
 NOTICE_OPTION = _env("--notice-confidence", type=click.FloatRange(0, 1), default=NOTICE_CONFIDENCE, show_default=True,
                      help="Confidence at which a play is first noticed (a provisional event, withdrawn if it stops short; its started "
@@ -721,13 +730,14 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
 @_env("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="The workers' encoder, whose window and hop cut the streams: a shipped name or a directory.")
 @_env("--sample-format", type=click.Choice(["int16", "float16"]), default="int16", show_default=True, help="How window samples travel.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air.")
-@DECODE_TURNS_OPTION
+@READING_OPTIONS
 @AUDIO_OPTIONS
 @AIR_START_OPTIONS
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
-def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, decode_turns: int, audio: str | None,
-           programs: str | None, air_start_from: str | None, air_start_zone: str, metrics_port: int | None, metrics_host: str, **kafka: object) -> None:
+def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, decode_turns: int, read_timeout: float,
+           audio: str | None, programs: str | None, air_start_from: str | None, air_start_zone: str, metrics_port: int | None, metrics_host: str,
+           **kafka: object) -> None:
     """Read streams (URLS and/or --streams) and publish their windows to Kafka, until stopped."""
     import asyncio
 
@@ -748,7 +758,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     settings, topics = _kafka(**kafka)
     options = PublishOptions(sample_format=SampleFormat(sample_format))
     try:
-        asyncio.run(publish_windows(sources, grid, settings, topics, IngestOptions(realtime=realtime, decode_turns=decode_turns), options,
+        asyncio.run(publish_windows(sources, grid, settings, topics, _ingest_options(realtime, decode_turns, read_timeout), options,
                                     _metrics(metrics_port, metrics_host, holds_catalog=False)))
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -843,7 +853,7 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--streams", type=click.Path(exists=True, dir_okay=False), help=STREAMS_HELP)
 @click.option("--events", type=click.Path(dir_okay=False), help="Append play events to this file as JSON lines.")
 @click.option("--realtime", is_flag=True, help="Pace local files at real time, as if on air (files are read as fast as they decode otherwise).")
-@DECODE_TURNS_OPTION
+@READING_OPTIONS
 @click.option("--batch-size", type=click.IntRange(1), default=MonitorOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
 @THREADS_OPTION
 @NOTICE_OPTION
@@ -853,7 +863,7 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @click.option("--no-playlog", is_flag=True, help="Keep no play log.")
 @UNKNOWN_OPTIONS
 @METRICS_OPTIONS
-def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, decode_turns: int,
+def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, decode_turns: int, read_timeout: float,
                     batch_size: int, threads: int, notice_confidence: float, audio: str | None, programs: str | None, air_start_from: str | None,
                     air_start_zone: str, playlog: str | None, no_playlog: bool,
                     min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
@@ -875,7 +885,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
             open(events, "a", encoding="utf-8").close()
         except OSError as exc:
             raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
-    options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=IngestOptions(realtime=realtime, decode_turns=decode_turns),
+    options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=_ingest_options(realtime, decode_turns, read_timeout),
                              plays=PlayConfig(notice_confidence=notice_confidence), unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None

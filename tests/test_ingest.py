@@ -589,3 +589,23 @@ def test_a_negative_decode_turns_setting_is_refused_naming_the_option(tmp_path: 
     result = runner.invoke(main, ["ingest", "x.wav"], env={"AIRTRACE_DECODE_TURNS": "-2"})
     assert result.exit_code == 2 and "AIRTRACE_DECODE_TURNS" in result.output and "-2 is not in the range x>=0" in result.output
     assert "--decode-turns" in runner.invoke(main, ["ingest", "--help"]).output
+
+
+def test_the_read_timeout_is_an_option_of_the_monitor(server, service_catalog: Path, tmp_path: Path) -> None:
+    """A live HLS playlist whose segments last about as long as the read timeout is reopened every few segments (README,
+    "Sources"): the timeout is the user's to raise, on `monitor` and `ingest` alike (they share the option)."""
+    from click.testing import CliRunner
+
+    from monitor.bench import servers
+    from monitor.cli import main
+
+    log = tmp_path / "monitor.log"
+    process = servers.airtrace(["monitor", "--catalog", str(service_catalog), "--read-timeout", "2", "--no-playlog",
+                                server.url("stall.mp3", stall=1.0)], log)
+    try:
+        servers.wait_until(lambda: "stalled" in log.read_text(), 60, "the monitor reports the stall")
+    finally:
+        servers.stop(process)
+    assert "no data for 2 s" in log.read_text()
+    result = CliRunner().invoke(main, ["ingest", "x.wav"], env={"AIRTRACE_READ_TIMEOUT": "0.5"})
+    assert result.exit_code == 2 and "AIRTRACE_READ_TIMEOUT" in result.output and "0.5 is not in the range x>=1" in result.output
