@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from air_fixtures import position
 from encoders import load_audio
 from monitor import metrics as metrics_module
 from monitor.bench.servers import FileServer
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow
 from monitor.stages.ingest import read_windows
+from monitor.stages.mux import AudioSelection, MuxSource, read_mux
 from monitor.stages.sources import StreamSource
 from monitor.stages.windows import WindowGrid
 
@@ -80,6 +82,16 @@ def music() -> np.ndarray:
     return load_audio(MUSIC, GRID.sample_rate).astype(np.float64)
 
 
+def plain(url: str) -> Iterator[AudioWindow]:
+    return read_windows(StreamSource("hls", url), GRID, OPTIONS)
+
+
+def multiplexed(url: str) -> Iterator[AudioWindow]:
+    """The stream read with an audio selection (the multiplex reader's path, as for an HLS rendition's chosen language)."""
+    items = read_mux(MuxSource.single(StreamSource("hls", url), AudioSelection()), GRID, OPTIONS)
+    return (item for item in items if isinstance(item, AudioWindow))
+
+
 def read_until(windows: Iterator[AudioWindow], seconds: float, at: dict[float, Callable[[], object]] | None = None) -> list[AudioWindow]:
     """Windows read for `seconds` of wall-clock time; `at` maps times since the start to actions done then."""
     timers = [threading.Timer(when, action) for when, action in (at or {}).items()]
@@ -97,16 +109,6 @@ def read_until(windows: Iterator[AudioWindow], seconds: float, at: dict[float, C
     return out
 
 
-def position(window: AudioWindow, music: np.ndarray) -> tuple[float, float]:
-    """Where in the music `window`'s audio lies (s) by normalised cross-correlation, and how well it matches there."""
-    samples, n = window.samples.astype(np.float64), 1 << (len(music) + GRID.window).bit_length()
-    dots = np.fft.irfft(np.fft.rfft(music, n) * np.conj(np.fft.rfft(samples, n)), n)[: len(music) - GRID.window + 1]
-    energy = np.concatenate([[0.0], np.cumsum(music**2)])
-    norms = np.sqrt(np.maximum(energy[GRID.window :] - energy[: -GRID.window], 1e-12) * np.dot(samples, samples))
-    best = int(np.argmax(dots / norms))
-    return best / GRID.sample_rate, float(dots[best] / norms[best])
-
-
 def runs(windows: list[AudioWindow]) -> list[list[AudioWindow]]:
     """The windows split where a gap is marked."""
     out: list[list[AudioWindow]] = []
@@ -122,7 +124,7 @@ def check_continuous(run: list[AudioWindow], music: np.ndarray) -> float:
     nothing lost, nothing repeated); the run's music position at offset 0. Its first two windows may hold the AAC
     decoder's start-up, so it is located from its third."""
     located = run[2]
-    at, match = position(located, music)
+    at, match = position(located, music, GRID)
     assert match > 0.95
     start = at - located.offset
     for window in run[2:]:
@@ -142,13 +144,15 @@ def test_live_hls_is_read_in_stream_time(live: LiveHls, music: np.ndarray) -> No
     assert np.all(np.diff(aired) <= 1e-6) and aired[0] - aired[-1] <= SEGMENT_SECONDS
 
 
-def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls, music: np.ndarray) -> None:
+@pytest.mark.parametrize("read", [plain, multiplexed])
+def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls, music: np.ndarray,
+                                                                  read: Callable[[str], Iterator[AudioWindow]]) -> None:
     """The server answers 503 for 4 s. FFmpeg's HLS reader ends at the playlist it cannot reload, and the new
     connection starts three segments behind the live edge: 6 s of audio that aired before it opened, at once. The
     base of the stream offset was taken at that burst's first chunk, so the audio after the break was put 3-4 s
-    later than it aired. Now the stream time after the gap is the music's own, to within a segment (an HLS
+    later than it aired (with an audio selection too). Now the stream time after the gap is the music's own, to within a segment (an HLS
     reader learns when audio aired only as segments arrive) and never early, and no audio is heard twice."""
-    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=18,
+    windows = read_until(read(live.playlist()), seconds=18,
                          at={6.0: live.down.set, 10.0: live.down.clear})
     before, after = runs(windows)
     assert len(before) >= 6 and len(after) >= 6
@@ -156,6 +160,25 @@ def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls
     assert abs(start_after - start_before) <= SEGMENT_SECONDS + GRID.hop_seconds  # the music's position at stream offset 0
     aired = {w.seq: w.air_time - (start_before if w in before else start_after) - w.offset for w in windows}  # when music second 0 aired
     assert max(aired.values()) - min(aired.values()) <= SEGMENT_SECONDS + GRID.hop_seconds
+
+
+@pytest.mark.parametrize("read", [plain, multiplexed])
+def test_live_hls_joined_with_segments_listed_airs_every_window_when_it_aired(tmp_path: Path, music: np.ndarray,
+                                                                             read: Callable[[str], Iterator[AudioWindow]]) -> None:
+    """Joined as a monitor meets a station's playlist, with segments listed: FFmpeg starts three segments behind the live
+    edge and reads them at once, 6 s of audio that aired before it opened. The first windows were placed by that
+    burst's first chunk, 4-6 s later than they aired (a play on air when the monitor started was timed that late);
+    now every window's air time is when the encoder played its audio, to within a segment and never early."""
+    with LiveHls(tmp_path) as server:
+        encoded = time.time()  # the encoder plays music second s at this time + s, or later by its start-up
+        server.encode()
+        while not (tmp_path / "seg4.ts").exists():  # four segments written and listed
+            time.sleep(0.05)
+        windows = read_until(read(server.playlist()), seconds=5)
+    located = windows[2:]  # past the AAC decoder's start-up
+    lags = [w.air_time - encoded - position(w, music, GRID)[0] for w in located]
+    assert len(located) >= 8 and all(position(w, music, GRID)[1] > 0.95 for w in located)
+    assert min(lags) >= -0.05 and max(lags) <= SEGMENT_SECONDS + GRID.hop_seconds
 
 
 def silent(window: AudioWindow) -> bool:

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from air_fixtures import position
+from catalog_fixtures import MUSIC
+from encoders import load_audio
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow
 from monitor.stages.ingest import read_windows
@@ -23,6 +26,11 @@ from udp_fixtures import Relay, free_udp_port, send
 
 GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
 RETRY = IngestOptions(open_timeout=5.0, read_timeout=6.0, backoff_initial=0.1, backoff_max=0.5)
+
+
+@pytest.fixture(scope="module")
+def music() -> np.ndarray:
+    return load_audio(MUSIC / "area1-game.opus", GRID.sample_rate).astype(np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +75,11 @@ def in_order(windows: list[AudioWindow]) -> None:
     assert [w.seq for w in windows] == list(range(len(windows))) and np.all(np.diff([w.offset for w in windows]) > 0)
 
 
-def test_a_channel_over_udp_is_read_in_real_time_from_its_first_open(sessions: tuple[Path, Path]) -> None:
+def test_a_channel_over_udp_is_read_in_real_time_from_its_first_open(sessions: tuple[Path, Path], music: np.ndarray) -> None:
     """4 s of a channel: every window in its time, no gap, its audio from the sender's first seconds on. Opened a
-    first time to find a transport stream and again to read it, it lost what came to the first open (2.1 s)."""
+    first time to find a transport stream and again to read it, it lost what came to the first open (2.1 s). The
+    reader's first audio comes at once after FFmpeg's probe: its first windows were placed by that burst's first chunk,
+    0.5 s later than the windows after them; now each airs when the sender sent its audio, as late as every other."""
     with Reception() as reception, Relay(reception.port) as relay:
         started, ended = sent(reception, sessions[0], relay)
     windows = [window for _, window in reception.windows]
@@ -77,6 +87,10 @@ def test_a_channel_over_udp_is_read_in_real_time_from_its_first_open(sessions: t
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))] and not any(w.after_gap for w in windows)
     assert len(windows) >= GRID.count(3 * GRID.sample_rate)  # ffmpeg's start, the first tables and the resampler's tenth: under 1 s
     assert started <= windows[0].air_time and windows[-1].air_time + GRID.window_seconds <= ended + 0.1
+    located = windows[1:]  # the first may hold the MP2 decoder's start-up
+    lags = [w.air_time - started - position(w, music, GRID)[0] for w in located]  # the sender's start-up and the decoder's hold
+    assert all(position(w, music, GRID)[1] > 0.95 for w in located) and min(lags) >= 0.0
+    assert max(lags) - min(lags) <= GRID.hop_seconds / 2
 
 
 @pytest.mark.parametrize("lost", [0.2, 2.0])
@@ -118,14 +132,16 @@ def test_a_udp_sender_that_stops_and_restarts_goes_on_where_the_wall_clock_says(
     assert len(windows) - gap >= GRID.count(2 * GRID.sample_rate)  # the second session's 4 s, less a reopen's probe
 
 
-def test_a_reader_held_up_past_its_udp_fifo_goes_on_over_a_hole(sessions: tuple[Path, Path]) -> None:
+def test_a_reader_held_up_past_its_udp_fifo_goes_on_over_a_hole(tmp_path: Path) -> None:
     """The reader held 2.5 s (its decode turn taken, as on a busy machine) with FFmpeg's FIFO a third of that: FFmpeg
     ended the input ("Input/output error") and the reconnect lost seconds behind a gap; now what did not fit is a hole,
-    silence in its time."""
+    silence in its time. The channel goes on 7 s, so that its windows are placed while it is on (a connection's first
+    windows wait for its clock to settle, a second of arrivals after the burst that the reader catches up with)."""
     turns = threading.Semaphore(1)
+    channel = television(tmp_path / "channel.ts", 7.0)
     with Reception(turns=turns, query="?fifo_size=300") as reception, Relay(reception.port) as relay:  # 300 TS packets: 0.66 s of this channel
         threading.Timer(1.0, hold, (turns, 2.5)).start()
-        started, ended = sent(reception, sessions[0], relay)
+        started, ended = sent(reception, channel, relay)
     windows = [window for _, window in reception.windows]
     in_order(windows)
     assert not any(w.after_gap for w in windows)

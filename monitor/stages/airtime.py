@@ -1,14 +1,20 @@
 """A live input's time, shared by single streams (monitor.stages.ingest) and multiplex programs
-(monitor.stages.mux): the clock that maps samples to stream offsets and UTC air times, and dead air."""
+(monitor.stages.mux): the clock that maps samples to stream offsets and UTC air times, dead air, and the windows
+cut and placed by them."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from monitor.metrics import Metrics
 from monitor.options import IngestOptions
+from monitor.records import AudioWindow
+from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +71,8 @@ class StreamClock:
     first chunk's arrival says it aired seconds later than it did, and a base taken there put every window after
     a reconnection that much late (3-4 s after an HLS server was down for 4 s, with 2 s segments). So the base
     follows the anchor until the connection's first offset is taken, and `settled` says when the anchor has stopped
-    falling: the reader holds a reconnection's windows until then. (A first connection's offsets start at 0 whatever
-    its anchor; its first windows' air times come before the anchor has settled, up to its burst late, as before.)
+    falling: a connection's windows are held until then (ClockedWindows). A first connection's offsets start at 0
+    whatever its anchor.
     """
 
     def __init__(self, sample_rate: int, live: bool, air_start: float | None = None):
@@ -126,3 +132,64 @@ class StreamClock:
 
     def air_time(self, seconds_in_connection: float) -> float:
         return self.anchor + seconds_in_connection
+
+
+class ClockedWindows:
+    """A stream's audio cut into windows, each numbered as it is cut and placed in stream and air time by the stream's
+    clock once the clock has settled (StreamClock.settled): a live connection's first windows wait up to
+    SETTLE_MAX_SECONDS for the burst it opened with to arrive, for they aired before it opened; placed as they came,
+    a station joined three HLS segments behind its live edge had its first windows 4-6 s late. Shared by a single
+    stream's reader and a multiplex program's, which differ in when they connect, not in how their windows are timed.
+    `after_gap` marks the next window cut; `seq` counts windows cut."""
+
+    def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool,
+                 air_start: float | None = None):
+        self.stream_id, self.grid, self.metrics = stream_id, grid, metrics
+        self.clock = StreamClock(grid.sample_rate, live=live, air_start=air_start)
+        self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
+        self.windower = StreamWindower(grid)
+        self.seq, self.after_gap = 0, False
+        self._held: list[tuple[int, float, np.ndarray, bool]] = []  # seq, start in its connection (s), samples, after_gap
+        self._placed: deque[AudioWindow] = deque()
+
+    def connect(self, unheard: float = 0.0) -> None:
+        """A new connection, or audio back after `unheard` seconds of the input without it (StreamClock.connect): a fresh
+        cut, a gap if windows came before; the windows held from before are placed by the clock they were cut on."""
+        self.place()
+        self.windower = StreamWindower(self.grid)
+        self.clock.connect(unheard)
+        self.after_gap = self.after_gap or self.seq > 0
+
+    def push(self, chunk: np.ndarray) -> None:
+        """`chunk` arrived now: its windows cut, and placed with those held once the clock has settled."""
+        self.clock.chunk(len(chunk), time.time())
+        self._cut(self.windower.push(chunk))
+        if self.clock.settled:
+            self.place()
+
+    def _cut(self, windows: Iterable[tuple[int, np.ndarray]]) -> None:
+        for index, samples in windows:
+            self._held.append((self.seq, self.grid.start(index), samples, self.after_gap))
+            self.seq, self.after_gap = self.seq + 1, False
+
+    def place(self) -> None:
+        """The held windows placed by the clock as it stands (the connection ends, or reconnects), ready to `take`."""
+        for seq, start, samples, after_gap in self._held:
+            window = AudioWindow(self.stream_id, seq, self.clock.offset(start), self.clock.air_time(start), samples, after_gap)
+            self.dead_air.observe(samples, window.offset)
+            self._placed.append(window)
+        self._held.clear()
+
+    def take(self) -> Iterator[AudioWindow]:
+        """The windows placed and not yet taken, in order, each counted as ingested as it is taken."""
+        while self._placed:
+            window = self._placed.popleft()
+            if self.metrics:
+                self.metrics.windows_ingested.labels(self.stream_id).inc()
+            yield window
+
+    def end(self) -> None:
+        """The connection is over, or the program left the multiplex: its held windows placed as the clock stands, and a
+        dead-air run ended."""
+        self.place()
+        self.dead_air.end(self.clock.end_offset)

@@ -5,8 +5,8 @@ Contracts other processes rely on:
 - `read_windows(source, grid, options, metrics, stop)` yields `AudioWindow`s of one stream in order.
   `seq` counts windows since ingest began and is never reused, across reconnects too. `offset` is stream
   time in seconds; it never goes back, and after a gap it jumps ahead by the wall-clock time lost. A live
-  reconnection's windows wait until its clock has placed it (monitor.stages.airtime.StreamClock.settled: a second
-  after the audio it sent at once, such as the last segments of an HLS playlist, that aired before it opened).
+  connection's windows wait until its clock has placed it (monitor.stages.airtime.ClockedWindows: a second after
+  the audio it sent at once, such as the last segments of an HLS playlist, that aired before it opened).
 - A live source (anything but a local file) is read forever: when it fails to open, drops (ends) or
   stalls (no data for `read_timeout` s) it is reopened after an exponential backoff with jitter, and the
   first window after the break carries `after_gap=True`, so no run of evidence spans it (a play heard on its
@@ -50,10 +50,10 @@ from monitor.constants import SILENCE_RMS, Backoff
 from monitor.metrics import Metrics
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream
-from monitor.stages.airtime import DeadAir, StreamClock
+from monitor.stages.airtime import ClockedWindows
 from monitor.stages.mux import AudioSelection, MuxSource, is_transport_stream, read_mux, source_from_entry
 from monitor.stages.sources import ConfigError, StreamSource, check_unique, declares_its_end, never_opens, sent_once, stream_from_entry
-from monitor.stages.windows import StreamWindower, WindowGrid
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -286,22 +286,25 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                 turns: AbstractContextManager) -> Iterator[AudioWindow]:
     """read_windows for any input but a transport stream, which raises _TransportStream as it opens."""
     live = not source.is_file
-    clock = StreamClock(grid.sample_rate, live=live or options.realtime, air_start=source.air_start)
+    timed = ClockedWindows(source.id, grid, options, metrics, live=live or options.realtime, air_start=source.air_start)
     backoff = Backoff(options.backoff_initial, options.backoff_max)
-    dead_air = DeadAir(source.id, options, grid.hop_seconds, metrics)
     resumption = Resumption(grid.sample_rate) if live else None
-    windower = StreamWindower(grid)
-    seq, after_gap = 0, False
+
+    def delivered() -> Iterator[AudioWindow]:
+        for window in timed.take():
+            yield window
+            backoff.reset()
+
     while not stop.is_set():
         ends = not live  # a file ends; a network source says whether it does when it opens
 
         def on_open(container: av.container.InputContainer) -> None:
             nonlocal ends
-            if seq == 0 and is_transport_stream(container):
+            if timed.seq == 0 and is_transport_stream(container):
                 raise _TransportStream
             if live and declares_its_end(source.url, container):
                 ends = True
-                clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
+                timed.clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
 
         decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open,
                                 lock=turns, skip_damaged=True)
@@ -309,26 +312,10 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             chunks = _gathered(decoded, grid.sample_rate, options.gather_seconds, stop)
         else:
             chunks = _paced(decoded, grid.sample_rate, options.gather_seconds) if options.realtime else decoded
-        first, reconnection = True, seq > 0
-        held: list[tuple[int, np.ndarray]] = []  # a reconnection's windows, until its clock has settled (StreamClock.settled)
-
-        def placed() -> Iterator[AudioWindow]:
-            """The held windows, placed by the clock as it stands."""
-            nonlocal seq, after_gap
-            for index, samples in held:
-                start = grid.start(index)
-                window = AudioWindow(source.id, seq, clock.offset(start), clock.air_time(start), samples, after_gap)
-                dead_air.observe(samples, window.offset)
-                if metrics:
-                    metrics.windows_ingested.labels(source.id).inc()
-                yield window
-                seq, after_gap = seq + 1, False
-                backoff.reset()
-            held.clear()
-
+        first = True
         try:
             continues = False
-            if resumption is not None and seq > 0:
+            if resumption is not None and timed.seq > 0:
                 continues, chunks = resumption.resume(chunks)
             for chunk in chunks:
                 if stop.is_set():
@@ -337,40 +324,37 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                     first = False
                     if continues:  # it repeated what we had: nothing was lost, the stream goes on unbroken
                         log.info("stream %s resumed where it broke off", source.id)
-                        after_gap = False
+                        timed.after_gap = False
                     else:
-                        windower = StreamWindower(grid)
-                        clock.connect()
+                        timed.connect()
                     if metrics:
                         metrics.stream_up.labels(source.id).set(1)
                 if resumption is not None:
                     resumption.delivered(chunk)
-                clock.chunk(len(chunk), time.time())
-                held += windower.push(chunk)
-                if clock.settled or not reconnection:
-                    yield from placed()
-            yield from placed()
+                timed.push(chunk)
+                yield from delivered()
+            timed.end()
+            yield from delivered()
             if ends:
-                if seq == 0:  # else the run's only word was that no stream delivered audio, "the errors above say why"
+                if timed.seq == 0:  # else the run's only word was that no stream delivered audio, "the errors above say why"
                     log.warning("stream %s: %s holds %.2f s of audio, less than one window (%g s): nothing to monitor", source.id, source.url,
-                                windower.samples_seen / grid.sample_rate, grid.window_seconds)
+                                timed.windower.samples_seen / grid.sample_rate, grid.window_seconds)
                 log.info("stream %s: end of %s", source.id, source.url)
                 return
             log.warning("stream %s dropped (end of data); reopening", source.id)
         except (AudioError, av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
-            yield from placed()  # the connection broke before its clock settled: its audio as it stands
+            timed.end()  # the connection broke, its clock perhaps unsettled: its audio as it stands
+            yield from delivered()
             if metrics:
                 metrics.decode_errors.labels(source.id).inc()
             if ends or never_opens(exc):
-                log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if seq else "this file")
+                log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if timed.seq else "this file")
                 return
             log.warning("stream %s: %s", source.id, exc)
         finally:
             decoded.close()
             if metrics:
                 metrics.stream_up.labels(source.id).set(0)
-        after_gap = after_gap or seq > 0
-        dead_air.end(clock.end_offset)
         delay = backoff.next_delay()
         log.info("stream %s: reconnecting in %.1f s", source.id, delay)
         if stop.wait(delay):

@@ -45,7 +45,7 @@ import numpy as np
 from encoders.audio import TIMESTAMP_JUMP_SECONDS, Chunker, decode_batches, ffmpeg_url
 from monitor.constants import Backoff
 from monitor.options import IngestOptions
-from monitor.stages.airtime import DeadAir, StreamClock
+from monitor.stages.airtime import ClockedWindows
 from monitor.stages.sources import (
     ConfigError,
     StreamSource,
@@ -58,7 +58,7 @@ from monitor.stages.sources import (
 )
 from monitor.metrics import Metrics
 from monitor.records import AudioWindow, EndOfStream, check_id
-from monitor.stages.windows import StreamWindower, WindowGrid
+from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -436,28 +436,29 @@ class _ProgramStream:
 
     def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool,
                  air_start: float | None = None):
-        self.id, self.grid, self.metrics = stream_id, grid, metrics
-        self.clock = StreamClock(grid.sample_rate, live=live, air_start=air_start)
-        self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
-        self.seq, self.after_gap, self.up = 0, False, False
-        self.windower = StreamWindower(grid)
+        self.id, self.metrics = stream_id, metrics
+        self.timed = ClockedWindows(stream_id, grid, options, metrics, live=live, air_start=air_start)
+        self.up = False
         self.chunker = Chunker(grid.sample_rate, stream_id, surround=True)
         self.last_heard = 0.0  # input time (s) of its latest packet
+
+    @property
+    def seq(self) -> int:
+        return self.timed.seq
 
     def connect(self, heard: float, unheard: float = 0.0) -> None:
         """A new connection, or the program's return after `unheard` seconds of the input without it: a fresh
         cut, a gap if audio came before."""
-        self.windower = StreamWindower(self.grid)
-        self.chunker = Chunker(self.grid.sample_rate, self.id, surround=True)
-        self.clock.connect(unheard)
-        self.after_gap = self.after_gap or self.seq > 0
+        self.chunker = Chunker(self.timed.grid.sample_rate, self.id, surround=True)
+        self.timed.connect(unheard)
         self.last_heard = heard
 
     def down(self) -> None:
+        """Off air or disconnected: its windows so far are placed (`timed.take` gives them)."""
         if self.up and self.metrics:
             self.metrics.stream_up.labels(self.id).set(0)
         self.up = False
-        self.dead_air.end(self.clock.end_offset)
+        self.timed.end()
 
     def chunks(self, frame: av.AudioFrame | None) -> list[np.ndarray]:
         """`frame` resampled and folded to mono (None: what is still held, at the end); a change of rate or
@@ -465,19 +466,12 @@ class _ProgramStream:
         multiplex."""
         return self.chunker.chunks(frame)
 
-    def push(self, chunk: np.ndarray) -> Iterator[AudioWindow]:
+    def push(self, chunk: np.ndarray) -> None:
+        """`chunk` arrived: its windows are cut, and placed once the clock allows (`timed.take` gives them)."""
         if not self.up and self.metrics:
             self.metrics.stream_up.labels(self.id).set(1)
         self.up = True
-        self.clock.chunk(len(chunk), time.time())
-        for index, samples in self.windower.push(chunk):
-            start = self.grid.start(index)
-            window = AudioWindow(self.id, self.seq, self.clock.offset(start), self.clock.air_time(start), samples, self.after_gap)
-            self.dead_air.observe(samples, window.offset)
-            if self.metrics:
-                self.metrics.windows_ingested.labels(self.id).inc()
-            yield window
-            self.seq, self.after_gap = self.seq + 1, False
+        self.timed.push(chunk)
 
 
 def read_mux(
@@ -496,8 +490,9 @@ def read_mux(
         yield from _read_connections(mux, grid, options, metrics, stop or threading.Event(), streams, turns)
     except Exception:  # a bug must end this multiplex's streams cleanly, not leave their plays open
         log.exception("multiplex %s stopped on an unexpected error", mux.id)
-    for stream_id in streams:
-        yield EndOfStream(stream_id, streams[stream_id].seq)
+    for stream_id, stream in streams.items():
+        yield from stream.timed.take()  # placed as its input ended (_read_connections's last connection)
+        yield EndOfStream(stream_id, stream.seq)
 
 
 def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,
@@ -532,6 +527,8 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
         finally:
             for stream in streams.values():
                 stream.down()
+        for stream in streams.values():
+            yield from stream.timed.take()
         if reopen:
             continue
         delay = backoff.next_delay()
@@ -596,7 +593,9 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
         if stop.is_set():
             return False
         for stream, chunk in decoded:
-            for window in stream.push(chunk):
+            stream.push(chunk)
+        for stream in listener.every:  # a stream's windows are placed as its audio comes, or as it connects or leaves
+            for window in stream.timed.take():
                 yield window
                 backoff.reset()
         if options.realtime and not live and (ahead := began + listener.heard - 0.2 - time.monotonic()) > 0:
@@ -671,7 +670,7 @@ class _Listener:
         if packet.size:
             for stream in self.by_index.get(packet.stream.index, []):
                 unheard = self.heard - stream.last_heard
-                if stream.seq > 0 and jumped and stream.clock.live and unheard <= ABSENT_SECONDS:
+                if stream.seq > 0 and jumped and stream.timed.clock.live and unheard <= ABSENT_SECONDS:
                     # a new session of a live input's encoder: the wall clock, not its timestamps, tells the time it was off
                     log.warning("multiplex %s: %s's timestamps start again (a new encoder session): it goes on at the wall clock's time",
                                 self.mux_id, stream.id)
