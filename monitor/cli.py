@@ -639,8 +639,8 @@ READING_OPTIONS = _env_options(
          help="Stream readers that may decode at once; more spend CPU handing Python's interpreter lock to each other. "
               "0: as many as the process may use cores."),
     _env("--read-timeout", type=click.FloatRange(1), default=IngestOptions.read_timeout, show_default=True,
-         help="Seconds without data after which a live stream has stalled and is reopened. Give it more than a live HLS "
-              "playlist's segments last, plus half of one (FFmpeg waits for the next segment inside one read): 16 for 10 s segments."),
+         help="Seconds without data after which a live stream has stalled and is reopened. A live HLS playlist gets at least "
+              "three of its segments' target duration (FFmpeg waits for the next segment inside one read)."),
 )
 
 

@@ -23,7 +23,7 @@ from monitor.options import IngestOptions
 from monitor.records import AudioWindow
 from monitor.stages.ingest import read_windows
 from monitor.stages.mux import AudioSelection, MuxSource, read_mux
-from monitor.stages.sources import StreamSource
+from monitor.stages.sources import StreamSource, hls_target_duration
 from monitor.stages.windows import WindowGrid
 
 MUSIC = Path(__file__).parents[1] / "monitor" / "demo" / "music" / "area1-game.opus"
@@ -82,13 +82,13 @@ def music() -> np.ndarray:
     return load_audio(MUSIC, GRID.sample_rate).astype(np.float64)
 
 
-def plain(url: str) -> Iterator[AudioWindow]:
-    return read_windows(StreamSource("hls", url), GRID, OPTIONS)
+def plain(url: str, options: IngestOptions = OPTIONS, metrics: metrics_module.Metrics | None = None) -> Iterator[AudioWindow]:
+    return read_windows(StreamSource("hls", url), GRID, options, metrics)
 
 
-def multiplexed(url: str) -> Iterator[AudioWindow]:
+def multiplexed(url: str, options: IngestOptions = OPTIONS, metrics: metrics_module.Metrics | None = None) -> Iterator[AudioWindow]:
     """The stream read with an audio selection (the multiplex reader's path, as for an HLS rendition's chosen language)."""
-    items = read_mux(MuxSource.single(StreamSource("hls", url), AudioSelection()), GRID, OPTIONS)
+    items = read_mux(MuxSource.single(StreamSource("hls", url), AudioSelection()), GRID, options, metrics)
     return (item for item in items if isinstance(item, AudioWindow))
 
 
@@ -223,16 +223,32 @@ def test_live_hls_after_an_encoder_restart_keeps_stream_time(live: LiveHls, musi
     assert abs(check_continuous(after, music) - check_continuous(before, music)) <= SEGMENT_SECONDS + GRID.hop_seconds
 
 
-@pytest.mark.slow  # 14 s
-@pytest.mark.xfail(strict=True, reason="FFmpeg's HLS reader waits for the next segment inside one read, which PyAV's read timeout "
-                   "counts: a read timeout under 1.5 segments reopens the stream every few segments (notes: hls.md, finding 5)")
-def test_a_live_hls_stream_with_segments_as_long_as_the_read_timeout_is_not_reopened(live: LiveHls, music: np.ndarray) -> None:
+@pytest.mark.parametrize("read", [plain, pytest.param(multiplexed, marks=pytest.mark.slow)])
+def test_a_live_hls_stream_with_segments_as_long_as_the_read_timeout_is_not_reopened(live: LiveHls, music: np.ndarray,
+                                                                                    read: Callable[[str], Iterator[AudioWindow]]) -> None:
     """2 s segments and a 2 s read timeout (10 s segments and the default 10 s): a reader at the live edge must wait
-    for the next segment without taking the wait for a stall."""
+    for the next segment without taking the wait for a stall. FFmpeg waits for it inside one read, which PyAV's read
+    timeout counts: the stream was reopened every few segments (13 times in 30 s), and once heard 3 s twice. The
+    playlist's target duration now sets the read timeout (three of them), found as the stream opens, which then
+    opens once more; the one reopening is not a reconnect."""
     registry = CollectorRegistry()
     options = IngestOptions(open_timeout=5.0, read_timeout=SEGMENT_SECONDS, backoff_initial=0.2, backoff_max=0.5)
-    windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, options, metrics_module.create(registry)), seconds=12)
+    windows = read_until(read(live.playlist(), options, metrics_module.create(registry)), seconds=12)
     assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "hls"}) is None
     assert not any(w.after_gap for w in windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
     check_continuous(windows, music)
+
+
+def test_a_playlists_target_duration_is_read_from_it_or_from_a_master_playlists_variant(tmp_path: Path) -> None:
+    (tmp_path / "low").mkdir()
+    (tmp_path / "master.m3u8").write_text('#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=64000,CODECS="mp4a.40.2"\nlow/live.m3u8\n')
+    (tmp_path / "low" / "live.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:7\n"
+                                                "#EXTINF:10.0,\nseg7.ts\n")
+    (tmp_path / "bare.m3u8").write_text("#EXTM3U\n#EXTINF:10.0,\nseg7.ts\n")
+    with FileServer(tmp_path) as web:
+        assert hls_target_duration(web.url("master.m3u8"), timeout=2.0) == 10.0
+        assert hls_target_duration(web.url("low/live.m3u8"), timeout=2.0) == 10.0
+        assert hls_target_duration(web.url("bare.m3u8"), timeout=2.0) is None
+        with pytest.raises(OSError):  # read_timeout_for keeps the configured timeout, and says why
+            hls_target_duration(web.url("gone.m3u8"), timeout=2.0)

@@ -52,7 +52,16 @@ from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.airtime import ClockedWindows
 from monitor.stages.mux import AudioSelection, MuxSource, is_transport_stream, read_mux, source_from_entry
-from monitor.stages.sources import ConfigError, StreamSource, check_unique, declares_its_end, never_opens, sent_once, stream_from_entry
+from monitor.stages.sources import (
+    ConfigError,
+    StreamSource,
+    check_unique,
+    declares_its_end,
+    never_opens,
+    read_timeout_for,
+    sent_once,
+    stream_from_entry,
+)
 from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
@@ -251,6 +260,14 @@ class _TransportStream(Exception):
     """A plain stream that opened as an MPEG transport stream before it delivered a window (see read_windows)."""
 
 
+class _LongerReads(Exception):
+    """A live HLS playlist opened with a read timeout shorter than its segments need (sources.read_timeout_for)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
 def read_windows(
     source: StreamSource,
     grid: WindowGrid,
@@ -305,6 +322,8 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             if live and declares_its_end(source.url, container):
                 ends = True
                 timed.clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
+            if live and not ends and (needed := read_timeout_for(source.url, container, options.read_timeout, options.open_timeout)) > options.read_timeout:
+                raise _LongerReads(needed)
 
         decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open,
                                 lock=turns, skip_damaged=True)
@@ -342,6 +361,10 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                 log.info("stream %s: end of %s", source.id, source.url)
                 return
             log.warning("stream %s dropped (end of data); reopening", source.id)
+        except _LongerReads as longer:
+            log.info("stream %s: a live HLS playlist whose segments need a read timeout of %g s: reopening it with that", source.id, longer.seconds)
+            options = replace(options, read_timeout=longer.seconds)
+            continue
         except (AudioError, av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
             timed.end()  # the connection broke, its clock perhaps unsettled: its audio as it stands
             yield from delivered()

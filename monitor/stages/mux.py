@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -54,6 +54,7 @@ from monitor.stages.sources import (
     declares_its_end,
     ffmpeg_options,
     never_opens,
+    read_timeout_for,
     stream_from_entry,
 )
 from monitor.metrics import Metrics
@@ -505,6 +506,10 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
         try:
             with open_input(mux.url, mux.options, options) as container:
                 ends = ends or declares_its_end(mux.url, container)  # a file served over HTTP is read once, as a local one
+                if live and not ends and (needed := read_timeout_for(mux.url, container, options.read_timeout, options.open_timeout)) > options.read_timeout:
+                    log.info("multiplex %s: a live HLS playlist whose segments need a read timeout of %g s: reopening it with that", mux.id, needed)
+                    options = replace(options, read_timeout=needed)
+                    continue
                 reopen = yield from _read_connection(container, mux, grid, options, metrics, stop, streams, announcer, backoff, not ends, turns)
             if ends or stop.is_set():
                 return

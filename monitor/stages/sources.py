@@ -1,19 +1,21 @@
 """What to monitor: a stream's id, URL, metadata and FFmpeg input options, from a streams config entry
 or a command line's URLs, checked so that a bad entry is named with its fix (monitor.stages.ingest reads
 whole configs, monitor.stages.mux the multiplex entries); and what a source says of itself as it opens
-(whether it ends), for both readers."""
+(whether it ends, how long a live HLS playlist's reads wait), for both readers."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
 import logging
+import re
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import av
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -90,6 +92,42 @@ def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
         return container.duration is not None
     icecast = any(key.lower().startswith("icy-") for key in container.metadata)
     return container.size > 0 and not icecast
+
+
+# A read at a live HLS playlist's edge waits for the next segment inside FFmpeg (a target duration, half of one more
+# when a reload finds nothing new, and a missing segment's own length): a stall is this many target durations without audio.
+HLS_STALL_SEGMENTS = 3
+
+
+def read_timeout_for(url: str, container: av.container.InputContainer, read_timeout: float, open_timeout: float) -> float:
+    """The read timeout `container` needs: `read_timeout`, or for a live HLS playlist at least HLS_STALL_SEGMENTS of its
+    target duration. PyAV's read timeout counts FFmpeg's wait for the next segment, so a timeout under about 1.5
+    segments took every wait at the live edge for a stall: 2 s segments with a 2 s timeout were reopened 13 times in
+    30 s, and a reopening whose repeat was not recognised heard 3 s twice; with the default 10 s, any station of 10 s
+    segments. The target duration is read from the playlist (FFmpeg does not tell it); one that cannot be read (a
+    playlist behind headers FFmpeg's options add) keeps `read_timeout`."""
+    if urlparse(url).scheme not in ("http", "https") or "hls" not in container.format.name.split(",") or container.duration is not None:
+        return read_timeout
+    try:
+        target = hls_target_duration(url, open_timeout)
+    except (OSError, ValueError) as exc:
+        log.info("%s: cannot read its playlist's target duration (%s); its read timeout stays %g s", url, exc, read_timeout)
+        return read_timeout
+    return max(read_timeout, HLS_STALL_SEGMENTS * target) if target else read_timeout
+
+
+def hls_target_duration(url: str, timeout: float) -> float | None:
+    """A media playlist's EXT-X-TARGETDURATION (s), or for a master playlist its first variant's; None if it gives none."""
+    for _ in range(2):  # a master playlist, then its variant
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read(1 << 20).decode("utf-8", "replace")
+        if found := re.search(r"^#EXT-X-TARGETDURATION:\s*([0-9.]+)", text, re.MULTILINE):
+            return float(found[1])
+        variant = re.search(r"^#EXT-X-STREAM-INF:.*\n\s*([^#\s][^\n]*)", text, re.MULTILINE)
+        if variant is None:
+            return None
+        url = urljoin(url, variant[1].strip())
+    return None
 
 
 SOURCE_FIELDS = ("id", "url", "name", "metadata", "options", "air_start")
