@@ -230,20 +230,22 @@ def test_every_program_of_a_recorded_multiplex_airs_and_is_numbered_from_its_air
     assert [(w.stream_id, w.seq, w.offset, w.air_time) for w in again] == [(w.stream_id, w.seq, w.offset, w.air_time) for w in windows]
 
 
-def test_a_program_that_came_on_air_during_a_recording_airs_from_there(loggers: list[Path], tmp_path: Path) -> None:
-    """A recorded multiplex whose program 2 came on air 8 s into the recording: its first audio was placed at the air
-    start itself, and all of its windows aired 8 s early. Its first audio airs where the input's clock heard it."""
+@pytest.mark.parametrize("came_on", [3.0, 8.0])
+def test_a_program_that_came_on_air_during_a_recording_airs_from_there(loggers: list[Path], tmp_path: Path, came_on: float) -> None:
+    """A recorded multiplex whose program 2 came on air 3 or 8 s into the recording: its first audio was placed at the
+    air start itself, and all of its windows aired that much early (from 5 s on it was placed right). Its first audio
+    airs where its own timestamps put it on the input's clock."""
     recording = tmp_path / "tv.ts"
-    ffmpeg("-i", str(loggers[0]), "-itsoffset", "8", "-t", "12", "-i", str(loggers[1]), "-map", "0:a", "-map", "1:a", "-c:a", "mp2", "-ar", "48000",
+    ffmpeg("-i", str(loggers[0]), "-itsoffset", str(came_on), "-t", "12", "-i", str(loggers[1]), "-map", "0:a", "-map", "1:a", "-c:a", "mp2", "-ar", "48000",
            "-program", "program_num=1:st=0", "-program", "program_num=2:st=1", "-f", "mpegts", str(recording))
     air_start = datetime(2026, 12, 5, 10, tzinfo=PARIS_IN_DECEMBER).timestamp()
     streams = tmp_path / "streams.yaml"
     streams.write_text(f"- {{mux: tv, url: '{recording}', air_start: '2026-12-05T10:00:00+01:00'}}\n")
 
     windows = read_every_window(load_sources(streams))
-    for stream_id, came_on in (("tv-1", 0.0), ("tv-2", 8.0)):
+    for stream_id, on_air in (("tv-1", 0.0), ("tv-2", came_on)):
         own = [w for w in windows if w.stream_id == stream_id]
         assert not any(w.after_gap for w in own)
         # the input's clock hears a program's first packet within an MP2 frame (24 ms) of its first sample
-        assert [w.offset for w in own] == pytest.approx([came_on + i * GRID.hop_seconds for i in range(len(own))], abs=0.025)
+        assert [w.offset for w in own] == pytest.approx([on_air + i * GRID.hop_seconds for i in range(len(own))], abs=0.025)
         assert [w.air_time for w in own] == pytest.approx([air_start + w.offset for w in own], abs=1e-6)

@@ -71,6 +71,10 @@ PROGRAM_CHECK_SECONDS = 5.0  # how often a live multiplex's program list is read
 # absent, not restarted: a restart shows only the skew between streams (a muxer sends one up to a second or two
 # ahead of another), an absence long enough to jump at least TIMESTAMP_JUMP_SECONDS less that skew.
 ABSENT_SECONDS = TIMESTAMP_JUMP_SECONDS / 2
+# A program whose first audio comes this far into the input (by its own timestamps) came on air there, as a program
+# that starts during a recording does; under it, the muxer's start (a track's first packet a few tenths of a second
+# after the video's), which is taken as the input's start.
+FIRST_HEARD_SECONDS = 1.0
 # FFmpeg's UDP reader ended the input when its FIFO filled (a reader held up 6 s, a FIFO of 2.2 s: "Input/output error"),
 # and the reconnect lost 4.5 s and marked a gap. With overrun_nonfatal it drops the datagrams that do not fit: a hole
 # in the timestamps, which the audio after keeps its time over (encoders.audio.Chunker), 3.5 s of silence there.
@@ -649,6 +653,12 @@ class InputClock:
         self.now = max(self.now, timestamp + shift)
         return jumped
 
+    def time_of(self, index: int) -> float:
+        """Where on the clock the latest packet of stream `index` lies: its own time, which the clock may run ahead of
+        (a muxer sends one stream up to a second or two ahead of another)."""
+        latest, shift = self._streams[index]
+        return latest + shift
+
 
 class _Listener:
     """One connection's packets, every stream's, as they are decoded: the input's time they reach (`heard`, an
@@ -671,7 +681,8 @@ class _Listener:
 
     def hear(self, packet: av.Packet) -> None:
         timestamp = packet.pts if packet.dts is None else packet.dts  # a video's pts go back and forth (B-frames), its dts do not
-        jumped = timestamp is not None and packet.time_base is not None and self.clock.hear(packet.stream.index, float(timestamp * packet.time_base))
+        timed = timestamp is not None and packet.time_base is not None
+        jumped = timed and self.clock.hear(packet.stream.index, float(timestamp * packet.time_base))
         if packet.size:
             for stream in self.by_index.get(packet.stream.index, []):
                 unheard = self.heard - stream.last_heard
@@ -683,10 +694,10 @@ class _Listener:
                 elif stream.seq > 0 and (jumped and unheard > ABSENT_SECONDS or not stream.up and unheard > self.read_timeout):
                     log.warning("multiplex %s: %s is back on air after %.1f s without audio", self.mux_id, stream.id, unheard)
                     stream.connect(self.heard, unheard=unheard)
-                elif stream.seq == 0 and stream.last_heard == 0.0 and unheard > ABSENT_SECONDS:
-                    # its first audio, well after the input's start (a program that came on air during a recording): it airs there
-                    log.info("multiplex %s: %s is first heard %.1f s into the input", self.mux_id, stream.id, unheard)
-                    stream.connect(self.heard, unheard=unheard)
+                elif stream.seq == 0 and stream.last_heard == 0.0 and timed and (came_on := self.clock.time_of(packet.stream.index)) > FIRST_HEARD_SECONDS:
+                    # its first audio, after the input's start (a program that came on air during a recording): it airs there
+                    log.info("multiplex %s: %s is first heard %.1f s into the input", self.mux_id, stream.id, came_on)
+                    stream.connect(self.heard, unheard=came_on)
                 stream.last_heard = self.heard
         for stream in self.every:
             if stream.up and self.heard - stream.last_heard > self.read_timeout:
