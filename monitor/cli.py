@@ -28,6 +28,20 @@ def shipped_encoder() -> str:
     return DEFAULT_ENCODER
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without nan and inf, which it lets through: nan compares false with every bound, inf passes an
+    open one. A --read-timeout of nan never timed out (a stalled stream hung for good), a --min-confidence of nan
+    selected nothing, a --min-unknown-seconds of nan ended in a traceback."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def main(verbose: bool) -> None:
@@ -235,7 +249,7 @@ def bench_backbones(models: tuple[str, ...], out: str | None) -> None:
 @click.option("--plays", default=40, show_default=True, help="Catalog plays in the broadcast.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--hop", default=DEFAULT_HOP_SECONDS, show_default=True, help="Catalog hop in seconds.")
-@click.option("--notice-confidence", default=NOTICE_CONFIDENCE, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--notice-confidence", default=NOTICE_CONFIDENCE, show_default=True, type=FiniteFloatRange(0, 1),
               help="Confidence at which a play is first noticed, as for `monitor --notice-confidence`.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the catalog and broadcast are kept [~/.cache/airtrace/bench].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
@@ -254,12 +268,12 @@ def bench_broadcast(reference, distractors, encoder, holdout, limit, plays, seed
 @click.option("--distractors", multiple=True, help="Manifest.csv or folder of tracks only added to the catalog; repeatable.")
 @click.option("--encoder", default=shipped_encoder, show_default=SHIPPED_DEFAULT, help="Encoder name or directory.")
 @click.option("--stations", default=4, show_default=True, type=click.IntRange(1), help="Synthetic stations, monitored at once.")
-@click.option("--hours", default=3.0, show_default=True, type=click.FloatRange(0.05), help="Stream per station: the simulated day compressed into this.")
+@click.option("--hours", default=3.0, show_default=True, type=FiniteFloatRange(0.05), help="Stream per station: the simulated day compressed into this.")
 @click.option("--songs", default=12, show_default=True, type=click.IntRange(1), help="Non-catalog songs that air 2-5 times across stations.")
 @click.option("--jingles", default=2, show_default=True, type=click.IntRange(0), help="Jingles (5-15 s) per station.")
-@click.option("--jingle-minutes", default=10.0, show_default=True, type=click.FloatRange(0.5), help="Stream minutes between a jingle's airings (at least 3 airings each).")
+@click.option("--jingle-minutes", default=10.0, show_default=True, type=FiniteFloatRange(0.5), help="Stream minutes between a jingle's airings (at least 3 airings each).")
 @click.option("--fill", default=24, show_default=True, type=click.IntRange(1), help="Held-out tracks for non-catalog music aired once each (fewer where the catalog finds something of a held-out track).")
-@click.option("--min-unknown-seconds", default=5.0, show_default=True, type=click.FloatRange(1.0),
+@click.option("--min-unknown-seconds", default=5.0, show_default=True, type=FiniteFloatRange(1.0),
               help=f"Shortest unknown stretch the monitor reports (`airtrace monitor` reports from {UnknownConfig.min_seconds:g} s; jingles need less).")
 @click.option("--limit", type=int, help="Use at most this many tracks of each manifest (quick runs).")
 @click.option("--seed", default=0, show_default=True)
@@ -362,7 +376,7 @@ def bench_mux(programs: int, multiplexes: int, decode_turns: int, encoder: str, 
 @click.option("--classifier", "classifiers", multiple=True, default=("classes",), show_default=True, help="Shipped name or directory; repeat to compare.")
 @click.option("--voice", default=None, help="Held-out voice [encoders.speech.HELD_OUT_VOICE].")
 @click.option("--examples", default=100, show_default=True, type=click.IntRange(1), help="Examples per class, each cut into 1 s windows.")
-@click.option("--seconds", default=4.0, show_default=True, type=click.FloatRange(1.0), help="Length of each example.")
+@click.option("--seconds", default=4.0, show_default=True, type=FiniteFloatRange(1.0), help="Length of each example.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 def bench_classes(music, classifiers, voice, examples, seconds, seed, out) -> None:
@@ -537,8 +551,8 @@ def catalog_stats(directory: str) -> None:
 
 @main.command()
 @CATALOG_OPTION
-@click.option("--hop", type=click.FloatRange(0, min_open=True), help="Query hop in seconds (default: the catalog's); finer finds shorter excerpts.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), help="Report matches at least this confident (default 0.99).")
+@click.option("--hop", type=FiniteFloatRange(0, min_open=True), help="Query hop in seconds (default: the catalog's); finer finds shorter excerpts.")
+@click.option("--min-confidence", type=FiniteFloatRange(0, 1), help="Report matches at least this confident (default 0.99).")
 @click.argument("files", nargs=-1, required=True)
 def identify(directory: str, hop: float | None, min_confidence: float | None, files: tuple[str, ...]) -> None:
     """Print one JSON line per FILE (a folder: each audio file in it; -: audio piped in): {"file", "matches": [{track_id,
@@ -616,13 +630,13 @@ KAFKA_OPTIONS = _env_options(
     _env("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle that signed the brokers' certificates."),
     _env("--tls-cert-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate for mutual TLS."),
     _env("--tls-key-file", type=click.Path(exists=True, dir_okay=False), help="Client certificate's key."),
-    _env("--startup-timeout", type=click.FloatRange(0, min_open=True),
+    _env("--startup-timeout", type=FiniteFloatRange(0, min_open=True),
          help="Seconds to wait for Kafka to answer at start-up before stopping with an error [default: 15]."),  # broker.STARTUP_TIMEOUT_SECONDS
 )
 UNKNOWN_OPTIONS = _env_options(
-    _env("--min-unknown-seconds", type=click.FloatRange(1), default=UnknownConfig.min_seconds, show_default=True,
+    _env("--min-unknown-seconds", type=FiniteFloatRange(1), default=UnknownConfig.min_seconds, show_default=True,
          help="Music no catalog play covers is an unknown stretch from this long (lower it to find jingles and ads)."),
-    _env("--unknown-retention-days", type=click.FloatRange(0, min_open=True), default=UnknownConfig.retention_days, show_default=True,
+    _env("--unknown-retention-days", type=FiniteFloatRange(0, min_open=True), default=UnknownConfig.retention_days, show_default=True,
          help="Unknown stretches are kept and searched for repeats this long after they aired."),
 )
 
@@ -638,7 +652,7 @@ READING_OPTIONS = _env_options(
     _env("--decode-turns", type=click.IntRange(0), default=IngestOptions.decode_turns, show_default=True,
          help="Stream readers that may decode at once; more spend CPU handing Python's interpreter lock to each other. "
               "0: as many as the process may use cores."),
-    _env("--read-timeout", type=click.FloatRange(1), default=IngestOptions.read_timeout, show_default=True,
+    _env("--read-timeout", type=FiniteFloatRange(1), default=IngestOptions.read_timeout, show_default=True,
          help="Seconds without data after which a live stream has stalled and is reopened. A live HLS playlist gets at least "
               "three of its segments' target duration (FFmpeg waits for the next segment inside one read)."),
 )
@@ -647,7 +661,7 @@ READING_OPTIONS = _env_options(
 def _ingest_options(realtime: bool, decode_turns: int, read_timeout: float) -> IngestOptions:
     return IngestOptions(realtime=realtime, decode_turns=decode_turns, read_timeout=read_timeout)
 
-NOTICE_OPTION = _env("--notice-confidence", type=click.FloatRange(0, 1), default=NOTICE_CONFIDENCE, show_default=True,
+NOTICE_OPTION = _env("--notice-confidence", type=FiniteFloatRange(0, 1), default=NOTICE_CONFIDENCE, show_default=True,
                      help="Confidence at which a play is first noticed (a provisional event, withdrawn if it stops short; its started "
                           "event waits until it is sure). Lower: sooner notices and more withdrawn; 0.999: no notice before a play is sure.")
 
@@ -775,12 +789,12 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
 @_env("--redis-prefix", default=DEFAULT_REDIS_PREFIX, show_default=True, help="Prefix of every Redis key (one per deployment sharing a Redis).")
 @_env("--group", default=WorkerOptions.group, show_default=True, help="Kafka consumer group: workers of one group share the streams.")
 @_env("--batch-size", type=click.IntRange(1), default=WorkerOptions.batch_size, show_default=True, help="Windows per embedding batch, across streams.")
-@_env("--batch-wait", type=click.FloatRange(0, min_open=True), default=WorkerOptions.batch_wait, show_default=True, help="Seconds a batch waits to fill.")
+@_env("--batch-wait", type=FiniteFloatRange(0, min_open=True), default=WorkerOptions.batch_wait, show_default=True, help="Seconds a batch waits to fill.")
 @_env("--neighbours", type=click.IntRange(1), default=WorkerOptions.k, show_default=True, help="Catalog neighbours searched per window; the matcher is calibrated for as many.")
 @THREADS_OPTION
 @NOTICE_OPTION
-@_env("--session-timeout", type=click.FloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
-@_env("--reload-seconds", type=click.FloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
+@_env("--session-timeout", type=FiniteFloatRange(1), default=WorkerOptions.session_timeout, show_default=True, help="Seconds of silence before a worker's streams go to the others.")
+@_env("--reload-seconds", type=FiniteFloatRange(0, min_open=True), default=WorkerOptions.reload_seconds, show_default=True, help="How often to look for catalog changes.")
 @_env("--web-port", type=click.IntRange(1, 65535), help="Serve Faust's web views on this port (default: off).")
 @_env("--playlog", help="The play log's database (postgresql://...): unknown stretches are kept there, shared by all workers "
       "[default: each worker keeps its own in memory, and repeats heard by different workers are not found].")
@@ -829,7 +843,7 @@ def worker(catalog: str, redis_url: str, redis_username: str | None, redis_passw
 @main.command()
 @_env("--metrics-port", type=click.IntRange(0, 65535), required=True, help="The port the checked process serves its metrics on.")
 @_env("--metrics-host", default="127.0.0.1", show_default=True, help="Where the checked process serves them.")
-@click.option("--stale-seconds", type=click.FloatRange(0, min_open=True), default=STALE_SECONDS, show_default=True,
+@click.option("--stale-seconds", type=FiniteFloatRange(0, min_open=True), default=STALE_SECONDS, show_default=True,
               help="A loop (worker agent, embedded loop) silent this long is stuck.")
 @click.option("--loops-only", is_flag=True, help="Judge only whether it answers and its loops beat, not its catalog (a liveness probe: a restart mends no catalog).")
 def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_only: bool) -> None:
@@ -1088,7 +1102,7 @@ def _head() -> str:
 @RANGE_OPTIONS
 @click.option("--stream", help="Only this stream (station).")
 @click.option("--track", help="Only this track id.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), help="Only plays at least this confident.")
+@click.option("--min-confidence", type=FiniteFloatRange(0, 1), help="Only plays at least this confident.")
 @click.option("--all", "include_hidden", is_flag=True, help="Also the rejected plays.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many plays.")
 @OUTPUT_OPTIONS

@@ -186,6 +186,19 @@ def test_a_play_on_air_across_a_short_drop_stays_one_play(service_catalog: Path,
     assert events[1].duration > 25.0
 
 
+@pytest.mark.parametrize("args, env", [
+    (["monitor", "--read-timeout", "nan", "--catalog", "CATALOG", "a.mp3"], {}),  # a live stream that stalled then hung for good: no reconnect
+    (["ingest", "a.mp3"], {"AIRTRACE_READ_TIMEOUT": "inf"}),
+    (["monitor", "--min-unknown-seconds", "nan", "--catalog", "CATALOG", "a.mp3"], {}),  # a traceback from the metrics at the first stretch
+    (["plays", "list", "--min-confidence", "nan"], {}),  # an empty list, as if nothing had played
+])
+def test_numbers_that_are_not_finite_are_refused_by_name(args: list[str], env: dict[str, str], built_catalog: Path) -> None:
+    """click's FloatRange lets nan through every bound (it compares false) and inf through an open one."""
+    result = CliRunner().invoke(main, [str(built_catalog) if arg == "CATALOG" else arg for arg in args], env=env)
+    option = next(arg for arg in args if arg.startswith("--")) if not env else "--read-timeout"
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output and "is not a finite number" in result.output, result.output
+
+
 def test_monitor_events_in_a_missing_folder_is_a_usage_error(built_catalog: Path, tmp_path: Path) -> None:
     code, output = command("monitor", "--catalog", str(built_catalog), "--events", str(tmp_path / "no" / "plays.jsonl"), str(MUSIC / "area1-game.opus"))
     assert code == 2 and "No such file or directory; give a file in an existing folder" in output
