@@ -1332,7 +1332,8 @@ def unknowns_export(playlog, start, end, zone, stream, kind, min_plays, director
 @click.option("--artist", help="The track's artist (catalog metadata).")
 @click.option("--audio", "audio_file", type=click.Path(exists=True, dir_okay=False),
               help="A recording of the music to add instead of the cluster's saved excerpt (or where none was saved).")
-@click.option("--events", type=click.Path(dir_okay=False), help="Also append the new plays' events to this file as JSON lines.")
+@click.option("--events", type=click.Path(dir_okay=False),
+              help="Also append the new plays' events to this file as JSON lines (not those an earlier promotion made).")
 def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, audio_file, events) -> None:
     """Add CLUSTER's music to the catalog as --track-id and turn each of its airings into a play in the play log."""
     from pathlib import Path
@@ -1349,7 +1350,7 @@ def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, aud
         raise click.ClickException(str(exc)) from exc
     if events:
         with EventsFile(events) as out:
-            out.write(done.plays)
+            out.write(done.new_plays)  # the earlier airings' events were written by the promotion that made them plays
         if out.unwritten:
             raise click.ClickException(f"{out.unwritten} of the new plays' events could not be written to {events}; they are in the play log")
     added = f"added {track_id} to the catalog" if done.added else f"{track_id} was already in the catalog"

@@ -50,11 +50,15 @@ class Promotion:
     track_id: str
     added: bool  # False: the track was already in the catalog from an earlier promotion of this cluster
     plays: list[PlayEvent]  # started and ended event of each airing
-    promoted_before: int  # airings that were plays of the track already (an earlier promotion); the rest are new
+    new_plays: list[PlayEvent]  # those of the airings that were not plays of the track yet (an earlier promotion made them)
 
     @property
     def new_airings(self) -> int:
-        return len(self.plays) // 2 - self.promoted_before
+        return len(self.new_plays) // 2
+
+    @property
+    def promoted_before(self) -> int:
+        return (len(self.plays) - len(self.new_plays)) // 2
 
 
 def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadata: dict[str, str], audio_file: Path | None = None) -> Promotion:
@@ -72,7 +76,9 @@ def promote(log: PlayLog, catalog: Catalog, cluster: str, track_id: str, metadat
     rows = _rows(airings, plays)
     added = _add_track(catalog, track_id, audio, metadata)
     log.write(rows)  # which also has each stretch name its play, in the same transaction
-    return Promotion(track_id, added, plays, sum(a.promoted_play_id is not None for a in airings))
+    new_plays = [event for airing, started, ended in zip(airings, plays[::2], plays[1::2]) if airing.promoted_play_id is None
+                 for event in (started, ended)]
+    return Promotion(track_id, added, plays, new_plays)
 
 
 def _airings(log: PlayLog, cluster: str) -> list[Airing]:

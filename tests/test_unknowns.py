@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -341,6 +342,23 @@ def test_an_airing_that_cannot_be_a_play_stops_the_promotion_before_anything_cha
     with pytest.raises(PlayLogError, match=f"cannot make a play of airing {first.unknown_id}.*longer than any play"):
         promote(log, Catalog.open(catalog_dir), repeat.cluster_id, "termigator", {})
     assert Catalog.open(catalog_dir).stats() == before and list_plays(log)[1] == []
+
+def test_promoting_again_appends_to_the_events_file_only_the_airings_heard_since(aired_twice, tmp_path: Path) -> None:
+    """`promote --events` run again (an airing heard since) appended every airing's play events again: the
+    events file, which is a monitor's plays.jsonl as often as not, counted each earlier play twice."""
+    log, catalog_dir, (first, repeat) = aired_twice
+    events = tmp_path / "plays.jsonl"
+    args = ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"), "--catalog", str(catalog_dir),
+            "--track-id", "termigator", "--events", str(events)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    later = replace(repeat, unknown_id=str(uuid.uuid4()), stream_id="radio-3", started_at=repeat.started_at + 3600, ended_at=repeat.ended_at + 3600)
+    log.apply([later.to_json()])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "1 more airing(s)" in result.output and "(2 were already)" in result.output, result.output
+    written = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(written) == len({(e["play_id"], e["state"]) for e in written}) == 6  # started and ended of each of 3 airings, once
+    assert sorted(e["stream_id"] for e in written[4:]) == ["radio-3", "radio-3"]
+
 
 def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
     log, catalog_dir, (_, repeat) = aired_twice
