@@ -1054,11 +1054,27 @@ def _span(start, end, day=None, zone=None):
             raise click.UsageError("give either --day or --from/--to")
         return TimeRange.day(day.date(), zone)
     clock = zone or timezone.utc
-    start, end = (None if moment is None else moment.replace(tzinfo=moment.tzinfo or clock).astimezone(timezone.utc) for moment in (start, end))
+    start, end = (None if moment is None else _instant(moment, clock, option).astimezone(timezone.utc)
+                  for moment, option in ((start, "--from"), (end, "--to")))
     if start is not None and end is not None and start >= end:
         raise click.UsageError(f"--from {start.astimezone(clock):%Y-%m-%dT%H:%M:%S} is not before --to {end.astimezone(clock):%Y-%m-%dT%H:%M:%S}, "
                                "so the range holds no time (--to is exclusive); give the earlier time to --from")
     return TimeRange(start, end, zone)
+
+
+def _instant(moment, clock, option: str):
+    """`moment` with its offset, or read in `clock`. A wall-clock time the clocks skipped (02:30 the night Paris goes to
+    summer time) is refused: zoneinfo would read it an hour off, 03:30, with no word."""
+    from datetime import timezone
+
+    if moment.tzinfo is not None:
+        return moment
+    local = moment.replace(tzinfo=clock)
+    if local.astimezone(timezone.utc).astimezone(clock).replace(tzinfo=None) == moment:
+        return local
+    before, after = (moment.replace(tzinfo=clock, fold=fold).isoformat()[-6:] for fold in (0, 1))
+    raise click.UsageError(f"{option} {moment:%Y-%m-%dT%H:%M:%S} is no time in {clock}: its clocks skipped it, going from UTC{before} to "
+                           f"UTC{after}; give a time they showed, or this one with its offset ({before} or {after})")
 
 
 ZONE_OPTION = _env("--zone", type=_Zone(), default="UTC", show_default=True,
