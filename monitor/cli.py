@@ -723,6 +723,15 @@ AIR_START_OPTIONS = _env_options(
 )
 
 
+def _check_events_file(events: str | None) -> None:
+    """Refuse an --events file that cannot be written before anything is done, rather than after."""
+    if events:
+        try:
+            open(events, "a", encoding="utf-8").close()
+        except OSError as exc:
+            raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
+
+
 def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None, air_start_from: str | None,
              air_start_zone: str) -> list:
     """The streams of a streams file and of the command line (its URLs with --audio and --programs, and their air starts)."""
@@ -894,11 +903,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    if events:
-        try:
-            open(events, "a", encoding="utf-8").close()
-        except OSError as exc:
-            raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
+    _check_events_file(events)
     options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=_ingest_options(realtime, decode_turns, read_timeout),
                              plays=PlayConfig(notice_confidence=notice_confidence), unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
     log_location = None if no_playlog else playlog or _default_playlog(events)
@@ -1360,6 +1365,7 @@ def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, aud
     from monitor.promote import promote
 
     metadata = {key: value for key, value in (("title", title), ("artist", artist)) if value}
+    _check_events_file(events)
     try:
         done = promote(_open_playlog(playlog), Catalog.open(catalog_dir), cluster, track_id, metadata, Path(audio_file) if audio_file else None)
     except (PlayLogError, CatalogError) as exc:

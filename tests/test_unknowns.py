@@ -377,6 +377,12 @@ def test_a_bad_promotion_changes_nothing(aired_twice, tmp_path: Path) -> None:
                                        "--catalog", str(catalog_dir), "--track-id", "x", "--audio", str(tmp_path / "plays.sqlite")])
     assert result.exit_code == 1 and "cannot read the audio" in result.output
     assert Catalog.open(catalog_dir).stats() == before and list_plays(log)[1] == []
+    # an events file in a folder that does not exist: a traceback after the catalog and the play log had changed
+    result = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"), "--catalog",
+                                       str(catalog_dir), "--track-id", "termigator", "--audio", str(MUSIC / "termigator_reg-zbb.opus"),
+                                       "--events", str(tmp_path / "no" / "plays.jsonl")])
+    assert result.exit_code == 2 and "--events" in result.output and "give a file in an existing folder" in result.output, result.output
+    assert Catalog.open(catalog_dir).stats() == before and list_plays(log)[1] == []
     result = CliRunner().invoke(main, ["unknowns", "promote", repeat.cluster_id, "--playlog", str(tmp_path / "plays.sqlite"), "--catalog",
                                        str(catalog_dir), "--track-id", "termigator", "--audio", str(MUSIC / "termigator_reg-zbb.opus")])
     assert result.exit_code == 0, result.output
