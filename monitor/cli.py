@@ -723,13 +723,31 @@ AIR_START_OPTIONS = _env_options(
 )
 
 
-def _check_events_file(events: str | None) -> None:
-    """Refuse an --events file that cannot be written before anything is done, rather than after."""
-    if events:
-        try:
-            open(events, "a", encoding="utf-8").close()
-        except OSError as exc:
-            raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether `path` is a SQLite database file (a pipe or a device is not read)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as existing:
+        return existing.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
+def _check_events_file(events: str | None, playlog: str | None = None) -> None:
+    """Refuse, before anything is done rather than after, an --events file that cannot be written, or that is a SQLite
+    database or the play log's file: events appended to it went between its pages, to be overwritten by the next."""
+    if not events:
+        return
+    fix = "give the events a file of their own, such as plays.jsonl (the play log goes beside it, as plays.sqlite)"
+    if playlog and "://" not in playlog and Path(events).resolve() == Path(playlog).resolve():
+        raise click.UsageError(f"--events {events} is the play log's file too; {fix}")
+    try:
+        if _is_sqlite(Path(events)):
+            raise click.UsageError(f"--events {events} is a SQLite database (a play log?), not a file of events; {fix}")
+        open(events, "a", encoding="utf-8").close()
+    except OSError as exc:
+        raise click.UsageError(f"--events {events}: {exc.strerror}; give a file in an existing folder that you may write to") from None
 
 
 def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None, air_start_from: str | None,
@@ -903,10 +921,10 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
         sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    _check_events_file(events)
+    log_location = None if no_playlog else playlog or _default_playlog(events)
+    _check_events_file(events, log_location)
     options = MonitorOptions(batch_size=batch_size, threads=threads, ingest=_ingest_options(realtime, decode_turns, read_timeout),
                              plays=PlayConfig(notice_confidence=notice_confidence), unknowns=_unknown_config(min_unknown_seconds, unknown_retention_days))
-    log_location = None if no_playlog else playlog or _default_playlog(events)
     plays_log = _open_playlog(log_location, migrate=True) if log_location else None
     unwritten = None
     plays: Counter[str] = Counter()  # by stream that emitted an event (a multiplex input is a stream per program): its plays ended
@@ -1366,7 +1384,7 @@ def unknowns_promote(playlog, cluster, catalog_dir, track_id, title, artist, aud
     from monitor.promote import promote
 
     metadata = {key: value for key, value in (("title", title), ("artist", artist)) if value}
-    _check_events_file(events)
+    _check_events_file(events, playlog)
     try:
         done = promote(_open_playlog(playlog), Catalog.open(catalog_dir), cluster, track_id, metadata, Path(audio_file) if audio_file else None)
     except (PlayLogError, CatalogError) as exc:

@@ -205,6 +205,23 @@ def test_monitor_events_in_a_missing_folder_is_a_usage_error(built_catalog: Path
     assert not (tmp_path / "no").exists()
 
 
+def test_monitor_refuses_events_in_a_sqlite_file_before_it_is_overwritten(built_catalog: Path, tmp_path: Path) -> None:
+    """--events plays.sqlite (the name of the play log the README shows) made the events file and the play log one
+    file: the events went between the database's pages and were overwritten by the next ones. An existing play log
+    given as --events was appended to as well."""
+    from monitor.playlog.store import PlayLog
+
+    song = str(MUSIC / "area1-game.opus")
+    code, output = command("monitor", "--catalog", str(built_catalog), "--events", str(tmp_path / "plays.sqlite"), song)
+    assert code == 2 and f"--events {tmp_path / 'plays.sqlite'} is the play log's file too" in output and "plays.jsonl" in output, output
+    assert not (tmp_path / "plays.sqlite").exists()
+    PlayLog.open(tmp_path / "old.sqlite", migrate=True).close()
+    kept = (tmp_path / "old.sqlite").read_bytes()
+    code, output = command("monitor", "--catalog", str(built_catalog), "--events", str(tmp_path / "old.sqlite"), "--playlog", str(tmp_path / "new.sqlite"), song)
+    assert code == 2 and f"--events {tmp_path / 'old.sqlite'} is a SQLite database" in output, output
+    assert (tmp_path / "old.sqlite").read_bytes() == kept
+
+
 def test_monitor_on_a_full_disk_keeps_its_plays_in_the_play_log_and_fails(built_catalog: Path, tmp_path: Path) -> None:
     """The events file's disk is full: one line says so, the plays still reach the play log and the console,
     and the run ends with the count of events lost to the file and a non-zero exit code."""
