@@ -249,3 +249,17 @@ def test_a_program_that_came_on_air_during_a_recording_airs_from_there(loggers: 
         # the input's clock hears a program's first packet within an MP2 frame (24 ms) of its first sample
         assert [w.offset for w in own] == pytest.approx([on_air + i * GRID.hop_seconds for i in range(len(own))], abs=0.025)
         assert [w.air_time for w in own] == pytest.approx([air_start + w.offset for w in own], abs=1e-6)
+
+
+def test_an_air_start_in_the_future_is_refused(built_catalog: Path, loggers: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A recording aired before it is read: 2126 for 2026 (or file names read in a zone east of theirs) put its plays where
+    no report of the day it aired finds them."""
+    streams = tmp_path / "streams.yaml"
+    streams.write_text(f"- id: radio1\n  url: {loggers[0]}\n  air_start: 2126-12-05T10:00:00+01:00\n")
+    code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--streams", str(streams))
+    assert code == 2 and "stream #1: air_start 2126-12-05T09:00:00Z is in the future" in output, output
+    future = tmp_path / "radio1-2126-12-05T10-00-00.wav"
+    shutil.copyfile(loggers[0], future)
+    code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--air-start-from", NAME_FORMAT, str(future))
+    assert code == 2 and "no stream left to monitor" in output
+    assert f"{future}: its name gives no air start (air_start 2126-12-05T10:00:00Z is in the future" in caplog.text

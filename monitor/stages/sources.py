@@ -9,6 +9,7 @@ import ctypes
 import functools
 import logging
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,11 +52,21 @@ class StreamSource:
         return is_local(self.url)
 
 
+FUTURE_SLACK_SECONDS = 300.0  # how far the recorder's clock may run ahead of this machine's
+
+
 def check_air_start(url: str, air_start: float | None) -> None:
-    """An air start holds for a recorded file only, a plain stream's or a multiplex's: a live input airs as it arrives."""
-    if air_start is not None and not is_local(url):
+    """An air start holds for a recorded file only, a plain stream's or a multiplex's: a live input airs as it arrives.
+    And it is past: a recording aired before it is read (a typo in the year put every play where no report finds it)."""
+    if air_start is None:
+        return
+    if not is_local(url):
         raise ValueError(f"air_start is for recorded files, and {url!r} is not a local file (a live stream airs as it "
                          "arrives): remove air_start, or correct the file's path")
+    if air_start > time.time() + FUTURE_SLACK_SECONDS:
+        aired = datetime.fromtimestamp(air_start, timezone.utc).isoformat().replace("+00:00", "Z")
+        raise ValueError(f"air_start {aired} is in the future, and a recording aired before it is read: correct its date and time, "
+                         "or the time zone they are read in")
 
 
 def is_local(url: str) -> bool:
@@ -241,7 +252,9 @@ class AirStartFromName:
     def air_start(self, path: str) -> float:
         """UTC epoch seconds; ValueError (saying why) when the name does not match."""
         aired = datetime.strptime(Path(path.removeprefix("file:")).stem, self.format)
-        return (aired if aired.tzinfo else aired.replace(tzinfo=self.zone)).timestamp()
+        air_start = (aired if aired.tzinfo else aired.replace(tzinfo=self.zone)).timestamp()
+        check_air_start(path, air_start)
+        return air_start
 
 
 def sources_from_urls(urls: Sequence[str], air_start: AirStartFromName | None = None) -> list[StreamSource]:
