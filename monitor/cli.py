@@ -410,6 +410,8 @@ def bench_playlog(playlog, stations, days, plays_per_day, upsert_plays, out) -> 
 
 
 if TYPE_CHECKING:
+    from datetime import datetime, tzinfo
+
     from monitor.catalog import Catalog
     from monitor.catalog.parts import PartReport
 
@@ -1085,7 +1087,7 @@ def _span(start, end, day=None, zone=None):
     return TimeRange(start, end, zone)
 
 
-def _instant(moment, clock, option: str):
+def _instant(moment: datetime, clock: tzinfo, option: str) -> datetime:
     """`moment` with its offset, or read in `clock`. A wall-clock time the clocks skipped (02:30 the night Paris goes to
     summer time) is refused: zoneinfo would read it an hour off, 03:30, with no word. A date alone is its day's start
     as --day reads it, also where the clocks skip midnight (America/Santiago: 00:00 is 01:00 that day)."""
