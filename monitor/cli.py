@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,8 +35,6 @@ class FiniteFloatRange(click.FloatRange):
     selected nothing, a --min-unknown-seconds of nan ended in a traceback."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        import math
-
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}.", param, ctx)
