@@ -721,6 +721,9 @@ AIR_START_OPTIONS = _env_options(
                  "skipped. With --audio and --programs too (a TV channel recorded off air). In a --streams file: air_start per entry."),
     click.option("--air-start-zone", metavar="ZONE", default="UTC", show_default=True, help="The time zone of the file names' times (an IANA name: "
                  "Europe/Paris), unless the format holds %z."),
+    click.option("--stream", "stream_id", metavar="ID", help="The URLS are recordings of one stream, ID (a logger's hourly files): read one "
+                 "after another, in the order they aired, as one station, so that a song cut where one file ends and the next "
+                 "begins is one play. Without it, each file is a stream of its own, named after the file."),
 )
 
 
@@ -752,14 +755,19 @@ def _check_events_file(events: str | None, playlog: str | None = None) -> None:
 
 
 def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, programs: str | None, air_start_from: str | None,
-             air_start_zone: str) -> list:
-    """The streams of a streams file and of the command line (its URLs with --audio and --programs, and their air starts)."""
+             air_start_zone: str, stream_id: str | None) -> list:
+    """The streams of a streams file and of the command line (its URLs with --audio and --programs, and their air starts;
+    with --stream, recordings of one stream)."""
     from monitor.stages.ingest import load_sources
-    from monitor.stages.sources import AirStartFromName, ConfigError, sources_from_urls
+    from monitor.stages.sources import AirStartFromName, ConfigError, Recordings, sources_from_urls
     from monitor.stages.mux import check_unique_ids, command_line_sources
 
     air_start = AirStartFromName.parse(air_start_from, air_start_zone) if air_start_from else None
-    sources = (load_sources(streams) if streams else []) + command_line_sources(sources_from_urls(urls, air_start), audio, programs)
+    given = sources_from_urls(urls, air_start)
+    if stream_id is not None and (audio or programs):
+        raise ConfigError("--stream joins recordings of one station's audio; give --audio or --programs in a run without it")
+    named = [Recordings.of(stream_id, given)] if stream_id is not None and urls else command_line_sources(given, audio, programs)
+    sources = (load_sources(streams) if streams else []) + named
     if not sources:
         raise ConfigError("no stream left to monitor: the errors above say why")
     check_unique_ids(sources, "the streams file and the command line")
@@ -778,7 +786,8 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
 @KAFKA_OPTIONS
 @METRICS_OPTIONS
 def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_format: str, realtime: bool, decode_turns: int, read_timeout: float,
-           audio: str | None, programs: str | None, air_start_from: str | None, air_start_zone: str, metrics_port: int | None, metrics_host: str,
+           audio: str | None, programs: str | None, air_start_from: str | None, air_start_zone: str, stream_id: str | None, metrics_port: int | None,
+           metrics_host: str,
            **kafka: object) -> None:
     """Read streams (URLS and/or --streams) and publish their windows to Kafka, until stopped."""
     import asyncio
@@ -793,7 +802,7 @@ def ingest(urls: tuple[str, ...], streams: str | None, encoder: str, sample_form
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
-        sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone)
+        sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone, stream_id)
         grid = WindowGrid.for_encoder(load_encoder(encoder))
     except (ConfigError, EncoderError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -907,7 +916,7 @@ def health(metrics_port: int, metrics_host: str, stale_seconds: float, loops_onl
 @METRICS_OPTIONS
 def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None, events: str | None, realtime: bool, decode_turns: int, read_timeout: float,
                     batch_size: int, threads: int, notice_confidence: float, audio: str | None, programs: str | None, air_start_from: str | None,
-                    air_start_zone: str, playlog: str | None, no_playlog: bool,
+                    air_start_zone: str, stream_id: str | None, playlog: str | None, no_playlog: bool,
                     min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
     """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
@@ -919,7 +928,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
     if not urls and not streams:
         raise click.UsageError("give stream URLs or files, or --streams FILE")
     try:
-        sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone)
+        sources = _sources(urls, streams, audio, programs, air_start_from, air_start_zone, stream_id)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     log_location = None if no_playlog else playlog or _default_playlog(events)

@@ -26,10 +26,10 @@ from monitor.catalog import Catalog
 from monitor.events import Event, EventsFile
 from monitor.health import Heartbeat
 from monitor.options import MonitorOptions
-from monitor.stages.ingest import numbered_by_file_or_run, start_readers
-from monitor.stages.sources import StreamSource
+from monitor.stages.ingest import Source, numbered_by_file_or_run, start_readers
+from monitor.stages.sources import Recordings, StreamSource
 from monitor.metrics import Metrics, observe_events
-from monitor.stages.mux import MuxSource, StreamStarted
+from monitor.stages.mux import StreamStarted
 from monitor.playlog.store import PlayLog, PlayLogError
 from monitor.records import AudioWindow, EndOfStream, WindowHits
 from monitor.stages.state import MemoryStateStore
@@ -53,7 +53,7 @@ class EmbeddedMonitor:
     `run` returns every event it emitted; a monitor that runs for months keeps none (they grow with air time:
     tens of thousands a stream a month), and hands them to `on_event`, the events file and the play log only."""
 
-    def __init__(self, catalog: Catalog, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
+    def __init__(self, catalog: Catalog, sources: Sequence[Source], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
                  events_file: str | Path | None = None, playlog: PlayLog | None = None, unknowns: UnknownStore | None = None,
                  keep_events: bool = True):
@@ -67,7 +67,7 @@ class EmbeddedMonitor:
             unknowns = playlog.unknown_store()
         self.step = TrackingStep(self.catalog, MemoryStateStore(), options.plays, unknowns, options.unknowns, metrics)
         self.heartbeat = Heartbeat("embedded", metrics)
-        self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, StreamSource)}
+        self.stream_metadata = {s.id: dict(s.metadata) for s in self.sources if isinstance(s, (StreamSource, Recordings))}
         self.events: list[Event] = []  # what `run` returns: every event emitted, with `keep_events`
         self.keep_events = keep_events
         self.emitted = 0  # events emitted
@@ -174,7 +174,7 @@ class EmbeddedMonitor:
         self.waiting = []
 
 
-def run_embedded(catalog_dir: str | Path, sources: Sequence[StreamSource | MuxSource], options: MonitorOptions = MonitorOptions(),
+def run_embedded(catalog_dir: str | Path, sources: Sequence[Source], options: MonitorOptions = MonitorOptions(),
                  metrics: Metrics | None = None, on_event: Callable[[Event], None] | None = None,
                  events_file: str | Path | None = None, playlog: PlayLog | None = None) -> None:
     """`airtrace monitor`: open the catalog (with the encoder that built it) and monitor until every file

@@ -14,6 +14,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -27,7 +28,7 @@ from monitor.playlog.store import PlayLog
 from monitor.records import AudioWindow
 from monitor.stages.ingest import load_sources, start_readers
 from monitor.stages.mux import command_line_sources
-from monitor.stages.sources import AirStartFromName, sources_from_urls
+from monitor.stages.sources import AirStartFromName, Recordings, sources_from_urls
 from monitor.stages.windows import WindowGrid
 from tv_fixtures import ffmpeg, television, without_audio
 
@@ -263,3 +264,43 @@ def test_an_air_start_in_the_future_is_refused(built_catalog: Path, loggers: lis
     code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--air-start-from", NAME_FORMAT, str(future))
     assert code == 2 and "no stream left to monitor" in output
     assert f"{future}: its name gives no air start (air_start 2126-12-05T10:00:00Z is in the future" in caplog.text
+
+
+def test_a_loggers_files_given_as_one_stream_are_one_station_and_a_song_across_the_hour_is_one_play(built_catalog: Path, loggers: list[Path],
+                                                                                                     tmp_path: Path) -> None:
+    """A logger's files cut area1-game 11 s into it (10:00:15), and the next hour's file comes after the logger was off.
+    As streams of their own they were three stations, and the song across the cut was two plays, one in each file. With
+    --stream they are one station read in the order they aired: one play across the cut, as long as the song, and the
+    file after the gap a play of its own, after a gap."""
+    folder = tmp_path / "loggers"
+    folder.mkdir()
+    first, second = folder / "radio1-2026-12-05T10-00-00.wav", folder / "radio1-2026-12-05T10-00-15.wav"
+    ffmpeg("-i", str(loggers[0]), "-t", "15", str(first))
+    ffmpeg("-ss", "15", "-i", str(loggers[0]), str(second))
+    later = shutil.copy(loggers[1], folder / f"{loggers[1].name}")  # 11:00, over-theme from 6 s into it
+    events = tmp_path / "plays.jsonl"
+    code, output = monitor("--catalog", str(built_catalog), "--no-playlog", "--air-start-from", NAME_FORMAT, "--air-start-zone", "Europe/Paris",
+                           "--stream", "radio1", "--events", str(events), str(later), str(second), str(first))  # in any order
+    assert code == 0, output
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    plays = {line["play_id"]: line for line in lines if line.get("state") == "ended"}
+    assert {line["stream_id"] for line in lines if "stream_id" in line} == {"radio1"}
+    assert sorted(play["track_id"] for play in plays.values()) == ["area1-game", "over-theme"]
+    (song,) = [play for play in plays.values() if play["track_id"] == "area1-game"]
+    began = datetime.fromisoformat(song["started_at"]) - aired(first.stem)
+    lasted = datetime.fromisoformat(song["ended_at"]) - datetime.fromisoformat(song["started_at"])
+    assert abs(began.total_seconds() - 4.0) <= HOP_SECONDS and abs(lasted.total_seconds() - 25.0) <= 2 * HOP_SECONDS
+    (theme,) = [play for play in plays.values() if play["track_id"] == "over-theme"]
+    assert abs((datetime.fromisoformat(theme["started_at"]) - aired(Path(later).stem)).total_seconds() - 6.0) <= HOP_SECONDS
+
+
+def test_a_recordings_windows_are_numbered_from_its_own_air_start_when_read_as_part_of_a_stream(loggers: list[Path]) -> None:
+    """The same file gives the same window numbers (so the same play ids) monitored alone or as an hour of a station's
+    recordings; the station's stream time goes on across its files, with a gap where the logger was off."""
+    parts = sources_from_urls([str(path) for path in loggers], AirStartFromName.parse(NAME_FORMAT, "Europe/Paris"))
+    alone = read_every_window(parts[1:])
+    joined = read_every_window([Recordings.of("radio1", parts)])
+    second = [w for w in joined if w.air_time >= parts[1].air_start]
+    assert [(w.seq, w.air_time) for w in second] == [(w.seq, w.air_time) for w in alone]
+    assert {w.run for w in joined} == {round(parts[0].air_start * 1000)} and [w.after_gap for w in joined].count(True) == 1 and second[0].after_gap
+    assert np.all(np.diff([w.offset for w in joined]) > 0) and second[0].offset == pytest.approx(3600.0)

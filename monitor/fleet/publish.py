@@ -31,12 +31,11 @@ from aiokafka.errors import KafkaError
 
 from monitor.fleet.broker import BrokerError, KafkaSettings, Topics, ensure_topics
 from monitor.options import IngestOptions
-from monitor.stages.ingest import start_readers
-from monitor.stages.sources import StreamSource
+from monitor.stages.ingest import Source, start_readers
 from monitor.fleet.kafka_records import MAX_MESSAGE_BYTES, SampleFormat, encode_end, encode_window, stream_headers
 from monitor.constants import Backoff
 from monitor.metrics import Metrics
-from monitor.stages.mux import MuxSource, StreamStarted
+from monitor.stages.mux import StreamStarted
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.windows import WindowGrid
 
@@ -56,7 +55,7 @@ class PublishOptions:
 
 
 async def publish_windows(
-    sources: Sequence[StreamSource | MuxSource],
+    sources: Sequence[Source],
     grid: WindowGrid,
     kafka: KafkaSettings,
     topics: Topics,

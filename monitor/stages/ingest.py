@@ -58,6 +58,7 @@ from monitor.stages.sources import (
     check_unique,
     declares_its_end,
     never_opens,
+    Recordings,
     read_timeout_for,
     sent_once,
     stream_from_entry,
@@ -65,6 +66,8 @@ from monitor.stages.sources import (
 from monitor.stages.windows import WindowGrid
 
 log = logging.getLogger(__name__)
+
+Source = StreamSource | MuxSource | Recordings  # what start_readers reads: a stream, a multiplex, or one stream's recordings
 
 
 # A reconnected live stream's audio is compared with the last RESUME_KEEP_SECONDS delivered (longer than an
@@ -299,6 +302,45 @@ def read_windows(
             yield item
 
 
+def read_recordings(
+    recordings: Recordings,
+    grid: WindowGrid,
+    options: IngestOptions = IngestOptions(),
+    metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
+    turns: AbstractContextManager = nullcontext(),
+) -> Iterator[AudioWindow]:
+    """Windows of a stream's recordings, one after another, as one stream. Each part's windows air when it aired (its air
+    start) and are numbered from it, as when it is monitored alone, so the same file gives the same play ids; their stream
+    time goes on across the parts, so that a song cut where one file ends and the next begins is one play. Audio missing
+    between two parts (the logger was off for more than a window) is a gap; audio two parts both hold (files that
+    overlap) is heard once. Parts without an air start follow one another without a gap and air as the first does."""
+    stop = stop or threading.Event()
+    first_air = recordings.parts[0].air_start
+    last: AudioWindow | None = None
+    aired_at_zero: float | None = None  # parts without an air start: where stream offset 0 aired
+    for number, part in enumerate(recordings.parts, start=1):
+        if stop.is_set():
+            return
+        timed = first_air is not None and part.air_start is not None
+        heard_to = last.offset + grid.window_seconds if last else 0.0  # stream time its last window reached
+        shift = part.air_start - first_air if timed else heard_to
+        numbered = round(part.air_start * 1000) - round(first_air * 1000) if timed else 0
+        numbered = max(numbered, last.seq + 1 if last else 0)
+        gap = shift - heard_to > grid.window_seconds
+        log.info("stream %s: recording %d of %d, %s%s", recordings.id, number, len(recordings.parts), part.url, " after a gap" if gap else "")
+        for window in read_windows(part, grid, options, metrics, stop, turns):
+            offset = shift + window.offset
+            if last is not None and offset < last.offset + grid.hop_seconds / 2:
+                continue  # heard already, in the part before
+            if aired_at_zero is None:
+                aired_at_zero = window.air_time - offset
+            air_time = window.air_time if timed else aired_at_zero + offset
+            last = replace(window, seq=numbered + window.seq, offset=offset, air_time=air_time, after_gap=window.after_gap or gap)
+            gap = False
+            yield last
+
+
 def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, stop: threading.Event,
                 turns: AbstractContextManager) -> Iterator[AudioWindow]:
     """read_windows for any input but a transport stream, which raises _TransportStream as it opens."""
@@ -386,13 +428,13 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             metrics.stream_reconnects.labels(source.id).inc()
 
 
-def numbered_by_file_or_run(run_started_ms: int) -> Callable[[StreamSource | MuxSource], int]:
+def numbered_by_file_or_run(run_started_ms: int) -> Callable[[Source], int]:
     """Where embedded mode numbers a source's windows from (see start_readers) when its air start is unknown: a local file
     from its modification time in milliseconds, anything else from the run's start. Two runs on one stream id must not give two plays
     one id (the play log keeps the first): daily logger files, a restarted monitor. The same file monitored
     again gives the same ids, so its plays are not counted twice."""
 
-    def first_seq(source: StreamSource | MuxSource) -> int:
+    def first_seq(source: Source) -> int:
         if source.is_file:
             try:
                 return Path(source.url.removeprefix("file:")).stat().st_mtime_ns // 1_000_000
@@ -403,7 +445,7 @@ def numbered_by_file_or_run(run_started_ms: int) -> Callable[[StreamSource | Mux
     return first_seq
 
 
-def numbered_from(source: StreamSource | MuxSource, first_seq: Callable[[StreamSource | MuxSource], int]) -> int:
+def numbered_from(source: Source, first_seq: Callable[[Source], int]) -> int:
     """The number a source's first window takes. A recording with a known air start is numbered from it in milliseconds,
     in embedded mode and in `airtrace ingest` alike: the same recording monitored again gives the same windows, so the
     same play ids and times (the play log keeps one of each), and two recordings of one stream id are numbered apart by
@@ -416,13 +458,13 @@ def numbered_from(source: StreamSource | MuxSource, first_seq: Callable[[StreamS
 
 
 def start_readers(
-    sources: Sequence[StreamSource | MuxSource],
+    sources: Sequence[Source],
     grid: WindowGrid,
     sink: Callable[[AudioWindow | EndOfStream], None],
     options: IngestOptions = IngestOptions(),
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
-    first_seq: Callable[[StreamSource | MuxSource], int] = lambda source: 0,
+    first_seq: Callable[[Source], int] = lambda source: 0,
 ) -> list[threading.Thread]:
     """One daemon thread per stream (or multiplex, see monitor.stages.mux) feeding `sink`; a stream that raises is
     logged and ends alone. Its last item is the EndOfStream of source.id. A source's windows (and ends) are
@@ -433,8 +475,8 @@ def start_readers(
     stop = stop or threading.Event()
     turns = decode_turns(options.decode_turns)
 
-    def run(source: StreamSource | MuxSource) -> None:
-        read = read_mux if isinstance(source, MuxSource) else read_windows
+    def run(source: Source) -> None:
+        read = read_mux if isinstance(source, MuxSource) else read_recordings if isinstance(source, Recordings) else read_windows
         items = read(source, grid, options, metrics, stop, turns)
         base = numbered_from(source, first_seq)
         next_seq = base

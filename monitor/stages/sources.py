@@ -55,6 +55,46 @@ class StreamSource:
 FUTURE_SLACK_SECONDS = 300.0  # how far the recorder's clock may run ahead of this machine's
 
 
+@dataclass(frozen=True)
+class Recordings:
+    """One stream's recordings (a logger's hourly files), read one after another as one stream, in the order they aired
+    when their air starts are known (monitor.stages.ingest.read_recordings). Monitored as streams of their own, each file was a
+    station of its own, and a song cut by the hour was two plays, one in each file."""
+
+    id: str
+    parts: tuple[StreamSource, ...]
+
+    @classmethod
+    def of(cls, stream_id: str, parts: Sequence[StreamSource]) -> "Recordings":
+        """`parts` as recordings of `stream_id`, in air order (in the order given where an air start is not known)."""
+        check_id(stream_id, "stream id")
+        if not parts:
+            raise ConfigError(f"--stream {stream_id}: no recording to monitor as it")
+        for part in parts:
+            if not part.is_file:
+                raise ConfigError(f"--stream {stream_id}: {part.url} is not a local file; --stream joins recordings (files) into one stream: "
+                                  "monitor a live stream without it")
+        if all(part.air_start is not None for part in parts):
+            parts = sorted(parts, key=lambda part: part.air_start)
+        return cls(stream_id, tuple(StreamSource(stream_id, part.url, part.name, part.metadata, part.options, part.air_start) for part in parts))
+
+    @property
+    def url(self) -> str:
+        return self.parts[0].url
+
+    @property
+    def is_file(self) -> bool:
+        return True
+
+    @property
+    def air_start(self) -> float | None:
+        return self.parts[0].air_start
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.parts[0].metadata
+
+
 def check_air_start(url: str, air_start: float | None) -> None:
     """An air start holds for a recorded file only, a plain stream's or a multiplex's: a live input airs as it arrives.
     And it is past: a recording aired before it is read (a typo in the year put every play where no report finds it)."""
