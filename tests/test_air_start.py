@@ -28,7 +28,7 @@ from monitor.playlog.store import PlayLog
 from monitor.records import AudioWindow
 from monitor.stages.ingest import load_sources, start_readers
 from monitor.stages.mux import command_line_sources
-from monitor.stages.sources import AirStartFromName, Recordings, sources_from_urls
+from monitor.stages.sources import AirStartFromName, ConfigError, Recordings, sources_from_urls
 from monitor.stages.windows import WindowGrid
 from tv_fixtures import ffmpeg, television, without_audio
 
@@ -304,3 +304,16 @@ def test_a_recordings_windows_are_numbered_from_its_own_air_start_when_read_as_p
     assert [(w.seq, w.air_time) for w in second] == [(w.seq, w.air_time) for w in alone]
     assert {w.run for w in joined} == {round(parts[0].air_start * 1000)} and [w.after_gap for w in joined].count(True) == 1 and second[0].after_gap
     assert np.all(np.diff([w.offset for w in joined]) > 0) and second[0].offset == pytest.approx(3600.0)
+
+
+def test_entries_of_one_id_that_are_all_recordings_are_that_streams_recordings(loggers: list[Path], tmp_path: Path) -> None:
+    """In a streams file, as with --stream: a station's logger files under its id (they were refused as an id twice)."""
+    streams = tmp_path / "streams.yaml"
+    hours = [{"id": "radio1", "url": str(path), "air_start": aired(path.stem).isoformat()} for path in reversed(loggers)]
+    streams.write_text(yaml.safe_dump(hours + [{"id": "radio2", "url": str(loggers[0])}]))
+    (station, other) = load_sources(streams)
+    assert isinstance(station, Recordings) and [part.url for part in station.parts] == [str(path) for path in loggers] and other.id == "radio2"
+    del hours[0]["air_start"]  # one of them is not a recording with its air start: an id twice, as before
+    streams.write_text(yaml.safe_dump(hours))
+    with pytest.raises(ConfigError, match="'radio1' appears twice.*unless every entry"):
+        load_sources(streams)

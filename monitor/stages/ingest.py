@@ -81,9 +81,10 @@ EDGE_WAIT_SECONDS = 0.02  # a read that waited this long for data found none wai
 CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" (or "max PERIOD"): a container's CPU limit, in cgroup v2
 
 
-def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
+def load_sources(path: str | Path) -> list[Source]:
     """Streams from a YAML file: a list of {id, url, name?, metadata?, options?, audio?, air_start?} (or {streams: [...]}),
-    and multiplexes {mux, url, programs?, audio?, metadata?, options?, air_start?} (see monitor.stages.mux)."""
+    and multiplexes {mux, url, programs?, audio?, metadata?, options?, air_start?} (see monitor.stages.mux). Entries of
+    one id that are all recordings with their air start are that stream's recordings (`Recordings`)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -95,9 +96,27 @@ def load_sources(path: str | Path) -> list[StreamSource | MuxSource]:
         raw = raw["streams"]
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{path}: expected a non-empty list of streams, each with id and url")
-    sources = [_entry(entry, f"{path}: stream #{i + 1}") for i, entry in enumerate(raw)]
+    sources = _recordings_joined([_entry(entry, f"{path}: stream #{i + 1}") for i, entry in enumerate(raw)])
     check_unique(sources, str(path))
     return sources
+
+
+def _recordings_joined(sources: list[StreamSource | MuxSource]) -> list[Source]:
+    """`sources` with the plain entries that share an id, every one a local file with its air start (one station's
+    logger files), made one stream of recordings in the place of the first."""
+    by_id: dict[str, list[StreamSource]] = {}
+    for source in sources:
+        if isinstance(source, StreamSource):
+            by_id.setdefault(source.id, []).append(source)
+    joined = {stream_id: parts for stream_id, parts in by_id.items()
+              if len(parts) > 1 and all(part.is_file and part.air_start is not None for part in parts)}
+    out: list[Source] = []
+    for source in sources:
+        if not isinstance(source, StreamSource) or source.id not in joined:
+            out.append(source)
+        elif joined[source.id][0] is source:
+            out.append(Recordings.of(source.id, joined[source.id]))
+    return out
 
 
 def _entry(entry: Any, where: str) -> StreamSource | MuxSource:

@@ -324,9 +324,10 @@ def sources_from_urls(urls: Sequence[str], air_start: AirStartFromName | None = 
     return sources
 
 
-def check_unique(sources: Sequence[StreamSource], where: str) -> None:
+def check_unique(sources: Sequence[StreamSource | Recordings], where: str) -> None:
     seen: set[str] = set()
     for source in sources:
         if source.id in seen:
-            raise ConfigError(f"{where}: stream id {source.id!r} appears twice; ids must be unique")
+            raise ConfigError(f"{where}: stream id {source.id!r} appears twice; ids must be unique, unless every entry of the id is "
+                              "a recording (a local file) with its air_start: one station's logger files, read as one stream")
         seen.add(source.id)
