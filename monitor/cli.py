@@ -1330,7 +1330,8 @@ def unknowns_list(playlog, start, end, zone, stream, kind, min_plays, stretches,
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: a summary line, then the airings as CSV; json: one object {cluster, occurrences}.")
 @click.option("--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here instead of stdout.")
-def unknowns_show(playlog, cluster, fmt, out) -> None:
+@ZONE_OPTION
+def unknowns_show(playlog, cluster, fmt, out, zone) -> None:
     """The cluster CLUSTER and every airing of it: stream, air start and end, duration, speed, the stretch it matched."""
     import json
 
@@ -1339,7 +1340,7 @@ def unknowns_show(playlog, cluster, fmt, out) -> None:
     from monitor.playlog.unknowns import show_cluster
 
     try:
-        summary, (columns, rows) = show_cluster(_open_playlog(playlog), cluster)
+        summary, (columns, rows) = show_cluster(_open_playlog(playlog), cluster, zone)
     except PlayLogError as exc:
         raise click.ClickException(str(exc)) from exc
     if fmt == "json":

@@ -116,6 +116,22 @@ def test_unknown_stretches_are_listed_in_the_zone(tmp_path: Path) -> None:
     assert [(row["started_at"], row["ended_at"]) for row in csv_rows(result.output)] == [("2026-11-24T00:30:00.000+01:00", "2026-11-24T00:30:40.000+01:00")]
 
 
+def test_a_cluster_is_shown_in_the_zone(tmp_path: Path) -> None:
+    """`unknowns show` wrote UTC whatever --zone or AIRTRACE_ZONE said, beside `unknowns list` in the station's time."""
+    location = str(tmp_path / "plays.sqlite")
+    log = PlayLog.open(location, migrate=True)
+    first = stretch(STATION, 1, at("2026-11-24T00:30:00") - DAY, 40.0)
+    log.apply([first.to_json(), stretch(STATION, 9, at("2026-11-24T09:00:00") - DAY, 40.0, first=(STATION, 1)).to_json()])
+    log.close()
+    listed = CliRunner().invoke(main, ["unknowns", "list", "--playlog", location])
+    (cluster,) = {row["cluster_id"] for row in csv_rows(listed.output)}
+    result = CliRunner().invoke(main, ["unknowns", "show", cluster, "--playlog", location], env={"AIRTRACE_ZONE": "Europe/Paris"})
+    assert result.exit_code == 0, result.output
+    summary, table = result.output.split("\n", 1)
+    assert "2026-11-24T00:30:00.000+01:00 to 2026-11-24T09:00:00.000+01:00" in summary
+    assert [row["started_at"] for row in csv_rows(table)] == ["2026-11-24T00:30:00.000+01:00", "2026-11-24T09:00:00.000+01:00"]
+
+
 def test_airtime_in_a_zone_half_an_hour_off_utc_splits_music_at_its_hours(tmp_path: Path) -> None:
     start = at("2026-11-24T10:15:00", KOLKATA)  # 04:45 UTC; ninety minutes, to 11:45 in Kolkata
     location = play_log(tmp_path, [start], seconds=5400.0)

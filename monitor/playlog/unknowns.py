@@ -95,13 +95,13 @@ def occurrences(log: PlayLog, condition: ColumnElement[bool], zone: tzinfo | Non
     return OCCURRENCE_COLUMNS, fetch_rows(log, query, zone)
 
 
-def show_cluster(log: PlayLog, cluster_id: str) -> tuple[dict[str, Any], Rows]:
-    """A cluster's summary over all its airings, and each airing."""
+def show_cluster(log: PlayLog, cluster_id: str, zone: tzinfo | None = None) -> tuple[dict[str, Any], Rows]:
+    """A cluster's summary over all its airings, and each airing, times in `zone`."""
     cluster = parse_cluster_id(cluster_id)
-    summaries = _summaries(log, unknowns.c.cluster_id == cluster)
+    summaries = _summaries(log, unknowns.c.cluster_id == cluster, zone)
     if not summaries:
         raise PlayLogError(f"no cluster {cluster} in the play log at {log.where}; `airtrace unknowns list` shows the cluster ids")
-    return summaries[0], occurrences(log, unknowns.c.cluster_id == cluster)
+    return summaries[0], occurrences(log, unknowns.c.cluster_id == cluster, zone)
 
 
 def parse_cluster_id(text: str) -> str:
