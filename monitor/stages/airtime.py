@@ -155,7 +155,7 @@ class ClockedWindows:
     def connect(self, unheard: float = 0.0) -> None:
         """A new connection, or audio back after `unheard` seconds of the input without it (StreamClock.connect): a fresh
         cut, a gap if windows came before; the windows held from before are placed by the clock they were cut on."""
-        self.place()
+        self._place()
         self.windower = StreamWindower(self.grid)
         self.clock.connect(unheard)
         self.after_gap = self.after_gap or self.seq > 0
@@ -165,15 +165,15 @@ class ClockedWindows:
         self.clock.chunk(len(chunk), time.time())
         self._cut(self.windower.push(chunk))
         if self.clock.settled:
-            self.place()
+            self._place()
 
     def _cut(self, windows: Iterable[tuple[int, np.ndarray]]) -> None:
         for index, samples in windows:
             self._held.append((self.seq, self.grid.start(index), samples, self.after_gap))
             self.seq, self.after_gap = self.seq + 1, False
 
-    def place(self) -> None:
-        """The held windows placed by the clock as it stands (the connection ends, or reconnects), ready to `take`."""
+    def _place(self) -> None:
+        """The held windows placed by the clock as it stands, ready to `take`."""
         for seq, start, samples, after_gap in self._held:
             window = AudioWindow(self.stream_id, seq, self.clock.offset(start), self.clock.air_time(start), samples, after_gap)
             self.dead_air.observe(samples, window.offset)
@@ -191,5 +191,5 @@ class ClockedWindows:
     def end(self) -> None:
         """The connection is over, or the program left the multiplex: its held windows placed as the clock stands, and a
         dead-air run ended."""
-        self.place()
+        self._place()
         self.dead_air.end(self.clock.end_offset)
