@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from air_fixtures import position
+from air_fixtures import check_continuous, position, read_until, runs
 from encoders import load_audio
 from monitor import metrics as metrics_module
 from monitor.bench.servers import FileServer
@@ -92,53 +92,12 @@ def multiplexed(url: str, options: IngestOptions = OPTIONS, metrics: metrics_mod
     return (item for item in items if isinstance(item, AudioWindow))
 
 
-def read_until(windows: Iterator[AudioWindow], seconds: float, at: dict[float, Callable[[], object]] | None = None) -> list[AudioWindow]:
-    """Windows read for `seconds` of wall-clock time; `at` maps times since the start to actions done then."""
-    timers = [threading.Timer(when, action) for when, action in (at or {}).items()]
-    for timer in timers:
-        timer.start()
-    out, began = [], time.monotonic()
-    try:
-        for window in windows:
-            out.append(window)
-            if time.monotonic() - began >= seconds:
-                break
-    finally:
-        for timer in timers:
-            timer.cancel()
-    return out
-
-
-def runs(windows: list[AudioWindow]) -> list[list[AudioWindow]]:
-    """The windows split where a gap is marked."""
-    out: list[list[AudioWindow]] = []
-    for window in windows:
-        if window.after_gap or not out:
-            out.append([])
-        out[-1].append(window)
-    return out
-
-
-def check_continuous(run: list[AudioWindow], music: np.ndarray) -> float:
-    """Each window of a run is the music's audio where its offset puts it (stream time and audio go on together:
-    nothing lost, nothing repeated); the run's music position at offset 0. Its first two windows may hold the AAC
-    decoder's start-up, so it is located from its third."""
-    located = run[2]
-    at, match = position(located, music, GRID)
-    assert match > 0.95
-    start = at - located.offset
-    for window in run[2:]:
-        expected = music[round((start + window.offset) * GRID.sample_rate) :][: GRID.window]
-        assert np.corrcoef(window.samples, expected)[0, 1] > 0.9, window.seq
-    return start
-
-
 def test_live_hls_is_read_in_stream_time(live: LiveHls, music: np.ndarray) -> None:
     """Steady reading: the windows follow one another on the hop, each the music's next half second, no gap."""
     windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=6)
     assert len(windows) >= 8 and not any(w.after_gap for w in windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
-    check_continuous(windows, music)
+    check_continuous(windows, music, GRID)
     # Air times follow the hop; a later segment that arrived sooner after it was made moves them earlier (never more than one).
     aired = np.array([w.air_time - w.offset for w in windows])
     assert np.all(np.diff(aired) <= 1e-6) and aired[0] - aired[-1] <= SEGMENT_SECONDS
@@ -156,7 +115,7 @@ def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls
                          at={6.0: live.down.set, 10.0: live.down.clear})
     before, after = runs(windows)
     assert len(before) >= 6 and len(after) >= 6
-    start_before, start_after = check_continuous(before, music), check_continuous(after, music)
+    start_before, start_after = check_continuous(before, music, GRID), check_continuous(after, music, GRID)
     assert abs(start_after - start_before) <= SEGMENT_SECONDS + GRID.hop_seconds  # the music's position at stream offset 0
     aired = {w.seq: w.air_time - (start_before if w in before else start_after) - w.offset for w in windows}  # when music second 0 aired
     assert max(aired.values()) - min(aired.values()) <= SEGMENT_SECONDS + GRID.hop_seconds
@@ -201,7 +160,7 @@ def test_a_live_hls_segment_gone_before_it_was_read_is_silence_and_the_audio_aft
     quiet = [i for i, w in enumerate(windows) if silent(w)]
     assert 2 <= len(quiet) <= 3 and quiet == list(range(quiet[0], quiet[-1] + 1))  # 2 s of silence: 2-3 whole windows in it
     before, after = windows[: quiet[0] - 2], windows[quiet[-1] + 2 :]  # clear of the windows that straddle its edges
-    assert abs(check_continuous(after, music) - check_continuous(before, music)) <= 0.005  # the AAC frames' timestamps, to 5 ms
+    assert abs(check_continuous(after, music, GRID) - check_continuous(before, music, GRID)) <= 0.005  # the AAC frames' timestamps, to 5 ms
 
 
 @pytest.mark.slow  # 20 s
@@ -220,7 +179,7 @@ def test_live_hls_after_an_encoder_restart_keeps_stream_time(live: LiveHls, musi
     windows = read_until(read_windows(StreamSource("hls", live.playlist()), GRID, OPTIONS), seconds=20, at={5.0: restart})
     before, after = runs(windows)
     assert len(before) >= 6 and len(after) >= 6
-    assert abs(check_continuous(after, music) - check_continuous(before, music)) <= SEGMENT_SECONDS + GRID.hop_seconds
+    assert abs(check_continuous(after, music, GRID) - check_continuous(before, music, GRID)) <= SEGMENT_SECONDS + GRID.hop_seconds
 
 
 @pytest.mark.parametrize("read", [plain, pytest.param(multiplexed, marks=pytest.mark.slow)])
@@ -237,7 +196,7 @@ def test_a_live_hls_stream_with_segments_as_long_as_the_read_timeout_is_not_reop
     assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "hls"}) is None
     assert not any(w.after_gap for w in windows)
     assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
-    check_continuous(windows, music)
+    check_continuous(windows, music, GRID)
 
 
 def test_a_playlists_target_duration_is_read_from_it_or_from_a_master_playlists_variant(tmp_path: Path) -> None:
