@@ -1,0 +1,125 @@
+"""Ingest of a live Icecast stream, with real parts: Debian's icecast2 with burst-on-connect (its default 64 KiB, 4.1 s of
+128 kb/s MP3) and FFmpeg as the station's source client, playing the demo music in real time (`-re`). Faults are made at the
+server (it closes a listener's connection) and at the source (the encoder restarts, or is not there yet). Each window's
+audio is found in the music, so that where the monitor put it (its offset, its air time) can be compared with where and
+when it was played (test_hls_live.py does the same for HLS)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from air_fixtures import check_continuous, position, read_until, runs
+from catalog_fixtures import MUSIC
+from encoders import load_audio
+from icecast_fixtures import BURST_SECONDS, ICECAST, Icecast
+from monitor import metrics as metrics_module
+from monitor.options import IngestOptions
+from monitor.records import AudioWindow
+from monitor.stages.ingest import read_windows
+from monitor.stages.sources import StreamSource
+from monitor.stages.windows import WindowGrid
+
+pytestmark = pytest.mark.skipif(ICECAST is None, reason="icecast2 is not installed (Debian's icecast2 package; deploy/install.sh installs it)")
+
+SONG = MUSIC / "area1-game.opus"
+GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
+OPTIONS = IngestOptions(open_timeout=5.0, read_timeout=5.0, backoff_initial=0.2, backoff_max=0.5)
+MP3_FRAME_SECONDS = 1152 / 48000  # the source's MP3 frames (the music is 48 kHz): a window is placed to within one
+LATE_SECONDS = 1.0  # the source client's start-up and the server's relay: a window airs when it was played, later by less than this
+
+
+@pytest.fixture()
+def icecast(tmp_path: Path) -> Iterator[Icecast]:
+    with Icecast(SONG, logs=tmp_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def music() -> np.ndarray:
+    return load_audio(SONG, GRID.sample_rate).astype(np.float64)
+
+
+def listen(server: Icecast, metrics: metrics_module.Metrics | None = None) -> Iterator[AudioWindow]:
+    return read_windows(StreamSource("radio", server.url()), GRID, OPTIONS, metrics)
+
+
+def lateness(run: list[AudioWindow], music: np.ndarray, played: float) -> list[float]:
+    """How much later than the source played it each window of a run was put on air (s): the source plays music second s
+    at `played` + s, or later by its start-up. From the run's third window, as check_continuous locates it: a stream's
+    first window begins with the MP3 encoder's priming, before the music (found elsewhere in it)."""
+    return [w.air_time - played - position(w, music, GRID)[0] for w in run[2:]]
+
+
+def test_icecast_listened_to_steadily_airs_its_burst_when_it_aired(icecast: Icecast, music: np.ndarray) -> None:
+    """Joined 4.5 s after the source began, the server sends its last 4.1 s at once (burst-on-connect), then the live
+    audio as it comes, with ICY metadata between (FFmpeg asks for it; the title changes twice). The windows follow one
+    another on the hop, each the music's next half second, and each is put on air when the source played it. The
+    burst's windows were put by its first chunk's arrival, up to 3.7 s late (the first connection's windows did not
+    wait for the clock to settle)."""
+    played = icecast.play()
+    time.sleep(4.5)
+    windows = read_until(listen(icecast), seconds=5, at={1.5: lambda: icecast.set_title("first"), 3.5: lambda: icecast.set_title("second")})
+    assert len(windows) >= 10 and not any(w.after_gap for w in windows)
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    start = check_continuous(windows, music, GRID)
+    assert abs(start - (4.5 - BURST_SECONDS)) <= GRID.hop_seconds  # it began with the burst: what the source played in its last 4.1 s
+    late = lateness(windows, music, played)
+    assert min(late) >= -MP3_FRAME_SECONDS and max(late) < LATE_SECONDS
+
+
+def test_icecast_listener_dropped_resumes_without_a_gap(icecast: Icecast, music: np.ndarray) -> None:
+    """The server closes the monitor's connection (admin killclient, as a network drop does): the reconnection's burst
+    repeats 4.1 s already heard, which is dropped, and the stream goes on as if it had never broken: no gap, nothing
+    heard twice, nothing lost, every window on air when it was played."""
+    played = icecast.play()
+    registry = CollectorRegistry()
+    windows = read_until(listen(icecast, metrics_module.create(registry)), seconds=8, at={5.0: icecast.kill_listeners})
+    assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "radio"}) == 1
+    assert len(windows) >= 14 and not any(w.after_gap for w in windows)
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    check_continuous(windows, music, GRID)
+    late = lateness(windows, music, played)
+    assert min(late) >= -MP3_FRAME_SECONDS and max(late) < LATE_SECONDS
+
+
+@pytest.mark.slow  # 14 s
+def test_icecast_source_restarted_is_a_gap_and_the_audio_after_it_airs_at_its_time(icecast: Icecast, music: np.ndarray) -> None:
+    """The station's encoder stops and starts again 3 s later where the programme is by then. The server closes its
+    listeners when the source leaves (no fallback mount) and answers 404 until it is back; the monitor retries, and the
+    new connection's windows come after a marked gap, their offsets on by the air time lost, each on air when the
+    source played it."""
+    played = icecast.play()
+    time.sleep(2.0)
+
+    def restart() -> None:
+        icecast.stop_source()
+        time.sleep(3.0)
+        icecast.play(start=time.time() - played)  # the programme went on while the encoder was down
+
+    windows = read_until(listen(icecast), seconds=14, at={4.0: restart})
+    before, after = runs(windows)
+    assert len(before) >= 6 and len(after) >= 6
+    start_before, start_after = check_continuous(before, music, GRID), check_continuous(after, music, GRID)
+    assert abs(start_after - start_before) <= GRID.hop_seconds  # the music's position at stream offset 0, on both sides
+    late = lateness(before, music, played) + lateness(after, music, played)
+    assert min(late) >= -MP3_FRAME_SECONDS and max(late) < LATE_SECONDS
+
+
+def test_icecast_mount_without_its_source_yet_is_picked_up_when_the_source_comes(icecast: Icecast, music: np.ndarray) -> None:
+    """The monitor starts before the station's encoder: the mount answers 404 until the source connects, 2 s later.
+    The monitor retries (no error ends it) and reads the stream from its start, on air when it was played."""
+    began = time.time()
+    played: list[float] = []
+    windows = read_until(listen(icecast), seconds=6, at={2.0: lambda: played.append(icecast.play())})
+    assert played and played[0] - began >= 2.0
+    assert len(windows) >= 6 and not any(w.after_gap for w in windows)
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    assert check_continuous(windows, music, GRID) <= 1.0  # from the source's first second
+    late = lateness(windows, music, played[0])
+    assert min(late) >= -MP3_FRAME_SECONDS and max(late) < LATE_SECONDS
