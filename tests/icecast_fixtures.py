@@ -20,8 +20,15 @@ ICECAST = shutil.which("icecast2")
 ICECAST_USER = "icecast2"  # icecast2 refuses to run as root: Debian's package makes this user
 SOURCE_PASSWORD, ADMIN_PASSWORD = "airtrace-source", "airtrace-admin"
 BITRATE_KBPS = 128
-BURST_BYTES = 65536  # Icecast's default burst-on-connect: 4.1 s of 128 kb/s MP3
-BURST_SECONDS = BURST_BYTES * 8 / (BITRATE_KBPS * 1000)
+BURST_BYTES = 65536  # Icecast's default burst-on-connect: 4.1 s of 128 kb/s MP3 (16.4 s of a 32 kb/s HE-AAC station's)
+
+
+def seconds_of(n_bytes: int) -> float:
+    """The audio seconds in `n_bytes` of the stream (a burst's, say)."""
+    return n_bytes * 8 / (BITRATE_KBPS * 1000)
+
+
+BURST_SECONDS = seconds_of(BURST_BYTES)
 MOUNT = "/live.mp3"
 
 CONFIG = """<icecast>

@@ -474,6 +474,23 @@ def test_a_live_stream_that_repeats_audio_on_reconnecting_goes_on_without_a_gap(
         assert np.corrcoef(window.samples, expected)[0, 1] > 0.95, i
 
 
+def test_a_burst_longer_than_the_audio_kept_by_default_is_still_recognised_as_a_repeat() -> None:
+    """A server's burst is bytes (Icecast's 64 KiB is 22 s of a 24 kb/s stream): a reconnection that repeats 25 s began
+    before the 20 s of delivered audio kept, was not recognised, and was heard twice after a gap (a real Icecast:
+    tests/test_icecast.py). The first connection's burst, as long, now makes the reader keep enough."""
+    from encoders import load_audio
+
+    rate = GRID.sample_rate
+    audio = load_audio(MUSIC / "area1-game.opus", rate)
+    resumption = ingest.Resumption(rate)
+    for chunk in np.split(audio[: 40 * rate], 400):  # heard: 40 s, of which the first connection's first 25 s came at once
+        resumption.delivered(chunk)
+        resumption.keep_bursts_of(25.0)
+    continues, chunks = resumption.resume(iter(np.split(audio[15 * rate : 45 * rate], 300)))  # the last 25 s again, then 5 s new
+    assert continues
+    assert np.array_equal(np.concatenate(list(chunks)), audio[40 * rate : 45 * rate])
+
+
 def test_looped_music_that_resumes_at_the_live_position_is_a_gap_not_a_repeat(tmp_path: Path) -> None:
     """area2-game loops: a second of it heard after reconnecting (the server sends no burst, the seconds of the
     drop are lost) also lies in the last 20 s delivered, a loop earlier. Taken for a repeat, that skipped the

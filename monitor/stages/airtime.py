@@ -120,6 +120,13 @@ class StreamClock:
         self.first_anchor = min(self.first_anchor, self.anchor - self.base)  # offset 0's air time, as the anchor settles
 
     @property
+    def ahead(self) -> float:
+        """How far this live connection's audio ran ahead of the wall clock (s): the burst it opened with (audio a server
+        sent at once, which aired before it opened), less the time that burst took to arrive; 0 for a source read as fast
+        as it decodes."""
+        return self.received / self.rate - (self.arrived - self.began) if self.live and self.received > 0 else 0.0
+
+    @property
     def settled(self) -> bool:
         """Whether this connection's start is known as well as its arrivals will tell: its burst is over."""
         if not self.live or self.air_start is not None:

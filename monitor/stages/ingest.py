@@ -70,10 +70,14 @@ log = logging.getLogger(__name__)
 Source = StreamSource | MuxSource | Recordings  # what start_readers reads: a stream, a multiplex, or one stream's recordings
 
 
-# A reconnected live stream's audio is compared with the last RESUME_KEEP_SECONDS delivered (longer than an
-# Icecast burst, 64 KiB: 4 s at 128 kb/s), from RESUME_SETTLE_SECONDS on, over RESUME_MATCH_SECONDS; a
-# normalised cross-correlation of RESUME_MIN_CORRELATION or more is a repeat (other music scores far less).
+# A reconnected live stream's audio is compared with the last RESUME_KEEP_SECONDS delivered (longer than an Icecast
+# burst of 64 KiB at 128 kb/s: 4 s), or RESUME_KEEP_BURSTS times the longest burst a connection opened with if that is
+# longer (a burst is bytes: 64 KiB is 22 s of a 24 kb/s stream), up to RESUME_KEEP_MAX_SECONDS; from
+# RESUME_SETTLE_SECONDS on, over RESUME_MATCH_SECONDS, a normalised cross-correlation of RESUME_MIN_CORRELATION or more
+# is a repeat (other music scores far less).
 RESUME_KEEP_SECONDS = 20.0
+RESUME_KEEP_BURSTS = 2  # a burst is measured as it arrives, less the time it takes: in full only over a fast link
+RESUME_KEEP_MAX_SECONDS = 60.0  # 3.8 MB a stream at 16 kHz, however far a server that sends too fast runs ahead
 RESUME_SETTLE_SECONDS = 0.25
 RESUME_MATCH_SECONDS = 1.0
 RESUME_MIN_CORRELATION = 0.9
@@ -200,12 +204,25 @@ class Resumption:
     stays one play. The last RESUME_KEEP_SECONDS of delivered audio are kept in a ring; a new connection's
     audio from RESUME_SETTLE_SECONDS on (past the decoder's start-up) is looked for in them by normalised
     cross-correlation. Music repeats itself, so a second of it also matches a bar or a loop heard earlier:
-    a repeat is taken only once the new audio matches the delivered audio from there to its very end."""
+    a repeat is taken only once the new audio matches the delivered audio from there to its very end.
+
+    A server's burst is a size in bytes (Icecast's 64 KiB by default), so it lasts longer the lower the bitrate: the ring
+    grows to hold RESUME_KEEP_BURSTS of the longest burst seen (`keep_bursts_of`). A burst that began before the audio
+    kept was not recognised: a 25 s burst after a drop was heard again after a gap (22.7 s of it twice)."""
 
     def __init__(self, sample_rate: int):
+        self.rate = sample_rate
         self.ring = np.zeros(int(RESUME_KEEP_SECONDS * sample_rate), np.float32)
         self.filled = self.end = 0
         self.settle, self.match = int(RESUME_SETTLE_SECONDS * sample_rate), int(RESUME_MATCH_SECONDS * sample_rate)
+
+    def keep_bursts_of(self, burst_seconds: float) -> None:
+        """A connection opened with a burst of `burst_seconds` (StreamClock.ahead): keep enough audio for its repeat."""
+        size = int(min(RESUME_KEEP_BURSTS * burst_seconds, RESUME_KEEP_MAX_SECONDS) * self.rate)
+        if size > len(self.ring):
+            kept = self._tail().astype(np.float32)
+            self.ring, self.filled, self.end = np.zeros(size, np.float32), 0, 0
+            self.delivered(kept)
 
     def delivered(self, chunk: np.ndarray) -> None:
         chunk = chunk[-len(self.ring):]
@@ -409,9 +426,10 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                         timed.connect()
                     if metrics:
                         metrics.stream_up.labels(source.id).set(1)
+                timed.push(chunk)
                 if resumption is not None:
                     resumption.delivered(chunk)
-                timed.push(chunk)
+                    resumption.keep_bursts_of(timed.clock.ahead)
                 yield from delivered()
             timed.end()
             yield from delivered()
