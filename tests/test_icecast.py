@@ -6,6 +6,7 @@ when it was played (test_hls_live.py does the same for HLS)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +134,21 @@ def test_icecast_mount_without_its_source_yet_is_picked_up_when_the_source_comes
     assert check_continuous(windows, music, GRID) <= 1.0  # from the source's first second
     late = lateness(windows, music, played[0])
     assert min(late) >= -MP3_FRAME_SECONDS and max(late) < LATE_SECONDS
+
+
+@pytest.mark.parametrize("playlist", [".m3u", ".xspf"])
+def test_an_icecast_playlist_given_as_the_stream_is_refused_naming_the_stream_it_lists(icecast: Icecast, playlist: str,
+                                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Icecast serves each mount's playlists (live.mp3.m3u, .xspf), which a station's site links to: given as a stream's
+    url, FFmpeg failed to open it ("Input/output error") and the reader retried it forever, monitoring nothing. It now
+    ends that stream with an error naming the stream the playlist lists."""
+    icecast.play()
+    stop = threading.Event()
+    timer = threading.Timer(5.0, stop.set)  # the reader of a playlist gave up by then, or never does
+    timer.start()
+    try:
+        windows = list(read_windows(StreamSource("radio", icecast.url() + playlist), GRID, OPTIONS, stop=stop))
+    finally:
+        timer.cancel()
+    assert not windows and not stop.is_set()
+    assert f"is a playlist, not a stream; skipping it: give the stream it lists, {icecast.url()}, as the stream's url" in caplog.text

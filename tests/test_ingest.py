@@ -341,6 +341,23 @@ def test_a_missing_recording_named_by_its_time_ends_its_stream(tmp_path: Path, m
     assert "Protocol not found" in caplog.text
 
 
+def test_a_playlist_that_lists_streams_names_its_first_and_nothing_else_is_taken_for_one(tmp_path: Path) -> None:
+    """What a station's site links to (.pls, .m3u, .xspf: tests/test_icecast.py gives one to the reader) names the stream
+    to monitor; an HLS playlist (FFmpeg's to read), a web page or a missing file names none."""
+    from monitor.bench.servers import FileServer
+    from monitor.stages.sources import listed_stream
+
+    (tmp_path / "radio.pls").write_text("[playlist]\nNumberOfEntries=2\nFile1=http://a.example/live\nTitle1=A\nFile2=http://b.example/live\n")
+    (tmp_path / "radio.m3u").write_text("#EXTM3U\n#EXTINF:-1,Radio\nhttp://b.example/live\n")
+    (tmp_path / "live.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nhttp://a.example/seg1.ts\n")
+    (tmp_path / "index.html").write_text("<p>\nhttp://a.example/live\n</p>\n")
+    with FileServer(tmp_path) as web:
+        assert listed_stream(web.url("radio.pls"), timeout=2.0) == "http://a.example/live"
+        assert listed_stream(web.url("radio.m3u"), timeout=2.0) == "http://b.example/live"
+        for name in ("live.m3u8", "index.html", "gone.m3u"):
+            assert listed_stream(web.url(name), timeout=2.0) is None
+
+
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:
     registry, metrics = registry_metrics
     assert list(read_windows(StreamSource("gone", "/nonexistent/file.mp3"), GRID, metrics=metrics)) == []

@@ -57,6 +57,7 @@ from monitor.stages.sources import (
     StreamSource,
     check_unique,
     declares_its_end,
+    listed_stream,
     never_opens,
     Recordings,
     read_timeout_for,
@@ -451,6 +452,10 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                 metrics.decode_errors.labels(source.id).inc()
             if ends or never_opens(exc):
                 log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if timed.seq else "this file")
+                return
+            if timed.seq == 0 and (listed := listed_stream(source.url, options.open_timeout)):
+                log.error("stream %s: %s is a playlist, not a stream; skipping it: give the stream it lists, %s, as the stream's url",
+                          source.id, source.url, listed)
                 return
             log.warning("stream %s: %s", source.id, exc)
         finally:

@@ -130,6 +130,37 @@ def never_opens(exc: BaseException) -> bool:
     return any(isinstance(error, av.error.ProtocolNotFoundError) for error in (exc, exc.__cause__))
 
 
+# What a playlist that lists streams (not HLS) is served as: .m3u, .pls, .xspf (Icecast serves each mount's; a station's
+# site links to them), or as plain text by a web server.
+PLAYLIST_CONTENT_TYPES = ("mpegurl", "scpls", "pls+xml", "xspf", "text/plain")
+PLAYLIST_ENTRIES = (
+    re.compile(r"<location>\s*([^<\s]+)\s*</location>"),  # XSPF
+    re.compile(r"^File\d+\s*=\s*(\S+)", re.MULTILINE | re.IGNORECASE),  # PLS
+    re.compile(r"^\s*([a-z][a-z0-9+.-]*://\S+)", re.MULTILINE | re.IGNORECASE),  # M3U: a line that is a whole URL (a text is no playlist)
+)
+
+
+def listed_stream(url: str, timeout: float) -> str | None:
+    """The stream a playlist at `url` lists first, None if `url` answers no such playlist. A playlist is not a stream:
+    FFmpeg failed to open Icecast's live.mp3.m3u ("Input/output error") and the reader retried it forever. Asked only
+    once FFmpeg has failed to open `url`; an HLS playlist is FFmpeg's to read."""
+    if urlparse(url).scheme not in ("http", "https"):
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if not any(kind in response.headers.get_content_type() for kind in PLAYLIST_CONTENT_TYPES):
+                return None
+            text = response.read(1 << 16).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    if "#EXT-X-" in text:
+        return None
+    for entry in PLAYLIST_ENTRIES:
+        if found := entry.search(text):
+            return urljoin(url, found[1])
+    return None
+
+
 def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
     """Whether a network source says that it ends: an HTTP(S) response with a length and without Icecast/
     Shoutcast `icy-*` headers, which mark a live stream whatever else it says. An HLS playlist has a length
