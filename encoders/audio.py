@@ -5,6 +5,7 @@ Stereo is folded to mono by `downmix`, which never lets channels in opposite pha
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import signal
@@ -144,6 +145,8 @@ def decode_chunks(
         except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested": not damage
             raise AudioError(f"{source} stalled: no data for {_timeout(timeout, 1):g} s") from exc
         except av.FFmpegError as exc:
+            if exc.errno == errno.EIO and _local_file(source) is None:  # a server that closed the connection (Icecast's source left)
+                raise AudioError(f"{source}: the connection ended while reading ({exc})") from exc
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
 
 
