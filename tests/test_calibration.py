@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from catalog_fixtures import MUSIC, music
+from catalog_fixtures import music
 from encoders import coloured_noise, load_encoder, parse_chain
 from monitor.catalog import Catalog
 from monitor.stages import calibration

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 from monitor.cli import main
 from monitor.events import AirtimeEvent, PlayEvent, play_id
-from monitor.playlog import queries
 from monitor.playlog.queries import TimeRange
 from monitor.playlog.store import PlayLog
 from test_playlog import DAY, TRACKS
