@@ -26,7 +26,8 @@ class IngestOptions:
     open_timeout: float = 10.0  # seconds to connect
     read_timeout: float = 10.0  # a stream with no data for this long has stalled and is reopened
     backoff_initial: float = 1.0  # first retry delay, doubled per failed attempt
-    backoff_max: float = 60.0
+    backoff_max: float = 10.0  # a source back after minutes down is reopened within this (and an open's timeout): at 60 s a
+    # station back on air went unheard for up to a minute, a song's start or a whole jingle; a retry every 10 s costs nothing
     silence_dbfs: float = SILENCE_DBFS  # a window quieter than this (RMS, dB full scale) is silent
     dead_air_seconds: float = 5.0  # silence this long is dead air: counted and logged
     gather_seconds: float = 0.5  # a reader at the live edge sleeps this long, then takes what came in one go
