@@ -7,6 +7,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from monitor.options import IngestOptions
 from monitor.stages import ingest
 from monitor.stages.airtime import SETTLE_MAX_SECONDS
 from monitor.stages.ingest import _gathered, _paced, decode_turns, load_sources, read_windows, start_readers, usable_cores
+from monitor.stages.mux import AudioSelection, MuxSource, read_mux
+from monitor.stages.resumption import Resumption
 from monitor.stages.sources import ConfigError, StreamSource, sources_from_urls
 from monitor.records import AudioWindow, EndOfStream
 from monitor.stages.windows import WindowGrid
@@ -473,12 +476,20 @@ def test_a_file_served_over_http_is_read_once_and_ends(mp3: tuple[bytes, float],
 
 
 
-def test_a_live_stream_that_repeats_audio_on_reconnecting_goes_on_without_a_gap(server, mp3: tuple[bytes, float]) -> None:
+def multiplexed(source: StreamSource, grid: WindowGrid, options: IngestOptions) -> Iterator[AudioWindow]:
+    """The stream read with an audio selection: the multiplex reader's path (TV, a transport stream over HTTP, HLS renditions)."""
+    return (item for item in read_mux(MuxSource.single(source, AudioSelection()), grid, options) if isinstance(item, AudioWindow))
+
+
+@pytest.mark.parametrize("read", [read_windows, multiplexed])
+def test_a_live_stream_that_repeats_audio_on_reconnecting_goes_on_without_a_gap(server, mp3: tuple[bytes, float], read) -> None:
     """Icecast sends a new listener its last seconds (burst-on-connect): after a short drop the stream
-    repeats what was heard, nothing was lost, and stream time and audio go on as if it had never broken."""
+    repeats what was heard, nothing was lost, and stream time and audio go on as if it had never broken. The multiplex
+    reader's path (a stream with an audio selection, a transport stream over HTTP) marked a gap and heard the repeat
+    twice (5.6 s of it here)."""
     from encoders import load_audio
 
-    windows = take(read_windows(StreamSource("radio", server.url(drop=3.0, burst=3.0)), GRID, FAST_RETRY), count=24, seconds=30)
+    windows = take(read(StreamSource("radio", server.url(drop=3.0, burst=3.0)), GRID, FAST_RETRY), count=24, seconds=30)
     assert len(windows) == 24 and server.connections["/live.mp3"] == 2
     assert_ordered(windows)
     assert not any(w.after_gap for w in windows)
@@ -499,13 +510,16 @@ def test_a_burst_longer_than_the_audio_kept_by_default_is_still_recognised_as_a_
 
     rate = GRID.sample_rate
     audio = load_audio(MUSIC / "area1-game.opus", rate)
-    resumption = ingest.Resumption(rate)
+    resumption = Resumption(rate)
     for chunk in np.split(audio[: 40 * rate], 400):  # heard: 40 s, of which the first connection's first 25 s came at once
         resumption.delivered(chunk)
         resumption.keep_bursts_of(25.0)
-    continues, chunks = resumption.resume(iter(np.split(audio[15 * rate : 45 * rate], 300)))  # the last 25 s again, then 5 s new
-    assert continues
-    assert np.array_equal(np.concatenate(list(chunks)), audio[40 * rate : 45 * rate])
+    resumption.reconnected()
+    chunks = np.split(audio[15 * rate : 45 * rate], 300)  # the last 25 s again, then 5 s new
+    verdicts = (resumption.judge(chunk) for chunk in chunks)
+    continues, audio_after = next(verdict for verdict in verdicts if verdict is not None)  # as soon as the whole repeat has come
+    assert continues and not resumption.judging
+    assert np.array_equal(audio_after, audio[40 * rate : 40 * rate + len(audio_after)]) and len(audio_after) < len(chunks[0])
 
 
 def test_looped_music_that_resumes_at_the_live_position_is_a_gap_not_a_repeat(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from monitor.metrics import Metrics
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow
+from monitor.stages.resumption import Resumption
 from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -145,34 +146,66 @@ class ClockedWindows:
     """A stream's audio cut into windows, each numbered as it is cut and placed in stream and air time by the stream's
     clock once the clock has settled (StreamClock.settled): a live connection's first windows wait up to
     SETTLE_MAX_SECONDS for the burst it opened with to arrive, for they aired before it opened; placed as they came,
-    a station joined three HLS segments behind its live edge had its first windows 4-6 s late. Shared by a single
-    stream's reader and a multiplex program's, which differ in when they connect, not in how their windows are timed.
-    `after_gap` marks the next window cut; `seq` counts windows cut."""
+    a station joined three HLS segments behind its live edge had its first windows 4-6 s late. A live stream's new
+    connection (`resumable`) is first judged by a Resumption: one that repeats what was delivered goes on unbroken, the
+    repeat dropped. Shared by a single stream's reader and a multiplex program's, which differ in when they connect,
+    not in how their windows are timed. `after_gap` marks the next window cut; `seq` counts windows cut."""
 
     def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool,
-                 air_start: float | None = None):
+                 air_start: float | None = None, resumable: bool = False):
         self.stream_id, self.grid, self.metrics = stream_id, grid, metrics
         self.clock = StreamClock(grid.sample_rate, live=live, air_start=air_start)
         self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
+        self.resumption = Resumption(grid.sample_rate) if resumable else None
         self.windower = StreamWindower(grid)
         self.seq, self.after_gap = 0, False
         self._held: list[tuple[int, float, np.ndarray, bool]] = []  # seq, start in its connection (s), samples, after_gap
         self._placed: deque[AudioWindow] = deque()
 
-    def connect(self, unheard: float = 0.0) -> None:
+    def connect(self, unheard: float = 0.0, resumable: bool = False) -> None:
         """A new connection, or audio back after `unheard` seconds of the input without it (StreamClock.connect): a fresh
-        cut, a gap if windows came before; the windows held from before are placed by the clock they were cut on."""
+        cut, a gap if windows came before; the windows held from before are placed by the clock they were cut on. A live
+        stream's new connection (`resumable`) is judged first: its audio is held until the Resumption can tell."""
+        self._release_judged()
         self._place()
+        if resumable and self.resumption is not None and self.seq > 0:
+            self.resumption.reconnected()
+        else:
+            self._fresh_cut(unheard)
+
+    def push(self, chunk: np.ndarray) -> None:
+        """`chunk` arrived now: its windows cut, and placed with those held once the clock has settled."""
+        if self.resumption is not None and self.resumption.judging:
+            verdict = self.resumption.judge(chunk)
+            if verdict is None:
+                return
+            continues, chunk = verdict
+            if continues:  # it repeated what was delivered: nothing was lost, the stream goes on unbroken
+                log.info("stream %s resumed where it broke off", self.stream_id)
+                self.after_gap = False
+            else:
+                self._fresh_cut(0.0)
+        self._deliver(chunk)
+
+    def _fresh_cut(self, unheard: float) -> None:
         self.windower = StreamWindower(self.grid)
         self.clock.connect(unheard)
         self.after_gap = self.after_gap or self.seq > 0
 
-    def push(self, chunk: np.ndarray) -> None:
-        """`chunk` arrived now: its windows cut, and placed with those held once the clock has settled."""
+    def _deliver(self, chunk: np.ndarray) -> None:
         self.clock.chunk(len(chunk), time.time())
         self._cut(self.windower.push(chunk))
+        if self.resumption is not None:
+            self.resumption.delivered(chunk)
+            self.resumption.keep_bursts_of(self.clock.ahead)
         if self.clock.settled:
             self._place()
+
+    def _release_judged(self) -> None:
+        """A connection judged no longer (it ended, or another began): what it held, as new audio after a gap."""
+        if self.resumption is not None and self.resumption.judging and (verdict := self.resumption.cut_short()) is not None:
+            self._fresh_cut(0.0)
+            self._deliver(verdict[1])
 
     def _cut(self, windows: Iterable[tuple[int, np.ndarray]]) -> None:
         for index, samples in windows:
@@ -198,5 +231,6 @@ class ClockedWindows:
     def end(self) -> None:
         """The connection is over, or the program left the multiplex: its held windows placed as the clock stands, and a
         dead-air run ended."""
+        self._release_judged()
         self._place()
         self.dead_air.end(self.clock.end_offset)

@@ -13,7 +13,7 @@ Contracts other processes rely on:
   line again after a short break carries on: monitor.stages.plays). A reconnection that starts
   by repeating audio already delivered (a short drop, and a server that sends its recent seconds to a new
   listener, as Icecast's burst-on-connect does) lost nothing: the repeat is dropped and the stream goes
-  on without a gap (`Resumption`). A local file is read once (as fast as it decodes, or at real-time pace
+  on without a gap (monitor.stages.resumption). A local file is read once (as fast as it decodes, or at real-time pace
   with `realtime=True`), and so is a file served over HTTP, which says so when it opens (`declares_its_end`).
 - A source that opens as an MPEG transport stream, and any input of datagrams (UDP, RTP, SRT), is read the way a stream
   with an audio selection is: its main audio track on the input's own clock (monitor.stages.mux): an audio PID absent
@@ -28,7 +28,6 @@ Contracts other processes rely on:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -46,7 +45,7 @@ import numpy as np
 import yaml
 
 from encoders import AudioError, decode_chunks
-from monitor.constants import SILENCE_RMS, Backoff
+from monitor.constants import Backoff
 from monitor.metrics import Metrics
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow, EndOfStream
@@ -71,17 +70,6 @@ log = logging.getLogger(__name__)
 Source = StreamSource | MuxSource | Recordings  # what start_readers reads: a stream, a multiplex, or one stream's recordings
 
 
-# A reconnected live stream's audio is compared with the last RESUME_KEEP_SECONDS delivered (longer than an Icecast
-# burst of 64 KiB at 128 kb/s: 4 s), or RESUME_KEEP_BURSTS times the longest burst a connection opened with if that is
-# longer (a burst is bytes: 64 KiB is 22 s of a 24 kb/s stream), up to RESUME_KEEP_MAX_SECONDS; from
-# RESUME_SETTLE_SECONDS on, over RESUME_MATCH_SECONDS, a normalised cross-correlation of RESUME_MIN_CORRELATION or more
-# is a repeat (other music scores far less).
-RESUME_KEEP_SECONDS = 20.0
-RESUME_KEEP_BURSTS = 2  # a burst is measured as it arrives, less the time it takes: in full only over a fast link
-RESUME_KEEP_MAX_SECONDS = 60.0  # 3.8 MB a stream at 16 kHz, however far a server that sends too fast runs ahead
-RESUME_SETTLE_SECONDS = 0.25
-RESUME_MATCH_SECONDS = 1.0
-RESUME_MIN_CORRELATION = 0.9
 EDGE_WAIT_SECONDS = 0.02  # a read that waited this long for data found none waiting: the reader is at the live edge
 CGROUP_CPU_LIMIT = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" (or "max PERIOD"): a container's CPU limit, in cgroup v2
 
@@ -199,103 +187,6 @@ def usable_cores(limit_file: Path = CGROUP_CPU_LIMIT) -> int:
         return cores
 
 
-class Resumption:
-    """Recognises a reconnected live stream that starts by repeating audio it already delivered, and drops
-    the repeat, so that the stream goes on as if it had never broken and a play on air across a short drop
-    stays one play. The last RESUME_KEEP_SECONDS of delivered audio are kept in a ring; a new connection's
-    audio from RESUME_SETTLE_SECONDS on (past the decoder's start-up) is looked for in them by normalised
-    cross-correlation. Music repeats itself, so a second of it also matches a bar or a loop heard earlier:
-    a repeat is taken only once the new audio matches the delivered audio from there to its very end.
-
-    A server's burst is a size in bytes (Icecast's 64 KiB by default), so it lasts longer the lower the bitrate: the ring
-    grows to hold RESUME_KEEP_BURSTS of the longest burst seen (`keep_bursts_of`). A burst that began before the audio
-    kept was not recognised: a 25 s burst after a drop was heard again after a gap (22.7 s of it twice)."""
-
-    def __init__(self, sample_rate: int):
-        self.rate = sample_rate
-        self.ring = np.zeros(int(RESUME_KEEP_SECONDS * sample_rate), np.float32)
-        self.filled = self.end = 0
-        self.settle, self.match = int(RESUME_SETTLE_SECONDS * sample_rate), int(RESUME_MATCH_SECONDS * sample_rate)
-
-    def keep_bursts_of(self, burst_seconds: float) -> None:
-        """A connection opened with a burst of `burst_seconds` (StreamClock.ahead): keep enough audio for its repeat."""
-        size = int(min(RESUME_KEEP_BURSTS * burst_seconds, RESUME_KEEP_MAX_SECONDS) * self.rate)
-        if size > len(self.ring):
-            kept = self._tail().astype(np.float32)
-            self.ring, self.filled, self.end = np.zeros(size, np.float32), 0, 0
-            self.delivered(kept)
-
-    def delivered(self, chunk: np.ndarray) -> None:
-        chunk = chunk[-len(self.ring):]
-        first = min(len(chunk), len(self.ring) - self.end)
-        self.ring[self.end : self.end + first] = chunk[:first]
-        self.ring[: len(chunk) - first] = chunk[first:]
-        self.end = (self.end + len(chunk)) % len(self.ring)
-        self.filled = min(len(self.ring), self.filled + len(chunk))
-
-    def resume(self, chunks: Iterator[np.ndarray]) -> tuple[bool, Iterator[np.ndarray]]:
-        """Whether the new connection's `chunks` continue the delivered audio, and the chunks less the repeat."""
-        head, size = [], 0
-        for chunk in chunks:
-            head.append(chunk)
-            size += len(chunk)
-            if size >= self.settle + self.match:
-                break
-        audio = np.concatenate(head) if head else np.zeros(0, np.float32)
-        repeat = self._repeat_length(audio)
-        if repeat is not None:
-            for chunk in chunks if size < repeat else ():  # the whole repeat, to check it to the end
-                head.append(chunk)
-                size += len(chunk)
-                if size >= repeat:
-                    break
-            audio = np.concatenate(head)
-            repeat = repeat if self._repeats_to_the_end(audio, repeat) else None
-        return repeat is not None, self._skipping(audio, chunks, repeat or 0)
-
-    def _tail(self) -> np.ndarray:
-        """The delivered audio kept, oldest first."""
-        return np.roll(self.ring, -self.end)[len(self.ring) - self.filled :].astype(np.float64)
-
-    def _repeats_to_the_end(self, audio: np.ndarray, repeat: int) -> bool:
-        """Whether `audio` from the settle point to `repeat` is the delivered audio's last samples, every
-        RESUME_MATCH_SECONDS of it (silence in both passes): a loop heard earlier parts from it somewhere."""
-        if len(audio) < repeat:
-            return False  # the connection ended within the repeat
-        new = audio[self.settle : repeat].astype(np.float64)
-        old = self._tail()[-len(new):]
-        for begin in range(0, len(new), self.match):
-            a, b = new[begin : begin + self.match], old[begin : begin + self.match]
-            if np.sqrt(np.mean(b**2)) < SILENCE_RMS and np.sqrt(np.mean(a**2)) < SILENCE_RMS:
-                continue
-            if np.dot(a, b) < RESUME_MIN_CORRELATION * math.sqrt(np.dot(a, a) * np.dot(b, b)):
-                return False
-        return True
-
-    def _repeat_length(self, audio: np.ndarray) -> int | None:
-        """Samples at the start of `audio` that repeat the end of the delivered audio; None if it does not."""
-        tail = self._tail()
-        piece = audio[self.settle : self.settle + self.match].astype(np.float64)
-        if len(piece) < self.match or len(tail) < self.match or np.sqrt(np.mean(piece**2)) < SILENCE_RMS:
-            return None  # too little, or silence, which repeats anywhere
-        n = 1 << (len(tail) + len(piece)).bit_length()
-        dots = np.fft.irfft(np.fft.rfft(tail, n) * np.conj(np.fft.rfft(piece, n)), n)[: len(tail) - len(piece) + 1]
-        energy = np.concatenate([[0.0], np.cumsum(tail**2)])
-        norms = np.sqrt(np.maximum(energy[len(piece) :] - energy[: len(tail) - len(piece) + 1], 1e-12) * np.sum(piece**2))
-        correlation = dots / norms
-        best = int(np.argmax(correlation))
-        if correlation[best] < RESUME_MIN_CORRELATION:
-            return None
-        return len(tail) - best + self.settle
-
-    @staticmethod
-    def _skipping(head: np.ndarray, chunks: Iterator[np.ndarray], skip: int) -> Iterator[np.ndarray]:
-        for chunk in itertools.chain([head], chunks):
-            if skip < len(chunk):
-                yield chunk[skip:]
-            skip = max(0, skip - len(chunk))
-
-
 class _TransportStream(Exception):
     """A plain stream that opened as an MPEG transport stream before it delivered a window (see read_windows)."""
 
@@ -382,9 +273,8 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
                 turns: AbstractContextManager) -> Iterator[AudioWindow]:
     """read_windows for any input but a transport stream, which raises _TransportStream as it opens."""
     live = not source.is_file
-    timed = ClockedWindows(source.id, grid, options, metrics, live=live or options.realtime, air_start=source.air_start)
+    timed = ClockedWindows(source.id, grid, options, metrics, live=live or options.realtime, air_start=source.air_start, resumable=live)
     backoff = Backoff(options.backoff_initial, options.backoff_max)
-    resumption = Resumption(grid.sample_rate) if live else None
 
     def delivered() -> Iterator[AudioWindow]:
         for window in timed.take():
@@ -412,25 +302,15 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             chunks = _paced(decoded, grid.sample_rate, options.gather_seconds) if options.realtime else decoded
         first = True
         try:
-            continues = False
-            if resumption is not None and timed.seq > 0:
-                continues, chunks = resumption.resume(chunks)
             for chunk in chunks:
                 if stop.is_set():
                     return
                 if first:  # first audio of this connection
                     first = False
-                    if continues:  # it repeated what we had: nothing was lost, the stream goes on unbroken
-                        log.info("stream %s resumed where it broke off", source.id)
-                        timed.after_gap = False
-                    else:
-                        timed.connect()
+                    timed.connect(resumable=True)
                     if metrics:
                         metrics.stream_up.labels(source.id).set(1)
                 timed.push(chunk)
-                if resumption is not None:
-                    resumption.delivered(chunk)
-                    resumption.keep_bursts_of(timed.clock.ahead)
                 yield from delivered()
             timed.end()
             yield from delivered()

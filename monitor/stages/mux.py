@@ -12,7 +12,8 @@ HLS and DASH carry audio renditions by language. This module
 - reads a `MuxSource` (a `mux` entry of a streams file, a stream with an `audio` selection, or a plain stream
   that opened as a transport stream: monitor.stages.ingest.read_windows) from one
   connection into windows of one stream per program, each with its own id, clock, seq, gap and dead-air
-  handling as monitor.stages.ingest gives a single stream. A program that leaves the multiplex (its audio stops
+  handling as monitor.stages.ingest gives a single stream (monitor.stages.airtime.ClockedWindows), and a live input's
+  reconnection that repeats what it delivered goes on unbroken (monitor.stages.resumption). A program that leaves the multiplex (its audio stops
   while the others go on) is reported and its stream goes down alone; when it comes back its stream
   resumes after a gap, its time moved on by the absence, as the input's other streams (video too) measured it.
   A program that appears is reported; on a live input the connection is reopened to
@@ -440,9 +441,9 @@ class _ProgramStream:
     """One program's stream: lives across reconnects like a single stream's read_windows state."""
 
     def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool,
-                 air_start: float | None = None):
+                 air_start: float | None = None, resumable: bool = False):
         self.id, self.metrics = stream_id, metrics
-        self.timed = ClockedWindows(stream_id, grid, options, metrics, live=live, air_start=air_start)
+        self.timed = ClockedWindows(stream_id, grid, options, metrics, live=live, air_start=air_start, resumable=resumable)
         self.up = False
         self.chunker = Chunker(grid.sample_rate, stream_id, surround=True)
         self.last_heard = 0.0  # input time (s) of its latest packet
@@ -451,11 +452,11 @@ class _ProgramStream:
     def seq(self) -> int:
         return self.timed.seq
 
-    def connect(self, heard: float, unheard: float = 0.0) -> None:
-        """A new connection, or the program's return after `unheard` seconds of the input without it: a fresh
-        cut, a gap if audio came before."""
+    def connect(self, heard: float, unheard: float = 0.0, resumable: bool = False) -> None:
+        """A new connection (`resumable`: one that may repeat what a live input delivered, ClockedWindows.connect), or the
+        program's return after `unheard` seconds of the input without it: a fresh cut, a gap if audio came before."""
         self.chunker = Chunker(self.timed.grid.sample_rate, self.id, surround=True)
-        self.timed.connect(unheard)
+        self.timed.connect(unheard, resumable)
         self.last_heard = heard
 
     def down(self) -> None:
@@ -588,8 +589,8 @@ def _read_connection(container: av.container.InputContainer, mux: MuxSource, gri
     decoding: dict[str, int] = {}  # stream id -> the track index it decodes on this connection
     for stream_id, wanted, program, track in found:
         stream = streams.get(stream_id) or streams.setdefault(stream_id, _ProgramStream(stream_id, grid, options, metrics, live or options.realtime,
-                                                                                        mux.air_start))
-        stream.connect(0.0)
+                                                                                        mux.air_start, resumable=live))
+        stream.connect(0.0, resumable=True)
         by_index.setdefault(track.index, []).append(stream)
         decoding[stream_id] = track.index
         if started := announcer.changed(stream_id, wanted, program, track):
