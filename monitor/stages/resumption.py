@@ -41,6 +41,7 @@ class Resumption:
         self.filled = self.end = 0
         self.settle, self.match = int(RESUME_SETTLE_SECONDS * sample_rate), int(RESUME_MATCH_SECONDS * sample_rate)
         self._held: list[np.ndarray] | None = None  # a new connection's audio while it is judged
+        self._size = 0  # its samples
         self._repeat: int | None = None  # the repeat's length in it, once one is found
 
     def keep_bursts_of(self, burst_seconds: float) -> None:
@@ -61,7 +62,7 @@ class Resumption:
 
     def reconnected(self) -> None:
         """A new connection begins: its audio is judged (`judge`) before it is delivered."""
-        self._held, self._repeat = [], None
+        self._held, self._size, self._repeat = [], 0, None
 
     @property
     def judging(self) -> bool:
@@ -72,16 +73,16 @@ class Resumption:
         delivered audio, and its audio so far, less the repeat where it does."""
         assert self._held is not None, "judge() before reconnected()"
         self._held.append(chunk)
-        size = sum(len(held) for held in self._held)
-        if size < self.settle + self.match:
-            return None
+        self._size += len(chunk)
+        if self._size < self.settle + self.match or (self._repeat is not None and self._size < self._repeat):
+            return None  # too little to look, or not yet the whole repeat, to check it to the end
         audio = np.concatenate(self._held)
         if self._repeat is None:
             self._repeat = self._repeat_length(audio)
             if self._repeat is None:
                 return self._verdict(audio, repeat=None)
-        if size < self._repeat:
-            return None  # the whole repeat, to check it to the end
+            if self._size < self._repeat:
+                return None
         return self._verdict(audio, self._repeat if self._repeats_to_the_end(audio, self._repeat) else None)
 
     def cut_short(self) -> tuple[bool, np.ndarray] | None:
@@ -92,7 +93,7 @@ class Resumption:
         return self._verdict(np.concatenate(self._held), repeat=None)
 
     def _verdict(self, audio: np.ndarray, repeat: int | None) -> tuple[bool, np.ndarray]:
-        self._held, self._repeat = None, None
+        self._held, self._size, self._repeat = None, 0, None
         return repeat is not None, audio[repeat or 0 :]
 
     def _tail(self) -> np.ndarray:
