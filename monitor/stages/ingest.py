@@ -53,12 +53,12 @@ from monitor.stages.airtime import ClockedWindows
 from monitor.stages.mux import AudioSelection, MuxSource, is_transport_stream, read_mux, source_from_entry
 from monitor.stages.sources import (
     ConfigError,
+    Recordings,
     StreamSource,
     check_unique,
     declares_its_end,
     listed_stream,
     never_opens,
-    Recordings,
     read_timeout_for,
     sent_once,
     stream_from_entry,
