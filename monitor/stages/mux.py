@@ -682,8 +682,8 @@ class _Listener:
 
     def hear(self, packet: av.Packet) -> None:
         timestamp = packet.pts if packet.dts is None else packet.dts  # a video's pts go back and forth (B-frames), its dts do not
-        timed = timestamp is not None and packet.time_base is not None
-        jumped = timed and self.clock.hear(packet.stream.index, float(timestamp * packet.time_base))
+        stamped = timestamp is not None and packet.time_base is not None
+        jumped = stamped and self.clock.hear(packet.stream.index, float(timestamp * packet.time_base))
         if packet.size:
             for stream in self.by_index.get(packet.stream.index, []):
                 unheard = self.heard - stream.last_heard
@@ -695,7 +695,7 @@ class _Listener:
                 elif stream.seq > 0 and (jumped and unheard > ABSENT_SECONDS or not stream.up and unheard > self.read_timeout):
                     log.warning("multiplex %s: %s is back on air after %.1f s without audio", self.mux_id, stream.id, unheard)
                     stream.connect(self.heard, unheard=unheard)
-                elif stream.seq == 0 and stream.last_heard == 0.0 and timed and (came_on := self.clock.time_of(packet.stream.index)) > FIRST_HEARD_SECONDS:
+                elif stream.seq == 0 and stream.last_heard == 0.0 and stamped and (came_on := self.clock.time_of(packet.stream.index)) > FIRST_HEARD_SECONDS:
                     # its first audio, after the input's start (a program that came on air during a recording): it airs there
                     log.info("multiplex %s: %s is first heard %.1f s into the input", self.mux_id, stream.id, came_on)
                     stream.connect(self.heard, unheard=came_on)
