@@ -31,6 +31,10 @@ class IngestOptions:
     silence_dbfs: float = SILENCE_DBFS  # a window quieter than this (RMS, dB full scale) is silent
     dead_air_seconds: float = 5.0  # silence this long is dead air: counted and logged
     gather_seconds: float = 0.5  # a reader at the live edge sleeps this long, then takes what came in one go
+    anchor_memory_seconds: float = 300.0  # a live connection's air times follow its audio when it arrives later than they
+    # say for this long (monitor.stages.airtime.StreamClock): a source whose clock runs slow (50 ppm puts them 4 s a day
+    # early), audio lost inside a connection, this host's clock stepped forward. Longer than a reader falls behind and
+    # catches up (a busy monitor, a network stall), which must move nothing
     decode_turns: int = 0  # readers that may decode at once (monitor.stages.ingest.decode_turns); 0: the process's usable cores
 
 

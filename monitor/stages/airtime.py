@@ -52,6 +52,7 @@ class DeadAir:
 # (a server that sends faster than real time lowers it for ever).
 SETTLE_SECONDS = 1.0
 SETTLE_TOLERANCE_SECONDS = 0.05
+NOTED_RISE_SECONDS = 0.25  # an anchor that rises by more at once is logged: audio lost, or a clock stepped (drift creeps)
 SETTLE_MAX_SECONDS = 2.0
 
 
@@ -62,7 +63,12 @@ class StreamClock:
     however fast it is read. Any other file read as fast as it decodes airs from the moment it was opened. A live
     (or paced) source is
     anchored at the earliest moment consistent with when its samples arrived: sample s cannot have been
-    on air later than it reached us, so the anchor is the running minimum of (arrival - s / rate).
+    on air later than it reached us, so the anchor is the minimum of (arrival - s / rate) over the arrivals of the
+    last `memory` seconds. Within that memory it only falls: arrivals late for a while (a network stall, a busy
+    reader catching up) move nothing. Beyond it, audio that keeps arriving later than the anchor says moves it
+    later: a source whose clock runs slow (its air times fell behind the wall clock, 4 s a day at 50 ppm), audio lost
+    inside the connection (a fallback mount's switch, segments skipped), this host's clock stepped forward. Air times
+    follow it; stream offsets, which count the connection's audio, do not.
     After a reconnect, the stream offset resumes at the wall-clock time elapsed since the stream began
     (never less than the audio already delivered, and the input time known to have passed unheard), so gaps
     show in offsets as they did on air: the difference of the connection's anchor and the first connection's.
@@ -76,8 +82,9 @@ class StreamClock:
     whatever its anchor.
     """
 
-    def __init__(self, sample_rate: int, live: bool, air_start: float | None = None):
-        self.rate, self.live, self.air_start = sample_rate, live, air_start
+    def __init__(self, sample_rate: int, live: bool, air_start: float | None = None, memory: float = IngestOptions.anchor_memory_seconds,
+                 stream_id: str = ""):
+        self.rate, self.live, self.air_start, self.memory, self.stream_id = sample_rate, live, air_start, memory, stream_id
         self.first_anchor: float | None = None  # where stream offset 0 aired: the first connection's anchor, lowered as anchors settle
         self.end_offset = 0.0  # stream offset just after the last delivered sample
         self.base = 0.0  # stream offset of this connection's sample 0
@@ -87,6 +94,9 @@ class StreamClock:
         self.floor = 0.0  # the least base this connection may take: the audio delivered and the input time known unheard
         self.placed = False  # this connection's first offset was taken: its base is fixed
         self.began = self.arrived = self.lowered = 0.0  # this connection's first arrival, its last, and the last that lowered its anchor
+        # what the arrivals of the last `memory` seconds say of the anchor: (second, least said then), rising from the
+        # least said since any second before it, so the first is the anchor
+        self.said: deque[tuple[int, float]] = deque()
 
     def connect(self, unheard: float = 0.0) -> None:
         """A new connection, or audio back after `unheard` seconds of the input without it (a program that left a
@@ -99,6 +109,7 @@ class StreamClock:
             self.received, self.placed = 0, False
             self.floor = self.end_offset + self.unheard
             self.began = self.lowered = now
+            self.said.clear()
             self.anchor = self.air_start if self.air_start is not None else now - (n_samples / self.rate if self.live else 0.0)
             if self.first_anchor is None:
                 self.first_anchor = self.anchor
@@ -108,14 +119,30 @@ class StreamClock:
         self.received += n_samples
         self.arrived = now
         if self.live and self.air_start is None:
-            self._lower_anchor(now - self.received / self.rate)
+            self._move_anchor(self._remembered(now - self.received / self.rate))
         self.end_offset = self.base + self.received / self.rate
 
-    def _lower_anchor(self, arrival_says: float) -> None:
-        """The anchor, lowered to what this arrival says of it; the base with it while this connection is unplaced."""
-        if arrival_says < self.anchor - SETTLE_TOLERANCE_SECONDS:
+    def _remembered(self, arrival_says: float) -> float:
+        """The least the arrivals of the last `memory` seconds, this one's included, say of the anchor (a sliding
+        minimum, kept per second: a few hundred numbers a stream)."""
+        second = int(self.arrived)
+        while self.said and self.said[-1][1] >= arrival_says:
+            self.said.pop()
+        if not self.said or self.said[-1][0] != second:
+            self.said.append((second, arrival_says))
+        while second - self.said[0][0] > self.memory:
+            self.said.popleft()
+        return self.said[0][1]
+
+    def _move_anchor(self, least_said: float) -> None:
+        """The anchor moved to what the remembered arrivals say of it; the base with it while this connection is
+        unplaced (a rise is only ever seen long after that)."""
+        if least_said < self.anchor - SETTLE_TOLERANCE_SECONDS:
             self.lowered = self.arrived
-        self.anchor = min(self.anchor, arrival_says)
+        elif least_said > self.anchor + NOTED_RISE_SECONDS:
+            log.info("stream %s: its audio has arrived %.2f s later than its clock said for %g s; its air times follow (audio lost "
+                     "in the connection, or the source's clock or this host's moved)", self.stream_id, least_said - self.anchor, self.memory)
+        self.anchor = least_said
         if not self.placed:
             self.base = max(self.floor, self.anchor - self.first_anchor)
         self.first_anchor = min(self.first_anchor, self.anchor - self.base)  # offset 0's air time, as the anchor settles
@@ -154,7 +181,7 @@ class ClockedWindows:
     def __init__(self, stream_id: str, grid: WindowGrid, options: IngestOptions, metrics: Metrics | None, live: bool,
                  air_start: float | None = None, resumable: bool = False):
         self.stream_id, self.grid, self.metrics = stream_id, grid, metrics
-        self.clock = StreamClock(grid.sample_rate, live=live, air_start=air_start)
+        self.clock = StreamClock(grid.sample_rate, live, air_start, options.anchor_memory_seconds, stream_id)
         self.dead_air = DeadAir(stream_id, options, grid.hop_seconds, metrics)
         self.resumption = Resumption(grid.sample_rate) if resumable else None
         self.windower = StreamWindower(grid)

@@ -139,7 +139,7 @@ def _gathered(chunks: Iterator[np.ndarray], sample_rate: int, gather_seconds: fl
     took 0.12 ms of CPU in a loop and 0.6 ms right after a 0.1 s sleep (cold caches, an idle core
     waking). A reader that wakes for every packet spends most of its CPU waking; in bursts of 0.5 s,
     about 2 wakes a second. The windows reach the monitor up to `gather_seconds` later; their air times
-    do not move (StreamClock anchors on the earliest arrival).
+    do not move (StreamClock anchors on the earliest arrival of the last minutes).
 
     A read can also be slow because the machine is busy, with audio waiting. So the reader keeps how far
     the audio it read runs ahead of the wall clock since it connected (the server's connect burst, at
