@@ -23,11 +23,13 @@ from monitor.playlog.queries import TimeRange
 from monitor.events import plays_in
 from monitor.playlog.store import PlayLog
 from test_playlog import DAY, synthetic_plays
-from test_playlog_unknowns import synthetic_airtime, synthetic_unknowns
+from test_playlog_unknowns import promoted_plays, synthetic_airtime, synthetic_unknowns
 
 ROOT = Path(__file__).parents[1]
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "playlog.json").read_text())
 STREAM_DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "stream.json").read_text())
+# radio-0's airing of the song at DAY + 3500 (it crosses an hour), promoted into the catalog, its play then rejected.
+PROMOTED = synthetic_unknowns()[2]
 # What each panel shows, in order: tables their columns, time series "time", "metric" (the series) and values.
 PANEL_COLUMNS = {
     "Plays": ["time", "station", "title", "artist", "isrc", "track_id", "seconds", "confidence", "state", "play_id"],
@@ -85,12 +87,13 @@ def expand(sql: str, start: datetime, end: datetime, variables: dict[str, list[s
 
 @pytest.fixture(scope="module")
 def grafana_db(postgres: servers.PostgresServer, demo_run) -> tuple[str, list, str]:
-    """A play log with the demo's plays and synthetic ones (one rejected), and a URL as Grafana
-    (the role is the cluster's, so it is made once, for this module's database)."""
+    """A play log with the demo's plays and synthetic ones (one rejected), an unknown stretch promoted into a play a user
+    rejected, and a URL as Grafana (the role is the cluster's, so it is made once, for this module's database)."""
     _, _, demo_events = demo_run
     log = PlayLog.open(postgres.create_database("grafana_dashboards"), migrate=True)
     events = plays_in(demo_events) + synthetic_plays(40, streams=3)
-    log.apply(e.to_json() for e in events + synthetic_unknowns() + synthetic_airtime())
+    log.apply(e.to_json() for e in events + synthetic_unknowns() + synthetic_airtime() + promoted_plays(PROMOTED, "the-song"))
+    log.reject(promoted_plays(PROMOTED, "the-song")[-1].play_id, "another song", "tester")
     ended = [e for e in events if e.state == "ended"]
     log.reject(ended[-1].play_id, "a jingle", "tester")
     database = make_url(log.url).database
@@ -140,8 +143,8 @@ def test_every_dashboard_query_runs_as_grafana_with_the_columns_its_panel_shows(
     # Air times travel with millisecond precision: each play's seconds on air may differ from its duration by 1 ms.
     assert float(sum(row["share"] for row in results["Music share"])) * 3600 == pytest.approx(sum(e.duration for e in shown), abs=0.001 * len(shown))
     assert all(0 <= row["share"] <= 1 for row in results["Music share"])
-    assert [row["play_id"] for row in results["Recent rejected plays"]] == [rejected_id]
-    assert results["Recent rejected plays"][0]["rejected_reason"] == "a jingle"
+    reasons = {row["play_id"]: row["rejected_reason"] for row in results["Recent rejected plays"]}
+    assert reasons == {rejected_id: "a jingle", promoted_plays(PROMOTED, "the-song")[-1].play_id: "another song"}
 
 
 def test_the_panels_follow_the_station_and_the_time_range(grafana_db) -> None:

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from monitor.cli import main
-from monitor.events import AirtimeEvent, UnknownEvent, WithdrawnEvent, cluster_id, iso_utc, play_id, unknown_id
+from monitor.events import (PROMOTED_FROM, AirtimeEvent, PlayEvent, UnknownEvent, WithdrawnEvent, cluster_id, iso_utc, play_id, promoted_play_id,
+                            unknown_id)
 from monitor.playlog import queries, unknowns
 from monitor.playlog.queries import TimeRange
 from monitor.playlog.schema import CONTENT_CLASSES, airtime, cluster_excerpts, plays
@@ -391,6 +392,38 @@ def test_a_station_heard_only_in_unknown_music_or_airtime_is_known(playlog: Play
     playlog.apply([synthetic_airtime()[0].to_json(), stretch("radio-7", 1, 0, 30.0).to_json()])
     assert [queries.has_station(playlog, station) for station in ("radio-0", "radio-7", "radio-9")] == [True, True, False]
     assert queries.stations(playlog) == ["radio-0", "radio-7"]
+
+def promoted_plays(stretch: UnknownEvent, track_id: str) -> list[PlayEvent]:
+    """The started and ended events `unknowns promote` makes of `stretch` (as `promote --events` writes them)."""
+    ended = PlayEvent(promoted_play_id(stretch.unknown_id, track_id), "ended", stretch.stream_id, track_id, stretch.started_at, stretch.stream_start,
+                      0.0, 1.0, 12.0, 1.0, stretch.stream_end, ended_at=stretch.ended_at, stream_end=stretch.stream_end,
+                      ref_end=stretch.stream_end - stretch.stream_start, track={PROMOTED_FROM: stretch.cluster_id})
+    return [replace(ended, state="started", ended_at=None, stream_end=None, ref_end=None), ended]
+
+
+def test_a_rejected_promoted_play_is_unknown_music_again(filled: PlayLog) -> None:
+    """A promoted airing whose play a user rejects was left out of both catalog_music and unknown_music: its
+    seconds aired as music nobody had identified, so they are unknown music again until the play is restored."""
+    latest = synthetic_unknowns()[-1]  # the song's airing on radio-0 at DAY + 10000, 201 s, alone in its hour
+    filled.apply(e.to_json() for e in promoted_plays(latest, "the-song"))
+    hour = iso_utc(DAY + 7200)
+
+    def music_of_the_hour() -> tuple[float, float]:
+        row = {r["hour_utc"]: r for r in queries.airtime_report(filled, TimeRange(), "radio-0")[1]}[hour]
+        return row["catalog_music"], row["unknown_music"]
+
+    def still_listed() -> bool:
+        return latest.unknown_id in [row["unknown_id"] for row in unknowns.list_stretches(filled, stream="radio-0")[1]]
+
+    assert music_of_the_hour() == (201.0, 0.0) and not still_listed()  # promoted: catalog music, once
+    play = promoted_play_id(latest.unknown_id, "the-song")
+    rejected = CliRunner().invoke(main, ["plays", "reject", play, "--playlog", address(filled), "--reason", "another song", "--by", "tester"])
+    assert rejected.exit_code == 0, rejected.output
+    assert music_of_the_hour() == (0.0, 201.0) and still_listed()  # not a catalog play: unknown music, once (it was in neither)
+    restored = CliRunner().invoke(main, ["plays", "restore", play, "--playlog", address(filled)])
+    assert restored.exit_code == 0, restored.output
+    assert music_of_the_hour() == (201.0, 0.0) and not still_listed()
+
 
 def test_the_cli_writes_the_airtime_report(filled: PlayLog, tmp_path: Path) -> None:
     where = address(filled)

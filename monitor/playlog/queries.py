@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from sqlalchemy import ColumnElement, exists, func, select, true
 
-from monitor.playlog.schema import CONTENT_CLASSES, UTCDateTime, airtime, plays, unknowns, visible
+from monitor.playlog.schema import CONTENT_CLASSES, UTCDateTime, airtime, plays, still_unknown, unknowns, visible
 from monitor.playlog.store import LONGEST_AIRING, PlayLog
 
 Rows = tuple[list[str], list[dict[str, Any]]]
@@ -150,13 +150,13 @@ def totals(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
 
 def airtime_report(log: PlayLog, span: TimeRange, station: str | None = None) -> Rows:
     """Per station and hour of the range's zone: seconds of catalog music (visible, ended plays), of unknown music
-    (unknown stretches), each clipped to the hour, and of each content class (the airtime events' parts added up).
+    (unknown stretches still unknown: a rejected promoted play's seconds are counted here, once), each clipped to the hour, and of each content class (the airtime events' parts added up).
     The range is taken in whole hours; hours without any of them have no row. The content classes are kept per
     UTC hour, so an hour of a zone a fraction of an hour from UTC (Asia/Kolkata, +05:30) has them empty (None):
     how a UTC hour's seconds fell on either side of the half hour is not kept."""
     span = span.whole_hours()
     seconds: dict[tuple[str, datetime], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(AIRTIME_COLUMNS[2:], 0.0))
-    aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, unknowns.c.promoted_play_id.is_(None))]
+    aired = [("catalog_music", plays, visible() & plays.c.ended_at.is_not(None)), ("unknown_music", unknowns, still_unknown())]
     with log.connect() as connection:
         for column, table, condition in aired:
             if station is not None:

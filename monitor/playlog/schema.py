@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary, MetaData, String, Table,
-                        TypeDecorator, case, false)
+                        TypeDecorator, case, exists, false)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -163,3 +163,10 @@ def state_rank(state: ColumnElement[Any]) -> ColumnElement[int]:
 def visible() -> ColumnElement[bool]:
     """Plays that lists and reports show: those no user has rejected."""
     return plays.c.rejected == false()
+
+
+def still_unknown() -> ColumnElement[bool]:
+    """Unknown stretches that are still unknown music: those not promoted into the catalog, and those whose
+    promoted play a user has rejected (it is no catalog music then, and the audio still aired)."""
+    rejected = exists().where((plays.c.play_id == unknowns.c.promoted_play_id) & ~visible())
+    return unknowns.c.promoted_play_id.is_(None) | rejected

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select
 
 from monitor.playlog.queries import Rows, TimeRange, fetch_rows, iso_time, write_rows
-from monitor.playlog.schema import SONG_SECONDS, cluster_excerpts, unknowns
+from monitor.playlog.schema import SONG_SECONDS, cluster_excerpts, still_unknown, unknowns
 from monitor.playlog.store import PlayLog, PlayLogError
 
 KINDS = ("jingle", "song")
@@ -51,8 +51,8 @@ class ClusterFilter:
 
 def unknown_music(span: TimeRange, stream: str | None) -> ColumnElement[bool]:
     """Stretches in the range and on the stream that are still unknown music: those promoted into the catalog
-    are plays now (`unknowns show` still has them)."""
-    condition = unknowns.c.promoted_play_id.is_(None) & span.where(unknowns.c.started_at)
+    are plays now, unless a user rejected the play (`unknowns show` has them all)."""
+    condition = still_unknown() & span.where(unknowns.c.started_at)
     return condition if stream is None else condition & (unknowns.c.stream_id == stream)
 
 
