@@ -720,7 +720,8 @@ AIR_START_OPTIONS = _env_options(
                  "then carry the real air times, and a recording monitored again adds no plays. A file whose name does not match is "
                  "skipped. With --audio and --programs too (a TV channel recorded off air). In a --streams file: air_start per entry."),
     click.option("--air-start-zone", metavar="ZONE", default="UTC", show_default=True, help="The time zone of the file names' times (an IANA name: "
-                 "Europe/Paris), unless the format holds %z."),
+                 "Europe/Paris), unless the format holds %z. A time its clocks showed twice (the hour they go back) is the first; "
+                 "a file named with one they skipped is skipped."),
     click.option("--stream", "stream_id", metavar="ID", help="The URLS are recordings of one stream, ID (a logger's hourly files): read one "
                  "after another, in the order they aired, as one station, so that a song cut where one file ends and the next "
                  "begins is one play. Without it, each file is a stream of its own, named after the file."),
@@ -1096,19 +1097,18 @@ def _span(start, end, day=None, zone=None):
 
 
 def _instant(moment: datetime, clock: tzinfo, option: str) -> datetime:
-    """`moment` with its offset, or read in `clock`. A wall-clock time the clocks skipped (02:30 the night Paris goes to
-    summer time) is refused: zoneinfo would read it an hour off, 03:30, with no word. A date alone is its day's start
-    as --day reads it, also where the clocks skip midnight (America/Santiago: 00:00 is 01:00 that day)."""
-    from datetime import time, timezone
+    """`moment` with its offset, or read in `clock` (monitor.local_time's rule: a time the clocks skipped is refused). A date
+    alone is its day's start as --day reads it, also where the clocks skip midnight (America/Santiago: 00:00 is 01:00 that day)."""
+    from datetime import time
 
-    if moment.tzinfo is not None:
-        return moment
-    local = moment.replace(tzinfo=clock)
-    if moment.time() == time.min or local.astimezone(timezone.utc).astimezone(clock).replace(tzinfo=None) == moment:
-        return local
-    before, after = (moment.replace(tzinfo=clock, fold=fold).isoformat()[-6:] for fold in (0, 1))
-    raise click.UsageError(f"{option} {moment:%Y-%m-%dT%H:%M:%S} is no time in {clock}: its clocks skipped it, going from UTC{before} to "
-                           f"UTC{after}; give a time they showed, or this one with its offset ({before} or {after})")
+    from monitor.local_time import SkippedTime, instant
+
+    if moment.tzinfo is None and moment.time() == time.min:
+        return moment.replace(tzinfo=clock)
+    try:
+        return instant(moment, clock)
+    except SkippedTime as exc:
+        raise click.UsageError(f"{option} {exc}; give a time they showed, or this one with its offset ({exc.before} or {exc.after})") from None
 
 
 ZONE_OPTION = _env("--zone", type=_Zone(), default="UTC", show_default=True,

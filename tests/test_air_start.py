@@ -163,6 +163,32 @@ def test_a_file_whose_name_does_not_match_is_skipped_and_the_others_go_on(built_
     assert code == 2 and "no stream left to monitor" in output
 
 
+def test_a_file_named_with_a_time_the_clocks_skipped_is_skipped_and_the_others_go_on(loggers: list[Path], tmp_path: Path,
+                                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """02:30 the night Paris went to summer time never showed on its clocks: a file named so was read as 03:30, an hour
+    off, without a word (--from/--to of the play log refused such a time already)."""
+    skipped, after = tmp_path / "radio1-2026-03-29T02-30-00.wav", tmp_path / "radio1-2026-03-29T03-30-00.wav"
+    for path in (skipped, after):
+        shutil.copyfile(loggers[0], path)
+    sources = sources_from_urls([str(skipped), str(after)], AirStartFromName.parse(NAME_FORMAT, "Europe/Paris"))
+    assert [(source.id, source.air_start) for source in sources] == [(after.stem, datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc).timestamp())]
+    assert (f"{skipped}: its name gives no air start (2026-03-29T02:30:00 is no time in Europe/Paris: its clocks skipped it, going from "
+            "UTC+01:00 to UTC+02:00; rename the file with a time its clocks showed, or with its offset (+01:00 or +02:00) read by %z") in caplog.text
+
+
+def test_a_file_named_with_a_time_the_clocks_showed_twice_aired_the_first_time_unless_its_name_has_the_offset(loggers: list[Path],
+                                                                                                                tmp_path: Path) -> None:
+    """02:30 the night Paris went back to winter time showed twice: the first (summer time, +02:00), as --from reads it;
+    a logger that names both writes the offset, read by %z."""
+    twice, second = tmp_path / "radio1-2026-10-25T02-30-00.wav", tmp_path / "radio1-2026-10-25T02-30-00+0100.wav"
+    for path in (twice, second):
+        shutil.copyfile(loggers[0], path)
+    (first,) = sources_from_urls([str(twice)], AirStartFromName.parse(NAME_FORMAT, "Europe/Paris"))
+    (with_offset,) = sources_from_urls([str(second)], AirStartFromName.parse(NAME_FORMAT + "%z", "Europe/Paris"))
+    assert first.air_start == datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc).timestamp()
+    assert with_offset.air_start == datetime(2026, 10, 25, 1, 30, tzinfo=timezone.utc).timestamp()
+
+
 GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlparse
 import av
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from monitor.local_time import SkippedTime, instant
 from monitor.records import check_id
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ def _ffmpeg_option_finder() -> Callable[[str], bool] | None:
 class AirStartFromName:
     """When a recorded file (a logger's air check) aired, read from its name: `format`, strptime's, matches the whole file
     name without its extension (radio1-%Y-%m-%dT%H-%M-%S for radio1-2026-12-05T10-00-00.mp3); a format without %z reads
-    the time in `zone`. Checked once by formatting a time and reading it back, so a bad directive or a format that
+    the time in `zone`, as monitor.local_time reads a time without an offset. Checked once by formatting a time and reading it back, so a bad directive or a format that
     loses the date or the hour is named before any file is read."""
 
     format: str
@@ -321,9 +322,14 @@ class AirStartFromName:
             raise ConfigError(f"--air-start-zone {zone!r}: no such time zone; give an IANA name such as Europe/Paris, or UTC") from None
 
     def air_start(self, path: str) -> float:
-        """UTC epoch seconds; ValueError (saying why) when the name does not match."""
+        """UTC epoch seconds; ValueError (saying why) when the name does not match or names a time `zone`'s clocks skipped
+        (monitor.local_time's rule: one they showed twice is its first)."""
         aired = datetime.strptime(Path(path.removeprefix("file:")).stem, self.format)
-        air_start = (aired if aired.tzinfo else aired.replace(tzinfo=self.zone)).timestamp()
+        try:
+            air_start = instant(aired, self.zone).timestamp()
+        except SkippedTime as exc:
+            raise ValueError(f"{exc}; rename the file with a time its clocks showed, or with its offset ({exc.before} or {exc.after}) "
+                             f"read by %z in {self.OPTION}") from None
         check_air_start(path, air_start)
         return air_start
 
