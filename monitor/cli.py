@@ -763,6 +763,7 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
     from monitor.stages.sources import AirStartFromName, ConfigError, Recordings, sources_from_urls
     from monitor.stages.mux import check_unique_ids, command_line_sources
 
+    _check_air_start_zone(air_start_from)
     air_start = AirStartFromName.parse(air_start_from, air_start_zone) if air_start_from else None
     given = sources_from_urls(urls, air_start)
     if stream_id is not None and (audio or programs):
@@ -773,6 +774,15 @@ def _sources(urls: tuple[str, ...], streams: str | None, audio: str | None, prog
         raise ConfigError("no stream left to monitor: the errors above say why")
     check_unique_ids(sources, "the streams file and the command line")
     return sources
+
+
+def _check_air_start_zone(air_start_from: str | None) -> None:
+    """--air-start-zone is read with --air-start-from alone: given on the command line without it, it changed nothing, without
+    a word. Only the command line is this run's word: a value from elsewhere (an environment that holds a deployment's
+    settings for every run, were the option read from one) may go unused."""
+    if air_start_from is None and click.get_current_context().get_parameter_source("air_start_zone") is click.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--air-start-zone is the time zone of the file names' times that --air-start-from reads, and no --air-start-from "
+                               "was given: give --air-start-from name:FORMAT with it, or leave --air-start-zone out")
 
 
 @main.command()

@@ -189,6 +189,15 @@ def test_a_file_named_with_a_time_the_clocks_showed_twice_aired_the_first_time_u
     assert with_offset.air_start == datetime(2026, 10, 25, 1, 30, tzinfo=timezone.utc).timestamp()
 
 
+@pytest.mark.parametrize("command", ["monitor", "ingest"])
+def test_an_air_start_zone_given_without_air_start_from_is_a_usage_error(built_catalog: Path, loggers: list[Path], command: str) -> None:
+    """--air-start-zone reads the times of --air-start-from's file names: without it, it changed nothing, without a word."""
+    catalog = ["--catalog", str(built_catalog), "--no-playlog"] if command == "monitor" else []
+    result = CliRunner().invoke(main, [command, *catalog, "--air-start-zone", "Europe/Paris", str(loggers[0])])
+    assert result.exit_code == 2, result.output
+    assert "--air-start-zone is the time zone of the file names' times that --air-start-from reads, and no --air-start-from was given" in result.output
+
+
 GRID = WindowGrid(sample_rate=8000, window=8000, hop=4000)
 
 
