@@ -8,10 +8,11 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import mmap
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -57,6 +58,7 @@ TIMESTAMP_JUMP_SECONDS = 10.0
 # A stream goes on past a packet its decoder refuses as invalid data (damaged, or cut short by packets lost over
 # UDP: 5 s of garbage in an MP3 made 13 in a row); this many in a row is a stream that cannot be decoded.
 DAMAGED_PACKETS_IN_A_ROW = 100
+LIBSNDFILE_UNKNOWN_FRAMES = 2**63 - 1  # the length libsndfile gives a file it cannot measure
 MP3_TAGS = (b"ID3", b"APETAGEX")  # how the tags that an MP3 may carry between its frames begin (see PlacedByBytes)
 
 Decoded = TypeVar("Decoded")
@@ -122,32 +124,85 @@ def decode_chunks(
     reason is the one reported.
     """
     try:
-        container = _open(source, options, timeout)
+        container: av.container.InputContainer | None = _open(source, options, timeout)
     except AudioError as refused:
         path = _local_file(source)
         if path is None:
             raise
         yield from _libsndfile_chunks(path, sample_rate, refused, lock)
         return
+    chunker = Chunker(sample_rate, str(source))
+    start = 0  # the byte at which the container read now begins in the source
+    while container is not None:
+        container, start = yield from _decode_container(container, start, source, chunker, lock, skip_damaged, opened, timeout)
+        opened = None
+    with lock, interrupts_held():
+        chunks = chunker.chunks(None)
+    yield from chunks
+
+
+def _decode_container(container: av.container.InputContainer, start: int, source: str | Path | BinaryIO, chunker: Chunker,
+                      lock: AbstractContextManager, skip_damaged: bool, opened: Callable[[av.container.InputContainer], None] | None,
+                      timeout: float | tuple[float, float] | None) -> Generator[np.ndarray, None, tuple[av.container.InputContainer | None, int]]:
+    """decode_chunks' work on one container, which reads `source` from byte `start`; returns the container of the
+    source's next Ogg chain and its start where FFmpeg would not go on into it, else (None, 0) once all is read.
+
+    An Ogg file may be a chain of streams one after another (a recorded Icecast station: a new one at each change of
+    source or title); FFmpeg reads on into the next where it has the same rate and channels, and refuses one that
+    does not ("Changing stream parameters ... patches welcome"): the rest of the file was lost (a logger's hour cut
+    at the first such change), and libsndfile, which took over, read such a file for ever. A local file is opened
+    again from that chain on (FFmpeg's subfile protocol), and the Chunker takes the new rate and channels as it
+    does any change of them."""
     with container:
         if not container.streams.audio:
             raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
         if opened is not None:
             opened(container)
         stream = container.streams.audio[0]
-        chunker = Chunker(sample_rate, str(source))
+        packets = _Positions(container.demux(stream))
         try:
-            for chunks in decode_batches(container.demux(stream), [stream], partial(_packet_chunks, chunker), str(source), lock, skip_damaged):
+            for chunks in decode_batches(iter(packets), [stream], partial(_packet_chunks, chunker), str(source), lock, skip_damaged):
                 yield from chunks
-            with lock, interrupts_held():
-                chunks = chunker.chunks(None)
-            yield from chunks
+            return None, 0
         except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested": not damage
             raise AudioError(f"{source} stalled: no data for {_timeout(timeout, 1):g} s") from exc
         except av.FFmpegError as exc:
-            if exc.errno == errno.EIO and _local_file(source) is None:  # a server that closed the connection (Icecast's source left)
+            path = _local_file(source)
+            if isinstance(exc, av.PatchWelcomeError) and container.format.name == "ogg" and path is not None:
+                if (chain := _next_ogg_chain(path, start + max(packets.last, 0))) is not None:
+                    log.info("%s: an Ogg chain whose rate or channels change at byte %d (%s): reading on from it", source, chain, exc)
+                    return _open(f"subfile,,start,{chain},end,0,,:{ffmpeg_url(path)}", None, timeout), chain
+            if exc.errno == errno.EIO and path is None:  # a server that closed the connection (Icecast's source left)
                 raise AudioError(f"{source}: the connection ended while reading ({exc})") from exc
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
+
+
+class _Positions:
+    """Packets, with the byte position of the last one that had one (`last`, -1 before any)."""
+
+    def __init__(self, packets: Iterator[av.Packet]):
+        self.packets, self.last = packets, -1
+
+    def __iter__(self) -> Iterator[av.Packet]:
+        for packet in self.packets:
+            if packet.pos is not None and packet.pos >= 0:
+                self.last = packet.pos
+            yield packet
+
+
+OGG_PAGE = b"OggS"
+OGG_FIRST_PAGE = 0x02  # the header-type flag of a logical stream's first page (RFC 3533)
+
+
+def _next_ogg_chain(path: Path, after: int) -> int | None:
+    """The byte at which the first Ogg page after byte `after` of `path` that begins a logical stream lies, if any."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        at = data.find(OGG_PAGE, after + 1)
+        while 0 <= at < len(data) - 5:
+            if data[at + 5] & OGG_FIRST_PAGE:
+                return at
+            at = data.find(OGG_PAGE, at + 1)
+    return None
 
 
 def decode_batches(
@@ -324,12 +379,19 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
 
 def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list[av.Packet]]:
     """`packets` in lists of about DECODE_BATCH_SECONDS of audio (their durations counted in ticks of
-    `tick_seconds`), a list ending early at a packet whose read waited PACKET_WAIT_SECONDS or more."""
+    `tick_seconds`), a list ending early at a packet whose read waited PACKET_WAIT_SECONDS or more. A read that
+    fails (a stall, a connection that ended, a demuxer that gives up) fails after the list of what was read before
+    it: that audio aired, and was dropped with the list."""
     batch: list[av.Packet] = []
     ticks, most = 0, DECODE_BATCH_SECONDS / tick_seconds  # summed in ticks: no fraction arithmetic per packet
     while True:
         began = time.monotonic()
-        packet = next(packets, None)
+        try:
+            packet = next(packets, None)
+        except av.FFmpegError:
+            if batch:
+                yield batch
+            raise
         if packet is None:
             break
         batch.append(packet)
@@ -382,6 +444,9 @@ def _libsndfile_chunks(path: Path, sample_rate: int, refused: AudioError, lock: 
         sound = soundfile.SoundFile(path)
     except (soundfile.LibsndfileError, RuntimeError):
         raise refused from None
+    if sound.frames >= LIBSNDFILE_UNKNOWN_FRAMES or (sound.format == "OGG" and _next_ogg_chain(path, 0) is not None):
+        sound.close()  # a chained Ogg file, which libsndfile reads for ever, or only its first stream, without a word
+        raise refused
     with sound:
         surround = sound.channels > 2  # folded to its plain mean here; mono and stereo go to the resampler as they are
         chunker = Chunker(sample_rate, str(path))

@@ -244,6 +244,48 @@ def test_a_source_that_changes_rate_and_channels_midway_is_decoded_to_its_end(tm
     assert (level[2:98] > -50).all()  # the second part is sound, not padding
 
 
+def _chained_ogg(tmp_path: Path, parts: list[tuple[str, int, int, float]]) -> tuple[Path, list[Path]]:
+    """An Ogg Vorbis file that is a chain of streams, one after another (a recorded Icecast station: a new one at each
+    change of source), of (demo music, rate, channels, seconds) each; and its parts alone."""
+    import subprocess
+
+    music = Path(__file__).parents[1] / "monitor" / "demo" / "music"
+    files = []
+    for name, rate, channels, seconds in parts:
+        files.append(tmp_path / f"{name}-{rate}-{channels}.ogg")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(music / f"{name}.opus"), "-t", str(seconds), "-ar", str(rate),
+                        "-ac", str(channels), "-c:a", "libvorbis", str(files[-1])], check=True)
+    chained = tmp_path / "chained.ogg"
+    chained.write_bytes(b"".join(f.read_bytes() for f in files))
+    return chained, files
+
+
+def test_a_chained_ogg_file_whose_rate_and_channels_change_is_decoded_whole_as_its_parts_are(tmp_path: Path) -> None:
+    """FFmpeg reads on into an Ogg chain of the same rate and channels, and refused one that changes them ("patches
+    welcome"): the rest of the file was lost to a monitor, and `catalog add` and `identify` handed the file to
+    libsndfile, which read it for ever (the process was killed for memory). Now every part is read, sample for sample
+    as it decodes alone, with the stream's skipping of damaged packets and without."""
+    from encoders.audio import decode_chunks
+
+    chained, parts = _chained_ogg(tmp_path, [("area1-game", 44100, 2, 6.0), ("gardien-go", 22050, 1, 5.0), ("over-theme", 44100, 2, 4.0)])
+    expected = np.concatenate([load_audio(part, 8000) for part in parts])
+    assert np.array_equal(load_audio(chained, 8000), expected)
+    assert np.array_equal(np.concatenate(list(decode_chunks(chained, 8000, skip_damaged=True))), expected)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_libsndfile_is_not_given_a_chained_ogg_file(tmp_path: Path, channels: int) -> None:
+    """libsndfile cannot measure a chained Ogg file: it read a mono one on past its end for ever, and a stereo one only
+    to the end of its first stream, without a word. A file FFmpeg fails on is not handed to it then: FFmpeg's reason
+    stands."""
+    from encoders.audio import _libsndfile_chunks
+
+    chained, _ = _chained_ogg(tmp_path, [("area1-game", 44100, channels, 3.0), ("gardien-go", 44100, channels, 3.0)])
+    refused = AudioError("FFmpeg's reason")
+    with pytest.raises(AudioError, match="FFmpeg's reason"):
+        next(_libsndfile_chunks(chained, 8000, refused))
+
+
 def test_a_file_ffmpeg_refuses_is_read_with_libsndfile_in_the_same_chunks(tmp_path: Path) -> None:
     """Some Ogg Vorbis headers (old libVorbis) and some formats FFmpeg refuses but libsndfile reads: such a file
     decodes chunk for chunk as the same audio in a format FFmpeg takes, so a stream can carry what the catalog holds."""
@@ -342,6 +384,27 @@ def test_a_batch_of_packets_ends_at_a_packet_that_had_to_be_waited_for() -> None
     assert any(batch[-1] == 3 for batch in batches)
     batches = list(_batches(packets([None] * 200, waited=-1), tick_seconds))
     assert sum(map(len, batches)) == 200 and all(len(batch) <= DECODE_BATCH_PACKETS for batch in batches)
+
+
+def test_packets_read_before_a_read_fails_are_batched_before_it_fails() -> None:
+    """A stall, a connection that ended, a demuxer that gives up: the packets read before the failing read aired,
+    and a batch collecting them was dropped with the failure (0.17 s of an Ogg chain's end, up to
+    DECODE_BATCH_SECONDS of a live stream before it dropped)."""
+    import errno
+    from types import SimpleNamespace
+
+    import av
+
+    from encoders.audio import _batches
+
+    def packets():
+        yield from (SimpleNamespace(index=i, duration=1) for i in range(3))
+        raise av.FFmpegError(errno.EIO, "Input/output error")
+
+    batches = _batches(packets(), tick_seconds=0.1)
+    assert [p.index for p in next(batches)] == [0, 1, 2]
+    with pytest.raises(av.FFmpegError):
+        next(batches)
 
 
 def _ogg_crc(page: bytes) -> int:
