@@ -123,6 +123,11 @@ def decode_chunks(
     is one a stream can carry too; `opened` is then not called. If libsndfile refuses it as well, FFmpeg's
     reason is the one reported.
     """
+    path = _local_file(source)
+    if path is not None and (declared := _wav_audio_cut_short(path)) is not None:
+        log.warning("%s: its header says its audio ends at byte %d of its %d (a recording whose header was never finished, or "
+                    "one over 4 GB written as plain WAV): reading it to its end", source, declared, path.stat().st_size)
+        options = {**(options or {}), "ignore_length": "1"}
     try:
         container: av.container.InputContainer | None = _open(source, options, timeout)
     except AudioError as refused:
@@ -188,6 +193,30 @@ class _Positions:
             if packet.pos is not None and packet.pos >= 0:
                 self.last = packet.pos
             yield packet
+
+
+def _wav_audio_cut_short(path: Path) -> int | None:
+    """Where a WAV file's header says its audio ends, if the file goes on past that with no chunk there: a logger's
+    recording whose header was written at its start or now and then (a crash left the rest out of it), or one over
+    4 GB whose sizes wrapped round. FFmpeg reads as far as the header says (9 s of a 10 s file were lost with a
+    header a second long; three quarters of a 24 h stereo recording), unless told to ignore it. A header whose size
+    says "unknown" (0, or the largest) and a chunk after the audio (LIST, id3) are read as they are."""
+    with path.open("rb") as file:
+        if file.read(12)[8:12] != b"WAVE":
+            return None
+        while len(header := file.read(8)) == 8:
+            name, size = header[:4], int.from_bytes(header[4:], "little")
+            if name != b"data":
+                file.seek(size + (size & 1), io.SEEK_CUR)
+                continue
+            end, length = file.tell() + size, path.stat().st_size
+            if size in (0, 0xFFFFFFFF) or end >= length:
+                return None
+            file.seek(end + (size & 1))
+            after = file.read(8)
+            chunk = len(after) == 8 and all(0x20 <= b <= 0x7E for b in after[:4]) and file.tell() + int.from_bytes(after[4:], "little") <= length
+            return None if chunk else end
+    return None
 
 
 OGG_PAGE = b"OggS"

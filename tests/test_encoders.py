@@ -415,3 +415,30 @@ def _ogg_crc(page: bytes) -> int:
         for _ in range(8):
             crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
     return crc
+
+
+def test_a_wav_file_whose_header_says_its_audio_ends_early_is_read_to_its_end(tmp_path: Path) -> None:
+    """A logger's WAV recording whose header was written at its start or now and then (a crash left the rest out of
+    it), or one over 4 GB whose sizes wrapped round: FFmpeg read as far as the header says, 1 s of this 10 s file. A
+    chunk after the audio (LIST, as FFmpeg writes it) is no such thing, and a size that says "unknown" is read as
+    FFmpeg reads it."""
+    import struct
+
+    import soundfile
+
+    audio = np.random.default_rng(5).normal(0, 0.1, (10 * 22050, 2)).astype(np.float32)
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, audio, 22050, subtype="PCM_16")
+    data = bytearray(whole.read_bytes())
+    size_at = data.find(b"data") + 4
+    expected = load_audio(whole, 8000)
+
+    def variant(name: str, size: int, tail: bytes = b"") -> Path:
+        path = tmp_path / name
+        path.write_bytes(data[:size_at] + struct.pack("<I", size) + data[size_at + 4 :] + tail)
+        return path
+
+    assert np.array_equal(load_audio(variant("header-a-second-long.wav", 22050 * 4), 8000), expected)
+    listed = b"LIST" + struct.pack("<I", 26) + b"INFOISFT" + struct.pack("<I", 14) + b"Lavf-airtrace\0"
+    assert np.array_equal(load_audio(variant("a-list-after-the-audio.wav", len(audio) * 4, listed), 8000), expected)
+    assert np.array_equal(load_audio(variant("size-unknown.wav", 0xFFFFFFFF), 8000), expected)
