@@ -219,6 +219,28 @@ def _wav_audio_cut_short(path: Path) -> int | None:
     return None
 
 
+def _mp4_without_index(path: Path) -> bool:
+    """Whether `path` is an MP4 file (its first box is ftyp) none of whose top-level boxes is the index (moov): what a
+    recorder that writes the index last leaves when it is stopped short."""
+    with path.open("rb") as file:
+        boxes = 0
+        while len(header := file.read(8)) == 8:
+            size, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if boxes == 0 and kind != b"ftyp":
+                return False
+            if kind == b"moov":
+                return False
+            if size == 1:  # a 64-bit size follows
+                size = int.from_bytes(file.read(8), "big") - 8
+            elif size == 0:  # the box runs to the end of the file
+                break
+            if size < 8:
+                break
+            file.seek(size - 8, io.SEEK_CUR)
+            boxes += 1
+    return boxes > 0
+
+
 OGG_PAGE = b"OggS"
 OGG_FIRST_PAGE = 0x02  # the header-type flag of a logical stream's first page (RFC 3533)
 
@@ -448,6 +470,11 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
         path = _local_file(source)
         if path is not None and path.stat().st_size == 0:
             raise AudioError(f"{source} is empty (0 bytes); give a file that holds audio") from exc
+        if path is not None and _mp4_without_index(path):
+            raise AudioError(f"{source} is an MP4 (M4A) recording without its index (no moov box): it was never finished, the "
+                             "recorder stopped before writing it, and its audio cannot be read without it; rebuild the index with a "
+                             "tool such as untrunc (given a finished recording from the same recorder), or record to a format that "
+                             "survives being cut short (MPEG-TS, Matroska, WAV)") from exc
         raise AudioError(f"{source} is not in any audio or video format FFmpeg recognises ({exc}); give an audio file or stream") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc

@@ -104,13 +104,17 @@ def test_identify_names_the_real_cause_of_unreadable_input_and_fails_when_every_
     text.write_text("these are my notes, not audio\n" * 20)
     video = tmp_path / "silent-film.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64", "-c:v", "mpeg4", str(video)], check=True)
-    code, out, err = run("identify", "--catalog", str(built_catalog), str(empty), str(text), str(video))
+    unfinished = tmp_path / "unfinished.m4a"  # a recorder that writes its index (moov) last, stopped short: no index
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(MUSIC / "area1-game.opus"), "-t", "5", "-c:a", "aac", str(unfinished)], check=True)
+    unfinished.write_bytes(unfinished.read_bytes()[: unfinished.read_bytes().rfind(b"moov") - 4])
+    code, out, err = run("identify", "--catalog", str(built_catalog), str(empty), str(text), str(video), str(unfinished))
     errors = [json.loads(line)["error"] for line in out.splitlines()]
     assert code == 1 and "every file failed" in err
     assert "empty (0 bytes)" in errors[0]
     assert "not in any audio or video format FFmpeg recognises" in errors[1]
     assert "has no audio stream" in errors[2]
-    assert not any("WAV" in e for e in errors)  # the old advice named the wrong cause
+    assert "recording without its index (no moov box)" in errors[3] and "untrunc" in errors[3]  # it said "not in any ... format"
+    assert not any("WAV" in e for e in errors[:3])  # the old advice named the wrong cause
 
     good = wav(tmp_path / "good.wav", music(CATALOG_TRACKS[0])[SAMPLE_RATE * 5 : SAMPLE_RATE * 12])
     assert run("identify", "--catalog", str(built_catalog), str(empty), str(good))[0] == 0  # one file failed, not every one
