@@ -155,4 +155,4 @@ def test_an_icecast_playlist_given_as_the_stream_is_refused_naming_the_stream_it
     finally:
         timer.cancel()
     assert not windows and not stop.is_set()
-    assert f"is a playlist, not a stream; skipping it: give the stream it lists, {icecast.url()}, as the stream's url" in caplog.text
+    assert f"is a playlist, not a stream: give the stream it lists, {icecast.url()}, as the stream's url; skipping it" in caplog.text

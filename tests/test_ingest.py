@@ -366,21 +366,32 @@ def test_a_missing_recording_named_by_its_time_ends_its_stream(tmp_path: Path, m
     assert "Protocol not found" in caplog.text
 
 
-def test_a_playlist_that_lists_streams_names_its_first_and_nothing_else_is_taken_for_one(tmp_path: Path) -> None:
+def test_what_answers_a_stream_url_but_is_no_stream_is_named_with_the_fix(tmp_path: Path) -> None:
     """What a station's site links to (.pls, .m3u, .xspf: tests/test_icecast.py gives one to the reader) names the stream
-    to monitor; an HLS playlist (FFmpeg's to read), a web page or a missing file names none."""
+    to monitor; an MPEG-DASH manifest is one the FFmpeg that PyAV ships cannot read (the reader retried it for ever,
+    "not in any audio or video format FFmpeg recognises"); an HLS playlist (FFmpeg's to read), a web page or a missing
+    file is none of these."""
     from monitor.bench.servers import FileServer
-    from monitor.stages.sources import listed_stream
+    from monitor.stages.sources import not_a_stream
 
     (tmp_path / "radio.pls").write_text("[playlist]\nNumberOfEntries=2\nFile1=http://a.example/live\nTitle1=A\nFile2=http://b.example/live\n")
     (tmp_path / "radio.m3u").write_text("#EXTM3U\n#EXTINF:-1,Radio\nhttp://b.example/live\n")
     (tmp_path / "live.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nhttp://a.example/seg1.ts\n")
     (tmp_path / "index.html").write_text("<p>\nhttp://a.example/live\n</p>\n")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(MUSIC / "area1-game.opus"), "-t", "4", "-c:a", "aac", "-f", "dash",
+                    "-seg_duration", "2", str(tmp_path / "live.mpd")], check=True)
+    (tmp_path / "manifest").write_bytes((tmp_path / "live.mpd").read_bytes())  # served without its type
     with FileServer(tmp_path) as web:
-        assert listed_stream(web.url("radio.pls"), timeout=2.0) == "http://a.example/live"
-        assert listed_stream(web.url("radio.m3u"), timeout=2.0) == "http://b.example/live"
+        assert "the stream it lists, http://a.example/live," in not_a_stream(web.url("radio.pls"), timeout=2.0)
+        assert "the stream it lists, http://b.example/live," in not_a_stream(web.url("radio.m3u"), timeout=2.0)
+        for name in ("live.mpd", "manifest"):
+            assert "MPEG-DASH manifest" in not_a_stream(web.url(name), timeout=2.0)
         for name in ("live.m3u8", "index.html", "gone.m3u"):
-            assert listed_stream(web.url(name), timeout=2.0) is None
+            assert not_a_stream(web.url(name), timeout=2.0) is None
+        dash = StreamSource("dash", web.url("live.mpd"))
+        windows = list(read_windows(dash, GRID, FAST_RETRY))  # it ends: no retrying for ever
+        windows += [item for item in read_mux(MuxSource.single(dash, AudioSelection()), GRID, FAST_RETRY) if isinstance(item, AudioWindow)]
+    assert windows == []
 
 
 def test_missing_file_ends_its_stream_with_an_error(registry_metrics) -> None:

@@ -57,8 +57,8 @@ from monitor.stages.sources import (
     StreamSource,
     check_unique,
     declares_its_end,
-    listed_stream,
     never_opens,
+    not_a_stream,
     read_timeout_for,
     sent_once,
     stream_from_entry,
@@ -333,9 +333,8 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             if ends or never_opens(exc):
                 log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if timed.seq else "this file")
                 return
-            if timed.seq == 0 and (listed := listed_stream(source.url, options.open_timeout)):
-                log.error("stream %s: %s is a playlist, not a stream; skipping it: give the stream it lists, %s, as the stream's url",
-                          source.id, source.url, listed)
+            if timed.seq == 0 and (why := not_a_stream(source.url, options.open_timeout)):
+                log.error("stream %s: %s %s; skipping it", source.id, source.url, why)
                 return
             log.warning("stream %s: %s", source.id, exc)
         finally:

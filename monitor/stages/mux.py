@@ -55,6 +55,7 @@ from monitor.stages.sources import (
     declares_its_end,
     ffmpeg_options,
     never_opens,
+    not_a_stream,
     read_timeout_for,
     stream_from_entry,
 )
@@ -532,6 +533,9 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
                       if isinstance(exc, av.ExitError) else exc)  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
             if ends or never_opens(exc):
                 log.error("multiplex %s: %s; skipping this input", mux.id, reason)
+                return
+            if not streams and (why := not_a_stream(mux.url, options.open_timeout)):
+                log.error("multiplex %s: %s %s; skipping this input", mux.id, mux.url, why)
                 return
             log.warning("multiplex %s: %s", mux.id, reason)
         finally:

@@ -134,6 +134,7 @@ def never_opens(exc: BaseException) -> bool:
 # What a playlist that lists streams (not HLS) is served as: .m3u, .pls, .xspf (Icecast serves each mount's; a station's
 # site links to them), or as plain text by a web server.
 PLAYLIST_CONTENT_TYPES = ("mpegurl", "scpls", "pls+xml", "xspf", "text/plain")
+TEXT_CONTENT_TYPES = (*PLAYLIST_CONTENT_TYPES, "xml", "octet-stream")  # answers whose start is read to tell what they are
 PLAYLIST_ENTRIES = (
     re.compile(r"<location>\s*([^<\s]+)\s*</location>"),  # XSPF
     re.compile(r"^File\d+\s*=\s*(\S+)", re.MULTILINE | re.IGNORECASE),  # PLS
@@ -141,24 +142,28 @@ PLAYLIST_ENTRIES = (
 )
 
 
-def listed_stream(url: str, timeout: float) -> str | None:
-    """The stream a playlist at `url` lists first, None if `url` answers no such playlist. A playlist is not a stream:
-    FFmpeg failed to open Icecast's live.mp3.m3u ("Input/output error") and the reader retried it forever. Asked only
-    once FFmpeg has failed to open `url`; an HLS playlist is FFmpeg's to read."""
+def not_a_stream(url: str, timeout: float) -> str | None:
+    """Why `url` is no stream to monitor, with the fix; None if it answers nothing of the kind. Asked only once FFmpeg has
+    failed to open `url`, which the reader then retried for ever:
+    - a playlist (Icecast's live.mp3.m3u, a station's .pls or .xspf) lists a stream: it names the first (an HLS playlist
+      is FFmpeg's to read);
+    - an MPEG-DASH manifest (.mpd): the FFmpeg that PyAV ships has no DASH reader (it is built without libxml2)."""
     if urlparse(url).scheme not in ("http", "https"):
         return None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            if not any(kind in response.headers.get_content_type() for kind in PLAYLIST_CONTENT_TYPES):
-                return None
-            text = response.read(1 << 16).decode("utf-8", "replace")
+            kind = response.headers.get_content_type()
+            text = response.read(1 << 16).decode("utf-8", "replace") if any(k in kind for k in TEXT_CONTENT_TYPES) else ""
     except (OSError, ValueError):
         return None
-    if "#EXT-X-" in text:
+    if "dash+xml" in kind or "<MPD" in text:
+        return ("is an MPEG-DASH manifest, which the FFmpeg airtrace decodes with (PyAV's) cannot read; give the station's HLS "
+                "playlist (.m3u8), Icecast or other stream URL, which stations publish beside it")
+    if "#EXT-X-" in text or not any(k in kind for k in PLAYLIST_CONTENT_TYPES):
         return None
     for entry in PLAYLIST_ENTRIES:
         if found := entry.search(text):
-            return urljoin(url, found[1])
+            return f"is a playlist, not a stream: give the stream it lists, {urljoin(url, found[1])}, as the stream's url"
     return None
 
 
