@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import queue
 import subprocess
 import threading
@@ -150,8 +151,11 @@ def test_stalled_stream_times_out_and_reconnects(server, registry_metrics, caplo
     assert "Immediate exit" not in caplog.text and "corrupt" not in caplog.text
 
 
-def test_unreachable_url_is_retried_without_holding_up_other_streams(server, registry_metrics) -> None:
+def test_unreachable_url_is_retried_without_holding_up_other_streams(server, registry_metrics, caplog) -> None:
+    """And says so once: the same failure again is logged at most every REPEAT_LOG_SECONDS (a station off air overnight
+    wrote two lines every 10 s)."""
     registry, metrics = registry_metrics
+    caplog.set_level(logging.INFO, logger="monitor.stages.ingest")
     sources = [StreamSource("dead", "http://127.0.0.1:9/nothing.mp3"), StreamSource("alive", server.url())]
     received: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -170,6 +174,30 @@ def test_unreachable_url_is_retried_without_holding_up_other_streams(server, reg
     assert registry.get_sample_value("airtrace_decode_errors_total", {"stream": "dead"}) >= 2
     assert registry.get_sample_value("airtrace_stream_reconnects_total", {"stream": "dead"}) >= 1
     assert registry.get_sample_value("airtrace_stream_up", {"stream": "dead"}) == 0
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream dead:") and r.levelno >= logging.INFO]
+    assert len(told) == 2 and "Connection refused" in told[0] and "reconnecting in" in told[1], told
+
+
+def test_a_failure_that_keeps_coming_is_logged_again_only_now_and_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor import constants
+    from monitor.constants import REPEAT_LOG_SECONDS, Backoff
+
+    now = [1000.0]
+    monkeypatch.setattr(constants.time, "monotonic", lambda: now[0])
+    backoff = Backoff(1.0, 10.0)
+    assert backoff.failed("refused") == "refused" and backoff.told
+    for _ in range(5):
+        now[0] += 10
+        assert backoff.failed("refused") is None and not backoff.told
+    assert backoff.failed("timed out") == "timed out"  # a new reason is news
+    now[0] += REPEAT_LOG_SECONDS
+    assert backoff.failed("timed out") == "timed out"  # nothing unsaid since
+    now[0] += 10
+    assert backoff.failed("timed out") is None
+    now[0] += REPEAT_LOG_SECONDS
+    assert backoff.failed("timed out") == "timed out (2 times since this was last logged)"
+    backoff.reset()  # it worked again: its next failure is news
+    assert backoff.failed("timed out") == "timed out"
 
 
 def test_file_is_read_once_and_dead_air_is_counted(tmp_path: Path, registry_metrics) -> None:

@@ -336,13 +336,14 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             if timed.seq == 0 and (why := not_a_stream(source.url, options.open_timeout)):
                 log.error("stream %s: %s %s; skipping it", source.id, source.url, why)
                 return
-            log.warning("stream %s: %s", source.id, exc)
+            if (line := backoff.failed(str(exc))) is not None:
+                log.warning("stream %s: %s", source.id, line)
         finally:
             decoded.close()
             if metrics:
                 metrics.stream_up.labels(source.id).set(0)
         delay = backoff.next_delay()
-        log.info("stream %s: reconnecting in %.1f s", source.id, delay)
+        log.log(logging.INFO if backoff.told else logging.DEBUG, "stream %s: reconnecting in %.1f s", source.id, delay)
         if stop.wait(delay):
             return
         if metrics:

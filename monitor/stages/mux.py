@@ -522,7 +522,8 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
             if not reopen:
                 log.warning("multiplex %s dropped (end of data); reopening", mux.id)
         except SelectionError as exc:
-            log.error("multiplex %s: %s", mux.id, exc)
+            if (line := backoff.failed(str(exc))) is not None:
+                log.error("multiplex %s: %s", mux.id, line)
             if ends:
                 return
         except (av.FFmpegError, OSError, ValueError) as exc:  # ValueError: format changed mid-stream
@@ -537,7 +538,8 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
             if not streams and (why := not_a_stream(mux.url, options.open_timeout)):
                 log.error("multiplex %s: %s %s; skipping this input", mux.id, mux.url, why)
                 return
-            log.warning("multiplex %s: %s", mux.id, reason)
+            if (line := backoff.failed(str(reason))) is not None:
+                log.warning("multiplex %s: %s", mux.id, line)
         finally:
             for stream in streams.values():
                 stream.down()
@@ -546,7 +548,7 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
         if reopen:
             continue
         delay = backoff.next_delay()
-        log.info("multiplex %s: reconnecting in %.1f s", mux.id, delay)
+        log.log(logging.INFO if backoff.told else logging.DEBUG, "multiplex %s: reconnecting in %.1f s", mux.id, delay)
         if stop.wait(delay):
             return
         if metrics:
