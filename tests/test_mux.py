@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import av
 import jsonschema
 import numpy as np
 import pytest
@@ -332,6 +333,36 @@ def test_a_transport_stream_read_as_a_plain_stream_keeps_an_absent_audio_pids_ti
     assert [w.offset for w in after] == pytest.approx([after[0].offset + i * GRID.hop_seconds for i in range(len(after))])
     assert 30.0 - GRID.hop_seconds - 0.25 <= after[-1].offset + GRID.window_seconds <= 30.0  # the audio to its end, less what the resampler held
     assert [w.air_time for w in windows] == pytest.approx([aired + w.offset for w in windows], abs=1e-6)
+
+
+def test_a_tv_channels_hls_keeps_an_absent_audio_pids_time(tmp_path: Path) -> None:
+    """The channel as HLS (2 s transport-stream segments, as TV channels publish it), its audio PID absent from the
+    segments of 5-20 s while the video goes on: read as a plain stream, the audio after the absence came 14 s early
+    (the last window at 14.5 s of a 30 s channel) with no gap marked. An HLS that carries video is read as a multiplex
+    is, on the input's clock: a gap, and the audio after it where it aired."""
+    television(tmp_path / "channel.ts", 30.0)
+    ffmpeg("-i", str(tmp_path / "channel.ts"), "-map", "0", "-c", "copy", "-f", "hls", "-hls_time", "2", "-hls_list_size", "0",
+           "-hls_segment_filename", str(tmp_path / "seg%d.ts"), str(tmp_path / "channel.m3u8"))
+    playlist = (tmp_path / "channel.m3u8").read_text().splitlines()
+    starts = np.cumsum([0.0] + [float(line[8:].rstrip(",")) for line in playlist if line.startswith("#EXTINF:")])
+    segments = [line for line in playlist if line.endswith(".ts")]
+    absent = [i for i, segment in enumerate(segments) if 5.0 <= starts[i] and starts[i + 1] <= 20.5]
+    for i in absent:  # every packet of the audio PID out of those segments
+        data = (tmp_path / segments[i]).read_bytes()
+        (tmp_path / segments[i]).write_bytes(b"".join(data[at : at + 188] for at in range(0, len(data), 188)
+                                                       if ((data[at + 1] & 0x1F) << 8 | data[at + 2]) != 257))
+    with servers.FileServer(tmp_path) as web:
+        windows = list(read_windows(StreamSource("tv", web.url("channel.m3u8")), GRID))
+
+    def first_audio(segment: str) -> float:  # audio runs a little ahead of the video its segments are cut by
+        with av.open(str(tmp_path / segment)) as container:
+            return next(float(p.pts * p.time_base) for p in container.demux(audio=0) if p.pts is not None)
+
+    back = first_audio(segments[absent[-1] + 1]) - first_audio(segments[0])
+    (gap,) = [w for w in windows if w.after_gap]
+    assert windows[gap.seq - 1].offset + GRID.window_seconds <= starts[absent[0]] + 0.25
+    assert gap.offset == pytest.approx(back, abs=0.25)  # within two tenths and a packet, as for the channel's TS
+    assert 30.0 - GRID.hop_seconds - 0.25 <= windows[-1].offset + GRID.window_seconds <= 30.0 + 0.25  # the audio to its end
 
 
 def test_a_transport_stream_file_served_over_http_is_read_once(tmp_path: Path) -> None:

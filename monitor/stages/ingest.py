@@ -1,4 +1,4 @@
-"""Ingest: any input FFmpeg reads (files, Icecast/Shoutcast over HTTP(S), HLS, RTMP, RTSP, UDP, SRT) cut
+"""Ingest: any input FFmpeg reads (files, Icecast/Shoutcast over HTTP(S), HLS, RTMP, RTSP, UDP, RTP) cut
 into the encoder's windows, stamped with stream id, seq, stream offset and UTC air time.
 
 Contracts other processes rely on:
@@ -224,7 +224,8 @@ def read_windows(
             yield from _read_plain(source, grid, options, metrics, stop, turns)
             return
         except _TransportStream:
-            log.info("stream %s: %s is an MPEG transport stream: monitoring its main audio track on the input's clock", source.id, source.url)
+            log.info("stream %s: %s is an MPEG transport stream or a TV channel's HLS: monitoring its main audio track on the input's clock",
+                     source.id, source.url)
     for item in read_mux(MuxSource.single(source, AudioSelection()), grid, options, metrics, stop, turns):
         if isinstance(item, AudioWindow):  # its ends and metadata are a plain stream's (start_readers, source.metadata)
             yield item

@@ -278,9 +278,12 @@ def _track(stream: av.audio.stream.AudioStream) -> AudioTrack:
 
 
 def is_transport_stream(container: av.container.InputContainer) -> bool:
-    """Whether an input is an MPEG transport stream, whose audio PID can go missing while the rest of it goes on: only
-    the input's other streams (InputClock) tell that absence from timestamps that start again."""
-    return "mpegts" in container.format.name
+    """Whether an input is an MPEG transport stream, or HLS that carries video beside its audio (a TV channel's: its
+    segments are transport streams as a rule), whose audio PID can go missing while the rest of it goes on: only the
+    input's other streams (InputClock) tell that absence from timestamps that start again. Read as a plain stream,
+    a TV channel's HLS whose audio was absent for 15 s put all the audio after it 15 s early, with no gap."""
+    name = container.format.name
+    return "mpegts" in name or ("hls" in name.split(",") and bool(container.streams.video))
 
 
 def open_input(url: str, options: dict[str, str], ingest: IngestOptions) -> av.container.InputContainer:
