@@ -929,7 +929,7 @@ def monitor_command(urls: tuple[str, ...], catalog_dir: str, streams: str | None
                     batch_size: int, threads: int, notice_confidence: float, audio: str | None, programs: str | None, air_start_from: str | None,
                     air_start_zone: str, stream_id: str | None, playlog: str | None, no_playlog: bool,
                     min_unknown_seconds: float, unknown_retention_days: float, metrics_port: int | None, metrics_host: str) -> None:
-    """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, SRT) and --streams in one process; print plays as they happen."""
+    """Monitor URLS (files, HTTP, HLS, RTMP, RTSP, UDP, RTP) and --streams in one process; print plays as they happen."""
     from monitor.catalog import CatalogError
     from monitor.embedded import EventsUnwritten, NothingHeard, run_embedded
     from monitor.events import Event, PlayEvent, describe
