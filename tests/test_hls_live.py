@@ -105,14 +105,21 @@ def test_live_hls_is_read_in_stream_time(live: LiveHls, music: np.ndarray) -> No
 
 @pytest.mark.parametrize("read", [plain, multiplexed])
 def test_live_hls_back_after_the_server_was_down_keeps_stream_time(live: LiveHls, music: np.ndarray,
-                                                                  read: Callable[[str], Iterator[AudioWindow]]) -> None:
+                                                                  read: Callable[[str], Iterator[AudioWindow]], monkeypatch: pytest.MonkeyPatch) -> None:
     """The server answers 503 for 4 s. FFmpeg's HLS reader ends at the playlist it cannot reload, and the new
     connection starts three segments behind the live edge: 6 s of audio that aired before it opened, at once. The
     base of the stream offset was taken at that burst's first chunk, so the audio after the break was put 3-4 s
     later than it aired (with an audio selection too). Now the stream time after the gap is the music's own, to within a segment (an HLS
-    reader learns when audio aired only as segments arrive) and never early, and no audio is heard twice."""
+    reader learns when audio aired only as segments arrive) and never early, and no audio is heard twice. The
+    playlist's target duration is read once, not again at the reconnection."""
+    from monitor.stages import sources
+
+    target_reads = []
+    read_target = sources.hls_target_duration
+    monkeypatch.setattr(sources, "hls_target_duration", lambda *args: target_reads.append(args) or read_target(*args))
     windows = read_until(read(live.playlist()), seconds=18,
                          at={6.0: live.down.set, 10.0: live.down.clear})
+    assert len(target_reads) == 1
     before, after = runs(windows)
     assert len(before) >= 6 and len(after) >= 6
     start_before, start_after = check_continuous(before, music, GRID), check_continuous(after, music, GRID)

@@ -292,7 +292,8 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             if live and declares_its_end(source.url, container):
                 ends = True
                 timed.clock.live = False  # read as fast as it arrives: it airs from the moment it was opened, as a file does
-            if live and not ends and (needed := read_timeout_for(source.url, container, options.read_timeout, options.open_timeout)) > options.read_timeout:
+            if (live and not ends and timed.seq == 0  # a playlist's target duration, read once: not at every reconnection
+                    and (needed := read_timeout_for(source.url, container, options.read_timeout, options.open_timeout)) > options.read_timeout):
                 raise _LongerReads(needed)
 
         decoded = decode_chunks(source.url, grid.sample_rate, source.options, timeout=(options.open_timeout, options.read_timeout), opened=on_open,

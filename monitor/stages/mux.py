@@ -515,7 +515,8 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
         try:
             with open_input(mux.url, mux.options, options) as container:
                 ends = ends or declares_its_end(mux.url, container)  # a file served over HTTP is read once, as a local one
-                if live and not ends and (needed := read_timeout_for(mux.url, container, options.read_timeout, options.open_timeout)) > options.read_timeout:
+                if (live and not ends and not streams  # a playlist's target duration, read once: not at every reconnection
+                        and (needed := read_timeout_for(mux.url, container, options.read_timeout, options.open_timeout)) > options.read_timeout):
                     log.info("multiplex %s: a live HLS playlist whose segments need a read timeout of %g s: reopening it with that", mux.id, needed)
                     options = replace(options, read_timeout=needed)
                     continue
