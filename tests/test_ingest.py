@@ -133,6 +133,18 @@ def test_a_live_source_slower_than_real_time_airs_each_window_when_it_aired(mp3:
     assert len(steady) >= 18 and max(steady) - min(steady) < drift_in_memory
 
 
+@pytest.mark.parametrize("as_multiplex", [False, True], ids=["plain", "multiplexed"])
+def test_a_live_stream_that_says_how_long_it_is_goes_on_after_a_drop(server, as_multiplex: bool) -> None:
+    """A live stream served with a Content-Length (2 GB, as some servers say of one) and no Icecast headers was taken for
+    a file served over HTTP: at its first drop the station was skipped for good ("skipping the rest of this file"). Its
+    audio came as fast as it plays, as no download does: it is reconnected, and monitored on."""
+    source = StreamSource("radio", server.url(drop=3.0, length=2**31 - 1))
+    items = read_mux(MuxSource.single(source, AudioSelection()), GRID, FAST_RETRY) if as_multiplex else read_windows(source, GRID, FAST_RETRY)
+    windows = take((item for item in items if isinstance(item, AudioWindow)), count=16, seconds=20)
+    assert len(windows) == 16 and server.connections["/live.mp3"] >= 2
+    assert np.all(np.diff([w.offset for w in windows]) > 0)
+
+
 @pytest.mark.parametrize("as_multiplex", [False, True])
 def test_stalled_stream_times_out_and_reconnects(server, registry_metrics, caplog, as_multiplex: bool) -> None:
     """A stall is logged as one (FFmpeg's words for PyAV's timeout were "Immediate exit requested", and the

@@ -551,6 +551,7 @@ class LiveAudioServer(LoopbackHttpServer):
     that URL after S seconds; `?stall=S` stops sending on the first connection after S seconds and holds
     the socket open, as a stalled encoder does. Later connections to the same URL play normally, and with
     `?burst=S` they start S seconds before the live position, sent at once (Icecast's burst-on-connect).
+    `?length=N` gives every response a Content-Length of N bytes, as some servers do for a live stream.
     With `once`, the programme is on air once: the first listener hears it from its start to its end and
     later ones get 503, like a station gone off air. `played` is set when the first listener connects.
     """
@@ -579,7 +580,10 @@ class LiveAudioServer(LoopbackHttpServer):
                 server.played.set()
                 self.send_response(200)
                 self.send_header("Content-Type", "audio/mpeg")
-                self.send_header("icy-name", "airtrace test stream")
+                if "length" in query:
+                    self.send_header("Content-Length", str(int(query["length"])))
+                else:
+                    self.send_header("icy-name", "airtrace test stream")
                 self.end_headers()
                 server.play(self.wfile, query.get("drop") if first else None, query.get("stall") if first else None,
                             0.0 if first else query.get("burst", 0.0))

@@ -54,6 +54,7 @@ SETTLE_SECONDS = 1.0
 SETTLE_TOLERANCE_SECONDS = 0.05
 NOTED_RISE_SECONDS = 0.25  # an anchor that rises by more at once is logged: audio lost, or a clock stepped (drift creeps)
 SETTLE_MAX_SECONDS = 2.0
+LIVE_LEAD_SECONDS = 60.0  # a live connection's audio runs ahead of the wall clock by its burst at most (Resumption keeps as much)
 
 
 class StreamClock:
@@ -152,7 +153,15 @@ class StreamClock:
         """How far this live connection's audio ran ahead of the wall clock (s): the burst it opened with (audio a server
         sent at once, which aired before it opened), less the time that burst took to arrive; 0 for a source read as fast
         as it decodes."""
-        return self.received / self.rate - (self.arrived - self.began) if self.live and self.received > 0 else 0.0
+        return self._lead() if self.live and self.received > 0 else 0.0
+
+    def came_as_it_plays(self) -> bool:
+        """Whether this connection's audio, whatever the source said of itself, arrived at the pace it plays, as a live
+        stream's does: ahead of the wall clock by no more than a server's burst (a file downloads far faster)."""
+        return self.received > 0 and self._lead() <= LIVE_LEAD_SECONDS
+
+    def _lead(self) -> float:
+        return self.received / self.rate - (self.arrived - self.began)
 
     @property
     def settled(self) -> bool:

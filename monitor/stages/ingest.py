@@ -332,7 +332,9 @@ def _read_plain(source: StreamSource, grid: WindowGrid, options: IngestOptions, 
             yield from delivered()
             if metrics:
                 metrics.decode_errors.labels(source.id).inc()
-            if ends or never_opens(exc):
+            if ends and live and timed.clock.came_as_it_plays():  # a length the server declared, but a live stream's pace
+                log.info("stream %s: %s said how long it is but came as fast as it plays: a live stream, broken off", source.id, source.url)
+            elif ends or never_opens(exc):
                 log.error("stream %s: %s; skipping %s", source.id, exc, "the rest of this file" if timed.seq else "this file")
                 return
             if timed.seq == 0 and (why := not_a_stream(source.url, options.open_timeout)):

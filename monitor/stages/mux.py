@@ -536,7 +536,9 @@ def _read_connections(mux: MuxSource, grid: WindowGrid, options: IngestOptions, 
                     metrics.decode_errors.labels(stream_id).inc()
             reason = (f"nothing came in time (no answer in {options.open_timeout:g} s, or no data for {options.read_timeout:g} s: stalled)"
                       if isinstance(exc, av.ExitError) else exc)  # PyAV's timeout, which FFmpeg calls "Immediate exit requested"
-            if ends or never_opens(exc):
+            if ends and live and any(stream.timed.clock.came_as_it_plays() for stream in streams.values()):
+                log.info("multiplex %s: %s said how long it is but came as fast as it plays: a live input, broken off", mux.id, mux.url)
+            elif ends or never_opens(exc):
                 log.error("multiplex %s: %s; skipping this input", mux.id, reason)
                 return
             if not streams and (why := not_a_stream(mux.url, options.open_timeout)):

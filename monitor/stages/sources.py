@@ -173,7 +173,8 @@ def declares_its_end(url: str, container: av.container.InputContainer) -> bool:
     of its own, so there only a duration (a playlist that lists its end) says so. Not the duration alone:
     FFmpeg finds an Ogg file's by reading its end, which a server without byte ranges does not allow.
     Reopening a source that ended would play it again from its start, and every reopening would be a new
-    play of the same audio."""
+    play of the same audio. (Some servers give a live stream a length too: one that breaks off having come as fast as
+    it plays is reconnected all the same, StreamClock.came_as_it_plays.)"""
     if urlparse(url).scheme not in ("http", "https"):
         return False
     if "hls" in container.format.name.split(","):
