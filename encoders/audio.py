@@ -131,7 +131,6 @@ def decode_chunks(
     try:
         container: av.container.InputContainer | None = _open(source, options, timeout)
     except AudioError as refused:
-        path = _local_file(source)
         if path is None:
             raise
         yield from _libsndfile_chunks(path, sample_rate, refused, lock)

@@ -14,7 +14,7 @@ import numpy as np
 from monitor.metrics import Metrics
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow
-from monitor.stages.resumption import Resumption
+from monitor.stages.resumption import RESUME_KEEP_MAX_SECONDS, Resumption
 from monitor.stages.windows import StreamWindower, WindowGrid
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ SETTLE_SECONDS = 1.0
 SETTLE_TOLERANCE_SECONDS = 0.05
 NOTED_RISE_SECONDS = 0.25  # an anchor that rises by more at once is logged: audio lost, or a clock stepped (drift creeps)
 SETTLE_MAX_SECONDS = 2.0
-LIVE_LEAD_SECONDS = 60.0  # a live connection's audio runs ahead of the wall clock by its burst at most (Resumption keeps as much)
 
 
 class StreamClock:
@@ -157,8 +156,9 @@ class StreamClock:
 
     def came_as_it_plays(self) -> bool:
         """Whether this connection's audio, whatever the source said of itself, arrived at the pace it plays, as a live
-        stream's does: ahead of the wall clock by no more than a server's burst (a file downloads far faster)."""
-        return self.received > 0 and self._lead() <= LIVE_LEAD_SECONDS
+        stream's does: ahead of the wall clock by no more than the longest burst ingest allows for (a file downloads far
+        faster)."""
+        return self.received > 0 and self._lead() <= RESUME_KEEP_MAX_SECONDS
 
     def _lead(self) -> float:
         return self.received / self.rate - (self.arrived - self.began)
