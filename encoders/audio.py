@@ -479,11 +479,25 @@ def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout
         raise AudioError(f"cannot open {source}: {exc}; check the path or URL and that FFmpeg can read it") from exc
 
 
+# FFmpeg's protocols whose URLs need no "//" (pipe:0, data:..., concat:a|b); any other name with a colon and no "//" is a
+# file's (rec-2026-12-05T10:00:00.ts, as loggers name recordings).
+FFMPEG_PLAIN_PROTOCOLS = frozenset({"pipe", "data", "concat", "concatf", "subfile", "cache", "async", "crypto", "fd", "md5"})
+
+
+def names_a_file(source: str | Path) -> bool:
+    """Whether `source` names a file on this machine, whether or not it is there: a path, `file:`, a Windows drive, or a
+    name whose colon is not a protocol's."""
+    scheme, colon, rest = str(source).partition(":")
+    protocol = scheme.split(",", 1)[0].lower()  # FFmpeg's options follow a protocol's name after commas (subfile,,start,N,,:URL)
+    return isinstance(source, Path) or not colon or len(scheme) <= 1 or protocol == "file" or (
+        not rest.startswith("//") and protocol not in FFMPEG_PLAIN_PROTOCOLS)
+
+
 def ffmpeg_url(source: str | Path) -> str:
-    """`source` as FFmpeg is to be given it: a local file through FFmpeg's file protocol, as a name with a colon
-    (rec-2026-12-05T10:00:00.ts, as loggers name recordings) is otherwise a URL of a protocol FFmpeg lacks."""
-    path = _local_file(source)
-    return f"file:{path}" if path is not None else str(source)
+    """`source` as FFmpeg is to be given it: a file through FFmpeg's file protocol, as a name with a colon is otherwise a
+    URL of a protocol FFmpeg lacks (a missing recording was "Protocol not found", not "No such file")."""
+    text = str(source)
+    return f"file:{text}" if names_a_file(source) and not text.lower().startswith("file:") else text
 
 
 def _timeout(timeout: float | tuple[float, float], which: int) -> float:

@@ -391,19 +391,21 @@ class StopAtFirstWait(threading.Event):
 
 
 def test_a_missing_recording_named_by_its_time_ends_its_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    """With no file of that name, rec-2026-12-05T10:00:00.wav is a URL of scheme 'rec-2026-12-05t10', for which
-    FFmpeg has no protocol ("Protocol not found"): no retry can open it, yet `monitor` retried it forever, alone
-    or with --audio, where a missing file without a colon ends its stream at once."""
+    """With no file of that name, rec-2026-12-05T10:00:00.wav was a URL of scheme 'rec-2026-12-05t10', for which
+    FFmpeg has no protocol: `monitor` retried it forever, alone or with --audio, where a missing file without a colon
+    ends its stream at once; then it ended with "Protocol not found", as stream "00:00". It names a file, which is not
+    there: its stream is named after it, and ends saying so."""
     from monitor.stages.mux import AudioSelection, MuxSource, read_mux
 
     monkeypatch.chdir(tmp_path)
     [source] = sources_from_urls(["rec-2026-12-05T10:00:00.wav"])
+    assert source.id == "rec-2026-12-05T10:00:00" and source.is_file
     for read in (lambda stop: read_windows(source, GRID, stop=stop),
                  lambda stop: read_mux(MuxSource.single(source, AudioSelection(index=0)), GRID, stop=stop)):
         stop = StopAtFirstWait()
         assert [item for item in read(stop) if isinstance(item, AudioWindow)] == []
         assert stop.waits == 0
-    assert "Protocol not found" in caplog.text
+    assert "No such file or directory" in caplog.text and "Protocol not found" not in caplog.text
 
 
 def test_what_answers_a_stream_url_but_is_no_stream_is_named_with_the_fix(tmp_path: Path) -> None:

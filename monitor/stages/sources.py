@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlparse
 import av
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from encoders.audio import names_a_file
 from monitor.local_time import SkippedTime, instant
 from monitor.records import check_id
 
@@ -114,8 +115,7 @@ def is_local(url: str) -> bool:
     """Whether `url` is a local file: no scheme, a Windows drive letter, `file:`, or a file of that name (one with
     a colon, rec-2026-12-05T10:00:00.mp3, was a live stream of scheme 'rec-2026-12-05t10': read again and again,
     each time as new plays)."""
-    scheme = urlparse(url).scheme
-    return scheme == "file" or len(scheme) <= 1 or Path(url).is_file()
+    return names_a_file(url) or Path(url).is_file()
 
 
 def sent_once(url: str) -> bool:
