@@ -32,7 +32,8 @@ class Backoff:
 
     It also says which failures to log (`failed`): one for a new reason at once, the same reason again at most every
     REPEAT_LOG_SECONDS, with how often it came meanwhile. A station off air overnight was retried every 10 s with two
-    lines each time, 17,000 lines a day for one stream. `told` says whether the last failure was logged."""
+    lines each time, 17,000 lines a day for one stream. `told` says whether the last failure was logged. Streams,
+    Redis and the play log's database say their failures through it."""
 
     def __init__(self, initial: float, maximum: float, rng: random.Random | None = None):
         self.initial, self.maximum, self.attempt = initial, maximum, 0

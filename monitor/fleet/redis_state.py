@@ -197,8 +197,8 @@ class RedisStateStore:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 failures += 1
                 wait = backoff.next_delay()
-                if failures == 1 or failures % 10 == 0:
-                    log.warning("Redis at %s unreachable to %s (%s); retry %d in %.1f s", self.settings.redacted_url(), what, exc, failures, wait)
+                if (line := backoff.failed(f"Redis at {self.settings.redacted_url()} unreachable to {what} ({exc})")) is not None:
+                    log.warning("%s; retry %d in %.1f s", line, failures, wait)
                 self._sleep(wait)
                 continue
             if failures:

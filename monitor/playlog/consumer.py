@@ -105,7 +105,8 @@ async def _write_until_done(playlog: PlayLog, rows: list[EventRow], options: Con
             return True
         except (OperationalError, InterfaceError) as exc:  # the connection, not the data: waiting helps
             wait = backoff.next_delay()
-            log.warning("%s; retrying in %.1f s", playlog.unavailable(exc), wait)
+            if (line := backoff.failed(str(playlog.unavailable(exc)))) is not None:
+                log.warning("%s; retrying in %.1f s", line, wait)
             await waiting()
             try:
                 await asyncio.wait_for(stop.wait(), wait)
