@@ -8,6 +8,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(python3.11 python3.11-venv  # a fresh Debian has no ensurepip, without which `python3.11 -m venv` fails
   ffmpeg espeak-ng redis-server postgresql icecast2 prometheus docker-compose
+  ezstream  # an Icecast source client that sends Ogg files as they are, a chain each (tests/test_icecast.py)
   # recorded voices for real talk and babble in training and the benchmark (encoders/speech.py);
   # never the English core sounds: they are kept for independent evaluation
   asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NamedTuple, TypeVar
 
 import av
 import numpy as np
@@ -136,46 +136,75 @@ def decode_chunks(
         yield from _libsndfile_chunks(path, sample_rate, refused, lock)
         return
     chunker = Chunker(sample_rate, str(source))
-    start = 0  # the byte at which the container read now begins in the source
-    while container is not None:
-        container, start = yield from _decode_container(container, start, source, chunker, lock, skip_damaged, opened, timeout)
-        opened = None
+    read = _Read(container, 0, None)
+    try:
+        while read.container is not None:
+            read = yield from _decode_container(read, source, chunker, lock, skip_damaged, opened, options, timeout)
+            opened = None
+    finally:
+        if read.raw is not None:
+            read.raw.container.close()
     with lock, interrupts_held():
         chunks = chunker.chunks(None)
     yield from chunks
 
 
-def _decode_container(container: av.container.InputContainer, start: int, source: str | Path | BinaryIO, chunker: Chunker,
-                      lock: AbstractContextManager, skip_damaged: bool, opened: Callable[[av.container.InputContainer], None] | None,
-                      timeout: float | tuple[float, float] | None) -> Generator[np.ndarray, None, tuple[av.container.InputContainer | None, int]]:
-    """decode_chunks' work on one container, which reads `source` from byte `start`; returns the container of the
-    source's next Ogg chain and its start where FFmpeg would not go on into it, else (None, 0) once all is read.
+class _Read(NamedTuple):
+    """What decode_chunks reads next: `container`, which reads the source from byte `start` (None once all is read),
+    through `raw` where a network Ogg stream is read as bytes (see _decode_container)."""
+
+    container: av.container.InputContainer | None
+    start: int
+    raw: _RawBytes | None
+
+
+def _decode_container(read: _Read, source: str | Path | BinaryIO, chunker: Chunker, lock: AbstractContextManager, skip_damaged: bool,
+                      opened: Callable[[av.container.InputContainer], None] | None, options: dict[str, str] | None,
+                      timeout: float | tuple[float, float] | None) -> Generator[np.ndarray, None, _Read]:
+    """decode_chunks' work on one container (`read`); returns what to read next: the source's next Ogg chain where
+    FFmpeg would not go on into it, else nothing (a `_Read` of no container) once all is read.
 
     An Ogg file may be a chain of streams one after another (a recorded Icecast station: a new one at each change of
     source or title); FFmpeg reads on into the next where it has the same rate and channels, and refuses one that
     does not ("Changing stream parameters ... patches welcome"): the rest of the file was lost (a logger's hour cut
     at the first such change), and libsndfile, which took over, read such a file for ever. A local file is opened
     again from that chain on (FFmpeg's subfile protocol), and the Chunker takes the new rate and channels as it
-    does any change of them."""
+    does any change of them.
+
+    An Ogg stream over the network (an Icecast station whose source client, ezstream, ices or liquidsoap, begins a
+    chain at every track, and one of another rate or channels where its source changes) cannot be opened again at a
+    byte: the reader failed there, and the reconnection's burst (Icecast's last seconds) held the change again, so it
+    failed again, until the burst had passed it: each change of a station's 10 s tracks cost four failures, the
+    seconds before it heard three more times, after gaps, and seconds after it lost. So a live one (of no length: a
+    file served over HTTP gives its Content-Length) is opened again to be read as bytes (FFmpeg's `data` format, over
+    the same protocol and options), which an Ogg demuxer reads as a file, and a chain FFmpeg will not go on into is
+    opened from its first page among the bytes kept."""
+    container, start, raw = read
     with container:
         if not container.streams.audio:
             raise AudioError(f"{source} has no audio stream; give a file or URL that carries audio")
         if opened is not None:
             opened(container)
+        path = _local_file(source)
+        if raw is None and path is None and isinstance(source, str) and container.format.name == "ogg" and container.size <= 0:
+            raw = _RawBytes(_open(source, {**(options or {}), "raw_packet_size": str(RAW_PACKET_BYTES)}, timeout, "data"))
+            return _Read(raw.ogg_from(0), 0, raw)
         stream = container.streams.audio[0]
         packets = _Positions(container.demux(stream))
         try:
             for chunks in decode_batches(iter(packets), [stream], partial(_packet_chunks, chunker), str(source), lock, skip_damaged):
                 yield from chunks
-            return None, 0
+            return _Read(None, 0, raw)
         except av.ExitError as exc:  # PyAV's timeout, which FFmpeg calls "Immediate exit requested": not damage
             raise AudioError(f"{source} stalled: no data for {_timeout(timeout, 1):g} s") from exc
         except av.FFmpegError as exc:
-            path = _local_file(source)
-            if isinstance(exc, av.PatchWelcomeError) and container.format.name == "ogg" and path is not None:
-                if (chain := _next_ogg_chain(path, start + max(packets.last, 0))) is not None:
+            if isinstance(exc, av.PatchWelcomeError) and container.format.name == "ogg" and (path is not None or raw is not None):
+                after = start + max(packets.last, 0)
+                if (chain := _next_ogg_chain(path, after) if raw is None else raw.next_ogg_chain(after)) is not None:
                     log.info("%s: an Ogg chain whose rate or channels change at byte %d (%s): reading on from it", source, chain, exc)
-                    return _open(f"subfile,,start,{chain},end,0,,:{ffmpeg_url(path)}", None, timeout), chain
+                    if raw is not None:
+                        return _Read(raw.ogg_from(chain), chain, raw)
+                    return _Read(_open(f"subfile,,start,{chain},end,0,,:{ffmpeg_url(path)}", None, timeout), chain, None)
             if exc.errno == errno.EIO and path is None:  # a server that closed the connection (Icecast's source left)
                 raise AudioError(f"{source}: the connection ended while reading ({exc})") from exc
             raise AudioError(f"cannot decode {source}: {exc}; the file may be corrupt or truncated") from exc
@@ -247,12 +276,68 @@ OGG_FIRST_PAGE = 0x02  # the header-type flag of a logical stream's first page (
 def _next_ogg_chain(path: Path, after: int) -> int | None:
     """The byte at which the first Ogg page after byte `after` of `path` that begins a logical stream lies, if any."""
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        at = data.find(OGG_PAGE, after + 1)
-        while 0 <= at < len(data) - 5:
-            if data[at + 5] & OGG_FIRST_PAGE:
-                return at
-            at = data.find(OGG_PAGE, at + 1)
+        return _first_ogg_chain(data, after + 1)
+
+
+def _first_ogg_chain(data: bytes | bytearray | mmap.mmap, start: int) -> int | None:
+    """Where in `data` the first Ogg page from byte `start` on that begins a logical stream lies, if any."""
+    at = data.find(OGG_PAGE, start)
+    while 0 <= at < len(data) - 5:
+        if data[at + 5] & OGG_FIRST_PAGE:
+            return at
+        at = data.find(OGG_PAGE, at + 1)
     return None
+
+
+RAW_PACKET_BYTES = 32768  # the most a read of a network Ogg stream's bytes takes (FFmpeg's data format hands on what came)
+RAW_KEPT_BYTES = 1 << 20  # the bytes of a network Ogg stream kept, for the chain FFmpeg refused: it read its first page last
+
+
+class _RawBytes:
+    """A network source's bytes as FFmpeg's `data` format reads them (`container`: its protocol, options and timeouts),
+    to be demuxed as Ogg from any of the last RAW_KEPT_BYTES on (see _decode_container)."""
+
+    def __init__(self, container: av.container.InputContainer):
+        self.container, self.packets = container, container.demux()
+        self.kept, self.kept_from = bytearray(), 0  # the bytes kept, and the source's byte they begin at
+
+    def ogg_from(self, start: int) -> av.container.InputContainer:
+        """An Ogg demuxer of the source's bytes from byte `start` on; if it cannot be opened, the source is closed too."""
+        try:
+            return _open(_RawView(self, start), None, None, "ogg")
+        except AudioError:
+            self.container.close()
+            raise
+
+    def bytes_at(self, start: int, size: int) -> bytes:
+        """Up to `size` of the source's bytes from byte `start`: those kept, else what the next read gives (b"" at the end)."""
+        if start >= self.kept_from + len(self.kept):
+            packet = next(self.packets, None)
+            if packet is None:
+                return b""
+            self.kept += bytes(packet)
+            if len(self.kept) > 2 * RAW_KEPT_BYTES:
+                self.kept_from += len(self.kept) - RAW_KEPT_BYTES
+                del self.kept[: len(self.kept) - RAW_KEPT_BYTES]
+        at = start - self.kept_from
+        return bytes(self.kept[at : at + size])
+
+    def next_ogg_chain(self, after: int) -> int | None:
+        """The source's byte at which the first Ogg page after byte `after` that begins a logical stream lies, among those kept."""
+        at = _first_ogg_chain(self.kept, max(after + 1 - self.kept_from, 0))
+        return None if at is None else self.kept_from + at
+
+
+class _RawView:
+    """A _RawBytes read as a file from its byte `start`: the byte positions of what is demuxed from it count from there."""
+
+    def __init__(self, raw: _RawBytes, start: int):
+        self.raw, self.at = raw, start
+
+    def read(self, size: int) -> bytes:
+        data = self.raw.bytes_at(self.at, size)
+        self.at += len(data)
+        return data
 
 
 def decode_batches(
@@ -453,12 +538,15 @@ def _batches(packets: Iterator[av.Packet], tick_seconds: float) -> Iterator[list
         yield batch
 
 
-def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | tuple[float, float] | None) -> av.container.InputContainer:
-    """FFmpeg's container for `source`, or an AudioError that says why it cannot be opened."""
+def _open(source: str | Path | BinaryIO, options: dict[str, str] | None, timeout: float | tuple[float, float] | None,
+          format: str | None = None) -> av.container.InputContainer:
+    """FFmpeg's container for `source` (read as `format`, else as FFmpeg finds it), or an AudioError that says why it
+    cannot be opened."""
     try:
         with interrupts_held():
             return av.open(
                 source if hasattr(source, "read") else ffmpeg_url(source),
+                format=format,
                 options=options or {},
                 timeout=timeout,
                 metadata_errors="replace",  # tags in legacy encodings must not make audio unreadable

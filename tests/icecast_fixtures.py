@@ -1,5 +1,6 @@
 """A real Icecast server (Debian's icecast2) on a free loopback port, with a throwaway config, and FFmpeg as its source
-client playing the demo music in real time, for the live-ingest tests (test_icecast.py)."""
+client playing the demo music in real time, or ezstream sending Ogg files one after another, for the live-ingest tests
+(test_icecast.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from monitor.bench.servers import HOST, ServerProcess, as_user, free_port, wait_until
 
 ICECAST = shutil.which("icecast2")
+EZSTREAM = shutil.which("ezstream")  # Debian's ezstream: a station's source client that sends Ogg files as they are
 ICECAST_USER = "icecast2"  # icecast2 refuses to run as root: Debian's package makes this user
 SOURCE_PASSWORD, ADMIN_PASSWORD = "airtrace-source", "airtrace-admin"
 BITRATE_KBPS = 128
@@ -30,6 +32,14 @@ def seconds_of(n_bytes: int) -> float:
 
 BURST_SECONDS = seconds_of(BURST_BYTES)
 MOUNT = "/live.mp3"
+OGG_MOUNT = "/live.ogg"
+
+EZSTREAM_CONFIG = """<ezstream>
+  <servers><server><hostname>{host}</hostname><port>{port}</port><password>{source_password}</password><tls>none</tls></server></servers>
+  <streams><stream><mountpoint>{mount}</mountpoint><format>Ogg</format></stream></streams>
+  <intakes><intake><type>playlist</type><filename>{playlist}</filename><stream_once>yes</stream_once></intake></intakes>
+</ezstream>
+"""
 
 CONFIG = """<icecast>
   <limits>
@@ -97,6 +107,19 @@ class Icecast:
         if wait:
             wait_until(lambda: self.mounted(), timeout=10.0, what=f"the source on {MOUNT}", interval=0.02)
         return started - start
+
+    def play_ogg_files(self, files: list[Path]) -> float:
+        """ezstream as the source client of OGG_MOUNT, playing `files` once, one after another, in real time, as they are
+        (no encoder is configured, so nothing is re-encoded): each file begins a new chain of the Ogg stream, with its own
+        headers, rate and channels, as a station's does at each track. The time (epoch) it was started: it sends the
+        files' second s at about that time + s (libshout sends a page at a time, a track's first pages ahead)."""
+        playlist, config = self.folder / "playlist.m3u", self.folder / "ezstream.xml"
+        playlist.write_text("".join(f"{file}\n" for file in files))
+        config.write_text(EZSTREAM_CONFIG.format(host=HOST, port=self.port, source_password=SOURCE_PASSWORD, mount=OGG_MOUNT, playlist=playlist))
+        config.chmod(0o600)  # it holds the source password (ezstream warns of a config that others may read)
+        started = time.time()
+        self.encoder = subprocess.Popen([str(EZSTREAM), "-q", "-c", str(config)], stdout=subprocess.DEVNULL)
+        return started
 
     def stop_source(self) -> None:
         if self.encoder is not None and self.encoder.poll() is None:

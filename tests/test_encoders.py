@@ -273,6 +273,36 @@ def test_a_chained_ogg_file_whose_rate_and_channels_change_is_decoded_whole_as_i
     assert np.array_equal(np.concatenate(list(decode_chunks(chained, 8000, skip_damaged=True))), expected)
 
 
+def test_a_chained_ogg_stream_whose_rate_and_channels_change_is_decoded_whole_over_http(tmp_path: Path) -> None:
+    """The same chain sent as a live stream is (over HTTP, without a Content-Length: an Icecast station whose source
+    changes): FFmpeg refused the second part, and the reader failed there (a live source cannot be opened again at a
+    byte; test_icecast.py has what that cost with Icecast's burst). Now it is read as bytes and every part is decoded,
+    sample for sample as the recorded file is, to the connection's end (which a live stream's is: an error)."""
+    import http.server
+
+    from encoders.audio import decode_chunks
+    from monitor.bench.servers import LoopbackHttpServer
+
+    chained, _ = _chained_ogg(tmp_path, [("area1-game", 44100, 2, 6.0), ("gardien-go", 22050, 1, 5.0), ("over-theme", 44100, 2, 4.0)])
+
+    class LiveStream(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/ogg")
+            self.end_headers()
+            self.wfile.write(chained.read_bytes())
+
+    chunks = []
+    with LoopbackHttpServer(LiveStream) as server, pytest.raises(AudioError, match="the connection ended while reading"):
+        chunks.extend(decode_chunks(f"http://127.0.0.1:{server.port}/live.ogg", 8000, skip_damaged=True, timeout=(5.0, 5.0)))
+    decoded, expected = np.concatenate(chunks), load_audio(chained, 8000)
+    assert len(decoded) >= len(expected) - 0.2 * 8000  # all but what the end, a live stream's, left in the resampler
+    assert np.array_equal(decoded, expected[: len(decoded)])
+
+
 @pytest.mark.parametrize("channels", [1, 2])
 def test_libsndfile_is_not_given_a_chained_ogg_file(tmp_path: Path, channels: int) -> None:
     """libsndfile cannot measure a chained Ogg file: it read a mono one on past its end for ever, and a stereo one only

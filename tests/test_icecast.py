@@ -6,6 +6,7 @@ when it was played (test_hls_live.py does the same for HLS)."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from air_fixtures import check_continuous, position, read_until, runs
 from catalog_fixtures import MUSIC
 from encoders import load_audio
-from icecast_fixtures import BURST_BYTES, BURST_SECONDS, ICECAST, Icecast, seconds_of
+from icecast_fixtures import BURST_BYTES, BURST_SECONDS, EZSTREAM, ICECAST, OGG_MOUNT, Icecast, seconds_of
 from monitor import metrics as metrics_module
 from monitor.options import IngestOptions
 from monitor.records import AudioWindow
@@ -156,3 +157,53 @@ def test_an_icecast_playlist_given_as_the_stream_is_refused_naming_the_stream_it
         timer.cancel()
     assert not windows and not stop.is_set()
     assert f"is a playlist, not a stream: give the stream it lists, {icecast.url()}, as the stream's url; skipping it" in caplog.text
+
+
+OGG_PART_SECONDS = 3.0
+# (codec, encoder options, [(rate, channels) of each part]): tracks of the same rate and channels one after another, then
+# one of other channels (and, for Vorbis, rate), then the first again; an Opus stream is always 48 kHz.
+OGG_STATIONS = {  # and the tracks' suffix: ezstream reads a track's tags by it (an Opus track named .ogg stopped it)
+    "vorbis": ("libvorbis", ["-q:a", "4"], [(44100, 2), (44100, 2), (22050, 1), (44100, 2)], ".ogg"),
+    "opus": ("libopus", ["-b:a", "64k"], [(48000, 2), (48000, 2), (48000, 1), (48000, 2)], ".opus"),
+}
+OGG_TRACK_AHEAD_SECONDS = 1.0  # ezstream (libshout) sends a page at a time, a track's first pages ahead: 0.86 s of Opus's
+
+
+def ogg_tracks(folder: Path, station: str) -> list[Path]:
+    """The song cut into OGG_PART_SECONDS tracks, one Ogg file each, of the station's codec, rates and channels: played one
+    after another they are the song, in a new chain of the Ogg stream at each track."""
+    codec, options, formats, suffix = OGG_STATIONS[station]
+    tracks = []
+    for number, (rate, channels) in enumerate(formats):
+        tracks.append(folder / f"track{number}-{rate}-{channels}{suffix}")
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-ss", str(number * OGG_PART_SECONDS), "-t", str(OGG_PART_SECONDS),
+                        "-i", str(SONG), "-ar", str(rate), "-ac", str(channels), "-c:a", codec, *options, "-metadata", f"title=track {number}",
+                        str(tracks[-1])], check=True)
+    return tracks
+
+
+@pytest.mark.skipif(EZSTREAM is None, reason="ezstream is not installed (Debian's ezstream package; deploy/install.sh installs it)")
+@pytest.mark.parametrize("station", ["vorbis", pytest.param("opus", marks=pytest.mark.slow)])  # 13 s each
+def test_an_ogg_station_is_heard_whole_across_its_chains_when_their_rate_and_channels_change(tmp_path: Path, station: str) -> None:
+    """An Ogg station (ezstream, ices, liquidsoap as its source client) begins a chain at every track, with its own
+    headers, and one of another rate or channels where the source changes. FFmpeg reads on into a chain of the same rate
+    and channels, and refused one that changes them ("patches welcome"): the reader failed and reconnected, Icecast's
+    burst held the change again, and so on until the burst had passed it: with 10 s tracks, 44.1 kHz stereo, then 22.05
+    kHz mono, then stereo again, each change cost four failures, three hearing again up to the 6 s before it after a
+    gap, 3 s and 1.7 s lost, stream time ran 22.8 s ahead of the audio, and windows went on air up to 6.7 s late.
+    Now the stream is heard as its recording is (test_encoders.py: a chained file, read whole): no reconnection, no gap,
+    nothing lost or heard twice, each window on air when it was sent."""
+    tracks = ogg_tracks(tmp_path, station)
+    recorded = tmp_path / "station.ogg"  # what the station sends, recorded: the tracks' bytes one after another
+    recorded.write_bytes(b"".join(track.read_bytes() for track in tracks))
+    played = load_audio(recorded, GRID.sample_rate).astype(np.float64)
+    with Icecast(SONG, tmp_path) as icecast:
+        sent: list[float] = []
+        seconds, stop = len(tracks) * OGG_PART_SECONDS - 1.5, threading.Event()  # the source's last track, not its end
+        windows = read_until(read_windows(StreamSource("radio", icecast.url(OGG_MOUNT)), GRID, OPTIONS, stop=stop), seconds,
+                             at={0.5: lambda: sent.append(icecast.play_ogg_files(tracks)), seconds + 5.0: stop.set})
+    assert len(windows) >= 16 and not any(w.after_gap for w in windows)
+    assert [w.offset for w in windows] == [i * GRID.hop_seconds for i in range(len(windows))]
+    assert abs(check_continuous(windows, played, GRID)) <= GRID.hop_seconds  # the stream from its first track's start
+    late = lateness(windows, played, sent[0])
+    assert min(late) > -OGG_TRACK_AHEAD_SECONDS and max(late) < LATE_SECONDS
