@@ -290,7 +290,8 @@ def _first_ogg_chain(data: bytes | bytearray | mmap.mmap, start: int) -> int | N
 
 
 RAW_PACKET_BYTES = 32768  # the most a read of a network Ogg stream's bytes takes (FFmpeg's data format hands on what came)
-RAW_KEPT_BYTES = 1 << 20  # the bytes of a network Ogg stream kept, for the chain FFmpeg refused: it read its first page last
+RAW_KEPT_BYTES = 1 << 18  # the bytes of a network Ogg stream kept, for the chain FFmpeg refused: it read its first page in
+# its last read or two, of 32 KiB each (256 KiB to 512 KiB kept a live Ogg stream; 1 MiB worked as well in the tests)
 
 
 class _RawBytes:
