@@ -1,6 +1,7 @@
 """A live connection's clock (monitor.stages.airtime.StreamClock) over hours and days of simulated arrivals: each chunk
 of audio reaches the reader when its last sample aired plus a network delay, and the clock's air time for the chunk is
-compared with when it aired. Real servers and their clocks are in test_ingest.py, test_icecast.py and test_hls_live.py."""
+compared with when it aired; and a real HTTP station whose clock runs slow. Servers and their clocks are in test_ingest.py,
+test_icecast.py and test_hls_live.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from monitor.stages.airtime import StreamClock
+from air_fixtures import position
+from catalog_fixtures import MUSIC
+from encoders import load_audio
+from monitor.bench.servers import LiveAudioServer, encode_mp3
+from monitor.options import IngestOptions
+from monitor.stages.airtime import SETTLE_MAX_SECONDS, StreamClock
+from monitor.stages.ingest import read_windows
+from monitor.stages.sources import StreamSource
+from monitor.stages.windows import WindowGrid
 
 RATE = 8000
 CHUNK_SECONDS = 1.0
@@ -79,3 +88,28 @@ def test_a_reader_that_falls_behind_and_catches_up_moves_no_air_time() -> None:
     errors = air_time_errors(3600, lambda s: EPOCH + s, late)
     steady = errors[: round(behind_from / CHUNK_SECONDS)].min()
     assert np.all(errors >= steady - 1e-6) and errors.max() <= DELAY[1]
+
+
+def test_a_live_source_slower_than_real_time_airs_each_window_when_it_aired(tmp_path) -> None:
+    """A station whose clock runs slow sends its programme second p at `began` + p / speed (here 20 % slow, a day of a
+    sound card 50 ppm slow in a few seconds). Anchored once for good, the windows' air times fell behind by a quarter
+    of a second per second heard (2.5 s after 10 s); now each window airs when it was sent, less what the source
+    drifts in the anchor's memory (3 s here, 0.75 s), the same for every window once that memory has passed, to within
+    that drift (the memory is kept per second: it moves on in steps of a second's drift, 0.25 s here, 50 us at 50 ppm)."""
+    grid = WindowGrid(sample_rate=8000, window=8000, hop=4000)
+    song = MUSIC / "area1-game.opus"
+    speed, memory, count = 0.8, 3.0, 22
+    music = load_audio(song, grid.sample_rate).astype(np.float64)
+    mp3 = encode_mp3(song, tmp_path / "live.mp3").read_bytes()
+    with LiveAudioServer(mp3, 50.0, speed=speed, once=True) as live:
+        options = IngestOptions(open_timeout=2.0, read_timeout=2.0, anchor_memory_seconds=memory)
+        windows = []
+        for window in read_windows(StreamSource("slow", live.url()), grid, options):
+            windows.append(window)
+            if len(windows) == count:
+                break
+    assert not any(w.after_gap for w in windows)
+    sent_at = [w.air_time - position(w, music, grid)[0] / speed for w in windows[2:]]  # `began` as each window's air time says
+    steady = [began for began, w in zip(sent_at, windows[2:]) if w.offset >= memory + SETTLE_MAX_SECONDS]
+    drift_in_memory = memory * (1 / speed - 1)
+    assert len(steady) >= 10 and max(steady) - min(steady) < drift_in_memory
