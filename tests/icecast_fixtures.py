@@ -112,14 +112,15 @@ class Icecast:
         """ezstream as the source client of OGG_MOUNT, playing `files` once, one after another, in real time, as they are
         (no encoder is configured, so nothing is re-encoded): each file begins a new chain of the Ogg stream, with its own
         headers, rate and channels, as a station's does at each track. The time (epoch) it was started: it sends the
-        files' second s at about that time + s (libshout sends a page at a time, a track's first pages ahead)."""
+        files' second s at about that time + s (libshout sends a page at a time, a track's first pages ahead): the time
+        its mount came up, once it has."""
         playlist, config = self.folder / "playlist.m3u", self.folder / "ezstream.xml"
         playlist.write_text("".join(f"{file}\n" for file in files))
         config.write_text(EZSTREAM_CONFIG.format(host=HOST, port=self.port, source_password=SOURCE_PASSWORD, mount=OGG_MOUNT, playlist=playlist))
         config.chmod(0o600)  # it holds the source password (ezstream warns of a config that others may read)
-        started = time.time()
         self.encoder = subprocess.Popen([str(EZSTREAM), "-q", "-c", str(config)], stdout=subprocess.DEVNULL)
-        return started
+        wait_until(lambda: self.mounted(OGG_MOUNT), timeout=10.0, what=f"the source on {OGG_MOUNT}", interval=0.02)
+        return time.time()  # its start-up (about 2 s on a busy machine) is over: it sends in real time from here
 
     def stop_source(self) -> None:
         if self.encoder is not None and self.encoder.poll() is None:
@@ -132,8 +133,8 @@ class Icecast:
         with urllib.request.urlopen(request, timeout=5.0) as response:
             return response.read().decode()
 
-    def mounted(self) -> bool:
-        return f'mount="{MOUNT}"' in self.admin("listmounts")
+    def mounted(self, mount: str = MOUNT) -> bool:
+        return f'mount="{mount}"' in self.admin("listmounts")
 
     def listeners(self) -> list[str]:
         """The ids of the listeners of MOUNT."""
